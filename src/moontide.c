@@ -1,0 +1,248 @@
+/*
+ * moontide.c - main() and the command line: run, check, publish, read, tail.
+ * Wiring only: each command's work lives in its module.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "mt_client.h"
+#include "mt_diag.h"
+#include "mt_http.h"
+#include "mt_loop.h"
+#include "mt_mem.h"
+#include "mt_store.h"
+#include "mt_topo.h"
+
+#define EXIT_IOERR 74
+#define DEFAULT_CONFIG "config/default.yaml"
+
+static const char usage_main[] =
+    "usage: moontide COMMAND [OPTIONS]\n"
+    "\n"
+    "moontide is an event engine: a durable CloudEvents log served over HTTP.\n"
+    "\n"
+    "commands:\n"
+    "  run       run the engine (HTTP API on engine.listen)\n"
+    "  check     validate a topology file and report every error\n"
+    "  publish   publish events to a running engine\n"
+    "  read      read the log or one stream from a running engine\n"
+    "  tail      follow the log of a running engine\n"
+    "\n"
+    "options:\n"
+    "  -h, --help      show this help (or COMMAND --help for a command's)\n"
+    "  -V, --version   print the version\n"
+    "\n"
+    "exit codes: 0 ok, 64 usage, 65 bad data, 69 unavailable, 70 internal,\n"
+    "74 storage i/o error, 78 bad configuration\n";
+
+static const char usage_run[] =
+    "usage: moontide run [-c FILE] [--data-dir DIR] [--listen HOST:PORT]\n"
+    "\n"
+    "Runs the engine with the topology in FILE (default " DEFAULT_CONFIG ").\n"
+    "  -c, --config FILE     topology file\n"
+    "      --data-dir DIR    overrides engine.data_dir\n"
+    "      --listen H:P      overrides engine.listen (port 0 picks a free port)\n"
+    "SIGTERM or SIGINT drains: accepted events are committed and answered, then exit 0.\n";
+
+static const char usage_check[] =
+    "usage: moontide check [-c FILE]\n"
+    "\n"
+    "Validates a topology file and prints every error as FILE:LINE:COL: error: message.\n"
+    "Exits 0 if valid, 78 if not.\n";
+
+/* Prints every error line and returns the exit code for a failed load. */
+static int report_topo_errors(mt_err rc, mt_topo_errs *errs)
+{
+    for (int i = 0; i < errs->count; i++) {
+        fprintf(stderr, "%s\n", errs->lines[i]);
+    }
+    mt_topo_errs_free(errs);
+    (void) rc;
+    return MT_EXIT_CONFIG;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = DEFAULT_CONFIG;
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': path = optarg; break;
+        case 'h': fputs(usage_check, stdout); return MT_EXIT_OK;
+        default: fputs(usage_check, stderr); return MT_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        path = argv[optind];
+    }
+    mt_topo *t;
+    mt_topo_errs errs = {0};
+    mt_err rc = mt_topo_load(path, &t, &errs);
+    if (rc) {
+        return report_topo_errors(rc, &errs);
+    }
+    printf("%s: ok\n", path);
+    mt_topo_free(t);
+    return MT_EXIT_OK;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"data-dir", required_argument, NULL, 'd'},
+        {"listen", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL, *data_dir = NULL, *listen = NULL;
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': path = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'h': fputs(usage_run, stdout); return MT_EXIT_OK;
+        default: fputs(usage_run, stderr); return MT_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moontide run: unexpected argument '%s'\n", argv[optind]);
+        return MT_EXIT_USAGE;
+    }
+    mt_topo *topo;
+    if (path || access(DEFAULT_CONFIG, R_OK) == 0) {
+        mt_topo_errs errs = {0};
+        mt_err rc = mt_topo_load(path ? path : DEFAULT_CONFIG, &topo, &errs);
+        if (rc) {
+            return report_topo_errors(rc, &errs);
+        }
+    } else {
+        topo = mt_topo_new_default();
+    }
+    mt_engine_conf *e = &topo->engine;
+    if (data_dir) {
+        free(e->data_dir);
+        e->data_dir = mt_xstrdup(data_dir);
+    }
+    if (listen) {
+        char *host;
+        uint16_t port;
+        if (mt_topo_parse_listen(listen, &host, &port)) {
+            fprintf(stderr, "moontide run: --listen '%s' is not HOST:PORT\n", listen);
+            mt_topo_free(topo);
+            return MT_EXIT_USAGE;
+        }
+        free(e->listen_host);
+        e->listen_host = host;
+        e->listen_port = port;
+    }
+    mt_diag_set_level((mt_diag_level) mt_diag_level_parse(e->log_level));
+    if (e->durability == MT_DURABILITY_NOSYNC) {
+        mt_warn("durability is NOSYNC: acknowledged events can be lost on power failure");
+    }
+
+    int code = MT_EXIT_OK;
+    mt_loop *loop = NULL;
+    mt_store *store = NULL;
+    mt_http *http = NULL;
+    mt_store_opts so = {
+        .dir = e->data_dir,
+        .map_size = e->map_size,
+        .wal_size = e->wal_size,
+        .nosync = e->durability == MT_DURABILITY_NOSYNC,
+    };
+    mt_err rc = mt_loop_new(&loop);
+    if (rc) {
+        code = MT_EXIT_SOFTWARE;
+        goto out;
+    }
+    rc = mt_store_open(&so, &store);
+    if (rc) {
+        code = rc == MT_EUNAVAIL ? MT_EXIT_UNAVAILABLE : EXIT_IOERR;
+        goto out;
+    }
+    mt_loop_attach_store(loop, store);
+    mt_http_opts ho = {e->listen_host, e->listen_port, e->max_body};
+    rc = mt_http_open(loop, store, &ho, &http);
+    if (rc) {
+        code = MT_EXIT_UNAVAILABLE;
+        goto out;
+    }
+    mt_loop_on_stop(loop, NULL, NULL);
+    {
+        char port[8];
+        snprintf(port, sizeof port, "%u", mt_http_port(http));
+        const char *fields[] = {"listen", e->listen_host, "port", port, "data_dir", e->data_dir,
+                                NULL};
+        mt_diag_emit(MT_DIAG_INFO, fields, "moontide %s listening on %s:%s", MT_VERSION,
+                     e->listen_host, port);
+    }
+    if (mt_loop_run(loop)) {
+        mt_error("the event loop failed");
+        code = MT_EXIT_SOFTWARE;
+    }
+
+out:
+    /* Drain: no new connections; finish and answer every accepted write; then exit. */
+    if (http) {
+        mt_http_stop_accepting(http);
+    }
+    if (loop) {
+        mt_loop_detach_store(loop);
+    }
+    mt_store_close(store);
+    if (http) {
+        mt_loop_run_for(loop, 200);
+        mt_http_close(http);
+    }
+    mt_loop_free(loop);
+    if (code == MT_EXIT_OK) {
+        mt_info("stopped");
+    }
+    mt_topo_free(topo);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage_main, stderr);
+        return MT_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_main, stdout);
+        return MT_EXIT_OK;
+    }
+    if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("moontide %s\n", MT_VERSION);
+        return MT_EXIT_OK;
+    }
+    if (strcmp(cmd, "run") == 0) {
+        return cmd_run(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "check") == 0) {
+        return cmd_check(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "publish") == 0) {
+        return mt_client_publish(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "read") == 0) {
+        return mt_client_read(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "tail") == 0) {
+        return mt_client_tail(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "moontide: unknown command '%s'\n\n%s", cmd, usage_main);
+    return MT_EXIT_USAGE;
+}

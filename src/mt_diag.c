@@ -1,0 +1,66 @@
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "mt_diag.h"
+#include "mt_util.h"
+
+static atomic_int min_level = MT_DIAG_INFO;
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void mt_diag_set_level(mt_diag_level level)
+{
+    atomic_store(&min_level, (int) level);
+}
+
+int mt_diag_level_parse(const char *s)
+{
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fmt, ...)
+{
+    if ((int) level < atomic_load(&min_level)) {
+        return;
+    }
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+
+    char ts[40];
+    mt_time_format_us(mt_now_us(), ts, sizeof ts);
+    json_t *o = json_object();
+    json_object_set_new(o, "ts", json_string(ts));
+    json_object_set_new(o, "level", json_string(level_names[level]));
+    /* msg may carry bytes from outside that are not UTF-8: keep them visible. */
+    json_t *m = json_string(msg);
+    if (!m) {
+        m = json_string("(message was not valid UTF-8)");
+    }
+    json_object_set_new(o, "msg", m);
+    for (; fields && fields[0] && fields[1]; fields += 2) {
+        json_t *v = json_string(fields[1]);
+        if (v) {
+            json_object_set_new(o, fields[0], v);
+        }
+    }
+    char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (line) {
+        size_t n = strlen(line);
+        line[n] = '\n';
+        ssize_t w = write(STDERR_FILENO, line, n + 1);
+        (void) w;
+        free(line);
+    }
+}

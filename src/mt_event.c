@@ -1,0 +1,729 @@
+#include <ctype.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mt_event.h"
+#include "mt_util.h"
+
+#define HEADER_LEN 44
+#define STRINGS_OFF (HEADER_LEN + 4 * MT_ATTR_COUNT)
+
+static const char *const attr_names[MT_ATTR_COUNT] = {
+    "id", "source", "type", "subject", "time", "datacontenttype", "dataschema",
+    "dataversion", "correlationid", "causationid", "traceparent", "expirytime",
+    "deliverafter", "replyto", "(extensions)",
+};
+
+static const size_t attr_max[MT_ATTR_COUNT] = {
+    MT_EVENT_MAX_ID, MT_EVENT_MAX_SOURCE, MT_EVENT_MAX_TYPE, MT_EVENT_MAX_SUBJECT,
+    64, 256, MT_EVENT_MAX_ATTR, 64, MT_EVENT_MAX_ID, MT_EVENT_MAX_ID, 256, 64, 64,
+    MT_EVENT_MAX_TYPE, 16384,
+};
+
+const char *mt_event_attr_name(mt_event_attr a)
+{
+    mt_assert(a < MT_ATTR_COUNT);
+    return attr_names[a];
+}
+
+void mt_event_init(mt_event *ev)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->priority = -1;
+}
+
+/* ---- record codec ---- */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t) (v >> 24);
+    p[1] = (uint8_t) (v >> 16);
+    p[2] = (uint8_t) (v >> 8);
+    p[3] = (uint8_t) v;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | p[3];
+}
+
+void mt_event_encode(const mt_event *ev, mt_buf *out)
+{
+    uint8_t h[STRINGS_OFF];
+    memset(h, 0, sizeof h);
+    h[0] = MT_EVENT_FORMAT;
+    h[1] = (uint8_t) ev->data_kind;
+    h[2] = ev->priority < 0 ? 0xff : (uint8_t) ev->priority;
+    mt_put_be64(h + 4, ev->sequence);
+    mt_put_be64(h + 12, ev->streamversion);
+    mt_put_be64(h + 20, (uint64_t) ev->recordedtime_us);
+    mt_put_be64(h + 28, (uint64_t) ev->expiry_us);
+    mt_put_be64(h + 36, (uint64_t) ev->deliverafter_us);
+    for (int i = 0; i < MT_ATTR_COUNT; i++) {
+        put_u32(h + HEADER_LEN + 4 * i, ev->attr[i] ? (uint32_t) strlen(ev->attr[i]) + 1 : 0);
+    }
+    mt_buf_add(out, h, sizeof h);
+    for (int i = 0; i < MT_ATTR_COUNT; i++) {
+        if (ev->attr[i]) {
+            mt_buf_add(out, ev->attr[i], strlen(ev->attr[i]) + 1);
+        }
+    }
+    mt_buf_add(out, ev->data, ev->data_len);
+}
+
+mt_err mt_event_decode(const void *rec, size_t len, mt_event *ev)
+{
+    mt_event_init(ev);
+    const uint8_t *p = rec;
+    if (len < STRINGS_OFF || p[0] != MT_EVENT_FORMAT || p[1] > MT_DATA_BINARY ||
+        (p[2] > 9 && p[2] != 0xff)) {
+        return MT_EINVAL;
+    }
+    ev->data_kind = p[1];
+    ev->priority = p[2] == 0xff ? -1 : p[2];
+    ev->sequence = mt_get_be64(p + 4);
+    ev->streamversion = mt_get_be64(p + 12);
+    ev->recordedtime_us = (int64_t) mt_get_be64(p + 20);
+    ev->expiry_us = (int64_t) mt_get_be64(p + 28);
+    ev->deliverafter_us = (int64_t) mt_get_be64(p + 36);
+    size_t off = STRINGS_OFF;
+    for (int i = 0; i < MT_ATTR_COUNT; i++) {
+        uint32_t n = get_u32(p + HEADER_LEN + 4 * i);
+        if (n == 0) {
+            continue;
+        }
+        if (n > len - off || p[off + n - 1] != '\0') {
+            mt_event_init(ev);
+            return MT_EINVAL;
+        }
+        ev->attr[i] = (const char *) p + off;
+        off += n;
+    }
+    ev->data = p + off;
+    ev->data_len = len - off;
+    return MT_OK;
+}
+
+void mt_event_record_set_position(void *rec, uint64_t sequence, uint64_t streamversion,
+                                  int64_t recordedtime_us)
+{
+    uint8_t *p = rec;
+    mt_put_be64(p + 4, sequence);
+    mt_put_be64(p + 12, streamversion);
+    mt_put_be64(p + 20, (uint64_t) recordedtime_us);
+}
+
+uint64_t mt_event_record_sequence(const void *rec, size_t len)
+{
+    return len < HEADER_LEN ? 0 : mt_get_be64((const uint8_t *) rec + 4);
+}
+
+/* ---- batches ---- */
+
+void mt_event_batch_init(mt_event_batch *b)
+{
+    memset(b, 0, sizeof *b);
+    mt_buf_init(&b->buf);
+}
+
+void mt_event_batch_free(mt_event_batch *b)
+{
+    mt_buf_free(&b->buf);
+    free(b->off);
+    free(b->len);
+    mt_event_batch_init(b);
+}
+
+void mt_event_batch_add(mt_event_batch *b, const mt_event *ev)
+{
+    if (b->count == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 8;
+        b->off = mt_xrealloc(b->off, (size_t) b->cap * sizeof *b->off);
+        b->len = mt_xrealloc(b->len, (size_t) b->cap * sizeof *b->len);
+    }
+    size_t start = b->buf.len;
+    mt_event_encode(ev, &b->buf);
+    b->off[b->count] = start;
+    b->len[b->count] = b->buf.len - start;
+    b->count++;
+}
+
+/* ---- parsing ---- */
+
+/*
+ * What one event's parse collects. Strings it holds are owned by 'owned'
+ * (json values, or malloc'd decoded data) and released by draft_free.
+ */
+typedef struct draft {
+    mt_event ev;
+    json_t *hold;          /* an array keeping parsed values alive */
+    json_t *ext;           /* extension attributes, or NULL */
+    char *ext_text;        /* owned */
+    uint8_t *data_owned;   /* decoded data_base64 or text data */
+    const char *prefix;    /* "" or "events[3]." */
+    char *err;
+    size_t errlen;
+    bool have_specversion;
+    bool have_data;
+} draft;
+
+static mt_err fail(draft *d, const char *attr, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static mt_err fail(draft *d, const char *attr, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(d->err, d->errlen, "%s%s%s%s", d->prefix, attr ? attr : "", attr ? ": " : "", msg);
+    return MT_EINVAL;
+}
+
+static void draft_init(draft *d, const char *prefix, char *err, size_t errlen)
+{
+    memset(d, 0, sizeof *d);
+    mt_event_init(&d->ev);
+    d->hold = json_array();
+    d->prefix = prefix;
+    d->err = err;
+    d->errlen = errlen;
+}
+
+static void draft_free(draft *d)
+{
+    json_decref(d->hold);
+    json_decref(d->ext);
+    free(d->ext_text);
+    free(d->data_owned);
+}
+
+bool mt_event_content_type_is_json(const char *ct)
+{
+    if (!ct) {
+        return false;
+    }
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && isspace((unsigned char) ct[n - 1])) {
+        n--;
+    }
+    if ((n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+        (n == 9 && strncasecmp(ct, "text/json", 9) == 0)) {
+        return true;
+    }
+    return n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0 && memchr(ct, '/', n);
+}
+
+static bool is_text_type(const char *ct)
+{
+    return ct && strncasecmp(ct, "text/", 5) == 0;
+}
+
+static bool valid_ext_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 20) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!(islower((unsigned char) name[i]) || isdigit((unsigned char) name[i]))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A type is dot-separated non-empty words without wildcards or spaces. */
+static bool valid_type(const char *t)
+{
+    if (*t == '\0' || *t == '.') {
+        return false;
+    }
+    for (const char *p = t; *p; p++) {
+        if (*p == '*' || *p == '#' || isspace((unsigned char) *p) ||
+            (*p == '.' && (p[1] == '.' || p[1] == '\0'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static mt_err set_string_attr(draft *d, mt_event_attr a, const char *v)
+{
+    const char *name = attr_names[a];
+    size_t n = strlen(v);
+    if (n > attr_max[a]) {
+        return fail(d, name, "longer than %zu bytes", attr_max[a]);
+    }
+    if (n == 0 && (a == MT_ATTR_ID || a == MT_ATTR_SOURCE || a == MT_ATTR_TYPE ||
+                   a == MT_ATTR_SUBJECT)) {
+        return fail(d, name, "must not be empty");
+    }
+    if (a == MT_ATTR_TYPE && !valid_type(v)) {
+        return fail(d, name, "'%s' is not a dot-separated name (no empty words, spaces, '*' or '#')",
+                    v);
+    }
+    int64_t us = 0;
+    if (a == MT_ATTR_TIME || a == MT_ATTR_EXPIRYTIME || a == MT_ATTR_DELIVERAFTER) {
+        if (mt_time_parse(v, &us)) {
+            return fail(d, name, "'%s' is not an RFC 3339 timestamp", v);
+        }
+        if (a == MT_ATTR_EXPIRYTIME) {
+            d->ev.expiry_us = us ? us : 1;
+        } else if (a == MT_ATTR_DELIVERAFTER) {
+            d->ev.deliverafter_us = us ? us : 1;
+        }
+    }
+    if (a == MT_ATTR_REPLYTO && !valid_type(v)) {
+        return fail(d, name, "'%s' is not a topic name", v);
+    }
+    d->ev.attr[a] = v;
+    return MT_OK;
+}
+
+static mt_err set_priority(draft *d, json_t *v)
+{
+    json_int_t p = -1;
+    if (json_is_integer(v)) {
+        p = json_integer_value(v);
+    } else if (json_is_string(v) && json_string_length(v) == 1 &&
+               isdigit((unsigned char) json_string_value(v)[0])) {
+        p = json_string_value(v)[0] - '0';
+    } else {
+        return fail(d, "priority", "must be an integer from 0 to 9");
+    }
+    if (p < 0 || p > 9) {
+        return fail(d, "priority", "%lld is out of range 0-9", (long long) p);
+    }
+    d->ev.priority = (int) p;
+    return MT_OK;
+}
+
+static int find_attr(const char *name)
+{
+    for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
+        if (strcmp(name, attr_names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Takes one attribute given as a JSON value (structured mode or header strings). */
+static mt_err take_attr(draft *d, const char *name, json_t *v)
+{
+    json_array_append(d->hold, v);
+    if (strcmp(name, "specversion") == 0) {
+        if (!json_is_string(v) || strcmp(json_string_value(v), "1.0") != 0) {
+            return fail(d, "specversion", "must be \"1.0\"");
+        }
+        d->have_specversion = true;
+        return MT_OK;
+    }
+    if (strcmp(name, "sequence") == 0 || strcmp(name, "streamversion") == 0 ||
+        strcmp(name, "recordedtime") == 0) {
+        return fail(d, name, "is assigned by the engine and cannot be published");
+    }
+    if (json_is_null(v)) {
+        return MT_OK; /* CloudEvents: a null attribute is an absent one */
+    }
+    if (strcmp(name, "priority") == 0) {
+        return set_priority(d, v);
+    }
+    int a = find_attr(name);
+    if (a >= 0) {
+        if (!json_is_string(v)) {
+            return fail(d, name, "must be a string");
+        }
+        return set_string_attr(d, (mt_event_attr) a, json_string_value(v));
+    }
+    if (!valid_ext_name(name)) {
+        return fail(d, NULL, "'%s' is not a valid attribute name (a-z, 0-9, at most 20)", name);
+    }
+    if (!(json_is_string(v) || json_is_integer(v) || json_is_boolean(v))) {
+        return fail(d, name, "an extension attribute must be a string, integer or boolean");
+    }
+    if (json_is_string(v) && json_string_length(v) > MT_EVENT_MAX_ATTR) {
+        return fail(d, name, "longer than %d bytes", MT_EVENT_MAX_ATTR);
+    }
+    if (!d->ext) {
+        d->ext = json_object();
+    }
+    json_object_set(d->ext, name, v);
+    return MT_OK;
+}
+
+static mt_err decode_base64(draft *d, const char *s)
+{
+    size_t n = strlen(s);
+    if (n % 4 != 0) {
+        return fail(d, "data_base64", "is not valid base64 (length %zu is not a multiple of 4)", n);
+    }
+    uint8_t *out = mt_trymalloc(n / 4 * 3 + 1);
+    if (!out) {
+        return MT_ENOMEM;
+    }
+    int got = n ? EVP_DecodeBlock(out, (const unsigned char *) s, (int) n) : 0;
+    if (got < 0) {
+        free(out);
+        return fail(d, "data_base64", "is not valid base64");
+    }
+    /* EVP_DecodeBlock counts the padding as zero bytes. */
+    size_t len = (size_t) got;
+    for (size_t i = n; i > 0 && s[i - 1] == '=' && len > 0; i--) {
+        len--;
+    }
+    d->data_owned = out;
+    d->ev.data = out;
+    d->ev.data_len = len;
+    d->ev.data_kind = MT_DATA_BINARY;
+    return MT_OK;
+}
+
+/* Checks required attributes and fills the extensions text once all are in. */
+static mt_err finish(draft *d)
+{
+    if (!d->have_specversion) {
+        return fail(d, "specversion", "required attribute is missing");
+    }
+    static const mt_event_attr required[] = {MT_ATTR_ID, MT_ATTR_SOURCE, MT_ATTR_TYPE};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        if (!d->ev.attr[required[i]]) {
+            return fail(d, attr_names[required[i]], "required attribute is missing");
+        }
+    }
+    if (d->ext) {
+        d->ext_text = json_dumps(d->ext, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        mt_assert(d->ext_text);
+        if (strlen(d->ext_text) > attr_max[MT_ATTR_EXTENSIONS]) {
+            return fail(d, NULL, "extension attributes take more than %zu bytes",
+                        attr_max[MT_ATTR_EXTENSIONS]);
+        }
+        d->ev.attr[MT_ATTR_EXTENSIONS] = d->ext_text;
+    }
+    return MT_OK;
+}
+
+/* ---- structured JSON walking ---- */
+
+static size_t skip_ws(const char *s, size_t len, size_t pos)
+{
+    while (pos < len && (s[pos] == ' ' || s[pos] == '\t' || s[pos] == '\n' || s[pos] == '\r')) {
+        pos++;
+    }
+    return pos;
+}
+
+/*
+ * Parses one JSON value at s[*pos] with jansson, advancing *pos past it.
+ * Returns the value (new reference) or NULL with a message in err.
+ */
+static json_t *load_value(const char *s, size_t len, size_t *pos, char *err, size_t errlen,
+                          const char *what)
+{
+    json_error_t e;
+    json_t *v = json_loadb(s + *pos, len - *pos, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, &e);
+    if (!v) {
+        snprintf(err, errlen, "%s: malformed JSON at byte %zu: %s", what,
+                 *pos + (size_t) (e.position > 0 ? e.position : 0), e.text);
+        return NULL;
+    }
+    *pos += (size_t) e.position;
+    return v;
+}
+
+/*
+ * Walks one event object at s[*pos], feeding each member to the draft.
+ * 'data' keeps its raw text span.
+ */
+static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
+{
+    size_t p = skip_ws(s, len, *pos);
+    if (p >= len || s[p] != '{') {
+        return fail(d, NULL, "expected a JSON object at byte %zu", p);
+    }
+    p = skip_ws(s, len, p + 1);
+    json_t *seen = json_object();
+    mt_err rc = MT_OK;
+    bool first = true;
+    const char *data_ct = NULL;
+    json_t *data_val = NULL;
+    size_t data_start = 0, data_end = 0;
+    const char *data_b64 = NULL;
+    while (rc == MT_OK) {
+        if (p < len && s[p] == '}' && first) {
+            p++;
+            break;
+        }
+        if (p >= len || s[p] != '"') {
+            rc = fail(d, NULL, "malformed JSON at byte %zu: expected an attribute name", p);
+            break;
+        }
+        json_t *key = load_value(s, len, &p, d->err, d->errlen, "event");
+        if (!key) {
+            rc = MT_EINVAL;
+            break;
+        }
+        json_array_append_new(d->hold, key);
+        const char *name = json_string_value(key);
+        p = skip_ws(s, len, p);
+        if (p >= len || s[p] != ':') {
+            rc = fail(d, NULL, "malformed JSON at byte %zu: expected ':'", p);
+            break;
+        }
+        p = skip_ws(s, len, p + 1);
+        size_t vstart = p;
+        char what[64];
+        snprintf(what, sizeof what, "%s%.40s", d->prefix, name);
+        json_t *v = load_value(s, len, &p, d->err, d->errlen, what);
+        if (!v) {
+            rc = MT_EINVAL;
+            break;
+        }
+        json_array_append_new(d->hold, v);
+        if (json_object_get(seen, name)) {
+            rc = fail(d, name, "attribute appears twice");
+            break;
+        }
+        json_object_set(seen, name, json_true());
+        if (strcmp(name, "data") == 0) {
+            data_val = v;
+            data_start = vstart;
+            data_end = p;
+        } else if (strcmp(name, "data_base64") == 0) {
+            if (!json_is_string(v)) {
+                rc = fail(d, name, "must be a base64 string");
+                break;
+            }
+            data_b64 = json_string_value(v);
+        } else {
+            rc = take_attr(d, name, v);
+            if (rc == MT_OK && strcmp(name, "datacontenttype") == 0) {
+                data_ct = d->ev.attr[MT_ATTR_DATACONTENTTYPE];
+            }
+        }
+        first = false;
+        p = skip_ws(s, len, p);
+        if (p < len && s[p] == ',') {
+            p = skip_ws(s, len, p + 1);
+            continue;
+        }
+        if (p < len && s[p] == '}') {
+            p++;
+            break;
+        }
+        rc = fail(d, NULL, "malformed JSON at byte %zu: expected ',' or '}'", p);
+    }
+    json_decref(seen);
+    if (rc) {
+        return rc;
+    }
+    *pos = p;
+    if (data_val && data_b64) {
+        return fail(d, NULL, "'data' and 'data_base64' are mutually exclusive");
+    }
+    if (data_b64) {
+        rc = decode_base64(d, data_b64);
+    } else if (data_val && !json_is_null(data_val)) {
+        if (json_is_string(data_val) && data_ct && !mt_event_content_type_is_json(data_ct)) {
+            d->ev.data_kind = MT_DATA_TEXT;
+            d->ev.data = (const uint8_t *) json_string_value(data_val);
+            d->ev.data_len = json_string_length(data_val);
+        } else {
+            d->ev.data_kind = MT_DATA_JSON;
+            d->ev.data = (const uint8_t *) s + data_start;
+            d->ev.data_len = data_end - data_start;
+        }
+    }
+    return rc ? rc : finish(d);
+}
+
+static mt_err trailing_check(const char *s, size_t len, size_t pos, char *err, size_t errlen)
+{
+    pos = skip_ws(s, len, pos);
+    if (pos != len) {
+        snprintf(err, errlen, "malformed JSON at byte %zu: unexpected data after the end", pos);
+        return MT_EINVAL;
+    }
+    return MT_OK;
+}
+
+mt_err mt_event_parse_structured(const char *body, size_t len, mt_event_batch *b, char *err,
+                                 size_t errlen)
+{
+    draft d;
+    draft_init(&d, "", err, errlen);
+    size_t pos = 0;
+    mt_err rc = walk_event(body, len, &pos, &d);
+    if (rc == MT_OK) {
+        rc = trailing_check(body, len, pos, err, errlen);
+    }
+    if (rc == MT_OK) {
+        mt_event_batch_add(b, &d.ev);
+    }
+    draft_free(&d);
+    return rc;
+}
+
+mt_err mt_event_parse_batch(const char *body, size_t len, mt_event_batch *b, char *err,
+                            size_t errlen)
+{
+    size_t p = skip_ws(body, len, 0);
+    if (p >= len || body[p] != '[') {
+        snprintf(err, errlen, "a batch must be a JSON array of events");
+        return MT_EINVAL;
+    }
+    p = skip_ws(body, len, p + 1);
+    if (p < len && body[p] == ']') {
+        snprintf(err, errlen, "the batch is empty");
+        return MT_EINVAL;
+    }
+    for (int i = 0;; i++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "events[%d].", i);
+        draft d;
+        draft_init(&d, prefix, err, errlen);
+        mt_err rc = walk_event(body, len, &p, &d);
+        if (rc == MT_OK) {
+            mt_event_batch_add(b, &d.ev);
+        }
+        draft_free(&d);
+        if (rc) {
+            return rc;
+        }
+        p = skip_ws(body, len, p);
+        if (p < len && body[p] == ',') {
+            p++;
+            continue;
+        }
+        if (p < len && body[p] == ']') {
+            return trailing_check(body, len, p + 1, err, errlen);
+        }
+        snprintf(err, errlen, "malformed JSON at byte %zu: expected ',' or ']' after events[%d]",
+                 p, i);
+        return MT_EINVAL;
+    }
+}
+
+mt_err mt_event_parse_binary(const char *const *names, const char *const *values, int n,
+                             const char *content_type, const char *body, size_t len,
+                             mt_event_batch *b, char *err, size_t errlen)
+{
+    draft d;
+    draft_init(&d, "", err, errlen);
+    mt_err rc = MT_OK;
+    for (int i = 0; i < n && rc == MT_OK; i++) {
+        if (strcmp(names[i], "datacontenttype") == 0 || strcmp(names[i], "data") == 0 ||
+            strcmp(names[i], "data_base64") == 0) {
+            rc = fail(&d, names[i], "is not a header attribute in binary mode");
+            break;
+        }
+        json_t *v = json_string(values[i]);
+        if (!v) {
+            rc = fail(&d, names[i], "header value is not valid UTF-8");
+            break;
+        }
+        rc = take_attr(&d, names[i], v);
+        json_decref(v);
+    }
+    if (rc == MT_OK && content_type) {
+        json_t *v = json_string(content_type);
+        rc = v ? take_attr(&d, "datacontenttype", v) : fail(&d, "Content-Type", "not UTF-8");
+        json_decref(v);
+    }
+    if (rc == MT_OK && len > 0) {
+        d.ev.data = (const uint8_t *) body;
+        d.ev.data_len = len;
+        if (mt_event_content_type_is_json(content_type)) {
+            json_error_t e;
+            json_t *v = json_loadb(body, len, JSON_DECODE_ANY, &e);
+            if (!v) {
+                rc = fail(&d, "data", "malformed JSON at byte %d: %s", e.position, e.text);
+            }
+            json_decref(v);
+            d.ev.data_kind = MT_DATA_JSON;
+        } else if (is_text_type(content_type)) {
+            d.ev.data_kind = MT_DATA_TEXT;
+        } else {
+            d.ev.data_kind = MT_DATA_BINARY;
+        }
+    }
+    if (rc == MT_OK) {
+        rc = finish(&d);
+    }
+    if (rc == MT_OK) {
+        mt_event_batch_add(b, &d.ev);
+    }
+    draft_free(&d);
+    return rc;
+}
+
+/* ---- JSON output ---- */
+
+void mt_event_to_json(const mt_event *ev, mt_buf *out)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "specversion", json_string("1.0"));
+    for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
+        if (ev->attr[i]) {
+            json_t *v = json_string(ev->attr[i]);
+            if (v) {
+                json_object_set_new(o, attr_names[i], v);
+            }
+        }
+    }
+    if (ev->priority >= 0) {
+        json_object_set_new(o, "priority", json_integer(ev->priority));
+    }
+    if (ev->attr[MT_ATTR_EXTENSIONS]) {
+        json_t *ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
+        if (json_is_object(ext)) {
+            json_object_update_missing(o, ext);
+        }
+        json_decref(ext);
+    }
+    char seq[24];
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long) ev->sequence);
+    json_object_set_new(o, "sequence", json_string(seq));
+    if (ev->attr[MT_ATTR_SUBJECT]) {
+        json_object_set_new(o, "streamversion", json_integer((json_int_t) ev->streamversion));
+    }
+    char ts[40];
+    mt_time_format_us(ev->recordedtime_us, ts, sizeof ts);
+    json_object_set_new(o, "recordedtime", json_string(ts));
+
+    mt_data_kind kind = ev->data_kind;
+    if (kind == MT_DATA_TEXT) {
+        json_t *v = json_stringn((const char *) ev->data, ev->data_len);
+        if (v) {
+            json_object_set_new(o, "data", v);
+        } else {
+            kind = MT_DATA_BINARY; /* not UTF-8: only base64 can carry it */
+        }
+    }
+    if (kind == MT_DATA_BINARY) {
+        size_t n = 4 * ((ev->data_len + 2) / 3);
+        char *b64 = mt_xmalloc(n + 1);
+        EVP_EncodeBlock((unsigned char *) b64, ev->data, (int) ev->data_len);
+        json_object_set_new(o, "data_base64", json_stringn(b64, n));
+        free(b64);
+    }
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    mt_assert(text);
+    size_t n = strlen(text);
+    if (kind == MT_DATA_JSON) {
+        /* Splice the exact data text in before the closing brace. */
+        mt_buf_add(out, text, n - 1);
+        mt_buf_adds(out, ",\"data\":");
+        mt_buf_add(out, ev->data, ev->data_len);
+        mt_buf_adds(out, "}");
+    } else {
+        mt_buf_add(out, text, n);
+    }
+    free(text);
+}

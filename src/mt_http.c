@@ -1,0 +1,678 @@
+#include <ctype.h>
+#include <netinet/in.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mt_diag.h"
+#include "mt_event.h"
+#include "mt_http.h"
+#include "mt_log.h"
+#include "mt_mem.h"
+#include "mt_util.h"
+
+#define READ_LIMIT_DEFAULT 100
+#define READ_LIMIT_MAX 10000
+#define WAIT_MAX_MS 60000
+#define MAX_CE_HEADERS 64
+
+typedef struct waiter waiter;
+
+struct mt_http {
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;  /* NULL once we stopped accepting */
+    mt_loop *loop;                     /* borrowed */
+    mt_store *store;                   /* borrowed */
+    uint64_t max_body;
+    uint16_t port;
+    waiter *waiters;                   /* held long-polls, a doubly linked list */
+    bool draining;
+};
+
+/* A long-poll reader waiting for events after 'after'. */
+struct waiter {
+    mt_http *h;
+    struct evhttp_request *req;
+    uint64_t after;
+    uint64_t limit;
+    struct event *timer;
+    waiter *prev, *next;
+};
+
+/* One publish request on its way through the writer. */
+typedef struct append_job {
+    mt_http *h;
+    struct evhttp_request *req;
+    mt_event_batch batch;
+    mt_expect expect;
+    mt_log_result *results;   /* batch.count entries */
+    int64_t current;          /* stream version on conflict */
+} append_job;
+
+/* ---- answers ---- */
+
+static const char *reason_for(int code)
+{
+    switch (code) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 507: return "Insufficient Storage";
+    }
+    return "Status";
+}
+
+static void reply(struct evhttp_request *req, int code, const char *ctype, const char *body,
+                  size_t len)
+{
+    struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+    evhttp_add_header(oh, "Content-Type", ctype);
+    evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+    evhttp_send_reply(req, code, reason_for(code), NULL);
+}
+
+static void reply_json(struct evhttp_request *req, int code, json_t *o)
+{
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    mt_assert(text);
+    reply(req, code, "application/json", text, strlen(text));
+    free(text);
+}
+
+/* Answers {"error": error, "detail": detail}, plus any fields in 'extra' (stolen). */
+static void reply_error_extra(struct evhttp_request *req, int code, const char *error,
+                              json_t *extra, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void reply_error_extra(struct evhttp_request *req, int code, const char *error,
+                              json_t *extra, const char *fmt, ...)
+{
+    char detail[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    json_t *o = json_object();
+    json_object_set_new(o, "error", json_string(error));
+    json_t *d = json_string(detail);
+    json_object_set_new(o, "detail", d ? d : json_string("(detail was not valid UTF-8)"));
+    if (extra) {
+        json_object_update(o, extra);
+        json_decref(extra);
+    }
+    reply_json(req, code, o);
+}
+
+#define reply_error(req, code, error, ...) \
+    reply_error_extra(req, code, error, NULL, __VA_ARGS__)
+
+/* ---- request helpers ---- */
+
+/*
+ * Reads an unsigned query parameter. Returns false (having answered 400)
+ * when it is present and malformed or above 'max'.
+ */
+static bool query_u64(struct evhttp_request *req, struct evkeyvalq *q, const char *name,
+                      uint64_t def, uint64_t max, uint64_t *out)
+{
+    const char *v = evhttp_find_header(q, name);
+    *out = def;
+    if (!v) {
+        return true;
+    }
+    if (mt_parse_u64(v, out) || *out > max) {
+        reply_error(req, 400, "invalid query parameter",
+                    "'%s' must be a whole number from 0 to %llu, got '%.64s'", name,
+                    (unsigned long long) max, v);
+        return false;
+    }
+    return true;
+}
+
+static bool query_wait(struct evhttp_request *req, struct evkeyvalq *q, uint64_t *ms)
+{
+    const char *v = evhttp_find_header(q, "wait");
+    *ms = 0;
+    if (!v) {
+        return true;
+    }
+    if (mt_parse_duration(v, ms) || *ms > WAIT_MAX_MS) {
+        reply_error(req, 400, "invalid query parameter",
+                    "'wait' must be a duration up to 60s such as '30s' or '500ms', got '%.64s'", v);
+        return false;
+    }
+    return true;
+}
+
+/* Content type without parameters, lower-cased, into buf. */
+static void media_type(const char *ct, char *buf, size_t len)
+{
+    size_t i = 0;
+    for (; ct && ct[i] && ct[i] != ';' && i + 1 < len; i++) {
+        buf[i] = (char) tolower((unsigned char) ct[i]);
+    }
+    while (i > 0 && isspace((unsigned char) buf[i - 1])) {
+        i--;
+    }
+    buf[i] = '\0';
+}
+
+/* ---- reading ---- */
+
+typedef struct read_out {
+    mt_buf buf;
+    uint64_t count;
+    uint64_t last;
+} read_out;
+
+static int add_event(const mt_event *ev, void *arg)
+{
+    read_out *o = arg;
+    mt_buf_adds(&o->buf, o->count ? "," : "[");
+    mt_event_to_json(ev, &o->buf);
+    o->count++;
+    o->last = ev->sequence;
+    return 0;
+}
+
+static void reply_events(struct evhttp_request *req, read_out *o, uint64_t head)
+{
+    if (o->count == 0) {
+        mt_buf_adds(&o->buf, "[");
+    }
+    mt_buf_adds(&o->buf, "]");
+    char hs[24];
+    snprintf(hs, sizeof hs, "%llu", (unsigned long long) head);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "moontide-head", hs);
+    reply(req, 200, "application/cloudevents-batch+json", o->buf.data, o->buf.len);
+}
+
+/* Reads the log after 'after'. Returns false (having answered 500) on a store error. */
+static bool read_log(mt_http *h, struct evhttp_request *req, uint64_t after, uint64_t limit,
+                     read_out *o, uint64_t *head)
+{
+    mt_buf_init(&o->buf);
+    o->count = 0;
+    o->last = after;
+    *head = 0;
+    mt_txn *t;
+    if (mt_store_read_begin(h->store, &t)) {
+        reply_error(req, 500, "storage error", "cannot begin a read transaction");
+        return false;
+    }
+    int rc = mt_log_read(t, after, limit, add_event, o);
+    if (rc == 0) {
+        rc = mt_log_head(t, head) ? -1 : 0;
+    }
+    mt_store_read_end(t);
+    if (rc) {
+        mt_buf_free(&o->buf);
+        reply_error(req, 500, "storage error", "reading the log failed (see the engine's log)");
+        return false;
+    }
+    return true;
+}
+
+static void waiter_free(waiter *w)
+{
+    mt_http *h = w->h;
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        h->waiters = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    event_free(w->timer);
+    free(w);
+}
+
+/* Answers a waiter with whatever is there now (possibly nothing) and frees it. */
+static void waiter_answer(waiter *w)
+{
+    read_out o;
+    uint64_t head;
+    if (read_log(w->h, w->req, w->after, w->limit, &o, &head)) {
+        reply_events(w->req, &o, head);
+        mt_buf_free(&o.buf);
+    }
+    waiter_free(w);
+}
+
+static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    waiter_answer(arg);
+}
+
+/* Called after appends: answers every waiter that now has events. */
+static void wake_waiters(mt_http *h, uint64_t head)
+{
+    for (waiter *w = h->waiters, *next; w; w = next) {
+        next = w->next;
+        if (head > w->after) {
+            waiter_answer(w);
+        }
+    }
+}
+
+static void handle_read_events(mt_http *h, struct evhttp_request *req, struct evkeyvalq *q)
+{
+    uint64_t after, limit, wait_ms;
+    if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after) ||
+        !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit) ||
+        !query_wait(req, q, &wait_ms)) {
+        return;
+    }
+    if (limit == 0) {
+        limit = READ_LIMIT_DEFAULT;
+    }
+    read_out o;
+    uint64_t head;
+    if (!read_log(h, req, after, limit, &o, &head)) {
+        return;
+    }
+    if (o.count == 0 && wait_ms > 0 && !h->draining) {
+        mt_buf_free(&o.buf);
+        waiter *w = mt_xcalloc(1, sizeof *w);
+        w->h = h;
+        w->req = req;
+        w->after = after;
+        w->limit = limit;
+        w->timer = evtimer_new(evhttp_connection_get_base(evhttp_request_get_connection(req)),
+                               on_wait_timeout, w);
+        struct timeval tv = {(time_t) (wait_ms / 1000), (suseconds_t) (wait_ms % 1000) * 1000};
+        evtimer_add(w->timer, &tv);
+        w->next = h->waiters;
+        if (h->waiters) {
+            h->waiters->prev = w;
+        }
+        h->waiters = w;
+        return;
+    }
+    reply_events(req, &o, head);
+    mt_buf_free(&o.buf);
+}
+
+static void handle_read_stream(mt_http *h, struct evhttp_request *req, const char *raw_subject,
+                               struct evkeyvalq *q)
+{
+    uint64_t from, limit;
+    if (!query_u64(req, q, "from", 0, UINT64_MAX, &from) ||
+        !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {
+        return;
+    }
+    if (limit == 0) {
+        limit = READ_LIMIT_DEFAULT;
+    }
+    size_t n = 0;
+    char *subject = evhttp_uridecode(raw_subject, 0, &n);
+    if (!subject || n == 0 || strlen(subject) != n || n > MT_EVENT_MAX_SUBJECT) {
+        free(subject);
+        reply_error(req, 400, "invalid subject",
+                    "the subject in the path must be 1 to %d bytes without NUL",
+                    MT_EVENT_MAX_SUBJECT);
+        return;
+    }
+    mt_txn *t;
+    if (mt_store_read_begin(h->store, &t)) {
+        free(subject);
+        reply_error(req, 500, "storage error", "cannot begin a read transaction");
+        return;
+    }
+    bool exists;
+    uint64_t version, head = 0;
+    read_out o = {.count = 0};
+    mt_buf_init(&o.buf);
+    int rc = mt_log_stream_head(t, subject, &exists, &version) ? -1 : 0;
+    if (rc == 0 && exists) {
+        rc = mt_log_read_stream(t, subject, from, limit, add_event, &o);
+    }
+    if (rc == 0) {
+        rc = mt_log_head(t, &head) ? -1 : 0;
+    }
+    mt_store_read_end(t);
+    if (rc) {
+        reply_error(req, 500, "storage error", "reading the stream failed (see the engine's log)");
+    } else if (!exists) {
+        reply_error(req, 404, "stream not found", "no events with subject '%.400s'", subject);
+    } else {
+        reply_events(req, &o, head);
+    }
+    mt_buf_free(&o.buf);
+    free(subject);
+}
+
+static void handle_health(mt_http *h, struct evhttp_request *req)
+{
+    mt_txn *t;
+    uint64_t head = 0;
+    if (mt_store_read_begin(h->store, &t) == MT_OK) {
+        mt_log_head(t, &head);
+        mt_store_read_end(t);
+    }
+    char hs[24];
+    snprintf(hs, sizeof hs, "%llu", (unsigned long long) head);
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string(h->draining ? "draining" : "ok"));
+    json_object_set_new(o, "head", json_string(hs));
+    reply_json(req, h->draining ? 503 : 200, o);
+}
+
+/* ---- publishing ---- */
+
+static mt_err append_run(mt_txn *t, void *arg)
+{
+    append_job *j = arg;
+    return mt_log_append(t, &j->batch, &j->expect, j->results, &j->current);
+}
+
+static void append_job_free(append_job *j)
+{
+    mt_event_batch_free(&j->batch);
+    free(j->results);
+    free(j);
+}
+
+static void append_done(mt_err rc, void *arg)
+{
+    append_job *j = arg;
+    mt_http *h = j->h;
+    struct evhttp_request *req = j->req;
+    if (rc == MT_ECONFLICT) {
+        mt_event ev;
+        mt_event_decode(j->batch.buf.data + j->batch.off[0], j->batch.len[0], &ev);
+        json_t *extra = json_object();
+        json_object_set_new(extra, "subject", json_string(ev.attr[MT_ATTR_SUBJECT]));
+        json_object_set_new(extra, "current", json_integer(j->current));
+        reply_error_extra(req, 409, "wrong expected version", extra,
+                          "stream '%.400s' is at version %lld", ev.attr[MT_ATTR_SUBJECT],
+                          (long long) j->current);
+    } else if (rc == MT_EINVAL) {
+        reply_error(req, 400, "invalid expected version",
+                    "moontide-expected-version needs every event to have the same subject");
+    } else if (rc == MT_EFULL) {
+        reply_error(req, 507, "store full",
+                    "the store has no room for these events; nothing was appended");
+    } else if (rc == MT_ECLOSED) {
+        reply_error(req, 503, "shutting down", "the engine is stopping; nothing was appended");
+    } else if (rc) {
+        reply_error(req, 500, "storage error", "append failed (%s); nothing was appended",
+                    mt_err_str(rc));
+    } else {
+        json_t *arr = json_array();
+        bool any_new = false;
+        uint64_t last = 0;
+        for (int i = 0; i < j->batch.count; i++) {
+            mt_event ev;
+            mt_event_decode(j->batch.buf.data + j->batch.off[i], j->batch.len[i], &ev);
+            mt_log_result *r = &j->results[i];
+            char seq[24];
+            snprintf(seq, sizeof seq, "%llu", (unsigned long long) r->sequence);
+            json_t *e = json_object();
+            json_object_set_new(e, "id", json_string(ev.attr[MT_ATTR_ID]));
+            json_object_set_new(e, "sequence", json_string(seq));
+            if (r->has_subject) {
+                json_object_set_new(e, "streamversion", json_integer((json_int_t) r->streamversion));
+            }
+            if (r->duplicate) {
+                json_object_set_new(e, "duplicate", json_true());
+            } else {
+                any_new = true;
+                last = r->sequence > last ? r->sequence : last;
+            }
+            json_array_append_new(arr, e);
+        }
+        json_t *o = json_object();
+        json_object_set_new(o, "events", arr);
+        reply_json(req, any_new ? 201 : 200, o);
+        if (any_new) {
+            wake_waiters(h, last);
+        }
+    }
+    append_job_free(j);
+}
+
+/* Collects the ce-* headers of a binary-mode request. Returns their count. */
+static int binary_attrs(struct evhttp_request *req, char **names, char **values, bool *bad,
+                        char *err, size_t errlen)
+{
+    int n = 0;
+    *bad = false;
+    struct evkeyvalq *ih = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strncasecmp(kv->key, "ce-", 3) != 0) {
+            continue;
+        }
+        if (n == MAX_CE_HEADERS) {
+            snprintf(err, errlen, "more than %d ce- headers", MAX_CE_HEADERS);
+            *bad = true;
+            return n;
+        }
+        size_t len = 0;
+        char *v = evhttp_uridecode(kv->value, 0, &len);
+        if (!v || strlen(v) != len) {
+            free(v);
+            snprintf(err, errlen, "header '%.64s': bad percent-encoding", kv->key);
+            *bad = true;
+            return n;
+        }
+        char *name = mt_xstrdup(kv->key + 3);
+        for (char *c = name; *c; c++) {
+            *c = (char) tolower((unsigned char) *c);
+        }
+        names[n] = name;
+        values[n] = v;
+        n++;
+    }
+    return n;
+}
+
+static void handle_publish(mt_http *h, struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    if (len > h->max_body) {
+        reply_error(req, 413, "body too large", "the body has %zu bytes; the limit is %llu", len,
+                    (unsigned long long) h->max_body);
+        return;
+    }
+    struct evkeyvalq *ih = evhttp_request_get_input_headers(req);
+    const char *ct = evhttp_find_header(ih, "Content-Type");
+    char mt[128];
+    media_type(ct, mt, sizeof mt);
+    const char *body = len ? (const char *) evbuffer_pullup(in, -1) : "";
+
+    append_job *j = mt_xcalloc(1, sizeof *j);
+    j->h = h;
+    j->req = req;
+    mt_event_batch_init(&j->batch);
+    char err[768] = "";
+    mt_err rc;
+    if (strcmp(mt, "application/cloudevents+json") == 0) {
+        rc = mt_event_parse_structured(body, len, &j->batch, err, sizeof err);
+    } else if (strcmp(mt, "application/cloudevents-batch+json") == 0) {
+        rc = mt_event_parse_batch(body, len, &j->batch, err, sizeof err);
+    } else if (evhttp_find_header(ih, "ce-specversion")) {
+        char *names[MAX_CE_HEADERS], *values[MAX_CE_HEADERS];
+        bool bad;
+        int n = binary_attrs(req, names, values, &bad, err, sizeof err);
+        rc = bad ? MT_EINVAL
+                 : mt_event_parse_binary((const char *const *) names, (const char *const *) values,
+                                         n, ct, body, len, &j->batch, err, sizeof err);
+        for (int i = 0; i < n; i++) {
+            free(names[i]);
+            free(values[i]);
+        }
+    } else {
+        append_job_free(j);
+        reply_error(req, 415, "unsupported content type",
+                    "'%.100s' is not a CloudEvents mode: use application/cloudevents+json, "
+                    "application/cloudevents-batch+json, or binary mode with ce-* headers",
+                    ct ? ct : "(none)");
+        return;
+    }
+    if (rc == MT_ENOMEM) {
+        append_job_free(j);
+        reply_error(req, 507, "out of memory", "the engine could not allocate room for the body");
+        return;
+    }
+    if (rc) {
+        append_job_free(j);
+        reply_error(req, 400, "malformed event", "%s", err);
+        return;
+    }
+    const char *ev_hdr = evhttp_find_header(ih, "moontide-expected-version");
+    if (ev_hdr && mt_log_parse_expect(ev_hdr, &j->expect)) {
+        append_job_free(j);
+        reply_error(req, 400, "invalid expected version",
+                    "moontide-expected-version must be any, no_stream, exists or a version "
+                    "number, got '%.64s'", ev_hdr);
+        return;
+    }
+    j->results = mt_xcalloc((size_t) j->batch.count, sizeof *j->results);
+    rc = mt_store_submit(h->store, append_run, append_done, j);
+    if (rc) {
+        append_job_free(j);
+        reply_error(req, 503, "shutting down", "the engine is stopping; nothing was appended");
+    }
+}
+
+/* ---- routing ---- */
+
+static void method_not_allowed(struct evhttp_request *req, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    reply_error(req, 405, "method not allowed", "this resource allows %s", allow);
+}
+
+static void route(struct evhttp_request *req, void *arg)
+{
+    mt_http *h = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    bool get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
+    if (!path) {
+        reply_error(req, 400, "bad request", "the request target is not a valid URI");
+        return;
+    }
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    const char *query = evhttp_uri_get_query(uri);
+    if (query && evhttp_parse_query_str(query, &q)) {
+        reply_error(req, 400, "bad request", "the query string is malformed");
+        return;
+    }
+    if (strcmp(path, "/events") == 0) {
+        if (cmd == EVHTTP_REQ_POST) {
+            handle_publish(h, req);
+        } else if (get) {
+            handle_read_events(h, req, &q);
+        } else {
+            method_not_allowed(req, "GET, POST");
+        }
+    } else if (strncmp(path, "/streams/", 9) == 0 && path[9]) {
+        if (get) {
+            handle_read_stream(h, req, path + 9, &q);
+        } else {
+            method_not_allowed(req, "GET");
+        }
+    } else if (strcmp(path, "/healthz") == 0) {
+        if (get) {
+            handle_health(h, req);
+        } else {
+            method_not_allowed(req, "GET");
+        }
+    } else {
+        reply_error(req, 404, "not found", "no resource at '%.200s'", path);
+    }
+    evhttp_clear_headers(&q);
+}
+
+/* ---- lifecycle ---- */
+
+mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt_http **out)
+{
+    *out = NULL;
+    mt_http *h = mt_xcalloc(1, sizeof *h);
+    h->loop = loop;
+    h->store = store;
+    h->max_body = opts->max_body;
+    h->http = evhttp_new(mt_loop_base(loop));
+    if (!h->http) {
+        free(h);
+        return MT_EIO;
+    }
+    evhttp_set_max_body_size(h->http, (ev_ssize_t) opts->max_body);
+    evhttp_set_max_headers_size(h->http, 64 * 1024);
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+    evhttp_set_timeout(h->http, 120);
+    evhttp_set_gencb(h->http, route, h);
+    h->sock = evhttp_bind_socket_with_handle(h->http, opts->host, opts->port);
+    if (!h->sock) {
+        mt_error("http: cannot listen on %s:%u: %s", opts->host, opts->port,
+                 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        evhttp_free(h->http);
+        free(h);
+        return MT_EUNAVAIL;
+    }
+    struct sockaddr_storage ss;
+    ev_socklen_t sl = sizeof ss;
+    evutil_socket_t fd = evhttp_bound_socket_get_fd(h->sock);
+    if (getsockname(fd, (struct sockaddr *) &ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            h->port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            h->port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
+        }
+    }
+    *out = h;
+    return MT_OK;
+}
+
+uint16_t mt_http_port(const mt_http *h)
+{
+    return h->port;
+}
+
+void mt_http_stop_accepting(mt_http *h)
+{
+    h->draining = true;
+    if (h->sock) {
+        evhttp_del_accept_socket(h->http, h->sock);
+        h->sock = NULL;
+    }
+    while (h->waiters) {
+        waiter_answer(h->waiters);
+    }
+}
+
+void mt_http_close(mt_http *h)
+{
+    if (!h) {
+        return;
+    }
+    while (h->waiters) {
+        waiter_free(h->waiters);
+    }
+    evhttp_free(h->http);
+    free(h);
+}

@@ -1,0 +1,295 @@
+#include <stdlib.h>
+#include <string.h>
+#include "mt_diag.h"
+#include "mt_log.h"
+#include "mt_util.h"
+
+mt_err mt_log_parse_expect(const char *s, mt_expect *out)
+{
+    out->kind = MT_EXPECT_ANY;
+    out->version = 0;
+    if (!s) {
+        return MT_EINVAL;
+    }
+    if (strcmp(s, "any") == 0) {
+        return MT_OK;
+    }
+    if (strcmp(s, "no_stream") == 0) {
+        out->kind = MT_EXPECT_NO_STREAM;
+        return MT_OK;
+    }
+    if (strcmp(s, "exists") == 0) {
+        out->kind = MT_EXPECT_EXISTS;
+        return MT_OK;
+    }
+    if (mt_parse_u64(s, &out->version)) {
+        return MT_EINVAL;
+    }
+    out->kind = MT_EXPECT_VERSION;
+    return MT_OK;
+}
+
+/* Key of the stream index: subject, NUL, big-endian version. */
+static size_t stream_key(uint8_t *k, const char *subject, uint64_t version)
+{
+    size_t n = strlen(subject);
+    memcpy(k, subject, n);
+    k[n] = 0;
+    mt_put_be64(k + n + 1, version);
+    return n + 9;
+}
+
+/* Key of the id index: source, NUL, id. */
+static size_t id_key(uint8_t *k, const char *source, const char *id)
+{
+    size_t a = strlen(source), b = strlen(id);
+    memcpy(k, source, a);
+    k[a] = 0;
+    memcpy(k + a + 1, id, b);
+    return a + 1 + b;
+}
+
+mt_err mt_log_head(mt_txn *t, uint64_t *seq)
+{
+    *seq = 0;
+    mt_cursor *c;
+    mt_err rc = mt_store_cursor_open(t, MT_DB_LOG, &c);
+    if (rc) {
+        return rc;
+    }
+    const void *k, *v;
+    size_t kl, vl;
+    rc = mt_store_cursor_last(c, &k, &kl, &v, &vl);
+    mt_store_cursor_close(c);
+    if (rc == MT_ENOTFOUND) {
+        return MT_OK;
+    }
+    if (rc == MT_OK && kl == 8) {
+        *seq = mt_get_be64(k);
+    }
+    return rc;
+}
+
+mt_err mt_log_stream_head(mt_txn *t, const char *subject, bool *exists, uint64_t *version)
+{
+    *exists = false;
+    *version = 0;
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_HEADS, subject, strlen(subject), &v, &vl);
+    if (rc == MT_ENOTFOUND) {
+        return MT_OK;
+    }
+    if (rc) {
+        return rc;
+    }
+    if (vl != 8) {
+        return MT_EIO;
+    }
+    *exists = true;
+    *version = mt_get_be64(v);
+    return MT_OK;
+}
+
+mt_err mt_log_get(mt_txn *t, uint64_t seq, mt_event *ev)
+{
+    mt_event_init(ev);
+    uint8_t k[8];
+    mt_put_be64(k, seq);
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_LOG, k, 8, &v, &vl);
+    if (rc) {
+        return rc;
+    }
+    if (mt_event_decode(v, vl, ev)) {
+        mt_error("log: record at sequence %llu is corrupt", (unsigned long long) seq);
+        return MT_EIO;
+    }
+    return MT_OK;
+}
+
+static bool expect_holds(const mt_expect *e, bool exists, uint64_t version)
+{
+    switch (e->kind) {
+    case MT_EXPECT_ANY: return true;
+    case MT_EXPECT_NO_STREAM: return !exists;
+    case MT_EXPECT_EXISTS: return exists;
+    case MT_EXPECT_VERSION: return exists && version == e->version;
+    }
+    return false;
+}
+
+mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
+                     mt_log_result *results, int64_t *current)
+{
+    *current = -1;
+    mt_expect any = {MT_EXPECT_ANY, 0};
+    if (!expect) {
+        expect = &any;
+    }
+    /* Decode every record once: the fields point into the batch's buffer. */
+    mt_event *evs = mt_xcalloc((size_t) b->count, sizeof *evs);
+    mt_err rc = MT_OK;
+    for (int i = 0; i < b->count && rc == MT_OK; i++) {
+        rc = mt_event_decode(b->buf.data + b->off[i], b->len[i], &evs[i]);
+        mt_assert(rc == MT_OK); /* the batch was built by mt_event_batch_add */
+        if (expect->kind != MT_EXPECT_ANY &&
+            (!evs[i].attr[MT_ATTR_SUBJECT] ||
+             strcmp(evs[i].attr[MT_ATTR_SUBJECT], evs[0].attr[MT_ATTR_SUBJECT]) != 0)) {
+            rc = MT_EINVAL;
+        }
+    }
+    uint64_t seq = 0;
+    if (rc == MT_OK) {
+        rc = mt_log_head(t, &seq);
+    }
+    bool checked = false;
+    int64_t now = mt_now_us();
+    uint8_t key[1024];
+    for (int i = 0; i < b->count && rc == MT_OK; i++) {
+        mt_event *ev = &evs[i];
+        mt_log_result *r = &results[i];
+        memset(r, 0, sizeof *r);
+        const char *subject = ev->attr[MT_ATTR_SUBJECT];
+        r->has_subject = subject != NULL;
+
+        size_t kl = id_key(key, ev->attr[MT_ATTR_SOURCE], ev->attr[MT_ATTR_ID]);
+        const void *v;
+        size_t vl;
+        rc = mt_store_get(t, MT_DB_IDS, key, kl, &v, &vl);
+        if (rc == MT_OK) {
+            mt_event orig;
+            r->duplicate = true;
+            r->sequence = vl == 8 ? mt_get_be64(v) : 0;
+            rc = mt_log_get(t, r->sequence, &orig);
+            r->streamversion = orig.streamversion;
+            r->has_subject = orig.attr[MT_ATTR_SUBJECT] != NULL;
+            continue;
+        }
+        if (rc != MT_ENOTFOUND) {
+            break;
+        }
+        rc = MT_OK;
+
+        bool exists = false;
+        uint64_t head = 0;
+        if (subject) {
+            rc = mt_log_stream_head(t, subject, &exists, &head);
+            if (rc) {
+                break;
+            }
+        }
+        if (!checked) {
+            checked = true;
+            if (!expect_holds(expect, exists, head)) {
+                *current = exists ? (int64_t) head : -1;
+                rc = MT_ECONFLICT;
+                break;
+            }
+        }
+        seq++;
+        uint64_t version = exists ? head + 1 : 0;
+        uint8_t *rec = (uint8_t *) b->buf.data + b->off[i];
+        mt_event_record_set_position(rec, seq, subject ? version : 0, now);
+        uint8_t seqk[8];
+        mt_put_be64(seqk, seq);
+        rc = mt_store_put(t, MT_DB_LOG, seqk, 8, rec, b->len[i], MT_STORE_APPEND);
+        if (rc == MT_OK) {
+            rc = mt_store_put(t, MT_DB_IDS, key, kl, seqk, 8, 0);
+        }
+        if (rc == MT_OK && subject) {
+            uint8_t sk[MT_EVENT_MAX_SUBJECT + 16];
+            uint8_t vb[8];
+            mt_put_be64(vb, version);
+            size_t skl = stream_key(sk, subject, version);
+            rc = mt_store_put(t, MT_DB_STREAMS, sk, skl, seqk, 8, 0);
+            if (rc == MT_OK) {
+                rc = mt_store_put(t, MT_DB_HEADS, subject, strlen(subject), vb, 8, 0);
+            }
+        }
+        r->sequence = seq;
+        r->streamversion = version;
+    }
+    free(evs);
+    return rc;
+}
+
+static int visit_record(const void *v, size_t vl, uint64_t seq, mt_log_visit_fn visit, void *arg)
+{
+    mt_event ev;
+    if (mt_event_decode(v, vl, &ev)) {
+        mt_error("log: record at sequence %llu is corrupt", (unsigned long long) seq);
+        return -1;
+    }
+    return visit(&ev, arg);
+}
+
+int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit, void *arg)
+{
+    if (after == UINT64_MAX || limit == 0) {
+        return 0;
+    }
+    mt_cursor *c;
+    if (mt_store_cursor_open(t, MT_DB_LOG, &c)) {
+        return -1;
+    }
+    uint8_t start[8];
+    mt_put_be64(start, after + 1);
+    const void *k, *v;
+    size_t kl, vl;
+    int stop = 0;
+    mt_err rc = mt_store_cursor_seek(c, start, 8, &k, &kl, &v, &vl);
+    for (uint64_t n = 0; rc == MT_OK && n < limit && stop == 0; n++) {
+        stop = visit_record(v, vl, kl == 8 ? mt_get_be64(k) : 0, visit, arg);
+        if (stop == 0) {
+            rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
+        }
+    }
+    mt_store_cursor_close(c);
+    if (rc != MT_OK && rc != MT_ENOTFOUND) {
+        return -1;
+    }
+    return stop;
+}
+
+int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,
+                       mt_log_visit_fn visit, void *arg)
+{
+    size_t sn = strlen(subject);
+    if (sn > MT_EVENT_MAX_SUBJECT || limit == 0) {
+        return 0;
+    }
+    mt_cursor *c;
+    if (mt_store_cursor_open(t, MT_DB_STREAMS, &c)) {
+        return -1;
+    }
+    uint8_t start[MT_EVENT_MAX_SUBJECT + 16];
+    size_t sl = stream_key(start, subject, from);
+    const void *k, *v;
+    size_t kl, vl;
+    int stop = 0;
+    mt_err rc = mt_store_cursor_seek(c, start, sl, &k, &kl, &v, &vl);
+    for (uint64_t n = 0; rc == MT_OK && n < limit && stop == 0; n++) {
+        /* Stop at the first key of another subject. */
+        if (kl != sn + 9 || memcmp(k, subject, sn + 1) != 0 || vl != 8) {
+            break;
+        }
+        mt_event ev;
+        uint64_t seq = mt_get_be64(v);
+        rc = mt_log_get(t, seq, &ev);
+        if (rc) {
+            stop = -1;
+            break;
+        }
+        stop = visit(&ev, arg);
+        if (stop == 0) {
+            rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
+        }
+    }
+    mt_store_cursor_close(c);
+    if (rc != MT_OK && rc != MT_ENOTFOUND) {
+        return -1;
+    }
+    return stop;
+}

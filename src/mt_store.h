@@ -1,0 +1,168 @@
+/*
+ * mt_store.h - the LMDB environment, its named databases, and the
+ * group-commit writer.
+ *
+ * One environment holds every database (mt_db). Reads use read-only
+ * transactions from any thread (the environment is opened MDB_NOTLS).
+ * Every write goes through the writer thread: callers submit jobs; the
+ * writer gathers whatever jobs are waiting into one LMDB write transaction,
+ * runs each in a nested transaction of its own (a failing job is undone
+ * alone), and makes the group durable with ONE sync:
+ *
+ *   durability fsync:  every put/del of a job is also recorded as a redo
+ *     operation; the group's redo record goes to the write-ahead file
+ *     (mt_wal), which is fdatasync'ed once; then the LMDB transaction is
+ *     committed without LMDB's own syncs (MDB_NOSYNC). At a checkpoint
+ *     (write-ahead file half full, every 30 s when busy, and at close) the
+ *     store syncs LMDB and resets the write-ahead file. At open, groups in
+ *     the write-ahead file newer than the last group LMDB holds are applied
+ *     again. Crash argument: docs/architecture.md.
+ *   durability nosync: no write-ahead file, no fsync until close; a
+ *     process crash loses nothing (the OS has the pages), a power cut may.
+ *
+ * A job's done callback runs only after its group is durable, on the thread
+ * that calls mt_store_complete() (the event loop), so nothing is
+ * acknowledged before it is on disk.
+ *
+ * lmdb.h is included by mt_store.c alone; LMDB codes become mt_err here:
+ * MDB_MAP_FULL -> MT_EFULL, MDB_NOTFOUND -> MT_ENOTFOUND, others -> MT_EIO
+ * (logged with mdb_strerror and context).
+ */
+#ifndef MT_STORE_H
+#define MT_STORE_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "mt_err.h"
+
+typedef struct mt_store mt_store;
+typedef struct mt_txn mt_txn;
+typedef struct mt_cursor mt_cursor;
+
+/* The named databases. Keys and values are bytes; integers in keys are big-endian. */
+typedef enum mt_db {
+    MT_DB_META = 0, /* engine bookkeeping: "wal.group" -> u64 last applied group */
+    MT_DB_LOG,      /* u64 sequence -> event record (mt_event) */
+    MT_DB_STREAMS,  /* subject NUL u64 version -> u64 sequence */
+    MT_DB_HEADS,    /* subject -> u64 last version */
+    MT_DB_IDS,      /* source NUL id -> u64 sequence, for deduplication */
+    MT_DB_COUNT
+} mt_db;
+
+typedef struct mt_store_opts {
+    const char *dir;      /* data directory; created if missing */
+    uint64_t map_size;    /* bytes */
+    uint64_t wal_size;    /* bytes; ignored when nosync */
+    bool nosync;          /* durability nosync */
+} mt_store_opts;
+
+/*
+ * Opens (creating if needed) the store in opts->dir, replays the
+ * write-ahead file, and starts the writer thread. Sets *out (NULL on error).
+ * MT_EIO if the directory or files cannot be opened (logged), MT_EFULL if
+ * the map is too small to replay, MT_EINVAL on bad options.
+ */
+mt_err mt_store_open(const mt_store_opts *opts, mt_store **out);
+
+/*
+ * Stops the writer after the jobs already submitted, checkpoints, and
+ * closes everything. Jobs submitted after close began fail with MT_ECLOSED.
+ * Completion callbacks still pending are run from here. NULL does nothing.
+ */
+void mt_store_close(mt_store *s);
+
+/* ---- writing ---- */
+
+/*
+ * A job: runs on the writer thread inside its own nested write transaction.
+ * Returning non-zero undoes everything the job wrote.
+ */
+typedef mt_err (*mt_store_job_fn)(mt_txn *txn, void *arg);
+/*
+ * Called once per job with its outcome once its group is durable (or
+ * failed): MT_OK, the job's own error, MT_EFULL (map full), MT_EIO,
+ * MT_ECLOSED. Runs on the thread calling mt_store_complete().
+ */
+typedef void (*mt_store_done_fn)(mt_err rc, void *arg);
+
+/*
+ * Queues a job. Thread-safe. 'arg' stays the caller's; it must live until
+ * 'done' is called. MT_ECLOSED if the store is closing ('done' is not called).
+ */
+mt_err mt_store_submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, void *arg);
+
+/*
+ * Runs one job and waits for its durability on the calling thread (which
+ * must not be the one running mt_store_complete's callbacks for it to wait
+ * on: the job's outcome is returned, no done callback). For tools and tests.
+ */
+mt_err mt_store_write(mt_store *s, mt_store_job_fn run, void *arg);
+
+/*
+ * Registers 'notify', called on the writer thread whenever finished jobs
+ * are waiting for mt_store_complete(). It must only wake the loop.
+ */
+void mt_store_set_notify(mt_store *s, void (*notify)(void *arg), void *arg);
+
+/* Runs the done callbacks of finished jobs, in submission order. */
+void mt_store_complete(mt_store *s);
+
+/* ---- reading and writing inside a transaction ---- */
+
+/*
+ * Begins a read-only transaction (any thread). Sets *out. MT_EIO on
+ * failure. End it with mt_store_read_end().
+ */
+mt_err mt_store_read_begin(mt_store *s, mt_txn **out);
+void mt_store_read_end(mt_txn *t);
+
+/*
+ * Looks up 'key'. On success *val points into the map and is valid until
+ * the transaction ends. MT_ENOTFOUND if absent; MT_EIO otherwise.
+ */
+mt_err mt_store_get(mt_txn *t, mt_db db, const void *key, size_t klen, const void **val,
+                    size_t *vlen);
+
+#define MT_STORE_APPEND 1u /* key is greater than every key in db (the log) */
+
+/*
+ * Writes key -> val (write transactions only, i.e. inside a job).
+ * MT_EFULL when the map is full, MT_EIO otherwise. After any error the
+ * transaction is poisoned: every later call fails until the job returns.
+ */
+mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
+                    size_t vlen, unsigned flags);
+
+/* Deletes key. MT_ENOTFOUND if absent. */
+mt_err mt_store_del(mt_txn *t, mt_db db, const void *key, size_t klen);
+
+/*
+ * Cursors. mt_store_cursor_seek positions at the first key >= 'key'
+ * (klen 0: the first key); _last at the last key; _next/_prev move. Each
+ * sets the key and value out-params (valid until the transaction ends or the cursor moves) and
+ * returns MT_ENOTFOUND at either end.
+ */
+mt_err mt_store_cursor_open(mt_txn *t, mt_db db, mt_cursor **out);
+void mt_store_cursor_close(mt_cursor *c);
+mt_err mt_store_cursor_seek(mt_cursor *c, const void *key, size_t klen, const void **k,
+                            size_t *kl, const void **v, size_t *vl);
+mt_err mt_store_cursor_last(mt_cursor *c, const void **k, size_t *kl, const void **v,
+                            size_t *vl);
+mt_err mt_store_cursor_next(mt_cursor *c, const void **k, size_t *kl, const void **v,
+                            size_t *vl);
+mt_err mt_store_cursor_prev(mt_cursor *c, const void **k, size_t *kl, const void **v,
+                            size_t *vl);
+
+/* ---- introspection ---- */
+
+typedef struct mt_store_stats {
+    uint64_t map_size;      /* bytes */
+    uint64_t map_used;      /* bytes in use (last page number * page size) */
+    uint64_t groups;        /* group commits since open */
+    uint64_t jobs;          /* jobs run since open */
+    uint64_t checkpoints;   /* since open */
+} mt_store_stats;
+
+void mt_store_get_stats(mt_store *s, mt_store_stats *st);
+
+#endif

@@ -1,0 +1,737 @@
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+#include "mt_mem.h"
+#include "mt_topo.h"
+#include "mt_util.h"
+
+/*
+ * A topology file is read whole before parsing; anything bigger than this is
+ * not a hand-written topology, and the cap keeps the allocation bounded.
+ */
+#define MAX_FILE_SIZE (16u << 20)
+
+/* Longest scalar quoted back in a message before it is cut with "...". */
+#define MAX_QUOTE 40
+
+#define KIB (1ULL << 10)
+#define MIB (1ULL << 20)
+#define GIB (1ULL << 30)
+
+/* ---- error collection ---- */
+
+/* State of one mt_topo_load() call. */
+typedef struct loader {
+    const char *path;
+    yaml_document_t *doc;
+    mt_topo_errs *errs;
+    mt_topo *topo;          /* filled in as keys are read; discarded if any error */
+} loader;
+
+static void errs_insert(mt_topo_errs *errs, int at, char *line)
+{
+    errs->lines = mt_xrealloc(errs->lines, (size_t) (errs->count + 1) * sizeof *errs->lines);
+    memmove(errs->lines + at + 1, errs->lines + at,
+            (size_t) (errs->count - at) * sizeof *errs->lines);
+    errs->lines[at] = line;
+    errs->count++;
+}
+
+/*
+ * Adds "FILE:LINE:COL: error: MESSAGE" at index 'at' of the error list (-1 =
+ * the end). Errors are added in document order; inserting lets a mapping
+ * report a missing key at its own start, ahead of the errors of its children.
+ */
+static void __attribute__((format(printf, 4, 5)))
+err_at(loader *ld, int at, yaml_mark_t mark, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    mt_assert(n >= 0);
+    char *msg = mt_xmalloc((size_t) n + 1);
+    vsnprintf(msg, (size_t) n + 1, fmt, ap2);
+    va_end(ap2);
+    char *line = mt_xasprintf("%s:%zu:%zu: error: %s", ld->path, mark.line + 1,
+                              mark.column + 1, msg);
+    free(msg);
+    errs_insert(ld->errs, at < 0 ? ld->errs->count : at, line);
+}
+
+#define err_node(ld, node, ...) err_at((ld), -1, (node)->start_mark, __VA_ARGS__)
+
+/* ---- describing nodes in messages ---- */
+
+static bool is_null(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+        return false;
+    }
+    const char *s = (const char *) n->data.scalar.value;
+    size_t len = n->data.scalar.length;
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+    for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++) {
+        if (len == strlen(nulls[i]) && memcmp(s, nulls[i], len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * 's' in single quotes, cut at MAX_QUOTE characters or the first line break,
+ * with control bytes shown as '?', so one error stays on one line.
+ */
+static char *quote(const unsigned char *s, size_t len)
+{
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_adds(&b, "'");
+    size_t chars = 0;
+    size_t i = 0;
+    bool cut = false;
+    for (; i < len; i++) {
+        unsigned char c = s[i];
+        bool starts_char = (c & 0xC0) != 0x80;
+        if (starts_char && chars == MAX_QUOTE) {
+            cut = true;
+            break;
+        }
+        if (c == '\n' || c == '\r') {
+            cut = true;
+            break;
+        }
+        if (starts_char) {
+            chars++;
+        }
+        char out = (c < 0x20 || c == 0x7f) ? '?' : (char) c;
+        mt_buf_add(&b, &out, 1);
+    }
+    mt_buf_adds(&b, cut ? "...'" : "'");
+    char *r = mt_xstrdup(mt_buf_cstr(&b));
+    mt_buf_free(&b);
+    return r;
+}
+
+/* What a node is, for "(got ...)": "a mapping", "an empty value", "'text'". */
+static char *describe(const yaml_node_t *n)
+{
+    switch (n->type) {
+    case YAML_MAPPING_NODE:
+        return mt_xstrdup("a mapping");
+    case YAML_SEQUENCE_NODE:
+        return mt_xstrdup("a sequence");
+    case YAML_SCALAR_NODE:
+        if (is_null(n)) {
+            return mt_xstrdup("an empty value");
+        }
+        return quote(n->data.scalar.value, n->data.scalar.length);
+    default:
+        return mt_xstrdup("nothing");
+    }
+}
+
+/* Reports "'PATH' must be EXPECT (got ...)" at 'n'. */
+static void err_expected(loader *ld, const yaml_node_t *n, const char *path, const char *expect)
+{
+    char *got = describe(n);
+    err_node(ld, n, "'%s' must be %s (got %s)", path, expect, got);
+    free(got);
+}
+
+/*
+ * The text of a scalar value, or NULL after reporting why it is unusable:
+ * not a scalar, empty, or holding a NUL byte (the rest of the engine works
+ * with C strings).
+ */
+static const char *scalar_text(loader *ld, const yaml_node_t *n, const char *path,
+                               const char *expect)
+{
+    if (n->type != YAML_SCALAR_NODE || is_null(n)) {
+        err_expected(ld, n, path, expect);
+        return NULL;
+    }
+    const char *s = (const char *) n->data.scalar.value;
+    if (n->data.scalar.length == 0) {
+        err_node(ld, n, "'%s' must not be empty", path);
+        return NULL;
+    }
+    if (strlen(s) != n->data.scalar.length) {
+        err_node(ld, n, "'%s' must not contain a NUL byte", path);
+        return NULL;
+    }
+    return s;
+}
+
+static void set_str(char **field, const char *s)
+{
+    free(*field);
+    *field = mt_xstrdup(s);
+}
+
+/* ---- mapping walker: sections and keys are tables ---- */
+
+typedef void (*value_fn)(loader *ld, const yaml_node_t *value);
+
+typedef struct key_spec {
+    const char *name;
+    value_fn parse;         /* NULL: reserved for a later version, refused for now */
+    bool required;
+} key_spec;
+
+static bool key_is(const yaml_node_t *k, const char *name)
+{
+    return k->type == YAML_SCALAR_NODE && k->data.scalar.length == strlen(name) &&
+           memcmp(k->data.scalar.value, name, k->data.scalar.length) == 0;
+}
+
+static bool same_key(const yaml_node_t *a, const yaml_node_t *b)
+{
+    return a->type == YAML_SCALAR_NODE && b->type == YAML_SCALAR_NODE &&
+           a->data.scalar.length == b->data.scalar.length &&
+           memcmp(a->data.scalar.value, b->data.scalar.value, a->data.scalar.length) == 0;
+}
+
+/* "a, b, c" of the supported (non-reserved) keys. */
+static char *key_list(const key_spec *specs)
+{
+    mt_buf b;
+    mt_buf_init(&b);
+    for (const key_spec *s = specs; s->name; s++) {
+        if (s->parse) {
+            mt_buf_addf(&b, "%s%s", b.len ? ", " : "", s->name);
+        }
+    }
+    char *r = mt_xstrdup(mt_buf_cstr(&b));
+    mt_buf_free(&b);
+    return r;
+}
+
+/*
+ * Checks every key of 'map' against 'specs' and hands each value to its
+ * parser. 'where' names the mapping in messages ("at top level", "in engine").
+ * Every problem is reported and the walk goes on, so one pass finds them all.
+ * A duplicated key's value is not parsed: the duplicate is the error to fix.
+ */
+static void walk_mapping(loader *ld, const yaml_node_t *map, const char *where,
+                         const key_spec *specs)
+{
+    mt_assert(map->type == YAML_MAPPING_NODE);
+    int first_err = ld->errs->count;
+    size_t nspecs = 0;
+    while (specs[nspecs].name) {
+        nspecs++;
+    }
+    bool *seen = mt_xcalloc(nspecs, sizeof *seen);
+
+    yaml_node_pair_t *start = map->data.mapping.pairs.start;
+    yaml_node_pair_t *top = map->data.mapping.pairs.top;
+    for (yaml_node_pair_t *p = start; p < top; p++) {
+        const yaml_node_t *k = yaml_document_get_node(ld->doc, p->key);
+        const yaml_node_t *v = yaml_document_get_node(ld->doc, p->value);
+        if (k->type != YAML_SCALAR_NODE || is_null(k)) {
+            char *got = describe(k);
+            err_node(ld, k, "keys must be strings (got %s)", got);
+            free(got);
+            continue;
+        }
+        char *name = quote(k->data.scalar.value, k->data.scalar.length);
+        const yaml_node_pair_t *dup = NULL;
+        for (const yaml_node_pair_t *q = start; q < p && !dup; q++) {
+            if (same_key(yaml_document_get_node(ld->doc, q->key), k)) {
+                dup = q;
+            }
+        }
+        if (dup) {
+            const yaml_node_t *dk = yaml_document_get_node(ld->doc, dup->key);
+            err_node(ld, k, "duplicate key %s %s (first at line %zu)", name, where,
+                     dk->start_mark.line + 1);
+            free(name);
+            continue;
+        }
+        size_t i = 0;
+        while (i < nspecs && !key_is(k, specs[i].name)) {
+            i++;
+        }
+        if (i == nspecs) {
+            char *allowed = key_list(specs);
+            err_node(ld, k, "unknown key %s %s (expected one of: %s)", name, where, allowed);
+            free(allowed);
+        } else if (!specs[i].parse) {
+            err_node(ld, k, "%s is not supported by this version of moontide", name);
+        } else {
+            seen[i] = true;
+            specs[i].parse(ld, v);
+        }
+        free(name);
+    }
+
+    for (size_t i = 0; i < nspecs; i++) {
+        if (specs[i].required && !seen[i]) {
+            err_at(ld, first_err, map->start_mark, "missing required key '%s' %s",
+                   specs[i].name, where);
+        }
+    }
+    free(seen);
+}
+
+/* ---- engine section ---- */
+
+/* Sets *out from a size value within [min, max]; reports and leaves *out otherwise. */
+static void get_size(loader *ld, const yaml_node_t *v, const char *path, uint64_t min,
+                     const char *min_text, uint64_t max, const char *max_text, uint64_t *out)
+{
+    const char *s = scalar_text(ld, v, path, "a size such as 64MiB or 1GiB");
+    if (!s) {
+        return;
+    }
+    uint64_t bytes;
+    if (mt_parse_size(s, &bytes)) {
+        err_expected(ld, v, path, "a size such as 64MiB or 1GiB");
+        return;
+    }
+    if (bytes < min || bytes > max) {
+        char *got = describe(v);
+        if (max == UINT64_MAX) {
+            err_node(ld, v, "'%s' must be at least %s (got %s)", path, min_text, got);
+        } else {
+            err_node(ld, v, "'%s' must be between %s and %s (got %s)", path, min_text,
+                     max_text, got);
+        }
+        free(got);
+        return;
+    }
+    *out = bytes;
+}
+
+/* Index of 's' in the NULL-terminated 'choices', or -1 after reporting. */
+static int get_choice(loader *ld, const yaml_node_t *v, const char *path,
+                      const char *const *choices)
+{
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_adds(&b, "one of: ");
+    for (int i = 0; choices[i]; i++) {
+        mt_buf_addf(&b, "%s%s", i ? ", " : "", choices[i]);
+    }
+    int found = -1;
+    const char *s = scalar_text(ld, v, path, mt_buf_cstr(&b));
+    if (s) {
+        for (int i = 0; choices[i] && found < 0; i++) {
+            if (strcmp(s, choices[i]) == 0) {
+                found = i;
+            }
+        }
+        if (found < 0) {
+            err_expected(ld, v, path, mt_buf_cstr(&b));
+        }
+    }
+    mt_buf_free(&b);
+    return found;
+}
+
+static void engine_data_dir(loader *ld, const yaml_node_t *v)
+{
+    const char *s = scalar_text(ld, v, "engine.data_dir", "a directory path");
+    if (s) {
+        set_str(&ld->topo->engine.data_dir, s);
+    }
+}
+
+static mt_err parse_listen(const char *s, char **host, uint16_t *port, const char **why);
+
+static void engine_listen(loader *ld, const yaml_node_t *v)
+{
+    const char *s = scalar_text(ld, v, "engine.listen", "host:port");
+    if (!s) {
+        return;
+    }
+    char *host;
+    uint16_t port;
+    const char *why;
+    if (parse_listen(s, &host, &port, &why)) {
+        char *got = describe(v);
+        err_node(ld, v, "'engine.listen' must be host:port: %s (got %s)", why, got);
+        free(got);
+        return;
+    }
+    free(ld->topo->engine.listen_host);
+    ld->topo->engine.listen_host = host;
+    ld->topo->engine.listen_port = port;
+}
+
+static void engine_map_size(loader *ld, const yaml_node_t *v)
+{
+    get_size(ld, v, "engine.map_size", MIB, "1MiB", UINT64_MAX, NULL,
+             &ld->topo->engine.map_size);
+}
+
+static void engine_durability(loader *ld, const yaml_node_t *v)
+{
+    /* Same order as mt_durability. */
+    static const char *const names[] = {"fsync", "nosync", NULL};
+    int i = get_choice(ld, v, "engine.durability", names);
+    if (i >= 0) {
+        ld->topo->engine.durability = i == 0 ? MT_DURABILITY_FSYNC : MT_DURABILITY_NOSYNC;
+    }
+}
+
+static void engine_max_body(loader *ld, const yaml_node_t *v)
+{
+    get_size(ld, v, "engine.max_body", KIB, "1KiB", GIB, "1GiB", &ld->topo->engine.max_body);
+}
+
+static void engine_wal_size(loader *ld, const yaml_node_t *v)
+{
+    get_size(ld, v, "engine.wal_size", MIB, "1MiB", UINT64_MAX, NULL,
+             &ld->topo->engine.wal_size);
+}
+
+static void engine_log_level(loader *ld, const yaml_node_t *v)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error", NULL};
+    int i = get_choice(ld, v, "engine.log_level", names);
+    if (i >= 0) {
+        set_str(&ld->topo->engine.log_level, names[i]);
+    }
+}
+
+static const key_spec engine_keys[] = {
+    {"data_dir", engine_data_dir, false},
+    {"listen", engine_listen, false},
+    {"map_size", engine_map_size, false},
+    {"durability", engine_durability, false},
+    {"max_body", engine_max_body, false},
+    {"wal_size", engine_wal_size, false},
+    {"log_level", engine_log_level, false},
+    {NULL, NULL, false},
+};
+
+static void section_engine(loader *ld, const yaml_node_t *v)
+{
+    /* "engine:" with every key commented out is a null: it means all defaults. */
+    if (is_null(v)) {
+        return;
+    }
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, "engine", "a mapping");
+        return;
+    }
+    walk_mapping(ld, v, "in engine", engine_keys);
+}
+
+/* ---- top level ---- */
+
+static void section_version(loader *ld, const yaml_node_t *v)
+{
+    uint64_t version = 0;
+    if (v->type == YAML_SCALAR_NODE && v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+        mt_parse_u64((const char *) v->data.scalar.value, &version) == MT_OK) {
+        if (version != 1) {
+            err_node(ld, v, "unsupported version %llu; this engine reads version 1",
+                     (unsigned long long) version);
+        }
+        return;
+    }
+    if (v->type == YAML_SCALAR_NODE && v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+        char *got = describe(v);
+        err_node(ld, v, "'version' must be the integer 1, not a quoted string (got %s)", got);
+        free(got);
+        return;
+    }
+    err_expected(ld, v, "version", "the integer 1");
+}
+
+/*
+ * Adding a section: write its value_fn and replace its NULL here. A NULL
+ * entry reserves a key that later versions read, so an old engine refuses it
+ * by name instead of calling it an unknown key.
+ */
+static const key_spec top_keys[] = {
+    {"version", section_version, true},
+    {"engine", section_engine, false},
+    {"subscriptions", NULL, false},
+    {"projections", NULL, false},
+    {"sagas", NULL, false},
+    {"commands", NULL, false},
+    {"security", NULL, false},
+    {"bridges", NULL, false},
+    {NULL, NULL, false},
+};
+
+static void load_root(loader *ld, const yaml_node_t *root)
+{
+    if (root->type != YAML_MAPPING_NODE) {
+        char *got = describe(root);
+        err_node(ld, root, "the top level must be a mapping with 'version: 1' (got %s)", got);
+        free(got);
+        return;
+    }
+    walk_mapping(ld, root, "at top level", top_keys);
+}
+
+/* ---- reading and parsing the file ---- */
+
+/* Reads all of 'path'; on failure adds one "FILE: error: ..." line. */
+static mt_err read_file(const char *path, mt_buf *b, mt_topo_errs *errs)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        errs_insert(errs, errs->count, mt_xasprintf("%s: error: cannot open: %s", path,
+                                                    strerror(errno)));
+        return MT_EIO;
+    }
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (b->len + n > MAX_FILE_SIZE) {
+            fclose(f);
+            errs_insert(errs, errs->count,
+                        mt_xasprintf("%s: error: file is larger than %uMiB; a topology "
+                                     "file is expected to be small", path,
+                                     MAX_FILE_SIZE >> 20));
+            return MT_ECONFIG;
+        }
+        mt_buf_add(b, chunk, n);
+    }
+    if (ferror(f)) {
+        int e = errno;
+        fclose(f);
+        errs_insert(errs, errs->count,
+                    mt_xasprintf("%s: error: cannot read: %s", path, strerror(e)));
+        return MT_EIO;
+    }
+    fclose(f);
+    return MT_OK;
+}
+
+/* libyaml reports encoding problems as a byte offset; turn it into a mark. */
+static yaml_mark_t mark_of_offset(const mt_buf *b, size_t offset)
+{
+    yaml_mark_t m = {0, 0, 0};
+    for (size_t i = 0; i < offset && i < b->len; i++) {
+        unsigned char c = (unsigned char) b->data[i];
+        if (c == '\n') {
+            m.line++;
+            m.column = 0;
+        } else if ((c & 0xC0) != 0x80) {
+            m.column++;
+        }
+    }
+    m.index = offset;
+    return m;
+}
+
+static void err_syntax(loader *ld, const yaml_parser_t *parser, const mt_buf *b)
+{
+    const char *problem = parser->problem ? parser->problem : "malformed YAML";
+    switch (parser->error) {
+    case YAML_MEMORY_ERROR:
+        /* The input is capped at MAX_FILE_SIZE, so this is the mt_x* case. */
+        fprintf(stderr, "moontide: out of memory parsing %s\n", ld->path);
+        abort();
+    case YAML_READER_ERROR:
+        if (parser->problem_value != -1) {
+            err_at(ld, -1, mark_of_offset(b, parser->problem_offset), "%s (byte 0x%02X)",
+                   problem, (unsigned) parser->problem_value);
+        } else {
+            err_at(ld, -1, mark_of_offset(b, parser->problem_offset), "%s", problem);
+        }
+        break;
+    default:
+        err_at(ld, -1, parser->problem_mark, "%s", problem);
+        break;
+    }
+}
+
+static void fill_defaults(mt_topo *t)
+{
+    t->engine.data_dir = mt_xstrdup("./data");
+    t->engine.listen_host = mt_xstrdup("127.0.0.1");
+    t->engine.listen_port = 8080;
+    t->engine.map_size = GIB;
+    t->engine.durability = MT_DURABILITY_FSYNC;
+    t->engine.max_body = MIB;
+    t->engine.wal_size = 64 * MIB;
+    t->engine.log_level = mt_xstrdup("info");
+}
+
+mt_topo *mt_topo_new_default(void)
+{
+    mt_topo *t = mt_xcalloc(1, sizeof *t);
+    fill_defaults(t);
+    return t;
+}
+
+/* Parses the buffer's single YAML document into ld->topo, reporting problems. */
+static void parse_buffer(loader *ld, mt_buf *b)
+{
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) {
+        fprintf(stderr, "moontide: out of memory parsing %s\n", ld->path);
+        abort();
+    }
+    /* mt_buf_cstr: an empty file has no buffer yet, and libyaml wants one. */
+    const unsigned char *input = (const unsigned char *) mt_buf_cstr(b);
+    yaml_parser_set_input_string(&parser, input, b->len);
+
+    yaml_document_t doc;
+    if (!yaml_parser_load(&parser, &doc)) {
+        /* libyaml cannot resume after a syntax error: this is the only error. */
+        err_syntax(ld, &parser, b);
+        yaml_parser_delete(&parser);
+        return;
+    }
+    ld->doc = &doc;
+    const yaml_node_t *root = yaml_document_get_root_node(&doc);
+    bool has_root = root != NULL;
+    if (!root || is_null(root)) {
+        yaml_mark_t start = {0, 0, 0};
+        err_at(ld, -1, start, "empty topology file; expected a mapping with 'version: 1'");
+    } else {
+        load_root(ld, root);
+    }
+    ld->doc = NULL;
+    yaml_document_delete(&doc);
+
+    if (has_root) {
+        /* A second document would be silently ignored otherwise. */
+        yaml_document_t extra;
+        if (!yaml_parser_load(&parser, &extra)) {
+            err_syntax(ld, &parser, b);
+        } else {
+            if (yaml_document_get_root_node(&extra)) {
+                err_at(ld, -1, extra.start_mark,
+                       "a topology file holds one YAML document; found a second one");
+            }
+            yaml_document_delete(&extra);
+        }
+    }
+    yaml_parser_delete(&parser);
+}
+
+mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs)
+{
+    mt_assert(out);
+    *out = NULL;
+    mt_assert(path && errs);
+
+    int first_err = errs->count;
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_err rc = read_file(path, &b, errs);
+    if (rc) {
+        mt_buf_free(&b);
+        return rc;
+    }
+
+    mt_topo *t = mt_topo_new_default();
+    t->path = mt_xstrdup(path);
+    loader ld = {.path = path, .doc = NULL, .errs = errs, .topo = t};
+    parse_buffer(&ld, &b);
+    mt_buf_free(&b);
+
+    if (errs->count > first_err) {
+        mt_topo_free(t);
+        return MT_ECONFIG;
+    }
+    *out = t;
+    return MT_OK;
+}
+
+/* ---- listen addresses ---- */
+
+/* mt_topo_parse_listen, plus a reason for the topology error message. */
+static mt_err parse_listen(const char *s, char **host, uint16_t *port, const char **why)
+{
+    *host = NULL;
+    *port = 0;
+    *why = "";
+    if (!s) {
+        *why = "missing address";
+        return MT_EINVAL;
+    }
+    const char *h = s;
+    size_t hlen;
+    const char *colon;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close) {
+            *why = "missing ']' after an IPv6 address";
+            return MT_EINVAL;
+        }
+        h = s + 1;
+        hlen = (size_t) (close - h);
+        colon = close + 1;
+        if (*colon != ':') {
+            *why = "missing ':port'";
+            return MT_EINVAL;
+        }
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) {
+            *why = "missing ':port'";
+            return MT_EINVAL;
+        }
+        hlen = (size_t) (colon - s);
+        if (memchr(s, ':', hlen)) {
+            *why = "an IPv6 address needs brackets, as in [::1]:8080";
+            return MT_EINVAL;
+        }
+    }
+    if (hlen == 0) {
+        *why = "empty host";
+        return MT_EINVAL;
+    }
+    uint64_t p;
+    if (colon[1] == '\0') {
+        *why = "missing port";
+        return MT_EINVAL;
+    }
+    if (mt_parse_u64(colon + 1, &p) || p > 65535) {
+        *why = "the port must be a number from 0 to 65535";
+        return MT_EINVAL;
+    }
+    *host = mt_xstrndup(h, hlen);
+    *port = (uint16_t) p;
+    return MT_OK;
+}
+
+mt_err mt_topo_parse_listen(const char *s, char **host, uint16_t *port)
+{
+    const char *why;
+    return parse_listen(s, host, port, &why);
+}
+
+/* ---- freeing ---- */
+
+void mt_topo_free(mt_topo *t)
+{
+    if (!t) {
+        return;
+    }
+    free(t->engine.data_dir);
+    free(t->engine.listen_host);
+    free(t->engine.log_level);
+    free(t->path);
+    free(t);
+}
+
+void mt_topo_errs_free(mt_topo_errs *errs)
+{
+    if (!errs) {
+        return;
+    }
+    for (int i = 0; i < errs->count; i++) {
+        free(errs->lines[i]);
+    }
+    free(errs->lines);
+    errs->lines = NULL;
+    errs->count = 0;
+}

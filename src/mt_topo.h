@@ -1,0 +1,99 @@
+/*
+ * mt_topo.h - the topology file: YAML loading and validation.
+ *
+ * A topology file declares the engine's settings (and, as the engine grows,
+ * its topics, subscriptions, projections, sagas, security and bridges).
+ * Loading validates everything in one pass and collects every problem as
+ * "FILE:LINE:COL: error: message", so `moontide check` can show them all at
+ * once. Unknown keys, wrong types, bad sizes and durations are errors.
+ * Runs on whichever thread calls it; holds no global state.
+ *
+ * File shape (version 1):
+ *
+ *   version: 1
+ *   engine:
+ *     data_dir: ./data          # relative paths are relative to the process cwd
+ *     listen: 127.0.0.1:8080    # host:port
+ *     map_size: 1GiB            # LMDB map size; at least 1MiB
+ *     durability: fsync         # fsync (default) | nosync (tests, benchmarks)
+ *     max_body: 1MiB            # largest accepted HTTP body; 1KiB to 1GiB
+ *     wal_size: 64MiB           # write-ahead file size; at least 1MiB
+ *     log_level: info           # debug | info | warn | error
+ *
+ * Sizes are whole numbers with an optional unit (mt_parse_size). The keys
+ * subscriptions, projections, sagas, commands, security and bridges are
+ * reserved for later versions and refused by name for now.
+ */
+#ifndef MT_TOPO_H
+#define MT_TOPO_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "mt_err.h"
+
+typedef enum mt_durability {
+    MT_DURABILITY_FSYNC = 0, /* every acknowledged write is on disk (one fdatasync per group) */
+    MT_DURABILITY_NOSYNC     /* no fsync: a process crash loses nothing, a power cut may */
+} mt_durability;
+
+typedef struct mt_engine_conf {
+    char *data_dir;          /* owned */
+    char *listen_host;       /* owned; e.g. "127.0.0.1" */
+    uint16_t listen_port;    /* 0 = pick a free port */
+    uint64_t map_size;       /* bytes */
+    mt_durability durability;
+    uint64_t max_body;       /* bytes */
+    uint64_t wal_size;       /* bytes */
+    char *log_level;         /* owned; "info" by default */
+} mt_engine_conf;
+
+typedef struct mt_topo {
+    char *path;              /* owned; the file it was loaded from, or NULL for defaults */
+    mt_engine_conf engine;
+} mt_topo;
+
+/* A list of error lines, each "FILE:LINE:COL: error: message". */
+typedef struct mt_topo_errs {
+    char **lines;            /* owned, 'count' strings */
+    int count;
+} mt_topo_errs;
+
+/*
+ * Returns a topology with every default filled in (no file). Never fails.
+ * Free with mt_topo_free().
+ */
+mt_topo *mt_topo_new_default(void);
+
+/*
+ * Loads and validates 'path'. On success sets *out (caller frees with
+ * mt_topo_free) and returns MT_OK with errs->count == 0. On failure sets
+ * *out = NULL, appends every problem found to 'errs' and returns MT_ECONFIG
+ * (or MT_EIO if the file cannot be read: errs then holds one line naming the
+ * file and the OS error). 'errs' must be zeroed or previously freed by the caller.
+ *
+ * Errors come in file order, each located at the offending node: the key for
+ * unknown, duplicate and reserved keys, the value for bad values, the
+ * enclosing mapping for a missing key. libyaml cannot resume after a YAML
+ * syntax error, so checking stops at the first one (reported at the position
+ * libyaml gives; a syntax error in the first document is the only error).
+ * Keys absent from the file keep the defaults of mt_topo_new_default(); an
+ * empty "engine:" means all defaults. Only one YAML document is allowed.
+ * Files over 16 MiB are refused (MT_ECONFIG), which bounds memory: running
+ * out of it aborts, as mt_x* allocations do.
+ */
+mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs);
+
+/*
+ * Parses "host:port" (host may be a name, an IPv4 address, or "[v6]").
+ * Sets *host (owned by caller; an IPv6 address without its brackets, e.g.
+ * "::1") and *port. MT_EINVAL, with *host = NULL and *port = 0, on a NULL
+ * string, a missing or non-decimal or out-of-range (> 65535) port, an empty
+ * host, or an IPv6 address without brackets.
+ */
+mt_err mt_topo_parse_listen(const char *s, char **host, uint16_t *port);
+
+/* Frees 't' and everything it owns; NULL does nothing. */
+void mt_topo_free(mt_topo *t);
+/* Frees the lines and zeroes 'errs' for reuse; NULL does nothing. */
+void mt_topo_errs_free(mt_topo_errs *errs);
+
+#endif

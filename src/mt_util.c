@@ -1,0 +1,235 @@
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include "mt_util.h"
+
+int64_t mt_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t mt_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Parses leading digits; returns the count consumed, or -1 on overflow. */
+static int parse_digits(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    int n = 0;
+    while (isdigit((unsigned char) s[n])) {
+        uint64_t d = (uint64_t) (s[n] - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            return -1;
+        }
+        v = v * 10 + d;
+        n++;
+    }
+    *out = v;
+    return n;
+}
+
+mt_err mt_parse_u64(const char *s, uint64_t *out)
+{
+    *out = 0;
+    if (!s) {
+        return MT_EINVAL;
+    }
+    uint64_t v;
+    int n = parse_digits(s, &v);
+    if (n <= 0 || s[n] != '\0') {
+        return MT_EINVAL;
+    }
+    *out = v;
+    return MT_OK;
+}
+
+mt_err mt_parse_i64(const char *s, int64_t *out)
+{
+    *out = 0;
+    if (!s) {
+        return MT_EINVAL;
+    }
+    bool neg = s[0] == '-';
+    uint64_t v;
+    if (mt_parse_u64(s + neg, &v)) {
+        return MT_EINVAL;
+    }
+    if (neg ? v > (uint64_t) INT64_MAX + 1 : v > (uint64_t) INT64_MAX) {
+        return MT_EINVAL;
+    }
+    *out = neg ? (int64_t) (0 - v) : (int64_t) v;
+    return MT_OK;
+}
+
+typedef struct unit {
+    const char *name;
+    uint64_t mult;
+} unit;
+
+static mt_err parse_with_units(const char *s, const unit *units, bool unit_required,
+                               uint64_t *out)
+{
+    *out = 0;
+    if (!s) {
+        return MT_EINVAL;
+    }
+    uint64_t v;
+    int n = parse_digits(s, &v);
+    if (n <= 0) {
+        return MT_EINVAL;
+    }
+    const char *u = s + n;
+    if (*u == '\0') {
+        if (unit_required) {
+            return MT_EINVAL;
+        }
+        *out = v;
+        return MT_OK;
+    }
+    for (; units->name; units++) {
+        if (strcmp(u, units->name) == 0) {
+            if (v && units->mult > UINT64_MAX / v) {
+                return MT_EINVAL;
+            }
+            *out = v * units->mult;
+            return MT_OK;
+        }
+    }
+    return MT_EINVAL;
+}
+
+mt_err mt_parse_size(const char *s, uint64_t *bytes)
+{
+    static const unit units[] = {
+        {"B", 1}, {"KiB", 1ULL << 10}, {"MiB", 1ULL << 20}, {"GiB", 1ULL << 30},
+        {"TiB", 1ULL << 40}, {"KB", 1000ULL}, {"MB", 1000000ULL}, {"GB", 1000000000ULL},
+        {"TB", 1000000000000ULL}, {NULL, 0},
+    };
+    return parse_with_units(s, units, false, bytes);
+}
+
+mt_err mt_parse_duration(const char *s, uint64_t *ms)
+{
+    static const unit units[] = {
+        {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}, {NULL, 0},
+    };
+    return parse_with_units(s, units, true, ms);
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned) (y - era * 400);
+    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t) doe - 719468;
+}
+
+static bool is_leap(int y)
+{
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+/* Reads exactly 'n' digits at *p into *v. */
+static bool fixed_digits(const char **p, int n, int *v)
+{
+    int x = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char) (*p)[i])) {
+            return false;
+        }
+        x = x * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    *v = x;
+    return true;
+}
+
+mt_err mt_time_parse(const char *s, int64_t *us)
+{
+    *us = 0;
+    if (!s) {
+        return MT_EINVAL;
+    }
+    const char *p = s;
+    int y, mo, d, h, mi, se;
+    if (!fixed_digits(&p, 4, &y) || *p++ != '-' || !fixed_digits(&p, 2, &mo) ||
+        *p++ != '-' || !fixed_digits(&p, 2, &d) || (*p != 'T' && *p != 't' && *p != ' ')) {
+        return MT_EINVAL;
+    }
+    p++;
+    if (!fixed_digits(&p, 2, &h) || *p++ != ':' || !fixed_digits(&p, 2, &mi) ||
+        *p++ != ':' || !fixed_digits(&p, 2, &se)) {
+        return MT_EINVAL;
+    }
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || se > 60) {
+        return MT_EINVAL;
+    }
+    if (d > mdays[mo - 1] + (mo == 2 && is_leap(y))) {
+        return MT_EINVAL;
+    }
+    int64_t frac = 0;
+    if (*p == '.') {
+        p++;
+        int digits = 0;
+        while (isdigit((unsigned char) *p)) {
+            if (digits < 6) {
+                frac = frac * 10 + (*p - '0');
+            }
+            digits++;
+            p++;
+        }
+        if (digits == 0 || digits > 9) {
+            return MT_EINVAL;
+        }
+        for (int i = digits; i < 6; i++) {
+            frac *= 10;
+        }
+    }
+    int64_t offset_s = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p++ == '-' ? -1 : 1;
+        int oh, om;
+        if (!fixed_digits(&p, 2, &oh) || *p++ != ':' || !fixed_digits(&p, 2, &om) || oh > 23 ||
+            om > 59) {
+            return MT_EINVAL;
+        }
+        offset_s = sign * (oh * 3600 + om * 60);
+    } else {
+        return MT_EINVAL;
+    }
+    if (*p != '\0') {
+        return MT_EINVAL;
+    }
+    int64_t secs = days_from_civil(y, (unsigned) mo, (unsigned) d) * 86400 + h * 3600 + mi * 60 +
+                   (se == 60 ? 59 : se) - offset_s;
+    *us = secs * 1000000 + frac;
+    return MT_OK;
+}
+
+void mt_time_format_us(int64_t us, char *buf, size_t len)
+{
+    int64_t secs = us / 1000000;
+    int64_t frac = us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs -= 1;
+    }
+    time_t t = (time_t) secs;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) frac);
+}

@@ -1,0 +1,53 @@
+/*
+ * mt_test.h - shared helpers for the cmocka unit tests: cmocka's include
+ * order, and fresh temporary directories removed after each test.
+ */
+#ifndef MT_TEST_H
+#define MT_TEST_H
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Creates a fresh directory under $TMPDIR (or /tmp); returns it (caller frees). */
+static inline char *mt_test_tmpdir(void)
+{
+    const char *base = getenv("TMPDIR");
+    char tmpl[512];
+    snprintf(tmpl, sizeof tmpl, "%s/moontide-test-XXXXXX", base && *base ? base : "/tmp");
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+/* Removes a directory tree made by mt_test_tmpdir and frees the string. */
+static inline void mt_test_rmdir(char *dir)
+{
+    if (!dir) {
+        return;
+    }
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    int rc = system(cmd);
+    (void) rc;
+    free(dir);
+}
+
+/* Writes 'text' to DIR/NAME; returns the path (caller frees). */
+static inline char *mt_test_write_file(const char *dir, const char *name, const char *text)
+{
+    char *path = malloc(strlen(dir) + strlen(name) + 2);
+    assert_non_null(path);
+    sprintf(path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+#endif

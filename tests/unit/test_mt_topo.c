@@ -1,0 +1,689 @@
+/*
+ * test_mt_topo.c - the topology file: defaults, every key, and the exact
+ * "FILE:LINE:COL: error: message" lines for each kind of mistake.
+ */
+#include "mt_test.h"
+#include <sys/stat.h>
+#include "mt_topo.h"
+
+#define KIB (1ULL << 10)
+#define MIB (1ULL << 20)
+#define GIB (1ULL << 30)
+
+/* Each test gets a fresh directory for the files it writes. */
+static int setup(void **state)
+{
+    *state = mt_test_tmpdir();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    mt_test_rmdir(*state);
+    return 0;
+}
+
+/* $MT_SRCDIR/tests/data/topo/NAME (caller frees). */
+static char *fixture(const char *name)
+{
+    const char *src = getenv("MT_SRCDIR");
+    if (!src || !*src) {
+        src = ".";
+    }
+    char *path = malloc(strlen(src) + strlen(name) + 32);
+    assert_non_null(path);
+    sprintf(path, "%s/tests/data/topo/%s", src, name);
+    return path;
+}
+
+static void print_errs(const mt_topo_errs *errs)
+{
+    for (int i = 0; i < errs->count; i++) {
+        print_error("  got: %s\n", errs->lines[i]);
+    }
+}
+
+/*
+ * Loads 'path' and checks the result: rc, and the error lines exactly, each
+ * written without its "PATH:" prefix ('want' is NULL-terminated).
+ */
+static void expect_file_errors(const char *path, mt_err want_rc, const char *const *want)
+{
+    mt_topo *t = (mt_topo *) &t; /* not NULL, so the test sees it reset */
+    mt_topo_errs errs = {0};
+    mt_err rc = mt_topo_load(path, &t, &errs);
+    int nwant = 0;
+    while (want[nwant]) {
+        nwant++;
+    }
+    if (rc != want_rc || errs.count != nwant) {
+        print_error("rc %s (want %s), %d errors (want %d)\n", mt_err_str(rc),
+                    mt_err_str(want_rc), errs.count, nwant);
+        print_errs(&errs);
+        fail();
+    }
+    for (int i = 0; i < nwant; i++) {
+        char *line = malloc(strlen(path) + strlen(want[i]) + 2);
+        assert_non_null(line);
+        sprintf(line, "%s:%s", path, want[i]);
+        if (strcmp(errs.lines[i], line) != 0) {
+            print_errs(&errs);
+        }
+        assert_string_equal(errs.lines[i], line);
+        free(line);
+    }
+    assert_null(t);
+    mt_topo_errs_free(&errs);
+}
+
+/* Like expect_file_errors, for 'text' written to a temporary topo.yaml. */
+static void expect_text_errors(void **state, const char *text, const char *const *want)
+{
+    char *path = mt_test_write_file(*state, "topo.yaml", text);
+    expect_file_errors(path, MT_ECONFIG, want);
+    free(path);
+}
+
+#define EXPECT_ERRORS(state, text, ...) \
+    expect_text_errors((state), (text), (const char *const[]){__VA_ARGS__, NULL})
+
+/* Loads 'text', which must be valid; caller frees the result. */
+static mt_topo *load_ok(void **state, const char *text)
+{
+    char *path = mt_test_write_file(*state, "topo.yaml", text);
+    mt_topo *t = NULL;
+    mt_topo_errs errs = {0};
+    mt_err rc = mt_topo_load(path, &t, &errs);
+    if (rc != MT_OK) {
+        print_errs(&errs);
+    }
+    assert_int_equal(rc, MT_OK);
+    assert_int_equal(errs.count, 0);
+    assert_non_null(t);
+    assert_string_equal(t->path, path);
+    mt_topo_errs_free(&errs);
+    free(path);
+    return t;
+}
+
+static void assert_defaults(const mt_engine_conf *e)
+{
+    assert_string_equal(e->data_dir, "./data");
+    assert_string_equal(e->listen_host, "127.0.0.1");
+    assert_int_equal(e->listen_port, 8080);
+    assert_int_equal(e->map_size, GIB);
+    assert_int_equal(e->durability, MT_DURABILITY_FSYNC);
+    assert_int_equal(e->max_body, MIB);
+    assert_int_equal(e->wal_size, 64 * MIB);
+    assert_string_equal(e->log_level, "info");
+}
+
+/* ---- valid files ---- */
+
+static void test_topo_new_default_has_every_default(void **state)
+{
+    (void) state;
+    mt_topo *t = mt_topo_new_default();
+    assert_null(t->path);
+    assert_defaults(&t->engine);
+    mt_topo_free(t);
+    mt_topo_free(NULL);
+}
+
+static void test_topo_defaults_fill_missing_keys(void **state)
+{
+    mt_topo *t = load_ok(state, "version: 1\n");
+    assert_defaults(&t->engine);
+    mt_topo_free(t);
+
+    t = load_ok(state, "version: 1\n"
+                       "engine:\n"
+                       "  listen: 0.0.0.0:9000\n"
+                       "  log_level: warn\n");
+    assert_string_equal(t->engine.listen_host, "0.0.0.0");
+    assert_int_equal(t->engine.listen_port, 9000);
+    assert_string_equal(t->engine.log_level, "warn");
+    assert_string_equal(t->engine.data_dir, "./data");
+    assert_int_equal(t->engine.map_size, GIB);
+    assert_int_equal(t->engine.durability, MT_DURABILITY_FSYNC);
+    assert_int_equal(t->engine.max_body, MIB);
+    assert_int_equal(t->engine.wal_size, 64 * MIB);
+    mt_topo_free(t);
+}
+
+static void test_topo_empty_engine_section_means_defaults(void **state)
+{
+    mt_topo *t = load_ok(state, "version: 1\n"
+                                "engine:\n"
+                                "  # data_dir: /srv/moontide\n");
+    assert_defaults(&t->engine);
+    mt_topo_free(t);
+
+    t = load_ok(state, "version: 1\nengine: {}\n");
+    assert_defaults(&t->engine);
+    mt_topo_free(t);
+}
+
+static void test_topo_reads_every_engine_key(void **state)
+{
+    (void) state;
+    char *path = fixture("full.yaml");
+    mt_topo *t = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(path, &t, &errs), MT_OK);
+    assert_int_equal(errs.count, 0);
+    assert_string_equal(t->path, path);
+    assert_string_equal(t->engine.data_dir, "/var/lib/moontide");
+    assert_string_equal(t->engine.listen_host, "::1");
+    assert_int_equal(t->engine.listen_port, 9000);
+    assert_int_equal(t->engine.map_size, 8 * GIB);
+    assert_int_equal(t->engine.durability, MT_DURABILITY_NOSYNC);
+    assert_int_equal(t->engine.max_body, 256 * KIB);
+    assert_int_equal(t->engine.wal_size, 128 * MIB);
+    assert_string_equal(t->engine.log_level, "debug");
+    mt_topo_free(t);
+    free(path);
+}
+
+static void test_topo_accepts_quoted_and_flow_values(void **state)
+{
+    mt_topo *t = load_ok(state, "version: 1\n"
+                                "engine: {data_dir: 'my data', map_size: \"2GiB\","
+                                " max_body: 1024, wal_size: 1MiB}\n");
+    assert_string_equal(t->engine.data_dir, "my data");
+    assert_int_equal(t->engine.map_size, 2 * GIB);
+    assert_int_equal(t->engine.max_body, 1024);
+    assert_int_equal(t->engine.wal_size, MIB);
+    mt_topo_free(t);
+}
+
+static void test_topo_loads_shipped_default_config(void **state)
+{
+    (void) state;
+    const char *src = getenv("MT_SRCDIR");
+    if (!src || !*src) {
+        src = ".";
+    }
+    char *path = malloc(strlen(src) + 32);
+    assert_non_null(path);
+    sprintf(path, "%s/config/default.yaml", src);
+    mt_topo *t = NULL;
+    mt_topo_errs errs = {0};
+    mt_err rc = mt_topo_load(path, &t, &errs);
+    if (rc) {
+        print_errs(&errs);
+    }
+    assert_int_equal(rc, MT_OK);
+    assert_defaults(&t->engine);
+    mt_topo_free(t);
+    mt_topo_errs_free(&errs);
+    free(path);
+}
+
+/* ---- errors ---- */
+
+static void test_topo_reports_every_error_in_one_pass(void **state)
+{
+    (void) state;
+    char *path = fixture("many_errors.yaml");
+    expect_file_errors(path, MT_ECONFIG, (const char *const[]){
+        "5:11: error: 'engine.listen' must be host:port: the port must be a number "
+        "from 0 to 65535 (got '127.0.0.1:99999')",
+        "6:3: error: unknown key 'map_sise' in engine (expected one of: data_dir, listen, "
+        "map_size, durability, max_body, wal_size, log_level)",
+        "7:15: error: 'engine.durability' must be one of: fsync, nosync (got 'always')",
+        "8:13: error: 'engine.max_body' must be between 1KiB and 1GiB (got '2GiB')",
+        "9:1: error: 'subscriptions' is not supported by this version of moontide",
+        NULL});
+    free(path);
+}
+
+static void test_topo_unknown_key_names_line_and_column(void **state)
+{
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "    map_sise: 1GiB\n",
+                  "3:5: error: unknown key 'map_sise' in engine (expected one of: data_dir, "
+                  "listen, map_size, durability, max_body, wal_size, log_level)");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engnie:\n"
+                  "  listen: 127.0.0.1:1\n",
+                  "2:1: error: unknown key 'engnie' at top level (expected one of: version, "
+                  "engine)");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine: {listen: 127.0.0.1:1, colour: blue}\n",
+                  "2:31: error: unknown key 'colour' in engine (expected one of: data_dir, "
+                  "listen, map_size, durability, max_body, wal_size, log_level)");
+}
+
+static void test_topo_reserved_sections_are_refused_by_name(void **state)
+{
+    static const char *const names[] = {"subscriptions", "projections", "sagas",
+                                        "commands", "security", "bridges"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char text[128];
+        char want[128];
+        snprintf(text, sizeof text, "version: 1\n%s: {}\n", names[i]);
+        snprintf(want, sizeof want,
+                 "2:1: error: '%s' is not supported by this version of moontide", names[i]);
+        EXPECT_ERRORS(state, text, want);
+    }
+}
+
+typedef struct value_case {
+    const char *line;       /* one engine line, indented by two spaces */
+    const char *error;      /* expected error without "PATH:3:" */
+} value_case;
+
+/* Each case: "version: 1\nengine:\n" + line; one error on line 3. */
+static void expect_engine_value_errors(void **state, const value_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char text[256];
+        char want[512];
+        snprintf(text, sizeof text, "version: 1\nengine:\n%s\n", cases[i].line);
+        snprintf(want, sizeof want, "3:%s", cases[i].error);
+        EXPECT_ERRORS(state, text, want);
+    }
+}
+
+static void test_topo_bad_sizes_name_key_and_range(void **state)
+{
+    static const value_case cases[] = {
+        {"  map_size: lots",
+         "13: error: 'engine.map_size' must be a size such as 64MiB or 1GiB (got 'lots')"},
+        {"  map_size: 1.5GiB",
+         "13: error: 'engine.map_size' must be a size such as 64MiB or 1GiB (got '1.5GiB')"},
+        {"  map_size: -1",
+         "13: error: 'engine.map_size' must be a size such as 64MiB or 1GiB (got '-1')"},
+        {"  map_size: 1 GiB",
+         "13: error: 'engine.map_size' must be a size such as 64MiB or 1GiB (got '1 GiB')"},
+        {"  map_size: 99999999999TiB",
+         "13: error: 'engine.map_size' must be a size such as 64MiB or 1GiB "
+         "(got '99999999999TiB')"},
+        {"  map_size: 512KiB",
+         "13: error: 'engine.map_size' must be at least 1MiB (got '512KiB')"},
+        {"  max_body: 1000",
+         "13: error: 'engine.max_body' must be between 1KiB and 1GiB (got '1000')"},
+        {"  max_body: 1025MiB",
+         "13: error: 'engine.max_body' must be between 1KiB and 1GiB (got '1025MiB')"},
+        {"  wal_size: 0",
+         "13: error: 'engine.wal_size' must be at least 1MiB (got '0')"},
+        {"  wal_size: ''",
+         "13: error: 'engine.wal_size' must not be empty"},
+    };
+    expect_engine_value_errors(state, cases, sizeof cases / sizeof cases[0]);
+
+    mt_topo *t = load_ok(state, "version: 1\n"
+                                "engine:\n"
+                                "  map_size: 1MiB\n"
+                                "  max_body: 1GiB\n"
+                                "  wal_size: 1048576\n");
+    assert_int_equal(t->engine.map_size, MIB);
+    assert_int_equal(t->engine.max_body, GIB);
+    assert_int_equal(t->engine.wal_size, MIB);
+    mt_topo_free(t);
+}
+
+static void test_topo_bad_choices_list_the_allowed_values(void **state)
+{
+    static const value_case cases[] = {
+        {"  durability: always",
+         "15: error: 'engine.durability' must be one of: fsync, nosync (got 'always')"},
+        {"  durability: FSYNC",
+         "15: error: 'engine.durability' must be one of: fsync, nosync (got 'FSYNC')"},
+        {"  log_level: verbose",
+         "14: error: 'engine.log_level' must be one of: debug, info, warn, error "
+         "(got 'verbose')"},
+    };
+    expect_engine_value_errors(state, cases, sizeof cases / sizeof cases[0]);
+}
+
+static void test_topo_bad_listen_gives_the_reason(void **state)
+{
+    static const value_case cases[] = {
+        {"  listen: localhost",
+         "11: error: 'engine.listen' must be host:port: missing ':port' (got 'localhost')"},
+        {"  listen: :8080",
+         "11: error: 'engine.listen' must be host:port: empty host (got ':8080')"},
+        {"  listen: ::1:8080",
+         "11: error: 'engine.listen' must be host:port: an IPv6 address needs brackets, "
+         "as in [::1]:8080 (got '::1:8080')"},
+        {"  listen: 8080",
+         "11: error: 'engine.listen' must be host:port: missing ':port' (got '8080')"},
+    };
+    expect_engine_value_errors(state, cases, sizeof cases / sizeof cases[0]);
+}
+
+static void test_topo_wrong_type(void **state)
+{
+    static const value_case cases[] = {
+        {"  listen: {host: localhost, port: 80}",
+         "11: error: 'engine.listen' must be host:port (got a mapping)"},
+        {"  data_dir: [a, b]",
+         "13: error: 'engine.data_dir' must be a directory path (got a sequence)"},
+        {"  data_dir:",
+         "12: error: 'engine.data_dir' must be a directory path (got an empty value)"},
+        {"  map_size: ~",
+         "13: error: 'engine.map_size' must be a size such as 64MiB or 1GiB "
+         "(got an empty value)"},
+        {"  durability: [fsync]",
+         "15: error: 'engine.durability' must be one of: fsync, nosync (got a sequence)"},
+        {"  [a]: 1",
+         "3: error: keys must be strings (got a sequence)"},
+    };
+    expect_engine_value_errors(state, cases, sizeof cases / sizeof cases[0]);
+
+    EXPECT_ERRORS(state, "version: 1\nengine: fast\n",
+                  "2:9: error: 'engine' must be a mapping (got 'fast')");
+    EXPECT_ERRORS(state, "version: 1\nengine:\n  - listen: 127.0.0.1:1\n",
+                  "3:3: error: 'engine' must be a mapping (got a sequence)");
+    EXPECT_ERRORS(state, "- version: 1\n",
+                  "1:1: error: the top level must be a mapping with 'version: 1' "
+                  "(got a sequence)");
+    EXPECT_ERRORS(state, "hello\n",
+                  "1:1: error: the top level must be a mapping with 'version: 1' "
+                  "(got 'hello')");
+}
+
+static void test_topo_long_values_are_cut_in_messages(void **state)
+{
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "  durability: \"0123456789012345678901234567890123456789xyz\\nmore\"\n",
+                  "3:15: error: 'engine.durability' must be one of: fsync, nosync "
+                  "(got '0123456789012345678901234567890123456789...')");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "  durability: \"fs\\tync\\nmore\"\n",
+                  "3:15: error: 'engine.durability' must be one of: fsync, nosync "
+                  "(got 'fs?ync...')");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "  data_dir: \"a\\0b\"\n",
+                  "3:13: error: 'engine.data_dir' must not contain a NUL byte");
+}
+
+static void test_topo_duplicate_keys_point_at_the_second(void **state)
+{
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "  listen: 127.0.0.1:1\n"
+                  "  map_size: 1GiB\n"
+                  "  listen: 127.0.0.1:2\n",
+                  "5:3: error: duplicate key 'listen' in engine (first at line 3)");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "version: 1\n",
+                  "2:1: error: duplicate key 'version' at top level (first at line 1)");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine: {x: 1, x: 2}\n",
+                  "2:10: error: unknown key 'x' in engine (expected one of: data_dir, listen, "
+                  "map_size, durability, max_body, wal_size, log_level)",
+                  "2:16: error: duplicate key 'x' in engine (first at line 2)");
+}
+
+static void test_topo_missing_version(void **state)
+{
+    /* Reported at the top mapping, so it comes before the errors inside it. */
+    EXPECT_ERRORS(state,
+                  "# no version\n"
+                  "engine:\n"
+                  "  durability: sometimes\n",
+                  "2:1: error: missing required key 'version' at top level",
+                  "3:15: error: 'engine.durability' must be one of: fsync, nosync "
+                  "(got 'sometimes')");
+}
+
+static void test_topo_wrong_version(void **state)
+{
+    EXPECT_ERRORS(state, "version: 2\n",
+                  "1:10: error: unsupported version 2; this engine reads version 1");
+    EXPECT_ERRORS(state, "version: 0\n",
+                  "1:10: error: unsupported version 0; this engine reads version 1");
+    EXPECT_ERRORS(state, "version: \"1\"\n",
+                  "1:10: error: 'version' must be the integer 1, not a quoted string "
+                  "(got '1')");
+    EXPECT_ERRORS(state, "version: one\n",
+                  "1:10: error: 'version' must be the integer 1 (got 'one')");
+    EXPECT_ERRORS(state, "version: 1.0\n",
+                  "1:10: error: 'version' must be the integer 1 (got '1.0')");
+    EXPECT_ERRORS(state, "version:\n",
+                  "1:9: error: 'version' must be the integer 1 (got an empty value)");
+    EXPECT_ERRORS(state, "version: [1]\n",
+                  "1:10: error: 'version' must be the integer 1 (got a sequence)");
+}
+
+static void test_topo_empty_file(void **state)
+{
+    static const char *const texts[] = {"", "\n\n", "# only a comment\n", "---\n", "~\n"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        EXPECT_ERRORS(state, texts[i],
+                      "1:1: error: empty topology file; expected a mapping with 'version: 1'");
+    }
+}
+
+static void test_topo_second_document_is_an_error(void **state)
+{
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "---\n"
+                  "engine: {}\n",
+                  "2:1: error: a topology file holds one YAML document; found a second one");
+}
+
+static void test_topo_yaml_syntax_error_has_position(void **state)
+{
+    (void) state;
+    char *path = fixture("syntax_error.yaml");
+    expect_file_errors(path, MT_ECONFIG, (const char *const[]){
+        "5:15: error: mapping values are not allowed in this context", NULL});
+    free(path);
+
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "  data_dir: \"./data\n",
+                  "4:1: error: found unexpected end of stream");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine:\n"
+                  "\tlisten: 127.0.0.1:1\n",
+                  "3:1: error: found character that cannot start any token");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "engine: *nowhere\n",
+                  "2:9: error: found undefined alias");
+}
+
+static void test_topo_invalid_utf8_has_position(void **state)
+{
+    (void) state;
+    char *path = fixture("bad_utf8.yaml");
+    expect_file_errors(path, MT_ECONFIG, (const char *const[]){
+        "3:16: error: invalid leading UTF-8 octet (byte 0xFF)", NULL});
+    free(path);
+}
+
+static void test_topo_unreadable_file(void **state)
+{
+    char *missing = malloc(strlen(*state) + 32);
+    assert_non_null(missing);
+    sprintf(missing, "%s/no-such.yaml", (char *) *state);
+    mt_topo *t = (mt_topo *) &t;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(missing, &t, &errs), MT_EIO);
+    assert_null(t);
+    assert_int_equal(errs.count, 1);
+    char want[600];
+    snprintf(want, sizeof want, "%s: error: cannot open: No such file or directory", missing);
+    assert_string_equal(errs.lines[0], want);
+    mt_topo_errs_free(&errs);
+    free(missing);
+
+    /* A directory opens but cannot be read. */
+    t = (mt_topo *) &t;
+    assert_int_equal(mt_topo_load(*state, &t, &errs), MT_EIO);
+    assert_null(t);
+    assert_int_equal(errs.count, 1);
+    snprintf(want, sizeof want, "%s: error: cannot read: Is a directory", (char *) *state);
+    assert_string_equal(errs.lines[0], want);
+    mt_topo_errs_free(&errs);
+}
+
+static void test_topo_huge_file_is_refused(void **state)
+{
+    char *path = mt_test_write_file(*state, "huge.yaml", "version: 1\n");
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    static char comment[1024];
+    memset(comment, '#', sizeof comment - 1);
+    comment[sizeof comment - 2] = '\n';
+    for (int i = 0; i < 17 * 1024; i++) {
+        fputs(comment, f);
+    }
+    fclose(f);
+    mt_topo *t = (mt_topo *) &t;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(path, &t, &errs), MT_ECONFIG);
+    assert_null(t);
+    assert_int_equal(errs.count, 1);
+    char want[600];
+    snprintf(want, sizeof want,
+             "%s: error: file is larger than 16MiB; a topology file is expected to be small",
+             path);
+    assert_string_equal(errs.lines[0], want);
+    mt_topo_errs_free(&errs);
+    free(path);
+}
+
+static void test_topo_errs_are_appended_and_reusable(void **state)
+{
+    char *bad = mt_test_write_file(*state, "bad.yaml", "version: 3\n");
+    char *good = mt_test_write_file(*state, "good.yaml", "version: 1\n");
+    mt_topo *t = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(bad, &t, &errs), MT_ECONFIG);
+    assert_int_equal(mt_topo_load(bad, &t, &errs), MT_ECONFIG);
+    assert_int_equal(errs.count, 2);
+    assert_string_equal(errs.lines[0], errs.lines[1]);
+    mt_topo_errs_free(&errs);
+    assert_null(errs.lines);
+    assert_int_equal(errs.count, 0);
+    mt_topo_errs_free(&errs);
+    mt_topo_errs_free(NULL);
+
+    assert_int_equal(mt_topo_load(good, &t, &errs), MT_OK);
+    assert_int_equal(errs.count, 0);
+    mt_topo_free(t);
+    free(bad);
+    free(good);
+}
+
+/* ---- listen addresses ---- */
+
+typedef struct listen_case {
+    const char *in;
+    mt_err rc;
+    const char *host;       /* expected on MT_OK */
+    uint16_t port;
+} listen_case;
+
+static void test_topo_listen_parsing(void **state)
+{
+    (void) state;
+    static const listen_case cases[] = {
+        {"127.0.0.1:8080", MT_OK, "127.0.0.1", 8080},
+        {"localhost:0", MT_OK, "localhost", 0},
+        {"[::1]:9000", MT_OK, "::1", 9000},
+        {"[fe80::1%eth0]:65535", MT_OK, "fe80::1%eth0", 65535},
+        {"example.com:443", MT_OK, "example.com", 443},
+        {"0.0.0.0:1", MT_OK, "0.0.0.0", 1},
+        {"localhost", MT_EINVAL, NULL, 0},
+        {"localhost:", MT_EINVAL, NULL, 0},
+        {":8080", MT_EINVAL, NULL, 0},
+        {"[]:8080", MT_EINVAL, NULL, 0},
+        {"[::1]", MT_EINVAL, NULL, 0},
+        {"[::1]8080", MT_EINVAL, NULL, 0},
+        {"[::1:8080", MT_EINVAL, NULL, 0},
+        {"::1:8080", MT_EINVAL, NULL, 0},
+        {"host:http", MT_EINVAL, NULL, 0},
+        {"host:65536", MT_EINVAL, NULL, 0},
+        {"host:-1", MT_EINVAL, NULL, 0},
+        {"host:+80", MT_EINVAL, NULL, 0},
+        {"host: 80", MT_EINVAL, NULL, 0},
+        {"host:80 ", MT_EINVAL, NULL, 0},
+        {"host:99999999999999999999999", MT_EINVAL, NULL, 0},
+        {"", MT_EINVAL, NULL, 0},
+        {NULL, MT_EINVAL, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *host = (char *) &host;
+        uint16_t port = 1234;
+        mt_err rc = mt_topo_parse_listen(cases[i].in, &host, &port);
+        if (rc != cases[i].rc) {
+            print_error("listen '%s': got %s\n", cases[i].in ? cases[i].in : "(null)",
+                        mt_err_str(rc));
+        }
+        assert_int_equal(rc, cases[i].rc);
+        if (rc == MT_OK) {
+            assert_string_equal(host, cases[i].host);
+            assert_int_equal(port, cases[i].port);
+            free(host);
+        } else {
+            assert_null(host);
+            assert_int_equal(port, 0);
+        }
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_topo_new_default_has_every_default),
+        cmocka_unit_test_setup_teardown(test_topo_defaults_fill_missing_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_empty_engine_section_means_defaults, setup,
+                                        teardown),
+        cmocka_unit_test(test_topo_reads_every_engine_key),
+        cmocka_unit_test_setup_teardown(test_topo_accepts_quoted_and_flow_values, setup,
+                                        teardown),
+        cmocka_unit_test(test_topo_loads_shipped_default_config),
+        cmocka_unit_test(test_topo_reports_every_error_in_one_pass),
+        cmocka_unit_test_setup_teardown(test_topo_unknown_key_names_line_and_column, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_reserved_sections_are_refused_by_name, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_bad_sizes_name_key_and_range, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_bad_choices_list_the_allowed_values, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_bad_listen_gives_the_reason, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_wrong_type, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_long_values_are_cut_in_messages, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_duplicate_keys_point_at_the_second, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_missing_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_wrong_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_empty_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_second_document_is_an_error, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_yaml_syntax_error_has_position, setup,
+                                        teardown),
+        cmocka_unit_test(test_topo_invalid_utf8_has_position),
+        cmocka_unit_test_setup_teardown(test_topo_unreadable_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_huge_file_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topo_errs_are_appended_and_reusable, setup,
+                                        teardown),
+        cmocka_unit_test(test_topo_listen_parsing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
