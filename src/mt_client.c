@@ -44,7 +44,7 @@ typedef struct client {
     char *host;                     /* to connect to: no IPv6 brackets */
     char *host_header;              /* Host: value, "host:port" */
     char *prefix;                   /* path of --url without trailing '/'; "" if none */
-    int port;
+    int port;                       /* 80 if --url names none */
     struct event_base *base;
     struct evhttp_connection *conn; /* one for every request: keep-alive */
     struct event *sig[2];           /* SIGINT, SIGTERM; tail only */
@@ -98,7 +98,10 @@ static void client_close(client *c)
     memset(c, 0, sizeof *c);
 }
 
-/* Splits 'url' into c's fields. Prints the problem and returns false if it is not http://host[:port][/path]. */
+/*
+ * Splits 'url' into c's fields. Prints the problem and returns false unless
+ * it is http://HOST[:PORT][/PATH]; a PATH prefixes every request's path.
+ */
 static bool parse_url(client *c, const char *url)
 {
     struct evhttp_uri *u = evhttp_uri_parse(url);
@@ -294,7 +297,7 @@ static mt_err client_request(client *c, const request *q, reply *r)
     free(uri);
     mt_err rc = MT_OK;
     if (sent != 0) {
-        /* libevent has already dropped the request. */
+        /* Only an allocation failure gets here (no local address is bound); libevent freed req. */
         snprintf(r->reason, sizeof r->reason, "cannot send the request");
         rc = MT_EUNAVAIL;
         goto out;
@@ -351,7 +354,8 @@ static int exit_code_for_status(int status)
 
 /*
  * Prints `moontide: STATUS ERROR: DETAIL` from the engine's JSON error body
- * (or the raw body if it is not one) and returns the exit code for STATUS.
+ * (else the status line and the body's first line) and returns the exit code
+ * for STATUS.
  */
 static int report_http_error(reply *r)
 {
@@ -359,8 +363,9 @@ static int report_http_error(reply *r)
     const char *error = json_string_value(json_object_get(doc, "error"));
     const char *detail = json_string_value(json_object_get(doc, "detail"));
     if (!error) {
+        /* Not moontide's JSON (a proxy, libevent's HTML page): keep a plain-text first line. */
         error = r->reason[0] ? r->reason : "error";
-        detail = r->body.len ? r->body.data : NULL;
+        detail = r->body.len && r->body.data[0] != '<' ? r->body.data : NULL;
     }
     if (detail && *detail) {
         int n = (int) strcspn(detail, "\r\n");
@@ -456,7 +461,8 @@ static int print_events(reply *r, size_t *count, uint64_t *last_seq)
     }
     size_t n = json_array_size(arr);
     if (n > 0) {
-        const char *seq = json_string_value(json_object_get(json_array_get(arr, n - 1), "sequence"));
+        json_t *last = json_array_get(arr, n - 1);
+        const char *seq = json_string_value(json_object_get(last, "sequence"));
         if (!seq || mt_parse_u64(seq, last_seq) != MT_OK) {
             json_decref(arr);
             return report_unexpected(r, "event without a valid \"sequence\"");
@@ -1186,7 +1192,7 @@ static void client_sleep(client *c, int seconds)
     event_base_dispatch(c->base);
 }
 
-/* Asks /healthz for the log's head. Returns an exit code (MT_EXIT_OK, too, if a signal stopped it). */
+/* Asks /healthz for the log's head. Returns an exit code (MT_EXIT_OK if a signal stopped it). */
 static int fetch_head(client *c, uint64_t *head)
 {
     reply r;
@@ -1224,8 +1230,9 @@ static int follow(client *c, uint64_t after, bool contacted)
     bool lost = false;
     int rc = MT_EXIT_OK;
     while (!c->stop) {
-        char *path = mt_xasprintf("/events?after=%llu&limit=%d&wait=" TAIL_WAIT,
-                                  (unsigned long long) after, PAGE_LIMIT);
+        /* Right after a loss, ask without waiting so that the engine's return shows at once. */
+        char *path = mt_xasprintf("/events?after=%llu&limit=%d%s", (unsigned long long) after,
+                                  PAGE_LIMIT, lost ? "" : "&wait=" TAIL_WAIT);
         request q = {.method = EVHTTP_REQ_GET, .path = path};
         mt_err err = client_request(c, &q, &r);
         free(path);

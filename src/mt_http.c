@@ -619,7 +619,15 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
         free(h);
         return MT_EIO;
     }
-    evhttp_set_max_body_size(h->http, (ev_ssize_t) opts->max_body);
+    /*
+     * evhttp refuses bodies over its limit with an HTML 413 of its own (no
+     * hook in libevent 2.1), before reading them. Letting it read up to
+     * twice max_body means a body somewhat too large gets our JSON 413,
+     * while memory per request stays bounded.
+     */
+    uint64_t hard = opts->max_body * 2 > opts->max_body + 65536 ? opts->max_body * 2
+                                                                 : opts->max_body + 65536;
+    evhttp_set_max_body_size(h->http, (ev_ssize_t) hard);
     evhttp_set_max_headers_size(h->http, 64 * 1024);
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |

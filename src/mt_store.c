@@ -50,7 +50,8 @@ struct mt_store {
     mt_store_stats stats;
 
     /* writer thread only */
-    mt_buf redo;               /* the current group's redo operations */
+    mt_buf redo;               /* the current group's redo operations (fsync durability) */
+    uint64_t writes;           /* puts and deletes in the current group */
     uint64_t group;            /* last group id committed */
     int64_t last_checkpoint_us;
     bool dirty;                /* commits since the last checkpoint */
@@ -367,6 +368,7 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
         return rc;
     }
     size_t mark = s->redo.len;
+    uint64_t writes = s->writes;
     mt_txn t = {s, child, true, MT_OK};
     rc = j->run(&t, j->arg);
     if (rc == MT_OK && t.poisoned) {
@@ -379,6 +381,7 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
     }
     if (rc) {
         s->redo.len = mark;
+        s->writes = writes;
     }
     return rc;
 }
@@ -395,12 +398,13 @@ static void run_group(mt_store *s, job *jobs)
         return;
     }
     s->redo.len = 0;
+    s->writes = 0;
     int ok = 0;
     for (job *j = jobs; j; j = j->next) {
         j->rc = run_job(s, parent, j);
         ok += j->rc == MT_OK;
     }
-    if (ok == 0 || s->redo.len == 0) {
+    if (ok == 0 || s->writes == 0) {
         /* Nothing to make durable (failures, or reads such as duplicates). */
         mdb_txn_abort(parent);
         return;
@@ -654,6 +658,7 @@ mt_err mt_store_get(mt_txn *t, mt_db db, const void *key, size_t klen, const voi
 static void redo_add(mt_store *s, uint8_t op, mt_db db, const void *key, size_t klen,
                      const void *val, size_t vlen)
 {
+    s->writes++;
     if (!s->wal) {
         return;
     }
