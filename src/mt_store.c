@@ -34,6 +34,8 @@ struct mt_store {
     MDB_env *env;
     MDB_dbi dbi[MT_DB_COUNT];
     mt_wal *wal;               /* NULL when nosync */
+    MDB_txn *pin;              /* read txn holding the last checkpoint's pages (fsync only) */
+    unsigned psize;            /* LMDB page size */
     char *dir;                 /* owned */
     int lock_fd;               /* flock'ed: one engine per data directory */
 
@@ -210,11 +212,58 @@ static mt_err replay_group(uint64_t group, const void *payload, size_t len, void
     return rc;
 }
 
+/* Reads LMDB's two meta pages (pages 0 and 1 of data.mdb) into a new buffer. */
+static mt_err read_meta_pages(mt_store *s, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    char *path = mt_xasprintf("%s/data.mdb", s->dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    free(path);
+    size_t n = 2 * (size_t) s->psize;
+    uint8_t *buf = mt_xmalloc(n);
+    ssize_t got = fd >= 0 ? pread(fd, buf, n, 0) : -1;
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (got != (ssize_t) n) {
+        mt_error("store: cannot read the meta pages of '%s/data.mdb'", s->dir);
+        free(buf);
+        return MT_EIO;
+    }
+    *out = buf;
+    *len = n;
+    return MT_OK;
+}
+
+/*
+ * Makes everything committed durable in LMDB and starts a new write-ahead
+ * generation. With the write-ahead file, the new generation saves LMDB's
+ * meta pages as they are now (the checkpoint snapshot) and a read
+ * transaction is pinned at this state, so LMDB never reuses the pages the
+ * snapshot refers to until the next checkpoint: whatever happens to the
+ * unsynced pages written after it, the snapshot's tree is intact on disk.
+ */
 static mt_err checkpoint(mt_store *s)
 {
     mt_err rc = map_mdb(mdb_env_sync(s->env, 1), "checkpoint sync");
     if (rc == MT_OK && s->wal) {
-        rc = mt_wal_reset(s->wal);
+        uint8_t *meta;
+        size_t len;
+        rc = read_meta_pages(s, &meta, &len);
+        if (rc == MT_OK) {
+            rc = mt_wal_reset(s->wal, meta, len);
+            free(meta);
+        }
+        if (rc == MT_OK) {
+            /* Only now may the previous snapshot's pages be reused. */
+            if (s->pin) {
+                mdb_txn_reset(s->pin);
+                rc = map_mdb(mdb_txn_renew(s->pin), "pin checkpoint");
+            } else {
+                rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->pin), "pin checkpoint");
+            }
+        }
     }
     if (rc == MT_OK) {
         s->last_checkpoint_us = mt_mono_us();
@@ -223,6 +272,39 @@ static mt_err checkpoint(mt_store *s)
         s->stats.checkpoints++;
         pthread_mutex_unlock(&s->mu);
     }
+    return rc;
+}
+
+/*
+ * Puts the last checkpoint's meta pages back into data.mdb before LMDB
+ * opens it, so LMDB starts from the checkpoint's intact tree whatever the
+ * OS wrote of later, unsynced commits; the write-ahead file then re-applies
+ * every group since. After a clean stop the snapshot equals the file's own
+ * meta pages, so this changes nothing.
+ */
+static mt_err restore_checkpoint(mt_store *s)
+{
+    const void *snap;
+    size_t len;
+    mt_wal_snapshot(s->wal, &snap, &len);
+    if (len == 0) {
+        return MT_OK;
+    }
+    char *path = mt_xasprintf("%s/data.mdb", s->dir);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    mt_err rc = MT_OK;
+    if (fd < 0) {
+        mt_error("store: '%s' is missing but the write-ahead file has a checkpoint: "
+                 "refusing to start on a partial data directory", path);
+        rc = MT_EIO;
+    } else {
+        if (pwrite(fd, snap, len, 0) != (ssize_t) len || fdatasync(fd)) {
+            mt_error("store: cannot restore the checkpoint into '%s': %s", path, strerror(errno));
+            rc = MT_EIO;
+        }
+        close(fd);
+    }
+    free(path);
     return rc;
 }
 
@@ -273,6 +355,14 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
     if (rc == MT_OK) {
         rc = lock_dir(s);
     }
+    if (rc == MT_OK && !opts->nosync) {
+        char *path = mt_xasprintf("%s/wal", s->dir);
+        rc = mt_wal_open(path, opts->wal_size, &s->wal);
+        free(path);
+        if (rc == MT_OK) {
+            rc = restore_checkpoint(s);
+        }
+    }
     if (rc == MT_OK) {
         rc = map_mdb(mdb_env_create(&s->env), "environment create");
     }
@@ -306,12 +396,10 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
             mdb_txn_abort(txn);
         }
     }
-    if (rc == MT_OK && !opts->nosync) {
-        char *path = mt_xasprintf("%s/wal", s->dir);
-        rc = mt_wal_open(path, opts->wal_size, &s->wal);
-        free(path);
-    }
     if (rc == MT_OK) {
+        MDB_stat st;
+        mdb_env_stat(s->env, &st);
+        s->psize = st.ms_psize;
         rc = recover(s);
     }
     if (rc == MT_OK) {
@@ -342,6 +430,9 @@ void mt_store_close(mt_store *s)
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->writer, NULL);
         mt_store_complete(s);
+    }
+    if (s->pin) {
+        mdb_txn_abort(s->pin);
     }
     mt_wal_close(s->wal);
     if (s->env) {

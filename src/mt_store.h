@@ -14,9 +14,11 @@
  *     (mt_wal), which is fdatasync'ed once; then the LMDB transaction is
  *     committed without LMDB's own syncs (MDB_NOSYNC). At a checkpoint
  *     (write-ahead file half full, every 30 s when busy, and at close) the
- *     store syncs LMDB and resets the write-ahead file. At open, groups in
- *     the write-ahead file newer than the last group LMDB holds are applied
- *     again. Crash argument: docs/architecture.md.
+ *     store syncs LMDB, saves LMDB's meta pages with a new write-ahead
+ *     generation, and pins a read transaction there so the checkpoint's
+ *     pages are never reused before the next one. At open, the saved meta
+ *     pages are put back and the groups in the write-ahead file newer than
+ *     the checkpoint are applied again. Crash argument: docs/architecture.md.
  *   durability nosync: no write-ahead file, no fsync until close; a
  *     process crash loses nothing (the OS has the pages), a power cut may.
  *

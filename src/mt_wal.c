@@ -12,8 +12,11 @@
 #include "mt_util.h"
 #include "mt_wal.h"
 
-#define FILE_MAGIC "MTWAL001"
-#define HDR_SIZE 4096
+#define FILE_MAGIC "MTWAL002"
+#define SLOT_SIZE 32768u          /* two header slots, written alternately */
+#define HDR_SIZE (2 * SLOT_SIZE)
+#define SLOT_FIXED 128u           /* fixed fields before the snapshot bytes */
+#define SNAP_MAX (SLOT_SIZE - SLOT_FIXED)
 #define REC_MAGIC 0x4d54524bu /* "MTRK" */
 #define REC_HDR 32
 #define MIN_SIZE (1u << 20)
@@ -25,6 +28,8 @@ struct mt_wal {
     uint32_t gen;      /* current generation */
     uint64_t pos;      /* next record offset, >= HDR_SIZE */
     uint64_t last_pos; /* offset of the last appended record, 0 = none */
+    uint8_t *snap;     /* owned; the checkpoint snapshot of this generation */
+    size_t snap_len;
 };
 
 static void put32(uint8_t *p, uint32_t v)
@@ -89,21 +94,54 @@ static mt_err pread_all(int fd, void *p, size_t n, uint64_t off)
     return MT_OK;
 }
 
+/*
+ * A header slot: magic, generation, file size, snapshot length, CRC-32 of
+ * those and the snapshot, then the snapshot. Slot gen % 2 is written, so a
+ * torn header write leaves the previous generation's slot intact.
+ */
 static mt_err write_header(mt_wal *w)
 {
-    uint8_t h[64];
-    memset(h, 0, sizeof h);
+    size_t n = SLOT_FIXED + w->snap_len;
+    uint8_t *h = mt_xcalloc(1, n);
     memcpy(h, FILE_MAGIC, 8);
     put32(h + 8, w->gen);
     mt_put_be64(h + 12, w->size);
-    put32(h + 20, (uint32_t) crc32(0, h, 20));
-    if (pwrite_all(w->fd, h, sizeof h, 0)) {
+    put32(h + 20, (uint32_t) w->snap_len);
+    memcpy(h + SLOT_FIXED, w->snap, w->snap_len);
+    uLong c = crc32(0, h, 24);
+    put32(h + 24, (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) w->snap_len));
+    mt_err rc = pwrite_all(w->fd, h, n, (uint64_t) (w->gen % 2) * SLOT_SIZE);
+    free(h);
+    if (rc) {
         return io_error(w, "header write");
     }
     if (fdatasync(w->fd)) {
         return io_error(w, "fdatasync");
     }
     return MT_OK;
+}
+
+/* Reads slot 'i'; returns its generation, or 0 if it is not valid. */
+static uint32_t read_slot(mt_wal *w, int i, uint64_t *size, uint8_t **snap, size_t *snap_len)
+{
+    uint8_t *h = mt_xmalloc(SLOT_SIZE);
+    uint32_t gen = 0;
+    *snap = NULL;
+    *snap_len = 0;
+    if (pread_all(w->fd, h, SLOT_SIZE, (uint64_t) i * SLOT_SIZE) == MT_OK &&
+        memcmp(h, FILE_MAGIC, 8) == 0 && get32(h + 20) <= SNAP_MAX) {
+        size_t n = get32(h + 20);
+        uLong c = crc32(0, h, 24);
+        if (get32(h + 24) == (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) n) && get32(h + 8) != 0) {
+            gen = get32(h + 8);
+            *size = mt_get_be64(h + 12);
+            *snap = mt_xmalloc(n ? n : 1);
+            memcpy(*snap, h + SLOT_FIXED, n);
+            *snap_len = n;
+        }
+    }
+    free(h);
+    return gen;
 }
 
 static mt_err create_file(mt_wal *w)
@@ -172,16 +210,26 @@ mt_err mt_wal_open(const char *path, uint64_t size, mt_wal **out)
         rc = io_error(w, "open");
     } else {
         w->fd = fd;
-        uint8_t h[64];
-        if (pread_all(fd, h, sizeof h, 0)) {
-            rc = io_error(w, "header read");
-        } else if (memcmp(h, FILE_MAGIC, 8) != 0 || get32(h + 20) != (uint32_t) crc32(0, h, 20)) {
+        /* The newer of the two valid slots is the current generation. */
+        uint64_t sizes[2] = {0, 0};
+        uint8_t *snap[2];
+        size_t snap_len[2];
+        uint32_t gen[2];
+        for (int i = 0; i < 2; i++) {
+            gen[i] = read_slot(w, i, &sizes[i], &snap[i], &snap_len[i]);
+        }
+        int cur = gen[1] > gen[0] ? 1 : 0;
+        free(snap[1 - cur]);
+        if (gen[cur] == 0) {
+            free(snap[cur]);
             mt_error("write-ahead file '%s': damaged header (not a moontide write-ahead file?)",
                      path);
             rc = MT_EIO;
         } else {
-            w->gen = get32(h + 8);
-            w->size = mt_get_be64(h + 12);
+            w->gen = gen[cur];
+            w->size = sizes[cur];
+            w->snap = snap[cur];
+            w->snap_len = snap_len[cur];
             struct stat st;
             if (fstat(fd, &st) || (uint64_t) st.st_size < w->size) {
                 mt_error("write-ahead file '%s': shorter than its header says", path);
@@ -205,6 +253,7 @@ void mt_wal_close(mt_wal *w)
     if (w->fd >= 0) {
         close(w->fd);
     }
+    free(w->snap);
     free(w->path);
     free(w);
 }
@@ -314,8 +363,16 @@ mt_err mt_wal_undo_last(mt_wal *w)
     return mt_wal_sync(w);
 }
 
-mt_err mt_wal_reset(mt_wal *w)
+mt_err mt_wal_reset(mt_wal *w, const void *snap, size_t len)
 {
+    if (len > SNAP_MAX) {
+        return MT_ETOOBIG;
+    }
+    uint8_t *copy = mt_xmalloc(len ? len : 1);
+    memcpy(copy, snap, len);
+    free(w->snap);
+    w->snap = copy;
+    w->snap_len = len;
     w->gen++;
     mt_err rc = write_header(w);
     if (rc) {
@@ -324,6 +381,12 @@ mt_err mt_wal_reset(mt_wal *w)
     w->pos = HDR_SIZE;
     w->last_pos = 0;
     return MT_OK;
+}
+
+void mt_wal_snapshot(const mt_wal *w, const void **snap, size_t *len)
+{
+    *snap = w->snap;
+    *len = w->snap_len;
 }
 
 uint64_t mt_wal_used(const mt_wal *w)

@@ -9,11 +9,15 @@
  * its header goes up by one and writing starts again at the front, so
  * records of older generations are never read again.
  *
- * Layout: a 4096-byte header (magic, generation, size, CRC-32) followed by
- * records: magic, generation, group id, payload length, CRC-32 of all of
- * these and the payload, then the payload padded to 8 bytes. A scan stops
- * at the first record whose magic, generation or CRC does not match: a
- * torn write at the tail is never mistaken for data.
+ * Layout: two 32 KiB header slots, then records. A slot holds the magic,
+ * the generation, the file size, the checkpoint snapshot (opaque bytes the
+ * store saves with each generation: LMDB's meta pages) and a CRC-32 of all
+ * of it. A new generation is written to slot gen % 2, so a torn header
+ * write leaves the previous generation readable; the newer valid slot wins.
+ * A record is magic, generation, group id, payload length, CRC-32 of these
+ * and the payload, then the payload padded to 8 bytes. A scan stops at the
+ * first record whose magic, generation or CRC does not match: a torn write
+ * at the tail is never mistaken for data.
  *
  * Used by the store's writer thread only; not thread-safe.
  */
@@ -64,11 +68,15 @@ mt_err mt_wal_sync(mt_wal *w);
 mt_err mt_wal_undo_last(mt_wal *w);
 
 /*
- * Starts a new generation: bumps the generation in the header, syncs it,
- * and moves the write position to the front. Call only after the store has
- * durably applied every record written so far. MT_EIO on failure.
+ * Starts a new generation: bumps the generation, saves 'snap' (len bytes, at
+ * most 32 KiB - 128; copied) with it, syncs the header, and moves the write
+ * position to the front. Call only after the store has durably applied
+ * every record written so far. MT_ETOOBIG if snap is too large, MT_EIO.
  */
-mt_err mt_wal_reset(mt_wal *w);
+mt_err mt_wal_reset(mt_wal *w, const void *snap, size_t len);
+
+/* The current generation's snapshot (len 0 if none); valid until the next reset or close. */
+void mt_wal_snapshot(const mt_wal *w, const void **snap, size_t *len);
 
 /* Bytes of records written in this generation, and the room records can use. */
 uint64_t mt_wal_used(const mt_wal *w);

@@ -41,6 +41,8 @@ class Engine:
         self._reader = None
 
     def start(self, timeout=30):
+        self.port = None  # a restart learns its new port
+        self.stderr_lines = []
         cmd = [MOONTIDE, "run", "--data-dir", self.data_dir, "--listen", "127.0.0.1:0"]
         if self.config:
             cmd += ["-c", self.config]
