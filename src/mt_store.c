@@ -26,7 +26,9 @@
  */
 #define SPIN_US 150
 
-static const char *const db_names[MT_DB_COUNT] = {"meta", "log", "streams", "heads", "ids"};
+static const char *const db_names[MT_DB_COUNT] = {
+    "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv",
+};
 
 typedef struct job {
     mt_store_job_fn run;
@@ -77,6 +79,9 @@ struct mt_txn {
     MDB_txn *txn;
     bool write;
     mt_err poisoned;           /* first error; every later write call fails with it */
+    mt_txn *parent;            /* for a savepoint: the transaction it belongs to */
+    size_t redo_mark;          /* for a savepoint: redo length when it began */
+    uint64_t writes_mark;      /* for a savepoint: write count when it began */
 };
 
 struct mt_cursor {
@@ -477,7 +482,7 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
     }
     size_t mark = s->redo.len;
     uint64_t writes = s->writes;
-    mt_txn t = {s, child, true, MT_OK};
+    mt_txn t = {s, child, true, MT_OK, NULL, 0, 0};
     rc = j->run(&t, j->arg);
     if (rc == MT_OK && t.poisoned) {
         rc = t.poisoned;
@@ -842,6 +847,55 @@ mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const voi
     }
     redo_add(t->s, REDO_PUT, db, key, klen, val, vlen);
     return MT_OK;
+}
+
+mt_err mt_store_savepoint(mt_txn *t, mt_txn **out)
+{
+    *out = NULL;
+    mt_assert(t->write);
+    if (t->poisoned) {
+        return t->poisoned;
+    }
+    MDB_txn *child;
+    mt_err rc = map_mdb(mdb_txn_begin(t->s->env, t->txn, 0, &child), "savepoint");
+    if (rc) {
+        return rc;
+    }
+    mt_txn *sp = mt_xcalloc(1, sizeof *sp);
+    sp->s = t->s;
+    sp->txn = child;
+    sp->write = true;
+    sp->parent = t;
+    sp->redo_mark = t->s->redo.len;
+    sp->writes_mark = t->s->writes;
+    *out = sp;
+    return MT_OK;
+}
+
+mt_err mt_store_savepoint_release(mt_txn *sp)
+{
+    mt_assert(sp->parent);
+    mt_err rc = sp->poisoned;
+    if (rc == MT_OK) {
+        rc = map_mdb(mdb_txn_commit(sp->txn), "savepoint release");
+    } else {
+        mdb_txn_abort(sp->txn);
+    }
+    if (rc) {
+        sp->s->redo.len = sp->redo_mark;
+        sp->s->writes = sp->writes_mark;
+    }
+    free(sp);
+    return rc;
+}
+
+void mt_store_savepoint_rollback(mt_txn *sp)
+{
+    mt_assert(sp->parent);
+    mdb_txn_abort(sp->txn);
+    sp->s->redo.len = sp->redo_mark;
+    sp->s->writes = sp->writes_mark;
+    free(sp);
 }
 
 mt_err mt_store_del(mt_txn *t, mt_db db, const void *key, size_t klen)

@@ -48,6 +48,11 @@ typedef enum mt_db {
     MT_DB_STREAMS,  /* subject NUL u64 version -> u64 sequence */
     MT_DB_HEADS,    /* subject -> u64 last version */
     MT_DB_IDS,      /* source NUL id -> u64 sequence, for deduplication */
+    MT_DB_SUBS,     /* subscription name -> its delivery state (mt_sub) */
+    MT_DB_PARKED,   /* name NUL lane NUL u64 sequence -> a held-back message (mt_sub) */
+    MT_DB_SCHED,    /* name NUL u64 due-time NUL u64 sequence -> "" : the time index (mt_sub) */
+    MT_DB_DLQ,      /* name NUL u64 sequence -> dead letter, JSON (mt_sub) */
+    MT_DB_KV,       /* table NUL key -> JSON value written by handlers (mt_sub) */
     MT_DB_COUNT
 } mt_db;
 
@@ -134,6 +139,16 @@ mt_err mt_store_get(mt_txn *t, mt_db db, const void *key, size_t klen, const voi
  */
 mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
                     size_t vlen, unsigned flags);
+
+/*
+ * Savepoints inside a job: mt_store_savepoint begins a nested write
+ * transaction of 't' (which must not be used until the savepoint ends);
+ * _release keeps its writes in 't', _rollback discards them. Sets *out.
+ * MT_EFULL or MT_EIO from the store.
+ */
+mt_err mt_store_savepoint(mt_txn *t, mt_txn **out);
+mt_err mt_store_savepoint_release(mt_txn *sp);
+void mt_store_savepoint_rollback(mt_txn *sp);
 
 /* Deletes key. MT_ENOTFOUND if absent. */
 mt_err mt_store_del(mt_txn *t, mt_db db, const void *key, size_t klen);

@@ -1,0 +1,77 @@
+/*
+ * mt_fx.h - a handler's effects: what `ctx` can do, bound to one savepoint.
+ *
+ * A subscription runs each handler invocation inside a savepoint of the
+ * writer's transaction (mt_store_savepoint). Everything the handler does
+ * through its ctx (kv reads and writes, emitted events) goes into that
+ * savepoint, so the effects and the message's acknowledgement commit
+ * together or not at all: exactly-once effects. mt_lua's ctx bindings call
+ * these functions; mt_sub creates the mt_fx. Runs on the writer thread.
+ *
+ * kv: tables of JSON values. A key in MT_DB_KV is "table NUL key".
+ * emit: appends an event to the log with ids derived from the subscription,
+ * the triggering event's sequence and the emit's position, so a re-run can
+ * never append a duplicate; causationid is the trigger's id, correlationid
+ * the trigger's correlationid (or its id).
+ */
+#ifndef MT_FX_H
+#define MT_FX_H
+#include <stddef.h>
+#include <stdint.h>
+#include "mt_err.h"
+#include "mt_event.h"
+#include "mt_store.h"
+
+#define MT_FX_MAX_TABLE 64
+#define MT_FX_MAX_KEY 400
+#define MT_FX_MAX_VALUE (1u << 20)
+
+typedef struct mt_fx {
+    mt_txn *txn;              /* borrowed: the savepoint effects go to */
+    const char *sub;          /* borrowed: subscription name */
+    const mt_event *trigger;  /* borrowed: the event being handled */
+    int emitted;              /* events emitted so far by this invocation */
+    char *reject;             /* owned; set by mt_fx_reject: dead-letter at once */
+    char *reply_to;           /* unused until request/reply; NULL */
+} mt_fx;
+
+/* Binds 'fx' to a savepoint and a trigger. */
+void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger);
+void mt_fx_free(mt_fx *fx);
+
+/*
+ * Reads table/key. *json points into the store and is valid only until the
+ * next write through fx (copy it at once). MT_ENOTFOUND if absent;
+ * MT_EINVAL for an empty or oversized table or key.
+ */
+mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **json,
+                    size_t *len);
+
+/* Writes table/key = json (valid JSON text, at most MT_FX_MAX_VALUE). MT_EINVAL, MT_EFULL, MT_EIO. */
+mt_err mt_fx_kv_put(mt_fx *fx, const char *table, const char *key, const char *json, size_t len);
+
+/* Deletes table/key; absent is not an error. */
+mt_err mt_fx_kv_del(mt_fx *fx, const char *table, const char *key);
+
+/*
+ * Visits keys of 'table' starting with 'prefix' in key order, at most
+ * 'limit'. The visitor's strings are valid during the call; a non-zero
+ * return stops the scan. MT_EINVAL on bad names, MT_EIO.
+ */
+mt_err mt_fx_kv_scan(mt_fx *fx, const char *table, const char *prefix, size_t limit,
+                     int (*visit)(const char *key, size_t klen, const char *json, size_t len,
+                                  void *arg),
+                     void *arg);
+
+/*
+ * Appends an event of 'type' with JSON 'data' (NULL = none). 'subject'
+ * NULL means the trigger's subject. Sets *sequence. MT_EINVAL with a message
+ * in err for a bad type, subject or data; MT_EFULL, MT_EIO.
+ */
+mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len,
+                  const char *subject, uint64_t *sequence, char *err, size_t errlen);
+
+/* Records a rejection: the handler's effects are discarded and the message dead-lettered. */
+void mt_fx_reject(mt_fx *fx, const char *reason);
+
+#endif
