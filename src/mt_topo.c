@@ -1,10 +1,15 @@
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <jansson.h>
+#include <unistd.h>
 #include <yaml.h>
+#include "mt_filter.h"
 #include "mt_mem.h"
+#include "mt_topic.h"
 #include "mt_topo.h"
 #include "mt_util.h"
 
@@ -29,6 +34,8 @@ typedef struct loader {
     yaml_document_t *doc;
     mt_topo_errs *errs;
     mt_topo *topo;          /* filled in as keys are read; discarded if any error */
+    mt_sub_conf *sub;       /* the subscription being read */
+    char path_buf[160];     /* "subscriptions.NAME.key" for messages */
 } loader;
 
 static void errs_insert(mt_topo_errs *errs, int at, char *line)
@@ -426,6 +433,360 @@ static void section_engine(loader *ld, const yaml_node_t *v)
     walk_mapping(ld, v, "in engine", engine_keys);
 }
 
+/* ---- subscriptions section ---- */
+
+/* "subscriptions.NAME.KEY" into ld->path_buf, for messages. */
+static const char *sub_path(loader *ld, const char *key)
+{
+    snprintf(ld->path_buf, sizeof ld->path_buf, "subscriptions.%.64s.%s", ld->sub->name, key);
+    return ld->path_buf;
+}
+
+static void sub_topics(loader *ld, const yaml_node_t *v)
+{
+    const char *path = sub_path(ld, "topics");
+    if (v->type == YAML_SCALAR_NODE && !is_null(v)) {
+        /* One pattern may be written without the list brackets. */
+        const char *t = scalar_text(ld, v, path, "a list of topic patterns");
+        if (t && mt_topic_validate_pattern(t)) {
+            err_node(ld, v, "'%s': '%.100s' is not a topic pattern ('.'-separated words; '*' "
+                     "and '#' only as whole words)", path, t);
+        } else if (t) {
+            ld->sub->topics = mt_xcalloc(1, sizeof *ld->sub->topics);
+            ld->sub->topics[0] = mt_xstrdup(t);
+            ld->sub->ntopics = 1;
+        }
+        return;
+    }
+    if (v->type != YAML_SEQUENCE_NODE || v->data.sequence.items.top == v->data.sequence.items.start) {
+        err_expected(ld, v, path, "a non-empty list of topic patterns");
+        return;
+    }
+    yaml_node_item_t *start = v->data.sequence.items.start, *top = v->data.sequence.items.top;
+    ld->sub->topics = mt_xcalloc((size_t) (top - start), sizeof *ld->sub->topics);
+    for (yaml_node_item_t *i = start; i < top; i++) {
+        const yaml_node_t *n = yaml_document_get_node(ld->doc, *i);
+        const char *t = scalar_text(ld, n, sub_path(ld, "topics"), "a topic pattern");
+        if (!t) {
+            continue;
+        }
+        if (mt_topic_validate_pattern(t)) {
+            err_node(ld, n, "'%s': '%.100s' is not a topic pattern ('.'-separated words; '*' "
+                     "and '#' only as whole words)", sub_path(ld, "topics"), t);
+            continue;
+        }
+        ld->sub->topics[ld->sub->ntopics++] = mt_xstrdup(t);
+    }
+}
+
+/* YAML to JSON: mappings become objects, sequences arrays, scalars strings. */
+static json_t *yaml_to_json(loader *ld, const yaml_node_t *n, int depth)
+{
+    if (depth > 32) {
+        return NULL;
+    }
+    if (n->type == YAML_SCALAR_NODE) {
+        return json_stringn((const char *) n->data.scalar.value, n->data.scalar.length);
+    }
+    if (n->type == YAML_SEQUENCE_NODE) {
+        json_t *a = json_array();
+        for (yaml_node_item_t *i = n->data.sequence.items.start; i < n->data.sequence.items.top;
+             i++) {
+            json_t *x = yaml_to_json(ld, yaml_document_get_node(ld->doc, *i), depth + 1);
+            if (!x) {
+                json_decref(a);
+                return NULL;
+            }
+            json_array_append_new(a, x);
+        }
+        return a;
+    }
+    if (n->type == YAML_MAPPING_NODE) {
+        json_t *o = json_object();
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++) {
+            const yaml_node_t *k = yaml_document_get_node(ld->doc, p->key);
+            json_t *x = yaml_to_json(ld, yaml_document_get_node(ld->doc, p->value), depth + 1);
+            if (k->type != YAML_SCALAR_NODE || !x ||
+                json_object_setn_new(o, (const char *) k->data.scalar.value,
+                                     k->data.scalar.length, x)) {
+                json_decref(o);
+                return NULL;
+            }
+        }
+        return o;
+    }
+    return NULL;
+}
+
+static void sub_filter(loader *ld, const yaml_node_t *v)
+{
+    const char *path = sub_path(ld, "filter");
+    if (is_null(v)) {
+        return;
+    }
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, path, "a filter mapping (exact, prefix, suffix, all, any, not)");
+        return;
+    }
+    json_t *spec = yaml_to_json(ld, v, 0);
+    if (!spec) {
+        err_node(ld, v, "'%s' is nested too deeply or has a key that is not a string", path);
+        return;
+    }
+    mt_filter *f = NULL;
+    char err[256];
+    if (mt_filter_compile(spec, &f, err, sizeof err)) {
+        err_node(ld, v, "'%s': %s", path, err);
+    } else {
+        ld->sub->filter_json = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS);
+    }
+    mt_filter_free(f);
+    json_decref(spec);
+}
+
+static void sub_handler(loader *ld, const yaml_node_t *v)
+{
+    const char *path = sub_path(ld, "handler");
+    const char *h = scalar_text(ld, v, path, "the path of a Lua handler");
+    if (!h) {
+        return;
+    }
+    if (access(h, R_OK) != 0) {
+        err_node(ld, v, "'%s': cannot read '%.200s': %s", path, h, strerror(errno));
+        return;
+    }
+    set_str(&ld->sub->handler, h);
+}
+
+static void sub_start(loader *ld, const yaml_node_t *v)
+{
+    const char *path = sub_path(ld, "start");
+    const char *s = scalar_text(ld, v, path, "beginning, end, a sequence or an RFC 3339 time");
+    if (!s) {
+        return;
+    }
+    if (strcmp(s, "beginning") == 0) {
+        ld->sub->start = MT_START_BEGINNING;
+    } else if (strcmp(s, "end") == 0) {
+        ld->sub->start = MT_START_END;
+    } else if (mt_parse_u64(s, &ld->sub->start_sequence) == MT_OK) {
+        ld->sub->start = MT_START_SEQUENCE;
+    } else if (mt_time_parse(s, &ld->sub->start_time_us) == MT_OK) {
+        ld->sub->start = MT_START_TIME;
+    } else {
+        err_expected(ld, v, path, "beginning, end, a sequence number or an RFC 3339 time");
+    }
+}
+
+static void sub_ordering(loader *ld, const yaml_node_t *v)
+{
+    static const char *const names[] = {"subject", "strict", "none", NULL};
+    int i = get_choice(ld, v, sub_path(ld, "ordering"), names);
+    if (i >= 0) {
+        ld->sub->ordering = (mt_ordering) i;
+    }
+}
+
+/* Sets *out from a whole number in [min, max]. */
+static void get_uint(loader *ld, const yaml_node_t *v, const char *path, uint64_t min,
+                     uint64_t max, uint64_t *out)
+{
+    char expect[96];
+    snprintf(expect, sizeof expect, "a whole number from %llu to %llu", (unsigned long long) min,
+             (unsigned long long) max);
+    const char *s = scalar_text(ld, v, path, expect);
+    uint64_t n;
+    if (!s) {
+        return;
+    }
+    if (mt_parse_u64(s, &n) || n < min || n > max) {
+        err_expected(ld, v, path, expect);
+        return;
+    }
+    *out = n;
+}
+
+static void get_duration(loader *ld, const yaml_node_t *v, const char *path, uint64_t *ms)
+{
+    const char *s = scalar_text(ld, v, path, "a duration such as 200ms, 30s or 5m");
+    uint64_t d;
+    if (!s) {
+        return;
+    }
+    if (mt_parse_duration(s, &d)) {
+        err_expected(ld, v, path, "a duration such as 200ms, 30s or 5m");
+        return;
+    }
+    *ms = d;
+}
+
+static void sub_workers(loader *ld, const yaml_node_t *v)
+{
+    uint64_t n = (uint64_t) ld->sub->workers;
+    get_uint(ld, v, sub_path(ld, "workers"), 1, 64, &n);
+    ld->sub->workers = (int) n;
+}
+
+static void retry_max_attempts(loader *ld, const yaml_node_t *v)
+{
+    uint64_t n = ld->sub->max_attempts;
+    get_uint(ld, v, sub_path(ld, "retry.max_attempts"), 1, 1000, &n);
+    ld->sub->max_attempts = (uint32_t) n;
+}
+
+static void retry_backoff(loader *ld, const yaml_node_t *v)
+{
+    get_duration(ld, v, sub_path(ld, "retry.backoff"), &ld->sub->backoff_ms);
+}
+
+static void retry_max_backoff(loader *ld, const yaml_node_t *v)
+{
+    get_duration(ld, v, sub_path(ld, "retry.max_backoff"), &ld->sub->max_backoff_ms);
+}
+
+static const key_spec retry_keys[] = {
+    {"max_attempts", retry_max_attempts, false},
+    {"backoff", retry_backoff, false},
+    {"max_backoff", retry_max_backoff, false},
+    {NULL, NULL, false},
+};
+
+static void sub_retry(loader *ld, const yaml_node_t *v)
+{
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, sub_path(ld, "retry"), "a mapping");
+        return;
+    }
+    walk_mapping(ld, v, "in retry", retry_keys);
+}
+
+static void limits_instructions(loader *ld, const yaml_node_t *v)
+{
+    get_uint(ld, v, sub_path(ld, "limits.instructions"), 1000, 10000000000ULL,
+             &ld->sub->max_instructions);
+}
+
+static void limits_memory(loader *ld, const yaml_node_t *v)
+{
+    get_size(ld, v, sub_path(ld, "limits.memory"), 256 * KIB, "256KiB", 4 * GIB, "4GiB",
+             &ld->sub->max_memory);
+}
+
+static const key_spec limits_keys[] = {
+    {"instructions", limits_instructions, false},
+    {"memory", limits_memory, false},
+    {NULL, NULL, false},
+};
+
+static void sub_limits(loader *ld, const yaml_node_t *v)
+{
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, sub_path(ld, "limits"), "a mapping");
+        return;
+    }
+    walk_mapping(ld, v, "in limits", limits_keys);
+}
+
+static const key_spec sub_keys[] = {
+    {"topics", sub_topics, true},
+    {"filter", sub_filter, false},
+    {"handler", sub_handler, true},
+    {"start", sub_start, false},
+    {"ordering", sub_ordering, false},
+    {"workers", sub_workers, false},
+    {"retry", sub_retry, false},
+    {"limits", sub_limits, false},
+    {NULL, NULL, false},
+};
+
+static void sub_defaults(mt_sub_conf *c)
+{
+    c->start = MT_START_BEGINNING;
+    c->ordering = MT_ORDER_SUBJECT;
+    c->workers = 1;
+    c->max_attempts = 5;
+    c->backoff_ms = 200;
+    c->max_backoff_ms = 30000;
+    c->max_instructions = 10000000;
+    c->max_memory = 16 * MIB;
+}
+
+static bool valid_sub_name(const unsigned char *s, size_t n)
+{
+    if (n == 0 || n > 64) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!(isalnum(s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void section_subscriptions(loader *ld, const yaml_node_t *v)
+{
+    if (is_null(v)) {
+        return;
+    }
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, "subscriptions", "a mapping of subscription names");
+        return;
+    }
+    mt_topo *t = ld->topo;
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        const yaml_node_t *k = yaml_document_get_node(ld->doc, p->key);
+        const yaml_node_t *body = yaml_document_get_node(ld->doc, p->value);
+        if (k->type != YAML_SCALAR_NODE ||
+            !valid_sub_name(k->data.scalar.value, k->data.scalar.length)) {
+            char *got = describe(k);
+            err_node(ld, k, "a subscription name must be 1 to 64 letters, digits, '_', '-' or "
+                     "'.' (got %s)", got);
+            free(got);
+            continue;
+        }
+        bool dup = false;
+        for (int i = 0; i < t->nsubs; i++) {
+            dup |= key_is(k, t->subs[i].name);
+        }
+        if (dup) {
+            err_node(ld, k, "duplicate subscription '%s'", (const char *) k->data.scalar.value);
+            continue;
+        }
+        t->subs = mt_xrealloc(t->subs, (size_t) (t->nsubs + 1) * sizeof *t->subs);
+        mt_sub_conf *c = &t->subs[t->nsubs++];
+        memset(c, 0, sizeof *c);
+        sub_defaults(c);
+        c->name = mt_xstrndup((const char *) k->data.scalar.value, k->data.scalar.length);
+        if (body->type != YAML_MAPPING_NODE) {
+            snprintf(ld->path_buf, sizeof ld->path_buf, "subscriptions.%s", c->name);
+            err_expected(ld, body, ld->path_buf, "a mapping");
+            continue;
+        }
+        ld->sub = c;
+        char where[96];
+        snprintf(where, sizeof where, "in subscription '%s'", c->name);
+        walk_mapping(ld, body, where, sub_keys);
+        if (c->max_backoff_ms < c->backoff_ms) {
+            err_node(ld, body, "subscription '%s': retry.max_backoff is shorter than "
+                     "retry.backoff", c->name);
+        }
+        ld->sub = NULL;
+    }
+}
+
+static void sub_conf_free(mt_sub_conf *c)
+{
+    free(c->name);
+    for (int i = 0; i < c->ntopics; i++) {
+        free(c->topics[i]);
+    }
+    free(c->topics);
+    free(c->filter_json);
+    free(c->handler);
+}
+
 /* ---- top level ---- */
 
 static void section_version(loader *ld, const yaml_node_t *v)
@@ -456,7 +817,7 @@ static void section_version(loader *ld, const yaml_node_t *v)
 static const key_spec top_keys[] = {
     {"version", section_version, true},
     {"engine", section_engine, false},
-    {"subscriptions", NULL, false},
+    {"subscriptions", section_subscriptions, false},
     {"projections", NULL, false},
     {"sagas", NULL, false},
     {"commands", NULL, false},
@@ -719,6 +1080,10 @@ void mt_topo_free(mt_topo *t)
     free(t->engine.data_dir);
     free(t->engine.listen_host);
     free(t->engine.log_level);
+    for (int i = 0; i < t->nsubs; i++) {
+        sub_conf_free(&t->subs[i]);
+    }
+    free(t->subs);
     free(t->path);
     free(t);
 }

@@ -46,9 +46,58 @@ typedef struct mt_engine_conf {
     char *log_level;         /* owned; "info" by default */
 } mt_engine_conf;
 
+/* How a subscription orders deliveries. */
+typedef enum mt_ordering {
+    MT_ORDER_SUBJECT = 0,    /* per subject in log order; subjects in parallel */
+    MT_ORDER_STRICT,         /* one at a time, in log order */
+    MT_ORDER_NONE            /* no order; a failure holds back nothing */
+} mt_ordering;
+
+typedef enum mt_start {
+    MT_START_BEGINNING = 0,  /* the whole log */
+    MT_START_END,            /* only events appended after the subscription is created */
+    MT_START_SEQUENCE,       /* events after start_sequence */
+    MT_START_TIME            /* events recorded at or after start_time_us */
+} mt_start;
+
+/*
+ * A subscription: which events (topic patterns on 'type', an optional
+ * content filter), what handles them, and how.
+ *
+ *   subscriptions:
+ *     payments:
+ *       topics: ["order.placed", "payment.#"]
+ *       filter: { all: [ { exact: { "data.currency": "EUR" } } ] }
+ *       handler: handlers/payments.lua   # relative to the process cwd
+ *       start: beginning                 # beginning | end | SEQUENCE | RFC 3339 time
+ *       ordering: subject                # subject | strict | none
+ *       workers: 2                       # 1 to 64
+ *       retry: { max_attempts: 5, backoff: 200ms, max_backoff: 30s }
+ *       limits: { instructions: 10000000, memory: 16MiB }
+ */
+typedef struct mt_sub_conf {
+    char *name;              /* owned */
+    char **topics;           /* owned; ntopics patterns */
+    int ntopics;
+    char *filter_json;       /* owned; the filter as JSON text, NULL = none */
+    char *handler;           /* owned; path of the Lua handler */
+    mt_start start;
+    uint64_t start_sequence; /* with MT_START_SEQUENCE */
+    int64_t start_time_us;   /* with MT_START_TIME */
+    mt_ordering ordering;
+    int workers;
+    uint32_t max_attempts;   /* attempts before the dead-letter queue; >= 1 */
+    uint64_t backoff_ms;     /* first retry delay */
+    uint64_t max_backoff_ms; /* cap of the exponential backoff */
+    uint64_t max_instructions; /* Lua instruction budget per invocation */
+    uint64_t max_memory;     /* Lua memory limit, bytes */
+} mt_sub_conf;
+
 typedef struct mt_topo {
     char *path;              /* owned; the file it was loaded from, or NULL for defaults */
     mt_engine_conf engine;
+    mt_sub_conf *subs;       /* owned; nsubs entries, in file order */
+    int nsubs;
 } mt_topo;
 
 /* A list of error lines, each "FILE:LINE:COL: error: message". */

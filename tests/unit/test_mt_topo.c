@@ -233,7 +233,7 @@ static void test_topo_reports_every_error_in_one_pass(void **state)
         "map_size, durability, max_body, wal_size, log_level)",
         "7:15: error: 'engine.durability' must be one of: fsync, nosync (got 'always')",
         "8:13: error: 'engine.max_body' must be between 1KiB and 1GiB (got '2GiB')",
-        "9:1: error: 'subscriptions' is not supported by this version of moontide",
+        "10:3: error: 'subscriptions' must be a mapping of subscription names (got a sequence)",
         NULL});
     free(path);
 }
@@ -251,7 +251,7 @@ static void test_topo_unknown_key_names_line_and_column(void **state)
                   "engnie:\n"
                   "  listen: 127.0.0.1:1\n",
                   "2:1: error: unknown key 'engnie' at top level (expected one of: version, "
-                  "engine)");
+                  "engine, subscriptions)");
     EXPECT_ERRORS(state,
                   "version: 1\n"
                   "engine: {listen: 127.0.0.1:1, colour: blue}\n",
@@ -261,8 +261,8 @@ static void test_topo_unknown_key_names_line_and_column(void **state)
 
 static void test_topo_reserved_sections_are_refused_by_name(void **state)
 {
-    static const char *const names[] = {"subscriptions", "projections", "sagas",
-                                        "commands", "security", "bridges"};
+    static const char *const names[] = {"projections", "sagas", "commands", "security",
+                                        "bridges"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char text[128];
         char want[128];
@@ -271,6 +271,96 @@ static void test_topo_reserved_sections_are_refused_by_name(void **state)
                  "2:1: error: '%s' is not supported by this version of moontide", names[i]);
         EXPECT_ERRORS(state, text, want);
     }
+}
+
+static void test_topo_reads_a_subscription_with_defaults_and_every_key(void **state)
+{
+    (void) state;
+    char *dir = mt_test_tmpdir();
+    char *handler = mt_test_write_file(dir, "h.lua", "return function(e, ctx) end\n");
+    char text[1024];
+    snprintf(text, sizeof text,
+             "version: 1\n"
+             "subscriptions:\n"
+             "  plain:\n"
+             "    topics: order.placed\n"
+             "    handler: %s\n"
+             "  payments:\n"
+             "    topics: [\"order.placed\", \"order.*.cancelled\", \"payment.#\"]\n"
+             "    filter: { all: [ { exact: { \"data.currency\": \"EUR\" } },\n"
+             "                     { prefix: { subject: \"order-\" } } ] }\n"
+             "    handler: %s\n"
+             "    start: 42\n"
+             "    ordering: strict\n"
+             "    workers: 2\n"
+             "    retry: { max_attempts: 3, backoff: 50ms, max_backoff: 2s }\n"
+             "    limits: { instructions: 5000, memory: 1MiB }\n",
+             handler, handler);
+    char *path = mt_test_write_file(dir, "subs.yaml", text);
+    mt_topo *t;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(path, &t, &errs), MT_OK);
+    assert_int_equal(t->nsubs, 2);
+    mt_sub_conf *a = &t->subs[0], *b = &t->subs[1];
+    assert_string_equal(a->name, "plain");
+    assert_int_equal(a->ntopics, 1);
+    assert_string_equal(a->topics[0], "order.placed");
+    assert_null(a->filter_json);
+    assert_int_equal(a->start, MT_START_BEGINNING);
+    assert_int_equal(a->ordering, MT_ORDER_SUBJECT);
+    assert_int_equal(a->workers, 1);
+    assert_int_equal(a->max_attempts, 5);
+    assert_int_equal(a->backoff_ms, 200);
+    assert_int_equal(a->max_backoff_ms, 30000);
+    assert_int_equal(a->max_instructions, 10000000);
+    assert_int_equal(a->max_memory, 16u << 20);
+    assert_string_equal(b->name, "payments");
+    assert_int_equal(b->ntopics, 3);
+    assert_string_equal(b->topics[2], "payment.#");
+    assert_non_null(b->filter_json);
+    assert_non_null(strstr(b->filter_json, "\"data.currency\":\"EUR\""));
+    assert_int_equal(b->start, MT_START_SEQUENCE);
+    assert_int_equal(b->start_sequence, 42);
+    assert_int_equal(b->ordering, MT_ORDER_STRICT);
+    assert_int_equal(b->workers, 2);
+    assert_int_equal(b->max_attempts, 3);
+    assert_int_equal(b->backoff_ms, 50);
+    assert_int_equal(b->max_backoff_ms, 2000);
+    assert_int_equal(b->max_instructions, 5000);
+    assert_int_equal(b->max_memory, 1u << 20);
+    mt_topo_free(t);
+    free(handler);
+    free(path);
+    mt_test_rmdir(dir);
+}
+
+static void test_topo_subscription_errors_name_line_and_column(void **state)
+{
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "subscriptions:\n"
+                  "  s1:\n"
+                  "    topics: [\"order.*x\"]\n"
+                  "    handler: /nonexistent/h.lua\n"
+                  "    ordering: sideways\n"
+                  "    filter: { exactly: { type: a } }\n"
+                  "    retry: { max_attempts: 0 }\n",
+                  "4:14: error: 'subscriptions.s1.topics': 'order.*x' is not a topic pattern "
+                  "('.'-separated words; '*' and '#' only as whole words)",
+                  "5:14: error: 'subscriptions.s1.handler': cannot read '/nonexistent/h.lua': "
+                  "No such file or directory",
+                  "6:15: error: 'subscriptions.s1.ordering' must be one of: subject, strict, "
+                  "none (got 'sideways')",
+                  "7:13: error: 'subscriptions.s1.filter': filter: unknown dialect 'exactly' "
+                  "(expected exact, prefix, suffix, all, any or not)",
+                  "8:28: error: 'subscriptions.s1.retry.max_attempts' must be a whole number "
+                  "from 1 to 1000 (got '0')");
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "subscriptions:\n"
+                  "  s1:\n"
+                  "    handler: /etc/hostname\n",
+                  "4:5: error: missing required key 'topics' in subscription 's1'");
 }
 
 typedef struct value_case {
@@ -660,6 +750,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_topo_unknown_key_names_line_and_column, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_topo_reserved_sections_are_refused_by_name, setup,
+                                        teardown),
+        cmocka_unit_test(test_topo_reads_a_subscription_with_defaults_and_every_key),
+        cmocka_unit_test_setup_teardown(test_topo_subscription_errors_name_line_and_column, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_topo_bad_sizes_name_key_and_range, setup,
                                         teardown),

@@ -1,0 +1,1129 @@
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mt_diag.h"
+#include "mt_filter.h"
+#include "mt_log.h"
+#include "mt_sub.h"
+#include "mt_topic.h"
+#include "mt_util.h"
+
+#define EVENTS_PER_JOB 512     /* handler runs per dispatch job: bounds a group's length */
+#define SCANS_PER_JOB 8192     /* log entries looked at per job */
+#define MAX_LANE 410
+#define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
+#define ERRORS_KEPT 10         /* attempt errors kept per message */
+
+typedef struct sub_rt sub_rt;
+
+struct mt_subs {
+    mt_loop *loop;               /* borrowed */
+    mt_store *store;             /* borrowed */
+    const mt_sub_runner *runner; /* borrowed */
+    sub_rt *subs;                /* owned array */
+    int n;
+    bool closing;
+    void (*on_append)(void *arg);
+    void *on_append_arg;
+};
+
+/* What a dispatch job reports back to the loop thread. */
+typedef struct dispatch_out {
+    bool more;            /* stopped at a limit: dispatch again at once */
+    bool appended;        /* handlers emitted events */
+    int64_t next_due_us;  /* earliest retry, 0 = none */
+} dispatch_out;
+
+struct sub_rt {
+    mt_subs *subs;
+    const mt_sub_conf *conf;     /* borrowed from the topology */
+    void *handler;               /* from the runner; used on the writer thread only */
+    mt_filter *filter;           /* NULL = none */
+    bool busy;                   /* a dispatch job is queued or running */
+    bool again;                  /* a kick came while busy */
+    struct event *timer;         /* fires at the next retry */
+    dispatch_out out;            /* filled by the job, read in its done callback */
+};
+
+/* ---- keys ---- */
+
+static size_t name_prefix(uint8_t *k, const char *name)
+{
+    size_t n = strlen(name);
+    memcpy(k, name, n);
+    k[n] = 0;
+    return n + 1;
+}
+
+static size_t parked_key(uint8_t *k, const char *name, const char *lane, uint64_t seq)
+{
+    size_t off = name_prefix(k, name);
+    size_t l = strlen(lane);
+    memcpy(k + off, lane, l);
+    k[off + l] = 0;
+    mt_put_be64(k + off + l + 1, seq);
+    return off + l + 9;
+}
+
+static size_t sched_key(uint8_t *k, const char *name, int64_t due, uint64_t seq)
+{
+    size_t off = name_prefix(k, name);
+    mt_put_be64(k + off, (uint64_t) due);
+    mt_put_be64(k + off + 8, seq);
+    return off + 16;
+}
+
+static size_t dlq_key(uint8_t *k, const char *name, uint64_t seq)
+{
+    size_t off = name_prefix(k, name);
+    mt_put_be64(k + off, seq);
+    return off + 8;
+}
+
+/* ---- persisted state ---- */
+
+typedef struct sub_state {
+    uint64_t cursor;
+    uint64_t handled, retried, dead;
+    char last_error[512];
+    bool exists;
+} sub_state;
+
+static mt_err load_state(mt_txn *t, const char *name, sub_state *st)
+{
+    memset(st, 0, sizeof *st);
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_SUBS, name, strlen(name), &v, &vl);
+    if (rc == MT_ENOTFOUND) {
+        return MT_OK;
+    }
+    if (rc) {
+        return rc;
+    }
+    json_t *o = json_loadb(v, vl, 0, NULL);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return MT_EIO;
+    }
+    st->exists = true;
+    st->cursor = (uint64_t) json_integer_value(json_object_get(o, "cursor"));
+    st->handled = (uint64_t) json_integer_value(json_object_get(o, "handled"));
+    st->retried = (uint64_t) json_integer_value(json_object_get(o, "retried"));
+    st->dead = (uint64_t) json_integer_value(json_object_get(o, "dead"));
+    const char *le = json_string_value(json_object_get(o, "last_error"));
+    snprintf(st->last_error, sizeof st->last_error, "%s", le ? le : "");
+    json_decref(o);
+    return MT_OK;
+}
+
+static mt_err save_state(mt_txn *t, const char *name, const sub_state *st)
+{
+    json_t *o = json_pack("{sIsIsIsIss}", "cursor", (json_int_t) st->cursor, "handled",
+                          (json_int_t) st->handled, "retried", (json_int_t) st->retried, "dead",
+                          (json_int_t) st->dead, "last_error", st->last_error);
+    if (!o) {
+        /* last_error may hold bytes that are not UTF-8. */
+        o = json_pack("{sIsIsIsIss}", "cursor", (json_int_t) st->cursor, "handled",
+                      (json_int_t) st->handled, "retried", (json_int_t) st->retried, "dead",
+                      (json_int_t) st->dead, "last_error", "(not UTF-8)");
+    }
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    mt_err rc = mt_store_put(t, MT_DB_SUBS, name, strlen(name), text, strlen(text), 0);
+    free(text);
+    return rc;
+}
+
+/* Where a new subscription starts reading. */
+static mt_err initial_cursor(mt_txn *t, const mt_sub_conf *c, uint64_t *cursor)
+{
+    *cursor = 0;
+    switch (c->start) {
+    case MT_START_BEGINNING:
+        return MT_OK;
+    case MT_START_SEQUENCE:
+        *cursor = c->start_sequence;
+        return MT_OK;
+    case MT_START_END:
+        return mt_log_head(t, cursor);
+    case MT_START_TIME:
+        break;
+    }
+    /* The first event recorded at or after the time: scan from the front once. */
+    mt_cursor *cur;
+    mt_err rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
+    if (rc) {
+        return rc;
+    }
+    const void *k, *v;
+    size_t kl, vl;
+    rc = mt_store_cursor_seek(cur, NULL, 0, &k, &kl, &v, &vl);
+    while (rc == MT_OK) {
+        mt_event ev;
+        if (mt_event_decode(v, vl, &ev) == MT_OK && ev.recordedtime_us >= c->start_time_us) {
+            break;
+        }
+        *cursor = mt_get_be64(k);
+        rc = mt_store_cursor_next(cur, &k, &kl, &v, &vl);
+    }
+    mt_store_cursor_close(cur);
+    return rc == MT_ENOTFOUND ? MT_OK : rc;
+}
+
+/* ---- parked messages ---- */
+
+/*
+ * A parked message, as JSON: {"state": "retry"|"blocked", "attempts": N,
+ * "due": us, "errors": [{"attempt", "time", "error", "traceback"}]}.
+ */
+static json_t *parked_load(mt_txn *t, const uint8_t *k, size_t kl)
+{
+    const void *v;
+    size_t vl;
+    if (mt_store_get(t, MT_DB_PARKED, k, kl, &v, &vl)) {
+        return NULL;
+    }
+    return json_loadb(v, vl, 0, NULL);
+}
+
+static mt_err put_json(mt_txn *t, mt_db db, const uint8_t *k, size_t kl, json_t *o)
+{
+    char *text = json_dumps(o, JSON_COMPACT);
+    if (!text) {
+        return MT_EINVAL;
+    }
+    mt_err rc = mt_store_put(t, db, k, kl, text, strlen(text), 0);
+    free(text);
+    return rc;
+}
+
+/* Is anything parked in 'lane'? */
+static mt_err lane_busy(mt_txn *t, const char *name, const char *lane, bool *busy)
+{
+    *busy = false;
+    uint8_t k[KEY_MAX];
+    size_t kl = parked_key(k, name, lane, 0) - 8;
+    mt_cursor *c;
+    mt_err rc = mt_store_cursor_open(t, MT_DB_PARKED, &c);
+    if (rc) {
+        return rc;
+    }
+    const void *ck, *cv;
+    size_t ckl, cvl;
+    rc = mt_store_cursor_seek(c, k, kl, &ck, &ckl, &cv, &cvl);
+    if (rc == MT_OK) {
+        *busy = ckl == kl + 8 && memcmp(ck, k, kl) == 0;
+    }
+    mt_store_cursor_close(c);
+    return rc == MT_ENOTFOUND ? MT_OK : rc;
+}
+
+static void lane_of(const mt_sub_conf *c, const mt_event *ev, char *lane, size_t len)
+{
+    if (c->ordering == MT_ORDER_STRICT) {
+        lane[0] = '\0';
+    } else if (c->ordering == MT_ORDER_SUBJECT && ev->attr[MT_ATTR_SUBJECT]) {
+        snprintf(lane, len, "s:%s", ev->attr[MT_ATTR_SUBJECT]);
+    } else {
+        snprintf(lane, len, "#%llu", (unsigned long long) ev->sequence);
+    }
+}
+
+static int64_t backoff_us(const mt_sub_conf *c, uint32_t attempts)
+{
+    uint64_t d = c->backoff_ms;
+    for (uint32_t i = 1; i < attempts && d < c->max_backoff_ms; i++) {
+        d *= 2;
+    }
+    if (d > c->max_backoff_ms) {
+        d = c->max_backoff_ms;
+    }
+    /* Equal jitter: half fixed, half random, so retries of many messages spread out. */
+    uint64_t half = d * 1000 / 2;
+    return (int64_t) (half + (half ? (uint64_t) random() % (half + 1) : 0));
+}
+
+/*
+ * Reads event 'seq' into a private copy (*buf, freed by the caller): a
+ * handler's own appends may move the log's dirty pages under a pointer
+ * into the map.
+ */
+static mt_err load_event(mt_txn *t, uint64_t seq, mt_event *ev, void **buf)
+{
+    *buf = NULL;
+    uint8_t k[8];
+    mt_put_be64(k, seq);
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_LOG, k, 8, &v, &vl);
+    if (rc) {
+        return rc;
+    }
+    *buf = mt_xmalloc(vl);
+    memcpy(*buf, v, vl);
+    if (mt_event_decode(*buf, vl, ev)) {
+        free(*buf);
+        *buf = NULL;
+        return MT_EIO;
+    }
+    return MT_OK;
+}
+
+/* ---- running the handler ---- */
+
+typedef struct attempt_result {
+    bool ok;
+    bool rejected;
+    mt_buf error;
+    mt_buf traceback;
+} attempt_result;
+
+static void result_init(attempt_result *r)
+{
+    memset(r, 0, sizeof *r);
+    mt_buf_init(&r->error);
+    mt_buf_init(&r->traceback);
+}
+
+static void result_free(attempt_result *r)
+{
+    mt_buf_free(&r->error);
+    mt_buf_free(&r->traceback);
+}
+
+/*
+ * Runs the handler on 'ev' in a savepoint. Effects stay only on success.
+ * Returns a store error (the whole job must fail) or MT_OK with *r filled.
+ */
+static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t attempt,
+                          attempt_result *r, bool *appended)
+{
+    mt_txn *sp;
+    mt_err rc = mt_store_savepoint(t, &sp);
+    if (rc) {
+        return rc;
+    }
+    mt_fx fx;
+    mt_fx_init(&fx, sp, s->conf->name, ev);
+    mt_err hrc = s->subs->runner->invoke(s->handler, ev, attempt, &fx, &r->error, &r->traceback);
+    if (hrc == MT_EFULL || hrc == MT_EIO) {
+        /* The store failed under the handler: not the message's fault. */
+        mt_store_savepoint_rollback(sp);
+        mt_fx_free(&fx);
+        return hrc;
+    }
+    if (hrc == MT_OK && !fx.reject) {
+        rc = mt_store_savepoint_release(sp);
+        if (rc) {
+            mt_fx_free(&fx);
+            return rc;
+        }
+        r->ok = true;
+        *appended |= fx.emitted > 0;
+    } else {
+        mt_store_savepoint_rollback(sp);
+        if (fx.reject) {
+            r->rejected = true;
+            mt_buf_free(&r->error);
+            mt_buf_addf(&r->error, "rejected: %s", fx.reject);
+        } else if (r->error.len == 0) {
+            mt_buf_adds(&r->error, mt_err_str(hrc));
+        }
+    }
+    mt_fx_free(&fx);
+    return MT_OK;
+}
+
+static json_t *error_entry(uint32_t attempt, attempt_result *r)
+{
+    char ts[40];
+    mt_time_format_us(mt_now_us(), ts, sizeof ts);
+    json_t *e = json_object();
+    json_object_set_new(e, "attempt", json_integer(attempt));
+    json_object_set_new(e, "time", json_string(ts));
+    json_t *msg = json_stringn(mt_buf_cstr(&r->error), r->error.len);
+    json_object_set_new(e, "error", msg ? msg : json_string("(not UTF-8)"));
+    if (r->traceback.len) {
+        json_t *tb = json_stringn(mt_buf_cstr(&r->traceback), r->traceback.len);
+        if (tb) {
+            json_object_set_new(e, "traceback", tb);
+        }
+    }
+    return e;
+}
+
+static void add_error(json_t *rec, json_t *entry)
+{
+    json_t *errs = json_object_get(rec, "errors");
+    if (!json_is_array(errs)) {
+        errs = json_array();
+        json_object_set_new(rec, "errors", errs);
+    }
+    json_array_append_new(errs, entry);
+    while (json_array_size(errs) > ERRORS_KEPT) {
+        json_array_remove(errs, 0);
+    }
+}
+
+/* Writes the dead letter for 'ev' with the errors of 'rec'. */
+static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec,
+                          const char *reason, sub_state *st)
+{
+    char ts[40];
+    mt_time_format_us(mt_now_us(), ts, sizeof ts);
+    char seq[24];
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long) ev->sequence);
+    json_t *d = json_object();
+    json_object_set_new(d, "sequence", json_string(seq));
+    json_object_set_new(d, "id", json_string(ev->attr[MT_ATTR_ID]));
+    json_object_set_new(d, "type", json_string(ev->attr[MT_ATTR_TYPE]));
+    if (ev->attr[MT_ATTR_SUBJECT]) {
+        json_object_set_new(d, "subject", json_string(ev->attr[MT_ATTR_SUBJECT]));
+    }
+    json_object_set_new(d, "reason", json_string(reason));
+    json_object_set(d, "attempts", json_object_get(rec, "attempts"));
+    json_object_set(d, "errors", json_object_get(rec, "errors"));
+    json_object_set_new(d, "deadlettered", json_string(ts));
+    uint8_t k[KEY_MAX];
+    size_t kl = dlq_key(k, s->conf->name, ev->sequence);
+    mt_err rc = put_json(t, MT_DB_DLQ, k, kl, d);
+    json_decref(d);
+    st->dead++;
+    mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", s->conf->name, "sequence",
+                                                     seq, NULL},
+                 "subscription '%s': event %s dead-lettered: %s", s->conf->name, seq, reason);
+    return rc;
+}
+
+/*
+ * Runs attempt number 'attempt' of 'ev' (lane 'lane') and records the
+ * outcome: success, a retry parked at the head of its lane, or a dead
+ * letter. 'rec' is the parked record (NULL for a first attempt); it is
+ * consumed. Sets *freed when the lane's head is gone (success or dead).
+ */
+static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane,
+                      uint32_t attempt, json_t *rec, sub_state *st, dispatch_out *out,
+                      bool *freed)
+{
+    const mt_sub_conf *c = s->conf;
+    attempt_result r;
+    result_init(&r);
+    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended);
+    uint8_t k[KEY_MAX];
+    size_t kl = parked_key(k, c->name, lane, ev->sequence);
+    *freed = false;
+    if (rc == MT_OK && r.ok) {
+        st->handled++;
+        *freed = true;
+        if (rec) {
+            rc = mt_store_del(t, MT_DB_PARKED, k, kl);
+        }
+    } else if (rc == MT_OK) {
+        if (!rec) {
+            rec = json_object();
+        }
+        json_object_set_new(rec, "attempts", json_integer(attempt));
+        add_error(rec, error_entry(attempt, &r));
+        snprintf(st->last_error, sizeof st->last_error, "sequence %llu: %s",
+                 (unsigned long long) ev->sequence, mt_buf_cstr(&r.error));
+        if (r.rejected || attempt >= c->max_attempts) {
+            rc = dead_letter(s, t, ev, rec, r.rejected ? mt_buf_cstr(&r.error)
+                                                       : "retries exhausted", st);
+            if (rc == MT_OK && json_object_get(rec, "state")) {
+                rc = mt_store_del(t, MT_DB_PARKED, k, kl);
+            }
+            *freed = true;
+        } else {
+            int64_t due = mt_now_us() + backoff_us(c, attempt);
+            json_object_set_new(rec, "state", json_string("retry"));
+            json_object_set_new(rec, "due", json_integer(due));
+            json_object_set_new(rec, "lane", json_string(lane));
+            rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+            uint8_t sk[KEY_MAX];
+            size_t skl = sched_key(sk, c->name, due, ev->sequence);
+            if (rc == MT_OK) {
+                rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
+            }
+            st->retried++;
+            if (!out->next_due_us || due < out->next_due_us) {
+                out->next_due_us = due;
+            }
+        }
+    }
+    json_decref(rec);
+    result_free(&r);
+    return rc;
+}
+
+/* Parks 'seq' behind the head of its lane. */
+static mt_err park_blocked(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq)
+{
+    uint8_t k[KEY_MAX];
+    size_t kl = parked_key(k, s->conf->name, lane, seq);
+    json_t *rec = json_pack("{sssiss}", "state", "blocked", "attempts", 0, "lane", lane);
+    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+    json_decref(rec);
+    return rc;
+}
+
+/*
+ * The head of 'lane' is gone: run the messages blocked behind it, in order,
+ * until one fails (it becomes the new head) or the lane is empty.
+ */
+static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st,
+                           dispatch_out *out, int *budget)
+{
+    const char *name = s->conf->name;
+    uint8_t pfx[KEY_MAX];
+    size_t pl = parked_key(pfx, name, lane, 0) - 8;
+    for (;;) {
+        if (*budget <= 0) {
+            out->more = true;
+            return MT_OK;
+        }
+        mt_cursor *c;
+        mt_err rc = mt_store_cursor_open(t, MT_DB_PARKED, &c);
+        if (rc) {
+            return rc;
+        }
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        rc = mt_store_cursor_seek(c, pfx, pl, &ck, &ckl, &cv, &cvl);
+        bool found = rc == MT_OK && ckl == pl + 8 && memcmp(ck, pfx, pl) == 0;
+        uint64_t seq = found ? mt_get_be64((const uint8_t *) ck + pl) : 0;
+        json_t *rec = found ? json_loadb(cv, cvl, 0, NULL) : NULL;
+        mt_store_cursor_close(c);
+        if (rc && rc != MT_ENOTFOUND) {
+            json_decref(rec);
+            return rc;
+        }
+        const char *state = json_string_value(json_object_get(rec, "state"));
+        if (!found || !state || strcmp(state, "blocked") != 0) {
+            /* Empty, or the next one is itself waiting for a retry. */
+            json_decref(rec);
+            return MT_OK;
+        }
+        mt_event ev;
+        void *buf;
+        rc = load_event(t, seq, &ev, &buf);
+        if (rc) {
+            json_decref(rec);
+            return rc;
+        }
+        (*budget)--;
+        bool freed;
+        rc = deliver(s, t, &ev, lane, 1, rec, st, out, &freed);
+        free(buf);
+        if (rc || !freed) {
+            return rc;
+        }
+    }
+}
+
+static bool matches(sub_rt *s, const mt_event *ev)
+{
+    bool ok = false;
+    for (int i = 0; i < s->conf->ntopics && !ok; i++) {
+        bool m;
+        if (mt_topic_match(s->conf->topics[i], ev->attr[MT_ATTR_TYPE], &m) == MT_OK) {
+            ok = m;
+        }
+    }
+    if (ok && s->filter) {
+        bool m = false;
+        ok = mt_filter_eval(s->filter, ev, &m) == MT_OK && m;
+    }
+    return ok;
+}
+
+/* Runs the retries that are due (in due order). */
+static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, int *budget)
+{
+    const char *name = s->conf->name;
+    int64_t now = mt_now_us();
+    for (;;) {
+        if (*budget <= 0) {
+            out->more = true;
+            return MT_OK;
+        }
+        uint8_t pfx[KEY_MAX];
+        size_t pl = name_prefix(pfx, name);
+        mt_cursor *c;
+        mt_err rc = mt_store_cursor_open(t, MT_DB_SCHED, &c);
+        if (rc) {
+            return rc;
+        }
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        rc = mt_store_cursor_seek(c, pfx, pl, &ck, &ckl, &cv, &cvl);
+        bool found = rc == MT_OK && ckl == pl + 16 && memcmp(ck, pfx, pl) == 0;
+        int64_t due = found ? (int64_t) mt_get_be64((const uint8_t *) ck + pl) : 0;
+        uint8_t sk[KEY_MAX], pk[KEY_MAX];
+        size_t skl = 0, pkl = 0;
+        if (found) {
+            memcpy(sk, ck, ckl);
+            skl = ckl;
+            pkl = cvl < sizeof pk ? cvl : 0;
+            memcpy(pk, cv, pkl);
+        }
+        mt_store_cursor_close(c);
+        if (rc && rc != MT_ENOTFOUND) {
+            return rc;
+        }
+        if (!found) {
+            return MT_OK;
+        }
+        if (due > now) {
+            if (!out->next_due_us || due < out->next_due_us) {
+                out->next_due_us = due;
+            }
+            return MT_OK;
+        }
+        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
+        json_t *rec = rc ? NULL : parked_load(t, pk, pkl);
+        if (rc || !rec) {
+            json_decref(rec);
+            if (rc) {
+                return rc;
+            }
+            continue; /* a stale index entry */
+        }
+        uint64_t seq = mt_get_be64(pk + pkl - 8);
+        char lane[MAX_LANE + 1];
+        snprintf(lane, sizeof lane, "%s", json_string_value(json_object_get(rec, "lane")) ?
+                                              json_string_value(json_object_get(rec, "lane")) : "");
+        uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts"));
+        mt_event ev;
+        void *buf;
+        rc = load_event(t, seq, &ev, &buf);
+        if (rc) {
+            json_decref(rec);
+            return rc;
+        }
+        (*budget)--;
+        bool freed;
+        rc = deliver(s, t, &ev, lane, attempts + 1, rec, st, out, &freed);
+        free(buf);
+        if (rc == MT_OK && freed) {
+            rc = release_lane(s, t, lane, st, out, budget);
+        }
+        if (rc) {
+            return rc;
+        }
+    }
+}
+
+static mt_err dispatch_run(mt_txn *t, void *arg)
+{
+    sub_rt *s = arg;
+    const mt_sub_conf *c = s->conf;
+    dispatch_out *out = &s->out;
+    memset(out, 0, sizeof *out);
+    sub_state st;
+    mt_err rc = load_state(t, c->name, &st);
+    if (rc == MT_OK && !st.exists) {
+        rc = initial_cursor(t, c, &st.cursor);
+    }
+    int budget = EVENTS_PER_JOB;
+    if (rc == MT_OK) {
+        rc = run_due(s, t, &st, out, &budget);
+    }
+    bool strict_blocked = false;
+    if (rc == MT_OK && c->ordering == MT_ORDER_STRICT) {
+        rc = lane_busy(t, c->name, "", &strict_blocked);
+    }
+    if (rc == MT_OK && !strict_blocked && budget > 0) {
+        mt_cursor *cur;
+        rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
+        if (rc == MT_OK) {
+            uint8_t start[8];
+            mt_put_be64(start, st.cursor + 1);
+            const void *k, *v;
+            size_t kl, vl;
+            int scans = 0;
+            mt_err crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+            while (crc == MT_OK && rc == MT_OK) {
+                if (budget <= 0 || ++scans > SCANS_PER_JOB) {
+                    out->more = true;
+                    break;
+                }
+                mt_event ev;
+                if (mt_event_decode(v, vl, &ev)) {
+                    rc = MT_EIO;
+                    break;
+                }
+                uint64_t seq = ev.sequence;
+                if (matches(s, &ev)) {
+                    /*
+                     * Handler effects may write to the log: copy the event
+                     * out of the map before they can move it.
+                     */
+                    char lane[MAX_LANE + 1];
+                    lane_of(c, &ev, lane, sizeof lane);
+                    bool busy;
+                    rc = lane_busy(t, c->name, lane, &busy);
+                    if (rc == MT_OK && busy) {
+                        rc = park_blocked(s, t, lane, seq);
+                    } else if (rc == MT_OK) {
+                        void *copy = mt_xmalloc(vl);
+                        memcpy(copy, v, vl);
+                        mt_event evc;
+                        mt_event_decode(copy, vl, &evc);
+                        budget--;
+                        bool freed;
+                        mt_store_cursor_close(cur);
+                        cur = NULL;
+                        rc = deliver(s, t, &evc, lane, 1, NULL, &st, out, &freed);
+                        free(copy);
+                        if (rc == MT_OK && c->ordering == MT_ORDER_STRICT && !freed) {
+                            st.cursor = seq;
+                            break; /* strict: nothing passes a failed message */
+                        }
+                        if (rc == MT_OK) {
+                            rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
+                        }
+                        if (rc == MT_OK) {
+                            mt_put_be64(start, seq);
+                            crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+                        }
+                    }
+                }
+                st.cursor = seq;
+                if (rc == MT_OK && cur) {
+                    crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl);
+                }
+            }
+            mt_store_cursor_close(cur);
+            if (rc == MT_OK && crc != MT_OK && crc != MT_ENOTFOUND) {
+                rc = crc;
+            }
+        }
+    }
+    if (rc == MT_OK) {
+        rc = save_state(t, c->name, &st);
+    }
+    return rc;
+}
+
+/* ---- the registry (loop thread) ---- */
+
+static void submit(sub_rt *s);
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    submit(arg);
+}
+
+static void dispatch_done(mt_err rc, void *arg)
+{
+    sub_rt *s = arg;
+    mt_subs *subs = s->subs;
+    s->busy = false;
+    if (rc) {
+        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", s->conf->name, NULL},
+                     "subscription '%s': dispatch failed: %s; retrying in 1s", s->conf->name,
+                     mt_err_str(rc));
+        struct timeval tv = {1, 0};
+        evtimer_add(s->timer, &tv);
+        return;
+    }
+    if (s->out.appended && subs->on_append) {
+        subs->on_append(subs->on_append_arg);
+    }
+    if (s->out.next_due_us) {
+        int64_t wait = s->out.next_due_us - mt_now_us();
+        if (wait < 0) {
+            wait = 0;
+        }
+        struct timeval tv = {(time_t) (wait / 1000000), (suseconds_t) (wait % 1000000)};
+        evtimer_add(s->timer, &tv);
+    }
+    if (s->out.more || s->again || s->out.appended) {
+        s->again = false;
+        submit(s);
+    }
+}
+
+static void submit(sub_rt *s)
+{
+    if (s->subs->closing) {
+        return;
+    }
+    if (s->busy) {
+        s->again = true;
+        return;
+    }
+    if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, s) == MT_OK) {
+        s->busy = true;
+    }
+}
+
+mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
+                    const mt_sub_runner *runner, mt_subs **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    mt_subs *subs = mt_xcalloc(1, sizeof *subs);
+    subs->loop = loop;
+    subs->store = store;
+    subs->runner = runner;
+    subs->subs = mt_xcalloc((size_t) (topo->nsubs ? topo->nsubs : 1), sizeof *subs->subs);
+    for (int i = 0; i < topo->nsubs; i++) {
+        sub_rt *s = &subs->subs[i];
+        s->subs = subs;
+        s->conf = &topo->subs[i];
+        subs->n++;
+        s->timer = evtimer_new(mt_loop_base(loop), on_timer, s);
+        char why[512] = "";
+        if (runner->open(s->conf, &s->handler, why, sizeof why)) {
+            snprintf(err, errlen, "subscription '%s': %s", s->conf->name, why);
+            mt_subs_close(subs);
+            return MT_ECONFIG;
+        }
+        if (s->conf->filter_json) {
+            json_t *spec = json_loads(s->conf->filter_json, 0, NULL);
+            mt_err rc = mt_filter_compile(spec, &s->filter, why, sizeof why);
+            json_decref(spec);
+            if (rc) {
+                snprintf(err, errlen, "subscription '%s': filter: %s", s->conf->name, why);
+                mt_subs_close(subs);
+                return MT_ECONFIG;
+            }
+        }
+    }
+    *out = subs;
+    return MT_OK;
+}
+
+void mt_subs_close(mt_subs *subs)
+{
+    if (!subs) {
+        return;
+    }
+    subs->closing = true;
+    for (int i = 0; i < subs->n; i++) {
+        sub_rt *s = &subs->subs[i];
+        if (s->timer) {
+            event_free(s->timer);
+        }
+        if (s->handler) {
+            subs->runner->close(s->handler);
+        }
+        mt_filter_free(s->filter);
+    }
+    free(subs->subs);
+    free(subs);
+}
+
+void mt_subs_kick(mt_subs *subs)
+{
+    for (int i = 0; subs && i < subs->n; i++) {
+        submit(&subs->subs[i]);
+    }
+}
+
+void mt_subs_on_append(mt_subs *subs, void (*cb)(void *arg), void *arg)
+{
+    subs->on_append = cb;
+    subs->on_append_arg = arg;
+}
+
+static sub_rt *find(mt_subs *subs, const char *name)
+{
+    for (int i = 0; i < subs->n; i++) {
+        if (strcmp(subs->subs[i].conf->name, name) == 0) {
+            return &subs->subs[i];
+        }
+    }
+    return NULL;
+}
+
+bool mt_subs_has(mt_subs *subs, const char *name)
+{
+    return find(subs, name) != NULL;
+}
+
+/* Counts keys in 'db' that start with 'name NUL'. */
+static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name)
+{
+    uint8_t pfx[KEY_MAX];
+    size_t pl = name_prefix(pfx, name);
+    mt_cursor *c;
+    uint64_t n = 0;
+    if (mt_store_cursor_open(t, db, &c)) {
+        return 0;
+    }
+    const void *k, *v;
+    size_t kl, vl;
+    mt_err rc = mt_store_cursor_seek(c, pfx, pl, &k, &kl, &v, &vl);
+    while (rc == MT_OK && kl >= pl && memcmp(k, pfx, pl) == 0) {
+        n++;
+        rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
+    }
+    mt_store_cursor_close(c);
+    return n;
+}
+
+static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
+{
+    sub_state st;
+    load_state(t, s->conf->name, &st);
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(s->conf->name));
+    json_object_set_new(o, "position", json_integer((json_int_t) st.cursor));
+    json_object_set_new(o, "head", json_integer((json_int_t) head));
+    json_object_set_new(o, "lag", json_integer((json_int_t) (head > st.cursor ? head - st.cursor : 0)));
+    json_object_set_new(o, "handled", json_integer((json_int_t) st.handled));
+    json_object_set_new(o, "retried", json_integer((json_int_t) st.retried));
+    json_object_set_new(o, "dead_lettered", json_integer((json_int_t) st.dead));
+    json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, s->conf->name)));
+    json_object_set_new(o, "dlq", json_integer((json_int_t) count_prefix(t, MT_DB_DLQ, s->conf->name)));
+    json_object_set_new(o, "in_flight", json_boolean(s->busy));
+    json_t *le = json_string(st.last_error);
+    json_object_set_new(o, "last_error", st.last_error[0] && le ? le : json_null());
+    if (!(st.last_error[0] && le)) {
+        json_decref(le);
+    }
+    json_t *topics = json_array();
+    for (int i = 0; i < s->conf->ntopics; i++) {
+        json_array_append_new(topics, json_string(s->conf->topics[i]));
+    }
+    json_object_set_new(o, "topics", topics);
+    return o;
+}
+
+mt_err mt_subs_status(mt_subs *subs, mt_txn *t, const char *name, json_t **out)
+{
+    *out = NULL;
+    uint64_t head = 0;
+    mt_log_head(t, &head);
+    if (name) {
+        sub_rt *s = find(subs, name);
+        if (!s) {
+            return MT_ENOTFOUND;
+        }
+        *out = status_of(s, t, head);
+        return MT_OK;
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < subs->n; i++) {
+        json_array_append_new(a, status_of(&subs->subs[i], t, head));
+    }
+    *out = a;
+    return MT_OK;
+}
+
+mt_err mt_subs_dlq_list(mt_subs *subs, mt_txn *t, const char *name, uint64_t after,
+                        uint64_t limit, json_t **out)
+{
+    *out = NULL;
+    if (!find(subs, name)) {
+        return MT_ENOTFOUND;
+    }
+    uint8_t k[KEY_MAX];
+    size_t pl = name_prefix(k, name);
+    size_t kl = dlq_key(k, name, after + 1);
+    mt_cursor *c;
+    mt_err rc = mt_store_cursor_open(t, MT_DB_DLQ, &c);
+    if (rc) {
+        return rc;
+    }
+    json_t *a = json_array();
+    const void *ck, *cv;
+    size_t ckl, cvl;
+    rc = mt_store_cursor_seek(c, k, kl, &ck, &ckl, &cv, &cvl);
+    for (uint64_t n = 0; rc == MT_OK && n < limit; n++) {
+        if (ckl != pl + 8 || memcmp(ck, k, pl) != 0) {
+            break;
+        }
+        json_t *e = json_loadb(cv, cvl, 0, NULL);
+        if (e) {
+            json_array_append_new(a, e);
+        }
+        rc = mt_store_cursor_next(c, &ck, &ckl, &cv, &cvl);
+    }
+    mt_store_cursor_close(c);
+    *out = a;
+    return MT_OK;
+}
+
+/* ---- dead-letter maintenance jobs ---- */
+
+typedef struct dlq_job {
+    sub_rt *s;
+    uint64_t seq;      /* 0 = all */
+    bool redrive;      /* else purge */
+    uint64_t count;
+    void (*done)(mt_err rc, uint64_t count, void *arg);
+    void *arg;
+} dlq_job;
+
+static mt_err dlq_run(mt_txn *t, void *arg)
+{
+    dlq_job *j = arg;
+    const char *name = j->s->conf->name;
+    j->count = 0;
+    uint8_t k[KEY_MAX];
+    size_t pl = name_prefix(k, name);
+    for (;;) {
+        size_t kl = dlq_key(k, name, j->seq ? j->seq : 0);
+        mt_cursor *c;
+        mt_err rc = mt_store_cursor_open(t, MT_DB_DLQ, &c);
+        if (rc) {
+            return rc;
+        }
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        rc = mt_store_cursor_seek(c, k, kl, &ck, &ckl, &cv, &cvl);
+        bool found = rc == MT_OK && ckl == pl + 8 && memcmp(ck, k, pl) == 0;
+        uint64_t seq = found ? mt_get_be64((const uint8_t *) ck + pl) : 0;
+        mt_store_cursor_close(c);
+        if (rc && rc != MT_ENOTFOUND) {
+            return rc;
+        }
+        if (!found || (j->seq && seq != j->seq)) {
+            return MT_OK;
+        }
+        kl = dlq_key(k, name, seq);
+        rc = mt_store_del(t, MT_DB_DLQ, k, kl);
+        if (rc == MT_OK && j->redrive) {
+            /* Back in as a retry due now, in its own lane so nothing waits on it. */
+            mt_event ev;
+            rc = mt_log_get(t, seq, &ev);
+            char lane[MAX_LANE + 1];
+            snprintf(lane, sizeof lane, "#%llu", (unsigned long long) seq);
+            if (rc == MT_OK) {
+                lane_of(j->s->conf, &ev, lane, sizeof lane);
+                if (j->s->conf->ordering != MT_ORDER_NONE) {
+                    /* Keep it ahead of later events of its lane only if the lane is idle. */
+                    bool busy;
+                    rc = lane_busy(t, name, lane, &busy);
+                    if (rc == MT_OK && busy) {
+                        snprintf(lane, sizeof lane, "#%llu", (unsigned long long) seq);
+                    }
+                }
+            }
+            int64_t due = mt_now_us();
+            uint8_t pk[KEY_MAX], sk[KEY_MAX];
+            size_t pkl = parked_key(pk, name, lane, seq);
+            size_t skl = sched_key(sk, name, due, seq);
+            json_t *rec = json_pack("{sssiss sI}", "state", "retry", "attempts", 0, "lane", lane,
+                                    "due", (json_int_t) due);
+            if (rc == MT_OK) {
+                rc = put_json(t, MT_DB_PARKED, pk, pkl, rec);
+            }
+            json_decref(rec);
+            if (rc == MT_OK) {
+                rc = mt_store_put(t, MT_DB_SCHED, sk, skl, pk, pkl, 0);
+            }
+        }
+        if (rc) {
+            return rc;
+        }
+        j->count++;
+        if (j->seq) {
+            return MT_OK;
+        }
+    }
+}
+
+static void dlq_done(mt_err rc, void *arg)
+{
+    dlq_job *j = arg;
+    if (rc == MT_OK && j->redrive && j->count) {
+        submit(j->s);
+    }
+    j->done(rc, j->count, j->arg);
+    free(j);
+}
+
+static mt_err dlq_submit(mt_subs *subs, const char *name, uint64_t seq, bool redrive,
+                         void (*done)(mt_err rc, uint64_t count, void *arg), void *arg)
+{
+    sub_rt *s = find(subs, name);
+    if (!s) {
+        return MT_ENOTFOUND;
+    }
+    dlq_job *j = mt_xcalloc(1, sizeof *j);
+    j->s = s;
+    j->seq = seq;
+    j->redrive = redrive;
+    j->done = done;
+    j->arg = arg;
+    mt_err rc = mt_store_submit(subs->store, dlq_run, dlq_done, j);
+    if (rc) {
+        free(j);
+    }
+    return rc;
+}
+
+mt_err mt_subs_dlq_redrive(mt_subs *subs, const char *name, uint64_t seq,
+                           void (*done)(mt_err rc, uint64_t count, void *arg), void *arg)
+{
+    return dlq_submit(subs, name, seq, true, done, arg);
+}
+
+mt_err mt_subs_dlq_purge(mt_subs *subs, const char *name, uint64_t seq,
+                         void (*done)(mt_err rc, uint64_t count, void *arg), void *arg)
+{
+    return dlq_submit(subs, name, seq, false, done, arg);
+}
+
+/* ---- tables ---- */
+
+mt_err mt_subs_table_get(mt_txn *t, const char *table, const char *key, mt_buf *out)
+{
+    size_t a = strlen(table), b = strlen(key);
+    if (a == 0 || a > MT_FX_MAX_TABLE || b == 0 || b > MT_FX_MAX_KEY) {
+        return MT_EINVAL;
+    }
+    uint8_t k[MT_FX_MAX_TABLE + MT_FX_MAX_KEY + 2];
+    memcpy(k, table, a);
+    k[a] = 0;
+    memcpy(k + a + 1, key, b);
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_KV, k, a + 1 + b, &v, &vl);
+    if (rc == MT_OK) {
+        mt_buf_add(out, v, vl);
+    }
+    return rc;
+}
+
+mt_err mt_subs_table_scan(mt_txn *t, const char *table, const char *prefix, uint64_t limit,
+                          json_t **out)
+{
+    *out = NULL;
+    size_t a = strlen(table), b = strlen(prefix);
+    if (a == 0 || a > MT_FX_MAX_TABLE || b > MT_FX_MAX_KEY) {
+        return MT_EINVAL;
+    }
+    uint8_t k[MT_FX_MAX_TABLE + MT_FX_MAX_KEY + 2];
+    memcpy(k, table, a);
+    k[a] = 0;
+    memcpy(k + a + 1, prefix, b);
+    size_t kl = a + 1 + b;
+    mt_cursor *c;
+    mt_err rc = mt_store_cursor_open(t, MT_DB_KV, &c);
+    if (rc) {
+        return rc;
+    }
+    json_t *o = json_object();
+    const void *ck, *cv;
+    size_t ckl, cvl;
+    rc = mt_store_cursor_seek(c, k, kl, &ck, &ckl, &cv, &cvl);
+    for (uint64_t n = 0; rc == MT_OK && n < limit; n++) {
+        if (ckl < kl || memcmp(ck, k, kl) != 0) {
+            break;
+        }
+        json_t *v = json_loadb(cv, cvl, JSON_DECODE_ANY, NULL);
+        if (v) {
+            json_object_setn_new(o, (const char *) ck + a + 1, ckl - a - 1, v);
+        }
+        rc = mt_store_cursor_next(c, &ck, &ckl, &cv, &cvl);
+    }
+    mt_store_cursor_close(c);
+    *out = o;
+    return MT_OK;
+}

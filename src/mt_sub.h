@@ -1,0 +1,108 @@
+/*
+ * mt_sub.h - durable subscriptions: which events reach a handler, in what
+ * order, and what happens when the handler fails.
+ *
+ * Each subscription has a position in the log (its cursor). Delivery runs
+ * as jobs on the store's writer thread: a dispatch job reads events after
+ * the cursor, keeps those whose type matches one of the topic patterns and
+ * whose content passes the filter, and runs the handler on each inside a
+ * savepoint (mt_fx). A success keeps the handler's effects; a failure
+ * discards them. The cursor, the effects and every retry or dead-letter
+ * record commit in the same transaction, so after any crash each event's
+ * effects exist exactly once.
+ *
+ * Ordering lanes: with `ordering: subject` each subject is a lane; `strict`
+ * has one lane for everything; `none` gives every event its own. A failed
+ * message is parked at the head of its lane with a retry time in the time
+ * index (MT_DB_SCHED, exponential backoff with jitter); later messages of a
+ * busy lane are parked behind it and run, in order, once the head succeeds
+ * or is dead-lettered. After max_attempts (or at once on ctx.reject) the
+ * message goes to the dead-letter queue with every attempt's error.
+ *
+ * The registry (mt_subs) lives on the loop thread: it submits dispatch jobs
+ * when events are appended or a retry falls due, one job per subscription
+ * at a time. The handler itself is reached through mt_sub_runner, so this
+ * module knows nothing of Lua.
+ */
+#ifndef MT_SUB_H
+#define MT_SUB_H
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include "mt_err.h"
+#include "mt_event.h"
+#include "mt_fx.h"
+#include "mt_loop.h"
+#include "mt_mem.h"
+#include "mt_store.h"
+#include "mt_topo.h"
+
+typedef struct mt_subs mt_subs;
+
+/* How handlers are run. All calls for one handler come from one thread at a time. */
+typedef struct mt_sub_runner {
+    /*
+     * Loads the handler of 'conf'. Sets *handler. On failure writes the
+     * reason into err and returns MT_ELUA (or MT_EIO).
+     */
+    mt_err (*open)(const mt_sub_conf *conf, void **handler, char *err, size_t errlen);
+    /*
+     * Runs the handler on 'ev' (attempt from 1) with its effects going to
+     * 'fx'. Returns MT_OK, or an error with the message in 'error' and the
+     * traceback (if any) in 'traceback'. A rejection is MT_OK with fx->reject set.
+     */
+    mt_err (*invoke)(void *handler, const mt_event *ev, uint32_t attempt, mt_fx *fx,
+                     mt_buf *error, mt_buf *traceback);
+    void (*close)(void *handler);
+} mt_sub_runner;
+
+/*
+ * Creates the registry for the subscriptions of 'topo' (borrowed; must
+ * outlive it) and loads every handler. Does not start delivering: call
+ * mt_subs_kick. MT_ECONFIG with a message in err if a handler or filter
+ * fails to load.
+ */
+mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
+                    const mt_sub_runner *runner, mt_subs **out, char *err, size_t errlen);
+
+/* Stops submitting jobs (jobs in flight finish with the store). NULL does nothing. */
+void mt_subs_close(mt_subs *subs);
+
+/* New events may be there: submit a dispatch job for every idle subscription. */
+void mt_subs_kick(mt_subs *subs);
+
+/* Called (on the loop thread) whenever jobs of this module appended events. */
+void mt_subs_on_append(mt_subs *subs, void (*cb)(void *arg), void *arg);
+
+/*
+ * Status of one subscription ('name') or of all (name NULL: a JSON array)
+ * as a new JSON value: position, head, lag, handled, retried, dead_lettered,
+ * retrying (messages parked), dlq (entries now), last_error. MT_ENOTFOUND.
+ */
+mt_err mt_subs_status(mt_subs *subs, mt_txn *t, const char *name, json_t **out);
+
+/* The DLQ of 'name' as a JSON array (after 'after' sequence, at most 'limit'). MT_ENOTFOUND. */
+mt_err mt_subs_dlq_list(mt_subs *subs, mt_txn *t, const char *name, uint64_t after,
+                        uint64_t limit, json_t **out);
+
+/*
+ * Moves dead letters of 'name' back into delivery (seq 0 = all, else that
+ * one) or deletes them (purge). Runs as a writer job; 'done' gets the
+ * outcome and the count. MT_ENOTFOUND if no such subscription.
+ */
+mt_err mt_subs_dlq_redrive(mt_subs *subs, const char *name, uint64_t seq,
+                           void (*done)(mt_err rc, uint64_t count, void *arg), void *arg);
+mt_err mt_subs_dlq_purge(mt_subs *subs, const char *name, uint64_t seq,
+                         void (*done)(mt_err rc, uint64_t count, void *arg), void *arg);
+
+/* Reads table/key written by handlers (JSON text into out). MT_ENOTFOUND, MT_EINVAL. */
+mt_err mt_subs_table_get(mt_txn *t, const char *table, const char *key, mt_buf *out);
+
+/* Lists table entries with key prefix as a JSON object {key: value}, at most limit. */
+mt_err mt_subs_table_scan(mt_txn *t, const char *table, const char *prefix, uint64_t limit,
+                          json_t **out);
+
+/* Whether the subscription exists. */
+bool mt_subs_has(mt_subs *subs, const char *name);
+
+#endif
