@@ -11,8 +11,11 @@
 #include "mt_diag.h"
 #include "mt_http.h"
 #include "mt_loop.h"
+#include "mt_lua.h"
+#include "mt_lua_handler.h"
 #include "mt_mem.h"
 #include "mt_store.h"
+#include "mt_sub.h"
 #include "mt_topo.h"
 
 #define EXIT_IOERR 74
@@ -89,9 +92,27 @@ static int cmd_check(int argc, char **argv)
     if (rc) {
         return report_topo_errors(rc, &errs);
     }
-    printf("%s: ok\n", path);
+    int bad = 0;
+    for (int i = 0; i < t->nsubs; i++) {
+        char err[1024];
+        if (mt_lua_check_file(t->subs[i].handler, err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            bad++;
+        }
+    }
     mt_topo_free(t);
+    if (bad) {
+        return MT_EXIT_CONFIG;
+    }
+    printf("%s: ok\n", path);
     return MT_EXIT_OK;
+}
+
+/* Handlers appended events: wake long polls and every subscription. */
+static void on_handler_append(void *arg)
+{
+    mt_http *http = arg;
+    mt_http_appended(http);
 }
 
 static int cmd_run(int argc, char **argv)
@@ -155,6 +176,7 @@ static int cmd_run(int argc, char **argv)
     mt_loop *loop = NULL;
     mt_store *store = NULL;
     mt_http *http = NULL;
+    mt_subs *subs = NULL;
     mt_store_opts so = {
         .dir = e->data_dir,
         .map_size = e->map_size,
@@ -178,6 +200,16 @@ static int cmd_run(int argc, char **argv)
         code = MT_EXIT_UNAVAILABLE;
         goto out;
     }
+    char why[1024];
+    rc = mt_subs_open(loop, store, topo, mt_lua_sub_runner(), &subs, why, sizeof why);
+    if (rc) {
+        fprintf(stderr, "moontide run: %s\n", why);
+        code = MT_EXIT_CONFIG;
+        goto out;
+    }
+    mt_http_set_subs(http, subs);
+    mt_subs_on_append(subs, on_handler_append, http);
+    mt_subs_kick(subs);
     mt_loop_on_stop(loop, NULL, NULL);
     {
         char port[8];
@@ -197,10 +229,16 @@ out:
     if (http) {
         mt_http_stop_accepting(http);
     }
+    mt_subs_stop(subs);
     if (loop) {
         mt_loop_detach_store(loop);
     }
+    if (http) {
+        /* Answers go out after the store is closed; nothing may reach it then. */
+        mt_http_detach_store(http);
+    }
     mt_store_close(store);
+    mt_subs_close(subs);
     if (http) {
         mt_loop_run_for(loop, 200);
         mt_http_close(http);

@@ -1,23 +1,39 @@
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "mt_filter.h"
 #include "mt_mem.h"
 
-#define MAX_DEPTH 16
+typedef enum kind { F_EXACT, F_PREFIX, F_SUFFIX, F_ALL, F_ANY, F_NOT, F_NKINDS } kind;
 
-typedef enum kind { F_EXACT, F_PREFIX, F_SUFFIX, F_ALL, F_ANY, F_NOT } kind;
+static const char *const dialects[F_NKINDS] = {"exact", "prefix", "suffix", "all", "any", "not"};
 
-typedef struct pair {
-    char *attr;   /* owned */
-    char *value;  /* owned */
-} pair;
+/* Where a condition finds its attribute; resolved once, at compile time. */
+typedef enum source {
+    SRC_ATTR,        /* ev->attr[attr] */
+    SRC_PRIORITY,    /* ev->priority, as a decimal */
+    SRC_SPECVERSION, /* always "1.0" */
+    SRC_EXT,         /* a key of the extension object */
+    SRC_DATA         /* a path into JSON data */
+} source;
+
+typedef struct cond {
+    source src;
+    mt_event_attr attr; /* SRC_ATTR only */
+    char *name;         /* owned; SRC_EXT: the key; SRC_DATA: the path words, NUL-separated */
+    int npath;          /* SRC_DATA: words in name */
+    char *value;        /* owned; what the attribute's text is compared with */
+    size_t value_len;   /* bytes in value (a JSON string may hold NULs) */
+} cond;
 
 struct mt_filter {
     kind k;
-    pair *pairs;          /* exact/prefix/suffix */
-    int npairs;
-    mt_filter **kids;     /* all/any/not */
+    cond *conds;      /* owned, nconds of them; exact/prefix/suffix */
+    int nconds;
+    mt_filter **kids; /* owned, nkids of them; all/any (>= 1), not (1) */
     int nkids;
 };
 
@@ -26,11 +42,11 @@ void mt_filter_free(mt_filter *f)
     if (!f) {
         return;
     }
-    for (int i = 0; i < f->npairs; i++) {
-        free(f->pairs[i].attr);
-        free(f->pairs[i].value);
+    for (int i = 0; i < f->nconds; i++) {
+        free(f->conds[i].name);
+        free(f->conds[i].value);
     }
-    free(f->pairs);
+    free(f->conds);
     for (int i = 0; i < f->nkids; i++) {
         mt_filter_free(f->kids[i]);
     }
@@ -38,167 +54,503 @@ void mt_filter_free(mt_filter *f)
     free(f);
 }
 
-static const char *const dialects[] = {"exact", "prefix", "suffix", "all", "any", "not", NULL};
+/* ---- compiling ---- */
 
-static mt_filter *compile(const json_t *spec, const char *path, int depth, char *err,
-                          size_t errlen)
+typedef struct compiler {
+    char *err;       /* caller's buffer, errlen bytes; may be NULL when errlen is 0 */
+    size_t errlen;
+    char path[512];  /* where we are, "filter.all[1].prefix"; truncated if absurdly deep */
+    size_t plen;     /* strlen(path) */
+} compiler;
+
+static mt_err fail(compiler *c, mt_err rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static mt_err fail(compiler *c, mt_err rc, const char *fmt, ...)
 {
-    if (depth > MAX_DEPTH) {
-        snprintf(err, errlen, "%s: nested more than %d deep", path, MAX_DEPTH);
-        return NULL;
+    if (c->errlen == 0) {
+        return rc;
     }
-    if (!json_is_object(spec) || json_object_size(spec) != 1) {
-        snprintf(err, errlen, "%s: expects an object with one of exact, prefix, suffix, all, "
-                 "any, not", path);
-        return NULL;
+    int n = snprintf(c->err, c->errlen, "%s: ", c->path);
+    if (n >= 0 && (size_t) n < c->errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->err + n, c->errlen - (size_t) n, fmt, ap);
+        va_end(ap);
     }
-    const char *name = json_object_iter_key(json_object_iter((json_t *) spec));
-    const json_t *v = json_object_iter_value(json_object_iter((json_t *) spec));
-    int k = 0;
-    while (dialects[k] && strcmp(dialects[k], name) != 0) {
-        k++;
+    return rc;
+}
+
+/* Appends a segment to the path; returns the old length for pop(). */
+static size_t push(compiler *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static size_t push(compiler *c, const char *fmt, ...)
+{
+    size_t old = c->plen;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->path + old, sizeof c->path - old, fmt, ap);
+    va_end(ap);
+    c->plen = strlen(c->path);
+    return old;
+}
+
+static void pop(compiler *c, size_t old)
+{
+    c->plen = old;
+    c->path[old] = '\0';
+}
+
+static mt_err oom(compiler *c)
+{
+    snprintf(c->err, c->errlen, "out of memory");
+    return MT_ENOMEM;
+}
+
+static char *trydup(const char *s, size_t n)
+{
+    char *p = mt_trymalloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
     }
-    if (!dialects[k]) {
-        snprintf(err, errlen, "%s: unknown dialect '%.40s' (expected exact, prefix, suffix, "
-                 "all, any or not)", path, name);
-        return NULL;
+    return p;
+}
+
+static const char *json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "a list";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
     }
-    char sub[256];
-    snprintf(sub, sizeof sub, "%s.%s", path, name);
-    mt_filter *f = mt_xcalloc(1, sizeof *f);
-    f->k = (kind) k;
-    if (f->k <= F_SUFFIX) {
-        if (!json_is_object(v) || json_object_size(v) == 0) {
-            snprintf(err, errlen, "%s: expects an object of attribute: string", sub);
-            mt_filter_free(f);
-            return NULL;
+    return "a value";
+}
+
+/* The CloudEvents rule for attribute names, which mt_event enforces on extensions. */
+static bool valid_attr_name(const char *name, size_t n)
+{
+    if (n == 0 || n > 20) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9'))) {
+            return false;
         }
-        f->pairs = mt_xcalloc(json_object_size(v), sizeof *f->pairs);
-        const char *attr;
-        json_t *val;
-        json_object_foreach((json_t *) v, attr, val) {
-            if (!json_is_string(val) || !*attr) {
-                snprintf(err, errlen, "%s.%.64s: expects a string", sub, attr);
-                mt_filter_free(f);
-                return NULL;
+    }
+    return true;
+}
+
+/* Resolves the attribute 'name' (n bytes) into k->src and friends. */
+static mt_err compile_attr(compiler *c, const char *name, size_t n, cond *k)
+{
+    if (n >= 4 && memcmp(name, "data", 4) == 0 && (n == 4 || name[4] == '.')) {
+        if (n <= 5) {
+            return fail(c, MT_EINVAL, "'data' needs a path: data.<key>[.<key>...]");
+        }
+        const char *path = name + 5;
+        size_t plen = n - 5;
+        if (memchr(path, '\0', plen)) {
+            return fail(c, MT_EINVAL, "the data path holds a NUL byte");
+        }
+        if (path[0] == '.' || path[plen - 1] == '.' || strstr(path, "..")) {
+            return fail(c, MT_EINVAL, "the data path has an empty word");
+        }
+        k->name = trydup(path, plen);
+        if (!k->name) {
+            return oom(c);
+        }
+        k->npath = 1;
+        for (char *p = k->name; *p; p++) {
+            if (*p == '.') {
+                *p = '\0';
+                k->npath++;
             }
-            f->pairs[f->npairs].attr = mt_xstrdup(attr);
-            f->pairs[f->npairs].value = mt_xstrdup(json_string_value(val));
-            f->npairs++;
         }
-        return f;
+        k->src = SRC_DATA;
+        return MT_OK;
     }
-    if (f->k == F_NOT) {
-        f->kids = mt_xcalloc(1, sizeof *f->kids);
-        f->kids[0] = compile(v, sub, depth + 1, err, errlen);
-        if (!f->kids[0]) {
-            mt_filter_free(f);
-            return NULL;
+    if (!valid_attr_name(name, n)) {
+        return fail(c, MT_EINVAL, "not an attribute name (a-z and 0-9, at most 20 bytes) "
+                    "nor data.<path>");
+    }
+    if (strcmp(name, "sequence") == 0 || strcmp(name, "streamversion") == 0 ||
+        strcmp(name, "recordedtime") == 0) {
+        return fail(c, MT_EINVAL, "is assigned by the engine and cannot be filtered on");
+    }
+    if (strcmp(name, "specversion") == 0) {
+        k->src = SRC_SPECVERSION;
+        return MT_OK;
+    }
+    if (strcmp(name, "priority") == 0) {
+        k->src = SRC_PRIORITY;
+        return MT_OK;
+    }
+    for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
+        if (strcmp(name, mt_event_attr_name((mt_event_attr) i)) == 0) {
+            k->src = SRC_ATTR;
+            k->attr = (mt_event_attr) i;
+            return MT_OK;
         }
-        f->nkids = 1;
-        return f;
+    }
+    k->name = trydup(name, n);
+    if (!k->name) {
+        return oom(c);
+    }
+    k->src = SRC_EXT;
+    return MT_OK;
+}
+
+/* Fills 'k' from one "attribute": "value" pair; on failure 'k' owns nothing. */
+static mt_err compile_cond(compiler *c, const char *name, size_t n, const json_t *val, cond *k)
+{
+    memset(k, 0, sizeof *k);
+    if (!json_is_string(val)) {
+        return fail(c, MT_EINVAL, "expects a string, not %s", json_kind(val));
+    }
+    mt_err rc = compile_attr(c, name, n, k);
+    if (!rc) {
+        k->value_len = json_string_length(val);
+        k->value = trydup(json_string_value(val), k->value_len);
+        rc = k->value ? MT_OK : oom(c);
+    }
+    if (rc) {
+        free(k->name);
+        k->name = NULL;
+    }
+    return rc;
+}
+
+static mt_err compile_conds(compiler *c, mt_filter *f, const json_t *v)
+{
+    if (!json_is_object(v) || json_object_size(v) == 0) {
+        return fail(c, MT_EINVAL, "expects an object of attribute: string");
+    }
+    f->conds = mt_trymalloc(json_object_size(v) * sizeof *f->conds);
+    if (!f->conds) {
+        return oom(c);
+    }
+    const char *name;
+    json_t *val;
+    json_object_foreach((json_t *) v, name, val) {
+#if JANSSON_VERSION_HEX >= 0x020e00
+        size_t n = json_object_iter_key_len(json_object_key_to_iter(name));
+#else
+        size_t n = strlen(name);
+#endif
+        size_t old = push(c, ".%s", name);
+        mt_err rc = compile_cond(c, name, n, val, &f->conds[f->nconds]);
+        pop(c, old);
+        if (rc) {
+            return rc;
+        }
+        f->nconds++;
+    }
+    return MT_OK;
+}
+
+static mt_err compile_expr(compiler *c, const json_t *spec, int level, mt_filter **out);
+
+static mt_err compile_kids(compiler *c, mt_filter *f, const json_t *v, int level)
+{
+    if (f->k == F_NOT) {
+        f->kids = mt_trymalloc(sizeof *f->kids);
+        if (!f->kids) {
+            return oom(c);
+        }
+        mt_err rc = compile_expr(c, v, level + 1, &f->kids[0]);
+        if (!rc) {
+            f->nkids = 1;
+        }
+        return rc;
     }
     if (!json_is_array(v) || json_array_size(v) == 0) {
-        snprintf(err, errlen, "%s: expects a non-empty list of filters", sub);
-        mt_filter_free(f);
-        return NULL;
+        return fail(c, MT_EINVAL, "expects a non-empty list of filters");
     }
-    f->kids = mt_xcalloc(json_array_size(v), sizeof *f->kids);
+    f->kids = mt_trymalloc(json_array_size(v) * sizeof *f->kids);
+    if (!f->kids) {
+        return oom(c);
+    }
     for (size_t i = 0; i < json_array_size(v); i++) {
-        char item[300];
-        snprintf(item, sizeof item, "%s[%zu]", sub, i);
-        f->kids[i] = compile(json_array_get(v, i), item, depth + 1, err, errlen);
-        if (!f->kids[i]) {
-            mt_filter_free(f);
-            return NULL;
+        size_t old = push(c, "[%zu]", i);
+        mt_err rc = compile_expr(c, json_array_get(v, i), level + 1, &f->kids[i]);
+        pop(c, old);
+        if (rc) {
+            return rc;
         }
         f->nkids++;
     }
-    return f;
+    return MT_OK;
+}
+
+static mt_err compile_expr(compiler *c, const json_t *spec, int level, mt_filter **out)
+{
+    *out = NULL;
+    if (level > MT_FILTER_MAX_DEPTH) {
+        return fail(c, MT_EINVAL, "filters nested more than %d deep", MT_FILTER_MAX_DEPTH);
+    }
+    if (!json_is_object(spec)) {
+        return fail(c, MT_EINVAL, "expects a filter: an object with one of exact, prefix, "
+                    "suffix, all, any or not");
+    }
+    if (json_object_size(spec) != 1) {
+        return fail(c, MT_EINVAL, "expects exactly one of exact, prefix, suffix, all, any or "
+                    "not (got %zu keys)", json_object_size(spec));
+    }
+    void *it = json_object_iter((json_t *) spec);
+    const char *name = json_object_iter_key(it);
+    const json_t *v = json_object_iter_value(it);
+    int k = 0;
+    while (k < F_NKINDS && strcmp(dialects[k], name) != 0) {
+        k++;
+    }
+    if (k == F_NKINDS) {
+        if (strcmp(name, "sql") == 0) {
+            return fail(c, MT_EINVAL, "the sql dialect is not supported (use exact, prefix, "
+                        "suffix, all, any or not)");
+        }
+        return fail(c, MT_EINVAL, "unknown dialect '%.40s' (expected exact, prefix, suffix, "
+                    "all, any or not)", name);
+    }
+    mt_filter *f = mt_trymalloc(sizeof *f);
+    if (!f) {
+        return oom(c);
+    }
+    memset(f, 0, sizeof *f);
+    f->k = (kind) k;
+    size_t old = push(c, ".%s", name);
+    mt_err rc = f->k <= F_SUFFIX ? compile_conds(c, f, v) : compile_kids(c, f, v, level);
+    pop(c, old);
+    if (rc) {
+        mt_filter_free(f);
+        return rc;
+    }
+    *out = f;
+    return MT_OK;
 }
 
 mt_err mt_filter_compile(const json_t *spec, mt_filter **out, char *err, size_t errlen)
 {
-    *out = compile(spec, "filter", 0, err, errlen);
-    return *out ? MT_OK : MT_EINVAL;
+    mt_assert(out != NULL);
+    *out = NULL;
+    compiler c = {.err = err, .errlen = err ? errlen : 0, .path = "filter", .plen = 6};
+    if (c.errlen) {
+        err[0] = '\0';
+    }
+    return compile_expr(&c, spec, 1, out);
 }
 
 /* ---- evaluation ---- */
 
+/*
+ * Per-evaluation state, on the caller's stack: the filter itself is never
+ * written, which is what makes concurrent evaluation safe.
+ */
 typedef struct eval_ctx {
     const mt_event *ev;
-    json_t *data;      /* parsed once, on first use */
-    json_t *ext;
-    bool data_tried, ext_tried;
+    json_t *data;     /* owned; the parsed data, NULL if absent or not JSON */
+    json_t *ext;      /* owned; the parsed extension object, NULL if none */
+    bool data_parsed; /* the data has been tried: parse at most once */
+    bool ext_parsed;  /* likewise the extension object */
 } eval_ctx;
 
-/* Text of a JSON scalar for comparison into buf; NULL if it has none. */
-static const char *scalar_text(const json_t *v, char *buf, size_t len)
+typedef struct text {
+    const char *s;
+    size_t n;
+} text;
+
+#define NUM_TEXT 48 /* holds any integer or real text below */
+
+/*
+ * A double as Python's repr() writes it: the fewest significant digits
+ * that read back as the same double, in fixed notation when the decimal
+ * exponent is in [-4, 16) (always with a fraction, "3.0"), otherwise as
+ * d.ddde+XX. A fixed, documented form is what filter authors can match.
+ */
+static void real_text(double d, char *buf, size_t len)
 {
-    if (json_is_string(v)) {
-        return json_string_value(v);
+    if (!isfinite(d)) {
+        /* jansson never produces these; keep the digit walk below honest anyway. */
+        snprintf(buf, len, "%s", isnan(d) ? "nan" : d < 0 ? "-inf" : "inf");
+        return;
     }
-    if (json_is_integer(v) || json_is_real(v) || json_is_boolean(v)) {
-        char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        if (!t) {
-            return NULL;
+    char e[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(e, sizeof e, "%.*e", prec - 1, d);
+        if (strtod(e, NULL) == d) {
+            break;
         }
-        snprintf(buf, len, "%s", t);
-        free(t);
-        return buf;
     }
-    return NULL;
+    const char *s = e;
+    size_t w = 0;
+    if (*s == '-') {
+        buf[w++] = '-';
+        s++;
+    }
+    char digits[20];
+    int nd = 0;
+    for (; *s && *s != 'e'; s++) {
+        if (isdigit((unsigned char) *s) && nd < (int) sizeof digits) {
+            digits[nd++] = *s;
+        }
+    }
+    int exp = *s == 'e' ? atoi(s + 1) : 0;
+    while (nd > 1 && digits[nd - 1] == '0') {
+        nd--;
+    }
+    /* At most 1 + 17 digits + 15 zeros + ".0" or "0.000" + 17: well within len. */
+    if (exp >= 16 || exp < -4) {
+        buf[w++] = digits[0];
+        if (nd > 1) {
+            buf[w++] = '.';
+            memcpy(buf + w, digits + 1, (size_t) nd - 1);
+            w += (size_t) nd - 1;
+        }
+        snprintf(buf + w, len - w, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+        return;
+    }
+    if (exp < 0) {
+        memcpy(buf + w, "0.", 2);
+        w += 2;
+        for (int i = 0; i < -exp - 1; i++) {
+            buf[w++] = '0';
+        }
+        memcpy(buf + w, digits, (size_t) nd);
+        w += (size_t) nd;
+    } else {
+        for (int i = 0; i <= exp; i++) {
+            buf[w++] = i < nd ? digits[i] : '0';
+        }
+        buf[w++] = '.';
+        if (nd > exp + 1) {
+            memcpy(buf + w, digits + exp + 1, (size_t) (nd - exp - 1));
+            w += (size_t) (nd - exp - 1);
+        } else {
+            buf[w++] = '0';
+        }
+    }
+    buf[w] = '\0';
 }
 
-static const char *attr_value(eval_ctx *c, const char *attr, char *buf, size_t len)
+/* The text of a JSON scalar (see the header); false for null, objects, arrays. */
+static bool json_text(const json_t *v, char *buf, text *out)
+{
+    if (!v) {
+        return false;
+    }
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        out->s = json_string_value(v);
+        out->n = json_string_length(v);
+        return true;
+    case JSON_INTEGER:
+        snprintf(buf, NUM_TEXT, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        break;
+    case JSON_REAL:
+        real_text(json_real_value(v), buf, NUM_TEXT);
+        break;
+    case JSON_TRUE:
+        out->s = "true";
+        out->n = 4;
+        return true;
+    case JSON_FALSE:
+        out->s = "false";
+        out->n = 5;
+        return true;
+    default:
+        return false;
+    }
+    out->s = buf;
+    out->n = strlen(buf);
+    return true;
+}
+
+/* A decimal array index without sign or leading zeros; sets *idx. */
+static bool array_index(const char *w, size_t *idx)
+{
+    size_t n = strlen(w);
+    if (n == 0 || n > 9 || (w[0] == '0' && n > 1)) {
+        return false;
+    }
+    size_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (w[i] < '0' || w[i] > '9') {
+            return false;
+        }
+        v = v * 10 + (size_t) (w[i] - '0');
+    }
+    *idx = v;
+    return true;
+}
+
+static const json_t *data_lookup(eval_ctx *c, const cond *k)
 {
     const mt_event *ev = c->ev;
-    if (strncmp(attr, "data.", 5) == 0) {
-        if (!c->data_tried) {
-            c->data_tried = true;
-            if (ev->data_kind == MT_DATA_JSON) {
-                c->data = json_loadb((const char *) ev->data, ev->data_len, JSON_DECODE_ANY, NULL);
-            }
+    if (!c->data_parsed) {
+        c->data_parsed = true;
+        if (ev->data_kind == MT_DATA_JSON && ev->data) {
+            c->data = json_loadb((const char *) ev->data, ev->data_len,
+                                 JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         }
-        const json_t *v = c->data;
-        const char *p = attr + 5;
-        while (v && *p) {
-            const char *dot = strchr(p, '.');
-            size_t n = dot ? (size_t) (dot - p) : strlen(p);
-            char key[256];
-            if (n >= sizeof key || !json_is_object(v)) {
-                return NULL;
-            }
-            memcpy(key, p, n);
-            key[n] = '\0';
-            v = json_object_get(v, key);
-            p = dot ? dot + 1 : p + n;
+    }
+    const json_t *v = c->data;
+    const char *w = k->name;
+    for (int i = 0; i < k->npath && v; i++) {
+        size_t idx;
+        if (json_is_object(v)) {
+            v = json_object_get(v, w);
+        } else if (json_is_array(v) && array_index(w, &idx)) {
+            v = json_array_get(v, idx);
+        } else {
+            v = NULL;
         }
-        return v ? scalar_text(v, buf, len) : NULL;
+        w += strlen(w) + 1;
     }
-    if (strcmp(attr, "specversion") == 0) {
-        return "1.0";
-    }
-    if (strcmp(attr, "priority") == 0) {
+    return v;
+}
+
+/* The text of the condition's attribute on this event; false if it has none. */
+static bool attr_text(eval_ctx *c, const cond *k, char *buf, text *out)
+{
+    const mt_event *ev = c->ev;
+    switch (k->src) {
+    case SRC_ATTR:
+        if (!ev->attr[k->attr]) {
+            return false;
+        }
+        out->s = ev->attr[k->attr];
+        out->n = strlen(out->s);
+        return true;
+    case SRC_SPECVERSION:
+        out->s = "1.0";
+        out->n = 3;
+        return true;
+    case SRC_PRIORITY:
         if (ev->priority < 0) {
-            return NULL;
+            return false;
         }
-        snprintf(buf, len, "%d", ev->priority);
-        return buf;
-    }
-    for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
-        if (strcmp(attr, mt_event_attr_name((mt_event_attr) i)) == 0) {
-            return ev->attr[i];
+        snprintf(buf, NUM_TEXT, "%d", ev->priority);
+        out->s = buf;
+        out->n = strlen(buf);
+        return true;
+    case SRC_EXT:
+        if (!c->ext_parsed) {
+            c->ext_parsed = true;
+            if (ev->attr[MT_ATTR_EXTENSIONS]) {
+                c->ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
+            }
         }
+        /* json_object_get() is NULL for a NULL or non-object ext. */
+        return json_text(json_object_get(c->ext, k->name), buf, out);
+    case SRC_DATA:
+        return json_text(data_lookup(c, k), buf, out);
     }
-    if (!c->ext_tried) {
-        c->ext_tried = true;
-        if (ev->attr[MT_ATTR_EXTENSIONS]) {
-            c->ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
-        }
-    }
-    const json_t *v = json_object_get(c->ext, attr);
-    return v ? scalar_text(v, buf, len) : NULL;
+    return false;
 }
 
 static bool eval(const mt_filter *f, eval_ctx *c)
@@ -207,18 +559,16 @@ static bool eval(const mt_filter *f, eval_ctx *c)
     case F_EXACT:
     case F_PREFIX:
     case F_SUFFIX:
-        for (int i = 0; i < f->npairs; i++) {
-            char buf[64];
-            const char *have = attr_value(c, f->pairs[i].attr, buf, sizeof buf);
-            const char *want = f->pairs[i].value;
-            if (!have) {
+        for (int i = 0; i < f->nconds; i++) {
+            const cond *k = &f->conds[i];
+            char buf[NUM_TEXT];
+            text have;
+            if (!attr_text(c, k, buf, &have) || have.n < k->value_len) {
                 return false;
             }
-            size_t hl = strlen(have), wl = strlen(want);
-            bool ok = f->k == F_EXACT    ? strcmp(have, want) == 0
-                      : f->k == F_PREFIX ? hl >= wl && memcmp(have, want, wl) == 0
-                                         : hl >= wl && memcmp(have + hl - wl, want, wl) == 0;
-            if (!ok) {
+            const char *at = f->k == F_SUFFIX ? have.s + (have.n - k->value_len) : have.s;
+            if ((f->k == F_EXACT && have.n != k->value_len) ||
+                memcmp(at, k->value, k->value_len) != 0) {
                 return false;
             }
         }
@@ -239,13 +589,19 @@ static bool eval(const mt_filter *f, eval_ctx *c)
         return false;
     case F_NOT:
         return !eval(f->kids[0], c);
+    case F_NKINDS:
+        break;
     }
+    mt_assert(!"unknown filter kind");
     return false;
 }
 
 mt_err mt_filter_eval(const mt_filter *f, const mt_event *ev, bool *match)
 {
-    eval_ctx c = {ev, NULL, NULL, false, false};
+    mt_assert(match != NULL);
+    *match = false;
+    mt_assert(f != NULL && ev != NULL);
+    eval_ctx c = {.ev = ev};
     *match = eval(f, &c);
     json_decref(c.data);
     json_decref(c.ext);

@@ -33,6 +33,7 @@ struct mt_http {
     uint64_t max_body;
     uint16_t port;
     waiter *waiters;                   /* held long-polls, a doubly linked list */
+    mt_subs *subs;                     /* borrowed; NULL = no subscriptions */
     bool draining;
 };
 
@@ -443,6 +444,7 @@ static void append_done(mt_err rc, void *arg)
         reply_json(req, any_new ? 201 : 200, o);
         if (any_new) {
             wake_waiters(h, last);
+            mt_subs_kick(h->subs);
         }
     }
     append_job_free(j);
@@ -553,6 +555,165 @@ static void handle_publish(mt_http *h, struct evhttp_request *req)
     }
 }
 
+static void method_not_allowed(struct evhttp_request *req, const char *allow);
+
+/* ---- subscriptions, dead letters, tables ---- */
+
+/* Splits "/subscriptions/NAME[/REST]" into a decoded name and the raw rest. */
+static char *path_segment(const char *p, const char **rest)
+{
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t) (slash - p) : strlen(p);
+    *rest = slash ? slash : "";
+    char *raw = mt_xstrndup(p, n);
+    size_t len = 0;
+    char *dec = evhttp_uridecode(raw, 0, &len);
+    free(raw);
+    if (!dec || len == 0 || strlen(dec) != len) {
+        free(dec);
+        return NULL;
+    }
+    return dec;
+}
+
+static void handle_subscriptions(mt_http *h, struct evhttp_request *req, const char *name)
+{
+    mt_txn *t;
+    if (!h->subs || mt_store_read_begin(h->store, &t)) {
+        if (!h->subs && !name) {
+            reply_json(req, 200, json_array());
+            return;
+        }
+        if (!h->subs) {
+            reply_error(req, 404, "subscription not found", "no subscription '%.64s'", name);
+            return;
+        }
+        reply_error(req, 500, "storage error", "cannot begin a read transaction");
+        return;
+    }
+    json_t *o;
+    mt_err rc = mt_subs_status(h->subs, t, name, &o);
+    mt_store_read_end(t);
+    if (rc == MT_ENOTFOUND) {
+        reply_error(req, 404, "subscription not found", "no subscription '%.64s'", name);
+    } else if (rc) {
+        reply_error(req, 500, "storage error", "%s", mt_err_str(rc));
+    } else {
+        reply_json(req, 200, o);
+    }
+}
+
+static void dlq_answer(mt_err rc, uint64_t count, void *arg)
+{
+    struct evhttp_request *req = arg;
+    if (rc) {
+        reply_error(req, rc == MT_EFULL ? 507 : 500, "storage error", "%s", mt_err_str(rc));
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "count", json_integer((json_int_t) count));
+    reply_json(req, 200, o);
+}
+
+static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
+                       const char *rest, struct evkeyvalq *q)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (!h->subs || !mt_subs_has(h->subs, name)) {
+        reply_error(req, 404, "subscription not found", "no subscription '%.64s'", name);
+        return;
+    }
+    uint64_t seq, after, limit;
+    if (!query_u64(req, q, "sequence", 0, UINT64_MAX, &seq)) {
+        return;
+    }
+    if (strcmp(rest, "/dlq") == 0 && (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD)) {
+        if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after) ||
+            !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {
+            return;
+        }
+        mt_txn *t;
+        if (mt_store_read_begin(h->store, &t)) {
+            reply_error(req, 500, "storage error", "cannot begin a read transaction");
+            return;
+        }
+        json_t *a;
+        mt_err rc = mt_subs_dlq_list(h->subs, t, name, after, limit ? limit : READ_LIMIT_DEFAULT, &a);
+        mt_store_read_end(t);
+        if (rc) {
+            reply_error(req, 500, "storage error", "%s", mt_err_str(rc));
+        } else {
+            reply_json(req, 200, a);
+        }
+    } else if (strcmp(rest, "/dlq") == 0 && cmd == EVHTTP_REQ_DELETE) {
+        if (mt_subs_dlq_purge(h->subs, name, seq, dlq_answer, req)) {
+            reply_error(req, 503, "shutting down", "the engine is stopping");
+        }
+    } else if (strcmp(rest, "/dlq/redrive") == 0 && cmd == EVHTTP_REQ_POST) {
+        if (mt_subs_dlq_redrive(h->subs, name, seq, dlq_answer, req)) {
+            reply_error(req, 503, "shutting down", "the engine is stopping");
+        }
+    } else if (strcmp(rest, "/dlq") == 0) {
+        method_not_allowed(req, "GET, DELETE");
+    } else if (strcmp(rest, "/dlq/redrive") == 0) {
+        method_not_allowed(req, "POST");
+    } else {
+        reply_error(req, 404, "not found", "no resource at '/subscriptions/%.64s%.64s'", name,
+                    rest);
+    }
+}
+
+static void handle_tables(mt_http *h, struct evhttp_request *req, const char *path,
+                          struct evkeyvalq *q)
+{
+    const char *rest;
+    char *table = path_segment(path, &rest);
+    if (!table) {
+        reply_error(req, 400, "invalid table", "the table name in the path is empty or malformed");
+        return;
+    }
+    mt_txn *t;
+    if (mt_store_read_begin(h->store, &t)) {
+        free(table);
+        reply_error(req, 500, "storage error", "cannot begin a read transaction");
+        return;
+    }
+    if (*rest == '\0' || strcmp(rest, "/") == 0) {
+        uint64_t limit;
+        const char *prefix = evhttp_find_header(q, "prefix");
+        if (query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {
+            json_t *o;
+            mt_err rc = mt_subs_table_scan(t, table, prefix ? prefix : "", limit ? limit : READ_LIMIT_DEFAULT, &o);
+            if (rc == MT_EINVAL) {
+                reply_error(req, 400, "invalid table", "table or prefix too long");
+            } else if (rc) {
+                reply_error(req, 500, "storage error", "%s", mt_err_str(rc));
+            } else {
+                reply_json(req, 200, o);
+            }
+        }
+    } else {
+        const char *rest2;
+        char *key = path_segment(rest + 1, &rest2);
+        mt_buf b;
+        mt_buf_init(&b);
+        mt_err rc = key && !*rest2 ? mt_subs_table_get(t, table, key, &b) : MT_EINVAL;
+        if (rc == MT_ENOTFOUND) {
+            reply_error(req, 404, "key not found", "no key '%.200s' in table '%.64s'", key, table);
+        } else if (rc == MT_EINVAL) {
+            reply_error(req, 400, "invalid key", "the path must be /tables/TABLE/KEY");
+        } else if (rc) {
+            reply_error(req, 500, "storage error", "%s", mt_err_str(rc));
+        } else {
+            reply(req, 200, "application/json", b.data, b.len);
+        }
+        mt_buf_free(&b);
+        free(key);
+    }
+    mt_store_read_end(t);
+    free(table);
+}
+
 /* ---- routing ---- */
 
 static void method_not_allowed(struct evhttp_request *req, const char *allow)
@@ -570,6 +731,10 @@ static void route(struct evhttp_request *req, void *arg)
     bool get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
     if (!path) {
         reply_error(req, 400, "bad request", "the request target is not a valid URI");
+        return;
+    }
+    if (!h->store) {
+        reply_error(req, 503, "shutting down", "the engine is stopping");
         return;
     }
     struct evkeyvalq q;
@@ -590,6 +755,33 @@ static void route(struct evhttp_request *req, void *arg)
     } else if (strncmp(path, "/streams/", 9) == 0 && path[9]) {
         if (get) {
             handle_read_stream(h, req, path + 9, &q);
+        } else {
+            method_not_allowed(req, "GET");
+        }
+    } else if (strcmp(path, "/subscriptions") == 0) {
+        if (get) {
+            handle_subscriptions(h, req, NULL);
+        } else {
+            method_not_allowed(req, "GET");
+        }
+    } else if (strncmp(path, "/subscriptions/", 15) == 0 && path[15]) {
+        const char *rest;
+        char *name = path_segment(path + 15, &rest);
+        if (!name) {
+            reply_error(req, 400, "invalid subscription", "the name in the path is malformed");
+        } else if (*rest == '\0') {
+            if (get) {
+                handle_subscriptions(h, req, name);
+            } else {
+                method_not_allowed(req, "GET");
+            }
+        } else {
+            handle_dlq(h, req, name, rest, &q);
+        }
+        free(name);
+    } else if (strncmp(path, "/tables/", 8) == 0 && path[8]) {
+        if (get) {
+            handle_tables(h, req, path + 8, &q);
         } else {
             method_not_allowed(req, "GET");
         }
@@ -656,6 +848,23 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
     return MT_OK;
 }
 
+void mt_http_appended(mt_http *h)
+{
+    mt_txn *t;
+    uint64_t head = 0;
+    if (!h->waiters || mt_store_read_begin(h->store, &t)) {
+        return;
+    }
+    mt_log_head(t, &head);
+    mt_store_read_end(t);
+    wake_waiters(h, head);
+}
+
+void mt_http_set_subs(mt_http *h, mt_subs *subs)
+{
+    h->subs = subs;
+}
+
 uint16_t mt_http_port(const mt_http *h)
 {
     return h->port;
@@ -671,6 +880,13 @@ void mt_http_stop_accepting(mt_http *h)
     while (h->waiters) {
         waiter_answer(h->waiters);
     }
+}
+
+void mt_http_detach_store(mt_http *h)
+{
+    mt_http_stop_accepting(h);
+    h->store = NULL;
+    h->subs = NULL;
 }
 
 void mt_http_close(mt_http *h)

@@ -13,6 +13,7 @@
 #include "mt_err.h"
 #include "mt_loop.h"
 #include "mt_store.h"
+#include "mt_sub.h"
 
 typedef struct mt_http mt_http;
 
@@ -29,6 +30,15 @@ typedef struct mt_http_opts {
  */
 mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt_http **out);
 
+/*
+ * Serves the subscriptions, dead-letter and table routes from 'subs'
+ * (borrowed; NULL = none) and kicks it after every append.
+ */
+void mt_http_set_subs(mt_http *h, mt_subs *subs);
+
+/* Answers held long polls that now have events (after appends made elsewhere). */
+void mt_http_appended(mt_http *h);
+
 /* The bound port. */
 uint16_t mt_http_port(const mt_http *h);
 
@@ -37,6 +47,13 @@ uint16_t mt_http_port(const mt_http *h);
  * Requests already read keep going (appends after the store closed get 503).
  */
 void mt_http_stop_accepting(mt_http *h);
+
+/*
+ * The store is about to be closed: from now on every request is answered
+ * 503 without touching it (connections already open are still served while
+ * the loop flushes answers).
+ */
+void mt_http_detach_store(mt_http *h);
 
 /* Closes every connection and frees the server. NULL does nothing. */
 void mt_http_close(mt_http *h);

@@ -729,8 +729,12 @@ static void dispatch_done(mt_err rc, void *arg)
         evtimer_add(s->timer, &tv);
         return;
     }
-    if (s->out.appended && subs->on_append) {
-        subs->on_append(subs->on_append_arg);
+    if (s->out.appended) {
+        /* Emitted events may be for other subscriptions, or long polls. */
+        mt_subs_kick(subs);
+        if (subs->on_append) {
+            subs->on_append(subs->on_append_arg);
+        }
     }
     if (s->out.next_due_us) {
         int64_t wait = s->out.next_due_us - mt_now_us();
@@ -794,6 +798,13 @@ mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
     }
     *out = subs;
     return MT_OK;
+}
+
+void mt_subs_stop(mt_subs *subs)
+{
+    if (subs) {
+        subs->closing = true;
+    }
 }
 
 void mt_subs_close(mt_subs *subs)

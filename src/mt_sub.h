@@ -65,7 +65,13 @@ typedef struct mt_sub_runner {
 mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
                     const mt_sub_runner *runner, mt_subs **out, char *err, size_t errlen);
 
-/* Stops submitting jobs (jobs in flight finish with the store). NULL does nothing. */
+/* Stops submitting jobs; those already submitted finish with the store. NULL does nothing. */
+void mt_subs_stop(mt_subs *subs);
+
+/*
+ * Frees the registry and its handlers. Call after the store is closed (its
+ * writer may still be running handlers until then). NULL does nothing.
+ */
 void mt_subs_close(mt_subs *subs);
 
 /* New events may be there: submit a dispatch job for every idle subscription. */

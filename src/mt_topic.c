@@ -1,113 +1,119 @@
+#include <ctype.h>
+#include <stddef.h>
 #include <string.h>
 #include "mt_topic.h"
 
-#define MAX_WORDS 128
+/*
+ * Words are walked in place: a word is a pointer to its first byte and
+ * ends at the next '.' or NUL. NULL stands for "past the last word".
+ */
 
-/* Splits 's' into word spans; returns the count, or -1 if a word is empty or too many. */
-static int split(const char *s, const char **w, int *len)
+static size_t word_len(const char *w)
 {
-    int n = 0;
-    const char *p = s;
-    for (;;) {
-        const char *dot = strchr(p, '.');
-        int l = dot ? (int) (dot - p) : (int) strlen(p);
-        if (l == 0 || n == MAX_WORDS) {
-            return -1;
-        }
-        w[n] = p;
-        len[n] = l;
-        n++;
-        if (!dot) {
-            return n;
-        }
-        p = dot + 1;
-    }
+    return strcspn(w, ".");
 }
 
-static bool is_word(const char *w, int len, char c)
+/* The word after 'w', or NULL if 'w' is the last one. */
+static const char *next_word(const char *w)
 {
-    return len == 1 && w[0] == c;
+    const char *dot = strchr(w, '.');
+    return dot ? dot + 1 : NULL;
 }
 
-static bool has_wild(const char *w, int len)
+static bool is_one(const char *w, char c)
 {
-    for (int i = 0; i < len; i++) {
-        if (w[i] == '*' || w[i] == '#' || w[i] == '>') {
-            return true;
-        }
-    }
-    return false;
+    return w[0] == c && (w[1] == '.' || w[1] == '\0');
 }
 
-mt_err mt_topic_validate_name(const char *topic)
+/* Only called on validated patterns, where a whole-word '>' is always last. */
+static bool is_hash(const char *w)
 {
-    const char *w[MAX_WORDS];
-    int len[MAX_WORDS];
-    if (!topic || !*topic) {
+    return is_one(w, '#') || is_one(w, '>');
+}
+
+static bool same_word(const char *a, const char *b)
+{
+    size_t n = word_len(a);
+    return n == word_len(b) && memcmp(a, b, n) == 0;
+}
+
+static mt_err validate(const char *s, bool pattern)
+{
+    if (!s || !*s) {
         return MT_EINVAL;
     }
-    int n = split(topic, w, len);
-    for (int i = 0; i < n; i++) {
-        if (has_wild(w[i], len[i])) {
+    for (const char *w = s; w; w = next_word(w)) {
+        size_t n = word_len(w);
+        if (n == 0) {
             return MT_EINVAL;
         }
-    }
-    return n < 0 ? MT_EINVAL : MT_OK;
-}
-
-mt_err mt_topic_validate_pattern(const char *pattern)
-{
-    const char *w[MAX_WORDS];
-    int len[MAX_WORDS];
-    if (!pattern || !*pattern) {
-        return MT_EINVAL;
-    }
-    int n = split(pattern, w, len);
-    if (n < 0) {
-        return MT_EINVAL;
-    }
-    for (int i = 0; i < n; i++) {
-        bool whole = is_word(w[i], len[i], '*') || is_word(w[i], len[i], '#') ||
-                     (is_word(w[i], len[i], '>') && i == n - 1);
-        if (has_wild(w[i], len[i]) && !whole) {
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char) w[i];
+            if (isspace(c)) {
+                return MT_EINVAL;
+            }
+            if ((c == '*' || c == '#') && (!pattern || n != 1)) {
+                return MT_EINVAL;
+            }
+        }
+        if (pattern && n == 1 && w[0] == '>' && w[1] != '\0') {
             return MT_EINVAL;
         }
     }
     return MT_OK;
 }
 
+mt_err mt_topic_validate_name(const char *topic)
+{
+    return validate(topic, false);
+}
+
+mt_err mt_topic_validate_pattern(const char *pattern)
+{
+    return validate(pattern, true);
+}
+
 mt_err mt_topic_match(const char *pattern, const char *topic, bool *match)
 {
     *match = false;
-    const char *pw[MAX_WORDS], *tw[MAX_WORDS];
-    int pl[MAX_WORDS], tl[MAX_WORDS];
-    /* Both are validated in full first, so a bad pattern is always an error. */
-    if (mt_topic_validate_pattern(pattern) || mt_topic_validate_name(topic)) {
+    /*
+     * Validate both in full before matching, rather than stopping at the
+     * first mismatch: otherwise "a.b.*x" would be a quiet non-match against
+     * "z" and an error against "a.b.c", and a bad pattern would surface
+     * only when the right event came along.
+     */
+    if (validate(pattern, true) || validate(topic, false)) {
         return MT_EINVAL;
     }
-    int np = split(pattern, pw, pl);
-    int nt = split(topic, tw, tl);
     /*
-     * ok[j] after processing i pattern words: the first j topic words can be
-     * matched by them. A table instead of backtracking keeps many '#' linear.
+     * Glob-style matching over words: every word other than '#' consumes
+     * exactly one topic word, so on a dead end it is enough to let the most
+     * recent '#' swallow one more word and retry from just after it; an
+     * earlier '#' never needs revisiting, because anything it could absorb
+     * the later one can absorb too.
      */
-    bool ok[MAX_WORDS + 1], next[MAX_WORDS + 1];
-    memset(ok, 0, sizeof ok);
-    ok[0] = true;
-    for (int i = 0; i < np; i++) {
-        bool hash = is_word(pw[i], pl[i], '#') || is_word(pw[i], pl[i], '>');
-        bool star = is_word(pw[i], pl[i], '*');
-        memset(next, 0, sizeof next);
-        for (int j = 0; j <= nt; j++) {
-            if (hash) {
-                /* '#' takes zero words (ok[j]) or one more (next[j-1]). */
-                next[j] = ok[j] || (j > 0 && next[j - 1]);
-            } else if (j > 0 && ok[j - 1]) {
-                next[j] = star || (pl[i] == tl[j - 1] && memcmp(pw[i], tw[j - 1], (size_t) pl[i]) == 0);
-            }
+    const char *p = pattern, *t = topic;
+    const char *hash_p = NULL; /* the last '#' seen, NULL = none */
+    const char *hash_t = NULL; /* the first topic word that '#' has not swallowed */
+    while (t) {
+        if (p && is_hash(p)) {
+            hash_p = p;
+            hash_t = t;
+            p = next_word(p);
+        } else if (p && (is_one(p, '*') || same_word(p, t))) {
+            p = next_word(p);
+            t = next_word(t);
+        } else if (hash_p) {
+            hash_t = next_word(hash_t);
+            t = hash_t;
+            p = next_word(hash_p);
+        } else {
+            return MT_OK;
         }
-        memcpy(ok, next, sizeof ok);
     }
-    *match = ok[nt];
+    while (p && is_hash(p)) {
+        p = next_word(p);
+    }
+    *match = p == NULL;
     return MT_OK;
 }

@@ -107,7 +107,9 @@ static mt_err write_header(mt_wal *w)
     put32(h + 8, w->gen);
     mt_put_be64(h + 12, w->size);
     put32(h + 20, (uint32_t) w->snap_len);
-    memcpy(h + SLOT_FIXED, w->snap, w->snap_len);
+    if (w->snap_len) {
+        memcpy(h + SLOT_FIXED, w->snap, w->snap_len);
+    }
     uLong c = crc32(0, h, 24);
     put32(h + 24, (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) w->snap_len));
     mt_err rc = pwrite_all(w->fd, h, n, (uint64_t) (w->gen % 2) * SLOT_SIZE);

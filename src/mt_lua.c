@@ -1,0 +1,859 @@
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "mt_lua.h"
+#include "mt_lua_int.h"
+
+#define HOOK_CHUNK (1 << 30)    /* largest count armed at once: lua_sethook takes an int */
+#define MAX_MODULE_NAME 200     /* bytes in a require() name */
+#define LUA_MEMERRMSG "not enough memory"
+
+struct mt_lua {
+    lua_State *L;
+    size_t limit;           /* bytes the allocator hands out in total */
+    size_t used;            /* bytes the state holds now */
+    bool unlimited;         /* the message handler is formatting: limit lifted briefly */
+    bool mem_failed;        /* an allocation was refused since the call or load began */
+    uint64_t budget;        /* VM instructions per mt_lua_call */
+    uint64_t remaining;     /* instructions left in this call, the armed chunk included */
+    int armed;              /* the count the hook was last armed with */
+    bool exhausted;         /* the budget is spent: the hook raises on every instruction */
+    bool in_call;           /* inside mt_lua_call (which is not reentrant) */
+    char **paths;           /* owned; module directories */
+    int npaths;
+    mt_lua_log_fn log;      /* may be NULL */
+    void *log_arg;
+    int module_ref;         /* registry ref of what the handler file returned, or LUA_NOREF */
+    int handle_ref;         /* registry ref of the handler function, or LUA_NOREF */
+    mt_buf trace;           /* traceback recorded by the message handler */
+};
+
+/* Its address marks a module whose chunk is still running (a require loop). */
+static char loading_tag;
+
+/* ---- allocation and state ---- */
+
+/*
+ * Every byte the state holds goes through here, so the limit covers the
+ * whole state. Growing past it returns NULL, which Lua turns into
+ * LUA_ERRMEM after an emergency collection. Shrinking never fails.
+ */
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    mt_lua *lu = ud;
+    size_t old = ptr ? osize : 0; /* for a new block osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        lu->used -= old;
+        return NULL;
+    }
+    if (nsize > old && !lu->unlimited &&
+        (nsize - old > lu->limit || lu->used > lu->limit - (nsize - old))) {
+        lu->mem_failed = true;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (!p) {
+        if (nsize > old) {
+            return NULL;
+        }
+        p = ptr; /* a failed shrink keeps the larger block */
+    }
+    lu->used = lu->used - old + nsize;
+    return p;
+}
+
+/* An error outside any protected call is a bug in the host, never in a handler. */
+static int l_lua_panic(lua_State *L)
+{
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    fprintf(stderr, "moontide: Lua error outside a protected call: %s\n", msg);
+    mt_assert_fail("Lua error outside a protected call", __FILE__, __LINE__);
+}
+
+mt_lua *mt_lua_from_state(lua_State *L)
+{
+    return *(mt_lua **) lua_getextraspace(L);
+}
+
+lua_State *mt_lua_state(mt_lua *lu)
+{
+    return lu->L;
+}
+
+size_t mt_lua__mem_limit(lua_State *L)
+{
+    return mt_lua_from_state(L)->limit;
+}
+
+/* ---- the sandbox's replacements for base functions ---- */
+
+/* load(chunk [, chunkname [, mode [, env]]]): text chunks only. [-(1..4), +(1|2)] */
+static int l_lua_load(lua_State *L)
+{
+    const char *mode = luaL_optstring(L, 3, "t");
+    if (strcmp(mode, "t") != 0) {
+        luaL_pushfail(L);
+        lua_pushfstring(L, "load: only text chunks are allowed (mode '%s' refused)", mode);
+        return 2;
+    }
+    if (lua_gettop(L) < 3) {
+        lua_settop(L, 3);
+    }
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    /* env stays absent unless given: the original load then uses the sandbox's globals */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/*
+ * setmetatable(t, mt), refusing __gc: a finalizer runs whenever the
+ * collector gets to it, possibly outside any call and so outside the budget.
+ * A __gc field added later has no effect (Lua marks objects only here).
+ * [-2, +1]
+ */
+static int l_lua_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL) {
+            return luaL_error(L, "setmetatable: __gc metamethods are not allowed in handlers");
+        }
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
+    return 1;
+}
+
+/* print(...): to the log callback at info level, never to stdout. [-n, +0] */
+static int l_lua_print(lua_State *L)
+{
+    mt_lua *lu = mt_lua_from_state(L);
+    if (!lu->log) {
+        return 0;
+    }
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) {
+            luaL_addchar(&b, '\t');
+        }
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    lu->log(lu->log_arg, MT_DIAG_INFO, lua_tostring(L, -1));
+    return 0;
+}
+
+/* ---- files and modules ---- */
+
+/*
+ * Reads a whole regular file into a new buffer (caller frees). On failure
+ * writes a message into err: MT_ENOTFOUND, MT_EIO, MT_ETOOBIG, MT_ENOMEM.
+ */
+static mt_err read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
+{
+    *buf = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(e));
+        return e == ENOENT || e == ENOTDIR ? MT_ENOTFOUND : MT_EIO;
+    }
+    struct stat st;
+    mt_err rc = MT_OK;
+    char *b = NULL;
+    size_t got = 0;
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
+        rc = MT_EIO;
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "cannot read %s: not a regular file", path);
+        rc = MT_EIO;
+        goto done;
+    }
+    if ((uint64_t) st.st_size > MT_LUA_MAX_SOURCE) {
+        snprintf(err, errlen, "%s: larger than %zu bytes", path, MT_LUA_MAX_SOURCE);
+        rc = MT_ETOOBIG;
+        goto done;
+    }
+    size_t size = (size_t) st.st_size;
+    b = mt_trymalloc(size + 1);
+    if (!b) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        rc = MT_ENOMEM;
+        goto done;
+    }
+    while (got < size) {
+        ssize_t n = read(fd, b + got, size - got);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+            rc = MT_EIO;
+            goto done;
+        }
+        if (n == 0) {
+            break;
+        }
+        got += (size_t) n;
+    }
+done:
+    close(fd);
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    *buf = b;
+    *len = got;
+    return MT_OK;
+}
+
+/*
+ * Lua shortens a long chunk name to "...tail" in messages; put the path
+ * back as given, so a syntax error always reads "PATH:LINE: message".
+ */
+static void format_load_error(const char *msg, const char *path, char *err, size_t errlen)
+{
+    size_t plen = strlen(path);
+    if (strncmp(msg, path, plen) == 0 && msg[plen] == ':') {
+        snprintf(err, errlen, "%s", msg);
+        return;
+    }
+    if (strncmp(msg, "...", 3) == 0) {
+        const char *rest = msg + 3;
+        for (size_t n = plen; n > 0; n--) {
+            if (strncmp(rest, path + plen - n, n) == 0 && rest[n] == ':') {
+                snprintf(err, errlen, "%s%s", path, rest + n);
+                return;
+            }
+        }
+    }
+    snprintf(err, errlen, "%s: %s", path, msg);
+}
+
+/*
+ * Loads 'path' as a text chunk whose _ENV is the sandbox's globals and
+ * pushes it; pushes nothing on failure. Never raises: lua_load is protected
+ * and nothing here allocates Lua memory outside it.
+ */
+static mt_err compile_file(mt_lua *lu, const char *path, char *err, size_t errlen)
+{
+    lua_State *L = lu->L;
+    if (!lua_checkstack(L, 2)) {
+        snprintf(err, errlen, "%s: Lua stack exhausted", path);
+        return MT_ELUA;
+    }
+    char *src;
+    size_t len;
+    mt_err rc = read_file(path, &src, &len, err, errlen);
+    if (rc) {
+        return rc;
+    }
+    char *chunkname = mt_xasprintf("@%s", path);
+    lu->mem_failed = false;
+    int st = luaL_loadbufferx(L, src, len, chunkname, "t");
+    free(chunkname);
+    free(src);
+    if (st == LUA_OK) {
+        return MT_OK;
+    }
+    if (st == LUA_ERRMEM) {
+        snprintf(err, errlen, "%s: memory limit of %zu bytes exceeded", path, lu->limit);
+    } else {
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "load failed";
+        format_load_error(msg, path, err, errlen);
+    }
+    lua_pop(L, 1);
+    return MT_ELUA;
+}
+
+/* Dotted words of letters, digits, '_' and '-': no empty word, so no "..", no '/'. */
+static bool valid_module_name(const char *name, size_t len)
+{
+    if (len == 0 || len > MAX_MODULE_NAME) {
+        return false;
+    }
+    bool word_start = true;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char) name[i];
+        if (c == '.') {
+            if (word_start) {
+                return false;
+            }
+            word_start = true;
+        } else if (isalnum(c) || c == '_' || c == '-') {
+            word_start = false;
+        } else {
+            return false;
+        }
+    }
+    return !word_start;
+}
+
+/*
+ * __close of the guard require() holds while a module's chunk runs: if the
+ * chunk failed, forget the "loading" mark so a later require tries again.
+ * [-2, +0]
+ */
+static int l_lua_require_guard_close(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "moontide.loaded");
+    lua_rawgeti(L, 1, 1);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_touserdata(L, -1) == &loading_tag) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+    }
+    return 0;
+}
+
+/*
+ * require(name): the cached module, or NAME.lua (dots become '/') from the
+ * first configured directory that has it, run with (name, file) and cached
+ * in "moontide.loaded" (true if it returned nothing). [-1, +1]
+ */
+static int l_lua_require(lua_State *L)
+{
+    mt_lua *lu = mt_lua_from_state(L);
+    size_t nlen;
+    const char *name = luaL_checklstring(L, 1, &nlen);
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "moontide.loaded"); /* 2 */
+    lua_pushvalue(L, 1);
+    lua_rawget(L, 2);
+    if (lua_touserdata(L, -1) == &loading_tag) {
+        return luaL_error(L, "require: module '%s' requires itself while loading", name);
+    }
+    if (!lua_isnil(L, -1)) {
+        return 1;
+    }
+    lua_pop(L, 1);
+    if (!valid_module_name(name, nlen)) {
+        return luaL_error(L, "require: invalid module name '%s' (dotted words of letters, "
+                             "digits, '_' and '-')", name);
+    }
+    char rel[MAX_MODULE_NAME + 1];
+    memcpy(rel, name, nlen + 1);
+    for (char *p = rel; *p; p++) {
+        if (*p == '.') {
+            *p = '/';
+        }
+    }
+    int found = 0;
+    for (int i = 0; i < lu->npaths && !found; i++) {
+        const char *file = lua_pushfstring(L, "%s/%s.lua", lu->paths[i], rel); /* 3 */
+        const char *chunkname = lua_pushfstring(L, "@%s", file);              /* 4 */
+        char err[512];
+        char *src;
+        size_t len;
+        mt_err rc = read_file(file, &src, &len, err, sizeof err);
+        if (rc == MT_ENOTFOUND) {
+            lua_pop(L, 2);
+            continue;
+        }
+        if (rc) {
+            return luaL_error(L, "require '%s': %s", name, err);
+        }
+        int st = luaL_loadbufferx(L, src, len, chunkname, "t");
+        free(src);
+        if (st != LUA_OK) {
+            return lua_error(L);
+        }
+        lua_remove(L, 4); /* 4: the chunk */
+        found = 1;
+    }
+    if (!found) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        luaL_addstring(&b, "module '");
+        luaL_addstring(&b, name);
+        luaL_addstring(&b, "' not found in the module paths");
+        for (int i = 0; i < lu->npaths; i++) {
+            luaL_addstring(&b, i ? ", " : " (");
+            luaL_addstring(&b, lu->paths[i]);
+            luaL_addstring(&b, i == lu->npaths - 1 ? ")" : "");
+        }
+        luaL_pushresult(&b);
+        return lua_error(L);
+    }
+    /* Mark it loading; the guard clears the mark if the chunk raises. */
+    lua_pushvalue(L, 1);
+    lua_pushlightuserdata(L, &loading_tag);
+    lua_rawset(L, 2);
+    lua_createtable(L, 1, 0); /* 5: the guard */
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_setmetatable(L, "moontide.require.guard");
+    lua_toclose(L, 5);
+    lua_pushvalue(L, 4);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 3);
+    lua_call(L, 2, 1); /* 6: the module */
+    if (lua_isnil(L, 6)) {
+        lua_pushboolean(L, 1);
+        lua_replace(L, 6);
+    }
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 6);
+    lua_rawset(L, 2);
+    return 1;
+}
+
+/* ---- setting up ---- */
+
+/* Builds the sandbox; run protected by mt_lua_new. [-0, +0] */
+static int l_lua_setup(lua_State *L)
+{
+    static const luaL_Reg libs[] = {
+        {LUA_GNAME, luaopen_base},         {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table},   {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8},   {NULL, NULL},
+    };
+    static const char *const removed[] = {"dofile", "loadfile", "collectgarbage", "warn", NULL};
+    for (const luaL_Reg *lib = libs; lib->name; lib++) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        lua_pop(L, 1);
+    }
+    lua_pushglobaltable(L);
+    for (const char *const *n = removed; *n; n++) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, *n);
+    }
+    lua_getfield(L, -1, "load");
+    lua_pushcclosure(L, l_lua_load, 1);
+    lua_setfield(L, -2, "load");
+    lua_getfield(L, -1, "setmetatable");
+    lua_pushcclosure(L, l_lua_setmetatable, 1);
+    lua_setfield(L, -2, "setmetatable");
+    lua_pushcfunction(L, l_lua_print);
+    lua_setfield(L, -2, "print");
+    lua_pushcfunction(L, l_lua_require);
+    lua_setfield(L, -2, "require");
+    lua_getfield(L, -1, LUA_STRLIBNAME);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    /* the generator is seeded from the clock: handlers must be deterministic */
+    lua_getfield(L, -1, LUA_MATHLIBNAME);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "random");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "randomseed");
+    lua_pop(L, 2);
+
+    lua_newtable(L);
+    mt_lua__open_json(L);
+    lua_setfield(L, -2, "moontide.json");
+    lua_setfield(L, LUA_REGISTRYINDEX, "moontide.loaded");
+    luaL_newmetatable(L, "moontide.require.guard");
+    lua_pushcfunction(L, l_lua_require_guard_close);
+    lua_setfield(L, -2, "__close");
+    lua_pop(L, 1);
+    return 0;
+}
+
+mt_err mt_lua_new(const mt_lua_opts *opts, mt_lua **out)
+{
+    *out = NULL;
+    static const mt_lua_opts defaults = {0};
+    if (!opts) {
+        opts = &defaults;
+    }
+    if (opts->npaths < 0 || (opts->npaths > 0 && !opts->paths)) {
+        return MT_EINVAL;
+    }
+    for (int i = 0; i < opts->npaths; i++) {
+        if (!opts->paths[i] || !*opts->paths[i]) {
+            return MT_EINVAL;
+        }
+    }
+    mt_lua *lu = mt_xcalloc(1, sizeof *lu);
+    lu->module_ref = LUA_NOREF;
+    lu->handle_ref = LUA_NOREF;
+    mt_buf_init(&lu->trace);
+    lu->limit = opts->mem_limit ? opts->mem_limit : MT_LUA_DEFAULT_MEM;
+    lu->budget = opts->budget ? opts->budget : MT_LUA_DEFAULT_BUDGET;
+    lu->log = opts->log;
+    lu->log_arg = opts->log_arg;
+    if (opts->npaths > 0) {
+        lu->paths = mt_xcalloc((size_t) opts->npaths, sizeof *lu->paths);
+        for (int i = 0; i < opts->npaths; i++) {
+            lu->paths[i] = mt_xstrdup(opts->paths[i]);
+        }
+        lu->npaths = opts->npaths;
+    }
+    lu->L = lua_newstate(capped_alloc, lu);
+    if (!lu->L) {
+        goto fail;
+    }
+    *(mt_lua **) lua_getextraspace(lu->L) = lu;
+    lua_atpanic(lu->L, l_lua_panic);
+    lua_pushcfunction(lu->L, l_lua_setup);
+    if (lua_pcall(lu->L, 0, 0, 0) != LUA_OK) {
+        goto fail; /* only memory can fail here */
+    }
+    *out = lu;
+    return MT_OK;
+fail:
+    mt_lua_free(lu);
+    return MT_ENOMEM;
+}
+
+void mt_lua_free(mt_lua *lu)
+{
+    if (!lu) {
+        return;
+    }
+    if (lu->L) {
+        lua_close(lu->L);
+        mt_assert(lu->used == 0);
+    }
+    for (int i = 0; i < lu->npaths; i++) {
+        free(lu->paths[i]);
+    }
+    free(lu->paths);
+    mt_buf_free(&lu->trace);
+    free(lu);
+}
+
+/* ---- calling ---- */
+
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Arms the count hook for the rest of the budget, at most HOOK_CHUNK at a time. */
+static void arm(mt_lua *lu)
+{
+    lu->armed = lu->remaining > HOOK_CHUNK ? HOOK_CHUNK : (int) lu->remaining;
+    lua_sethook(lu->L, budget_hook, LUA_MASKCOUNT, lu->armed);
+}
+
+/*
+ * Fires every 'armed' instructions. Once the budget is spent it re-arms
+ * with a count of 1, so every later instruction raises again: a pcall in
+ * the handler may catch one error but cannot run on.
+ */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void) ar;
+    mt_lua *lu = mt_lua_from_state(L);
+    if (!lu->exhausted) {
+        lu->remaining -= (uint64_t) lu->armed;
+        if (lu->remaining > 0) {
+            arm(lu);
+            return;
+        }
+        lu->exhausted = true;
+        lu->armed = 1;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    }
+    char msg[64];
+    snprintf(msg, sizeof msg, "instruction budget of %" PRIu64 " exceeded", lu->budget);
+    lua_pushstring(L, msg);
+    lua_error(L);
+}
+
+/*
+ * Pushes the text of the error value at 'idx': strings as they are,
+ * __tostring when present, other tables as compact JSON. [-0, +1]
+ */
+static void push_error_text(lua_State *L, mt_lua *lu, int idx)
+{
+    int t = lua_type(L, idx);
+    if (t == LUA_TSTRING) {
+        lua_pushvalue(L, idx);
+        return;
+    }
+    if (t == LUA_TNUMBER) {
+        luaL_tolstring(L, idx, NULL);
+        return;
+    }
+    if ((t == LUA_TTABLE || t == LUA_TUSERDATA) &&
+        luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 1);
+        luaL_tolstring(L, idx, NULL); /* runs the handler's code, so under its limits */
+        return;
+    }
+    if (t == LUA_TTABLE) {
+        json_t *j;
+        if (mt_lua_to_json(L, idx, &j, NULL, 0) == MT_OK) {
+            char buf[1024];
+            size_t n = json_dumpb(j, buf, sizeof buf, JSON_COMPACT | JSON_SORT_KEYS);
+            json_decref(j);
+            if (n > 0) {
+                /* the JSON is released before anything here can raise */
+                lu->unlimited = true;
+                if (n <= sizeof buf) {
+                    lua_pushlstring(L, buf, n);
+                } else {
+                    lua_pushlstring(L, buf, sizeof buf - 3);
+                    lua_pushliteral(L, "...");
+                    lua_concat(L, 2);
+                }
+                lu->unlimited = false;
+                return;
+            }
+        }
+    }
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
+/*
+ * Message handler of mt_lua_call: replaces the error value by its text and
+ * records the traceback in lu->trace. The limit is lifted while it formats,
+ * so a handler that failed near its memory limit still gets a traceback.
+ * [-1, +1]
+ */
+static int l_lua_msgh(lua_State *L)
+{
+    mt_lua *lu = mt_lua_from_state(L);
+    push_error_text(L, lu, 1);
+    lu->unlimited = true;
+    luaL_traceback(L, L, NULL, 1);
+    size_t n;
+    const char *tb = lua_tolstring(L, -1, &n);
+    lu->trace.len = 0;
+    mt_buf_add(&lu->trace, tb, n);
+    lua_pop(L, 1);
+    lu->unlimited = false;
+    return 1;
+}
+
+mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *traceback)
+{
+    mt_assert(lu && nargs >= 0 && nresults >= 0 && !lu->in_call);
+    lua_State *L = lu->L;
+    int base = lua_gettop(L) - nargs; /* the function's index */
+    mt_assert(base >= 1);
+    if (!lua_checkstack(L, 1)) {
+        lua_settop(L, base - 1);
+        if (error) {
+            mt_buf_adds(error, "Lua stack exhausted");
+        }
+        return MT_ELUA;
+    }
+    lua_pushcfunction(L, l_lua_msgh);
+    lua_insert(L, base);
+    lu->in_call = true;
+    lu->exhausted = false;
+    lu->mem_failed = false;
+    lu->trace.len = 0;
+    lu->remaining = lu->budget;
+    arm(lu);
+    int st = lua_pcall(L, nargs, nresults, base);
+    lua_sethook(L, NULL, 0, 0);
+    lu->in_call = false;
+    lu->unlimited = false;
+    if (st == LUA_OK && !lu->exhausted) {
+        lua_remove(L, base);
+        mt_assert(lua_gettop(L) == base - 1 + nresults);
+        return MT_OK;
+    }
+    /*
+     * A C function called directly may return after catching the budget
+     * error; the call still failed.
+     */
+    char msg[96];
+    const char *text = msg;
+    size_t len;
+    if (lu->exhausted) {
+        len = (size_t) snprintf(msg, sizeof msg, "instruction budget of %" PRIu64 " exceeded",
+                                lu->budget);
+    } else if (st == LUA_ERRMEM ||
+               (lu->mem_failed && lua_type(L, -1) == LUA_TSTRING &&
+                strcmp(lua_tostring(L, -1), LUA_MEMERRMSG) == 0)) {
+        /* the second case: the memory error was caught and raised again */
+        len = (size_t) snprintf(msg, sizeof msg, "memory limit of %zu bytes exceeded", lu->limit);
+    } else if (lua_type(L, -1) == LUA_TSTRING) {
+        text = lua_tolstring(L, -1, &len);
+    } else {
+        len = (size_t) snprintf(msg, sizeof msg, "(error object is a %s value)",
+                                luaL_typename(L, -1));
+    }
+    if (error) {
+        mt_buf_add(error, text, len);
+    }
+    if (traceback && st == LUA_ERRRUN && lu->trace.len) {
+        mt_buf_add(traceback, lu->trace.data, lu->trace.len);
+    }
+    lua_settop(L, base - 1);
+    if (lu->mem_failed) {
+        /* give back what the failed call piled up before the next one */
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    return MT_ELUA;
+}
+
+/* ---- handlers ---- */
+
+/*
+ * Runs a handler chunk and keeps what it returns.
+ * [-2, +0]: the chunk, the path (light userdata, for messages)
+ */
+static int l_lua_install(lua_State *L)
+{
+    mt_lua *lu = mt_lua_from_state(L);
+    const char *path = lua_touserdata(L, 2);
+    lua_settop(L, 1);
+    lua_call(L, 0, 1); /* 1: the returned value */
+    if (lua_type(L, 1) == LUA_TTABLE) {
+        lua_pushliteral(L, "handle");
+        if (lua_rawget(L, 1) != LUA_TFUNCTION) {
+            return luaL_error(L, "%s: the returned table's 'handle' must be a function (got %s)",
+                              path, luaL_typename(L, 2));
+        }
+    } else if (lua_type(L, 1) == LUA_TFUNCTION) {
+        lua_pushvalue(L, 1);
+    } else {
+        return luaL_error(L, "%s: a handler must return a function or a table with a 'handle' "
+                             "function (got %s)", path, luaL_typename(L, 1));
+    }
+    int handle = luaL_ref(L, LUA_REGISTRYINDEX);
+    int module = luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_unref(L, LUA_REGISTRYINDEX, lu->handle_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, lu->module_ref);
+    lu->handle_ref = handle;
+    lu->module_ref = module;
+    return 0;
+}
+
+mt_err mt_lua_load_file(mt_lua *lu, const char *path, char *err, size_t errlen)
+{
+    mt_assert(lu && path);
+    if (errlen) {
+        err[0] = 0;
+    }
+    lua_State *L = lu->L;
+    int top = lua_gettop(L);
+    mt_err rc = compile_file(lu, path, err, errlen);
+    if (rc) {
+        return rc;
+    }
+    if (!lua_checkstack(L, 2)) {
+        lua_settop(L, top);
+        snprintf(err, errlen, "%s: Lua stack exhausted", path);
+        return MT_ELUA;
+    }
+    lua_pushcfunction(L, l_lua_install);
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, (void *) path);
+    mt_buf msg;
+    mt_buf_init(&msg);
+    rc = mt_lua_call(lu, 2, 0, &msg, NULL);
+    if (rc) {
+        snprintf(err, errlen, "%s", mt_buf_cstr(&msg));
+    }
+    mt_buf_free(&msg);
+    mt_assert(lua_gettop(L) == top);
+    return rc;
+}
+
+mt_err mt_lua_check_file(const char *path, char *err, size_t errlen)
+{
+    mt_assert(path);
+    if (errlen) {
+        err[0] = 0;
+    }
+    mt_lua *lu;
+    mt_err rc = mt_lua_new(NULL, &lu);
+    if (rc) {
+        snprintf(err, errlen, "%s: cannot create a Lua state: %s", path, mt_err_str(rc));
+        return rc;
+    }
+    rc = compile_file(lu, path, err, errlen);
+    if (rc == MT_OK) {
+        lua_pop(lu->L, 1);
+    }
+    mt_lua_free(lu);
+    return rc;
+}
+
+mt_err mt_lua_push_handler(mt_lua *lu)
+{
+    if (lu->handle_ref == LUA_NOREF) {
+        return MT_ENOTFOUND;
+    }
+    if (!lua_checkstack(lu->L, 1)) {
+        return MT_ENOMEM;
+    }
+    lua_rawgeti(lu->L, LUA_REGISTRYINDEX, lu->handle_ref);
+    return MT_OK;
+}
+
+/*
+ * Pushes the raw field 'name' of the table at 'idx' (nil if absent) and
+ * returns its type. Walks with lua_next, which never allocates, so this
+ * cannot raise outside a protected call the way pushing a key string could.
+ */
+static int push_raw_field(lua_State *L, int idx, const char *name)
+{
+    size_t nlen = strlen(name);
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t klen;
+            const char *k = lua_tolstring(L, -2, &klen);
+            if (klen == nlen && memcmp(k, name, nlen) == 0) {
+                lua_remove(L, -2);
+                return lua_type(L, -1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    return LUA_TNIL;
+}
+
+int mt_lua_push_field(mt_lua *lu, const char *name)
+{
+    lua_State *L = lu->L;
+    if (!lua_checkstack(L, 4)) {
+        return LUA_TNONE;
+    }
+    if (lu->module_ref == LUA_NOREF) {
+        lua_pushnil(L);
+        return LUA_TNIL;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lu->module_ref);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        return LUA_TNIL;
+    }
+    int t = push_raw_field(L, -1, name);
+    lua_remove(L, -2);
+    return t;
+}
+
+bool mt_lua_has_field(mt_lua *lu, const char *name)
+{
+    int t = mt_lua_push_field(lu, name);
+    if (t == LUA_TNONE) {
+        return false;
+    }
+    lua_pop(lu->L, 1);
+    return t != LUA_TNIL;
+}

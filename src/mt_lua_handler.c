@@ -1,0 +1,463 @@
+/*
+ * mt_lua_handler.c - part of mt_lua: subscription handlers written in Lua.
+ *
+ * Implements mt_sub_runner on top of mt_lua: one sandboxed state per
+ * handler, the `event` table handed to it, and the `ctx` bindings (emit,
+ * kv, log, now, reject) that route every effect through mt_fx into the
+ * invocation's savepoint. ctx is built once per state; its closures share
+ * one userdata box that points at the current invocation's mt_fx and is
+ * cleared after the call, so a ctx kept by a handler cannot act later.
+ */
+#include <jansson.h>
+#include <lauxlib.h>
+#include <libgen.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mt_fx.h"
+#include "mt_lua.h"
+#include "mt_lua_handler.h"
+#include "mt_sub.h"
+#include "mt_util.h"
+
+#define SCAN_MAX 10000
+
+typedef struct fx_box {
+    mt_fx *fx;                 /* the current invocation's effects; NULL between calls */
+} fx_box;
+
+typedef struct handler {
+    mt_lua *lu;
+    char *name;                /* owned: subscription name */
+    char *dir;                 /* owned: the handler's directory (require path) */
+    fx_box *box;               /* lives in the Lua state (userdata) */
+    int ctx_ref;               /* registry ref of the ctx table */
+} handler;
+
+static mt_fx *current_fx(lua_State *L)
+{
+    fx_box *b = lua_touserdata(L, lua_upvalueindex(1));
+    if (!b || !b->fx) {
+        luaL_error(L, "ctx used outside its handler call");
+    }
+    return b->fx;
+}
+
+/* Converts the value at idx to compact JSON text (caller frees), or raises. */
+static char *to_json_text(lua_State *L, int idx, const char *what)
+{
+    json_t *j;
+    char err[256];
+    if (mt_lua_to_json(L, idx, &j, err, sizeof err)) {
+        luaL_error(L, "%s: %s", what, err);
+    }
+    char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
+    json_decref(j);
+    if (!text) {
+        luaL_error(L, "%s: cannot encode", what);
+    }
+    return text;
+}
+
+/* ctx.emit(type, data, opts) -> sequence.  [-3, +1] */
+static int l_ctx_emit(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    const char *type = luaL_checkstring(L, 1);
+    const char *subject = NULL;
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "subject");
+        subject = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    char *data = lua_isnoneornil(L, 2) ? NULL : to_json_text(L, 2, "ctx.emit data");
+    uint64_t seq;
+    char err[512];
+    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, &seq, err,
+                           sizeof err);
+    free(data);
+    if (rc) {
+        return luaL_error(L, "%s", err);
+    }
+    lua_pushinteger(L, (lua_Integer) seq);
+    return 1;
+}
+
+static const char *kv_table_name(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "name");
+    const char *name = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the string stays referenced by the table */
+    if (!name) {
+        luaL_error(L, "kv: call methods with ':' (t:get(key))");
+    }
+    return name;
+}
+
+/* t:get(key) -> value or nil.  [-2, +1] */
+static int l_kv_get(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    const char *table = kv_table_name(L);
+    const char *key = luaL_checkstring(L, 2);
+    const char *json;
+    size_t len;
+    mt_err rc = mt_fx_kv_get(fx, table, key, &json, &len);
+    if (rc == MT_ENOTFOUND) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (rc) {
+        return luaL_error(L, "kv get '%s': %s", key, mt_err_str(rc));
+    }
+    char err[256];
+    if (mt_lua_push_json_text(L, json, len, err, sizeof err)) {
+        return luaL_error(L, "kv get '%s': %s", key, err);
+    }
+    return 1;
+}
+
+/* t:put(key, value).  [-3, +0] */
+static int l_kv_put(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    const char *table = kv_table_name(L);
+    const char *key = luaL_checkstring(L, 2);
+    luaL_checkany(L, 3);
+    char *text = to_json_text(L, 3, "kv put");
+    mt_err rc = mt_fx_kv_put(fx, table, key, text, strlen(text));
+    free(text);
+    if (rc) {
+        return luaL_error(L, "kv put '%s': %s", key,
+                          rc == MT_EINVAL ? "table or key empty or too long, or value over 1 MiB"
+                                          : mt_err_str(rc));
+    }
+    return 0;
+}
+
+/* t:del(key).  [-2, +0] */
+static int l_kv_del(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    const char *table = kv_table_name(L);
+    const char *key = luaL_checkstring(L, 2);
+    mt_err rc = mt_fx_kv_del(fx, table, key);
+    if (rc) {
+        return luaL_error(L, "kv del '%s': %s", key, mt_err_str(rc));
+    }
+    return 0;
+}
+
+typedef struct scan_state {
+    lua_State *L;
+    lua_Integer n;
+    char err[256];
+} scan_state;
+
+static int scan_visit(const char *key, size_t klen, const char *json, size_t len, void *arg)
+{
+    scan_state *st = arg;
+    lua_State *L = st->L;
+    if (!lua_checkstack(L, 4)) {
+        snprintf(st->err, sizeof st->err, "stack overflow");
+        return 1;
+    }
+    lua_createtable(L, 0, 2);
+    lua_pushlstring(L, key, klen);
+    lua_setfield(L, -2, "key");
+    if (mt_lua_push_json_text(L, json, len, st->err, sizeof st->err)) {
+        lua_pop(L, 1);
+        return 1;
+    }
+    lua_setfield(L, -2, "value");
+    lua_rawseti(L, -2, ++st->n);
+    return 0;
+}
+
+/* t:scan(prefix) -> array of {key=, value=} in key order.  [-2, +1] */
+static int l_kv_scan(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    const char *table = kv_table_name(L);
+    const char *prefix = luaL_optstring(L, 2, "");
+    lua_newtable(L);
+    scan_state st = {L, 0, ""};
+    mt_err rc = mt_fx_kv_scan(fx, table, prefix, SCAN_MAX, scan_visit, &st);
+    if (rc || st.err[0]) {
+        return luaL_error(L, "kv scan: %s", st.err[0] ? st.err : mt_err_str(rc));
+    }
+    return 1;
+}
+
+/* ctx.kv(name) -> table store.  [-1, +1] */
+static int l_ctx_kv(lua_State *L)
+{
+    current_fx(L);
+    const char *name = luaL_checkstring(L, 1);
+    if (!*name || strlen(name) > MT_FX_MAX_TABLE) {
+        return luaL_error(L, "ctx.kv: table name must be 1 to %d bytes", MT_FX_MAX_TABLE);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "name");
+    lua_pushvalue(L, lua_upvalueindex(2)); /* the shared methods metatable */
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static void log_at(lua_State *L, mt_diag_level level)
+{
+    mt_fx *fx = current_fx(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n; i++) {
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+        if (i < n) {
+            luaL_addchar(&b, ' ');
+        }
+    }
+    luaL_pushresult(&b);
+    char seq[24];
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long) fx->trigger->sequence);
+    const char *corr = fx->trigger->attr[MT_ATTR_CORRELATIONID] ? fx->trigger->attr[MT_ATTR_CORRELATIONID]
+                                                                : fx->trigger->attr[MT_ATTR_ID];
+    const char *fields[] = {"subscription", fx->sub, "sequence", seq, "correlationid", corr,
+                            "causationid", fx->trigger->attr[MT_ATTR_ID], NULL};
+    mt_diag_emit(level, fields, "%s", lua_tostring(L, -1));
+}
+
+static int l_log_debug(lua_State *L) { log_at(L, MT_DIAG_DEBUG); return 0; }
+static int l_log_info(lua_State *L) { log_at(L, MT_DIAG_INFO); return 0; }
+static int l_log_warn(lua_State *L) { log_at(L, MT_DIAG_WARN); return 0; }
+static int l_log_error(lua_State *L) { log_at(L, MT_DIAG_ERROR); return 0; }
+
+/* ctx.now() -> milliseconds since the epoch of the event's time.  [-0, +1] */
+static int l_ctx_now(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    int64_t us = fx->trigger->recordedtime_us;
+    if (fx->trigger->attr[MT_ATTR_TIME]) {
+        mt_time_parse(fx->trigger->attr[MT_ATTR_TIME], &us);
+    }
+    lua_pushinteger(L, (lua_Integer) (us / 1000));
+    return 1;
+}
+
+/* ctx.reject(reason): dead-letter now, no retries; stops the handler.  [-1, +0] */
+static int l_ctx_reject(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    mt_fx_reject(fx, luaL_optstring(L, 1, "rejected"));
+    return luaL_error(L, "rejected: %s", fx->reject);
+}
+
+/* Builds ctx with closures over 'box'; leaves it on the stack.  [-0, +1] */
+static int build_ctx(lua_State *L)
+{
+    fx_box *box = lua_touserdata(L, 1);
+    (void) box;
+    lua_newtable(L); /* ctx */
+    int ctx = lua_gettop(L);
+
+    lua_newtable(L); /* kv methods metatable */
+    lua_newtable(L); /* __index */
+    static const luaL_Reg kv_methods[] = {
+        {"get", l_kv_get}, {"put", l_kv_put}, {"del", l_kv_del}, {"scan", l_kv_scan}, {NULL, NULL},
+    };
+    for (const luaL_Reg *r = kv_methods; r->name; r++) {
+        lua_pushvalue(L, 1);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
+    lua_setfield(L, -2, "__index");
+    int kv_mt = lua_gettop(L);
+
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, kv_mt);
+    lua_pushcclosure(L, l_ctx_kv, 2);
+    lua_setfield(L, ctx, "kv");
+
+    static const luaL_Reg fns[] = {
+        {"emit", l_ctx_emit}, {"now", l_ctx_now}, {"reject", l_ctx_reject}, {NULL, NULL},
+    };
+    for (const luaL_Reg *r = fns; r->name; r++) {
+        lua_pushvalue(L, 1);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, ctx, r->name);
+    }
+    lua_newtable(L);
+    static const luaL_Reg logs[] = {
+        {"debug", l_log_debug}, {"info", l_log_info}, {"warn", l_log_warn},
+        {"error", l_log_error}, {NULL, NULL},
+    };
+    for (const luaL_Reg *r = logs; r->name; r++) {
+        lua_pushvalue(L, 1);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
+    lua_setfield(L, ctx, "log");
+    lua_pop(L, 1); /* kv metatable */
+    return 1;
+}
+
+/* ---- the runner ---- */
+
+static void handler_log(void *arg, mt_diag_level level, const char *msg)
+{
+    handler *h = arg;
+    const char *fields[] = {"subscription", h->name, NULL};
+    mt_diag_emit(level, fields, "%s", msg);
+}
+
+static void handler_close(void *p)
+{
+    handler *h = p;
+    if (!h) {
+        return;
+    }
+    mt_lua_free(h->lu);
+    free(h->name);
+    free(h->dir);
+    free(h);
+}
+
+static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    handler *h = mt_xcalloc(1, sizeof *h);
+    h->name = mt_xstrdup(conf->name);
+    char *tmp = mt_xstrdup(conf->handler);
+    h->dir = mt_xstrdup(dirname(tmp));
+    free(tmp);
+    const char *paths[] = {"lua", h->dir};
+    mt_lua_opts o = {
+        .mem_limit = (size_t) conf->max_memory,
+        .budget = conf->max_instructions,
+        .paths = paths,
+        .npaths = 2,
+        .log = handler_log,
+        .log_arg = h,
+    };
+    mt_err rc = mt_lua_new(&o, &h->lu);
+    if (rc) {
+        snprintf(err, errlen, "cannot create a Lua state: %s", mt_err_str(rc));
+        handler_close(h);
+        return MT_ELUA;
+    }
+    rc = mt_lua_load_file(h->lu, conf->handler, err, errlen);
+    if (rc) {
+        handler_close(h);
+        return rc;
+    }
+    lua_State *L = mt_lua_state(h->lu);
+    h->box = lua_newuserdatauv(L, sizeof *h->box, 0);
+    h->box->fx = NULL;
+    lua_pushcfunction(L, build_ctx);
+    lua_pushvalue(L, -2);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot build ctx: %s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        handler_close(h);
+        return MT_ELUA;
+    }
+    h->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* Keep the box alive through a registry reference too. */
+    luaL_ref(L, LUA_REGISTRYINDEX);
+    *out = h;
+    return MT_OK;
+}
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+    if (v) {
+        lua_pushstring(L, v);
+        lua_setfield(L, -2, k);
+    }
+}
+
+/* Pushes the event table. Returns false (nothing pushed) with a message if data cannot be. */
+static bool push_event(lua_State *L, const mt_event *ev, uint32_t attempt, mt_buf *error)
+{
+    lua_createtable(L, 0, 16);
+    if (ev->attr[MT_ATTR_EXTENSIONS]) {
+        json_t *ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
+        const char *k;
+        json_t *v;
+        json_object_foreach(ext, k, v) {
+            if (mt_lua_push_json(L, v) == MT_OK) {
+                lua_setfield(L, -2, k);
+            }
+        }
+        json_decref(ext);
+    }
+    lua_pushstring(L, "1.0");
+    lua_setfield(L, -2, "specversion");
+    for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
+        set_str(L, mt_event_attr_name((mt_event_attr) i), ev->attr[i]);
+    }
+    lua_pushinteger(L, (lua_Integer) ev->sequence);
+    lua_setfield(L, -2, "sequence");
+    if (ev->attr[MT_ATTR_SUBJECT]) {
+        lua_pushinteger(L, (lua_Integer) ev->streamversion);
+        lua_setfield(L, -2, "streamversion");
+    }
+    if (ev->priority >= 0) {
+        lua_pushinteger(L, ev->priority);
+        lua_setfield(L, -2, "priority");
+    }
+    char ts[40];
+    mt_time_format_us(ev->recordedtime_us, ts, sizeof ts);
+    set_str(L, "recordedtime", ts);
+    lua_pushinteger(L, attempt);
+    lua_setfield(L, -2, "attempt");
+    if (ev->data_kind == MT_DATA_JSON) {
+        char err[256];
+        if (mt_lua_push_json_text(L, (const char *) ev->data, ev->data_len, err, sizeof err)) {
+            mt_buf_addf(error, "malformed payload: %s", err);
+            lua_pop(L, 1);
+            return false;
+        }
+        lua_setfield(L, -2, "data");
+    } else if (ev->data_kind != MT_DATA_NONE) {
+        lua_pushlstring(L, (const char *) ev->data, ev->data_len);
+        lua_setfield(L, -2, "data");
+    }
+    return true;
+}
+
+static mt_err handler_invoke(void *p, const mt_event *ev, uint32_t attempt, mt_fx *fx,
+                             mt_buf *error, mt_buf *traceback)
+{
+    handler *h = p;
+    lua_State *L = mt_lua_state(h->lu);
+    if (!lua_checkstack(L, 8)) {
+        mt_buf_adds(error, "Lua stack exhausted");
+        return MT_ELUA;
+    }
+    int top = lua_gettop(L);
+    if (mt_lua_push_handler(h->lu)) {
+        mt_buf_adds(error, "no handler loaded");
+        return MT_ELUA;
+    }
+    if (!push_event(L, ev, attempt, error)) {
+        lua_settop(L, top);
+        return MT_ELUA;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
+    h->box->fx = fx;
+    mt_err rc = mt_lua_call(h->lu, 2, 0, error, traceback);
+    h->box->fx = NULL;
+    lua_settop(L, top);
+    return rc;
+}
+
+static const mt_sub_runner lua_runner = {handler_open, handler_invoke, handler_close};
+
+const mt_sub_runner *mt_lua_sub_runner(void)
+{
+    return &lua_runner;
+}

@@ -1,0 +1,662 @@
+#include <lauxlib.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mt_lua.h"
+#include "mt_lua_int.h"
+
+/*
+ * Registry keys by address, so the encoder finds the markers with
+ * lua_rawgetp, which never allocates (pushing a key string could).
+ */
+static char null_tag;   /* its address is json.null */
+static char array_key;  /* registry[&array_key] = the "moontide.json.array" metatable */
+static char object_key; /* registry[&object_key] = the "moontide.json.object" metatable */
+
+#define PATH_MAX_LEN 256 /* bytes of "$.a[2].b" kept for messages */
+#define KEY_SHOWN 40     /* bytes of a key shown in a message */
+
+void mt_lua_push_null(lua_State *L)
+{
+    lua_pushlightuserdata(L, &null_tag);
+}
+
+bool mt_lua_is_null(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &null_tag;
+}
+
+/* Strict UTF-8, as jansson checks it: no overlong forms, surrogates or values past U+10FFFF. */
+static bool utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *) s, *end = p + n;
+    while (p < end) {
+        unsigned c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        size_t len;
+        unsigned cp, min;
+        if ((c & 0xe0) == 0xc0) {
+            len = 2, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4, cp = c & 0x07, min = 0x10000;
+        } else {
+            return false;
+        }
+        if ((size_t) (end - p) < len) {
+            return false;
+        }
+        for (size_t i = 1; i < len; i++) {
+            if ((p[i] & 0xc0) != 0x80) {
+                return false;
+            }
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+            return false;
+        }
+        p += len;
+    }
+    return true;
+}
+
+/* ---- Lua to JSON ---- */
+
+/*
+ * The encoder never raises: it reads with raw access and lua_next and
+ * allocates no Lua memory, so it can run outside a protected call and
+ * while it holds jansson values.
+ */
+typedef struct enc {
+    lua_State *L;
+    int array_mt;                                /* stack index of the array marker */
+    int object_mt;                               /* stack index of the object marker */
+    const void *open[MT_LUA_JSON_MAX_DEPTH];     /* tables being encoded, outermost first */
+    int depth;                                   /* entries in 'open' */
+    char path[PATH_MAX_LEN];                     /* where we are, "$.a[2]" (Lua indices) */
+    size_t plen;
+    char *err;
+    size_t errlen;
+} enc;
+
+typedef struct member {
+    const char *key; /* borrowed from the table's key, which stays put while we encode */
+    size_t klen;
+    json_t *value;   /* owned until moved into the object */
+} member;
+
+static mt_err fail(enc *e, mt_err rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static mt_err fail(enc *e, mt_err rc, const char *fmt, ...)
+{
+    if (!e->errlen) {
+        return rc;
+    }
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(e->err, e->errlen, "%s: %s", e->path, msg);
+    return rc;
+}
+
+/* Copies up to KEY_SHOWN bytes of a key, printable ASCII only, so messages stay valid text. */
+static void show_bytes(char *out, size_t outlen, const char *s, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 4 < outlen; i++) {
+        if (i == KEY_SHOWN) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        unsigned char c = (unsigned char) s[i];
+        out[o++] = c >= 0x20 && c < 0x7f ? (char) c : '?';
+    }
+    out[o] = 0;
+}
+
+/* Describes the key at 'idx' for a message: 3, 1.5, 'name', true, a function. */
+static void key_text(lua_State *L, int idx, char *buf, size_t n)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            snprintf(buf, n, "%lld", (long long) lua_tointeger(L, idx));
+        } else {
+            snprintf(buf, n, "%.14g", (double) lua_tonumber(L, idx));
+        }
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        char shown[KEY_SHOWN + 8];
+        show_bytes(shown, sizeof shown, s, len);
+        snprintf(buf, n, "'%s'", shown);
+        break;
+    }
+    case LUA_TBOOLEAN: snprintf(buf, n, "%s", lua_toboolean(L, idx) ? "true" : "false"); break;
+    default: snprintf(buf, n, "a %s", luaL_typename(L, idx)); break;
+    }
+}
+
+static size_t path_push_index(enc *e, lua_Integer i)
+{
+    size_t old = e->plen;
+    int n = snprintf(e->path + old, sizeof e->path - old, "[%lld]", (long long) i);
+    e->plen = n < 0 || (size_t) n >= sizeof e->path - old ? sizeof e->path - 1 : old + (size_t) n;
+    return old;
+}
+
+static size_t path_push_key(enc *e, const char *k, size_t klen)
+{
+    size_t old = e->plen;
+    char shown[KEY_SHOWN + 8];
+    show_bytes(shown, sizeof shown, k, klen);
+    int n = snprintf(e->path + old, sizeof e->path - old, ".%s", shown);
+    e->plen = n < 0 || (size_t) n >= sizeof e->path - old ? sizeof e->path - 1 : old + (size_t) n;
+    return old;
+}
+
+static void path_pop(enc *e, size_t old)
+{
+    e->plen = old;
+    e->path[old] = 0;
+}
+
+static mt_err enc_value(enc *e, int idx, json_t **out);
+
+static int member_cmp(const void *a, const void *b)
+{
+    const member *x = a, *y = b;
+    size_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, n);
+    if (c) {
+        return c;
+    }
+    return x->klen < y->klen ? -1 : x->klen > y->klen;
+}
+
+static mt_err enc_array(enc *e, int idx, lua_Integer n, json_t **out)
+{
+    lua_State *L = e->L;
+    json_t *arr = json_array();
+    if (!arr) {
+        return fail(e, MT_ENOMEM, "out of memory");
+    }
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        size_t old = path_push_index(e, i);
+        json_t *v;
+        mt_err rc = enc_value(e, -1, &v);
+        path_pop(e, old);
+        lua_pop(L, 1);
+        if (rc) {
+            json_decref(arr);
+            return rc;
+        }
+        if (json_array_append_new(arr, v)) {
+            json_decref(arr);
+            return fail(e, MT_ENOMEM, "out of memory");
+        }
+    }
+    *out = arr;
+    return MT_OK;
+}
+
+/* Members go in in byte order of their keys, so every dump of the result is the same. */
+static mt_err enc_object(enc *e, int idx, size_t nkeys, json_t **out)
+{
+    lua_State *L = e->L;
+    member *m = NULL;
+    size_t count = 0;
+    json_t *obj = NULL;
+    mt_err rc = MT_OK;
+    if (nkeys) {
+        m = mt_trymalloc(nkeys * sizeof *m);
+        if (!m) {
+            return fail(e, MT_ENOMEM, "out of memory");
+        }
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t klen;
+        const char *k = lua_tolstring(L, -2, &klen); /* a string: the caller checked */
+        mt_assert(count < nkeys);
+        if (!utf8_valid(k, klen)) {
+            lua_pop(L, 2);
+            rc = fail(e, MT_EINVAL, "object key is not valid UTF-8");
+            goto done;
+        }
+#if JANSSON_VERSION_HEX < 0x020e00
+        if (memchr(k, 0, klen)) {
+            lua_pop(L, 2);
+            rc = fail(e, MT_EINVAL, "object key contains a NUL byte");
+            goto done;
+        }
+#endif
+        size_t old = path_push_key(e, k, klen);
+        json_t *v;
+        rc = enc_value(e, -1, &v);
+        path_pop(e, old);
+        lua_pop(L, 1);
+        if (rc) {
+            lua_pop(L, 1);
+            goto done;
+        }
+        m[count].key = k;
+        m[count].klen = klen;
+        m[count].value = v;
+        count++;
+    }
+    if (count > 1) {
+        qsort(m, count, sizeof *m, member_cmp);
+    }
+    obj = json_object();
+    if (!obj) {
+        rc = fail(e, MT_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        json_t *v = m[i].value;
+        m[i].value = NULL; /* the set functions take it even when they fail */
+#if JANSSON_VERSION_HEX >= 0x020e00
+        int bad = json_object_setn_new_nocheck(obj, m[i].key, m[i].klen, v);
+#else
+        int bad = json_object_set_new_nocheck(obj, m[i].key, v);
+#endif
+        if (bad) {
+            rc = fail(e, MT_ENOMEM, "out of memory");
+            goto done;
+        }
+    }
+    *out = obj;
+    obj = NULL;
+done:
+    for (size_t i = 0; i < count; i++) {
+        json_decref(m[i].value);
+    }
+    free(m);
+    json_decref(obj);
+    return rc;
+}
+
+static mt_err enc_table(enc *e, int idx, json_t **out)
+{
+    lua_State *L = e->L;
+    idx = lua_absindex(L, idx);
+    const void *p = lua_topointer(L, idx);
+    for (int i = 0; i < e->depth; i++) {
+        if (e->open[i] == p) {
+            return fail(e, MT_EINVAL, "cycle: the table contains itself");
+        }
+    }
+    if (e->depth == MT_LUA_JSON_MAX_DEPTH) {
+        return fail(e, MT_EINVAL, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+    }
+    if (!lua_checkstack(L, 4)) {
+        return fail(e, MT_ENOMEM, "Lua stack exhausted");
+    }
+    enum { UNMARKED, ARRAY, OBJECT } kind = UNMARKED;
+    if (lua_getmetatable(L, idx)) {
+        if (lua_rawequal(L, -1, e->array_mt)) {
+            kind = ARRAY;
+        } else if (lua_rawequal(L, -1, e->object_mt)) {
+            kind = OBJECT;
+        }
+        lua_pop(L, 1);
+    }
+
+    /* Classify the keys: integers (array indices), strings, nothing else. */
+    size_t nint = 0, nstr = 0;
+    lua_Integer lo = 0, hi = 0, first_int = 0;
+    char first_str[KEY_SHOWN + 8] = "";
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            if (!nstr++) {
+                key_text(L, -1, first_str, sizeof first_str);
+            }
+        } else if (lua_isinteger(L, -1)) {
+            lua_Integer k = lua_tointeger(L, -1);
+            if (!nint++) {
+                first_int = lo = hi = k;
+            }
+            lo = k < lo ? k : lo;
+            hi = k > hi ? k : hi;
+        } else {
+            char kt[64];
+            key_text(L, -1, kt, sizeof kt);
+            lua_pop(L, 1);
+            return fail(e, MT_EINVAL, "key %s is neither a string nor an array index", kt);
+        }
+    }
+    if (kind == UNMARKED && nint && nstr) {
+        return fail(e, MT_EINVAL, "table mixes array index %lld and string key %s",
+                    (long long) first_int, first_str);
+    }
+    if (kind == OBJECT && nint) {
+        return fail(e, MT_EINVAL, "object has the non-string key %lld", (long long) first_int);
+    }
+    if (kind == ARRAY && nstr) {
+        return fail(e, MT_EINVAL, "array has the string key %s", first_str);
+    }
+    bool array = kind == ARRAY || (kind == UNMARKED && nint);
+    if (array && nint && (lo < 1 || (uint64_t) hi > nint)) {
+        return fail(e, MT_EINVAL, "sparse array: key %lld in a table of %zu keys",
+                    (long long) (lo < 1 ? lo : hi), nint);
+    }
+    e->open[e->depth++] = p;
+    mt_err rc = array ? enc_array(e, idx, (lua_Integer) nint, out)
+                      : enc_object(e, idx, nstr, out);
+    e->depth--;
+    return rc;
+}
+
+static mt_err enc_value(enc *e, int idx, json_t **out)
+{
+    lua_State *L = e->L;
+    *out = NULL;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: *out = json_null(); break;
+    case LUA_TBOOLEAN: *out = json_boolean(lua_toboolean(L, idx)); break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            *out = json_integer((json_int_t) lua_tointeger(L, idx));
+        } else {
+            double d = (double) lua_tonumber(L, idx);
+            if (isnan(d)) {
+                return fail(e, MT_EINVAL, "cannot encode NaN");
+            }
+            if (isinf(d)) {
+                return fail(e, MT_EINVAL, "cannot encode %s", d > 0 ? "inf" : "-inf");
+            }
+            *out = json_real(d);
+        }
+        break;
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        if (!utf8_valid(s, n)) {
+            return fail(e, MT_EINVAL, "string is not valid UTF-8");
+        }
+        *out = json_stringn_nocheck(s, n);
+        break;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == &null_tag) {
+            *out = json_null();
+            break;
+        }
+        return fail(e, MT_EINVAL, "cannot encode a userdata value");
+    case LUA_TTABLE: return enc_table(e, idx, out);
+    default: return fail(e, MT_EINVAL, "cannot encode a %s value", luaL_typename(L, idx));
+    }
+    return *out ? MT_OK : fail(e, MT_ENOMEM, "out of memory");
+}
+
+mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (errlen) {
+        err[0] = 0;
+    }
+    enc ctx = {0};
+    enc *e = &ctx;
+    e->L = L;
+    e->err = err;
+    e->errlen = errlen;
+    strcpy(e->path, "$");
+    e->plen = 1;
+    idx = lua_absindex(L, idx);
+    int top = lua_gettop(L);
+    mt_err rc;
+    if (!lua_checkstack(L, 2)) {
+        rc = fail(e, MT_ENOMEM, "Lua stack exhausted");
+    } else {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key);
+        e->array_mt = lua_gettop(L);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &object_key);
+        e->object_mt = lua_gettop(L);
+        rc = enc_value(e, idx, out);
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+/* ---- JSON to Lua ---- */
+
+/* Pushes 'j', nested in 'depth' containers. Raises on memory or depth. [-0, +1] */
+static void push_value(lua_State *L, const json_t *j, int depth)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        if (depth >= MT_LUA_JSON_MAX_DEPTH) {
+            luaL_error(L, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+        }
+        luaL_checkstack(L, 3, "JSON nesting");
+        size_t n = json_object_size(j);
+        lua_createtable(L, 0, n > INT32_MAX ? INT32_MAX : (int) n);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &object_key);
+        lua_setmetatable(L, -2);
+        for (void *it = json_object_iter((json_t *) j); it;
+             it = json_object_iter_next((json_t *) j, it)) {
+#if JANSSON_VERSION_HEX >= 0x020e00
+            lua_pushlstring(L, json_object_iter_key(it), json_object_iter_key_len(it));
+#else
+            lua_pushstring(L, json_object_iter_key(it));
+#endif
+            push_value(L, json_object_iter_value(it), depth + 1);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        if (depth >= MT_LUA_JSON_MAX_DEPTH) {
+            luaL_error(L, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+        }
+        luaL_checkstack(L, 3, "JSON nesting");
+        size_t n = json_array_size(j);
+        lua_createtable(L, n > INT32_MAX ? INT32_MAX : (int) n, 0);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key);
+        lua_setmetatable(L, -2);
+        for (size_t i = 0; i < n; i++) {
+            push_value(L, json_array_get(j, i), depth + 1);
+            lua_rawseti(L, -2, (lua_Integer) i + 1);
+        }
+        break;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(j), json_string_length(j)); break;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer) json_integer_value(j)); break;
+    case JSON_REAL: lua_pushnumber(L, (lua_Number) json_real_value(j)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    case JSON_NULL: mt_lua_push_null(L); break;
+    }
+}
+
+/* [-1, +1]: the json_t as a light userdata, its Lua value */
+static int l_json_push(lua_State *L)
+{
+    const json_t *j = lua_touserdata(L, 1);
+    lua_pop(L, 1);
+    push_value(L, j, 0);
+    return 1;
+}
+
+mt_err mt_lua_push_json(lua_State *L, const json_t *j)
+{
+    mt_assert(j);
+    if (!lua_checkstack(L, 2)) {
+        return MT_ENOMEM;
+    }
+    lua_pushcfunction(L, l_json_push);
+    lua_pushlightuserdata(L, (void *) j);
+    int st = lua_pcall(L, 1, 1, 0);
+    if (st == LUA_OK) {
+        return MT_OK;
+    }
+    lua_pop(L, 1);
+    return st == LUA_ERRMEM ? MT_ENOMEM : MT_EINVAL;
+}
+
+mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err,
+                             size_t errlen)
+{
+    if (errlen) {
+        err[0] = 0;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!j) {
+        if (json_error_code(&je) == json_error_out_of_memory) {
+            snprintf(err, errlen, "out of memory");
+            return MT_ENOMEM;
+        }
+        snprintf(err, errlen, "line %d column %d: %s", je.line, je.column, je.text);
+        return MT_EINVAL;
+    }
+    mt_err rc = mt_lua_push_json(L, j);
+    json_decref(j);
+    if (rc == MT_EINVAL) {
+        snprintf(err, errlen, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+    } else if (rc == MT_ENOMEM) {
+        snprintf(err, errlen, "memory limit of %zu bytes exceeded", mt_lua__mem_limit(L));
+    }
+    return rc;
+}
+
+/* ---- the moontide.json module ---- */
+
+/* __gc of the scratch userdata json.encode keeps its jansson value in. [-1, +0] */
+static int l_json_scratch_gc(lua_State *L)
+{
+    json_t **slot = luaL_checkudata(L, 1, "moontide.json.scratch");
+    json_decref(*slot);
+    *slot = NULL;
+    return 0;
+}
+
+/*
+ * json.encode(v): compact JSON, keys sorted. The jansson value lives in a
+ * userdata while Lua memory is allocated, so a memory error cannot leak it.
+ * [-1, +1]
+ */
+static int l_json_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    json_t **slot = lua_newuserdatauv(L, sizeof *slot, 0);
+    *slot = NULL;
+    luaL_setmetatable(L, "moontide.json.scratch");
+    char err[320];
+    if (mt_lua_to_json(L, 1, slot, err, sizeof err)) {
+        return luaL_error(L, "moontide.json.encode: %s", err);
+    }
+    const size_t flags = JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY;
+    size_t n = json_dumpb(*slot, NULL, 0, flags);
+    if (n == 0) {
+        return luaL_error(L, "moontide.json.encode: out of memory");
+    }
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, n);
+    json_dumpb(*slot, p, n, flags);
+    luaL_pushresultsize(&b, n);
+    json_decref(*slot);
+    *slot = NULL;
+    return 1;
+}
+
+/* json.decode(s): the value, or nil and a message. [-1, +(1|2)] */
+static int l_json_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char err[320];
+    if (mt_lua_push_json_text(L, s, len, err, sizeof err) == MT_OK) {
+        return 1;
+    }
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* Gives the table at 1 (or a new one) the marker at registry[key]. [-(0|1), +1] */
+static int mark(lua_State *L, const void *key, const char *fname)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+    }
+    if (lua_getmetatable(L, 1)) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &object_key);
+        if (!lua_rawequal(L, -3, -2) && !lua_rawequal(L, -3, -1)) {
+            return luaL_error(L, "moontide.json.%s: the table already has a metatable", fname);
+        }
+        lua_settop(L, 1);
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* json.array([t]) -> t. [-(0|1), +1] */
+static int l_json_array(lua_State *L)
+{
+    return mark(L, &array_key, "array");
+}
+
+/* json.object([t]) -> t. [-(0|1), +1] */
+static int l_json_object(lua_State *L)
+{
+    return mark(L, &object_key, "object");
+}
+
+/* tostring(json.null) == "null". [-1, +1] */
+static int l_json_null_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "null");
+    return 1;
+}
+
+int mt_lua__open_json(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"encode", l_json_encode},
+        {"decode", l_json_decode},
+        {"array", l_json_array},
+        {"object", l_json_object},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, "moontide.json.array");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &array_key);
+    luaL_newmetatable(L, "moontide.json.object");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &object_key);
+    luaL_newmetatable(L, "moontide.json.scratch");
+    lua_pushcfunction(L, l_json_scratch_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    /* All light userdata share one metatable; json.null is the only one handlers see. */
+    mt_lua_push_null(L);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_json_null_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "moontide.json.null");
+    luaL_newlib(L, funcs);
+    mt_lua_push_null(L);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

@@ -1,0 +1,198 @@
+"""Lua handlers on durable subscriptions, against the real engine: exactly-once
+effects across kill -9, per-subject order, retries, dead letters and redrive,
+poison messages, emitted events, and the HTTP views of it all."""
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+
+import mtlib
+from mtlib import Engine
+
+SEED = int(time.time()) % 100000
+
+
+def config(subs, extra_engine=""):
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    path = os.path.join(d, "topology.yaml")
+    with open(path, "w") as f:
+        f.write("version: 1\nengine:\n" + extra_engine + "  durability: fsync\nsubscriptions:\n" + subs)
+    return path
+
+
+def wait_for(pred, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def status(e, name):
+    st, _, body = e.request("GET", "/subscriptions/" + name)
+    assert st == 200, (st, body)
+    return json.loads(body)
+
+
+def table(e, name, prefix=""):
+    st, _, body = e.request("GET", "/tables/%s?prefix=%s&limit=10000" % (name, prefix))
+    assert st == 200, (st, body)
+    return json.loads(body)
+
+
+def test_counting_handler_is_exact_across_kill9_and_keeps_subject_order():
+    rng = random.Random(SEED)
+    print("# seed %d" % SEED)
+    cfg = config("  counter:\n    topics: [\"count.#\"]\n    handler: tests/lua/handlers/count.lua\n"
+                 "    retry: { max_attempts: 3, backoff: 10ms, max_backoff: 50ms }\n")
+    e = Engine(config=cfg).start()
+    try:
+        sent = {}
+        total = 10000
+        i = 0
+        conn = e.conn()
+        while i < total:
+            batch = []
+            for _ in range(100):
+                subj = "s%02d" % rng.randrange(100)
+                batch.append(mtlib.event("c%d" % i, subject=subj, type_="count.it"))
+                sent[subj] = sent.get(subj, 0) + 1
+                i += 1
+            st, body = e.publish_batch(batch, conn=conn)
+            assert st == 201, body
+            if rng.random() < 0.05:
+                e.kill()  # mid-delivery, at a random moment
+                e.start()
+                conn = e.conn()
+        wait_for(lambda: status(e, "counter")["lag"] == 0, what="the counter to catch up")
+        e.kill()
+        e.start()
+        wait_for(lambda: status(e, "counter")["lag"] == 0, what="the counter after restart")
+        counts = table(e, "counts")
+        assert counts == sent, "counts differ: %r" % {k: (counts.get(k), v) for k, v in sent.items() if counts.get(k) != v}
+        s = status(e, "counter")
+        assert s["dlq"] == 0 and s["retrying"] == 0, s
+        assert s["handled"] == total, s
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
+def test_flaky_handler_succeeds_on_the_third_attempt():
+    cfg = config("  flaky:\n    topics: [\"flaky.*\"]\n    handler: tests/lua/handlers/flaky.lua\n"
+                 "    retry: { max_attempts: 5, backoff: 20ms, max_backoff: 100ms }\n")
+    with Engine(config=cfg) as e:
+        for i in range(5):
+            assert e.publish(mtlib.event("f%d" % i, subject="f%d" % i, type_="flaky.one"))[0] == 201
+        done = wait_for(lambda: len(table(e, "flaky")) == 5 and table(e, "flaky"), what="flaky")
+        assert all(v == 3 for v in done.values()), done
+        s = status(e, "flaky")
+        assert s["retried"] == 10 and s["dlq"] == 0 and s["handled"] == 5, s
+
+
+def test_failing_handler_dead_letters_with_traceback_and_redrive_after_fix():
+    d = tempfile.mkdtemp(prefix="moontide-h-")
+    handler = os.path.join(d, "h.lua")
+    shutil.copy(os.path.join(mtlib.SRCDIR, "tests/lua/handlers/broken_v1.lua"), handler)
+    cfg = config("  orders:\n    topics: [\"order.*\"]\n    handler: %s\n"
+                 "    retry: { max_attempts: 2, backoff: 10ms, max_backoff: 20ms }\n" % handler)
+    e = Engine(config=cfg).start()
+    try:
+        for i in range(3):
+            e.publish(mtlib.event("o%d" % i, subject="order-%d" % i, type_="order.placed", data={"total": i}))
+        dlq = wait_for(lambda: (lambda s, b: len(json.loads(b)) == 3 and json.loads(b))(
+            *e.request("GET", "/subscriptions/orders/dlq")[::2]), what="3 dead letters")
+        for entry in dlq:
+            assert entry["reason"] == "retries exhausted", entry
+            assert len(entry["errors"]) == 2, entry
+            assert "attempt to index a nil value" in entry["errors"][0]["error"], entry
+            assert "stack traceback" in entry["errors"][0]["traceback"], entry
+        assert status(e, "orders")["dead_lettered"] == 3
+        assert e.stop() == 0
+        # The fix: a handler that works, then redrive.
+        with open(handler, "w") as f:
+            f.write("return function(e, ctx) ctx.kv('fixed'):put(e.subject, e.data.total) end\n")
+        e.start()
+        st, _, body = e.request("POST", "/subscriptions/orders/dlq/redrive")
+        assert st == 200 and json.loads(body)["count"] == 3, (st, body)
+        fixed = wait_for(lambda: len(table(e, "fixed")) == 3 and table(e, "fixed"), what="redrive")
+        assert fixed == {"order-0": 0, "order-1": 1, "order-2": 2}, fixed
+        st, _, body = e.request("GET", "/subscriptions/orders/dlq")
+        assert json.loads(body) == []
+        # Purge answers with a count too.
+        st, _, body = e.request("DELETE", "/subscriptions/orders/dlq")
+        assert st == 200 and json.loads(body)["count"] == 0
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
+def test_poison_messages_are_isolated_and_others_keep_flowing():
+    cfg = config("  poison:\n    topics: [\"job.run\"]\n    handler: tests/lua/handlers/poison.lua\n"
+                 "    retry: { max_attempts: 2, backoff: 10ms, max_backoff: 20ms }\n"
+                 "    limits: { instructions: 200000, memory: 2MiB }\n")
+    with Engine(config=cfg) as e:
+        bad = {"loop": "instruction budget", "bomb": "memory limit", "pcall_loop": "instruction budget",
+               "malformed": "attempt to", "reject": "not for us"}
+        for kind in bad:
+            data = {"kind": kind, "amount": "abc"} if kind == "malformed" else {"kind": kind, "amount": 1}
+            e.publish(mtlib.event("bad-" + kind, subject="bad-" + kind, type_="job.run", data=data))
+        for i in range(20):
+            e.publish(mtlib.event("good%d" % i, subject="good%d" % (i % 4), type_="job.run",
+                                  data={"kind": "ok", "amount": i}))
+        ok = wait_for(lambda: len(table(e, "ok")) == 20 and table(e, "ok"), what="good events")
+        assert sorted(ok.values()) == sorted(2 * i for i in range(20))
+        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 5 and json.loads(b))(
+            e.request("GET", "/subscriptions/poison/dlq")[2]), what="5 dead letters")
+        by_subject = {d["subject"]: d for d in dlq}
+        for kind, text in bad.items():
+            d = by_subject["bad-" + kind]
+            assert text in d["errors"][-1]["error"], (kind, d)
+        assert by_subject["bad-reject"]["reason"].startswith("rejected"), by_subject["bad-reject"]
+        assert len(by_subject["bad-reject"]["errors"]) == 1  # no retries for a rejection
+
+
+def test_emitted_events_carry_causation_and_reach_other_subscriptions():
+    cfg = config("  emitter:\n    topics: [\"order.placed\"]\n    handler: tests/lua/handlers/emitter.lua\n"
+                 "  counter:\n    topics: [\"order.confirmed\"]\n    handler: tests/lua/handlers/count.lua\n")
+    with Engine(config=cfg) as e:
+        e.publish(mtlib.event("p1", subject="order-7", type_="order.placed", data={"n": 1},
+                              correlationid="corr-1"))
+        wait_for(lambda: table(e, "counts").get("order-7") == 1, what="the confirmation to be counted")
+        log = e.read_all()
+        conf = [ev for ev in log if ev["type"] == "order.confirmed"]
+        assert len(conf) == 1, log
+        c = conf[0]
+        assert c["causationid"] == "e-p1" and c["correlationid"] == "corr-1", c
+        assert c["subject"] == "order-7" and c["source"] == "/moontide/subscriptions/emitter", c
+        assert c["id"] == "emitter:1:0", c
+        assert c["data"] == {"order": "order-7", "n": 1, "big": 9223372036854775807}, c
+        st, _, raw = e.request("GET", "/events?after=1")
+        assert b"9223372036854775807" in raw
+
+
+def test_subscription_routes_and_check_command():
+    cfg = config("  counter:\n    topics: [\"a.b\"]\n    handler: tests/lua/handlers/count.lua\n")
+    with Engine(config=cfg) as e:
+        st, _, body = e.request("GET", "/subscriptions")
+        subs = json.loads(body)
+        assert st == 200 and [s["name"] for s in subs] == ["counter"], subs
+        assert e.request("GET", "/subscriptions/nope")[0] == 404
+        assert e.request("GET", "/subscriptions/nope/dlq")[0] == 404
+        assert e.request("POST", "/subscriptions/counter")[0] == 405
+        assert e.request("GET", "/tables/counts/missing")[0] == 404
+    rc, out, err = mtlib.run_cli("check", "-c", cfg)
+    assert rc == 0, err
+    bad = os.path.join(tempfile.mkdtemp(), "bad.lua")
+    with open(bad, "w") as f:
+        f.write("return function(e, ctx)\n  local x = = 1\nend\n")
+    cfg2 = config("  broken:\n    topics: [\"a.b\"]\n    handler: %s\n" % bad)
+    rc, out, err = mtlib.run_cli("check", "-c", cfg2)
+    assert rc == 78 and bad + ":2:" in err, (rc, err)
+
+
+mtlib.main(globals())

@@ -1,0 +1,2 @@
+-- Fails while the file itself runs.
+error("cannot start")

@@ -1,0 +1,7 @@
+-- Fails the first two attempts of every event, succeeds on the third.
+return function(event, ctx)
+  if event.attempt < 3 then
+    error("flaky: attempt " .. event.attempt)
+  end
+  ctx.kv("flaky"):put(event.id, event.attempt)
+end

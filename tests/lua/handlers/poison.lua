@@ -1,0 +1,17 @@
+-- Misbehaves on request, in the ways a handler can go wrong.
+return function(event, ctx)
+  local d = event.data
+  if d.kind == "loop" then
+    while true do end
+  elseif d.kind == "bomb" then
+    local t = {}
+    for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end
+  elseif d.kind == "pcall_loop" then
+    pcall(function() while true do end end)
+  elseif d.kind == "reject" then
+    ctx.reject("not for us")
+  end
+  -- A malformed payload: amount must be a number.
+  local total = d.amount * 2
+  ctx.kv("ok"):put(event.subject .. "/" .. event.id, total)
+end

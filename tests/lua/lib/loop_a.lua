@@ -1,0 +1,3 @@
+-- Requires loop_b, which requires this module again.
+local b = require("loop_b")
+return { b = b }

@@ -1,0 +1,2 @@
+-- A nested module: require("util.strings").
+return { upper = string.upper }

@@ -1,0 +1,2 @@
+-- Wrong: the table has no 'handle' function.
+return { project = function() end }
