@@ -32,6 +32,7 @@ static const char usage_main[] =
     "  publish   publish events to a running engine\n"
     "  read      read the log or one stream from a running engine\n"
     "  tail      follow the log of a running engine\n"
+    "  dlq       list, show, redrive or purge a subscription's dead letters\n"
     "\n"
     "options:\n"
     "  -h, --help      show this help (or COMMAND --help for a command's)\n"
@@ -280,6 +281,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "tail") == 0) {
         return mt_client_tail(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "dlq") == 0) {
+        return mt_client_dlq(argc - 1, argv + 1);
     }
     fprintf(stderr, "moontide: unknown command '%s'\n\n%s", cmd, usage_main);
     return MT_EXIT_USAGE;

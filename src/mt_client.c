@@ -1294,3 +1294,115 @@ int mt_client_tail(int argc, char **argv)
     client_close(&c);
     return rc;
 }
+
+/* ---- dead letters ---- */
+
+static const char dlq_usage[] =
+    "usage: moontide dlq list|show|redrive|purge SUBSCRIPTION [SEQUENCE] [--url URL]\n"
+    "\n"
+    "Works with a subscription's dead-letter queue on a running engine.\n"
+    "  list SUB            every dead letter, one JSON object a line\n"
+    "  show SUB SEQ        the dead letter of event SEQ, with every attempt's error\n"
+    "  redrive SUB [SEQ]   put dead letters (or one) back into delivery\n"
+    "  purge SUB [SEQ]     delete dead letters (or one)\n"
+    "  --url URL           the engine (default $MOONTIDE_URL or " DEFAULT_URL ")\n";
+
+int mt_client_dlq(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"url", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *url = default_url();
+    int ch;
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'u': url = optarg; break;
+        case 'h': return usage(dlq_usage, true);
+        default: return usage(dlq_usage, false);
+        }
+    }
+    int nargs = argc - optind;
+    char **args = argv + optind;
+    if (nargs < 2 || nargs > 3) {
+        return usage_error(dlq_usage, "expected an action and a subscription");
+    }
+    const char *action = args[0];
+    uint64_t seq = 0;
+    if (nargs == 3 && !parse_number("SEQUENCE", args[2], &seq)) {
+        return MT_EXIT_USAGE;
+    }
+    bool list = strcmp(action, "list") == 0, show = strcmp(action, "show") == 0;
+    bool redrive = strcmp(action, "redrive") == 0, purge = strcmp(action, "purge") == 0;
+    if (!(list || show || redrive || purge)) {
+        return usage_error(dlq_usage, "the action must be list, show, redrive or purge");
+    }
+    if (show && nargs != 3) {
+        return usage_error(dlq_usage, "show needs a SEQUENCE");
+    }
+    if (list && nargs != 2) {
+        return usage_error(dlq_usage, "list takes no SEQUENCE");
+    }
+    char *name = evhttp_encode_uri(args[1]);
+    char *path;
+    enum evhttp_cmd_type method = EVHTTP_REQ_GET;
+    if (list) {
+        path = mt_xasprintf("/subscriptions/%s/dlq?limit=10000", name);
+    } else if (show) {
+        path = mt_xasprintf("/subscriptions/%s/dlq?after=%llu&limit=1", name,
+                            (unsigned long long) (seq - 1));
+    } else {
+        method = redrive ? EVHTTP_REQ_POST : EVHTTP_REQ_DELETE;
+        path = mt_xasprintf("/subscriptions/%s/dlq%s?sequence=%llu", name,
+                            redrive ? "/redrive" : "", (unsigned long long) seq);
+    }
+    free(name);
+    client c;
+    int rc = client_open(&c, url);
+    reply r;
+    reply_init(&r);
+    if (rc == MT_EXIT_OK) {
+        request q = {method, path, NULL, NULL, 0, NULL};
+        if (client_request(&c, &q, &r)) {
+            rc = report_unreachable(&c, &r);
+        } else if (r.status != 200) {
+            rc = report_http_error(&r);
+        } else if (list || show) {
+            json_t *a = json_loadb(mt_buf_cstr(&r.body), r.body.len, 0, NULL);
+            size_t i;
+            json_t *e;
+            bool found = false;
+            json_array_foreach(a, i, e) {
+                const char *s = json_string_value(json_object_get(e, "sequence"));
+                if (show && (!s || strtoull(s, NULL, 10) != seq)) {
+                    continue;
+                }
+                found = true;
+                char *line = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER |
+                                               (show ? JSON_INDENT(2) : 0));
+                printf("%s\n", line);
+                free(line);
+            }
+            json_decref(a);
+            if (show && !found) {
+                fprintf(stderr, "moontide: no dead letter for sequence %llu in '%s'\n",
+                        (unsigned long long) seq, args[1]);
+                rc = MT_EXIT_DATAERR;
+            } else {
+                rc = flush_stdout();
+            }
+        } else {
+            json_t *o = json_loadb(mt_buf_cstr(&r.body), r.body.len, 0, NULL);
+            printf("%s %lld dead letter(s)\n", redrive ? "redrove" : "purged",
+                   (long long) json_integer_value(json_object_get(o, "count")));
+            json_decref(o);
+            rc = flush_stdout();
+        }
+    }
+    reply_free(&r);
+    client_close(&c);
+    free(path);
+    return rc;
+}

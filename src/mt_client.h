@@ -103,4 +103,7 @@ int mt_client_read(int argc, char **argv);
  */
 int mt_client_tail(int argc, char **argv);
 
+/* `moontide dlq list|show|redrive|purge SUBSCRIPTION [SEQUENCE] [--url URL]`. */
+int mt_client_dlq(int argc, char **argv);
+
 #endif

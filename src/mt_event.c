@@ -363,6 +363,12 @@ static mt_err decode_base64(draft *d, const char *s)
     if (n % 4 != 0) {
         return fail(d, "data_base64", "is not valid base64 (length %zu is not a multiple of 4)", n);
     }
+    /* '=' may only pad the end: one or two of them, in the last quantum. */
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '=' && !(i >= n - 2 && (i == n - 1 || s[n - 1] == '='))) {
+            return fail(d, "data_base64", "is not valid base64");
+        }
+    }
     uint8_t *out = mt_trymalloc(n / 4 * 3 + 1);
     if (!out) {
         return MT_ENOMEM;
@@ -463,7 +469,9 @@ static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
             rc = fail(d, NULL, "malformed JSON at byte %zu: expected an attribute name", p);
             break;
         }
-        json_t *key = load_value(s, len, &p, d->err, d->errlen, "event");
+        char kwhat[48];
+        snprintf(kwhat, sizeof kwhat, "%sname", d->prefix);
+        json_t *key = load_value(s, len, &p, d->err, d->errlen, *d->prefix ? kwhat : "event");
         if (!key) {
             rc = MT_EINVAL;
             break;

@@ -410,6 +410,10 @@ static void append_done(mt_err rc, void *arg)
     } else if (rc == MT_EFULL) {
         reply_error(req, 507, "store full",
                     "the store has no room for these events; nothing was appended");
+    } else if (rc == MT_ETOOBIG) {
+        reply_error(req, 413, "body too large",
+                    "the events are larger than the write-ahead file (engine.wal_size) can take; "
+                    "nothing was appended");
     } else if (rc == MT_ECLOSED) {
         reply_error(req, 503, "shutting down", "the engine is stopping; nothing was appended");
     } else if (rc) {

@@ -522,28 +522,75 @@ static void kick_writeback(mt_store *s)
     }
 }
 
-/* Runs a group of jobs in one transaction and makes it durable. */
-static void run_group(mt_store *s, job *jobs)
+/*
+ * Runs a group of jobs in one transaction and makes it durable. A group's
+ * redo record must fit the write-ahead file: once the group's redo passes
+ * half of it, the jobs not yet run are cut off and returned (the caller
+ * queues them again, first); a job whose own redo could never fit fails
+ * alone with MT_ETOOBIG.
+ */
+static job *run_group(mt_store *s, job **list)
 {
+    job *jobs = *list;
     MDB_txn *parent;
     mt_err rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &parent), "group begin");
     if (rc) {
         for (job *j = jobs; j; j = j->next) {
             j->rc = rc;
         }
-        return;
+        return NULL;
     }
     s->redo.len = 0;
     s->writes = 0;
     int ok = 0;
+    uint64_t budget = s->wal ? mt_wal_capacity(s->wal) / 2 : UINT64_MAX;
+    uint64_t one_max = s->wal ? mt_wal_capacity(s->wal) - 64 : UINT64_MAX;
+    job *rest = NULL;
     for (job *j = jobs; j; j = j->next) {
+        size_t before = s->redo.len;
         j->rc = run_job(s, parent, j);
+        if (j->rc == MT_OK && s->redo.len - before > one_max) {
+            /* Too big for the write-ahead file on its own: refuse just this job. */
+            mt_error("store: one write of %zu bytes does not fit the write-ahead file "
+                     "(engine.wal_size); refused", s->redo.len - before);
+            mdb_txn_abort(parent);
+            j->rc = MT_ETOOBIG;
+            /* Run the others again without it: their effects were undone with the group. */
+            job *others = NULL, **tail = &others;
+            for (job *k = jobs, *nx; k; k = nx) {
+                nx = k->next;
+                if (k != j) {
+                    *tail = k;
+                    tail = &k->next;
+                }
+            }
+            *tail = NULL;
+            j->next = NULL;
+            job *left = NULL;
+            if (others) {
+                left = run_group(s, &others);
+                job *end = others;
+                while (end->next) {
+                    end = end->next;
+                }
+                end->next = j;
+                *list = others;
+            } else {
+                *list = j;
+            }
+            return left;
+        }
         ok += j->rc == MT_OK;
+        if (j->next && s->redo.len > budget) {
+            rest = j->next;
+            j->next = NULL;
+            break;
+        }
     }
     if (ok == 0 || s->writes == 0) {
         /* Nothing to make durable (failures, or reads such as duplicates). */
         mdb_txn_abort(parent);
-        return;
+        return rest;
     }
     uint64_t group = s->group + 1;
     rc = put_group_id(s, parent, group);
@@ -583,6 +630,7 @@ static void run_group(mt_store *s, job *jobs)
             j->rc = rc;
         }
     }
+    return rest;
 }
 
 static bool checkpoint_due(mt_store *s)
@@ -655,9 +703,7 @@ static void *writer_main(void *arg)
         }
         pthread_mutex_unlock(&s->mu);
 
-        if (jobs) {
-            run_group(s, jobs);
-        }
+        job *rest = jobs ? run_group(s, &jobs) : NULL;
         if (checkpoint_due(s)) {
             if (checkpoint(s)) {
                 mt_error("store: checkpoint failed; the write-ahead file keeps the data");
@@ -665,6 +711,18 @@ static void *writer_main(void *arg)
         }
 
         pthread_mutex_lock(&s->mu);
+        if (rest) {
+            /* Jobs cut off a full group go first in the next one. */
+            job *end = rest;
+            while (end->next) {
+                end = end->next;
+            }
+            end->next = s->queue;
+            s->queue = rest;
+            if (!s->queue_tail) {
+                s->queue_tail = end;
+            }
+        }
         bool wake = false;
         s->stats.groups += jobs != NULL;
         for (job *j = jobs, *next; j; j = next) {

@@ -263,7 +263,8 @@ void mt_wal_close(mt_wal *w)
 static uint32_t record_crc(const uint8_t *hdr, const void *payload, size_t len)
 {
     uLong c = crc32(0, hdr, 24);
-    return (uint32_t) crc32(c, payload, (uInt) len);
+    /* crc32(c, NULL, 0) would return zlib's initial value, not c. */
+    return len ? (uint32_t) crc32(c, payload, (uInt) len) : (uint32_t) c;
 }
 
 static uint64_t padded(size_t len)
