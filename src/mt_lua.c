@@ -12,28 +12,28 @@
 #include "mt_lua.h"
 #include "mt_lua_int.h"
 
-#define HOOK_CHUNK (1 << 30)    /* largest count armed at once: lua_sethook takes an int */
-#define MAX_MODULE_NAME 200     /* bytes in a require() name */
+#define HOOK_CHUNK (1 << 30) /* largest count armed at once: lua_sethook takes an int */
+#define MAX_MODULE_NAME 200  /* bytes in a require() name */
 #define LUA_MEMERRMSG "not enough memory"
 
 struct mt_lua {
     lua_State *L;
-    size_t limit;           /* bytes the allocator hands out in total */
-    size_t used;            /* bytes the state holds now */
-    bool unlimited;         /* the message handler is formatting: limit lifted briefly */
-    bool mem_failed;        /* an allocation was refused since the call or load began */
-    uint64_t budget;        /* VM instructions per mt_lua_call */
-    uint64_t remaining;     /* instructions left in this call, the armed chunk included */
-    int armed;              /* the count the hook was last armed with */
-    bool exhausted;         /* the budget is spent: the hook raises on every instruction */
-    bool in_call;           /* inside mt_lua_call (which is not reentrant) */
-    char **paths;           /* owned; module directories */
+    size_t limit;       /* bytes the allocator hands out in total */
+    size_t used;        /* bytes the state holds now */
+    bool unlimited;     /* the message handler is formatting: limit lifted briefly */
+    bool mem_failed;    /* an allocation was refused since the call or load began */
+    uint64_t budget;    /* VM instructions per mt_lua_call */
+    uint64_t remaining; /* instructions left in this call, the armed chunk included */
+    int armed;          /* the count the hook was last armed with */
+    bool exhausted;     /* the budget is spent: the hook raises on every instruction */
+    bool in_call;       /* inside mt_lua_call (which is not reentrant) */
+    char **paths;       /* owned; module directories */
     int npaths;
-    mt_lua_log_fn log;      /* may be NULL */
+    mt_lua_log_fn log; /* may be NULL */
     void *log_arg;
-    int module_ref;         /* registry ref of what the handler file returned, or LUA_NOREF */
-    int handle_ref;         /* registry ref of the handler function, or LUA_NOREF */
-    mt_buf trace;           /* traceback recorded by the message handler */
+    int module_ref; /* registry ref of what the handler file returned, or LUA_NOREF */
+    int handle_ref; /* registry ref of the handler function, or LUA_NOREF */
+    mt_buf trace;   /* traceback recorded by the message handler */
 };
 
 /* Its address marks a module whose chunk is still running (a require loop). */
@@ -352,8 +352,10 @@ static int l_lua_require(lua_State *L)
     }
     lua_pop(L, 1);
     if (!valid_module_name(name, nlen)) {
-        return luaL_error(L, "require: invalid module name '%s' (dotted words of letters, "
-                             "digits, '_' and '-')", name);
+        return luaL_error(L,
+                          "require: invalid module name '%s' (dotted words of letters, "
+                          "digits, '_' and '-')",
+                          name);
     }
     char rel[MAX_MODULE_NAME + 1];
     memcpy(rel, name, nlen + 1);
@@ -365,7 +367,7 @@ static int l_lua_require(lua_State *L)
     int found = 0;
     for (int i = 0; i < lu->npaths && !found; i++) {
         const char *file = lua_pushfstring(L, "%s/%s.lua", lu->paths[i], rel); /* 3 */
-        const char *chunkname = lua_pushfstring(L, "@%s", file);              /* 4 */
+        const char *chunkname = lua_pushfstring(L, "@%s", file);               /* 4 */
         char err[512];
         char *src;
         size_t len;
@@ -428,9 +430,9 @@ static int l_lua_require(lua_State *L)
 static int l_lua_setup(lua_State *L)
 {
     static const luaL_Reg libs[] = {
-        {LUA_GNAME, luaopen_base},         {LUA_STRLIBNAME, luaopen_string},
-        {LUA_TABLIBNAME, luaopen_table},   {LUA_MATHLIBNAME, luaopen_math},
-        {LUA_UTF8LIBNAME, luaopen_utf8},   {NULL, NULL},
+        {LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8}, {NULL, NULL},
     };
     static const char *const removed[] = {"dofile", "loadfile", "collectgarbage", "warn", NULL};
     for (const luaL_Reg *lib = libs; lib->name; lib++) {
@@ -575,9 +577,45 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     lua_error(L);
 }
 
+/* Collects at most the first sizeof data bytes of a JSON dump. */
+typedef struct capped_text {
+    char data[1024];
+    size_t len;
+    bool truncated;
+} capped_text;
+
+static int capped_dump(const char *buffer, size_t size, void *arg)
+{
+    capped_text *t = arg;
+    size_t room = sizeof t->data - t->len;
+    if (size > room) {
+        size = room;
+        t->truncated = true;
+    }
+    memcpy(t->data + t->len, buffer, size);
+    t->len += size;
+    return 0;
+}
+
+/* Drops a UTF-8 sequence cut short at the end of s[0..len). */
+static size_t utf8_trim(const char *s, size_t len)
+{
+    size_t i = len;
+    while (i > 0 && len - i < 4 && ((unsigned char) s[i - 1] & 0xc0) == 0x80) {
+        i--;
+    }
+    if (i == 0 || ((unsigned char) s[i - 1] & 0xc0) != 0xc0) {
+        return len; /* ends in ASCII or a malformed run: leave it */
+    }
+    unsigned char lead = (unsigned char) s[i - 1];
+    size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+    return len - (i - 1) < need ? i - 1 : len;
+}
+
 /*
  * Pushes the text of the error value at 'idx': strings as they are,
- * __tostring when present, other tables as compact JSON. [-0, +1]
+ * __tostring when present, other tables as compact JSON (at most about
+ * 1 KiB). [-0, +1]
  */
 static void push_error_text(lua_State *L, mt_lua *lu, int idx)
 {
@@ -590,8 +628,7 @@ static void push_error_text(lua_State *L, mt_lua *lu, int idx)
         luaL_tolstring(L, idx, NULL);
         return;
     }
-    if ((t == LUA_TTABLE || t == LUA_TUSERDATA) &&
-        luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
+    if (luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
         lua_pop(L, 1);
         luaL_tolstring(L, idx, NULL); /* runs the handler's code, so under its limits */
         return;
@@ -599,18 +636,18 @@ static void push_error_text(lua_State *L, mt_lua *lu, int idx)
     if (t == LUA_TTABLE) {
         json_t *j;
         if (mt_lua_to_json(L, idx, &j, NULL, 0) == MT_OK) {
-            char buf[1024];
-            size_t n = json_dumpb(j, buf, sizeof buf, JSON_COMPACT | JSON_SORT_KEYS);
+            capped_text text = {.len = 0};
+            int bad = json_dump_callback(j, capped_dump, &text, JSON_COMPACT | JSON_SORT_KEYS);
             json_decref(j);
-            if (n > 0) {
+            if (!bad) {
                 /* the JSON is released before anything here can raise */
                 lu->unlimited = true;
-                if (n <= sizeof buf) {
-                    lua_pushlstring(L, buf, n);
-                } else {
-                    lua_pushlstring(L, buf, sizeof buf - 3);
+                if (text.truncated) {
+                    lua_pushlstring(L, text.data, utf8_trim(text.data, text.len - 3));
                     lua_pushliteral(L, "...");
                     lua_concat(L, 2);
+                } else {
+                    lua_pushlstring(L, text.data, text.len);
                 }
                 lu->unlimited = false;
                 return;
@@ -681,9 +718,8 @@ mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *t
     if (lu->exhausted) {
         len = (size_t) snprintf(msg, sizeof msg, "instruction budget of %" PRIu64 " exceeded",
                                 lu->budget);
-    } else if (st == LUA_ERRMEM ||
-               (lu->mem_failed && lua_type(L, -1) == LUA_TSTRING &&
-                strcmp(lua_tostring(L, -1), LUA_MEMERRMSG) == 0)) {
+    } else if (st == LUA_ERRMEM || (lu->mem_failed && lua_type(L, -1) == LUA_TSTRING &&
+                                    strcmp(lua_tostring(L, -1), LUA_MEMERRMSG) == 0)) {
         /* the second case: the memory error was caught and raised again */
         len = (size_t) snprintf(msg, sizeof msg, "memory limit of %zu bytes exceeded", lu->limit);
     } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -727,8 +763,10 @@ static int l_lua_install(lua_State *L)
     } else if (lua_type(L, 1) == LUA_TFUNCTION) {
         lua_pushvalue(L, 1);
     } else {
-        return luaL_error(L, "%s: a handler must return a function or a table with a 'handle' "
-                             "function (got %s)", path, luaL_typename(L, 1));
+        return luaL_error(L,
+                          "%s: a handler must return a function or a table with a 'handle' "
+                          "function (got %s)",
+                          path, luaL_typename(L, 1));
     }
     int handle = luaL_ref(L, LUA_REGISTRYINDEX);
     int module = luaL_ref(L, LUA_REGISTRYINDEX);

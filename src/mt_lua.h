@@ -48,10 +48,10 @@
 #include "mt_err.h"
 #include "mt_mem.h"
 
-#define MT_LUA_DEFAULT_MEM ((size_t) 64 << 20)   /* bytes per state */
-#define MT_LUA_DEFAULT_BUDGET 10000000u         /* VM instructions per call */
-#define MT_LUA_JSON_MAX_DEPTH 128                /* nesting of arrays and objects */
-#define MT_LUA_MAX_SOURCE ((size_t) 16 << 20)    /* largest handler or module file */
+#define MT_LUA_DEFAULT_MEM ((size_t) 64 << 20) /* bytes per state */
+#define MT_LUA_DEFAULT_BUDGET 10000000u        /* VM instructions per call */
+#define MT_LUA_JSON_MAX_DEPTH 128              /* nesting of arrays and objects */
+#define MT_LUA_MAX_SOURCE ((size_t) 16 << 20)  /* largest handler or module file */
 
 typedef struct mt_lua mt_lua;
 
@@ -59,12 +59,12 @@ typedef struct mt_lua mt_lua;
 typedef void (*mt_lua_log_fn)(void *arg, mt_diag_level level, const char *msg);
 
 typedef struct mt_lua_opts {
-    size_t mem_limit;          /* bytes for the whole state; 0 = MT_LUA_DEFAULT_MEM */
-    uint64_t budget;           /* VM instructions per mt_lua_call; 0 = default */
-    const char *const *paths;  /* directories require() searches, in order; copied */
-    int npaths;                /* entries in 'paths' */
-    mt_lua_log_fn log;         /* NULL = print() output is dropped */
-    void *log_arg;             /* passed to 'log' */
+    size_t mem_limit;         /* bytes for the whole state; 0 = MT_LUA_DEFAULT_MEM */
+    uint64_t budget;          /* VM instructions per mt_lua_call; 0 = default */
+    const char *const *paths; /* directories require() searches, in order; copied */
+    int npaths;               /* entries in 'paths' */
+    mt_lua_log_fn log;        /* NULL = print() output is dropped */
+    void *log_arg;            /* passed to 'log' */
 } mt_lua_opts;
 
 /*
@@ -105,7 +105,8 @@ mt_err mt_lua_check_file(const char *path, char *err, size_t errlen);
 
 /*
  * Pushes the loaded handler function (the value returned, or its 'handle').
- * MT_ENOTFOUND (nothing pushed) if no handler is loaded. Never raises.
+ * MT_ENOTFOUND if no handler is loaded, MT_ENOMEM if the stack cannot grow
+ * (nothing pushed either way). Never raises.
  */
 mt_err mt_lua_push_handler(mt_lua *lu);
 
@@ -131,10 +132,10 @@ int mt_lua_push_field(mt_lua *lu, const char *name);
  * (nresults >= 0). On MT_ELUA they are popped and the message is appended
  * to 'error' and the traceback ("stack traceback:\n...", when one exists)
  * to 'traceback'; either may be NULL. Messages: the error string as raised
- * ("handlers/x.lua:3: boom"); a table error value as compact JSON
- * ({"code":"E1"}) unless it has __tostring; "instruction budget of N
- * exceeded"; "memory limit of N bytes exceeded". Not reentrant: bindings
- * call Lua with lua_call, which stays under the armed budget.
+ * ("handlers/x.lua:3: boom"); a value with __tostring through it; a table
+ * as compact JSON ({"code":"E1"}, cut to about 1 KiB); "instruction budget
+ * of N exceeded"; "memory limit of N bytes exceeded". Not reentrant:
+ * bindings call Lua with lua_call, which stays under the armed budget.
  */
 mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *traceback);
 
@@ -160,8 +161,7 @@ mt_err mt_lua_push_json(lua_State *L, const json_t *j);
  * nothing and writes a message into err: MT_EINVAL ("line 1 column 5:
  * ..." or the nesting limit), MT_ENOMEM ("memory limit of N bytes exceeded").
  */
-mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err,
-                             size_t errlen);
+mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
 
 /*
  * Converts the value at 'idx' to JSON. Sets *out (caller decrefs; NULL on

@@ -258,8 +258,13 @@ static int l_ctx_reject(lua_State *L)
 /* Builds ctx with closures over 'box'; leaves it on the stack.  [-0, +1] */
 static int build_ctx(lua_State *L)
 {
-    fx_box *box = lua_touserdata(L, 1);
-    (void) box;
+    handler *h = lua_touserdata(L, 1);
+    lua_settop(L, 0);
+    h->box = lua_newuserdatauv(L, sizeof *h->box, 0);
+    h->box->fx = NULL;
+    lua_pushvalue(L, 1);
+    /* The registry keeps the box alive as long as the state. */
+    luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L); /* ctx */
     int ctx = lua_gettop(L);
 
@@ -301,7 +306,9 @@ static int build_ctx(lua_State *L)
     }
     lua_setfield(L, ctx, "log");
     lua_pop(L, 1); /* kv metatable */
-    return 1;
+    lua_pushvalue(L, ctx);
+    h->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
 }
 
 /* ---- the runner ---- */
@@ -354,19 +361,14 @@ static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_
         return rc;
     }
     lua_State *L = mt_lua_state(h->lu);
-    h->box = lua_newuserdatauv(L, sizeof *h->box, 0);
-    h->box->fx = NULL;
     lua_pushcfunction(L, build_ctx);
-    lua_pushvalue(L, -2);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pushlightuserdata(L, h);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
         snprintf(err, errlen, "cannot build ctx: %s", lua_tostring(L, -1));
-        lua_pop(L, 2);
+        lua_pop(L, 1);
         handler_close(h);
         return MT_ELUA;
     }
-    h->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    /* Keep the box alive through a registry reference too. */
-    luaL_ref(L, LUA_REGISTRYINDEX);
     *out = h;
     return MT_OK;
 }
@@ -379,18 +381,36 @@ static void set_str(lua_State *L, const char *k, const char *v)
     }
 }
 
-/* Pushes the event table. Returns false (nothing pushed) with a message if data cannot be. */
-static bool push_event(lua_State *L, const mt_event *ev, uint32_t attempt, mt_buf *error)
+typedef struct event_args {
+    const mt_event *ev;
+    uint32_t attempt;
+    mt_buf *error;
+    bool ok;
+} event_args;
+
+/*
+ * Builds the event table; runs under lua_pcall (it allocates in the state,
+ * which may hit the memory limit).  [-1, +1]
+ */
+static int build_event(lua_State *L)
 {
+    event_args *a = lua_touserdata(L, 1);
+    const mt_event *ev = a->ev;
+    uint32_t attempt = a->attempt;
+    mt_buf *error = a->error;
     lua_createtable(L, 0, 16);
     if (ev->attr[MT_ATTR_EXTENSIONS]) {
         json_t *ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
         const char *k;
         json_t *v;
         json_object_foreach(ext, k, v) {
-            if (mt_lua_push_json(L, v) == MT_OK) {
-                lua_setfield(L, -2, k);
+            /* Extension values are scalars: pushing them only fails on memory. */
+            if (mt_lua_push_json(L, v) != MT_OK) {
+                json_decref(ext);
+                mt_buf_adds(error, "out of memory building the event");
+                return 0;
             }
+            lua_setfield(L, -2, k);
         }
         json_decref(ext);
     }
@@ -418,13 +438,31 @@ static bool push_event(lua_State *L, const mt_event *ev, uint32_t attempt, mt_bu
         char err[256];
         if (mt_lua_push_json_text(L, (const char *) ev->data, ev->data_len, err, sizeof err)) {
             mt_buf_addf(error, "malformed payload: %s", err);
-            lua_pop(L, 1);
-            return false;
+            return 0;
         }
         lua_setfield(L, -2, "data");
     } else if (ev->data_kind != MT_DATA_NONE) {
         lua_pushlstring(L, (const char *) ev->data, ev->data_len);
         lua_setfield(L, -2, "data");
+    }
+    a->ok = true;
+    return 1;
+}
+
+/* Pushes the event table. Returns false (nothing pushed) with a message if it cannot be built. */
+static bool push_event(lua_State *L, const mt_event *ev, uint32_t attempt, mt_buf *error)
+{
+    event_args a = {ev, attempt, error, false};
+    lua_pushcfunction(L, build_event);
+    lua_pushlightuserdata(L, &a);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        mt_buf_addf(error, "cannot build the event: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return false;
+    }
+    if (!a.ok) {
+        lua_pop(L, 1);
+        return false;
     }
     return true;
 }

@@ -75,11 +75,11 @@ static bool utf8_valid(const char *s, size_t n)
  */
 typedef struct enc {
     lua_State *L;
-    int array_mt;                                /* stack index of the array marker */
-    int object_mt;                               /* stack index of the object marker */
-    const void *open[MT_LUA_JSON_MAX_DEPTH];     /* tables being encoded, outermost first */
-    int depth;                                   /* entries in 'open' */
-    char path[PATH_MAX_LEN];                     /* where we are, "$.a[2]" (Lua indices) */
+    int array_mt;                            /* stack index of the array marker */
+    int object_mt;                           /* stack index of the object marker */
+    const void *open[MT_LUA_JSON_MAX_DEPTH]; /* tables being encoded, outermost first */
+    int depth;                               /* entries in 'open' */
+    char path[PATH_MAX_LEN];                 /* where we are, "$.a[2]" (Lua indices) */
     size_t plen;
     char *err;
     size_t errlen;
@@ -88,7 +88,7 @@ typedef struct enc {
 typedef struct member {
     const char *key; /* borrowed from the table's key, which stays put while we encode */
     size_t klen;
-    json_t *value;   /* owned until moved into the object */
+    json_t *value; /* owned until moved into the object */
 } member;
 
 static mt_err fail(enc *e, mt_err rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -355,8 +355,7 @@ static mt_err enc_table(enc *e, int idx, json_t **out)
                     (long long) (lo < 1 ? lo : hi), nint);
     }
     e->open[e->depth++] = p;
-    mt_err rc = array ? enc_array(e, idx, (lua_Integer) nint, out)
-                      : enc_object(e, idx, nstr, out);
+    mt_err rc = array ? enc_array(e, idx, (lua_Integer) nint, out) : enc_object(e, idx, nstr, out);
     e->depth--;
     return rc;
 }
@@ -508,8 +507,7 @@ mt_err mt_lua_push_json(lua_State *L, const json_t *j)
     return st == LUA_ERRMEM ? MT_ENOMEM : MT_EINVAL;
 }
 
-mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err,
-                             size_t errlen)
+mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
     if (errlen) {
         err[0] = 0;
