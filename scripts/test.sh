@@ -20,8 +20,12 @@ run_suite() { # name build-dir configure-options...
         status=1
         return
     fi
-    (cd "$dir" && make -j"$(nproc)" check >/dev/null 2>&1)
+    (cd "$dir" && make -j"$(nproc)" check >check.out 2>&1)
     local rc=$?
+    if [ "$rc" -ne 0 ] && [ ! -f "$dir/test-suite.log" ]; then
+        echo "$name: make check failed before running tests:"
+        tail -40 "$dir/check.out"
+    fi
     local log="$dir/test-suite.log"
     local p f
     p=$(awk '/^# PASS:/ {print $3}' "$log" 2>/dev/null)
