@@ -827,7 +827,8 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
     evhttp_set_max_headers_size(h->http, 64 * 1024);
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+                                            EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS |
+                                            EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     evhttp_set_timeout(h->http, 120);
     evhttp_set_gencb(h->http, route, h);
     h->sock = evhttp_bind_socket_with_handle(h->http, opts->host, opts->port);

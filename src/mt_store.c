@@ -19,12 +19,6 @@
 
 #define CHECKPOINT_INTERVAL_US (30 * 1000000LL)
 #define GROUP_MAX_JOBS 4096
-/*
- * After a group, the writer polls for new jobs this long before it sleeps:
- * waking a sleeping thread costs tens of microseconds on a VM, a sizeable
- * part of one publisher's round trip. Only spent right after work.
- */
-#define SPIN_US 150
 
 static const char *const db_names[MT_DB_COUNT] = {
     "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv",
@@ -48,7 +42,6 @@ struct mt_store {
     unsigned psize;            /* LMDB page size */
     uint64_t growth_limit;     /* bytes LMDB may grow between checkpoints (pinned pages) */
     uint64_t ckpt_pgno;        /* LMDB's last page number at the last checkpoint */
-    uint64_t kicked_pgno;      /* last page number when write-back was last started */
     char *dir;                 /* owned */
     int lock_fd;               /* flock'ed: one engine per data directory */
 
@@ -61,7 +54,6 @@ struct mt_store {
     job *done, *done_tail;
     bool closing;
     bool sleeping;             /* the writer waits on work_cv: enqueue must signal */
-    atomic_bool pending;       /* a job was queued; read without the lock while spinning */
     void (*notify)(void *);
     void *notify_arg;
     mt_store_stats stats;
@@ -500,29 +492,6 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
 }
 
 /*
- * Starts (without waiting for) the write-back of LMDB's dirty pages once a
- * few MiB have accumulated, so that a checkpoint's sync finds little left
- * to write and stalls the writer for less time.
- */
-static void kick_writeback(mt_store *s)
-{
-    if (!s->wal) {
-        return;
-    }
-    MDB_envinfo info;
-    mdb_env_info(s->env, &info);
-    uint64_t pg = info.me_last_pgno;
-    if ((pg - s->kicked_pgno) * s->psize < (4u << 20)) {
-        return;
-    }
-    s->kicked_pgno = pg;
-    int fd;
-    if (mdb_env_get_fd(s->env, &fd) == MDB_SUCCESS) {
-        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-/*
  * Runs a group of jobs in one transaction and makes it durable. A group's
  * redo record must fit the write-ahead file: once the group's redo passes
  * half of it, the jobs not yet run are cut off and returned (the caller
@@ -623,7 +592,6 @@ static job *run_group(mt_store *s, job **list)
     if (rc == MT_OK) {
         s->group = group;
         s->dirty = true;
-        kick_writeback(s);
     }
     for (job *j = jobs; j; j = j->next) {
         if (j->rc == MT_OK) {
@@ -657,15 +625,6 @@ static void *writer_main(void *arg)
     mt_store *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        if (!s->queue && !s->closing) {
-            pthread_mutex_unlock(&s->mu);
-            int64_t until = mt_mono_us() + SPIN_US;
-            while (!atomic_load_explicit(&s->pending, memory_order_acquire) &&
-                   mt_mono_us() < until) {
-                __asm__ __volatile__("" ::: "memory");
-            }
-            pthread_mutex_lock(&s->mu);
-        }
         while (!s->queue && !s->closing) {
             s->sleeping = true;
             if (s->dirty) {
@@ -682,7 +641,6 @@ static void *writer_main(void *arg)
             }
         }
         s->sleeping = false;
-        atomic_store_explicit(&s->pending, false, memory_order_relaxed);
         if (!s->queue && s->closing) {
             break;
         }
@@ -770,7 +728,6 @@ static mt_err enqueue(mt_store *s, job *j)
         s->queue = j;
     }
     s->queue_tail = j;
-    atomic_store_explicit(&s->pending, true, memory_order_release);
     if (s->sleeping) {
         pthread_cond_signal(&s->work_cv);
     }
