@@ -112,6 +112,16 @@ def test_failing_handler_dead_letters_with_traceback_and_redrive_after_fix():
             assert "attempt to index a nil value" in entry["errors"][0]["error"], entry
             assert "stack traceback" in entry["errors"][0]["traceback"], entry
         assert status(e, "orders")["dead_lettered"] == 3
+        env = {"MOONTIDE_URL": e.url()}
+        rc, out, err = mtlib.run_cli("dlq", "list", "orders", env=env)
+        assert rc == 0 and len(out.splitlines()) == 3, (rc, out, err)
+        seq = json.loads(out.splitlines()[1])["sequence"]
+        rc, out, err = mtlib.run_cli("dlq", "show", "orders", seq, env=env)
+        assert rc == 0 and json.loads(out)["sequence"] == seq and "traceback" in out, (rc, out, err)
+        rc, out, err = mtlib.run_cli("dlq", "show", "orders", "999", env=env)
+        assert rc == 65, (rc, err)
+        rc, out, err = mtlib.run_cli("dlq", "list", "nope", env=env)
+        assert rc != 0 and "404" in err, (rc, err)
         assert e.stop() == 0
         # The fix: a handler that works, then redrive.
         with open(handler, "w") as f:
@@ -193,6 +203,33 @@ def test_subscription_routes_and_check_command():
     cfg2 = config("  broken:\n    topics: [\"a.b\"]\n    handler: %s\n" % bad)
     rc, out, err = mtlib.run_cli("check", "-c", cfg2)
     assert rc == 78 and bad + ":2:" in err, (rc, err)
+
+
+def test_ecommerce_example_topology_runs_its_handlers():
+    cfg = os.path.join(mtlib.SRCDIR, "config", "ecommerce.yaml")
+    rc, out, err = mtlib.run_cli("check", "-c", cfg)
+    assert rc == 0, err
+    with Engine(config=cfg) as e:
+        orders = [("order-1", "ann", 1250, "EUR"), ("order-2", "ann", 800, "USD"),
+                  ("order-3", "bob", 4000, "EUR")]
+        for subj, cust, cents, cur in orders:
+            st, body = e.publish(mtlib.event(subj, subject=subj, type_="order.placed",
+                                             data={"customer": cust, "total_cents": cents,
+                                                   "currency": cur}))
+            assert st == 201, body
+        # A malformed order is rejected straight to the dead-letter queue.
+        e.publish(mtlib.event("bad", subject="order-9", type_="order.placed", data={"total_cents": "x"}))
+        totals = wait_for(lambda: (lambda t: len(t) == 2 and t)(table(e, "customer_totals")),
+                          what="customer totals")
+        assert totals == {"ann": {"orders": 2, "total_cents": 2050},
+                          "bob": {"orders": 1, "total_cents": 4000}}, totals
+        pays = wait_for(lambda: (lambda p: len(p) == 2 and p)(
+            [ev for ev in e.read_all() if ev["type"] == "payment.requested"]), what="payments")
+        assert sorted(p["subject"] for p in pays) == ["order-1", "order-3"], pays
+        assert all(p["data"]["currency"] == "EUR" for p in pays), pays
+        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 1 and json.loads(b))(
+            e.request("GET", "/subscriptions/customer-totals/dlq")[2]), what="the rejected order")
+        assert dlq[0]["reason"].startswith("rejected: order.placed needs"), dlq
 
 
 mtlib.main(globals())
