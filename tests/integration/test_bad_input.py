@@ -287,8 +287,8 @@ def test_invalid_base64_is_refused():
 
 def test_base64_padding_must_be_well_formed():
     # 4-character groups that are not valid base64 must be refused, not decoded
-    # into other bytes: "QUJD====" was stored as "AB" (the data of "QUJD" is
-    # "ABC"), "QQ=A" as b"A\0\0", "A===" and "====" as empty data.
+    # into other bytes. Regression: "QUJD====" was stored as "AB" (the data of
+    # "QUJD" is "ABC"), "QQ=A" as b"A\0\0", "A===" and "====" as empty data.
     with Stopping(seeded_engine()) as e:
         for bad in ("QUJD====", "QQ=A", "QQ==QQ==", "A===", "Q===", "===="):
             structured(e, ev(id="pad-" + bad, data_base64=bad), detail="data_base64")
@@ -520,8 +520,8 @@ def test_unknown_paths_methods_and_streams():
 
 def test_other_known_methods_get_405_json():
     # docs/http-api.md: "405 known path with another method (with Allow)", and
-    # every error answer is JSON. libevent knows TRACE; the engine's allowed
-    # method set leaves it out, so libevent answers 501 with an HTML body.
+    # every error answer is JSON. Regression: TRACE was left out of evhttp's
+    # allowed methods, so libevent answered 501 with an HTML body.
     with Stopping(seeded_engine()) as e:
         st, h, raw = _raw_request(e.port, b"TRACE /events HTTP/1.1\r\nHost: x\r\n"
                                           b"Content-Length: 0\r\n\r\n")

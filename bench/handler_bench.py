@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Handler throughput from a pre-filled log: N events are published, the
+engine is restarted with subscriptions starting at the beginning, and the
+time until every subscription has caught up gives events/s per case:
+(a) an empty handler, (b) a handler updating a kv table, (c) four
+subscriptions on the same topic (fan-out, kv handler). Durability fsync.
+
+usage: bench/handler_bench.py [--events N] [--moontide PATH]"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+
+
+def start(moontide, data_dir, cfg):
+    p = subprocess.Popen([moontide, "run", "-c", cfg, "--data-dir", data_dir, "--listen",
+                          "127.0.0.1:0"], stderr=subprocess.PIPE, cwd=TOP)
+    for raw in p.stderr:
+        obj = json.loads(raw)
+        if "port" in obj:
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, int(obj["port"])
+    raise SystemExit("engine did not start")
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    p.wait(120)
+
+
+def req(port, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, data
+
+
+def config(path, subs):
+    with open(path, "w") as f:
+        f.write("version: 1\nengine:\n  map_size: 8GiB\n")
+        if subs:
+            f.write("subscriptions:\n")
+            for name, handler in subs:
+                f.write("  %s:\n    topics: [\"bench.#\"]\n    handler: %s\n" % (name, handler))
+
+
+def run_case(moontide, n, label, subs, tmp):
+    data = os.path.join(tmp, label)
+    cfg0, cfg1 = os.path.join(tmp, label + "-0.yaml"), os.path.join(tmp, label + "-1.yaml")
+    config(cfg0, [])
+    config(cfg1, subs)
+    p, port = start(moontide, data, cfg0)
+    for b in range(0, n, 1000):
+        evs = [{"specversion": "1.0", "id": "%s-%d" % (label, i), "source": "/bench",
+                "type": "bench.event", "subject": "s-%d" % (i % 1000), "data": {"n": i}}
+               for i in range(b, min(n, b + 1000))]
+        st, body = req(port, "POST", "/events", json.dumps(evs),
+                       {"Content-Type": "application/cloudevents-batch+json"})
+        assert st == 201, body[:200]
+    stop(p)
+    t0 = time.monotonic()
+    p, port = start(moontide, data, cfg1)
+    while True:
+        st, body = req(port, "GET", "/subscriptions")
+        subs_st = json.loads(body)
+        if all(s["lag"] == 0 for s in subs_st):
+            break
+        time.sleep(0.02)
+    secs = time.monotonic() - t0
+    handled = sum(s["handled"] for s in subs_st)
+    stop(p)
+    return handled, secs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100000)
+    ap.add_argument("--moontide", default=os.path.join(TOP, "build-bench", "moontide"))
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="moontide-hbench-", dir=os.environ.get("BENCH_DIR", TOP))
+    try:
+        cases = [
+            ("a-empty", [("empty", "bench/handlers/empty.lua")]),
+            ("b-kv", [("kv", "bench/handlers/kv.lua")]),
+            ("c-fanout4", [("kv%d" % i, "bench/handlers/kv.lua") for i in range(4)]),
+        ]
+        print("%-12s %10s %10s %14s" % ("case", "handled", "secs", "handled/s"))
+        for label, subs in cases:
+            handled, secs = run_case(a.moontide, a.events, label, subs, tmp)
+            print("%-12s %10d %10.2f %14.0f" % (label, handled, secs, handled / secs), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
