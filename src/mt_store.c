@@ -1005,6 +1005,28 @@ mt_err mt_store_cursor_prev(mt_cursor *c, const void **k, size_t *kl, const void
     return cursor_op(c, NULL, MDB_PREV, k, kl, v, vl);
 }
 
+mt_err mt_store_first_with_prefix(mt_txn *t, mt_db db, const void *key, size_t klen,
+                                  size_t plen, const void **k, size_t *kl, const void **v,
+                                  size_t *vl)
+{
+    mt_assert(plen <= klen);
+    mt_cursor *c;
+    mt_err rc = mt_store_cursor_open(t, db, &c);
+    if (rc) {
+        *k = *v = NULL;
+        *kl = *vl = 0;
+        return rc;
+    }
+    rc = mt_store_cursor_seek(c, key, klen, k, kl, v, vl);
+    mt_store_cursor_close(c);
+    if (rc == MT_OK && (*kl < plen || memcmp(*k, key, plen) != 0)) {
+        *k = *v = NULL;
+        *kl = *vl = 0;
+        rc = MT_ENOTFOUND;
+    }
+    return rc;
+}
+
 /* ---- introspection ---- */
 
 void mt_store_get_stats(mt_store *s, mt_store_stats *st)

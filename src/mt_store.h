@@ -170,6 +170,16 @@ mt_err mt_store_cursor_next(mt_cursor *c, const void **k, size_t *kl, const void
 mt_err mt_store_cursor_prev(mt_cursor *c, const void **k, size_t *kl, const void **v,
                             size_t *vl);
 
+/*
+ * Finds the first key >= 'key' that starts with the first 'plen' bytes of
+ * 'key' (a prefix scan's first step). Sets the out-params like a cursor
+ * move (valid until the transaction ends or writes). MT_ENOTFOUND if there
+ * is none; MT_EIO.
+ */
+mt_err mt_store_first_with_prefix(mt_txn *t, mt_db db, const void *key, size_t klen,
+                                  size_t plen, const void **k, size_t *kl, const void **v,
+                                  size_t *vl);
+
 /* ---- introspection ---- */
 
 typedef struct mt_store_stats {

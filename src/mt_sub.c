@@ -202,21 +202,13 @@ static mt_err put_json(mt_txn *t, mt_db db, const uint8_t *k, size_t kl, json_t 
 /* Is anything parked in 'lane'? */
 static mt_err lane_busy(mt_txn *t, const char *name, const char *lane, bool *busy)
 {
-    *busy = false;
     uint8_t k[KEY_MAX];
     size_t kl = parked_key(k, name, lane, 0) - 8;
-    mt_cursor *c;
-    mt_err rc = mt_store_cursor_open(t, MT_DB_PARKED, &c);
-    if (rc) {
-        return rc;
-    }
     const void *ck, *cv;
     size_t ckl, cvl;
-    rc = mt_store_cursor_seek(c, k, kl, &ck, &ckl, &cv, &cvl);
-    if (rc == MT_OK) {
-        *busy = ckl == kl + 8 && memcmp(ck, k, kl) == 0;
-    }
-    mt_store_cursor_close(c);
+    mt_err rc = mt_store_first_with_prefix(t, MT_DB_PARKED, k, kl, kl, &ck, &ckl, &cv, &cvl);
+    /* A longer lane that starts with this one is another lane. */
+    *busy = rc == MT_OK && ckl == kl + 8;
     return rc == MT_ENOTFOUND ? MT_OK : rc;
 }
 
@@ -479,22 +471,12 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
     uint8_t pfx[KEY_MAX];
     size_t pl = parked_key(pfx, name, lane, 0) - 8;
     for (;;) {
-        if (*budget <= 0) {
-            out->more = true;
-            return MT_OK;
-        }
-        mt_cursor *c;
-        mt_err rc = mt_store_cursor_open(t, MT_DB_PARKED, &c);
-        if (rc) {
-            return rc;
-        }
         const void *ck, *cv;
         size_t ckl, cvl;
-        rc = mt_store_cursor_seek(c, pfx, pl, &ck, &ckl, &cv, &cvl);
-        bool found = rc == MT_OK && ckl == pl + 8 && memcmp(ck, pfx, pl) == 0;
+        mt_err rc = mt_store_first_with_prefix(t, MT_DB_PARKED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
+        bool found = rc == MT_OK && ckl == pl + 8;
         uint64_t seq = found ? mt_get_be64((const uint8_t *) ck + pl) : 0;
         json_t *rec = found ? json_loadb(cv, cvl, 0, NULL) : NULL;
-        mt_store_cursor_close(c);
         if (rc && rc != MT_ENOTFOUND) {
             json_decref(rec);
             return rc;
@@ -504,6 +486,25 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
             /* Empty, or the next one is itself waiting for a retry. */
             json_decref(rec);
             return MT_OK;
+        }
+        if (*budget <= 0) {
+            /*
+             * Out of budget for this job: make the lane's new head due now,
+             * so the time index brings the next job back to this lane.
+             */
+            int64_t now = mt_now_us();
+            json_object_set_new(rec, "state", json_string("retry"));
+            json_object_set_new(rec, "due", json_integer(now));
+            uint8_t k[KEY_MAX], sk[KEY_MAX];
+            size_t kl = parked_key(k, name, lane, seq);
+            size_t skl = sched_key(sk, name, now, seq);
+            rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+            json_decref(rec);
+            if (rc == MT_OK) {
+                rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
+            }
+            out->more = true;
+            return rc;
         }
         mt_event ev;
         void *buf;
@@ -550,15 +551,10 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
         }
         uint8_t pfx[KEY_MAX];
         size_t pl = name_prefix(pfx, name);
-        mt_cursor *c;
-        mt_err rc = mt_store_cursor_open(t, MT_DB_SCHED, &c);
-        if (rc) {
-            return rc;
-        }
         const void *ck, *cv;
         size_t ckl, cvl;
-        rc = mt_store_cursor_seek(c, pfx, pl, &ck, &ckl, &cv, &cvl);
-        bool found = rc == MT_OK && ckl == pl + 16 && memcmp(ck, pfx, pl) == 0;
+        mt_err rc = mt_store_first_with_prefix(t, MT_DB_SCHED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
+        bool found = rc == MT_OK && ckl == pl + 16;
         int64_t due = found ? (int64_t) mt_get_be64((const uint8_t *) ck + pl) : 0;
         uint8_t sk[KEY_MAX], pk[KEY_MAX];
         size_t skl = 0, pkl = 0;
@@ -568,7 +564,6 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
             pkl = cvl < sizeof pk ? cvl : 0;
             memcpy(pk, cv, pkl);
         }
-        mt_store_cursor_close(c);
         if (rc && rc != MT_ENOTFOUND) {
             return rc;
         }
@@ -979,17 +974,11 @@ static mt_err dlq_run(mt_txn *t, void *arg)
     size_t pl = name_prefix(k, name);
     for (;;) {
         size_t kl = dlq_key(k, name, j->seq ? j->seq : 0);
-        mt_cursor *c;
-        mt_err rc = mt_store_cursor_open(t, MT_DB_DLQ, &c);
-        if (rc) {
-            return rc;
-        }
         const void *ck, *cv;
         size_t ckl, cvl;
-        rc = mt_store_cursor_seek(c, k, kl, &ck, &ckl, &cv, &cvl);
-        bool found = rc == MT_OK && ckl == pl + 8 && memcmp(ck, k, pl) == 0;
+        mt_err rc = mt_store_first_with_prefix(t, MT_DB_DLQ, k, kl, pl, &ck, &ckl, &cv, &cvl);
+        bool found = rc == MT_OK && ckl == pl + 8;
         uint64_t seq = found ? mt_get_be64((const uint8_t *) ck + pl) : 0;
-        mt_store_cursor_close(c);
         if (rc && rc != MT_ENOTFOUND) {
             return rc;
         }

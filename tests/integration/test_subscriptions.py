@@ -205,6 +205,24 @@ def test_subscription_routes_and_check_command():
     assert rc == 78 and bad + ":2:" in err, (rc, err)
 
 
+def test_a_long_blocked_lane_drains_in_order_after_its_head_succeeds():
+    # More events wait behind the failed head than one dispatch job runs (512).
+    cfg = config("  lane:\n    topics: [\"lane.#\"]\n    handler: tests/lua/handlers/fail_once.lua\n"
+                 "    retry: { max_attempts: 3, backoff: 50ms, max_backoff: 50ms }\n")
+    with Engine(config=cfg) as e:
+        evs = [mtlib.event("h", subject="one", type_="lane.x", data={"fail": True})]
+        evs += [mtlib.event("l%d" % i, subject="one", type_="lane.x", data={"i": i}) for i in range(1500)]
+        evs += [mtlib.event("o%d" % i, subject="other", type_="lane.x", data={"i": i}) for i in range(10)]
+        for b in range(0, len(evs), 500):
+            st, body = e.publish_batch(evs[b:b + 500])
+            assert st == 201, body
+        counts = wait_for(lambda: (lambda t: t.get("one") == 1501 and t)(table(e, "counts")),
+                          what="the blocked lane to drain")
+        assert counts == {"one": 1501, "other": 10}, counts
+        s = status(e, "lane")
+        assert s["retrying"] == 0 and s["dlq"] == 0 and s["handled"] == 1511, s
+
+
 def test_ecommerce_example_topology_runs_its_handlers():
     cfg = os.path.join(mtlib.SRCDIR, "config", "ecommerce.yaml")
     rc, out, err = mtlib.run_cli("check", "-c", cfg)
