@@ -3,6 +3,7 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -16,6 +17,7 @@
 #include "mt_http.h"
 #include "mt_log.h"
 #include "mt_mem.h"
+#include "mt_topic.h"
 #include "mt_util.h"
 
 #define READ_LIMIT_DEFAULT 100
@@ -24,6 +26,12 @@
 #define MAX_CE_HEADERS 64
 
 typedef struct waiter waiter;
+typedef struct sse_client sse_client;
+
+#define SSE_MAX_TOPICS 16
+#define SSE_BUFFER_MAX (1u << 20)   /* unsent bytes per client before it is paused */
+#define SSE_HEARTBEAT_S 15
+#define SSE_PAGE 500                /* events read per pump */
 
 struct mt_http {
     struct evhttp *http;
@@ -34,7 +42,23 @@ struct mt_http {
     uint16_t port;
     waiter *waiters;                   /* held long-polls, a doubly linked list */
     mt_subs *subs;                     /* borrowed; NULL = no subscriptions */
+    sse_client *sse;                   /* Server-Sent Events clients, a doubly linked list */
     bool draining;
+};
+
+static void sse_pump(sse_client *c);
+
+/* One Server-Sent Events stream: catch-up from 'after', then live. */
+struct sse_client {
+    mt_http *h;
+    struct evhttp_request *req;
+    struct evhttp_connection *evcon;
+    char *topics[SSE_MAX_TOPICS];       /* owned patterns */
+    int ntopics;
+    uint64_t after;                     /* last sequence looked at */
+    struct event *heartbeat;
+    bool pumping;                       /* a chunk callback is pending: wait for it */
+    sse_client *prev, *next;
 };
 
 /* A long-poll reader waiting for events after 'after'. */
@@ -448,6 +472,9 @@ static void append_done(mt_err rc, void *arg)
         reply_json(req, any_new ? 201 : 200, o);
         if (any_new) {
             wake_waiters(h, last);
+            for (sse_client *c = h->sse; c; c = c->next) {
+                sse_pump(c);
+            }
             mt_subs_kick(h->subs);
         }
     }
@@ -718,6 +745,212 @@ static void handle_tables(mt_http *h, struct evhttp_request *req, const char *pa
     free(table);
 }
 
+/* ---- Server-Sent Events ---- */
+
+static void sse_free(sse_client *c)
+{
+    mt_http *h = c->h;
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        h->sse = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    event_free(c->heartbeat);
+    for (int i = 0; i < c->ntopics; i++) {
+        free(c->topics[i]);
+    }
+    free(c);
+}
+
+/* The client went away: evhttp frees the request with the connection. */
+static void sse_on_close(struct evhttp_connection *evcon, void *arg)
+{
+    sse_free(arg);
+}
+
+static size_t sse_backlog(sse_client *c)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+static void sse_on_sent(struct evhttp_connection *evcon, void *arg)
+{
+    sse_client *c = arg;
+    c->pumping = false;
+    sse_pump(c);
+}
+
+static bool sse_matches(sse_client *c, const mt_event *ev)
+{
+    for (int i = 0; i < c->ntopics; i++) {
+        bool m;
+        if (mt_topic_match(c->topics[i], ev->attr[MT_ATTR_TYPE], &m) == MT_OK && m) {
+            return true;
+        }
+    }
+    return false;
+}
+
+typedef struct sse_page {
+    sse_client *c;
+    struct evbuffer *out;
+    uint64_t last;
+} sse_page;
+
+static int sse_add_event(const mt_event *ev, void *arg)
+{
+    sse_page *p = arg;
+    p->last = ev->sequence;
+    if (!sse_matches(p->c, ev)) {
+        return 0;
+    }
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_addf(&b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
+                ev->attr[MT_ATTR_TYPE]);
+    /* Compact JSON has no raw newlines (they are escaped in strings). */
+    mt_event_to_json(ev, &b);
+    mt_buf_adds(&b, "\n\n");
+    evbuffer_add(p->out, b.data, b.len);
+    mt_buf_free(&b);
+    return 0;
+}
+
+/*
+ * Sends what the client has not seen yet, a page at a time, while its
+ * unsent output stays under SSE_BUFFER_MAX: a client that does not read is
+ * paused (bounded memory), not fed without end.
+ */
+static void sse_pump(sse_client *c)
+{
+    mt_http *h = c->h;
+    while (!c->pumping && h->store && sse_backlog(c) < SSE_BUFFER_MAX) {
+        mt_txn *t;
+        if (mt_store_read_begin(h->store, &t)) {
+            return;
+        }
+        sse_page p = {c, evbuffer_new(), c->after};
+        int rc = mt_log_read(t, c->after, SSE_PAGE, sse_add_event, &p);
+        mt_store_read_end(t);
+        bool more = rc == 0 && p.last >= c->after + SSE_PAGE;
+        c->after = p.last;
+        if (evbuffer_get_length(p.out) > 0) {
+            c->pumping = true;
+            evhttp_send_reply_chunk_with_cb(c->req, p.out, sse_on_sent, c);
+        }
+        evbuffer_free(p.out);
+        if (!more) {
+            return;
+        }
+    }
+}
+
+static void sse_on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    sse_client *c = arg;
+    if (sse_backlog(c) < SSE_BUFFER_MAX) {
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add_printf(b, ": heartbeat\n\n");
+        evhttp_send_reply_chunk(c->req, b);
+        evbuffer_free(b);
+    }
+}
+
+/* Frees a client that was never linked in (its request was answered with an error). */
+static void sse_discard(sse_client *c)
+{
+    for (int i = 0; i < c->ntopics; i++) {
+        free(c->topics[i]);
+    }
+    free(c);
+}
+
+static void handle_subscribe(mt_http *h, struct evhttp_request *req, struct evkeyvalq *q)
+{
+    if (h->draining) {
+        reply_error(req, 503, "shutting down", "the engine is stopping");
+        return;
+    }
+    sse_client *c = mt_xcalloc(1, sizeof *c);
+    c->h = h;
+    c->req = req;
+    for (struct evkeyval *kv = q->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcmp(kv->key, "topic") != 0) {
+            continue;
+        }
+        if (c->ntopics == SSE_MAX_TOPICS || mt_topic_validate_pattern(kv->value)) {
+            reply_error(req, 400, "invalid query parameter",
+                        c->ntopics == SSE_MAX_TOPICS
+                            ? "at most 16 'topic' parameters"
+                            : "'topic' must be a topic pattern ('*' one word, '#' zero or more), "
+                              "got '%.100s'", kv->value);
+            sse_discard(c);
+            return;
+        }
+        c->topics[c->ntopics++] = mt_xstrdup(kv->value);
+    }
+    if (c->ntopics == 0) {
+        reply_error(req, 400, "invalid query parameter",
+                    "at least one 'topic' parameter is needed, e.g. topic=order.%%23");
+        sse_discard(c);
+        return;
+    }
+    /* Resume point: Last-Event-ID (a reconnecting EventSource), else after=, else the head. */
+    const char *last = evhttp_find_header(evhttp_request_get_input_headers(req), "Last-Event-ID");
+    uint64_t after;
+    if (last) {
+        if (mt_parse_u64(last, &after)) {
+            reply_error(req, 400, "invalid Last-Event-ID", "expected a sequence, got '%.64s'", last);
+            sse_discard(c);
+        return;
+        }
+    } else if (evhttp_find_header(q, "after")) {
+        if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after)) {
+            sse_discard(c);
+        return;
+        }
+    } else {
+        mt_txn *t;
+        after = 0;
+        if (mt_store_read_begin(h->store, &t) == MT_OK) {
+            mt_log_head(t, &after);
+            mt_store_read_end(t);
+        }
+    }
+    c->after = after;
+    c->evcon = evhttp_request_get_connection(req);
+    c->next = h->sse;
+    if (h->sse) {
+        h->sse->prev = c;
+    }
+    h->sse = c;
+    evhttp_connection_set_closecb(c->evcon, sse_on_close, c);
+    struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+    evhttp_add_header(oh, "Content-Type", "text/event-stream");
+    evhttp_add_header(oh, "Cache-Control", "no-cache");
+    evhttp_send_reply_start(req, 200, "OK");
+    c->heartbeat = event_new(evhttp_connection_get_base(c->evcon), -1, EV_PERSIST,
+                             sse_on_heartbeat, c);
+    struct timeval tv = {SSE_HEARTBEAT_S, 0};
+    event_add(c->heartbeat, &tv);
+    sse_pump(c);
+}
+
+/* Ends every stream (shutdown). */
+static void sse_end_all(mt_http *h)
+{
+    while (h->sse) {
+        sse_client *c = h->sse;
+        evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+        evhttp_send_reply_end(c->req);
+        sse_free(c);
+    }
+}
+
 /* ---- routing ---- */
 
 static void method_not_allowed(struct evhttp_request *req, const char *allow)
@@ -789,6 +1022,12 @@ static void route(struct evhttp_request *req, void *arg)
         } else {
             method_not_allowed(req, "GET");
         }
+    } else if (strcmp(path, "/subscribe") == 0) {
+        if (get) {
+            handle_subscribe(h, req, &q);
+        } else {
+            method_not_allowed(req, "GET");
+        }
     } else if (strcmp(path, "/healthz") == 0) {
         if (get) {
             handle_health(h, req);
@@ -857,7 +1096,10 @@ void mt_http_appended(mt_http *h)
 {
     mt_txn *t;
     uint64_t head = 0;
-    if (!h->waiters || mt_store_read_begin(h->store, &t)) {
+    for (sse_client *c = h->sse; c; c = c->next) {
+        sse_pump(c);
+    }
+    if (!h->waiters || !h->store || mt_store_read_begin(h->store, &t)) {
         return;
     }
     mt_log_head(t, &head);
@@ -885,6 +1127,7 @@ void mt_http_stop_accepting(mt_http *h)
     while (h->waiters) {
         waiter_answer(h->waiters);
     }
+    sse_end_all(h);
 }
 
 void mt_http_detach_store(mt_http *h)

@@ -1,0 +1,112 @@
+"""Server-Sent Events over GET /subscribe: catch-up then live, resume from
+Last-Event-ID without gap or duplicate, bad input, and a client that never
+reads does not stop the engine serving others."""
+import http.client
+import json
+import socket
+import time
+
+import mtlib
+from mtlib import Engine
+
+
+def open_stream(e, query, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", e.port, timeout=20)
+    c.request("GET", "/subscribe?" + query, headers=headers or {})
+    r = c.getresponse()
+    return c, r
+
+
+def read_events(r, n):
+    """Reads n SSE events; returns [(id, event, data-dict)]."""
+    out = []
+    cur = {}
+    while len(out) < n:
+        line = r.readline().decode()
+        assert line, "stream ended after %d events" % len(out)
+        line = line.rstrip("\n")
+        if line.startswith(":"):
+            continue
+        if line == "":
+            if cur:
+                out.append((cur["id"], cur["event"], json.loads(cur["data"])))
+                cur = {}
+            continue
+        k, _, v = line.partition(": ")
+        cur[k] = v
+    return out
+
+
+def test_catch_up_then_live_with_topic_patterns():
+    with Engine() as e:
+        for i, t in enumerate(["order.placed", "stock.moved", "order.paid", "order.eu.placed"]):
+            e.publish(mtlib.event("c%d" % i, subject="o%d" % i, type_=t, data={"i": i}))
+        c, r = open_stream(e, "topic=order.*&topic=payment.%23&after=0")
+        assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+        got = read_events(r, 2)
+        assert [(g[0], g[1]) for g in got] == [("1", "order.placed"), ("3", "order.paid")], got
+        assert got[0][2]["data"] == {"i": 0} and got[0][2]["sequence"] == "1", got
+        for i, t in enumerate(["stock.moved", "payment.done", "payment.eu.done", "order.shipped"]):
+            e.publish(mtlib.event("l%d" % i, type_=t))
+        got = read_events(r, 3)
+        assert [g[1] for g in got] == ["payment.done", "payment.eu.done", "order.shipped"], got
+        assert [g[0] for g in got] == ["6", "7", "8"], got
+        c.close()
+
+
+def test_resume_from_last_event_id_has_no_gap_and_no_duplicate():
+    with Engine() as e:
+        for i in range(30):
+            e.publish(mtlib.event("r%d" % i, type_="tick.t", data={"i": i}))
+        c, r = open_stream(e, "topic=tick.%23&after=0")
+        first = read_events(r, 10)
+        c.close()  # the connection drops
+        last = first[-1][0]
+        for i in range(30, 40):
+            e.publish(mtlib.event("r%d" % i, type_="tick.t", data={"i": i}))
+        c, r = open_stream(e, "topic=tick.%23", {"Last-Event-ID": last})
+        rest = read_events(r, 30)
+        c.close()
+        seen = [int(g[0]) for g in first + rest]
+        assert seen == list(range(1, 41)), seen
+        # Without after or Last-Event-ID the stream starts at the head: live only.
+        c, r = open_stream(e, "topic=tick.%23")
+        time.sleep(0.3)
+        e.publish(mtlib.event("new", type_="tick.t"))
+        assert [g[0] for g in read_events(r, 1)] == ["41"]
+        c.close()
+
+
+def test_bad_subscribe_requests_get_json_errors():
+    with Engine() as e:
+        for q in ("", "topic=a..b", "topic=a.b%2A", "topic=a&after=x"):
+            st, h, body = e.request("GET", "/subscribe?" + q)
+            assert st == 400, (q, st, body)
+            ans = json.loads(body)
+            assert set(ans) == {"error", "detail"}, ans
+        st, _, body = e.request("GET", "/subscribe?topic=a", headers={"Last-Event-ID": "zz"})
+        assert st == 400, body
+        assert e.request("POST", "/subscribe?topic=a")[0] == 405
+
+
+def test_a_client_that_never_reads_is_paused_and_others_are_served():
+    with Engine() as e:
+        s = socket.create_connection(("127.0.0.1", e.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /subscribe?topic=%23&after=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn = e.conn()
+        big = "z" * 20000
+        for b in range(20):
+            st, body = e.publish_batch([mtlib.event("b%d-%d" % (b, k), type_="big.one",
+                                                    data={"p": big}) for k in range(40)], conn=conn)
+            assert st == 201, body
+        # 16 MB published; the reader took none of it. The engine still answers.
+        st, _, body = e.request("GET", "/healthz")
+        assert st == 200 and json.loads(body)["head"] == "800", body
+        c, r = open_stream(e, "topic=big.%23&after=790")
+        assert [g[0] for g in read_events(r, 10)] == [str(i) for i in range(791, 801)]
+        c.close()
+        s.close()
+
+
+mtlib.main(globals())
