@@ -684,6 +684,13 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
         if (mt_subs_dlq_redrive(h->subs, name, seq, dlq_answer, req)) {
             reply_error(req, 503, "shutting down", "the engine is stopping");
         }
+    } else if ((strcmp(rest, "/pause") == 0 || strcmp(rest, "/resume") == 0) &&
+               cmd == EVHTTP_REQ_POST) {
+        if (mt_subs_pause(h->subs, name, strcmp(rest, "/pause") == 0, dlq_answer, req)) {
+            reply_error(req, 503, "shutting down", "the engine is stopping");
+        }
+    } else if (strcmp(rest, "/pause") == 0 || strcmp(rest, "/resume") == 0) {
+        method_not_allowed(req, "POST");
     } else if (strcmp(rest, "/dlq") == 0) {
         method_not_allowed(req, "GET, DELETE");
     } else if (strcmp(rest, "/dlq/redrive") == 0) {
@@ -765,10 +772,15 @@ static void sse_free(sse_client *c)
     free(c);
 }
 
-/* The client went away: evhttp frees the request with the connection. */
+/*
+ * The client went away. evhttp has detached the unfinished request from the
+ * connection and leaves it to us: ending it frees it.
+ */
 static void sse_on_close(struct evhttp_connection *evcon, void *arg)
 {
-    sse_free(arg);
+    sse_client *c = arg;
+    evhttp_send_reply_end(c->req);
+    sse_free(c);
 }
 
 static size_t sse_backlog(sse_client *c)

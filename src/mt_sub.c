@@ -85,7 +85,8 @@ static size_t dlq_key(uint8_t *k, const char *name, uint64_t seq)
 
 typedef struct sub_state {
     uint64_t cursor;
-    uint64_t handled, retried, dead;
+    uint64_t handled, retried, dead, expired;
+    bool paused;
     char last_error[512];
     bool exists;
 } sub_state;
@@ -112,6 +113,8 @@ static mt_err load_state(mt_txn *t, const char *name, sub_state *st)
     st->handled = (uint64_t) json_integer_value(json_object_get(o, "handled"));
     st->retried = (uint64_t) json_integer_value(json_object_get(o, "retried"));
     st->dead = (uint64_t) json_integer_value(json_object_get(o, "dead"));
+    st->expired = (uint64_t) json_integer_value(json_object_get(o, "expired"));
+    st->paused = json_is_true(json_object_get(o, "paused"));
     const char *le = json_string_value(json_object_get(o, "last_error"));
     snprintf(st->last_error, sizeof st->last_error, "%s", le ? le : "");
     json_decref(o);
@@ -129,6 +132,8 @@ static mt_err save_state(mt_txn *t, const char *name, const sub_state *st)
                       (json_int_t) st->handled, "retried", (json_int_t) st->retried, "dead",
                       (json_int_t) st->dead, "last_error", "(not UTF-8)");
     }
+    json_object_set_new(o, "expired", json_integer((json_int_t) st->expired));
+    json_object_set_new(o, "paused", json_boolean(st->paused));
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     mt_err rc = mt_store_put(t, MT_DB_SUBS, name, strlen(name), text, strlen(text), 0);
@@ -263,6 +268,15 @@ static mt_err load_event(mt_txn *t, uint64_t seq, mt_event *ev, void **buf)
     return MT_OK;
 }
 
+/* Whether 'ev' has expired: its expirytime, or the subscription's ttl, has passed. */
+static bool expired(const mt_sub_conf *c, const mt_event *ev, int64_t now)
+{
+    if (ev->expiry_us && now >= ev->expiry_us) {
+        return true;
+    }
+    return c->ttl_ms && now >= ev->recordedtime_us + (int64_t) c->ttl_ms * 1000;
+}
+
 /* ---- running the handler ---- */
 
 typedef struct attempt_result {
@@ -382,7 +396,6 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec,
     size_t kl = dlq_key(k, s->conf->name, ev->sequence);
     mt_err rc = put_json(t, MT_DB_DLQ, k, kl, d);
     json_decref(d);
-    st->dead++;
     mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", s->conf->name, "sequence",
                                                      seq, NULL},
                  "subscription '%s': event %s dead-lettered: %s", s->conf->name, seq, reason);
@@ -400,12 +413,28 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
                       bool *freed)
 {
     const mt_sub_conf *c = s->conf;
-    attempt_result r;
-    result_init(&r);
-    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended);
     uint8_t k[KEY_MAX];
     size_t kl = parked_key(k, c->name, lane, ev->sequence);
     *freed = false;
+    if (expired(c, ev, mt_now_us())) {
+        /* Never delivered: counted, and dead-lettered if the subscription asks. */
+        st->expired++;
+        *freed = true;
+        mt_err rc = MT_OK;
+        if (c->expiry_dead_letter) {
+            json_t *d = rec ? json_incref(rec) : json_pack("{si}", "attempts", (int) attempt - 1);
+            rc = dead_letter(s, t, ev, d, "expired", st);
+            json_decref(d);
+        }
+        if (rc == MT_OK && rec) {
+            rc = mt_store_del(t, MT_DB_PARKED, k, kl);
+        }
+        json_decref(rec);
+        return rc;
+    }
+    attempt_result r;
+    result_init(&r);
+    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended);
     if (rc == MT_OK && r.ok) {
         st->handled++;
         *freed = true;
@@ -421,6 +450,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
         snprintf(st->last_error, sizeof st->last_error, "sequence %llu: %s",
                  (unsigned long long) ev->sequence, mt_buf_cstr(&r.error));
         if (r.rejected || attempt >= c->max_attempts) {
+            st->dead++;
             rc = dead_letter(s, t, ev, rec, r.rejected ? mt_buf_cstr(&r.error)
                                                        : "retries exhausted", st);
             if (rc == MT_OK && json_object_get(rec, "state")) {
@@ -446,6 +476,29 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
     }
     json_decref(rec);
     result_free(&r);
+    return rc;
+}
+
+/*
+ * Holds 'ev' back until its deliverafter time: parked at the head of its
+ * lane, due then, so the time index delivers it (also after a restart).
+ */
+static mt_err embargo(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane,
+                      dispatch_out *out)
+{
+    uint8_t k[KEY_MAX], sk[KEY_MAX];
+    size_t kl = parked_key(k, s->conf->name, lane, ev->sequence);
+    size_t skl = sched_key(sk, s->conf->name, ev->deliverafter_us, ev->sequence);
+    json_t *rec = json_pack("{sssisssI}", "state", "retry", "attempts", 0, "lane", lane, "due",
+                            (json_int_t) ev->deliverafter_us);
+    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+    json_decref(rec);
+    if (rc == MT_OK) {
+        rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
+    }
+    if (!out->next_due_us || ev->deliverafter_us < out->next_due_us) {
+        out->next_due_us = ev->deliverafter_us;
+    }
     return rc;
 }
 
@@ -621,6 +674,9 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
     if (rc == MT_OK && !st.exists) {
         rc = initial_cursor(t, c, &st.cursor);
     }
+    if (rc == MT_OK && st.paused) {
+        return save_state(t, c->name, &st);
+    }
     int budget = EVENTS_PER_JOB;
     if (rc == MT_OK) {
         rc = run_due(s, t, &st, out, &budget);
@@ -661,6 +717,9 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
                     rc = lane_busy(t, c->name, lane, &busy);
                     if (rc == MT_OK && busy) {
                         rc = park_blocked(s, t, lane, seq);
+                    } else if (rc == MT_OK && ev.deliverafter_us > mt_now_us() &&
+                               !expired(c, &ev, mt_now_us())) {
+                        rc = embargo(s, t, &ev, lane, out);
                     } else if (rc == MT_OK) {
                         void *copy = mt_xmalloc(vl);
                         memcpy(copy, v, vl);
@@ -883,6 +942,8 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
     json_object_set_new(o, "handled", json_integer((json_int_t) st.handled));
     json_object_set_new(o, "retried", json_integer((json_int_t) st.retried));
     json_object_set_new(o, "dead_lettered", json_integer((json_int_t) st.dead));
+    json_object_set_new(o, "expired", json_integer((json_int_t) st.expired));
+    json_object_set_new(o, "paused", json_boolean(st.paused));
     json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, s->conf->name)));
     json_object_set_new(o, "dlq", json_integer((json_int_t) count_prefix(t, MT_DB_DLQ, s->conf->name)));
     json_object_set_new(o, "in_flight", json_boolean(s->busy));
@@ -1068,6 +1129,56 @@ mt_err mt_subs_dlq_purge(mt_subs *subs, const char *name, uint64_t seq,
                          void (*done)(mt_err rc, uint64_t count, void *arg), void *arg)
 {
     return dlq_submit(subs, name, seq, false, done, arg);
+}
+
+/* ---- pause and resume ---- */
+
+typedef struct pause_job {
+    sub_rt *s;
+    bool pause;
+    void (*done)(mt_err rc, uint64_t count, void *arg);
+    void *arg;
+} pause_job;
+
+static mt_err pause_run(mt_txn *t, void *arg)
+{
+    pause_job *j = arg;
+    sub_state st;
+    mt_err rc = load_state(t, j->s->conf->name, &st);
+    if (rc == MT_OK && !st.exists) {
+        rc = initial_cursor(t, j->s->conf, &st.cursor);
+    }
+    if (rc == MT_OK) {
+        st.paused = j->pause;
+        rc = save_state(t, j->s->conf->name, &st);
+    }
+    return rc;
+}
+
+static void pause_done(mt_err rc, void *arg)
+{
+    pause_job *j = arg;
+    if (rc == MT_OK && !j->pause) {
+        submit(j->s);
+    }
+    j->done(rc, 0, j->arg);
+    free(j);
+}
+
+mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
+                     void (*done)(mt_err rc, uint64_t count, void *arg), void *arg)
+{
+    sub_rt *s = find(subs, name);
+    if (!s) {
+        return MT_ENOTFOUND;
+    }
+    pause_job *j = mt_xcalloc(1, sizeof *j);
+    *j = (pause_job){s, pause, done, arg};
+    mt_err rc = mt_store_submit(subs->store, pause_run, pause_done, j);
+    if (rc) {
+        free(j);
+    }
+    return rc;
 }
 
 /* ---- tables ---- */

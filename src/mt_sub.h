@@ -101,6 +101,14 @@ mt_err mt_subs_dlq_redrive(mt_subs *subs, const char *name, uint64_t seq,
 mt_err mt_subs_dlq_purge(mt_subs *subs, const char *name, uint64_t seq,
                          void (*done)(mt_err rc, uint64_t count, void *arg), void *arg);
 
+/*
+ * Pauses (pause true) or resumes a subscription; persisted, so it holds
+ * across restarts. A paused subscription delivers nothing; its messages wait
+ * durably. 'done' gets the outcome (count 0). MT_ENOTFOUND.
+ */
+mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
+                     void (*done)(mt_err rc, uint64_t count, void *arg), void *arg);
+
 /* Reads table/key written by handlers (JSON text into out). MT_ENOTFOUND, MT_EINVAL. */
 mt_err mt_subs_table_get(mt_txn *t, const char *table, const char *key, mt_buf *out);
 

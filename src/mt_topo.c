@@ -688,7 +688,23 @@ static void sub_limits(loader *ld, const yaml_node_t *v)
     walk_mapping(ld, v, "in limits", limits_keys);
 }
 
+static void sub_ttl(loader *ld, const yaml_node_t *v)
+{
+    get_duration(ld, v, sub_path(ld, "ttl"), &ld->sub->ttl_ms);
+}
+
+static void sub_on_expiry(loader *ld, const yaml_node_t *v)
+{
+    static const char *const names[] = {"drop", "dead-letter", NULL};
+    int i = get_choice(ld, v, sub_path(ld, "on_expiry"), names);
+    if (i >= 0) {
+        ld->sub->expiry_dead_letter = i == 1;
+    }
+}
+
 static const key_spec sub_keys[] = {
+    {"ttl", sub_ttl, false},
+    {"on_expiry", sub_on_expiry, false},
     {"topics", sub_topics, true},
     {"filter", sub_filter, false},
     {"handler", sub_handler, true},

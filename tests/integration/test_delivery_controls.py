@@ -1,0 +1,116 @@
+"""Delivery controls on subscriptions: expiry (expirytime and ttl, dropped
+or dead-lettered), deliverafter embargoes that survive a restart, and
+pause/resume that persists."""
+import datetime
+import json
+import os
+import tempfile
+import time
+
+import mtlib
+from mtlib import Engine
+
+
+def config(extra=""):
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    path = os.path.join(d, "topology.yaml")
+    with open(path, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  rec:\n    topics: [\"t.#\"]\n"
+                "    handler: tests/lua/handlers/record.lua\n" + extra)
+    return path
+
+
+def rfc3339(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def seen(e):
+    st, _, body = e.request("GET", "/tables/seen?limit=10000")
+    return json.loads(body)
+
+
+def status(e):
+    return json.loads(e.request("GET", "/subscriptions/rec")[2])
+
+
+def wait_for(pred, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def test_expired_events_are_never_delivered_and_are_counted():
+    with Engine(config=config()) as e:
+        e.publish(mtlib.event("old", type_="t.x", expirytime=rfc3339(time.time() - 60)))
+        e.publish(mtlib.event("fresh", type_="t.x", expirytime=rfc3339(time.time() + 3600)))
+        e.publish(mtlib.event("plain", type_="t.x"))
+        wait_for(lambda: status(e)["lag"] == 0 and len(seen(e)) == 2, what="delivery")
+        assert set(seen(e)) == {"e-fresh", "e-plain"}
+        s = status(e)
+        assert s["expired"] == 1 and s["dlq"] == 0, s
+
+
+def test_ttl_with_dead_letter_on_expiry():
+    with Engine(config=config("    ttl: 300ms\n    on_expiry: dead-letter\n")) as e:
+        assert e.request("POST", "/subscriptions/rec/pause")[0] == 200
+        for i in range(3):
+            e.publish(mtlib.event("t%d" % i, type_="t.x"))
+        time.sleep(0.6)  # older than the ttl when delivery resumes
+        assert e.request("POST", "/subscriptions/rec/resume")[0] == 200
+        wait_for(lambda: status(e)["expired"] == 3, what="3 expiries")
+        assert seen(e) == {}
+        dlq = json.loads(e.request("GET", "/subscriptions/rec/dlq")[2])
+        assert [d["reason"] for d in dlq] == ["expired"] * 3, dlq
+        assert status(e)["dead_lettered"] == 0  # an expiry is not a failure
+        # A fresh event still flows.
+        e.publish(mtlib.event("now", type_="t.x"))
+        wait_for(lambda: "e-now" in seen(e), what="a fresh event")
+
+
+def test_deliverafter_holds_an_event_until_its_time_across_a_restart():
+    cfg = config()
+    e = Engine(config=cfg).start()
+    try:
+        due = time.time() + 2.0
+        e.publish(mtlib.event("later", subject="s1", type_="t.x", deliverafter=rfc3339(due)))
+        e.publish(mtlib.event("now", subject="s2", type_="t.x"))
+        wait_for(lambda: "e-now" in seen(e), what="the undelayed event")
+        assert "e-later" not in seen(e)
+        assert e.stop() == 0  # usually before the due time: the embargo is in LMDB
+        e.start()
+        got = wait_for(lambda: "e-later" in seen(e) and time.time(), timeout=30, what="the embargo")
+        assert got >= due, "delivered %.3f s early" % (due - got)
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
+def test_pause_holds_messages_durably_and_resume_delivers_them():
+    cfg = config()
+    e = Engine(config=cfg).start()
+    try:
+        assert e.request("POST", "/subscriptions/rec/pause")[0] == 200
+        assert status(e)["paused"] is True
+        e.publish(mtlib.event("p1", type_="t.x"))
+        time.sleep(0.5)
+        assert seen(e) == {} and status(e)["lag"] == 1
+        assert e.stop() == 0
+        e.start()  # still paused after a restart
+        e.publish(mtlib.event("p2", type_="t.x"))
+        time.sleep(0.5)
+        assert seen(e) == {} and status(e)["paused"] is True
+        assert e.request("POST", "/subscriptions/rec/resume")[0] == 200
+        wait_for(lambda: set(seen(e)) == {"e-p1", "e-p2"}, what="delivery after resume")
+        assert status(e)["paused"] is False
+        assert e.request("GET", "/subscriptions/rec/pause")[0] == 405
+        assert e.request("POST", "/subscriptions/nope/pause")[0] == 404
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
+mtlib.main(globals())

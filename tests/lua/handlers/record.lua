@@ -1,0 +1,4 @@
+-- Records every delivered event by id.
+return function(event, ctx)
+  ctx.kv("seen"):put(event.id, event.sequence)
+end
