@@ -5,6 +5,7 @@
 #include "mt_fx.h"
 #include "mt_log.h"
 #include "mt_mem.h"
+#include "mt_util.h"
 
 void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger)
 {
@@ -105,8 +106,18 @@ mt_err mt_fx_kv_scan(mt_fx *fx, const char *table, const char *prefix, size_t li
     return rc == MT_ENOTFOUND ? MT_OK : rc;
 }
 
+int64_t mt_fx_now_us(const mt_fx *fx)
+{
+    int64_t us = fx->trigger->recordedtime_us;
+    if (fx->trigger->attr[MT_ATTR_TIME]) {
+        mt_time_parse(fx->trigger->attr[MT_ATTR_TIME], &us);
+    }
+    return us;
+}
+
 mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len,
-                  const char *subject, uint64_t *sequence, char *err, size_t errlen)
+                  const char *subject, int64_t deliverafter_us, uint64_t *sequence, char *err,
+                  size_t errlen)
 {
     *sequence = 0;
     const mt_event *tr = fx->trigger;
@@ -140,6 +151,11 @@ mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len
     const char *corr = tr->attr[MT_ATTR_CORRELATIONID] ? tr->attr[MT_ATTR_CORRELATIONID]
                                                        : tr->attr[MT_ATTR_ID];
     json_object_set_new(o, "correlationid", json_string(corr));
+    if (deliverafter_us) {
+        char ts[40];
+        mt_time_format_us(deliverafter_us, ts, sizeof ts);
+        json_object_set_new(o, "deliverafter", json_string(ts));
+    }
     char *env = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     mt_buf body;

@@ -65,11 +65,16 @@ mt_err mt_fx_kv_scan(mt_fx *fx, const char *table, const char *prefix, size_t li
 
 /*
  * Appends an event of 'type' with JSON 'data' (NULL = none). 'subject'
- * NULL means the trigger's subject. Sets *sequence. MT_EINVAL with a message
- * in err for a bad type, subject or data; MT_EFULL, MT_EIO.
+ * NULL means the trigger's subject. 'deliverafter_us' (0 = none) embargoes
+ * it for every subscription until then. Sets *sequence. MT_EINVAL with a
+ * message in err for a bad type, subject or data; MT_EFULL, MT_EIO.
  */
 mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len,
-                  const char *subject, uint64_t *sequence, char *err, size_t errlen);
+                  const char *subject, int64_t deliverafter_us, uint64_t *sequence, char *err,
+                  size_t errlen);
+
+/* The trigger's time (its `time` attribute, else when it was recorded), in microseconds. */
+int64_t mt_fx_now_us(const mt_fx *fx);
 
 /* Records a rejection: the handler's effects are discarded and the message dead-lettered. */
 void mt_fx_reject(mt_fx *fx, const char *reason);

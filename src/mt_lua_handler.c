@@ -74,8 +74,52 @@ static int l_ctx_emit(lua_State *L)
     char *data = lua_isnoneornil(L, 2) ? NULL : to_json_text(L, 2, "ctx.emit data");
     uint64_t seq;
     char err[512];
-    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, &seq, err,
+    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, 0, &seq, err,
                            sizeof err);
+    free(data);
+    if (rc) {
+        return luaL_error(L, "%s", err);
+    }
+    lua_pushinteger(L, (lua_Integer) seq);
+    return 1;
+}
+
+/*
+ * ctx.schedule(when, type, data, opts) -> sequence: like emit, embargoed
+ * until 'when': a delay in milliseconds (a number) or a duration string
+ * ("30s") counted from the event's time, so a re-run schedules the same
+ * instant; or an RFC 3339 time.  [-4, +1]
+ */
+static int l_ctx_schedule(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    int64_t at = 0;
+    if (lua_type(L, 1) == LUA_TNUMBER) {
+        lua_Integer ms = luaL_checkinteger(L, 1);
+        luaL_argcheck(L, ms >= 0, 1, "a delay must not be negative");
+        at = mt_fx_now_us(fx) + (int64_t) ms * 1000;
+    } else {
+        const char *w = luaL_checkstring(L, 1);
+        uint64_t ms;
+        if (mt_parse_duration(w, &ms) == MT_OK) {
+            at = mt_fx_now_us(fx) + (int64_t) ms * 1000;
+        } else if (mt_time_parse(w, &at) != MT_OK) {
+            return luaL_error(L, "ctx.schedule: '%s' is neither a duration nor an RFC 3339 time",
+                              w);
+        }
+    }
+    const char *type = luaL_checkstring(L, 2);
+    const char *subject = NULL;
+    if (lua_istable(L, 4)) {
+        lua_getfield(L, 4, "subject");
+        subject = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    char *data = lua_isnoneornil(L, 3) ? NULL : to_json_text(L, 3, "ctx.schedule data");
+    uint64_t seq;
+    char err[512];
+    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, at ? at : 1, &seq,
+                           err, sizeof err);
     free(data);
     if (rc) {
         return luaL_error(L, "%s", err);
@@ -239,11 +283,7 @@ static int l_log_error(lua_State *L) { log_at(L, MT_DIAG_ERROR); return 0; }
 static int l_ctx_now(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
-    int64_t us = fx->trigger->recordedtime_us;
-    if (fx->trigger->attr[MT_ATTR_TIME]) {
-        mt_time_parse(fx->trigger->attr[MT_ATTR_TIME], &us);
-    }
-    lua_pushinteger(L, (lua_Integer) (us / 1000));
+    lua_pushinteger(L, (lua_Integer) (mt_fx_now_us(fx) / 1000));
     return 1;
 }
 
@@ -287,7 +327,8 @@ static int build_ctx(lua_State *L)
     lua_setfield(L, ctx, "kv");
 
     static const luaL_Reg fns[] = {
-        {"emit", l_ctx_emit}, {"now", l_ctx_now}, {"reject", l_ctx_reject}, {NULL, NULL},
+        {"emit", l_ctx_emit}, {"schedule", l_ctx_schedule}, {"now", l_ctx_now},
+        {"reject", l_ctx_reject}, {NULL, NULL},
     };
     for (const luaL_Reg *r = fns; r->name; r++) {
         lua_pushvalue(L, 1);

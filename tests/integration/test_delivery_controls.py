@@ -113,4 +113,22 @@ def test_pause_holds_messages_durably_and_resume_delivers_them():
         e.cleanup()
 
 
+def test_ctx_schedule_embargoes_an_emitted_event_from_the_trigger_time():
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    cfg = os.path.join(d, "topology.yaml")
+    with open(cfg, "w") as f:
+        f.write("version: 1\nsubscriptions:\n"
+                "  sched:\n    topics: [\"order.placed\"]\n    handler: tests/lua/handlers/scheduler.lua\n"
+                "  rec:\n    topics: [\"t.#\"]\n    handler: tests/lua/handlers/record.lua\n")
+    with Engine(config=cfg) as e:
+        t0 = time.time()
+        e.publish(mtlib.event("o1", subject="order-1", type_="order.placed", time=rfc3339(t0)))
+        rem = wait_for(lambda: [ev for ev in e.read_all() if ev["type"] == "t.reminder"],
+                       what="the scheduled event in the log")[0]
+        assert rem["deliverafter"] == rfc3339(t0 + 1.5)[:23] + rem["deliverafter"][23:], rem
+        assert rem["id"] == "sched:1:0" and rem["subject"] == "order-1", rem
+        got = wait_for(lambda: "sched:1:0" in seen(e) and time.time(), what="the reminder")
+        assert got >= t0 + 1.5, "delivered %.3f s early" % (t0 + 1.5 - got)
+
+
 mtlib.main(globals())
