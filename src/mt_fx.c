@@ -115,9 +115,37 @@ int64_t mt_fx_now_us(const mt_fx *fx)
     return us;
 }
 
+static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t data_len,
+                         const char *subject, int64_t deliverafter_us, const char *corr_id,
+                         uint64_t *sequence, char *err, size_t errlen);
+
 mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len,
                   const char *subject, int64_t deliverafter_us, uint64_t *sequence, char *err,
                   size_t errlen)
+{
+    const mt_event *tr = fx->trigger;
+    const char *corr = tr->attr[MT_ATTR_CORRELATIONID] ? tr->attr[MT_ATTR_CORRELATIONID]
+                                                       : tr->attr[MT_ATTR_ID];
+    return emit_event(fx, type, data, data_len, subject, deliverafter_us, corr, sequence, err,
+                      errlen);
+}
+
+mt_err mt_fx_reply(mt_fx *fx, const char *data, size_t data_len, uint64_t *sequence, char *err,
+                   size_t errlen)
+{
+    *sequence = 0;
+    const mt_event *tr = fx->trigger;
+    if (!tr->attr[MT_ATTR_REPLYTO]) {
+        snprintf(err, errlen, "ctx.reply: the event has no replyto attribute");
+        return MT_EINVAL;
+    }
+    return emit_event(fx, tr->attr[MT_ATTR_REPLYTO], data, data_len, NULL, 0, tr->attr[MT_ATTR_ID],
+                      sequence, err, errlen);
+}
+
+static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t data_len,
+                         const char *subject, int64_t deliverafter_us, const char *corr,
+                         uint64_t *sequence, char *err, size_t errlen)
 {
     *sequence = 0;
     const mt_event *tr = fx->trigger;
@@ -148,8 +176,6 @@ mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len
         json_object_set_new(o, "subject", sj);
     }
     json_object_set_new(o, "causationid", json_string(tr->attr[MT_ATTR_ID]));
-    const char *corr = tr->attr[MT_ATTR_CORRELATIONID] ? tr->attr[MT_ATTR_CORRELATIONID]
-                                                       : tr->attr[MT_ATTR_ID];
     json_object_set_new(o, "correlationid", json_string(corr));
     if (deliverafter_us) {
         char ts[40];

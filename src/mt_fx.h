@@ -73,6 +73,15 @@ mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len
                   const char *subject, int64_t deliverafter_us, uint64_t *sequence, char *err,
                   size_t errlen);
 
+/*
+ * Answers a request: appends an event whose type is the trigger's `replyto`
+ * and whose correlationid is the trigger's id (what a caller of
+ * POST /events?wait=reply waits for). MT_EINVAL if the trigger has no
+ * replyto; otherwise as mt_fx_emit.
+ */
+mt_err mt_fx_reply(mt_fx *fx, const char *data, size_t data_len, uint64_t *sequence, char *err,
+                   size_t errlen);
+
 /* The trigger's time (its `time` attribute, else when it was recorded), in microseconds. */
 int64_t mt_fx_now_us(const mt_fx *fx);
 

@@ -27,6 +27,7 @@
 
 typedef struct waiter waiter;
 typedef struct sse_client sse_client;
+typedef struct reply_waiter reply_waiter;
 
 #define SSE_MAX_TOPICS 16
 #define SSE_BUFFER_MAX (1u << 20)   /* unsent bytes per client before it is paused */
@@ -43,6 +44,7 @@ struct mt_http {
     waiter *waiters;                   /* held long-polls, a doubly linked list */
     mt_subs *subs;                     /* borrowed; NULL = no subscriptions */
     sse_client *sse;                   /* Server-Sent Events clients, a doubly linked list */
+    reply_waiter *replies;             /* requests waiting for a reply, a doubly linked list */
     bool draining;
 };
 
@@ -79,7 +81,19 @@ typedef struct append_job {
     mt_expect expect;
     mt_log_result *results;   /* batch.count entries */
     int64_t current;          /* stream version on conflict */
+    uint64_t reply_wait_ms;   /* > 0: POST /events?wait=reply; answer with the reply */
 } append_job;
+
+/* A request waiting for its reply: an event of type 'topic' correlated to 'id'. */
+struct reply_waiter {
+    mt_http *h;
+    struct evhttp_request *req;
+    char *topic;              /* owned: the request's replyto */
+    char *id;                 /* owned: the request's id */
+    uint64_t after;           /* log position checked so far */
+    struct event *timer;
+    reply_waiter *prev, *next;
+};
 
 /* ---- answers ---- */
 
@@ -401,6 +415,112 @@ static void handle_health(mt_http *h, struct evhttp_request *req)
 
 /* ---- publishing ---- */
 
+/* ---- request/reply ---- */
+
+static void reply_waiter_free(reply_waiter *w)
+{
+    mt_http *h = w->h;
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        h->replies = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    event_free(w->timer);
+    free(w->topic);
+    free(w->id);
+    free(w);
+}
+
+static void on_reply_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    reply_waiter *w = arg;
+    reply_error(w->req, 504, "reply timeout",
+                "no event of type '%.200s' with correlationid '%.200s' arrived in time", w->topic,
+                w->id);
+    reply_waiter_free(w);
+}
+
+typedef struct reply_search {
+    reply_waiter *w;
+    mt_buf found;             /* the reply as JSON, once found */
+    uint64_t last;
+} reply_search;
+
+static int reply_visit(const mt_event *ev, void *arg)
+{
+    reply_search *r = arg;
+    r->last = ev->sequence;
+    const char *corr = ev->attr[MT_ATTR_CORRELATIONID];
+    if (corr && strcmp(ev->attr[MT_ATTR_TYPE], r->w->topic) == 0 && strcmp(corr, r->w->id) == 0) {
+        mt_event_to_json(ev, &r->found);
+        return 1;
+    }
+    return 0;
+}
+
+/* Looks for the waiter's reply in what was appended since it last looked. */
+static void reply_check(reply_waiter *w)
+{
+    mt_http *h = w->h;
+    mt_txn *t;
+    if (!h->store || mt_store_read_begin(h->store, &t)) {
+        return;
+    }
+    reply_search r = {w, {0}, w->after};
+    mt_buf_init(&r.found);
+    int rc;
+    do {
+        uint64_t before = r.last;
+        rc = mt_log_read(t, r.last, 1000, reply_visit, &r);
+        if (rc == 0 && r.last == before) {
+            break;
+        }
+    } while (rc == 0);
+    mt_store_read_end(t);
+    w->after = r.last;
+    if (rc == 1) {
+        reply(w->req, 200, "application/cloudevents+json", r.found.data, r.found.len);
+        reply_waiter_free(w);
+    }
+    mt_buf_free(&r.found);
+}
+
+static void replies_check(mt_http *h)
+{
+    for (reply_waiter *w = h->replies, *next; w; w = next) {
+        next = w->next;
+        reply_check(w);
+    }
+}
+
+/* The request was appended (or was a duplicate): wait for its reply. */
+static void reply_wait(append_job *j)
+{
+    mt_http *h = j->h;
+    mt_event ev;
+    mt_event_decode(j->batch.buf.data + j->batch.off[0], j->batch.len[0], &ev);
+    reply_waiter *w = mt_xcalloc(1, sizeof *w);
+    w->h = h;
+    w->req = j->req;
+    w->topic = mt_xstrdup(ev.attr[MT_ATTR_REPLYTO]);
+    w->id = mt_xstrdup(ev.attr[MT_ATTR_ID]);
+    w->after = j->results[0].sequence;
+    w->timer = evtimer_new(evhttp_connection_get_base(evhttp_request_get_connection(j->req)),
+                           on_reply_timeout, w);
+    struct timeval tv = {(time_t) (j->reply_wait_ms / 1000),
+                         (suseconds_t) (j->reply_wait_ms % 1000) * 1000};
+    evtimer_add(w->timer, &tv);
+    w->next = h->replies;
+    if (h->replies) {
+        h->replies->prev = w;
+    }
+    h->replies = w;
+    reply_check(w);
+}
+
 static mt_err append_run(mt_txn *t, void *arg)
 {
     append_job *j = arg;
@@ -443,6 +563,10 @@ static void append_done(mt_err rc, void *arg)
     } else if (rc) {
         reply_error(req, 500, "storage error", "append failed (%s); nothing was appended",
                     mt_err_str(rc));
+    } else if (j->reply_wait_ms) {
+        reply_wait(j);
+        mt_http_appended(h);
+        mt_subs_kick(h->subs);
     } else {
         json_t *arr = json_array();
         bool any_new = false;
@@ -475,6 +599,7 @@ static void append_done(mt_err rc, void *arg)
             for (sse_client *c = h->sse; c; c = c->next) {
                 sse_pump(c);
             }
+            replies_check(h);
             mt_subs_kick(h->subs);
         }
     }
@@ -576,6 +701,39 @@ static void handle_publish(mt_http *h, struct evhttp_request *req)
         reply_error(req, 400, "invalid expected version",
                     "moontide-expected-version must be any, no_stream, exists or a version "
                     "number, got '%.64s'", ev_hdr);
+        return;
+    }
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    const char *query = evhttp_uri_get_query(uri);
+    if (query) {
+        evhttp_parse_query_str(query, &q);
+    }
+    const char *wait = evhttp_find_header(&q, "wait");
+    bool bad = false;
+    if (wait && strcmp(wait, "reply") != 0) {
+        reply_error(req, 400, "invalid query parameter", "'wait' on POST /events must be 'reply'");
+        bad = true;
+    } else if (wait) {
+        const char *to = evhttp_find_header(&q, "timeout");
+        j->reply_wait_ms = 5000;
+        mt_event ev;
+        mt_event_decode(j->batch.buf.data + j->batch.off[0], j->batch.len[0], &ev);
+        if (to && (mt_parse_duration(to, &j->reply_wait_ms) || j->reply_wait_ms == 0 ||
+                   j->reply_wait_ms > WAIT_MAX_MS)) {
+            reply_error(req, 400, "invalid query parameter",
+                        "'timeout' must be a duration from 1ms to 60s, got '%.64s'", to);
+            bad = true;
+        } else if (j->batch.count != 1 || !ev.attr[MT_ATTR_REPLYTO]) {
+            reply_error(req, 400, "invalid request",
+                        "wait=reply needs exactly one event with a 'replyto' attribute");
+            bad = true;
+        }
+    }
+    evhttp_clear_headers(&q);
+    if (bad) {
+        append_job_free(j);
         return;
     }
     j->results = mt_xcalloc((size_t) j->batch.count, sizeof *j->results);
@@ -1111,6 +1269,7 @@ void mt_http_appended(mt_http *h)
     for (sse_client *c = h->sse; c; c = c->next) {
         sse_pump(c);
     }
+    replies_check(h);
     if (!h->waiters || !h->store || mt_store_read_begin(h->store, &t)) {
         return;
     }
@@ -1138,6 +1297,11 @@ void mt_http_stop_accepting(mt_http *h)
     }
     while (h->waiters) {
         waiter_answer(h->waiters);
+    }
+    while (h->replies) {
+        reply_error(h->replies->req, 503, "shutting down",
+                    "the engine is stopping before the reply arrived");
+        reply_waiter_free(h->replies);
     }
     sse_end_all(h);
 }

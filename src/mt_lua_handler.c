@@ -128,6 +128,22 @@ static int l_ctx_schedule(lua_State *L)
     return 1;
 }
 
+/* ctx.reply(data) -> sequence: answers the event's requester.  [-1, +1] */
+static int l_ctx_reply(lua_State *L)
+{
+    mt_fx *fx = current_fx(L);
+    char *data = lua_isnoneornil(L, 1) ? NULL : to_json_text(L, 1, "ctx.reply data");
+    uint64_t seq;
+    char err[512];
+    mt_err rc = mt_fx_reply(fx, data, data ? strlen(data) : 0, &seq, err, sizeof err);
+    free(data);
+    if (rc) {
+        return luaL_error(L, "%s", err);
+    }
+    lua_pushinteger(L, (lua_Integer) seq);
+    return 1;
+}
+
 static const char *kv_table_name(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -327,7 +343,8 @@ static int build_ctx(lua_State *L)
     lua_setfield(L, ctx, "kv");
 
     static const luaL_Reg fns[] = {
-        {"emit", l_ctx_emit}, {"schedule", l_ctx_schedule}, {"now", l_ctx_now},
+        {"emit", l_ctx_emit}, {"schedule", l_ctx_schedule}, {"reply", l_ctx_reply},
+        {"now", l_ctx_now},
         {"reject", l_ctx_reject}, {NULL, NULL},
     };
     for (const luaL_Reg *r = fns; r->name; r++) {

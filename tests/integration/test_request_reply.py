@@ -1,0 +1,71 @@
+"""Request/reply: POST /events?wait=reply holds the request until an event
+of the replyto type correlated to the request's id arrives (a Lua handler
+answers with ctx.reply), or answers 504 when the timeout passes."""
+import json
+import os
+import tempfile
+import threading
+
+import mtlib
+from mtlib import Engine
+
+
+def config():
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    path = os.path.join(d, "topology.yaml")
+    with open(path, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  quotes:\n    topics: [\"quote.requested\"]\n"
+                "    handler: tests/lua/handlers/quote.lua\n")
+    return path
+
+
+def ask(e, ev, timeout="5s"):
+    st, _, body = e.request("POST", "/events?wait=reply&timeout=" + timeout, ev,
+                            {"Content-Type": "application/cloudevents+json"})
+    return st, json.loads(body)
+
+
+def test_round_trip_through_a_lua_handler():
+    with Engine(config=config()) as e:
+        st, rep = ask(e, mtlib.event("q1", subject="cart-1", type_="quote.requested",
+                                     replyto="quote.given", data={"qty": 6, "item": "nut"}))
+        assert st == 200, rep
+        assert rep["type"] == "quote.given" and rep["correlationid"] == "e-q1", rep
+        assert rep["causationid"] == "e-q1" and rep["data"] == {"price": 42, "item": "nut"}, rep
+        # Many callers at once each get their own answer.
+        out = {}
+
+        def one(i):
+            out[i] = ask(e, mtlib.event("m%d" % i, type_="quote.requested", replyto="quote.given",
+                                        data={"qty": i, "item": "x"}))
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        for i in range(20):
+            st, rep = out[i]
+            assert st == 200 and rep["correlationid"] == "e-m%d" % i and rep["data"]["price"] == 7 * i, rep
+
+
+def test_timeout_and_bad_requests():
+    with Engine(config=config()) as e:
+        st, ans = ask(e, mtlib.event("n1", type_="nobody.listens", replyto="never.answered"),
+                      timeout="300ms")
+        assert st == 504 and ans["error"] == "reply timeout", ans
+        # The request itself was stored.
+        assert any(ev["id"] == "e-n1" for ev in e.read_all())
+        st, ans = ask(e, mtlib.event("n2", type_="quote.requested", data={"qty": 1}))
+        assert st == 400 and "replyto" in ans["detail"], ans
+        st, ans = ask(e, mtlib.event("n3", type_="quote.requested", replyto="q.g"), timeout="forever")
+        assert st == 400 and "timeout" in ans["detail"], ans
+        st, _, body = e.request("POST", "/events?wait=later", mtlib.event("n4", type_="a.b"),
+                                {"Content-Type": "application/cloudevents+json"})
+        assert st == 400, body
+        # A handler reply to an event without replyto is an error in the handler.
+        st, _ = e.publish(mtlib.event("n5", type_="quote.requested", data={"qty": 1}))
+        assert st == 201
+
+
+mtlib.main(globals())
