@@ -28,6 +28,7 @@
 typedef struct waiter waiter;
 typedef struct sse_client sse_client;
 typedef struct reply_waiter reply_waiter;
+typedef struct pull_req pull_req;
 
 #define SSE_MAX_TOPICS 16
 #define SSE_BUFFER_MAX (1u << 20)   /* unsent bytes per client before it is paused */
@@ -45,6 +46,7 @@ struct mt_http {
     mt_subs *subs;                     /* borrowed; NULL = no subscriptions */
     sse_client *sse;                   /* Server-Sent Events clients, a doubly linked list */
     reply_waiter *replies;             /* requests waiting for a reply, a doubly linked list */
+    pull_req *pulls;                   /* pull requests waiting for messages */
     bool draining;
 };
 
@@ -804,6 +806,94 @@ static void dlq_answer(mt_err rc, uint64_t count, void *arg)
     reply_json(req, 200, o);
 }
 
+/* ---- pull consumers ---- */
+
+struct pull_req {
+    mt_http *h;
+    struct evhttp_request *req;
+    char *name;               /* owned */
+    uint32_t max;
+    int64_t deadline_us;      /* monotonic; 0 = answer at once */
+    struct event *timer;      /* set while waiting between two looks */
+    pull_req *prev, *next;    /* in h->pulls while waiting */
+};
+
+static void pull_unlink(pull_req *p)
+{
+    mt_http *h = p->h;
+    if (h->pulls == p || p->prev) {
+        if (p->prev) {
+            p->prev->next = p->next;
+        } else {
+            h->pulls = p->next;
+        }
+        if (p->next) {
+            p->next->prev = p->prev;
+        }
+    }
+    p->prev = p->next = NULL;
+}
+
+static void pull_req_free(pull_req *p)
+{
+    pull_unlink(p);
+    if (p->timer) {
+        event_free(p->timer);
+    }
+    free(p->name);
+    free(p);
+}
+
+static void pull_submit(pull_req *p);
+
+static void on_pull_timer(evutil_socket_t fd, short what, void *arg)
+{
+    pull_req *p = arg;
+    pull_unlink(p);
+    pull_submit(p);
+}
+
+static void pull_answer(mt_err rc, json_t *result, void *arg)
+{
+    pull_req *p = arg;
+    if (rc) {
+        reply_error(p->req, rc == MT_ECLOSED ? 503 : 500, "pull failed", "%s", mt_err_str(rc));
+        pull_req_free(p);
+        return;
+    }
+    int64_t left = p->deadline_us - mt_mono_us();
+    if (json_array_size(result) == 0 && left > 0 && p->h->store && !p->h->draining) {
+        /* Nothing yet: look again shortly (new events, expired leases, nacks). */
+        if (!p->timer) {
+            p->timer = evtimer_new(evhttp_connection_get_base(evhttp_request_get_connection(p->req)),
+                                   on_pull_timer, p);
+        }
+        int64_t wait = left < 100000 ? left : 100000;
+        struct timeval tv = {0, (suseconds_t) wait};
+        evtimer_add(p->timer, &tv);
+        p->next = p->h->pulls;
+        if (p->h->pulls) {
+            p->h->pulls->prev = p;
+        }
+        p->h->pulls = p;
+        return;
+    }
+    reply_json(p->req, 200, json_incref(result));
+    pull_req_free(p);
+}
+
+static void pull_submit(pull_req *p)
+{
+    mt_err rc = p->h->subs && p->h->store ? mt_subs_pull(p->h->subs, p->name, p->max, pull_answer, p)
+                                          : MT_ECLOSED;
+    if (rc) {
+        pull_answer(rc, NULL, p);
+    }
+}
+
+static void handle_lease_op(mt_http *h, struct evhttp_request *req, const char *name,
+                            mt_lease_op op);
+
 static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
                        const char *rest, struct evkeyvalq *q)
 {
@@ -842,6 +932,28 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
         if (mt_subs_dlq_redrive(h->subs, name, seq, dlq_answer, req)) {
             reply_error(req, 503, "shutting down", "the engine is stopping");
         }
+    } else if (strcmp(rest, "/pull") == 0 && cmd == EVHTTP_REQ_POST) {
+        uint64_t max, wait_ms;
+        if (!mt_subs_is_pull(h->subs, name)) {
+            reply_error(req, 409, "not a pull subscription",
+                        "subscription '%.64s' delivers to a handler; declare deliver: pull", name);
+            return;
+        }
+        if (!query_u64(req, q, "max", 10, 1000, &max) || !query_wait(req, q, &wait_ms)) {
+            return;
+        }
+        pull_req *p = mt_xcalloc(1, sizeof *p);
+        *p = (pull_req){h, req, mt_xstrdup(name), (uint32_t) (max ? max : 1),
+                        mt_mono_us() + (int64_t) wait_ms * 1000, NULL, NULL, NULL};
+        pull_submit(p);
+    } else if ((strcmp(rest, "/ack") == 0 || strcmp(rest, "/nack") == 0 ||
+                strcmp(rest, "/extend") == 0) && cmd == EVHTTP_REQ_POST) {
+        handle_lease_op(h, req, name, strcmp(rest, "/ack") == 0    ? MT_LEASE_ACK
+                                      : strcmp(rest, "/nack") == 0 ? MT_LEASE_NACK
+                                                                   : MT_LEASE_EXTEND);
+    } else if (strcmp(rest, "/pull") == 0 || strcmp(rest, "/ack") == 0 ||
+               strcmp(rest, "/nack") == 0 || strcmp(rest, "/extend") == 0) {
+        method_not_allowed(req, "POST");
     } else if ((strcmp(rest, "/pause") == 0 || strcmp(rest, "/resume") == 0) &&
                cmd == EVHTTP_REQ_POST) {
         if (mt_subs_pause(h->subs, name, strcmp(rest, "/pause") == 0, dlq_answer, req)) {
@@ -857,6 +969,57 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
         reply_error(req, 404, "not found", "no resource at '/subscriptions/%.64s%.64s'", name,
                     rest);
     }
+}
+
+static void lease_answer(mt_err rc, json_t *result, void *arg)
+{
+    struct evhttp_request *req = arg;
+    if (rc) {
+        reply_error(req, rc == MT_ECLOSED ? 503 : 500, "lease operation failed", "%s",
+                    mt_err_str(rc));
+        return;
+    }
+    json_t *unknown = json_object_get(result, "unknown");
+    if (json_array_size(unknown) > 0) {
+        json_t *extra = json_object();
+        json_object_set(extra, "unknown", unknown);
+        json_object_set(extra, "count", json_object_get(result, "count"));
+        reply_error_extra(req, 409, "unknown lease", extra,
+                          "%zu lease token(s) expired, were already settled, or never existed",
+                          json_array_size(unknown));
+        return;
+    }
+    reply_json(req, 200, json_incref(result));
+}
+
+static void handle_lease_op(mt_http *h, struct evhttp_request *req, const char *name,
+                            mt_lease_op op)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    json_error_t e;
+    json_t *body = len ? json_loadb((const char *) evbuffer_pullup(in, -1), len, 0, &e) : NULL;
+    json_t *leases = json_object_get(body, "leases");
+    const char *delay = json_string_value(json_object_get(body, "delay"));
+    uint64_t delay_ms = 0;
+    size_t i;
+    json_t *v;
+    bool ok = json_is_array(leases) && json_array_size(leases) > 0 &&
+              json_array_size(leases) <= 10000;
+    json_array_foreach(leases, i, v) {
+        ok &= json_is_string(v);
+    }
+    if (!ok) {
+        reply_error(req, 400, "malformed body",
+                    "expected {\"leases\": [\"token\", ...]} with 1 to 10000 tokens");
+    } else if (delay && (op != MT_LEASE_NACK || mt_parse_duration(delay, &delay_ms))) {
+        reply_error(req, 400, "malformed body", "'delay' is a duration, and only for nack");
+    } else if (!mt_subs_is_pull(h->subs, name)) {
+        reply_error(req, 409, "not a pull subscription", "subscription '%.64s' is not pull", name);
+    } else if (mt_subs_lease_op(h->subs, name, op, leases, delay_ms, lease_answer, req)) {
+        reply_error(req, 503, "shutting down", "the engine is stopping");
+    }
+    json_decref(body);
 }
 
 static void handle_tables(mt_http *h, struct evhttp_request *req, const char *path,
@@ -1302,6 +1465,10 @@ void mt_http_stop_accepting(mt_http *h)
         reply_error(h->replies->req, 503, "shutting down",
                     "the engine is stopping before the reply arrived");
         reply_waiter_free(h->replies);
+    }
+    while (h->pulls) {
+        reply_json(h->pulls->req, 200, json_array());
+        pull_req_free(h->pulls);
     }
     sse_end_all(h);
 }

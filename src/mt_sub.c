@@ -8,6 +8,7 @@
 #include "mt_sub.h"
 #include "mt_topic.h"
 #include "mt_util.h"
+#include <openssl/rand.h>
 
 #define EVENTS_PER_JOB 512     /* handler runs per dispatch job: bounds a group's length */
 #define SCANS_PER_JOB 8192     /* log entries looked at per job */
@@ -806,7 +807,8 @@ static void dispatch_done(mt_err rc, void *arg)
 
 static void submit(sub_rt *s)
 {
-    if (s->subs->closing) {
+    if (s->subs->closing || s->conf->pull) {
+        /* Pull subscriptions deliver only when a consumer asks. */
         return;
     }
     if (s->busy) {
@@ -834,7 +836,7 @@ mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
         subs->n++;
         s->timer = evtimer_new(mt_loop_base(loop), on_timer, s);
         char why[512] = "";
-        if (runner->open(s->conf, &s->handler, why, sizeof why)) {
+        if (!s->conf->pull && runner->open(s->conf, &s->handler, why, sizeof why)) {
             snprintf(err, errlen, "subscription '%s': %s", s->conf->name, why);
             mt_subs_close(subs);
             return MT_ECONFIG;
@@ -1179,6 +1181,322 @@ mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
         free(j);
     }
     return rc;
+}
+
+/* ---- pull consumers ---- */
+
+/*
+ * A leased message is parked in lane "#SEQ" with state "leased", its lease
+ * token and its attempts; the time index holds its lease expiry, so an
+ * expired lease comes back to the next pull (a nack's delay works the same
+ * way). Tokens are "SEQ-NONCE": the nonce changes with every lease, so a
+ * consumer holding an old lease cannot ack a redelivered message.
+ */
+typedef struct pull_job {
+    sub_rt *s;
+    uint32_t max;
+    json_t *out;              /* [{"lease": token, "event": {...}}] */
+    mt_pull_done_fn done;
+    void *arg;
+} pull_job;
+
+static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, pull_job *j)
+{
+    const mt_sub_conf *c = s->conf;
+    char lane[32], token[64];
+    snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev->sequence);
+    uint8_t nonce[8];
+    RAND_bytes(nonce, sizeof nonce);
+    snprintf(token, sizeof token, "%llu-%02x%02x%02x%02x%02x%02x%02x%02x",
+             (unsigned long long) ev->sequence, nonce[0], nonce[1], nonce[2], nonce[3], nonce[4],
+             nonce[5], nonce[6], nonce[7]);
+    uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts")) + 1;
+    int64_t due = mt_now_us() + (int64_t) c->lease_ms * 1000;
+    json_object_set_new(rec, "state", json_string("leased"));
+    json_object_set_new(rec, "attempts", json_integer(attempts));
+    json_object_set_new(rec, "lane", json_string(lane));
+    json_object_set_new(rec, "lease", json_string(token));
+    json_object_set_new(rec, "due", json_integer(due));
+    uint8_t k[KEY_MAX], sk[KEY_MAX];
+    size_t kl = parked_key(k, c->name, lane, ev->sequence);
+    size_t skl = sched_key(sk, c->name, due, ev->sequence);
+    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+    if (rc == MT_OK) {
+        rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
+    }
+    if (rc == MT_OK) {
+        mt_buf b;
+        mt_buf_init(&b);
+        mt_event_to_json(ev, &b);
+        json_t *e = json_loadb(b.data, b.len, 0, NULL);
+        mt_buf_free(&b);
+        json_t *item = json_object();
+        json_object_set_new(item, "lease", json_string(token));
+        json_object_set_new(item, "attempt", json_integer(attempts));
+        json_object_set_new(item, "event", e ? e : json_null());
+        json_array_append_new(j->out, item);
+    }
+    return rc;
+}
+
+/* Drops an expired or exhausted message from the pull queue. */
+static mt_err pull_retire(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const char *why,
+                          bool dead, sub_state *st)
+{
+    char lane[32];
+    snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev->sequence);
+    uint8_t k[KEY_MAX];
+    size_t kl = parked_key(k, s->conf->name, lane, ev->sequence);
+    mt_err rc = mt_store_del(t, MT_DB_PARKED, k, kl);
+    if (rc == MT_ENOTFOUND) {
+        rc = MT_OK;
+    }
+    if (rc == MT_OK && dead) {
+        rc = dead_letter(s, t, ev, rec, why, st);
+    }
+    return rc;
+}
+
+static mt_err pull_run(mt_txn *t, void *arg)
+{
+    pull_job *j = arg;
+    sub_rt *s = j->s;
+    const mt_sub_conf *c = s->conf;
+    json_array_clear(j->out);
+    sub_state st;
+    mt_err rc = load_state(t, c->name, &st);
+    if (rc == MT_OK && !st.exists) {
+        rc = initial_cursor(t, c, &st.cursor);
+    }
+    int64_t now = mt_now_us();
+    uint8_t pfx[KEY_MAX];
+    size_t pl = name_prefix(pfx, c->name);
+    /* First what came back: expired leases, nacks whose delay passed. */
+    while (rc == MT_OK && json_array_size(j->out) < j->max) {
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        mt_err f = mt_store_first_with_prefix(t, MT_DB_SCHED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
+        if (f == MT_ENOTFOUND || (f == MT_OK && (int64_t) mt_get_be64((const uint8_t *) ck + pl) > now)) {
+            break;
+        }
+        if (f) {
+            rc = f;
+            break;
+        }
+        uint8_t sk[KEY_MAX], pk[KEY_MAX];
+        size_t skl = ckl, pkl = cvl < sizeof pk ? cvl : 0;
+        memcpy(sk, ck, ckl);
+        memcpy(pk, cv, pkl);
+        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
+        json_t *rec = rc ? NULL : parked_load(t, pk, pkl);
+        if (!rec) {
+            continue;
+        }
+        mt_event ev;
+        void *buf;
+        rc = load_event(t, mt_get_be64(pk + pkl - 8), &ev, &buf);
+        if (rc == MT_OK) {
+            uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts"));
+            if (expired(c, &ev, now)) {
+                st.expired++;
+                rc = pull_retire(s, t, &ev, rec, "expired", c->expiry_dead_letter, &st);
+            } else if (attempts >= c->max_attempts) {
+                st.dead++;
+                rc = pull_retire(s, t, &ev, rec, "retries exhausted", true, &st);
+            } else {
+                st.retried++;
+                rc = lease(s, t, &ev, rec, j);
+            }
+            free(buf);
+        }
+        json_decref(rec);
+    }
+    /* Then new events after the cursor. */
+    if (rc == MT_OK && json_array_size(j->out) < j->max) {
+        mt_cursor *cur;
+        rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
+        uint8_t start[8];
+        mt_put_be64(start, st.cursor + 1);
+        const void *k, *v;
+        size_t kl, vl;
+        mt_err crc = rc ? rc : mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+        int scans = 0;
+        while (rc == MT_OK && crc == MT_OK && json_array_size(j->out) < j->max &&
+               ++scans <= SCANS_PER_JOB) {
+            mt_event ev;
+            if (mt_event_decode(v, vl, &ev)) {
+                rc = MT_EIO;
+                break;
+            }
+            st.cursor = ev.sequence;
+            if (matches(s, &ev)) {
+                if (expired(c, &ev, now)) {
+                    st.expired++;
+                    if (c->expiry_dead_letter) {
+                        json_t *rec = json_pack("{si}", "attempts", 0);
+                        rc = dead_letter(s, t, &ev, rec, "expired", &st);
+                        json_decref(rec);
+                    }
+                } else {
+                    json_t *rec = json_object();
+                    rc = lease(s, t, &ev, rec, j);
+                    json_decref(rec);
+                }
+            }
+            if (rc == MT_OK) {
+                crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl);
+            }
+        }
+        mt_store_cursor_close(cur);
+    }
+    if (rc == MT_OK) {
+        rc = save_state(t, c->name, &st);
+    }
+    return rc;
+}
+
+static void pull_done(mt_err rc, void *arg)
+{
+    pull_job *j = arg;
+    j->done(rc, rc ? NULL : j->out, j->arg);
+    json_decref(j->out);
+    free(j);
+}
+
+mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_fn done,
+                    void *arg)
+{
+    sub_rt *s = find(subs, name);
+    if (!s) {
+        return MT_ENOTFOUND;
+    }
+    if (!s->conf->pull) {
+        return MT_EINVAL;
+    }
+    pull_job *j = mt_xcalloc(1, sizeof *j);
+    *j = (pull_job){s, max, json_array(), done, arg};
+    mt_err rc = mt_store_submit(subs->store, pull_run, pull_done, j);
+    if (rc) {
+        json_decref(j->out);
+        free(j);
+    }
+    return rc;
+}
+
+typedef struct lease_job {
+    sub_rt *s;
+    mt_lease_op op;
+    json_t *tokens;           /* owned array of strings */
+    uint64_t delay_ms;
+    json_t *unknown;          /* tokens that match no live lease */
+    uint64_t count;
+    mt_pull_done_fn done;
+    void *arg;
+} lease_job;
+
+static mt_err lease_run(mt_txn *t, void *arg)
+{
+    lease_job *j = arg;
+    sub_rt *s = j->s;
+    const char *name = s->conf->name;
+    json_array_clear(j->unknown);
+    j->count = 0;
+    sub_state st;
+    mt_err rc = load_state(t, name, &st);
+    size_t i;
+    json_t *tok;
+    json_array_foreach(j->tokens, i, tok) {
+        if (rc) {
+            break;
+        }
+        const char *token = json_string_value(tok);
+        uint64_t seq = token ? strtoull(token, NULL, 10) : 0;
+        char lane[32];
+        snprintf(lane, sizeof lane, "#%llu", (unsigned long long) seq);
+        uint8_t k[KEY_MAX];
+        size_t kl = parked_key(k, name, lane, seq);
+        json_t *rec = seq ? parked_load(t, k, kl) : NULL;
+        const char *have = json_string_value(json_object_get(rec, "lease"));
+        if (!rec || !have || strcmp(have, token) != 0 ||
+            strcmp(json_string_value(json_object_get(rec, "state")), "leased") != 0) {
+            json_array_append(j->unknown, tok);
+            json_decref(rec);
+            continue;
+        }
+        int64_t due = json_integer_value(json_object_get(rec, "due"));
+        uint8_t sk[KEY_MAX];
+        size_t skl = sched_key(sk, name, due, seq);
+        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
+        if (rc == MT_ENOTFOUND) {
+            rc = MT_OK;
+        }
+        if (rc == MT_OK && j->op == MT_LEASE_ACK) {
+            rc = mt_store_del(t, MT_DB_PARKED, k, kl);
+            st.handled++;
+        } else if (rc == MT_OK) {
+            int64_t ndue = mt_now_us() + (j->op == MT_LEASE_NACK ? (int64_t) j->delay_ms * 1000
+                                                                  : (int64_t) s->conf->lease_ms * 1000);
+            json_object_set_new(rec, "due", json_integer(ndue));
+            if (j->op == MT_LEASE_NACK) {
+                json_object_set_new(rec, "state", json_string("retry"));
+                json_object_del(rec, "lease");
+            }
+            rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+            skl = sched_key(sk, name, ndue, seq);
+            if (rc == MT_OK) {
+                rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
+            }
+        }
+        json_decref(rec);
+        j->count += rc == MT_OK;
+    }
+    if (rc == MT_OK && j->op == MT_LEASE_ACK && j->count) {
+        rc = save_state(t, name, &st);
+    }
+    return rc;
+}
+
+static void lease_done(mt_err rc, void *arg)
+{
+    lease_job *j = arg;
+    json_t *o = NULL;
+    if (rc == MT_OK) {
+        o = json_object();
+        json_object_set_new(o, "count", json_integer((json_int_t) j->count));
+        json_object_set(o, "unknown", j->unknown);
+    }
+    j->done(rc, o, j->arg);
+    json_decref(o);
+    json_decref(j->tokens);
+    json_decref(j->unknown);
+    free(j);
+}
+
+mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const json_t *tokens,
+                        uint64_t delay_ms, mt_pull_done_fn done, void *arg)
+{
+    sub_rt *s = find(subs, name);
+    if (!s) {
+        return MT_ENOTFOUND;
+    }
+    if (!s->conf->pull) {
+        return MT_EINVAL;
+    }
+    lease_job *j = mt_xcalloc(1, sizeof *j);
+    *j = (lease_job){s, op, json_deep_copy(tokens), delay_ms, json_array(), 0, done, arg};
+    mt_err rc = mt_store_submit(subs->store, lease_run, lease_done, j);
+    if (rc) {
+        json_decref(j->tokens);
+        json_decref(j->unknown);
+        free(j);
+    }
+    return rc;
+}
+
+bool mt_subs_is_pull(mt_subs *subs, const char *name)
+{
+    sub_rt *s = find(subs, name);
+    return s && s->conf->pull;
 }
 
 /* ---- tables ---- */

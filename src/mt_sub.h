@@ -109,6 +109,33 @@ mt_err mt_subs_dlq_purge(mt_subs *subs, const char *name, uint64_t seq,
 mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
                      void (*done)(mt_err rc, uint64_t count, void *arg), void *arg);
 
+/* Called on the loop thread with a job's outcome and its JSON result (borrowed; NULL on error). */
+typedef void (*mt_pull_done_fn)(mt_err rc, json_t *result, void *arg);
+
+/*
+ * Pull consumers (deliver: pull): leases up to 'max' messages, expired
+ * leases and delayed nacks first, then new events. 'done' gets a JSON array
+ * of {"lease", "attempt", "event"}. A lease lasts the subscription's
+ * `lease`; an unacknowledged one comes back, counting an attempt, and after
+ * max_attempts goes to the dead-letter queue. MT_ENOTFOUND, MT_EINVAL if the
+ * subscription is not a pull one, MT_ECLOSED.
+ */
+mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_fn done,
+                    void *arg);
+
+typedef enum mt_lease_op { MT_LEASE_ACK, MT_LEASE_NACK, MT_LEASE_EXTEND } mt_lease_op;
+
+/*
+ * Acknowledges, nacks (redelivered after delay_ms) or extends (by the
+ * subscription's lease) the given lease tokens (a JSON array of strings).
+ * 'done' gets {"count": N, "unknown": [tokens that match no live lease]}.
+ */
+mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const json_t *tokens,
+                        uint64_t delay_ms, mt_pull_done_fn done, void *arg);
+
+/* Whether 'name' is a pull subscription. */
+bool mt_subs_is_pull(mt_subs *subs, const char *name);
+
 /* Reads table/key written by handlers (JSON text into out). MT_ENOTFOUND, MT_EINVAL. */
 mt_err mt_subs_table_get(mt_txn *t, const char *table, const char *key, mt_buf *out);
 

@@ -702,12 +702,31 @@ static void sub_on_expiry(loader *ld, const yaml_node_t *v)
     }
 }
 
+static void sub_deliver(loader *ld, const yaml_node_t *v)
+{
+    static const char *const names[] = {"lua", "pull", NULL};
+    int i = get_choice(ld, v, sub_path(ld, "deliver"), names);
+    if (i >= 0) {
+        ld->sub->pull = i == 1;
+    }
+}
+
+static void sub_lease(loader *ld, const yaml_node_t *v)
+{
+    get_duration(ld, v, sub_path(ld, "lease"), &ld->sub->lease_ms);
+    if (ld->sub->lease_ms == 0) {
+        err_node(ld, v, "'%s' must be longer than 0", sub_path(ld, "lease"));
+    }
+}
+
 static const key_spec sub_keys[] = {
+    {"deliver", sub_deliver, false},
+    {"lease", sub_lease, false},
     {"ttl", sub_ttl, false},
     {"on_expiry", sub_on_expiry, false},
     {"topics", sub_topics, true},
     {"filter", sub_filter, false},
-    {"handler", sub_handler, true},
+    {"handler", sub_handler, false},
     {"start", sub_start, false},
     {"ordering", sub_ordering, false},
     {"workers", sub_workers, false},
@@ -726,6 +745,19 @@ static void sub_defaults(mt_sub_conf *c)
     c->max_backoff_ms = 30000;
     c->max_instructions = 10000000;
     c->max_memory = 16 * MIB;
+    c->lease_ms = 30000;
+}
+
+/* Whether mapping 'map' has key 'name' (even with a bad value, already reported). */
+static bool has_key(loader *ld, const yaml_node_t *map, const char *name)
+{
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        if (key_is(yaml_document_get_node(ld->doc, p->key), name)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 static bool valid_sub_name(const unsigned char *s, size_t n)
@@ -784,6 +816,13 @@ static void section_subscriptions(loader *ld, const yaml_node_t *v)
         char where[96];
         snprintf(where, sizeof where, "in subscription '%s'", c->name);
         walk_mapping(ld, body, where, sub_keys);
+        if (!c->pull && !c->handler && !has_key(ld, body, "handler")) {
+            err_node(ld, body, "missing required key 'handler' in subscription '%s' (or set "
+                     "deliver: pull)", c->name);
+        } else if (c->pull && c->handler) {
+            err_node(ld, body, "subscription '%s': a pull subscription has no handler",
+                     c->name);
+        }
         if (c->max_backoff_ms < c->backoff_ms) {
             err_node(ld, body, "subscription '%s': retry.max_backoff is shorter than "
                      "retry.backoff", c->name);

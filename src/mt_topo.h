@@ -74,6 +74,8 @@ typedef enum mt_start {
  *       workers: 2                       # 1 to 64
  *       retry: { max_attempts: 5, backoff: 200ms, max_backoff: 30s }
  *       limits: { instructions: 10000000, memory: 16MiB }
+ *       deliver: lua                     # lua (handler) | pull (consumers lease over HTTP)
+ *       lease: 30s                       # pull: lease length
  *       ttl: 1h                          # events older than this are not delivered
  *       on_expiry: drop                  # drop | dead-letter
  */
@@ -93,6 +95,8 @@ typedef struct mt_sub_conf {
     uint64_t max_backoff_ms; /* cap of the exponential backoff */
     uint64_t max_instructions; /* Lua instruction budget per invocation */
     uint64_t max_memory;     /* Lua memory limit, bytes */
+    bool pull;               /* deliver: pull (external consumers lease events; no handler) */
+    uint64_t lease_ms;       /* pull: how long a leased event is reserved for its consumer */
     uint64_t ttl_ms;         /* 0 = events never expire for this subscription */
     bool expiry_dead_letter; /* on_expiry: dead-letter (else drop, counted) */
 } mt_sub_conf;

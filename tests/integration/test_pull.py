@@ -1,0 +1,105 @@
+"""Pull consumers (deliver: pull): competing consumers lease events, ack,
+nack and extend; an expired lease is redelivered; retries end in the
+dead-letter queue; bad tokens are clear errors."""
+import json
+import os
+import tempfile
+import threading
+import time
+
+import mtlib
+from mtlib import Engine
+
+
+def config(extra=""):
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    path = os.path.join(d, "topology.yaml")
+    with open(path, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  work:\n    topics: [\"job.#\"]\n    deliver: pull\n"
+                + extra)
+    return path
+
+
+def post(e, path, body=None):
+    st, _, raw = e.request("POST", path, body)
+    return st, json.loads(raw)
+
+
+def test_two_competing_consumers_split_the_work_and_each_event_is_acked_once():
+    with Engine(config=config()) as e:
+        for b in range(4):
+            e.publish_batch([mtlib.event("j%d-%d" % (b, k), type_="job.run", data={"n": k})
+                             for k in range(50)])
+        acked = {0: [], 1: []}
+
+        def consumer(n):
+            while True:
+                st, items = post(e, "/subscriptions/work/pull?max=7&wait=300ms")
+                assert st == 200, items
+                if not items:
+                    return
+                st, ans = post(e, "/subscriptions/work/ack", {"leases": [i["lease"] for i in items]})
+                assert st == 200 and ans["count"] == len(items), ans
+                acked[n] += [i["event"]["id"] for i in items]
+
+        ts = [threading.Thread(target=consumer, args=(n,)) for n in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        every = acked[0] + acked[1]
+        assert sorted(every) == sorted("e-j%d-%d" % (b, k) for b in range(4) for k in range(50))
+        assert len(set(every)) == 200
+        assert acked[0] and acked[1], "one consumer got nothing"
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["handled"] == 200 and s["retrying"] == 0, s
+
+
+def test_an_expired_lease_is_redelivered_and_old_tokens_are_refused():
+    with Engine(config=config("    lease: 300ms\n")) as e:
+        e.publish(mtlib.event("x", type_="job.run"))
+        st, first = post(e, "/subscriptions/work/pull?max=10")
+        assert st == 200 and len(first) == 1 and first[0]["attempt"] == 1, first
+        # The consumer dies; after the lease the event comes back.
+        again = []
+        deadline = time.monotonic() + 20
+        while not again and time.monotonic() < deadline:
+            st, again = post(e, "/subscriptions/work/pull?max=10&wait=500ms")
+        assert len(again) == 1 and again[0]["event"]["id"] == "e-x" and again[0]["attempt"] == 2, again
+        st, ans = post(e, "/subscriptions/work/ack", {"leases": [first[0]["lease"]]})
+        assert st == 409 and ans["unknown"] == [first[0]["lease"]], ans
+        st, ans = post(e, "/subscriptions/work/extend", {"leases": [again[0]["lease"]]})
+        assert st == 200 and ans["count"] == 1, ans
+        st, ans = post(e, "/subscriptions/work/ack", {"leases": [again[0]["lease"], "42-00"]})
+        assert st == 409 and ans["count"] == 1 and ans["unknown"] == ["42-00"], ans
+
+
+def test_nack_with_delay_then_dead_letter_after_max_attempts():
+    with Engine(config=config("    retry: { max_attempts: 2 }\n")) as e:
+        e.publish(mtlib.event("n", type_="job.run"))
+        st, items = post(e, "/subscriptions/work/pull")
+        st, ans = post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]], "delay": "1s"})
+        assert st == 200 and ans["count"] == 1, ans
+        st, none = post(e, "/subscriptions/work/pull")
+        assert none == [], none  # still delayed
+        time.sleep(1.1)
+        st, items = post(e, "/subscriptions/work/pull?wait=2s")
+        assert len(items) == 1 and items[0]["attempt"] == 2, items
+        post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]]})
+        st, items = post(e, "/subscriptions/work/pull?wait=300ms")
+        assert items == [], items  # two attempts used up
+        dlq = json.loads(e.request("GET", "/subscriptions/work/dlq")[2])
+        assert len(dlq) == 1 and dlq[0]["reason"] == "retries exhausted", dlq
+
+
+def test_bad_pull_requests():
+    with Engine(config=config()) as e:
+        assert post(e, "/subscriptions/work/pull?max=0x")[0] == 400
+        assert post(e, "/subscriptions/work/ack", {"leases": "abc"})[0] == 400
+        assert post(e, "/subscriptions/work/ack", {"leases": []})[0] == 400
+        assert post(e, "/subscriptions/work/ack", {"leases": ["1-00"], "delay": "1s"})[0] == 400
+        assert post(e, "/subscriptions/nope/pull")[0] == 404
+        assert e.request("GET", "/subscriptions/work/pull")[0] == 405
+
+
+mtlib.main(globals())
