@@ -17,6 +17,7 @@
 #include "mt_store.h"
 #include "mt_sub.h"
 #include "mt_topo.h"
+#include "mt_webhook.h"
 
 #define EXIT_IOERR 74
 #define DEFAULT_CONFIG "config/default.yaml"
@@ -178,6 +179,7 @@ static int cmd_run(int argc, char **argv)
     mt_store *store = NULL;
     mt_http *http = NULL;
     mt_subs *subs = NULL;
+    mt_webhooks *hooks = NULL;
     mt_store_opts so = {
         .dir = e->data_dir,
         .map_size = e->map_size,
@@ -208,6 +210,12 @@ static int cmd_run(int argc, char **argv)
         code = MT_EXIT_CONFIG;
         goto out;
     }
+    rc = mt_webhooks_open(loop, subs, topo, &hooks, why, sizeof why);
+    if (rc) {
+        fprintf(stderr, "moontide run: %s\n", why);
+        code = MT_EXIT_CONFIG;
+        goto out;
+    }
     mt_http_set_subs(http, subs);
     mt_subs_on_append(subs, on_handler_append, http);
     mt_subs_kick(subs);
@@ -231,6 +239,7 @@ out:
         mt_http_stop_accepting(http);
     }
     mt_subs_stop(subs);
+    mt_webhooks_stop(hooks);
     if (loop) {
         mt_loop_detach_store(loop);
     }
@@ -239,6 +248,7 @@ out:
         mt_http_detach_store(http);
     }
     mt_store_close(store);
+    mt_webhooks_close(hooks);
     mt_subs_close(subs);
     if (http) {
         mt_loop_run_for(loop, 200);

@@ -878,7 +878,23 @@ static void pull_answer(mt_err rc, json_t *result, void *arg)
         p->h->pulls = p;
         return;
     }
-    reply_json(p->req, 200, json_incref(result));
+    /* Built by hand so each event's exact text is spliced in. */
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_adds(&b, "[");
+    size_t i;
+    json_t *item;
+    json_array_foreach(result, i, item) {
+        json_t *raw = json_object_get(item, "raw");
+        mt_buf_addf(&b, "%s{\"lease\":\"%s\",\"attempt\":%lld,\"event\":", i ? "," : "",
+                    json_string_value(json_object_get(item, "lease")),
+                    (long long) json_integer_value(json_object_get(item, "attempt")));
+        mt_buf_add(&b, json_string_value(raw), json_string_length(raw));
+        mt_buf_adds(&b, "}");
+    }
+    mt_buf_adds(&b, "]");
+    reply(p->req, 200, "application/json", b.data, b.len);
+    mt_buf_free(&b);
     pull_req_free(p);
 }
 

@@ -1225,15 +1225,17 @@ static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, pull_
         rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
     }
     if (rc == MT_OK) {
+        /* The event travels as its exact JSON text: data stays byte for byte. */
         mt_buf b;
         mt_buf_init(&b);
         mt_event_to_json(ev, &b);
-        json_t *e = json_loadb(b.data, b.len, 0, NULL);
-        mt_buf_free(&b);
         json_t *item = json_object();
         json_object_set_new(item, "lease", json_string(token));
         json_object_set_new(item, "attempt", json_integer(attempts));
-        json_object_set_new(item, "event", e ? e : json_null());
+        json_object_set_new(item, "sequence", json_integer((json_int_t) ev->sequence));
+        json_t *raw = json_stringn(b.data, b.len);
+        json_object_set_new(item, "raw", raw ? raw : json_string("null"));
+        mt_buf_free(&b);
         json_array_append_new(j->out, item);
     }
     return rc;

@@ -115,9 +115,11 @@ typedef void (*mt_pull_done_fn)(mt_err rc, json_t *result, void *arg);
 /*
  * Pull consumers (deliver: pull): leases up to 'max' messages, expired
  * leases and delayed nacks first, then new events. 'done' gets a JSON array
- * of {"lease", "attempt", "event"}. A lease lasts the subscription's
+ * of items. A lease lasts the subscription's
  * `lease`; an unacknowledged one comes back, counting an attempt, and after
- * max_attempts goes to the dead-letter queue. MT_ENOTFOUND, MT_EINVAL if the
+ * max_attempts goes to the dead-letter queue. Each item is {"lease",
+ * "attempt", "sequence", "raw"}: "raw" is the structured event's exact JSON
+ * text (data byte for byte). MT_ENOTFOUND, MT_EINVAL if the
  * subscription is not a pull one, MT_ECLOSED.
  */
 mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_fn done,

@@ -702,8 +702,63 @@ static void sub_on_expiry(loader *ld, const yaml_node_t *v)
     }
 }
 
+static void webhook_url(loader *ld, const yaml_node_t *v)
+{
+    const char *u = scalar_text(ld, v, sub_path(ld, "deliver.webhook.url"), "an http:// URL");
+    if (u && strncmp(u, "http://", 7) != 0) {
+        err_node(ld, v, "'%s' must be an http:// URL (got '%.100s')",
+                 sub_path(ld, "deliver.webhook.url"), u);
+    } else if (u) {
+        set_str(&ld->sub->webhook_url, u);
+    }
+}
+
+static void webhook_secret(loader *ld, const yaml_node_t *v)
+{
+    const char *sec = scalar_text(ld, v, sub_path(ld, "deliver.webhook.secret"),
+                                  "a secret of the form whsec_<base64>");
+    if (sec && (strncmp(sec, "whsec_", 6) != 0 || strlen(sec) < 10)) {
+        err_node(ld, v, "'%s' must look like whsec_<base64>", sub_path(ld, "deliver.webhook.secret"));
+    } else if (sec) {
+        set_str(&ld->sub->webhook_secret, sec);
+    }
+}
+
+static void webhook_concurrency(loader *ld, const yaml_node_t *v)
+{
+    uint64_t n = (uint64_t) ld->sub->webhook_concurrency;
+    get_uint(ld, v, sub_path(ld, "deliver.webhook.concurrency"), 1, 64, &n);
+    ld->sub->webhook_concurrency = (int) n;
+}
+
+static const key_spec webhook_keys[] = {
+    {"url", webhook_url, true},
+    {"secret", webhook_secret, false},
+    {"concurrency", webhook_concurrency, false},
+    {NULL, NULL, false},
+};
+
+static void deliver_webhook(loader *ld, const yaml_node_t *v)
+{
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, sub_path(ld, "deliver.webhook"), "a mapping with url and secret");
+        return;
+    }
+    ld->sub->pull = true;
+    walk_mapping(ld, v, "in deliver.webhook", webhook_keys);
+}
+
+static const key_spec deliver_keys[] = {
+    {"webhook", deliver_webhook, true},
+    {NULL, NULL, false},
+};
+
 static void sub_deliver(loader *ld, const yaml_node_t *v)
 {
+    if (v->type == YAML_MAPPING_NODE) {
+        walk_mapping(ld, v, "in deliver", deliver_keys);
+        return;
+    }
     static const char *const names[] = {"lua", "pull", NULL};
     int i = get_choice(ld, v, sub_path(ld, "deliver"), names);
     if (i >= 0) {
@@ -746,6 +801,7 @@ static void sub_defaults(mt_sub_conf *c)
     c->max_instructions = 10000000;
     c->max_memory = 16 * MIB;
     c->lease_ms = 30000;
+    c->webhook_concurrency = 4;
 }
 
 /* Whether mapping 'map' has key 'name' (even with a bad value, already reported). */
@@ -840,6 +896,8 @@ static void sub_conf_free(mt_sub_conf *c)
     free(c->topics);
     free(c->filter_json);
     free(c->handler);
+    free(c->webhook_url);
+    free(c->webhook_secret);
 }
 
 /* ---- top level ---- */

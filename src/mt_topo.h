@@ -75,6 +75,7 @@ typedef enum mt_start {
  *       retry: { max_attempts: 5, backoff: 200ms, max_backoff: 30s }
  *       limits: { instructions: 10000000, memory: 16MiB }
  *       deliver: lua                     # lua (handler) | pull (consumers lease over HTTP)
+ *                                        # | { webhook: { url: U, secret: whsec_..., concurrency: 4 } }
  *       lease: 30s                       # pull: lease length
  *       ttl: 1h                          # events older than this are not delivered
  *       on_expiry: drop                  # drop | dead-letter
@@ -95,7 +96,10 @@ typedef struct mt_sub_conf {
     uint64_t max_backoff_ms; /* cap of the exponential backoff */
     uint64_t max_instructions; /* Lua instruction budget per invocation */
     uint64_t max_memory;     /* Lua memory limit, bytes */
-    bool pull;               /* deliver: pull (external consumers lease events; no handler) */
+    bool pull;               /* deliver: pull, or a webhook (events are leased; no handler) */
+    char *webhook_url;       /* owned; deliver: { webhook: { url, secret } }, else NULL */
+    char *webhook_secret;    /* owned; "whsec_<base64>", or NULL for unsigned */
+    int webhook_concurrency; /* requests in flight to the endpoint */
     uint64_t lease_ms;       /* pull: how long a leased event is reserved for its consumer */
     uint64_t ttl_ms;         /* 0 = events never expire for this subscription */
     bool expiry_dead_letter; /* on_expiry: dead-letter (else drop, counted) */

@@ -1,0 +1,326 @@
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mt_diag.h"
+#include "mt_mem.h"
+#include "mt_util.h"
+#include "mt_webhook.h"
+
+#define POLL_MS 200            /* how often idle slots look for redeliveries */
+#define TIMEOUT_S 10           /* per request */
+
+typedef struct hook hook;
+
+typedef struct slot {
+    hook *hk;
+    struct evhttp_connection *conn;
+    bool busy;
+    char token[64];            /* the lease being delivered */
+    uint32_t attempt;
+} slot;
+
+struct hook {
+    mt_webhooks *w;
+    const mt_sub_conf *conf;   /* borrowed */
+    char *host;                /* owned */
+    int port;
+    char *path;                /* owned: path and query */
+    unsigned char key[256];    /* decoded secret */
+    int keylen;                /* 0 = unsigned */
+    slot *slots;               /* owned, conf->webhook_concurrency */
+    bool pulling;
+    bool gone;                 /* 410: stop delivering */
+    struct event *timer;
+};
+
+struct mt_webhooks {
+    mt_loop *loop;
+    mt_subs *subs;
+    hook *hooks;
+    int n;
+    bool stopping;
+};
+
+static void hook_fill(hook *hk);
+
+/* ---- settling leases ---- */
+
+static void settled(mt_err rc, json_t *result, void *arg)
+{
+    slot *sl = arg;
+    sl->busy = false;
+    if (rc && rc != MT_ECLOSED) {
+        mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", sl->hk->conf->name, NULL},
+                     "webhook '%s': settling a lease failed: %s", sl->hk->conf->name,
+                     mt_err_str(rc));
+    }
+    hook_fill(sl->hk);
+}
+
+static void settle_lease(slot *sl, mt_lease_op op, uint64_t delay_ms)
+{
+    json_t *tokens = json_pack("[s]", sl->token);
+    mt_err rc = mt_subs_lease_op(sl->hk->w->subs, sl->hk->conf->name, op, tokens, delay_ms,
+                                 settled, sl);
+    json_decref(tokens);
+    if (rc) {
+        sl->busy = false;
+    }
+}
+
+static void paused(mt_err rc, uint64_t count, void *arg)
+{
+    hook *hk = arg;
+    if (rc) {
+        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", hk->conf->name, NULL},
+                     "webhook '%s': cannot record the pause: %s", hk->conf->name, mt_err_str(rc));
+    }
+}
+
+static uint64_t backoff_ms(const mt_sub_conf *c, uint32_t attempt)
+{
+    uint64_t d = c->backoff_ms;
+    for (uint32_t i = 1; i < attempt && d < c->max_backoff_ms; i++) {
+        d *= 2;
+    }
+    return d > c->max_backoff_ms ? c->max_backoff_ms : d;
+}
+
+static void on_response(struct evhttp_request *req, void *arg)
+{
+    slot *sl = arg;
+    hook *hk = sl->hk;
+    int status = req ? evhttp_request_get_response_code(req) : 0;
+    if (hk->w->stopping) {
+        sl->busy = false;
+        return;
+    }
+    if (status >= 200 && status < 300) {
+        settle_lease(sl, MT_LEASE_ACK, 0);
+        return;
+    }
+    uint64_t delay = backoff_ms(hk->conf, sl->attempt);
+    if (status == 410) {
+        /* The endpoint is gone for good: stop, keep the event for a resume. */
+        hk->gone = true;
+        mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", hk->conf->name, NULL},
+                     "webhook '%s': the endpoint answered 410 Gone; subscription paused",
+                     hk->conf->name);
+        mt_subs_pause(hk->w->subs, hk->conf->name, true, paused, hk);
+        json_t *tokens = json_pack("[s]", sl->token);
+        mt_subs_lease_op(hk->w->subs, hk->conf->name, MT_LEASE_NACK, tokens, 0, settled, sl);
+        json_decref(tokens);
+        return;
+    }
+    const char *ra = req ? evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After")
+                         : NULL;
+    uint64_t secs;
+    if (ra && mt_parse_u64(ra, &secs) == MT_OK && secs <= 3600) {
+        delay = secs * 1000;
+    }
+    settle_lease(sl, MT_LEASE_NACK, delay);
+}
+
+/* ---- sending ---- */
+
+static void sign(hook *hk, const char *id, const char *ts, const char *body, size_t len,
+                 char *out, size_t outlen)
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int maclen = 0;
+    mt_buf msg;
+    mt_buf_init(&msg);
+    mt_buf_addf(&msg, "%s.%s.", id, ts);
+    mt_buf_add(&msg, body, len);
+    HMAC(EVP_sha256(), hk->key, hk->keylen, (const unsigned char *) msg.data, msg.len, mac,
+         &maclen);
+    mt_buf_free(&msg);
+    char b64[128];
+    EVP_EncodeBlock((unsigned char *) b64, mac, (int) maclen);
+    snprintf(out, outlen, "v1,%s", b64);
+}
+
+static void send_one(slot *sl, json_t *item)
+{
+    hook *hk = sl->hk;
+    json_t *raw = json_object_get(item, "raw");
+    snprintf(sl->token, sizeof sl->token, "%s", json_string_value(json_object_get(item, "lease")));
+    sl->attempt = (uint32_t) json_integer_value(json_object_get(item, "attempt"));
+    char id[96], ts[24];
+    snprintf(id, sizeof id, "%s-%lld", hk->conf->name,
+             (long long) json_integer_value(json_object_get(item, "sequence")));
+    snprintf(ts, sizeof ts, "%lld", (long long) (mt_now_us() / 1000000));
+    struct evhttp_request *req = evhttp_request_new(on_response, sl);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    char hostport[300];
+    snprintf(hostport, sizeof hostport, "%s:%d", hk->host, hk->port);
+    evhttp_add_header(h, "Host", hostport);
+    evhttp_add_header(h, "Content-Type", "application/cloudevents+json");
+    evhttp_add_header(h, "webhook-id", id);
+    evhttp_add_header(h, "webhook-timestamp", ts);
+    if (hk->keylen) {
+        char sig[160];
+        sign(hk, id, ts, json_string_value(raw), json_string_length(raw), sig, sizeof sig);
+        evhttp_add_header(h, "webhook-signature", sig);
+    }
+    evbuffer_add(evhttp_request_get_output_buffer(req), json_string_value(raw),
+                 json_string_length(raw));
+    sl->busy = true;
+    if (evhttp_make_request(sl->conn, req, EVHTTP_REQ_POST, hk->path) != 0) {
+        settle_lease(sl, MT_LEASE_NACK, backoff_ms(hk->conf, sl->attempt));
+    }
+}
+
+static void on_pulled(mt_err rc, json_t *items, void *arg)
+{
+    hook *hk = arg;
+    hk->pulling = false;
+    if (rc || hk->w->stopping) {
+        return;
+    }
+    size_t i = 0;
+    for (int s = 0; s < hk->conf->webhook_concurrency && i < json_array_size(items); s++) {
+        if (!hk->slots[s].busy) {
+            send_one(&hk->slots[s], json_array_get(items, i++));
+        }
+    }
+}
+
+/* Leases as many events as there are free slots. */
+static void hook_fill(hook *hk)
+{
+    if (hk->pulling || hk->gone || hk->w->stopping) {
+        return;
+    }
+    int free_slots = 0;
+    for (int s = 0; s < hk->conf->webhook_concurrency; s++) {
+        free_slots += !hk->slots[s].busy;
+    }
+    if (free_slots && mt_subs_pull(hk->w->subs, hk->conf->name, (uint32_t) free_slots, on_pulled,
+                                   hk) == MT_OK) {
+        hk->pulling = true;
+    }
+}
+
+static void on_poll(evutil_socket_t fd, short what, void *arg)
+{
+    hook_fill(arg);
+}
+
+/* ---- lifecycle ---- */
+
+static mt_err hook_init(mt_webhooks *w, hook *hk, const mt_sub_conf *c, char *err, size_t errlen)
+{
+    hk->w = w;
+    hk->conf = c;
+    struct evhttp_uri *u = evhttp_uri_parse(c->webhook_url);
+    const char *host = u ? evhttp_uri_get_host(u) : NULL;
+    if (!host) {
+        snprintf(err, errlen, "webhook '%s': cannot parse url '%s'", c->name, c->webhook_url);
+        evhttp_uri_free(u);
+        return MT_ECONFIG;
+    }
+    hk->host = mt_xstrdup(host);
+    hk->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
+    const char *path = evhttp_uri_get_path(u);
+    const char *query = evhttp_uri_get_query(u);
+    hk->path = mt_xasprintf("%s%s%s", path && *path ? path : "/", query ? "?" : "",
+                            query ? query : "");
+    evhttp_uri_free(u);
+    if (c->webhook_secret) {
+        const char *b64 = c->webhook_secret + 6;
+        size_t n = strlen(b64);
+        if (n % 4 || n / 4 * 3 > sizeof hk->key) {
+            snprintf(err, errlen, "webhook '%s': the secret is not whsec_<base64>", c->name);
+            return MT_ECONFIG;
+        }
+        int k = EVP_DecodeBlock(hk->key, (const unsigned char *) b64, (int) n);
+        if (k < 0) {
+            snprintf(err, errlen, "webhook '%s': the secret is not whsec_<base64>", c->name);
+            return MT_ECONFIG;
+        }
+        while (n > 0 && b64[n - 1] == '=') {
+            n--;
+            k--;
+        }
+        hk->keylen = k;
+    }
+    struct event_base *base = mt_loop_base(w->loop);
+    hk->slots = mt_xcalloc((size_t) c->webhook_concurrency, sizeof *hk->slots);
+    for (int s = 0; s < c->webhook_concurrency; s++) {
+        hk->slots[s].hk = hk;
+        hk->slots[s].conn = evhttp_connection_base_new(base, NULL, hk->host, (uint16_t) hk->port);
+        evhttp_connection_set_timeout(hk->slots[s].conn, TIMEOUT_S);
+    }
+    hk->timer = event_new(base, -1, EV_PERSIST, on_poll, hk);
+    struct timeval tv = {0, POLL_MS * 1000};
+    event_add(hk->timer, &tv);
+    return MT_OK;
+}
+
+mt_err mt_webhooks_open(mt_loop *loop, mt_subs *subs, const mt_topo *topo, mt_webhooks **out,
+                        char *err, size_t errlen)
+{
+    *out = NULL;
+    mt_webhooks *w = mt_xcalloc(1, sizeof *w);
+    w->loop = loop;
+    w->subs = subs;
+    w->hooks = mt_xcalloc((size_t) (topo->nsubs ? topo->nsubs : 1), sizeof *w->hooks);
+    for (int i = 0; i < topo->nsubs; i++) {
+        if (!topo->subs[i].webhook_url) {
+            continue;
+        }
+        mt_err rc = hook_init(w, &w->hooks[w->n++], &topo->subs[i], err, errlen);
+        if (rc) {
+            mt_webhooks_close(w);
+            return rc;
+        }
+    }
+    *out = w;
+    mt_webhooks_kick(w);
+    return MT_OK;
+}
+
+void mt_webhooks_kick(mt_webhooks *w)
+{
+    for (int i = 0; w && i < w->n; i++) {
+        hook_fill(&w->hooks[i]);
+    }
+}
+
+void mt_webhooks_stop(mt_webhooks *w)
+{
+    if (w) {
+        w->stopping = true;
+    }
+}
+
+void mt_webhooks_close(mt_webhooks *w)
+{
+    if (!w) {
+        return;
+    }
+    for (int i = 0; i < w->n; i++) {
+        hook *hk = &w->hooks[i];
+        if (hk->timer) {
+            event_free(hk->timer);
+        }
+        for (int s = 0; hk->slots && s < hk->conf->webhook_concurrency; s++) {
+            if (hk->slots[s].conn) {
+                evhttp_connection_free(hk->slots[s].conn);
+            }
+        }
+        free(hk->slots);
+        free(hk->host);
+        free(hk->path);
+    }
+    free(w->hooks);
+    free(w);
+}
