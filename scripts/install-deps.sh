@@ -6,7 +6,7 @@ packages=(
     build-essential autoconf automake libtool pkg-config
     libevent-dev liblmdb-dev liblua5.4-dev libjansson-dev libyaml-dev
     libssl-dev zlib1g-dev libcmocka-dev
-    python3 curl
+    python3 curl tzdata
 )
 missing=()
 for p in "${packages[@]}"; do

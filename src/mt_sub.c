@@ -805,10 +805,33 @@ static void dispatch_done(mt_err rc, void *arg)
     }
 }
 
+/*
+ * Outside its processing window a subscription submits nothing; returns
+ * the seconds until the window opens (0 = inside, or no window).
+ */
+static int until_window(const mt_sub_conf *c)
+{
+    if (!c->has_window || c->window_from == c->window_to) {
+        return 0;
+    }
+    int now = mt_seconds_of_day(c->window_tz, mt_now_us());
+    bool inside = c->window_from < c->window_to
+                      ? now >= c->window_from && now < c->window_to
+                      : now >= c->window_from || now < c->window_to;
+    return inside ? 0 : (c->window_from - now + 86400) % 86400;
+}
+
 static void submit(sub_rt *s)
 {
     if (s->subs->closing || s->conf->pull) {
         /* Pull subscriptions deliver only when a consumer asks. */
+        return;
+    }
+    int wait = until_window(s->conf);
+    if (wait > 0) {
+        /* Messages wait durably; come back when the window opens. */
+        struct timeval tv = {wait, 0};
+        evtimer_add(s->timer, &tv);
         return;
     }
     if (s->busy) {

@@ -688,6 +688,74 @@ static void sub_limits(loader *ld, const yaml_node_t *v)
     walk_mapping(ld, v, "in limits", limits_keys);
 }
 
+/* "HH:MM" or "HH:MM:SS" into seconds after midnight; -1 if malformed. */
+static int parse_clock(const char *s)
+{
+    int h, m, sec = 0, n = 0;
+    if (sscanf(s, "%2d:%2d%n", &h, &m, &n) == 2 && (s[n] == '\0' ||
+        (s[n] == ':' && sscanf(s + n, ":%2d%n", &sec, &n) == 1))) {
+        size_t len = strlen(s);
+        if ((len == 5 || len == 8) && h >= 0 && h < 24 && m >= 0 && m < 60 && sec >= 0 &&
+            sec < 60) {
+            return h * 3600 + m * 60 + sec;
+        }
+    }
+    return -1;
+}
+
+static void window_clock(loader *ld, const yaml_node_t *v, const char *key, int *out)
+{
+    const char *p = sub_path(ld, key);
+    const char *s = scalar_text(ld, v, p, "a time of day such as 22:00 or 06:30:00");
+    if (s && (*out = parse_clock(s)) < 0) {
+        err_expected(ld, v, p, "a time of day such as 22:00 or 06:30:00");
+    }
+}
+
+static void window_from(loader *ld, const yaml_node_t *v)
+{
+    window_clock(ld, v, "window.from", &ld->sub->window_from);
+}
+
+static void window_to(loader *ld, const yaml_node_t *v)
+{
+    window_clock(ld, v, "window.to", &ld->sub->window_to);
+}
+
+static void window_tz(loader *ld, const yaml_node_t *v)
+{
+    const char *p = sub_path(ld, "window.tz");
+    const char *tz = scalar_text(ld, v, p, "an IANA time zone such as Europe/Paris");
+    if (!tz) {
+        return;
+    }
+    char *file = mt_xasprintf("/usr/share/zoneinfo/%s", tz);
+    bool ok = strstr(tz, "..") == NULL && tz[0] != '/' && access(file, R_OK) == 0;
+    free(file);
+    if (!ok) {
+        err_node(ld, v, "'%s': unknown time zone '%.64s' (is tzdata installed?)", p, tz);
+        return;
+    }
+    set_str(&ld->sub->window_tz, tz);
+}
+
+static const key_spec window_keys[] = {
+    {"from", window_from, true},
+    {"to", window_to, true},
+    {"tz", window_tz, false},
+    {NULL, NULL, false},
+};
+
+static void sub_window(loader *ld, const yaml_node_t *v)
+{
+    if (v->type != YAML_MAPPING_NODE) {
+        err_expected(ld, v, sub_path(ld, "window"), "a mapping with from, to and tz");
+        return;
+    }
+    ld->sub->has_window = true;
+    walk_mapping(ld, v, "in window", window_keys);
+}
+
 static void sub_ttl(loader *ld, const yaml_node_t *v)
 {
     get_duration(ld, v, sub_path(ld, "ttl"), &ld->sub->ttl_ms);
@@ -775,6 +843,7 @@ static void sub_lease(loader *ld, const yaml_node_t *v)
 }
 
 static const key_spec sub_keys[] = {
+    {"window", sub_window, false},
     {"deliver", sub_deliver, false},
     {"lease", sub_lease, false},
     {"ttl", sub_ttl, false},
@@ -898,6 +967,7 @@ static void sub_conf_free(mt_sub_conf *c)
     free(c->handler);
     free(c->webhook_url);
     free(c->webhook_secret);
+    free(c->window_tz);
 }
 
 /* ---- top level ---- */

@@ -77,6 +77,7 @@ typedef enum mt_start {
  *       deliver: lua                     # lua (handler) | pull (consumers lease over HTTP)
  *                                        # | { webhook: { url: U, secret: whsec_..., concurrency: 4 } }
  *       lease: 30s                       # pull: lease length
+ *       window: { from: "22:00", to: "06:00", tz: Europe/Paris }   # off-peak only
  *       ttl: 1h                          # events older than this are not delivered
  *       on_expiry: drop                  # drop | dead-letter
  */
@@ -102,6 +103,10 @@ typedef struct mt_sub_conf {
     int webhook_concurrency; /* requests in flight to the endpoint */
     uint64_t lease_ms;       /* pull: how long a leased event is reserved for its consumer */
     uint64_t ttl_ms;         /* 0 = events never expire for this subscription */
+    bool has_window;         /* window: consume only between window_from and window_to */
+    int window_from;         /* seconds after local midnight */
+    int window_to;           /* seconds after local midnight; before 'from' wraps midnight */
+    char *window_tz;         /* owned; IANA zone such as "Europe/Paris", NULL = UTC */
     bool expiry_dead_letter; /* on_expiry: dead-letter (else drop, counted) */
 } mt_sub_conf;
 

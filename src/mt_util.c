@@ -1,4 +1,6 @@
 #include <ctype.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -232,4 +234,30 @@ void mt_time_format_us(int64_t us, char *buf, size_t len)
     gmtime_r(&t, &tm);
     snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) frac);
+}
+
+int mt_seconds_of_day(const char *tz, int64_t us)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    time_t t = (time_t) (us / 1000000);
+    struct tm tm;
+    if (!tz) {
+        gmtime_r(&t, &tm);
+        return tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
+    }
+    pthread_mutex_lock(&mu);
+    const char *old = getenv("TZ");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("TZ", tz, 1);
+    tzset();
+    localtime_r(&t, &tm);
+    if (saved) {
+        setenv("TZ", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("TZ");
+    }
+    tzset();
+    pthread_mutex_unlock(&mu);
+    return tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
 }

@@ -45,6 +45,13 @@ mt_err mt_parse_duration(const char *s, uint64_t *ms);
  */
 mt_err mt_time_parse(const char *s, int64_t *us);
 
+/*
+ * Seconds after local midnight at 'us' in time zone 'tz' (an IANA name;
+ * NULL = UTC). Switches the process's TZ for the conversion, under a lock:
+ * only call it from the loop thread, where nothing else converts local time.
+ */
+int mt_seconds_of_day(const char *tz, int64_t us);
+
 /* Formats 'us' as RFC 3339 UTC with microseconds. buf needs 32 bytes. */
 void mt_time_format_us(int64_t us, char *buf, size_t len);
 

@@ -131,4 +131,29 @@ def test_ctx_schedule_embargoes_an_emitted_event_from_the_trigger_time():
         assert got >= t0 + 1.5, "delivered %.3f s early" % (t0 + 1.5 - got)
 
 
+def test_a_processing_window_that_opens_during_the_test():
+    # The window opens 3 s from now (Europe/Paris time) and stays open an hour.
+    import zoneinfo
+    now = datetime.datetime.now(zoneinfo.ZoneInfo("Europe/Paris"))
+    opens = now + datetime.timedelta(seconds=3)
+    closes = now + datetime.timedelta(hours=1)
+    cfg = config("    window: { from: \"%s\", to: \"%s\", tz: Europe/Paris }\n"
+                 % (opens.strftime("%H:%M:%S"), closes.strftime("%H:%M:%S")))
+    with Engine(config=cfg) as e:
+        e.publish(mtlib.event("w1", type_="t.x"))
+        time.sleep(1.0)
+        if time.time() < opens.timestamp() - 0.5:
+            assert seen(e) == {}, "delivered outside the window"
+        got = wait_for(lambda: "e-w1" in seen(e) and time.time(), what="the window to open")
+        assert got >= opens.timestamp() - 1.0, "delivered %.2f s before the window opened" % (
+            opens.timestamp() - got)
+
+
+def test_bad_windows_are_configuration_errors():
+    cfg = config("    window: { from: \"25:00\", to: \"06:00\", tz: Mars/Olympus }\n")
+    rc, _, err = mtlib.run_cli("check", "-c", cfg)
+    assert rc == 78, err
+    assert "window.from" in err and "Mars/Olympus" in err, err
+
+
 mtlib.main(globals())
