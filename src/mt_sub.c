@@ -1296,6 +1296,48 @@ static mt_err pull_run(mt_txn *t, void *arg)
     int64_t now = mt_now_us();
     uint8_t pfx[KEY_MAX];
     size_t pl = name_prefix(pfx, c->name);
+    /*
+     * With priority, new events are first queued in the time index with a
+     * "due time" of 9 - priority, far in the past: the index then hands them
+     * out highest priority first, in log order within one priority, ahead of
+     * redeliveries (whose due times are real).
+     */
+    if (rc == MT_OK && c->priority) {
+        mt_cursor *cur;
+        rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
+        uint8_t start[8];
+        mt_put_be64(start, st.cursor + 1);
+        const void *k, *v;
+        size_t kl, vl;
+        mt_err crc = rc ? rc : mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+        for (int scans = 0; rc == MT_OK && crc == MT_OK && scans < SCANS_PER_JOB; scans++) {
+            mt_event ev;
+            if (mt_event_decode(v, vl, &ev)) {
+                rc = MT_EIO;
+                break;
+            }
+            st.cursor = ev.sequence;
+            if (matches(s, &ev)) {
+                char lane[32];
+                snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev.sequence);
+                int64_t due = 9 - (ev.priority < 0 ? 0 : ev.priority);
+                uint8_t pk[KEY_MAX], sk[KEY_MAX];
+                size_t pkl = parked_key(pk, c->name, lane, ev.sequence);
+                size_t skl = sched_key(sk, c->name, due, ev.sequence);
+                json_t *rec = json_pack("{sssisssI}", "state", "retry", "attempts", 0, "lane",
+                                        lane, "due", (json_int_t) due);
+                rc = put_json(t, MT_DB_PARKED, pk, pkl, rec);
+                json_decref(rec);
+                if (rc == MT_OK) {
+                    rc = mt_store_put(t, MT_DB_SCHED, sk, skl, pk, pkl, 0);
+                }
+            }
+            if (rc == MT_OK) {
+                crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl);
+            }
+        }
+        mt_store_cursor_close(cur);
+    }
     /* First what came back: expired leases, nacks whose delay passed. */
     while (rc == MT_OK && json_array_size(j->out) < j->max) {
         const void *ck, *cv;
@@ -1329,7 +1371,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
                 st.dead++;
                 rc = pull_retire(s, t, &ev, rec, "retries exhausted", true, &st);
             } else {
-                st.retried++;
+                st.retried += attempts > 0; /* a first lease of a queued event is no retry */
                 rc = lease(s, t, &ev, rec, j);
             }
             free(buf);

@@ -746,6 +746,15 @@ static const key_spec window_keys[] = {
     {NULL, NULL, false},
 };
 
+static void sub_priority(loader *ld, const yaml_node_t *v)
+{
+    static const char *const names[] = {"false", "true", NULL};
+    int i = get_choice(ld, v, sub_path(ld, "priority"), names);
+    if (i >= 0) {
+        ld->sub->priority = i == 1;
+    }
+}
+
 static void sub_window(loader *ld, const yaml_node_t *v)
 {
     if (v->type != YAML_MAPPING_NODE) {
@@ -843,6 +852,7 @@ static void sub_lease(loader *ld, const yaml_node_t *v)
 }
 
 static const key_spec sub_keys[] = {
+    {"priority", sub_priority, false},
     {"window", sub_window, false},
     {"deliver", sub_deliver, false},
     {"lease", sub_lease, false},
@@ -944,6 +954,9 @@ static void section_subscriptions(loader *ld, const yaml_node_t *v)
         if (!c->pull && !c->handler && !has_key(ld, body, "handler")) {
             err_node(ld, body, "missing required key 'handler' in subscription '%s' (or set "
                      "deliver: pull)", c->name);
+        } else if (c->priority && !c->pull) {
+            err_node(ld, body, "subscription '%s': priority applies to deliver: pull or "
+                     "webhook subscriptions", c->name);
         } else if (c->pull && c->handler) {
             err_node(ld, body, "subscription '%s': a pull subscription has no handler",
                      c->name);

@@ -103,6 +103,7 @@ typedef struct mt_sub_conf {
     int webhook_concurrency; /* requests in flight to the endpoint */
     uint64_t lease_ms;       /* pull: how long a leased event is reserved for its consumer */
     uint64_t ttl_ms;         /* 0 = events never expire for this subscription */
+    bool priority;           /* pull: hand out higher `priority` events first */
     bool has_window;         /* window: consume only between window_from and window_to */
     int window_from;         /* seconds after local midnight */
     int window_to;           /* seconds after local midnight; before 'from' wraps midnight */

@@ -92,6 +92,25 @@ def test_nack_with_delay_then_dead_letter_after_max_attempts():
         assert len(dlq) == 1 and dlq[0]["reason"] == "retries exhausted", dlq
 
 
+def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
+    with Engine(config=config("    priority: true\n")) as e:
+        prios = [1, 9, 5, 9, 0, 5, None, 9]
+        for i, p in enumerate(prios):
+            ev = mtlib.event("p%d" % i, subject="s%d" % (i % 2), type_="job.run")
+            if p is not None:
+                ev["priority"] = p
+            assert e.publish(ev)[0] == 201
+        st, items = post(e, "/subscriptions/work/pull?max=100")
+        got = [(i["event"]["id"], i["event"].get("priority")) for i in items]
+        want = sorted(((("e-p%d" % i), p) for i, p in enumerate(prios)),
+                      key=lambda x: -(x[1] or 0))  # stable: log order within a priority
+        assert got == want, got
+        st, ans = post(e, "/subscriptions/work/ack", {"leases": [i["lease"] for i in items]})
+        assert st == 200 and ans["count"] == len(prios), ans
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["retried"] == 0 and s["retrying"] == 0 and s["handled"] == len(prios), s
+
+
 def test_bad_pull_requests():
     with Engine(config=config()) as e:
         assert post(e, "/subscriptions/work/pull?max=0x")[0] == 400
