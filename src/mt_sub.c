@@ -223,7 +223,12 @@ static void lane_of(const mt_sub_conf *c, const mt_event *ev, char *lane, size_t
     if (c->ordering == MT_ORDER_STRICT) {
         lane[0] = '\0';
     } else if (c->ordering == MT_ORDER_SUBJECT && ev->attr[MT_ATTR_SUBJECT]) {
-        snprintf(lane, len, "s:%s", ev->attr[MT_ATTR_SUBJECT]);
+        /* Subjects are at most MT_EVENT_MAX_SUBJECT bytes: "s:" + subject fits. */
+        size_t n = strlen(ev->attr[MT_ATTR_SUBJECT]);
+        mt_assert(n + 3 <= len);
+        lane[0] = 's';
+        lane[1] = ':';
+        memcpy(lane + 2, ev->attr[MT_ATTR_SUBJECT], n + 1);
     } else {
         snprintf(lane, len, "#%llu", (unsigned long long) ev->sequence);
     }
@@ -686,6 +691,15 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
     if (rc == MT_OK && c->ordering == MT_ORDER_STRICT) {
         rc = lane_busy(t, c->name, "", &strict_blocked);
     }
+    bool any_parked = true;
+    if (rc == MT_OK) {
+        uint8_t pfx[KEY_MAX];
+        size_t pl = name_prefix(pfx, c->name);
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        mt_err f = mt_store_first_with_prefix(t, MT_DB_PARKED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
+        any_parked = f != MT_ENOTFOUND;
+    }
     if (rc == MT_OK && !strict_blocked && budget > 0) {
         mt_cursor *cur;
         rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
@@ -714,13 +728,17 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
                      */
                     char lane[MAX_LANE + 1];
                     lane_of(c, &ev, lane, sizeof lane);
-                    bool busy;
-                    rc = lane_busy(t, c->name, lane, &busy);
+                    bool busy = false;
+                    if (any_parked) {
+                        /* Only a subscription with parked messages can have a busy lane. */
+                        rc = lane_busy(t, c->name, lane, &busy);
+                    }
                     if (rc == MT_OK && busy) {
                         rc = park_blocked(s, t, lane, seq);
                     } else if (rc == MT_OK && ev.deliverafter_us > mt_now_us() &&
                                !expired(c, &ev, mt_now_us())) {
                         rc = embargo(s, t, &ev, lane, out);
+                        any_parked = true;
                     } else if (rc == MT_OK) {
                         void *copy = mt_xmalloc(vl);
                         memcpy(copy, v, vl);
@@ -732,6 +750,7 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
                         cur = NULL;
                         rc = deliver(s, t, &evc, lane, 1, NULL, &st, out, &freed);
                         free(copy);
+                        any_parked |= !freed;
                         if (rc == MT_OK && c->ordering == MT_ORDER_STRICT && !freed) {
                             st.cursor = seq;
                             break; /* strict: nothing passes a failed message */
