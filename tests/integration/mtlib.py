@@ -172,6 +172,26 @@ def event(i, subject=None, source="/test", type_="test.happened", data=None, **e
     return e
 
 
+def wait_for(pred, timeout=30, what="condition"):
+    """Polls pred() until it returns something true (returned), or fails after timeout s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def topology(body):
+    """Writes a topology file (version 1 plus 'body') to a fresh directory; returns its path."""
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    path = os.path.join(d, "topology.yaml")
+    with open(path, "w") as f:
+        f.write("version: 1\n" + body)
+    return path
+
+
 def run_cli(*args, input=None, env=None, timeout=60):
     """Runs `moontide ARGS`; returns (exit code, stdout, stderr) as text."""
     e = dict(os.environ)

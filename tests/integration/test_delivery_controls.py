@@ -8,7 +8,7 @@ import tempfile
 import time
 
 import mtlib
-from mtlib import Engine
+from mtlib import Engine, wait_for
 
 
 def config(extra=""):
@@ -33,14 +33,6 @@ def status(e):
     return json.loads(e.request("GET", "/subscriptions/rec")[2])
 
 
-def wait_for(pred, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_expired_events_are_never_delivered_and_are_counted():

@@ -9,7 +9,7 @@ import tempfile
 import time
 
 import mtlib
-from mtlib import Engine
+from mtlib import Engine, wait_for
 
 SEED = int(time.time()) % 100000
 
@@ -22,14 +22,6 @@ def config(subs, extra_engine=""):
     return path
 
 
-def wait_for(pred, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def status(e, name):

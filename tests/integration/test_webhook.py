@@ -12,7 +12,7 @@ import threading
 import time
 
 import mtlib
-from mtlib import Engine
+from mtlib import Engine, wait_for
 
 SECRET = base64.b64encode(b"moontide-test-secret-0123456789").decode()
 
@@ -70,14 +70,6 @@ def config(port, extra=""):
     return path
 
 
-def wait_for(pred, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_signed_delivery_retried_until_the_receiver_accepts():
