@@ -1503,8 +1503,8 @@ static mt_err lease_run(mt_txn *t, void *arg)
         size_t kl = parked_key(k, name, lane, seq);
         json_t *rec = seq ? parked_load(t, k, kl) : NULL;
         const char *have = json_string_value(json_object_get(rec, "lease"));
-        if (!rec || !have || strcmp(have, token) != 0 ||
-            strcmp(json_string_value(json_object_get(rec, "state")), "leased") != 0) {
+        const char *state = json_string_value(json_object_get(rec, "state"));
+        if (!rec || !have || !state || strcmp(have, token) != 0 || strcmp(state, "leased") != 0) {
             json_array_append(j->unknown, tok);
             json_decref(rec);
             continue;
