@@ -1098,7 +1098,8 @@ static mt_err dlq_run(mt_txn *t, void *arg)
             rc = mt_log_get(t, seq, &ev);
             char lane[MAX_LANE + 1];
             snprintf(lane, sizeof lane, "#%llu", (unsigned long long) seq);
-            if (rc == MT_OK) {
+            if (rc == MT_OK && !j->s->conf->pull) {
+                /* Pull messages always live in their own lane "#SEQ". */
                 lane_of(j->s->conf, &ev, lane, sizeof lane);
                 if (j->s->conf->ordering != MT_ORDER_NONE) {
                     /* Keep it ahead of later events of its lane only if the lane is idle. */

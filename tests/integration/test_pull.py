@@ -90,6 +90,14 @@ def test_nack_with_delay_then_dead_letter_after_max_attempts():
         assert items == [], items  # two attempts used up
         dlq = json.loads(e.request("GET", "/subscriptions/work/dlq")[2])
         assert len(dlq) == 1 and dlq[0]["reason"] == "retries exhausted", dlq
+        # Redriven, it can be pulled and acknowledged again.
+        assert post(e, "/subscriptions/work/dlq/redrive")[0] == 200
+        st, items = post(e, "/subscriptions/work/pull?wait=2s")
+        assert len(items) == 1 and items[0]["event"]["id"] == "e-n", items
+        st, ans = post(e, "/subscriptions/work/ack", {"leases": [items[0]["lease"]]})
+        assert st == 200 and ans["count"] == 1, ans
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["retrying"] == 0 and s["dlq"] == 0, s
 
 
 def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
