@@ -76,7 +76,7 @@ def test_an_expired_lease_is_redelivered_and_old_tokens_are_refused():
 
 def test_nack_with_delay_then_dead_letter_after_max_attempts():
     with Engine(config=config("    retry: { max_attempts: 2 }\n")) as e:
-        e.publish(mtlib.event("n", type_="job.run"))
+        e.publish(mtlib.event("n", subject="s-n", type_="job.run"))
         st, items = post(e, "/subscriptions/work/pull")
         st, ans = post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]], "delay": "1s"})
         assert st == 200 and ans["count"] == 1, ans
