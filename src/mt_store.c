@@ -700,12 +700,13 @@ static void *writer_main(void *arg)
             wake = true;
         }
         pthread_cond_broadcast(&s->sync_cv);
-        void (*notify)(void *) = s->notify;
-        void *notify_arg = s->notify_arg;
-        if (wake && notify) {
-            pthread_mutex_unlock(&s->mu);
-            notify(notify_arg);
-            pthread_mutex_lock(&s->mu);
+        /*
+         * Called with the lock held, so that once mt_store_set_notify has
+         * replaced it no call of the old one is still running: the engine
+         * frees the wake-up event right after detaching it at shutdown.
+         */
+        if (wake && s->notify) {
+            s->notify(s->notify_arg);
         }
     }
     pthread_mutex_unlock(&s->mu);

@@ -107,7 +107,9 @@ mt_err mt_store_write(mt_store *s, mt_store_job_fn run, void *arg);
 
 /*
  * Registers 'notify', called on the writer thread whenever finished jobs
- * are waiting for mt_store_complete(). It must only wake the loop.
+ * are waiting for mt_store_complete(). It runs with the store's lock held,
+ * so it must only wake the loop (never call back into the store); and once
+ * this returns, no call of the previous notify is still running.
  */
 void mt_store_set_notify(mt_store *s, void (*notify)(void *arg), void *arg);
 
