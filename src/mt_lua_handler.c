@@ -60,21 +60,24 @@ static char *to_json_text(lua_State *L, int idx, const char *what)
     return text;
 }
 
-/* ctx.emit(type, data, opts) -> sequence.  [-3, +1] */
-static int l_ctx_emit(lua_State *L)
+/*
+ * The shared body of ctx.emit and ctx.schedule: type at stack index 'i',
+ * data at i + 1, opts at i + 2; 'at' is the embargo (0 = none). Pushes the
+ * new event's sequence or raises.
+ */
+static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *what)
 {
-    mt_fx *fx = current_fx(L);
-    const char *type = luaL_checkstring(L, 1);
+    const char *type = luaL_checkstring(L, i);
     const char *subject = NULL;
-    if (lua_istable(L, 3)) {
-        lua_getfield(L, 3, "subject");
+    if (lua_istable(L, i + 2)) {
+        /* Left on the stack: a number converted by lua_tostring must stay alive. */
+        lua_getfield(L, i + 2, "subject");
         subject = lua_tostring(L, -1);
-        lua_pop(L, 1);
     }
-    char *data = lua_isnoneornil(L, 2) ? NULL : to_json_text(L, 2, "ctx.emit data");
+    char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_text(L, i + 1, what);
     uint64_t seq;
     char err[512];
-    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, 0, &seq, err,
+    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, at, &seq, err,
                            sizeof err);
     free(data);
     if (rc) {
@@ -82,6 +85,12 @@ static int l_ctx_emit(lua_State *L)
     }
     lua_pushinteger(L, (lua_Integer) seq);
     return 1;
+}
+
+/* ctx.emit(type, data, opts) -> sequence.  [-3, +1] */
+static int l_ctx_emit(lua_State *L)
+{
+    return emit_at(L, current_fx(L), 1, 0, "ctx.emit data");
 }
 
 /*
@@ -108,24 +117,7 @@ static int l_ctx_schedule(lua_State *L)
                               w);
         }
     }
-    const char *type = luaL_checkstring(L, 2);
-    const char *subject = NULL;
-    if (lua_istable(L, 4)) {
-        lua_getfield(L, 4, "subject");
-        subject = lua_tostring(L, -1);
-        lua_pop(L, 1);
-    }
-    char *data = lua_isnoneornil(L, 3) ? NULL : to_json_text(L, 3, "ctx.schedule data");
-    uint64_t seq;
-    char err[512];
-    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, at ? at : 1, &seq,
-                           err, sizeof err);
-    free(data);
-    if (rc) {
-        return luaL_error(L, "%s", err);
-    }
-    lua_pushinteger(L, (lua_Integer) seq);
-    return 1;
+    return emit_at(L, fx, 2, at ? at : 1, "ctx.schedule data");
 }
 
 /* ctx.reply(data) -> sequence: answers the event's requester.  [-1, +1] */
