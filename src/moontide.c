@@ -110,6 +110,12 @@ static int cmd_check(int argc, char **argv)
     return MT_EXIT_OK;
 }
 
+/* A subscription was made, changed or deleted over HTTP: webhooks follow. */
+static void on_sub_change(const char *name, const mt_sub_conf *conf, void *arg)
+{
+    mt_webhooks_update(arg, name, conf);
+}
+
 /* Handlers appended events: wake long polls and every subscription. */
 static void on_handler_append(void *arg)
 {
@@ -210,7 +216,7 @@ static int cmd_run(int argc, char **argv)
         code = MT_EXIT_CONFIG;
         goto out;
     }
-    rc = mt_webhooks_open(loop, subs, topo, &hooks, why, sizeof why);
+    rc = mt_webhooks_open(loop, subs, &hooks, why, sizeof why);
     if (rc) {
         fprintf(stderr, "moontide run: %s\n", why);
         code = MT_EXIT_CONFIG;
@@ -218,6 +224,7 @@ static int cmd_run(int argc, char **argv)
     }
     mt_http_set_subs(http, subs);
     mt_subs_on_append(subs, on_handler_append, http);
+    mt_subs_on_change(subs, on_sub_change, hooks);
     mt_subs_kick(subs);
     mt_loop_on_stop(loop, NULL, NULL);
     {

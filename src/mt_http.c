@@ -767,6 +767,13 @@ static char *path_segment(const char *p, const char **rest)
     return dec;
 }
 
+/* A PUT or DELETE of a subscription waiting for its writer job. */
+typedef struct def_req {
+    mt_http *h;
+    struct evhttp_request *req;
+    char *name;               /* owned */
+} def_req;
+
 static void handle_subscriptions(mt_http *h, struct evhttp_request *req, const char *name)
 {
     mt_txn *t;
@@ -792,6 +799,101 @@ static void handle_subscriptions(mt_http *h, struct evhttp_request *req, const c
     } else {
         reply_json(req, 200, o);
     }
+}
+
+/* Answers a PUT or DELETE once the change is stored and in effect. */
+static void def_answer(mt_err rc, json_t *result, void *arg)
+{
+    def_req *d = arg;
+    struct evhttp_request *req = d->req;
+    if (rc) {
+        reply_error(req, rc == MT_EFULL ? 507 : rc == MT_ECLOSED ? 503 : 500, "storage error",
+                    "%s", mt_err_str(rc));
+    } else if (json_is_true(json_object_get(result, "deleted"))) {
+        evhttp_send_reply(req, 204, "No Content", NULL);
+    } else {
+        mt_txn *t;
+        json_t *o = NULL;
+        if (mt_store_read_begin(d->h->store, &t) == MT_OK) {
+            mt_subs_status(d->h->subs, t, d->name, &o);
+            mt_store_read_end(t);
+        }
+        if (!o) {
+            o = json_pack("{ss}", "name", d->name);
+        }
+        reply_json(req, json_is_true(json_object_get(result, "created")) ? 201 : 200, o);
+    }
+    free(d->name);
+    free(d);
+}
+
+static void reply_def_errors(struct evhttp_request *req, mt_err rc, mt_topo_errs *errs,
+                             const char *name)
+{
+    json_t *lines = json_array();
+    for (int i = 0; i < errs->count; i++) {
+        json_t *l = json_string(errs->lines[i]);
+        json_array_append_new(lines, l ? l : json_string("(not UTF-8)"));
+    }
+    json_t *extra = json_pack("{so}", "errors", lines);
+    const char *first = errs->count ? errs->lines[0] : mt_err_str(rc);
+    if (rc == MT_EEXISTS) {
+        reply_error_extra(req, 409, "conflict", extra, "%s", first);
+    } else if (rc == MT_ECLOSED) {
+        json_decref(extra);
+        reply_error(req, 503, "shutting down", "the engine is stopping");
+    } else if (rc == MT_ENOTFOUND) {
+        json_decref(extra);
+        reply_error(req, 404, "subscription not found", "no subscription '%.64s'", name);
+    } else {
+        reply_error_extra(req, rc == MT_ECONFIG ? 400 : 500, "invalid subscription", extra,
+                          "%s%s", first, errs->count > 1 ? " (and more: see errors)" : "");
+    }
+}
+
+/* PUT /subscriptions/{name} (a JSON definition) and DELETE /subscriptions/{name}. */
+static void handle_sub_change(mt_http *h, struct evhttp_request *req, const char *name, bool put)
+{
+    if (!h->subs) {
+        reply_error(req, 503, "unavailable", "subscriptions are not running");
+        return;
+    }
+    mt_topo_errs errs = {0};
+    def_req *d = mt_xcalloc(1, sizeof *d);
+    *d = (def_req){h, req, mt_xstrdup(name)};
+    mt_err rc;
+    if (put) {
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t len = evbuffer_get_length(in);
+        const char *ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+        char mt[128];
+        media_type(ct, mt, sizeof mt);
+        if (len > h->max_body) {
+            reply_error(req, 413, "body too large", "the body has %zu bytes; the limit is %llu",
+                        len, (unsigned long long) h->max_body);
+            rc = MT_OK;
+            goto refused;
+        }
+        if (ct && strcmp(mt, "application/json") != 0) {
+            reply_error(req, 415, "unsupported content type",
+                        "a subscription definition is application/json, not '%.100s'", ct);
+            rc = MT_OK;
+            goto refused;
+        }
+        const char *body = len ? (const char *) evbuffer_pullup(in, -1) : "";
+        rc = mt_subs_put(h->subs, name, body, len, &errs, def_answer, d);
+    } else {
+        rc = mt_subs_delete(h->subs, name, &errs, def_answer, d);
+    }
+    if (rc == MT_OK) {
+        mt_topo_errs_free(&errs);
+        return;
+    }
+    reply_def_errors(req, rc, &errs, name);
+refused:
+    mt_topo_errs_free(&errs);
+    free(d->name);
+    free(d);
 }
 
 static void dlq_answer(mt_err rc, uint64_t count, void *arg)
@@ -1358,8 +1460,10 @@ static void route(struct evhttp_request *req, void *arg)
         } else if (*rest == '\0') {
             if (get) {
                 handle_subscriptions(h, req, name);
+            } else if (cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_DELETE) {
+                handle_sub_change(h, req, name, cmd == EVHTTP_REQ_PUT);
             } else {
-                method_not_allowed(req, "GET");
+                method_not_allowed(req, "GET, PUT, DELETE");
             }
         } else {
             handle_dlq(h, req, name, rest, &q);

@@ -21,7 +21,7 @@
 #define GROUP_MAX_JOBS 4096
 
 static const char *const db_names[MT_DB_COUNT] = {
-    "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv",
+    "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv", "subdefs",
 };
 
 typedef struct job {

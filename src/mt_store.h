@@ -53,6 +53,7 @@ typedef enum mt_db {
     MT_DB_SCHED,    /* name NUL u64 due-time NUL u64 sequence -> "" : the time index (mt_sub) */
     MT_DB_DLQ,      /* name NUL u64 sequence -> dead letter, JSON (mt_sub) */
     MT_DB_KV,       /* table NUL key -> JSON value written by handlers (mt_sub) */
+    MT_DB_SUBDEFS,  /* subscription name -> its definition made over HTTP, JSON (mt_sub) */
     MT_DB_COUNT
 } mt_db;
 

@@ -1,4 +1,5 @@
 #include <event2/event.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,11 +23,17 @@ struct mt_subs {
     mt_loop *loop;               /* borrowed */
     mt_store *store;             /* borrowed */
     const mt_sub_runner *runner; /* borrowed */
-    sub_rt *subs;                /* owned array */
-    int n;
+    const char *topo_path;       /* borrowed: where declared subscriptions come from */
+    sub_rt **subs;               /* owned: the live subscriptions */
+    int n, cap;
+    sub_rt *retired;             /* replaced or deleted, freed when their last job is done */
+    char **pending;              /* names with a definition change in flight */
+    int npending;
     bool closing;
     void (*on_append)(void *arg);
     void *on_append_arg;
+    mt_sub_change_fn on_change;
+    void *on_change_arg;
 };
 
 /* What a dispatch job reports back to the loop thread. */
@@ -38,7 +45,11 @@ typedef struct dispatch_out {
 
 struct sub_rt {
     mt_subs *subs;
-    const mt_sub_conf *conf;     /* borrowed from the topology */
+    mt_sub_conf *conf;           /* owned */
+    char *def;                   /* owned: the JSON definition if made over HTTP, else NULL */
+    int refs;                    /* jobs in flight that use this subscription */
+    bool retired;                /* replaced or deleted: submits nothing more */
+    sub_rt *next_retired;
     void *handler;               /* from the runner; used on the writer thread only */
     mt_filter *filter;           /* NULL = none */
     bool busy;                   /* a dispatch job is queued or running */
@@ -790,11 +801,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     submit(arg);
 }
 
-static void dispatch_done(mt_err rc, void *arg)
+static void sub_release(sub_rt *s);
+
+static void dispatch_settle(sub_rt *s, mt_err rc)
 {
-    sub_rt *s = arg;
     mt_subs *subs = s->subs;
-    s->busy = false;
     if (rc) {
         mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", s->conf->name, NULL},
                      "subscription '%s': dispatch failed: %s; retrying in 1s", s->conf->name,
@@ -824,6 +835,14 @@ static void dispatch_done(mt_err rc, void *arg)
     }
 }
 
+static void dispatch_done(mt_err rc, void *arg)
+{
+    sub_rt *s = arg;
+    s->busy = false;
+    dispatch_settle(s, rc);
+    sub_release(s);
+}
+
 /*
  * Outside its processing window a subscription submits nothing; returns
  * the seconds until the window opens (0 = inside, or no window).
@@ -842,7 +861,7 @@ static int until_window(const mt_sub_conf *c)
 
 static void submit(sub_rt *s)
 {
-    if (s->subs->closing || s->conf->pull) {
+    if (s->subs->closing || s->retired || s->conf->pull) {
         /* Pull subscriptions deliver only when a consumer asks. */
         return;
     }
@@ -859,7 +878,167 @@ static void submit(sub_rt *s)
     }
     if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, s) == MT_OK) {
         s->busy = true;
+        s->refs++;
     }
+}
+
+/* ---- the registry's lifecycle ---- */
+
+static void sub_free(sub_rt *s)
+{
+    if (s->timer) {
+        event_free(s->timer);
+    }
+    if (s->handler) {
+        s->subs->runner->close(s->handler);
+    }
+    mt_filter_free(s->filter);
+    mt_sub_conf_free(s->conf);
+    free(s->def);
+    free(s);
+}
+
+/* A job that used 's' is done: a retired subscription goes with its last job. */
+static void sub_release(sub_rt *s)
+{
+    mt_assert(s->refs > 0);
+    if (--s->refs > 0 || !s->retired) {
+        return;
+    }
+    mt_subs *subs = s->subs;
+    for (sub_rt **p = &subs->retired; *p; p = &(*p)->next_retired) {
+        if (*p == s) {
+            *p = s->next_retired;
+            break;
+        }
+    }
+    sub_free(s);
+}
+
+/*
+ * A subscription for 'conf' (taken over): its handler loaded, its filter
+ * compiled. NULL with the reason in err if either fails.
+ */
+static sub_rt *sub_new(mt_subs *subs, mt_sub_conf *conf, const char *def, char *err,
+                       size_t errlen)
+{
+    sub_rt *s = mt_xcalloc(1, sizeof *s);
+    s->subs = subs;
+    s->conf = conf;
+    s->def = def ? mt_xstrdup(def) : NULL;
+    s->timer = evtimer_new(mt_loop_base(subs->loop), on_timer, s);
+    char why[512] = "";
+    if (!conf->pull && subs->runner->open(conf, &s->handler, why, sizeof why)) {
+        snprintf(err, errlen, "subscription '%s': %s", conf->name, why);
+        sub_free(s);
+        return NULL;
+    }
+    if (conf->filter_json) {
+        json_t *spec = json_loads(conf->filter_json, 0, NULL);
+        mt_err rc = mt_filter_compile(spec, &s->filter, why, sizeof why);
+        json_decref(spec);
+        if (rc) {
+            snprintf(err, errlen, "subscription '%s': filter: %s", conf->name, why);
+            sub_free(s);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+static void registry_add(mt_subs *subs, sub_rt *s)
+{
+    if (subs->n == subs->cap) {
+        subs->cap = subs->cap ? subs->cap * 2 : 8;
+        subs->subs = mt_xrealloc(subs->subs, (size_t) subs->cap * sizeof *subs->subs);
+    }
+    subs->subs[subs->n++] = s;
+}
+
+/* Takes 's' out of the registry; it is freed once no job uses it. */
+static void registry_retire(mt_subs *subs, sub_rt *s)
+{
+    for (int i = 0; i < subs->n; i++) {
+        if (subs->subs[i] == s) {
+            memmove(&subs->subs[i], &subs->subs[i + 1], (size_t) (subs->n - i - 1) * sizeof s);
+            subs->n--;
+            break;
+        }
+    }
+    s->retired = true;
+    evtimer_del(s->timer);
+    if (s->refs == 0) {
+        sub_free(s);
+        return;
+    }
+    s->next_retired = subs->retired;
+    subs->retired = s;
+}
+
+static sub_rt *find(mt_subs *subs, const char *name)
+{
+    for (int i = 0; i < subs->n; i++) {
+        if (strcmp(subs->subs[i]->conf->name, name) == 0) {
+            return subs->subs[i];
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Loads the definitions made over HTTP. One whose name the topology now
+ * declares gives way to it; one that no longer loads (its handler file
+ * gone, say) is logged and left stored, so fixing the cause and restarting
+ * brings it back.
+ */
+static void load_defs(mt_subs *subs)
+{
+    mt_txn *t;
+    if (mt_store_read_begin(subs->store, &t)) {
+        return;
+    }
+    mt_cursor *c;
+    if (mt_store_cursor_open(t, MT_DB_SUBDEFS, &c)) {
+        mt_store_read_end(t);
+        return;
+    }
+    const void *k, *v;
+    size_t kl, vl;
+    mt_err rc = mt_store_cursor_seek(c, NULL, 0, &k, &kl, &v, &vl);
+    for (; rc == MT_OK; rc = mt_store_cursor_next(c, &k, &kl, &v, &vl)) {
+        char *name = mt_xstrndup(k, kl);
+        char *def = mt_xstrndup(v, vl);
+        char origin[128];
+        snprintf(origin, sizeof origin, "definition of '%.64s'", name);
+        if (find(subs, name)) {
+            mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", name, NULL},
+                         "subscription '%s' is declared in %s; the definition made over HTTP "
+                         "is not used", name, subs->topo_path ? subs->topo_path : "the topology");
+            free(name);
+            free(def);
+            continue;
+        }
+        mt_topo_errs errs = {0};
+        mt_sub_conf *conf;
+        char err[600] = "";
+        sub_rt *s = NULL;
+        if (mt_topo_parse_sub(name, def, vl, origin, &conf, &errs) == MT_OK) {
+            s = sub_new(subs, conf, def, err, sizeof err);
+        } else {
+            snprintf(err, sizeof err, "%s", errs.lines[0]);
+        }
+        if (s) {
+            registry_add(subs, s);
+        } else {
+            mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
+                         "subscription '%s' (made over HTTP) is not started: %s", name, err);
+        }
+        mt_topo_errs_free(&errs);
+        free(name);
+        free(def);
+    }
+    mt_store_cursor_close(c);
+    mt_store_read_end(t);
 }
 
 mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
@@ -870,30 +1049,16 @@ mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
     subs->loop = loop;
     subs->store = store;
     subs->runner = runner;
-    subs->subs = mt_xcalloc((size_t) (topo->nsubs ? topo->nsubs : 1), sizeof *subs->subs);
+    subs->topo_path = topo->path;
     for (int i = 0; i < topo->nsubs; i++) {
-        sub_rt *s = &subs->subs[i];
-        s->subs = subs;
-        s->conf = &topo->subs[i];
-        subs->n++;
-        s->timer = evtimer_new(mt_loop_base(loop), on_timer, s);
-        char why[512] = "";
-        if (!s->conf->pull && runner->open(s->conf, &s->handler, why, sizeof why)) {
-            snprintf(err, errlen, "subscription '%s': %s", s->conf->name, why);
+        sub_rt *s = sub_new(subs, mt_sub_conf_copy(&topo->subs[i]), NULL, err, errlen);
+        if (!s) {
             mt_subs_close(subs);
             return MT_ECONFIG;
         }
-        if (s->conf->filter_json) {
-            json_t *spec = json_loads(s->conf->filter_json, 0, NULL);
-            mt_err rc = mt_filter_compile(spec, &s->filter, why, sizeof why);
-            json_decref(spec);
-            if (rc) {
-                snprintf(err, errlen, "subscription '%s': filter: %s", s->conf->name, why);
-                mt_subs_close(subs);
-                return MT_ECONFIG;
-            }
-        }
+        registry_add(subs, s);
     }
+    load_defs(subs);
     *out = subs;
     return MT_OK;
 }
@@ -912,15 +1077,17 @@ void mt_subs_close(mt_subs *subs)
     }
     subs->closing = true;
     for (int i = 0; i < subs->n; i++) {
-        sub_rt *s = &subs->subs[i];
-        if (s->timer) {
-            event_free(s->timer);
-        }
-        if (s->handler) {
-            subs->runner->close(s->handler);
-        }
-        mt_filter_free(s->filter);
+        sub_free(subs->subs[i]);
     }
+    while (subs->retired) {
+        sub_rt *s = subs->retired;
+        subs->retired = s->next_retired;
+        sub_free(s);
+    }
+    for (int i = 0; i < subs->npending; i++) {
+        free(subs->pending[i]);
+    }
+    free(subs->pending);
     free(subs->subs);
     free(subs);
 }
@@ -928,7 +1095,7 @@ void mt_subs_close(mt_subs *subs)
 void mt_subs_kick(mt_subs *subs)
 {
     for (int i = 0; subs && i < subs->n; i++) {
-        submit(&subs->subs[i]);
+        submit(subs->subs[i]);
     }
 }
 
@@ -938,14 +1105,17 @@ void mt_subs_on_append(mt_subs *subs, void (*cb)(void *arg), void *arg)
     subs->on_append_arg = arg;
 }
 
-static sub_rt *find(mt_subs *subs, const char *name)
+void mt_subs_on_change(mt_subs *subs, mt_sub_change_fn cb, void *arg)
+{
+    subs->on_change = cb;
+    subs->on_change_arg = arg;
+}
+
+void mt_subs_each(mt_subs *subs, void (*fn)(const mt_sub_conf *conf, void *arg), void *arg)
 {
     for (int i = 0; i < subs->n; i++) {
-        if (strcmp(subs->subs[i].conf->name, name) == 0) {
-            return &subs->subs[i];
-        }
+        fn(subs->subs[i]->conf, arg);
     }
-    return NULL;
 }
 
 bool mt_subs_has(mt_subs *subs, const char *name)
@@ -1001,6 +1171,13 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
         json_array_append_new(topics, json_string(s->conf->topics[i]));
     }
     json_object_set_new(o, "topics", topics);
+    json_object_set_new(o, "origin", json_string(s->def ? "api" : "config"));
+    if (s->def) {
+        json_t *def = json_loads(s->def, 0, NULL);
+        if (def) {
+            json_object_set_new(o, "definition", def);
+        }
+    }
     return o;
 }
 
@@ -1019,7 +1196,7 @@ mt_err mt_subs_status(mt_subs *subs, mt_txn *t, const char *name, json_t **out)
     }
     json_t *a = json_array();
     for (int i = 0; i < subs->n; i++) {
-        json_array_append_new(a, status_of(&subs->subs[i], t, head));
+        json_array_append_new(a, status_of(subs->subs[i], t, head));
     }
     *out = a;
     return MT_OK;
@@ -1141,6 +1318,7 @@ static void dlq_done(mt_err rc, void *arg)
         submit(j->s);
     }
     j->done(rc, j->count, j->arg);
+    sub_release(j->s);
     free(j);
 }
 
@@ -1160,6 +1338,8 @@ static mt_err dlq_submit(mt_subs *subs, const char *name, uint64_t seq, bool red
     mt_err rc = mt_store_submit(subs->store, dlq_run, dlq_done, j);
     if (rc) {
         free(j);
+    } else {
+        s->refs++;
     }
     return rc;
 }
@@ -1207,6 +1387,7 @@ static void pause_done(mt_err rc, void *arg)
         submit(j->s);
     }
     j->done(rc, 0, j->arg);
+    sub_release(j->s);
     free(j);
 }
 
@@ -1222,6 +1403,8 @@ mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
     mt_err rc = mt_store_submit(subs->store, pause_run, pause_done, j);
     if (rc) {
         free(j);
+    } else {
+        s->refs++;
     }
     return rc;
 }
@@ -1447,6 +1630,7 @@ static void pull_done(mt_err rc, void *arg)
     pull_job *j = arg;
     j->done(rc, rc ? NULL : j->out, j->arg);
     json_decref(j->out);
+    sub_release(j->s);
     free(j);
 }
 
@@ -1466,6 +1650,8 @@ mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_
     if (rc) {
         json_decref(j->out);
         free(j);
+    } else {
+        s->refs++;
     }
     return rc;
 }
@@ -1556,6 +1742,7 @@ static void lease_done(mt_err rc, void *arg)
     json_decref(o);
     json_decref(j->tokens);
     json_decref(j->unknown);
+    sub_release(j->s);
     free(j);
 }
 
@@ -1576,6 +1763,8 @@ mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const j
         json_decref(j->tokens);
         json_decref(j->unknown);
         free(j);
+    } else {
+        s->refs++;
     }
     return rc;
 }
@@ -1584,6 +1773,294 @@ bool mt_subs_is_pull(mt_subs *subs, const char *name)
 {
     sub_rt *s = find(subs, name);
     return s && s->conf->pull;
+}
+
+/* ---- definitions made over HTTP ---- */
+
+static int pending_index(mt_subs *subs, const char *name)
+{
+    for (int i = 0; i < subs->npending; i++) {
+        if (strcmp(subs->pending[i], name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void pending_add(mt_subs *subs, const char *name)
+{
+    subs->pending = mt_xrealloc(subs->pending, (size_t) (subs->npending + 1) * sizeof *subs->pending);
+    subs->pending[subs->npending++] = mt_xstrdup(name);
+}
+
+static void pending_del(mt_subs *subs, const char *name)
+{
+    int i = pending_index(subs, name);
+    if (i >= 0) {
+        free(subs->pending[i]);
+        subs->pending[i] = subs->pending[--subs->npending];
+    }
+}
+
+/* Deletes every key of 'db' that starts with 'name NUL'. */
+static mt_err del_prefix(mt_txn *t, mt_db db, const char *name)
+{
+    uint8_t pfx[KEY_MAX];
+    size_t pl = name_prefix(pfx, name);
+    for (;;) {
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        mt_err rc = mt_store_first_with_prefix(t, db, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
+        if (rc == MT_ENOTFOUND) {
+            return MT_OK;
+        }
+        if (rc) {
+            return rc;
+        }
+        void *k = mt_xmalloc(ckl);
+        memcpy(k, ck, ckl);
+        rc = mt_store_del(t, db, k, ckl);
+        free(k);
+        if (rc) {
+            return rc;
+        }
+    }
+}
+
+/* Forgets everything delivery kept for 'name': position, counters, parked messages, dead letters. */
+static mt_err clear_state(mt_txn *t, const char *name)
+{
+    mt_err rc = mt_store_del(t, MT_DB_SUBS, name, strlen(name));
+    if (rc == MT_ENOTFOUND) {
+        rc = MT_OK;
+    }
+    if (rc == MT_OK) {
+        rc = del_prefix(t, MT_DB_PARKED, name);
+    }
+    if (rc == MT_OK) {
+        rc = del_prefix(t, MT_DB_SCHED, name);
+    }
+    if (rc == MT_OK) {
+        rc = del_prefix(t, MT_DB_DLQ, name);
+    }
+    return rc;
+}
+
+typedef struct def_job {
+    mt_subs *subs;
+    char *name;               /* owned */
+    char *def;                /* owned; NULL = delete */
+    sub_rt *fresh;            /* put: the subscription that takes over */
+    bool created;
+    mt_pull_done_fn done;
+    void *arg;
+} def_job;
+
+static mt_err def_run(mt_txn *t, void *arg)
+{
+    def_job *j = arg;
+    if (!j->def) {
+        mt_err rc = mt_store_del(t, MT_DB_SUBDEFS, j->name, strlen(j->name));
+        return rc && rc != MT_ENOTFOUND ? rc : clear_state(t, j->name);
+    }
+    mt_err rc = mt_store_put(t, MT_DB_SUBDEFS, j->name, strlen(j->name), j->def, strlen(j->def), 0);
+    if (rc == MT_OK && j->created) {
+        /* A new subscription starts afresh, whatever an earlier one of that name left. */
+        sub_state st;
+        memset(&st, 0, sizeof st);
+        rc = clear_state(t, j->name);
+        if (rc == MT_OK) {
+            rc = initial_cursor(t, j->fresh->conf, &st.cursor);
+        }
+        if (rc == MT_OK) {
+            rc = save_state(t, j->name, &st);
+        }
+    }
+    return rc;
+}
+
+static void def_done(mt_err rc, void *arg)
+{
+    def_job *j = arg;
+    mt_subs *subs = j->subs;
+    pending_del(subs, j->name);
+    json_t *result = NULL;
+    if (rc == MT_OK && j->def) {
+        sub_rt *old = find(subs, j->name);
+        if (old) {
+            registry_retire(subs, old);
+        }
+        registry_add(subs, j->fresh);
+        if (subs->on_change) {
+            subs->on_change(j->name, j->fresh->conf, subs->on_change_arg);
+        }
+        submit(j->fresh);
+        j->fresh = NULL;
+        result = json_pack("{sb}", "created", j->created);
+    } else if (rc == MT_OK) {
+        result = json_pack("{sb}", "deleted", 1);
+    }
+    if (j->fresh) {
+        sub_free(j->fresh);
+    }
+    j->done(rc, result, j->arg);
+    json_decref(result);
+    free(j->name);
+    free(j->def);
+    free(j);
+}
+
+static mt_err def_submit(mt_subs *subs, def_job *j)
+{
+    mt_err rc = mt_store_submit(subs->store, def_run, def_done, j);
+    if (rc) {
+        if (j->fresh) {
+            sub_free(j->fresh);
+        }
+        free(j->name);
+        free(j->def);
+        free(j);
+        return rc;
+    }
+    pending_add(subs, j->name);
+    return MT_OK;
+}
+
+static void __attribute__((format(printf, 2, 3))) add_err(mt_topo_errs *errs, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[700];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    errs->lines = mt_xrealloc(errs->lines, (size_t) (errs->count + 1) * sizeof *errs->lines);
+    errs->lines[errs->count++] = mt_xstrdup(msg);
+}
+
+/* May 'name' be changed over HTTP now? Else MT_EEXISTS with the reason. */
+static mt_err changeable(mt_subs *subs, const char *name, mt_topo_errs *errs)
+{
+    sub_rt *s = find(subs, name);
+    if (s && !s->def) {
+        add_err(errs, "subscription '%s' is declared in %s; change it there", name,
+                subs->topo_path ? subs->topo_path : "the topology file");
+        return MT_EEXISTS;
+    }
+    if (pending_index(subs, name) >= 0) {
+        add_err(errs, "another change to subscription '%s' is in progress; try again", name);
+        return MT_EEXISTS;
+    }
+    return MT_OK;
+}
+
+static const char *kind_of(const mt_sub_conf *c)
+{
+    return c->webhook_url ? "webhook" : c->pull ? "pull" : "lua";
+}
+
+static const char *const order_names[] = {"subject", "strict", "none"};
+
+mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len,
+                   mt_topo_errs *errs, mt_pull_done_fn done, void *arg)
+{
+    if (subs->closing) {
+        return MT_ECLOSED;
+    }
+    if (!mt_topo_valid_sub_name(name, strlen(name))) {
+        add_err(errs, "request: error: a subscription name must be 1 to 64 letters, digits, "
+                      "'_', '-' or '.'");
+        return MT_ECONFIG;
+    }
+    mt_err rc = changeable(subs, name, errs);
+    if (rc) {
+        return rc;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(body)) {
+        if (body) {
+            add_err(errs, "request:1:1: error: a subscription definition must be a JSON object");
+        } else {
+            add_err(errs, "request:%d:%d: error: invalid JSON: %s", jerr.line, jerr.column,
+                    jerr.text);
+        }
+        json_decref(body);
+        return MT_ECONFIG;
+    }
+    /*
+     * JSON is read with the topology's YAML reader, so both are checked
+     * alike. Raw tabs in valid JSON are only whitespace, which YAML wants
+     * as spaces; swapping them keeps every line and column.
+     */
+    char *yaml = mt_xstrndup(text, len);
+    for (char *p = yaml; *p; p++) {
+        if (*p == '\t') {
+            *p = ' ';
+        }
+    }
+    mt_sub_conf *conf;
+    rc = mt_topo_parse_sub(name, yaml, strlen(yaml), "request", &conf, errs);
+    free(yaml);
+    if (rc) {
+        json_decref(body);
+        return rc;
+    }
+    sub_rt *old = find(subs, name);
+    if (old && strcmp(kind_of(old->conf), kind_of(conf)) != 0) {
+        add_err(errs, "subscription '%s' delivers by %s; delivery cannot change to %s (DELETE "
+                "the subscription and PUT it again)", name, kind_of(old->conf), kind_of(conf));
+        rc = MT_EEXISTS;
+    } else if (old && old->conf->ordering != conf->ordering) {
+        add_err(errs, "subscription '%s' has ordering %s; ordering cannot change to %s (DELETE "
+                "the subscription and PUT it again)", name, order_names[old->conf->ordering],
+                order_names[conf->ordering]);
+        rc = MT_EEXISTS;
+    } else if (old && old->conf->priority != conf->priority) {
+        add_err(errs, "subscription '%s': priority cannot change on an existing subscription "
+                "(DELETE the subscription and PUT it again)", name);
+        rc = MT_EEXISTS;
+    }
+    if (rc) {
+        mt_sub_conf_free(conf);
+        json_decref(body);
+        return rc;
+    }
+    char why[600];
+    sub_rt *fresh = sub_new(subs, conf, NULL, why, sizeof why);
+    if (!fresh) {
+        add_err(errs, "request: error: %s", why);
+        json_decref(body);
+        return MT_ECONFIG;
+    }
+    fresh->def = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(body);
+    def_job *j = mt_xcalloc(1, sizeof *j);
+    *j = (def_job){subs, mt_xstrdup(name), mt_xstrdup(fresh->def), fresh, old == NULL, done, arg};
+    return def_submit(subs, j);
+}
+
+mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pull_done_fn done,
+                      void *arg)
+{
+    if (subs->closing) {
+        return MT_ECLOSED;
+    }
+    sub_rt *s = find(subs, name);
+    if (!s) {
+        return MT_ENOTFOUND;
+    }
+    mt_err rc = changeable(subs, name, errs);
+    if (rc) {
+        return rc;
+    }
+    /* Out of the registry at once, so no job of it can write state after the delete. */
+    registry_retire(subs, s);
+    if (subs->on_change) {
+        subs->on_change(name, NULL, subs->on_change_arg);
+    }
+    def_job *j = mt_xcalloc(1, sizeof *j);
+    *j = (def_job){subs, mt_xstrdup(name), NULL, NULL, false, done, arg};
+    return def_submit(subs, j);
 }
 
 /* ---- tables ---- */

@@ -81,6 +81,17 @@ void mt_subs_kick(mt_subs *subs);
 void mt_subs_on_append(mt_subs *subs, void (*cb)(void *arg), void *arg);
 
 /*
+ * Called on the loop thread when a subscription is created or replaced
+ * over HTTP ('conf' is its new definition, valid until the next change of
+ * that name) or deleted ('conf' NULL).
+ */
+typedef void (*mt_sub_change_fn)(const char *name, const mt_sub_conf *conf, void *arg);
+void mt_subs_on_change(mt_subs *subs, mt_sub_change_fn cb, void *arg);
+
+/* Calls fn for every live subscription's definition (valid until it changes). */
+void mt_subs_each(mt_subs *subs, void (*fn)(const mt_sub_conf *conf, void *arg), void *arg);
+
+/*
  * Status of one subscription ('name') or of all (name NULL: a JSON array)
  * as a new JSON value: position, head, lag, handled, retried, dead_lettered,
  * retrying (messages parked), dlq (entries now), last_error. MT_ENOTFOUND.
@@ -111,6 +122,30 @@ mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
 
 /* Called on the loop thread with a job's outcome and its JSON result (borrowed; NULL on error). */
 typedef void (*mt_pull_done_fn)(mt_err rc, json_t *result, void *arg);
+
+/*
+ * Subscriptions made at runtime (PUT /subscriptions/{name}). 'text' is a
+ * JSON object with the fields a subscription has in the topology file. The
+ * definition is checked like the file (every problem into 'errs', as
+ * "request:LINE:COL: error: ..."; MT_ECONFIG), its handler loaded, then it
+ * is stored and takes effect in one writer job: 'done' gets
+ * {"created": true|false}. A new subscription starts from its `start`; a
+ * replaced one keeps its position, parked messages and dead letters, but
+ * its delivery kind, ordering and priority cannot change (MT_EEXISTS, as
+ * for a name the topology file declares, or one with a change in flight).
+ * Definitions survive restarts; at start the topology file's own
+ * subscriptions take precedence over stored ones of the same name.
+ */
+mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len,
+                   mt_topo_errs *errs, mt_pull_done_fn done, void *arg);
+
+/*
+ * Deletes a subscription made over HTTP, with its position, parked messages
+ * and dead letters ('done' gets {"deleted": true}). MT_ENOTFOUND;
+ * MT_EEXISTS (reason in errs) for one the topology file declares.
+ */
+mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pull_done_fn done,
+                      void *arg);
 
 /*
  * Pull consumers (deliver: pull): leases up to 'max' messages, expired

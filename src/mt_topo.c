@@ -895,17 +895,40 @@ static bool has_key(loader *ld, const yaml_node_t *map, const char *name)
     return false;
 }
 
-static bool valid_sub_name(const unsigned char *s, size_t n)
+bool mt_topo_valid_sub_name(const char *s, size_t n)
 {
     if (n == 0 || n > 64) {
         return false;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!(isalnum(s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) {
+        if (!(isalnum((unsigned char) s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) {
             return false;
         }
     }
     return true;
+}
+
+/* Reads the mapping 'body' of subscription 'c' (defaults already set). */
+static void read_sub(loader *ld, mt_sub_conf *c, const yaml_node_t *body)
+{
+    ld->sub = c;
+    char where[96];
+    snprintf(where, sizeof where, "in subscription '%s'", c->name);
+    walk_mapping(ld, body, where, sub_keys);
+    if (!c->pull && !c->handler && !has_key(ld, body, "handler")) {
+        err_node(ld, body, "missing required key 'handler' in subscription '%s' (or set "
+                 "deliver: pull)", c->name);
+    } else if (c->priority && !c->pull) {
+        err_node(ld, body, "subscription '%s': priority applies to deliver: pull or "
+                 "webhook subscriptions", c->name);
+    } else if (c->pull && c->handler) {
+        err_node(ld, body, "subscription '%s': a pull subscription has no handler", c->name);
+    }
+    if (c->max_backoff_ms < c->backoff_ms) {
+        err_node(ld, body, "subscription '%s': retry.max_backoff is shorter than "
+                 "retry.backoff", c->name);
+    }
+    ld->sub = NULL;
 }
 
 static void section_subscriptions(loader *ld, const yaml_node_t *v)
@@ -922,7 +945,7 @@ static void section_subscriptions(loader *ld, const yaml_node_t *v)
         const yaml_node_t *k = yaml_document_get_node(ld->doc, p->key);
         const yaml_node_t *body = yaml_document_get_node(ld->doc, p->value);
         if (k->type != YAML_SCALAR_NODE ||
-            !valid_sub_name(k->data.scalar.value, k->data.scalar.length)) {
+            !mt_topo_valid_sub_name((const char *) k->data.scalar.value, k->data.scalar.length)) {
             char *got = describe(k);
             err_node(ld, k, "a subscription name must be 1 to 64 letters, digits, '_', '-' or "
                      "'.' (got %s)", got);
@@ -947,29 +970,11 @@ static void section_subscriptions(loader *ld, const yaml_node_t *v)
             err_expected(ld, body, ld->path_buf, "a mapping");
             continue;
         }
-        ld->sub = c;
-        char where[96];
-        snprintf(where, sizeof where, "in subscription '%s'", c->name);
-        walk_mapping(ld, body, where, sub_keys);
-        if (!c->pull && !c->handler && !has_key(ld, body, "handler")) {
-            err_node(ld, body, "missing required key 'handler' in subscription '%s' (or set "
-                     "deliver: pull)", c->name);
-        } else if (c->priority && !c->pull) {
-            err_node(ld, body, "subscription '%s': priority applies to deliver: pull or "
-                     "webhook subscriptions", c->name);
-        } else if (c->pull && c->handler) {
-            err_node(ld, body, "subscription '%s': a pull subscription has no handler",
-                     c->name);
-        }
-        if (c->max_backoff_ms < c->backoff_ms) {
-            err_node(ld, body, "subscription '%s': retry.max_backoff is shorter than "
-                     "retry.backoff", c->name);
-        }
-        ld->sub = NULL;
+        read_sub(ld, c, body);
     }
 }
 
-static void sub_conf_free(mt_sub_conf *c)
+static void sub_conf_clear(mt_sub_conf *c)
 {
     free(c->name);
     for (int i = 0; i < c->ntopics; i++) {
@@ -1202,6 +1207,97 @@ mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs)
     return MT_OK;
 }
 
+/* ---- one subscription on its own (runtime definitions) ---- */
+
+mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const char *origin,
+                         mt_sub_conf **out, mt_topo_errs *errs)
+{
+    *out = NULL;
+    int first_err = errs->count;
+    if (!mt_topo_valid_sub_name(name, strlen(name))) {
+        errs_insert(errs, errs->count,
+                    mt_xasprintf("%s: error: a subscription name must be 1 to 64 letters, "
+                                 "digits, '_', '-' or '.'", origin));
+        return MT_ECONFIG;
+    }
+    if (len > MAX_FILE_SIZE) {
+        errs_insert(errs, errs->count, mt_xasprintf("%s: error: the definition is larger than "
+                                                    "%uMiB", origin, MAX_FILE_SIZE >> 20));
+        return MT_ECONFIG;
+    }
+    mt_sub_conf *c = mt_xcalloc(1, sizeof *c);
+    sub_defaults(c);
+    c->name = mt_xstrdup(name);
+    mt_topo *t = mt_topo_new_default();
+    loader ld = {.path = origin, .doc = NULL, .errs = errs, .topo = t};
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) {
+        fprintf(stderr, "moontide: out of memory parsing %s\n", origin);
+        abort();
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *) text, len);
+    yaml_document_t doc;
+    if (!yaml_parser_load(&parser, &doc)) {
+        mt_buf b = {(char *) text, len, len};
+        err_syntax(&ld, &parser, &b);
+    } else {
+        ld.doc = &doc;
+        const yaml_node_t *root = yaml_document_get_root_node(&doc);
+        if (!root || root->type != YAML_MAPPING_NODE) {
+            yaml_mark_t start = {0, 0, 0};
+            err_at(&ld, -1, root ? root->start_mark : start,
+                   "a subscription definition must be an object with at least 'topics'");
+        } else {
+            read_sub(&ld, c, root);
+        }
+        yaml_document_delete(&doc);
+    }
+    yaml_parser_delete(&parser);
+    mt_topo_free(t);
+    if (errs->count > first_err) {
+        mt_sub_conf_free(c);
+        return MT_ECONFIG;
+    }
+    *out = c;
+    return MT_OK;
+}
+
+static char **strv_copy(char *const *v, int n)
+{
+    char **r = mt_xcalloc((size_t) (n ? n : 1), sizeof *r);
+    for (int i = 0; i < n; i++) {
+        r[i] = mt_xstrdup(v[i]);
+    }
+    return r;
+}
+
+static char *str_copy(const char *s)
+{
+    return s ? mt_xstrdup(s) : NULL;
+}
+
+mt_sub_conf *mt_sub_conf_copy(const mt_sub_conf *c)
+{
+    mt_sub_conf *r = mt_xmalloc(sizeof *r);
+    *r = *c;
+    r->name = str_copy(c->name);
+    r->topics = strv_copy(c->topics, c->ntopics);
+    r->filter_json = str_copy(c->filter_json);
+    r->handler = str_copy(c->handler);
+    r->webhook_url = str_copy(c->webhook_url);
+    r->webhook_secret = str_copy(c->webhook_secret);
+    r->window_tz = str_copy(c->window_tz);
+    return r;
+}
+
+void mt_sub_conf_free(mt_sub_conf *c)
+{
+    if (c) {
+        sub_conf_clear(c);
+        free(c);
+    }
+}
+
 /* ---- listen addresses ---- */
 
 /* mt_topo_parse_listen, plus a reason for the topology error message. */
@@ -1277,7 +1373,7 @@ void mt_topo_free(mt_topo *t)
     free(t->engine.listen_host);
     free(t->engine.log_level);
     for (int i = 0; i < t->nsubs; i++) {
-        sub_conf_free(&t->subs[i]);
+        sub_conf_clear(&t->subs[i]);
     }
     free(t->subs);
     free(t->path);

@@ -21,12 +21,13 @@
  *     log_level: info           # debug | info | warn | error
  *
  * Sizes are whole numbers with an optional unit (mt_parse_size). The keys
- * subscriptions, projections, sagas, commands, security and bridges are
- * reserved for later versions and refused by name for now.
+ * projections, sagas, commands, security and bridges are reserved for later
+ * versions and refused by name for now.
  */
 #ifndef MT_TOPO_H
 #define MT_TOPO_H
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include "mt_err.h"
 
@@ -103,7 +104,7 @@ typedef struct mt_sub_conf {
     int webhook_concurrency; /* requests in flight to the endpoint */
     uint64_t lease_ms;       /* pull: how long a leased event is reserved for its consumer */
     uint64_t ttl_ms;         /* 0 = events never expire for this subscription */
-    bool priority;           /* pull: hand out higher `priority` events first */
+    bool priority;           /* deliver higher `priority` events first */
     bool has_window;         /* window: consume only between window_from and window_to */
     int window_from;         /* seconds after local midnight */
     int window_to;           /* seconds after local midnight; before 'from' wraps midnight */
@@ -157,6 +158,25 @@ mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs);
  * host, or an IPv6 address without brackets.
  */
 mt_err mt_topo_parse_listen(const char *s, char **host, uint16_t *port);
+
+/*
+ * Parses the definition of subscription 'name' from 'text' (a JSON object,
+ * or the same in YAML: the fields a subscription has under
+ * `subscriptions:`), with the same checks as mt_topo_load. Errors are
+ * "ORIGIN:LINE:COL: error: message". On success sets *out (free with
+ * mt_sub_conf_free); else MT_ECONFIG with every problem in 'errs'.
+ */
+mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const char *origin,
+                         mt_sub_conf **out, mt_topo_errs *errs);
+
+/* Whether 'name' (n bytes) is a valid subscription name: 1 to 64 of [A-Za-z0-9_.-]. */
+bool mt_topo_valid_sub_name(const char *name, size_t n);
+
+/* A deep copy of 'c'; free with mt_sub_conf_free. */
+mt_sub_conf *mt_sub_conf_copy(const mt_sub_conf *c);
+
+/* Frees a conf from mt_topo_parse_sub or mt_sub_conf_copy; NULL does nothing. */
+void mt_sub_conf_free(mt_sub_conf *c);
 
 /* Frees 't' and everything it owns; NULL does nothing. */
 void mt_topo_free(mt_topo *t);

@@ -28,7 +28,7 @@ typedef struct slot {
 
 struct hook {
     mt_webhooks *w;
-    const mt_sub_conf *conf;   /* borrowed */
+    mt_sub_conf *conf;         /* owned copy */
     char *host;                /* owned */
     int port;
     char *path;                /* owned: path and query */
@@ -37,18 +37,20 @@ struct hook {
     slot *slots;               /* owned, conf->webhook_concurrency */
     bool pulling;
     bool gone;                 /* 410: stop delivering */
+    bool retired;              /* its subscription changed or went: freed once idle */
     struct event *timer;
+    hook *next;
 };
 
 struct mt_webhooks {
     mt_loop *loop;
     mt_subs *subs;
-    hook *hooks;
-    int n;
+    hook *hooks;               /* owned list */
     bool stopping;
 };
 
 static void hook_fill(hook *hk);
+static void hook_reap(hook *hk);
 
 /* ---- settling leases ---- */
 
@@ -56,6 +58,10 @@ static void settled(mt_err rc, json_t *result, void *arg)
 {
     slot *sl = arg;
     sl->busy = false;
+    if (sl->hk->retired) {
+        hook_reap(sl->hk);
+        return;
+    }
     if (rc && rc != MT_ECLOSED) {
         mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", sl->hk->conf->name, NULL},
                      "webhook '%s': settling a lease failed: %s", sl->hk->conf->name,
@@ -102,6 +108,7 @@ static void on_response(struct evhttp_request *req, void *arg)
         sl->busy = false;
         return;
     }
+    /* A retired hook still settles what it sent: the lease belongs to the subscription. */
     if (status >= 200 && status < 300) {
         settle_lease(sl, MT_LEASE_ACK, 0);
         return;
@@ -182,6 +189,11 @@ static void on_pulled(mt_err rc, json_t *items, void *arg)
 {
     hook *hk = arg;
     hk->pulling = false;
+    if (hk->retired) {
+        /* Its leases come back when they expire. */
+        hook_reap(hk);
+        return;
+    }
     if (rc || hk->w->stopping) {
         return;
     }
@@ -196,7 +208,7 @@ static void on_pulled(mt_err rc, json_t *items, void *arg)
 /* Leases as many events as there are free slots. */
 static void hook_fill(hook *hk)
 {
-    if (hk->pulling || hk->gone || hk->w->stopping) {
+    if (hk->pulling || hk->gone || hk->retired || hk->w->stopping) {
         return;
     }
     int free_slots = 0;
@@ -216,15 +228,55 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
 
 /* ---- lifecycle ---- */
 
-static mt_err hook_init(mt_webhooks *w, hook *hk, const mt_sub_conf *c, char *err, size_t errlen)
+static void hook_free(hook *hk)
 {
+    if (hk->timer) {
+        event_free(hk->timer);
+    }
+    for (int s = 0; hk->slots && s < hk->conf->webhook_concurrency; s++) {
+        if (hk->slots[s].conn) {
+            evhttp_connection_free(hk->slots[s].conn);
+        }
+    }
+    free(hk->slots);
+    free(hk->host);
+    free(hk->path);
+    mt_sub_conf_free(hk->conf);
+    free(hk);
+}
+
+/* Frees a retired hook once nothing of it is in flight. */
+static void hook_reap(hook *hk)
+{
+    if (hk->pulling) {
+        return;
+    }
+    for (int s = 0; s < hk->conf->webhook_concurrency; s++) {
+        if (hk->slots[s].busy) {
+            return;
+        }
+    }
+    for (hook **p = &hk->w->hooks; *p; p = &(*p)->next) {
+        if (*p == hk) {
+            *p = hk->next;
+            break;
+        }
+    }
+    hook_free(hk);
+}
+
+static mt_err hook_new(mt_webhooks *w, const mt_sub_conf *c, char *err, size_t errlen)
+{
+    hook *hk = mt_xcalloc(1, sizeof *hk);
     hk->w = w;
-    hk->conf = c;
+    hk->conf = mt_sub_conf_copy(c);
+    c = hk->conf;
     struct evhttp_uri *u = evhttp_uri_parse(c->webhook_url);
     const char *host = u ? evhttp_uri_get_host(u) : NULL;
     if (!host) {
         snprintf(err, errlen, "webhook '%s': cannot parse url '%s'", c->name, c->webhook_url);
         evhttp_uri_free(u);
+        hook_free(hk);
         return MT_ECONFIG;
     }
     hk->host = mt_xstrdup(host);
@@ -237,13 +289,12 @@ static mt_err hook_init(mt_webhooks *w, hook *hk, const mt_sub_conf *c, char *er
     if (c->webhook_secret) {
         const char *b64 = c->webhook_secret + 6;
         size_t n = strlen(b64);
-        if (n % 4 || n / 4 * 3 > sizeof hk->key) {
-            snprintf(err, errlen, "webhook '%s': the secret is not whsec_<base64>", c->name);
-            return MT_ECONFIG;
-        }
-        int k = EVP_DecodeBlock(hk->key, (const unsigned char *) b64, (int) n);
+        int k = n % 4 || n / 4 * 3 > sizeof hk->key
+                    ? -1
+                    : EVP_DecodeBlock(hk->key, (const unsigned char *) b64, (int) n);
         if (k < 0) {
             snprintf(err, errlen, "webhook '%s': the secret is not whsec_<base64>", c->name);
+            hook_free(hk);
             return MT_ECONFIG;
         }
         while (n > 0 && b64[n - 1] == '=') {
@@ -262,36 +313,72 @@ static mt_err hook_init(mt_webhooks *w, hook *hk, const mt_sub_conf *c, char *er
     hk->timer = event_new(base, -1, EV_PERSIST, on_poll, hk);
     struct timeval tv = {0, POLL_MS * 1000};
     event_add(hk->timer, &tv);
+    hk->next = w->hooks;
+    w->hooks = hk;
     return MT_OK;
 }
 
-mt_err mt_webhooks_open(mt_loop *loop, mt_subs *subs, const mt_topo *topo, mt_webhooks **out,
-                        char *err, size_t errlen)
+typedef struct open_ctx {
+    mt_webhooks *w;
+    mt_err rc;
+    char *err;
+    size_t errlen;
+} open_ctx;
+
+static void open_one(const mt_sub_conf *c, void *arg)
+{
+    open_ctx *o = arg;
+    if (c->webhook_url && o->rc == MT_OK) {
+        o->rc = hook_new(o->w, c, o->err, o->errlen);
+    }
+}
+
+mt_err mt_webhooks_open(mt_loop *loop, mt_subs *subs, mt_webhooks **out, char *err, size_t errlen)
 {
     *out = NULL;
     mt_webhooks *w = mt_xcalloc(1, sizeof *w);
     w->loop = loop;
     w->subs = subs;
-    w->hooks = mt_xcalloc((size_t) (topo->nsubs ? topo->nsubs : 1), sizeof *w->hooks);
-    for (int i = 0; i < topo->nsubs; i++) {
-        if (!topo->subs[i].webhook_url) {
-            continue;
-        }
-        mt_err rc = hook_init(w, &w->hooks[w->n++], &topo->subs[i], err, errlen);
-        if (rc) {
-            mt_webhooks_close(w);
-            return rc;
-        }
+    open_ctx o = {w, MT_OK, err, errlen};
+    mt_subs_each(subs, open_one, &o);
+    if (o.rc) {
+        mt_webhooks_close(w);
+        return o.rc;
     }
     *out = w;
     mt_webhooks_kick(w);
     return MT_OK;
 }
 
+void mt_webhooks_update(mt_webhooks *w, const char *name, const mt_sub_conf *conf)
+{
+    for (hook *hk = w->hooks; hk; hk = hk->next) {
+        if (!hk->retired && strcmp(hk->conf->name, name) == 0) {
+            hk->retired = true;
+            event_del(hk->timer);
+        }
+    }
+    for (hook *hk = w->hooks, *next; hk; hk = next) {
+        next = hk->next;
+        if (hk->retired) {
+            hook_reap(hk);
+        }
+    }
+    if (conf && conf->webhook_url) {
+        char err[512];
+        if (hook_new(w, conf, err, sizeof err)) {
+            mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
+                         "%s; nothing is delivered", err);
+        } else {
+            hook_fill(w->hooks);
+        }
+    }
+}
+
 void mt_webhooks_kick(mt_webhooks *w)
 {
-    for (int i = 0; w && i < w->n; i++) {
-        hook_fill(&w->hooks[i]);
+    for (hook *hk = w ? w->hooks : NULL; hk; hk = hk->next) {
+        hook_fill(hk);
     }
 }
 
@@ -307,20 +394,10 @@ void mt_webhooks_close(mt_webhooks *w)
     if (!w) {
         return;
     }
-    for (int i = 0; i < w->n; i++) {
-        hook *hk = &w->hooks[i];
-        if (hk->timer) {
-            event_free(hk->timer);
-        }
-        for (int s = 0; hk->slots && s < hk->conf->webhook_concurrency; s++) {
-            if (hk->slots[s].conn) {
-                evhttp_connection_free(hk->slots[s].conn);
-            }
-        }
-        free(hk->slots);
-        free(hk->host);
-        free(hk->path);
+    while (w->hooks) {
+        hook *hk = w->hooks;
+        w->hooks = hk->next;
+        hook_free(hk);
     }
-    free(w->hooks);
     free(w);
 }

@@ -11,7 +11,7 @@
  * timeout or a connection error nack with the Retry-After delay or the
  * subscription's backoff (so retries and the dead-letter queue work as for
  * handlers); 410 pauses the subscription. At most `concurrency` requests are
- * in flight per endpoint; ordering across them is not kept. Runs on the loop
+ * in flight per endpoint. Runs on the loop
  * thread.
  */
 #ifndef MT_WEBHOOK_H
@@ -24,12 +24,19 @@
 typedef struct mt_webhooks mt_webhooks;
 
 /*
- * Starts delivery for every webhook subscription of 'topo' (borrowed, like
- * 'subs'; both must outlive it). Sets *out. MT_ECONFIG with a message in
- * err for an unusable URL or secret.
+ * Starts delivery for every webhook subscription of 'subs' (borrowed; must
+ * outlive it). Sets *out. MT_ECONFIG with a message in err for an unusable
+ * URL or secret.
  */
-mt_err mt_webhooks_open(mt_loop *loop, mt_subs *subs, const mt_topo *topo, mt_webhooks **out,
-                        char *err, size_t errlen);
+mt_err mt_webhooks_open(mt_loop *loop, mt_subs *subs, mt_webhooks **out, char *err, size_t errlen);
+
+/*
+ * Subscription 'name' was created, replaced ('conf' its new definition) or
+ * deleted ('conf' NULL) at runtime: requests in flight finish, and delivery
+ * goes on with the new definition, if it is a webhook. An unusable URL or
+ * secret is logged.
+ */
+void mt_webhooks_update(mt_webhooks *w, const char *name, const mt_sub_conf *conf);
 
 /* New events may be there: fill free slots. */
 void mt_webhooks_kick(mt_webhooks *w);

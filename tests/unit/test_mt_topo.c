@@ -363,6 +363,63 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "4:5: error: missing required key 'topics' in subscription 's1'");
 }
 
+/* One subscription from a JSON definition: the same checks, located in the request. */
+static void test_topo_parse_sub_from_json(void **state)
+{
+    (void) state;
+    const char *ok = "{\"topics\":[\"job.#\"],\"deliver\":\"pull\",\"priority\":true,"
+                     "\"retry\":{\"max_attempts\":3,\"backoff\":\"1s\"},\"lease\":\"5s\","
+                     "\"filter\":{\"prefix\":{\"subject\":\"a-\"}}}";
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_parse_sub("jobs", ok, strlen(ok), "request", &c, &errs), MT_OK);
+    assert_int_equal(errs.count, 0);
+    assert_string_equal(c->name, "jobs");
+    assert_int_equal(c->ntopics, 1);
+    assert_string_equal(c->topics[0], "job.#");
+    assert_true(c->pull && c->priority);
+    assert_int_equal(c->max_attempts, 3);
+    assert_int_equal(c->backoff_ms, 1000);
+    assert_int_equal(c->lease_ms, 5000);
+    assert_int_equal(c->workers, 1); /* defaults fill the rest */
+    assert_non_null(c->filter_json);
+
+    mt_sub_conf *copy = mt_sub_conf_copy(c);
+    mt_sub_conf_free(c);
+    assert_string_equal(copy->topics[0], "job.#");
+    assert_string_equal(copy->name, "jobs");
+    assert_non_null(copy->filter_json);
+    mt_sub_conf_free(copy);
+
+    const char *bad = "{\"topics\": [\"a.*b\"],\n \"deliver\": \"pull\", \"colour\": 1}";
+    c = (mt_sub_conf *) &c;
+    assert_int_equal(mt_topo_parse_sub("jobs", bad, strlen(bad), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_null(c);
+    assert_int_equal(errs.count, 2);
+    assert_string_equal(errs.lines[0], "request:1:13: error: 'subscriptions.jobs.topics': "
+                        "'a.*b' is not a topic pattern ('.'-separated words; '*' and '#' only "
+                        "as whole words)");
+    assert_non_null(strstr(errs.lines[1], "request:2:21: error: unknown key 'colour' in "
+                                          "subscription 'jobs'"));
+    mt_topo_errs_free(&errs);
+
+    const char *list = "[1, 2]";
+    assert_int_equal(mt_topo_parse_sub("jobs", list, strlen(list), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    assert_string_equal(errs.lines[0], "request:1:1: error: a subscription definition must be "
+                        "an object with at least 'topics'");
+    mt_topo_errs_free(&errs);
+
+    assert_int_equal(mt_topo_parse_sub("bad name", ok, strlen(ok), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    mt_topo_errs_free(&errs);
+    assert_false(mt_topo_valid_sub_name("a/b", 3));
+    assert_true(mt_topo_valid_sub_name("a.b-c_1", 7));
+}
+
 typedef struct value_case {
     const char *line;       /* one engine line, indented by two spaces */
     const char *error;      /* expected error without "PATH:3:" */
@@ -777,6 +834,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_topo_errs_are_appended_and_reusable, setup,
                                         teardown),
         cmocka_unit_test(test_topo_listen_parsing),
+        cmocka_unit_test(test_topo_parse_sub_from_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,210 @@
+"""Subscriptions made at runtime: PUT /subscriptions/{name} creates or
+replaces one from a JSON definition, DELETE removes it with its state; both
+survive restarts, and the topology file's own subscriptions win at start."""
+import http.server
+import json
+import os
+import tempfile
+import threading
+
+import mtlib
+from mtlib import Engine
+
+COUNTER = """
+return function(event, ctx)
+  local t = ctx.kv("counts")
+  t:put(event.subject, (t:get(event.subject) or 0) + 1)
+end
+"""
+
+
+def handler_file(text=COUNTER):
+    d = tempfile.mkdtemp(prefix="moontide-h-")
+    path = os.path.join(d, "counter.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def put(e, name, definition, raw=None, headers=None):
+    body = raw if raw is not None else json.dumps(definition)
+    h = {"Content-Type": "application/json"} if headers is None else headers
+    st, _, data = e.request("PUT", "/subscriptions/" + name, body, h)
+    return st, json.loads(data) if data else None
+
+
+def status(e, name):
+    st, _, data = e.request("GET", "/subscriptions/" + name)
+    return st, json.loads(data)
+
+
+def count(e, key):
+    st, _, data = e.request("GET", "/tables/counts/" + key)
+    return json.loads(data) if st == 200 else None
+
+
+def test_put_creates_a_subscription_that_delivers_and_survives_a_restart():
+    e = Engine()
+    try:
+        e.start()
+        for i in range(5):
+            e.publish(mtlib.event("a%d" % i, subject="s%d" % (i % 2), type_="order.placed"))
+        h = handler_file()
+        st, body = put(e, "counter", {"topics": ["order.*"], "handler": h, "start": "beginning"})
+        assert st == 201, body
+        assert body["name"] == "counter" and body["origin"] == "api", body
+        assert body["definition"]["handler"] == h, body
+        mtlib.wait_for(lambda: status(e, "counter")[1]["handled"] == 5, what="5 handled")
+        assert count(e, "s0") == 3 and count(e, "s1") == 2
+        names = [s["name"] for s in json.loads(e.request("GET", "/subscriptions")[2])]
+        assert names == ["counter"], names
+        e.stop()
+        e.start()
+        st, s = status(e, "counter")
+        assert st == 200 and s["origin"] == "api" and s["position"] == 5, s
+        e.publish(mtlib.event("b", subject="s0", type_="order.placed"))
+        mtlib.wait_for(lambda: count(e, "s0") == 4, what="delivery after the restart")
+    finally:
+        e.cleanup()
+
+
+def test_put_replaces_a_subscription_and_keeps_its_position():
+    with Engine() as e:
+        h = handler_file()
+        assert put(e, "counter", {"topics": ["order.*"], "handler": h})[0] == 201
+        e.publish(mtlib.event("a", subject="x-1", type_="order.placed"))
+        mtlib.wait_for(lambda: count(e, "x-1") == 1, what="first delivery")
+        # The new definition adds a filter: only subjects starting with "y-" now.
+        st, body = put(e, "counter", {"topics": ["order.*"], "handler": h,
+                                      "filter": {"prefix": {"subject": "y-"}}})
+        assert st == 200, body
+        assert body["position"] == 1, body
+        e.publish(mtlib.event("b", subject="x-1", type_="order.placed"))
+        e.publish(mtlib.event("c", subject="y-1", type_="order.placed"))
+        mtlib.wait_for(lambda: count(e, "y-1") == 1, what="filtered delivery")
+        mtlib.wait_for(lambda: status(e, "counter")[1]["position"] == 3, what="position 3")
+        assert count(e, "x-1") == 1, "the old definition's topics still deliver"
+
+
+def test_delete_removes_the_subscription_and_its_state_for_good():
+    e = Engine()
+    try:
+        e.start()
+        fail = handler_file("return function(event, ctx) error('no') end")
+        st, _ = put(e, "doomed", {"topics": ["#"], "handler": fail,
+                                  "retry": {"max_attempts": 1}})
+        assert st == 201
+        e.publish(mtlib.event("a", type_="t.x"))
+        mtlib.wait_for(lambda: status(e, "doomed")[1]["dlq"] == 1, what="a dead letter")
+        st, _, data = e.request("DELETE", "/subscriptions/doomed")
+        assert st == 204 and data == b"", (st, data)
+        assert status(e, "doomed")[0] == 404
+        st, _, data = e.request("DELETE", "/subscriptions/doomed")
+        assert st == 404, data
+        e.stop()
+        e.start()
+        assert status(e, "doomed")[0] == 404
+        # Made again, it starts afresh: from its start, with no old dead letters.
+        st, body = put(e, "doomed", {"topics": ["#"], "deliver": "pull", "start": "end"})
+        assert st == 201, body
+        assert body["dlq"] == 0 and body["position"] == 1 and body["handled"] == 0, body
+    finally:
+        e.cleanup()
+
+
+def test_bad_definitions_get_clear_errors_and_change_nothing():
+    cfg = mtlib.topology("subscriptions:\n  declared:\n    topics: [\"a.#\"]\n    deliver: pull\n")
+    with Engine(config=cfg) as e:
+        st, b = put(e, "s", None, raw='{"topics": ["a.b"],')
+        assert st == 400 and b["detail"].startswith("request:1:") and "invalid JSON" in b["detail"], b
+        st, b = put(e, "s", None, raw='["a"]')
+        assert st == 400 and "must be a JSON object" in b["detail"], b
+        st, b = put(e, "s", {"topics": ["a.b"], "deliver": "pull", "colour": "red"})
+        assert st == 400 and "unknown key 'colour'" in b["detail"], b
+        assert b["detail"].startswith("request:1:"), b
+        st, b = put(e, "s", None, raw='{\n\t"deliver": "pull",\n\t"lease": "soon"\n}')
+        assert st == 400, b
+        assert b["errors"][0].startswith("request:1:1: error: missing required key 'topics'"), b
+        assert b["errors"][1].startswith("request:3:11: error: 'subscriptions.s.lease'"), b
+        st, b = put(e, "s", {"topics": ["a.b"], "handler": "/nonexistent/h.lua"})
+        assert st == 400 and "cannot read '/nonexistent/h.lua'" in b["detail"], b
+        broken = handler_file("return function(event, ctx) end end")
+        st, b = put(e, "s", {"topics": ["a.b"], "handler": broken})
+        assert st == 400 and "counter.lua" in b["detail"], b
+        st, b = put(e, "bad%20name", {"topics": ["a.b"], "deliver": "pull"})
+        assert st == 400 and "subscription name" in b["detail"], b
+        st, b = put(e, "s", {"topics": ["a.b"], "deliver": "pull"},
+                     headers={"Content-Type": "text/plain"})
+        assert st == 415, b
+        st, b = put(e, "declared", {"topics": ["a.b"], "deliver": "pull"})
+        assert st == 409 and "declared in" in b["detail"], b
+        st, _, data = e.request("DELETE", "/subscriptions/declared")
+        assert st == 409 and "declared in" in json.loads(data)["detail"], data
+        st, _, data = e.request("POST", "/subscriptions/declared")
+        assert st == 405, data
+        names = [s["name"] for s in json.loads(e.request("GET", "/subscriptions")[2])]
+        assert names == ["declared"], names
+        # What cannot change on a live subscription.
+        assert put(e, "p", {"topics": ["a.b"], "deliver": "pull"})[0] == 201
+        st, b = put(e, "p", {"topics": ["a.b"], "handler": handler_file()})
+        assert st == 409 and "delivery cannot change" in b["detail"], b
+        st, b = put(e, "p", {"topics": ["a.b"], "deliver": "pull", "ordering": "strict"})
+        assert st == 409 and "ordering cannot change" in b["detail"], b
+        st, b = put(e, "p", {"topics": ["a.b"], "deliver": "pull", "priority": True})
+        assert st == 409 and "priority cannot change" in b["detail"], b
+        assert status(e, "p")[1]["definition"] == {"topics": ["a.b"], "deliver": "pull"}
+
+
+def test_the_topology_file_wins_over_a_stored_definition_of_the_same_name():
+    e = Engine()
+    try:
+        e.start()
+        assert put(e, "shared", {"topics": ["x.#"], "deliver": "pull"})[0] == 201
+        e.stop()
+        e.config = mtlib.topology("subscriptions:\n  shared:\n    topics: [\"y.#\"]\n"
+                                  "    deliver: pull\n")
+        e.start()
+        st, s = status(e, "shared")
+        assert st == 200 and s["origin"] == "config" and s["topics"] == ["y.#"], s
+        assert any("is declared in" in l for l in e.stderr_lines), e.stderr_lines
+    finally:
+        e.cleanup()
+
+
+def test_a_webhook_made_at_runtime_delivers_and_stops_when_deleted():
+    got = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(json.loads(body)["id"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with Engine() as e:
+            url = "http://127.0.0.1:%d/hook" % srv.server_address[1]
+            st, b = put(e, "hook", {"topics": ["w.#"], "deliver": {"webhook": {"url": url}}})
+            assert st == 201, b
+            for i in range(3):
+                e.publish(mtlib.event("w%d" % i, subject="s", type_="w.x"))
+            mtlib.wait_for(lambda: len(got) == 3, what="3 webhook deliveries")
+            assert got == ["e-w0", "e-w1", "e-w2"], got
+            assert e.request("DELETE", "/subscriptions/hook")[0] == 204
+            e.publish(mtlib.event("w9", subject="s", type_="w.x"))
+            # A pull subscription made now sees the event: the webhook is gone.
+            assert put(e, "probe", {"topics": ["w.#"], "deliver": "pull", "start": "beginning"})[0] == 201
+            st, _, data = e.request("POST", "/subscriptions/probe/pull?max=10&wait=1s")
+            assert st == 200 and len(json.loads(data)) == 4, data
+            assert "e-w9" not in got, got
+    finally:
+        srv.shutdown()
+
+
+if __name__ == "__main__":
+    mtlib.main(globals())
