@@ -229,20 +229,115 @@ static mt_err lane_busy(mt_txn *t, const char *name, const char *lane, bool *bus
     return rc == MT_ENOTFOUND ? MT_OK : rc;
 }
 
+static int priority_of(const mt_event *ev)
+{
+    return ev->priority < 0 ? 0 : ev->priority;
+}
+
+/*
+ * The lane of 'ev': "" (strict), "s:SUBJECT" (subject), "#SEQ" (no order,
+ * or no subject). With priority each priority has lanes of its own,
+ * "pN:" + the lane, so order holds within one priority and a higher one
+ * may pass a lower one.
+ */
 static void lane_of(const mt_sub_conf *c, const mt_event *ev, char *lane, size_t len)
 {
+    size_t off = 0;
+    if (c->priority && c->ordering != MT_ORDER_NONE) {
+        off = (size_t) snprintf(lane, len, "p%d:", priority_of(ev));
+    }
     if (c->ordering == MT_ORDER_STRICT) {
-        lane[0] = '\0';
+        lane[off] = '\0';
     } else if (c->ordering == MT_ORDER_SUBJECT && ev->attr[MT_ATTR_SUBJECT]) {
-        /* Subjects are at most MT_EVENT_MAX_SUBJECT bytes: "s:" + subject fits. */
+        /* Subjects are at most MT_EVENT_MAX_SUBJECT bytes: "pN:s:" + subject fits. */
         size_t n = strlen(ev->attr[MT_ATTR_SUBJECT]);
-        mt_assert(n + 3 <= len);
-        lane[0] = 's';
-        lane[1] = ':';
-        memcpy(lane + 2, ev->attr[MT_ATTR_SUBJECT], n + 1);
+        mt_assert(off + n + 3 <= len);
+        lane[off] = 's';
+        lane[off + 1] = ':';
+        memcpy(lane + off + 2, ev->attr[MT_ATTR_SUBJECT], n + 1);
     } else {
         snprintf(lane, len, "#%llu", (unsigned long long) ev->sequence);
     }
+}
+
+/* Whether messages of 'lane' wait for one another ("#SEQ" lanes hold one message). */
+static bool lane_ordered(const char *lane)
+{
+    return lane[0] != '#';
+}
+
+/*
+ * The due time that queues a message by priority in the time index: 9 -
+ * priority microseconds after the epoch, far in the past, so queued
+ * messages come out highest priority first, in log order within one
+ * priority, and ahead of retries (whose due times are real).
+ */
+static int64_t queue_due(const mt_event *ev)
+{
+    return 9 - priority_of(ev);
+}
+
+/*
+ * Makes message 'seq' the head of 'lane', due at 'due' in the time index.
+ * 'rec' is its parked record (kept: attempts, errors), or NULL for a new one.
+ */
+static mt_err schedule_head(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq, json_t *rec,
+                            int64_t due)
+{
+    json_t *r = rec ? json_incref(rec) : json_pack("{si}", "attempts", 0);
+    json_object_set_new(r, "state", json_string("retry"));
+    json_object_set_new(r, "lane", json_string(lane));
+    json_object_set_new(r, "due", json_integer(due));
+    json_object_del(r, "lease");
+    uint8_t k[KEY_MAX], sk[KEY_MAX];
+    size_t kl = parked_key(k, s->conf->name, lane, seq);
+    size_t skl = sched_key(sk, s->conf->name, due, seq);
+    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, r);
+    json_decref(r);
+    if (rc == MT_OK) {
+        rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
+    }
+    return rc;
+}
+
+/* When a message that waited in 'lane' is due once it heads the lane. */
+static int64_t lane_due(const char *lane)
+{
+    if (lane[0] == 'p' && lane[1] >= '0' && lane[1] <= '9' && lane[2] == ':') {
+        return 9 - (lane[1] - '0');
+    }
+    return mt_now_us();
+}
+
+/*
+ * The head of 'lane' is gone: the first message blocked behind it becomes
+ * the head, queued in the time index (lane_due). Does nothing if the lane
+ * is empty or its first message has a due time of its own.
+ */
+static mt_err requeue_next(sub_rt *s, mt_txn *t, const char *lane)
+{
+    if (!lane_ordered(lane)) {
+        return MT_OK;
+    }
+    uint8_t pfx[KEY_MAX];
+    size_t pl = parked_key(pfx, s->conf->name, lane, 0) - 8;
+    const void *ck, *cv;
+    size_t ckl, cvl;
+    mt_err rc = mt_store_first_with_prefix(t, MT_DB_PARKED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
+    if (rc == MT_ENOTFOUND || (rc == MT_OK && ckl != pl + 8)) {
+        return MT_OK;
+    }
+    if (rc) {
+        return rc;
+    }
+    uint64_t seq = mt_get_be64((const uint8_t *) ck + pl);
+    json_t *rec = json_loadb(cv, cvl, 0, NULL);
+    const char *state = json_string_value(json_object_get(rec, "state"));
+    if (state && strcmp(state, "blocked") == 0) {
+        rc = schedule_head(s, t, lane, seq, rec, lane_due(lane));
+    }
+    json_decref(rec);
+    return rc;
 }
 
 static int64_t backoff_us(const mt_sub_conf *c, uint32_t attempts)
@@ -449,6 +544,15 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
         json_decref(rec);
         return rc;
     }
+    if (ev->deliverafter_us > mt_now_us()) {
+        /* Its turn came (it waited behind its lane's head), not yet its time. */
+        mt_err rc = schedule_head(s, t, lane, ev->sequence, rec, ev->deliverafter_us);
+        if (!out->next_due_us || ev->deliverafter_us < out->next_due_us) {
+            out->next_due_us = ev->deliverafter_us;
+        }
+        json_decref(rec);
+        return rc;
+    }
     attempt_result r;
     result_init(&r);
     mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended);
@@ -503,16 +607,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
 static mt_err embargo(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane,
                       dispatch_out *out)
 {
-    uint8_t k[KEY_MAX], sk[KEY_MAX];
-    size_t kl = parked_key(k, s->conf->name, lane, ev->sequence);
-    size_t skl = sched_key(sk, s->conf->name, ev->deliverafter_us, ev->sequence);
-    json_t *rec = json_pack("{sssisssI}", "state", "retry", "attempts", 0, "lane", lane, "due",
-                            (json_int_t) ev->deliverafter_us);
-    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, rec);
-    json_decref(rec);
-    if (rc == MT_OK) {
-        rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
-    }
+    mt_err rc = schedule_head(s, t, lane, ev->sequence, NULL, ev->deliverafter_us);
     if (!out->next_due_us || ev->deliverafter_us < out->next_due_us) {
         out->next_due_us = ev->deliverafter_us;
     }
@@ -532,12 +627,16 @@ static mt_err park_blocked(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq)
 
 /*
  * The head of 'lane' is gone: run the messages blocked behind it, in order,
- * until one fails (it becomes the new head) or the lane is empty.
+ * until one fails (it becomes the new head) or the lane is empty. With
+ * priority the next one is queued instead, to go in priority order.
  */
 static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st,
                            dispatch_out *out, int *budget)
 {
     const char *name = s->conf->name;
+    if (s->conf->priority) {
+        return requeue_next(s, t, lane);
+    }
     uint8_t pfx[KEY_MAX];
     size_t pl = parked_key(pfx, name, lane, 0) - 8;
     for (;;) {
@@ -562,17 +661,8 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
              * Out of budget for this job: make the lane's new head due now,
              * so the time index brings the next job back to this lane.
              */
-            int64_t now = mt_now_us();
-            json_object_set_new(rec, "state", json_string("retry"));
-            json_object_set_new(rec, "due", json_integer(now));
-            uint8_t k[KEY_MAX], sk[KEY_MAX];
-            size_t kl = parked_key(k, name, lane, seq);
-            size_t skl = sched_key(sk, name, now, seq);
-            rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+            rc = schedule_head(s, t, lane, seq, rec, mt_now_us());
             json_decref(rec);
-            if (rc == MT_OK) {
-                rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
-            }
             out->more = true;
             return rc;
         }
@@ -695,11 +785,11 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
         return save_state(t, c->name, &st);
     }
     int budget = EVENTS_PER_JOB;
-    if (rc == MT_OK) {
+    if (rc == MT_OK && !c->priority) {
         rc = run_due(s, t, &st, out, &budget);
     }
     bool strict_blocked = false;
-    if (rc == MT_OK && c->ordering == MT_ORDER_STRICT) {
+    if (rc == MT_OK && c->ordering == MT_ORDER_STRICT && !c->priority) {
         rc = lane_busy(t, c->name, "", &strict_blocked);
     }
     bool any_parked = true;
@@ -750,6 +840,10 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
                                !expired(c, &ev, mt_now_us())) {
                         rc = embargo(s, t, &ev, lane, out);
                         any_parked = true;
+                    } else if (rc == MT_OK && c->priority) {
+                        /* Queued by priority; run_due below takes the highest first. */
+                        rc = schedule_head(s, t, lane, seq, NULL, queue_due(&ev));
+                        any_parked = true;
                     } else if (rc == MT_OK) {
                         void *copy = mt_xmalloc(vl);
                         memcpy(copy, v, vl);
@@ -785,6 +879,9 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
                 rc = crc;
             }
         }
+    }
+    if (rc == MT_OK && c->priority) {
+        rc = run_due(s, t, &st, out, &budget);
     }
     if (rc == MT_OK) {
         rc = save_state(t, c->name, &st);
@@ -1270,15 +1367,14 @@ static mt_err dlq_run(mt_txn *t, void *arg)
         kl = dlq_key(k, name, seq);
         rc = mt_store_del(t, MT_DB_DLQ, k, kl);
         if (rc == MT_OK && j->redrive) {
-            /* Back in as a retry due now, in its own lane so nothing waits on it. */
+            /* Back in as a retry due now: at the head of its lane if the lane is idle, else alone. */
             mt_event ev;
             rc = mt_log_get(t, seq, &ev);
             char lane[MAX_LANE + 1];
             snprintf(lane, sizeof lane, "#%llu", (unsigned long long) seq);
-            if (rc == MT_OK && !j->s->conf->pull) {
-                /* Pull messages always live in their own lane "#SEQ". */
+            if (rc == MT_OK) {
                 lane_of(j->s->conf, &ev, lane, sizeof lane);
-                if (j->s->conf->ordering != MT_ORDER_NONE) {
+                if (lane_ordered(lane)) {
                     /* Keep it ahead of later events of its lane only if the lane is idle. */
                     bool busy;
                     rc = lane_busy(t, name, lane, &busy);
@@ -1287,18 +1383,8 @@ static mt_err dlq_run(mt_txn *t, void *arg)
                     }
                 }
             }
-            int64_t due = mt_now_us();
-            uint8_t pk[KEY_MAX], sk[KEY_MAX];
-            size_t pkl = parked_key(pk, name, lane, seq);
-            size_t skl = sched_key(sk, name, due, seq);
-            json_t *rec = json_pack("{sssiss sI}", "state", "retry", "attempts", 0, "lane", lane,
-                                    "due", (json_int_t) due);
             if (rc == MT_OK) {
-                rc = put_json(t, MT_DB_PARKED, pk, pkl, rec);
-            }
-            json_decref(rec);
-            if (rc == MT_OK) {
-                rc = mt_store_put(t, MT_DB_SCHED, sk, skl, pk, pkl, 0);
+                rc = schedule_head(j->s, t, lane, seq, NULL, mt_now_us());
             }
         }
         if (rc) {
@@ -1426,11 +1512,11 @@ typedef struct pull_job {
     void *arg;
 } pull_job;
 
-static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, pull_job *j)
+static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const char *lane,
+                    pull_job *j)
 {
     const mt_sub_conf *c = s->conf;
-    char lane[32], token[64];
-    snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev->sequence);
+    char token[64];
     uint8_t nonce[8];
     RAND_bytes(nonce, sizeof nonce);
     snprintf(token, sizeof token, "%llu-%02x%02x%02x%02x%02x%02x%02x%02x",
@@ -1467,12 +1553,10 @@ static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, pull_
     return rc;
 }
 
-/* Drops an expired or exhausted message from the pull queue. */
-static mt_err pull_retire(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const char *why,
-                          bool dead, sub_state *st)
+/* Drops an expired or exhausted message from the pull queue; the next of its lane moves up. */
+static mt_err pull_retire(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const char *lane,
+                          const char *why, bool dead, sub_state *st)
 {
-    char lane[32];
-    snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev->sequence);
     uint8_t k[KEY_MAX];
     size_t kl = parked_key(k, s->conf->name, lane, ev->sequence);
     mt_err rc = mt_store_del(t, MT_DB_PARKED, k, kl);
@@ -1482,6 +1566,42 @@ static mt_err pull_retire(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec,
     if (rc == MT_OK && dead) {
         rc = dead_letter(s, t, ev, rec, why, st);
     }
+    if (rc == MT_OK) {
+        rc = requeue_next(s, t, lane);
+    }
+    return rc;
+}
+
+/*
+ * A new event for a pull subscription: leased at once (or, with priority,
+ * queued) when its lane is free; parked behind the lane's head otherwise,
+ * so one subject's events are out one at a time, in order.
+ */
+static mt_err pull_admit(sub_rt *s, mt_txn *t, const mt_event *ev, pull_job *j, bool *any_parked)
+{
+    char lane[MAX_LANE + 1];
+    lane_of(s->conf, ev, lane, sizeof lane);
+    bool busy = false;
+    mt_err rc = MT_OK;
+    if (*any_parked && lane_ordered(lane)) {
+        rc = lane_busy(t, s->conf->name, lane, &busy);
+    }
+    if (rc) {
+        return rc;
+    }
+    *any_parked = true;
+    if (busy) {
+        return park_blocked(s, t, lane, ev->sequence);
+    }
+    if (ev->deliverafter_us > mt_now_us()) {
+        return schedule_head(s, t, lane, ev->sequence, NULL, ev->deliverafter_us);
+    }
+    if (s->conf->priority) {
+        return schedule_head(s, t, lane, ev->sequence, NULL, queue_due(ev));
+    }
+    json_t *rec = json_object();
+    rc = lease(s, t, ev, rec, lane, j);
+    json_decref(rec);
     return rc;
 }
 
@@ -1499,11 +1619,16 @@ static mt_err pull_run(mt_txn *t, void *arg)
     int64_t now = mt_now_us();
     uint8_t pfx[KEY_MAX];
     size_t pl = name_prefix(pfx, c->name);
+    bool any_parked = true;
+    if (rc == MT_OK) {
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        any_parked = mt_store_first_with_prefix(t, MT_DB_PARKED, pfx, pl, pl, &ck, &ckl, &cv,
+                                                &cvl) != MT_ENOTFOUND;
+    }
     /*
-     * With priority, new events are first queued in the time index with a
-     * "due time" of 9 - priority, far in the past: the index then hands them
-     * out highest priority first, in log order within one priority, ahead of
-     * redeliveries (whose due times are real).
+     * With priority, new events are first queued in the time index
+     * (queue_due), which then hands them out highest priority first.
      */
     if (rc == MT_OK && c->priority) {
         mt_cursor *cur;
@@ -1521,19 +1646,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
             }
             st.cursor = ev.sequence;
             if (matches(s, &ev)) {
-                char lane[32];
-                snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev.sequence);
-                int64_t due = 9 - (ev.priority < 0 ? 0 : ev.priority);
-                uint8_t pk[KEY_MAX], sk[KEY_MAX];
-                size_t pkl = parked_key(pk, c->name, lane, ev.sequence);
-                size_t skl = sched_key(sk, c->name, due, ev.sequence);
-                json_t *rec = json_pack("{sssisssI}", "state", "retry", "attempts", 0, "lane",
-                                        lane, "due", (json_int_t) due);
-                rc = put_json(t, MT_DB_PARKED, pk, pkl, rec);
-                json_decref(rec);
-                if (rc == MT_OK) {
-                    rc = mt_store_put(t, MT_DB_SCHED, sk, skl, pk, pkl, 0);
-                }
+                rc = pull_admit(s, t, &ev, j, &any_parked);
             }
             if (rc == MT_OK) {
                 crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl);
@@ -1541,7 +1654,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
         }
         mt_store_cursor_close(cur);
     }
-    /* First what came back: expired leases, nacks whose delay passed. */
+    /* First what is queued or came back: expired leases, nacks whose delay passed. */
     while (rc == MT_OK && json_array_size(j->out) < j->max) {
         const void *ck, *cv;
         size_t ckl, cvl;
@@ -1562,27 +1675,37 @@ static mt_err pull_run(mt_txn *t, void *arg)
         if (!rec) {
             continue;
         }
+        char lane[MAX_LANE + 1];
+        const char *rl = json_string_value(json_object_get(rec, "lane"));
         mt_event ev;
         void *buf;
         rc = load_event(t, mt_get_be64(pk + pkl - 8), &ev, &buf);
         if (rc == MT_OK) {
+            if (rl) {
+                snprintf(lane, sizeof lane, "%s", rl);
+            } else {
+                snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev.sequence);
+            }
             uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts"));
             if (expired(c, &ev, now)) {
                 st.expired++;
-                rc = pull_retire(s, t, &ev, rec, "expired", c->expiry_dead_letter, &st);
+                rc = pull_retire(s, t, &ev, rec, lane, "expired", c->expiry_dead_letter, &st);
             } else if (attempts >= c->max_attempts) {
                 st.dead++;
-                rc = pull_retire(s, t, &ev, rec, "retries exhausted", true, &st);
+                rc = pull_retire(s, t, &ev, rec, lane, "retries exhausted", true, &st);
+            } else if (ev.deliverafter_us > now) {
+                /* It moved up its lane before its deliverafter time. */
+                rc = schedule_head(s, t, lane, ev.sequence, rec, ev.deliverafter_us);
             } else {
                 st.retried += attempts > 0; /* a first lease of a queued event is no retry */
-                rc = lease(s, t, &ev, rec, j);
+                rc = lease(s, t, &ev, rec, lane, j);
             }
             free(buf);
         }
         json_decref(rec);
     }
-    /* Then new events after the cursor. */
-    if (rc == MT_OK && json_array_size(j->out) < j->max) {
+    /* Then new events after the cursor (with priority, the scan above took them). */
+    if (rc == MT_OK && !c->priority && json_array_size(j->out) < j->max) {
         mt_cursor *cur;
         rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
         uint8_t start[8];
@@ -1608,9 +1731,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
                         json_decref(rec);
                     }
                 } else {
-                    json_t *rec = json_object();
-                    rc = lease(s, t, &ev, rec, j);
-                    json_decref(rec);
+                    rc = pull_admit(s, t, &ev, j, &any_parked);
                 }
             }
             if (rc == MT_OK) {
@@ -1667,6 +1788,28 @@ typedef struct lease_job {
     void *arg;
 } lease_job;
 
+/*
+ * The parked record of leased message 'seq': in the lane its event belongs
+ * to, or in a lane of its own ("#SEQ": a redrive that found its lane busy).
+ * Sets lane and the record's key k (KEY_MAX bytes), or returns NULL.
+ */
+static json_t *find_lease(sub_rt *s, mt_txn *t, uint64_t seq, char *lane, uint8_t *k, size_t *kl)
+{
+    mt_event ev;
+    if (mt_log_get(t, seq, &ev) != MT_OK) {
+        return NULL;
+    }
+    lane_of(s->conf, &ev, lane, MAX_LANE + 1);
+    *kl = parked_key(k, s->conf->name, lane, seq);
+    json_t *rec = parked_load(t, k, *kl);
+    if (!rec && lane_ordered(lane)) {
+        snprintf(lane, MAX_LANE + 1, "#%llu", (unsigned long long) seq);
+        *kl = parked_key(k, s->conf->name, lane, seq);
+        rec = parked_load(t, k, *kl);
+    }
+    return rec;
+}
+
 static mt_err lease_run(mt_txn *t, void *arg)
 {
     lease_job *j = arg;
@@ -1684,11 +1827,10 @@ static mt_err lease_run(mt_txn *t, void *arg)
         }
         const char *token = json_string_value(tok);
         uint64_t seq = token ? strtoull(token, NULL, 10) : 0;
-        char lane[32];
-        snprintf(lane, sizeof lane, "#%llu", (unsigned long long) seq);
+        char lane[MAX_LANE + 1];
         uint8_t k[KEY_MAX];
-        size_t kl = parked_key(k, name, lane, seq);
-        json_t *rec = seq ? parked_load(t, k, kl) : NULL;
+        size_t kl = 0;
+        json_t *rec = seq ? find_lease(s, t, seq, lane, k, &kl) : NULL;
         const char *have = json_string_value(json_object_get(rec, "lease"));
         const char *state = json_string_value(json_object_get(rec, "state"));
         if (!rec || !have || !state || strcmp(have, token) != 0 || strcmp(state, "leased") != 0) {
@@ -1705,6 +1847,9 @@ static mt_err lease_run(mt_txn *t, void *arg)
         }
         if (rc == MT_OK && j->op == MT_LEASE_ACK) {
             rc = mt_store_del(t, MT_DB_PARKED, k, kl);
+            if (rc == MT_OK) {
+                rc = requeue_next(s, t, lane);
+            }
             st.handled++;
         } else if (rc == MT_OK) {
             int64_t ndue = mt_now_us() + (j->op == MT_LEASE_NACK ? (int64_t) j->delay_ms * 1000

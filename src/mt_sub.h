@@ -148,9 +148,10 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
                       void *arg);
 
 /*
- * Pull consumers (deliver: pull): leases up to 'max' messages, expired
- * leases and delayed nacks first, then new events. 'done' gets a JSON array
- * of items. A lease lasts the subscription's
+ * Pull consumers (deliver: pull): leases up to 'max' messages, queued ones,
+ * expired leases and delayed nacks first, then new events. Ordering lanes
+ * hold as for handlers: a lane's next message is leased only once the one
+ * before is acknowledged or dead-lettered. 'done' gets a JSON array of items. A lease lasts the subscription's
  * `lease`; an unacknowledged one comes back, counting an attempt, and after
  * max_attempts goes to the dead-letter queue. Each item is {"lease",
  * "attempt", "sequence", "raw"}: "raw" is the structured event's exact JSON

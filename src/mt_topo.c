@@ -918,9 +918,6 @@ static void read_sub(loader *ld, mt_sub_conf *c, const yaml_node_t *body)
     if (!c->pull && !c->handler && !has_key(ld, body, "handler")) {
         err_node(ld, body, "missing required key 'handler' in subscription '%s' (or set "
                  "deliver: pull)", c->name);
-    } else if (c->priority && !c->pull) {
-        err_node(ld, body, "subscription '%s': priority applies to deliver: pull or "
-                 "webhook subscriptions", c->name);
     } else if (c->pull && c->handler) {
         err_node(ld, body, "subscription '%s': a pull subscription has no handler", c->name);
     }

@@ -11,8 +11,8 @@
  * timeout or a connection error nack with the Retry-After delay or the
  * subscription's backoff (so retries and the dead-letter queue work as for
  * handlers); 410 pauses the subscription. At most `concurrency` requests are
- * in flight per endpoint. Runs on the loop
- * thread.
+ * in flight per endpoint; the subscription's ordering lanes keep each
+ * subject's events in order across them. Runs on the loop thread.
  */
 #ifndef MT_WEBHOOK_H
 #define MT_WEBHOOK_H

@@ -81,6 +81,37 @@ def test_deliverafter_holds_an_event_until_its_time_across_a_restart():
         e.cleanup()
 
 
+def test_deliverafter_holds_an_event_that_waited_behind_its_subject():
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    cfg = os.path.join(d, "topology.yaml")
+    with open(cfg, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  once:\n    topics: [\"t.#\"]\n"
+                "    handler: tests/lua/handlers/fail_once.lua\n"
+                "    retry: { backoff: 100ms, max_backoff: 100ms }\n"
+                "  jobs:\n    topics: [\"t.#\"]\n    deliver: pull\n")
+    with Engine(config=cfg) as e:
+        due = time.time() + 2.0
+        e.publish(mtlib.event("head", subject="s", type_="t.x", data={"fail": True}))
+        e.publish(mtlib.event("later", subject="s", type_="t.x", deliverafter=rfc3339(due)))
+
+        def count():
+            st, _, body = e.request("GET", "/tables/counts/s")
+            return json.loads(body) if st == 200 else 0
+        wait_for(lambda: count() >= 1, what="the head's retry")
+        # The pull subscription: the head goes out; acked, the next is not yet due.
+        st, _, body = e.request("POST", "/subscriptions/jobs/pull?max=10")
+        items = json.loads(body)
+        assert [i["event"]["id"] for i in items] == ["e-head"], items
+        e.request("POST", "/subscriptions/jobs/ack", {"leases": [items[0]["lease"]]})
+        st, _, body = e.request("POST", "/subscriptions/jobs/pull?max=10")
+        assert json.loads(body) == [] or time.time() >= due, body
+        got = wait_for(lambda: count() == 2 and time.time(), timeout=30, what="the embargo")
+        assert got >= due, "delivered %.3f s early" % (due - got)
+        st, _, body = e.request("POST", "/subscriptions/jobs/pull?max=10&wait=5s")
+        items = json.loads(body)
+        assert [i["event"]["id"] for i in items] == ["e-later"] and time.time() >= due, items
+
+
 def test_pause_holds_messages_durably_and_resume_delivers_them():
     cfg = config()
     e = Engine(config=cfg).start()
@@ -103,6 +134,35 @@ def test_pause_holds_messages_durably_and_resume_delivers_them():
         assert e.stop() == 0
     finally:
         e.cleanup()
+
+
+def test_priority_on_a_handler_subscription_runs_the_highest_first():
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    cfg = os.path.join(d, "topology.yaml")
+    with open(cfg, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  prio:\n    topics: [\"t.#\"]\n"
+                "    handler: tests/lua/handlers/order.lua\n    priority: true\n")
+    with Engine(config=cfg) as e:
+        assert e.request("POST", "/subscriptions/prio/pause")[0] == 200
+        prios = [1, 9, 5, 9, 0, 5, None, 9]
+        for i, p in enumerate(prios):
+            ev = mtlib.event("p%d" % i, subject="s%d" % i, type_="t.x")
+            if p is not None:
+                ev["priority"] = p
+            assert e.publish(ev)[0] == 201
+        # Two of one subject and one priority keep their log order.
+        e.publish(mtlib.event("q0", subject="q", type_="t.x", priority=9))
+        e.publish(mtlib.event("q1", subject="q", type_="t.x", priority=9))
+        assert e.request("POST", "/subscriptions/prio/resume")[0] == 200
+
+        def order():
+            st, _, body = e.request("GET", "/tables/order/all")
+            return json.loads(body) if st == 200 else []
+        wait_for(lambda: len(order()) == len(prios) + 2, what="every event handled")
+        want = [x[0] for x in sorted(((("e-p%d" % i), p or 0) for i, p in enumerate(prios)),
+                                     key=lambda x: -x[1])]
+        want = want[:3] + ["e-q0", "e-q1"] + want[3:]  # log order within priority 9
+        assert order() == want, order()
 
 
 def test_ctx_schedule_embargoes_an_emitted_event_from_the_trigger_time():

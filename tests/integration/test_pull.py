@@ -104,7 +104,7 @@ def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
     with Engine(config=config("    priority: true\n")) as e:
         prios = [1, 9, 5, 9, 0, 5, None, 9]
         for i, p in enumerate(prios):
-            ev = mtlib.event("p%d" % i, subject="s%d" % (i % 2), type_="job.run")
+            ev = mtlib.event("p%d" % i, subject="s%d" % i, type_="job.run")
             if p is not None:
                 ev["priority"] = p
             assert e.publish(ev)[0] == 201
@@ -117,6 +117,47 @@ def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
         assert st == 200 and ans["count"] == len(prios), ans
         s = json.loads(e.request("GET", "/subscriptions/work")[2])
         assert s["retried"] == 0 and s["retrying"] == 0 and s["handled"] == len(prios), s
+
+
+def test_one_subject_is_out_one_event_at_a_time_in_order_and_other_subjects_flow():
+    with Engine(config=config("    lease: 30s\n")) as e:
+        for i in range(3):
+            e.publish(mtlib.event("a%d" % i, subject="a", type_="job.run"))
+        e.publish(mtlib.event("b0", subject="b", type_="job.run"))
+        e.publish(mtlib.event("n0", type_="job.run"))  # no subject: no order to keep
+        st, items = post(e, "/subscriptions/work/pull?max=10")
+        assert [i["event"]["id"] for i in items] == ["e-a0", "e-b0", "e-n0"], items
+        # a1 waits for a0, even for another consumer.
+        st, more = post(e, "/subscriptions/work/pull?max=10")
+        assert more == [], more
+        # A nack keeps a0 at the head of its subject: it comes back before a1.
+        lease = {i["event"]["id"]: i["lease"] for i in items}
+        st, ans = post(e, "/subscriptions/work/nack", {"leases": [lease["e-a0"]]})
+        assert st == 200 and ans["count"] == 1, ans
+        st, again = post(e, "/subscriptions/work/pull?max=10")
+        assert [i["event"]["id"] for i in again] == ["e-a0"], again
+        assert again[0]["attempt"] == 2
+        post(e, "/subscriptions/work/ack", {"leases": [again[0]["lease"], lease["e-b0"]]})
+        seen = []
+        while len(seen) < 2:
+            st, nxt = post(e, "/subscriptions/work/pull?max=10&wait=2s")
+            assert st == 200 and len(nxt) == 1, nxt
+            seen.append(nxt[0]["event"]["id"])
+            post(e, "/subscriptions/work/ack", {"leases": [nxt[0]["lease"]]})
+        assert seen == ["e-a1", "e-a2"], seen
+
+
+def test_with_priority_order_holds_per_subject_within_one_priority():
+    with Engine(config=config("    priority: true\n")) as e:
+        for i, p in enumerate([1, 1, 7, 7]):
+            ev = mtlib.event("x%d" % i, subject="x", type_="job.run", priority=p)
+            assert e.publish(ev)[0] == 201
+        st, items = post(e, "/subscriptions/work/pull?max=10")
+        # One per (subject, priority) lane, the higher priority first.
+        assert [i["event"]["id"] for i in items] == ["e-x2", "e-x0"], items
+        post(e, "/subscriptions/work/ack", {"leases": [i["lease"] for i in items]})
+        st, items = post(e, "/subscriptions/work/pull?max=10&wait=2s")
+        assert [i["event"]["id"] for i in items] == ["e-x3", "e-x1"], items
 
 
 def test_bad_pull_requests():

@@ -198,7 +198,8 @@ def test_a_webhook_made_at_runtime_delivers_and_stops_when_deleted():
             assert e.request("DELETE", "/subscriptions/hook")[0] == 204
             e.publish(mtlib.event("w9", subject="s", type_="w.x"))
             # A pull subscription made now sees the event: the webhook is gone.
-            assert put(e, "probe", {"topics": ["w.#"], "deliver": "pull", "start": "beginning"})[0] == 201
+            assert put(e, "probe", {"topics": ["w.#"], "deliver": "pull",
+                                     "ordering": "none"})[0] == 201
             st, _, data = e.request("POST", "/subscriptions/probe/pull?max=10&wait=1s")
             assert st == 200 and len(json.loads(data)) == 4, data
             assert "e-w9" not in got, got

@@ -107,6 +107,37 @@ def test_signed_delivery_retried_until_the_receiver_accepts():
         r.close()
 
 
+def test_each_subject_is_delivered_in_order_across_concurrent_requests():
+    # The second event of every subject fails once: the subject's later
+    # events must wait for its retry, while other subjects go on.
+    def behaviour(wid, attempt):
+        time.sleep(0.01)
+        seq = int(wid.rsplit("-", 1)[1])
+        return (500, {}) if attempt == 1 and seq in second else (204, {})
+
+    second = set()
+    r = Receiver(behaviour)
+    try:
+        with Engine(config=config(r.port)) as e:
+            e.request("POST", "/subscriptions/hook/pause")
+            order = {}
+            for k in range(6):
+                for subj in ("a", "b", "c"):
+                    st, ans = e.publish(mtlib.event("%s%d" % (subj, k), subject=subj,
+                                                    type_="order.placed"))
+                    order.setdefault(subj, []).append("e-%s%d" % (subj, k))
+                    if k == 1:
+                        second.add(int(ans["events"][0]["sequence"]))
+            e.request("POST", "/subscriptions/hook/resume")
+            wait_for(lambda: len(r.calls) == 18 + 3, timeout=60, what="21 webhook calls")
+            for subj, ids in order.items():
+                got = [c[1]["id"] for c in r.calls if c[1]["subject"] == subj]
+                want = ids[:2] + ids[1:]  # the second one twice: failed, then retried
+                assert got == want, (subj, got)
+    finally:
+        r.close()
+
+
 def test_gone_endpoint_pauses_the_subscription():
     r = Receiver(lambda wid, attempt: (410, {}))
     try:
