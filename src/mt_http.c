@@ -34,6 +34,20 @@ typedef struct pull_req pull_req;
 #define SSE_BUFFER_MAX (1u << 20)   /* unsent bytes per client before it is paused */
 #define SSE_HEARTBEAT_S 15
 #define SSE_PAGE 500                /* events read per pump */
+#define SSE_RING 8192               /* recent events kept formatted for every stream (power of 2) */
+
+/*
+ * One event formatted as a Server-Sent Events frame, once, for every stream
+ * that sends it: streams add it to their output by reference. Counted: one
+ * for the ring, one per output buffer holding it. Loop thread only.
+ */
+typedef struct sse_frame {
+    uint64_t seq;
+    int refs;
+    const char *type;         /* NUL-terminated, inside 'mem' after the frame */
+    size_t len;               /* of the frame text at 'mem' */
+    char mem[];
+} sse_frame;
 
 struct mt_http {
     struct evhttp *http;
@@ -48,9 +62,13 @@ struct mt_http {
     reply_waiter *replies;             /* requests waiting for a reply, a doubly linked list */
     pull_req *pulls;                   /* pull requests waiting for messages */
     bool draining;
+    sse_frame **ring;                  /* SSE_RING slots: frames of events ring_first+1..ring_last */
+    uint64_t ring_first, ring_last;
+    struct event *fanout;              /* sends new events to every stream, once per loop turn */
 };
 
 static void sse_pump(sse_client *c);
+static void sse_appended(mt_http *h);
 
 /* One Server-Sent Events stream: catch-up from 'after', then live. */
 struct sse_client {
@@ -598,9 +616,7 @@ static void append_done(mt_err rc, void *arg)
         reply_json(req, any_new ? 201 : 200, o);
         if (any_new) {
             wake_waiters(h, last);
-            for (sse_client *c = h->sse; c; c = c->next) {
-                sse_pump(c);
-            }
+            sse_appended(h);
             replies_check(h);
             mt_subs_kick(h->subs);
         }
@@ -1235,11 +1251,11 @@ static void sse_on_sent(struct evhttp_connection *evcon, void *arg)
     sse_pump(c);
 }
 
-static bool sse_matches(sse_client *c, const mt_event *ev)
+static bool sse_matches(sse_client *c, const char *type)
 {
     for (int i = 0; i < c->ntopics; i++) {
         bool m;
-        if (mt_topic_match(c->topics[i], ev->attr[MT_ATTR_TYPE], &m) == MT_OK && m) {
+        if (mt_topic_match(c->topics[i], type, &m) == MT_OK && m) {
             return true;
         }
     }
@@ -1256,7 +1272,7 @@ static int sse_add_event(const mt_event *ev, void *arg)
 {
     sse_page *p = arg;
     p->last = ev->sequence;
-    if (!sse_matches(p->c, ev)) {
+    if (!sse_matches(p->c, ev->attr[MT_ATTR_TYPE])) {
         return 0;
     }
     mt_buf b;
@@ -1271,32 +1287,130 @@ static int sse_add_event(const mt_event *ev, void *arg)
     return 0;
 }
 
+static void frame_unref(sse_frame *f)
+{
+    if (--f->refs == 0) {
+        free(f);
+    }
+}
+
+static void frame_cleanup(const void *data, size_t len, void *arg)
+{
+    frame_unref(arg);
+}
+
+static int ring_add_event(const mt_event *ev, void *arg)
+{
+    mt_http *h = arg;
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_addf(&b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
+                ev->attr[MT_ATTR_TYPE]);
+    /* Compact JSON has no raw newlines (they are escaped in strings). */
+    mt_event_to_json(ev, &b);
+    mt_buf_adds(&b, "\n\n");
+    size_t tl = strlen(ev->attr[MT_ATTR_TYPE]);
+    sse_frame *f = mt_xmalloc(sizeof *f + b.len + tl + 1);
+    f->seq = ev->sequence;
+    f->refs = 1;
+    f->len = b.len;
+    memcpy(f->mem, b.data, b.len);
+    memcpy(f->mem + b.len, ev->attr[MT_ATTR_TYPE], tl + 1);
+    f->type = f->mem + b.len;
+    mt_buf_free(&b);
+    sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
+    if (*slot) {
+        frame_unref(*slot);
+    }
+    *slot = f;
+    h->ring_last = ev->sequence;
+    if (h->ring_last - h->ring_first > SSE_RING) {
+        h->ring_first = h->ring_last - SSE_RING;
+    }
+    return 0;
+}
+
+/* Formats what was appended since the ring's last event (the newest SSE_RING at most). */
+static void ring_fill(mt_http *h)
+{
+    mt_txn *t;
+    if (!h->store || mt_store_read_begin(h->store, &t)) {
+        return;
+    }
+    uint64_t head = 0;
+    mt_log_head(t, &head);
+    if (head > h->ring_last + SSE_RING) {
+        /* Too far behind to matter: streams that far back read the log themselves. */
+        h->ring_first = h->ring_last = head - SSE_RING;
+    }
+    if (head > h->ring_last) {
+        mt_log_read(t, h->ring_last, head - h->ring_last, ring_add_event, h);
+    }
+    mt_store_read_end(t);
+}
+
 /*
  * Sends what the client has not seen yet, a page at a time, while its
  * unsent output stays under SSE_BUFFER_MAX: a client that does not read is
- * paused (bounded memory), not fed without end.
+ * paused (bounded memory), not fed without end. Recent events come from
+ * the ring, shared by reference; a client further back reads the log.
  */
 static void sse_pump(sse_client *c)
 {
     mt_http *h = c->h;
     while (!c->pumping && h->store && sse_backlog(c) < SSE_BUFFER_MAX) {
-        mt_txn *t;
-        if (mt_store_read_begin(h->store, &t)) {
-            return;
+        struct evbuffer *out = evbuffer_new();
+        bool more;
+        if (c->after >= h->ring_first && c->after < h->ring_last) {
+            uint64_t upto = h->ring_last - c->after > SSE_PAGE ? c->after + SSE_PAGE : h->ring_last;
+            for (uint64_t seq = c->after + 1; seq <= upto; seq++) {
+                sse_frame *f = h->ring[seq & (SSE_RING - 1)];
+                mt_assert(f && f->seq == seq);
+                if (sse_matches(c, f->type)) {
+                    f->refs++;
+                    evbuffer_add_reference(out, f->mem, f->len, frame_cleanup, f);
+                }
+            }
+            c->after = upto;
+            more = upto < h->ring_last;
+        } else {
+            mt_txn *t;
+            if (mt_store_read_begin(h->store, &t)) {
+                evbuffer_free(out);
+                return;
+            }
+            sse_page p = {c, out, c->after};
+            int rc = mt_log_read(t, c->after, SSE_PAGE, sse_add_event, &p);
+            mt_store_read_end(t);
+            more = rc == 0 && p.last >= c->after + SSE_PAGE;
+            c->after = p.last;
         }
-        sse_page p = {c, evbuffer_new(), c->after};
-        int rc = mt_log_read(t, c->after, SSE_PAGE, sse_add_event, &p);
-        mt_store_read_end(t);
-        bool more = rc == 0 && p.last >= c->after + SSE_PAGE;
-        c->after = p.last;
-        if (evbuffer_get_length(p.out) > 0) {
+        if (evbuffer_get_length(out) > 0) {
             c->pumping = true;
-            evhttp_send_reply_chunk_with_cb(c->req, p.out, sse_on_sent, c);
+            evhttp_send_reply_chunk_with_cb(c->req, out, sse_on_sent, c);
         }
-        evbuffer_free(p.out);
+        evbuffer_free(out);
         if (!more) {
             return;
         }
+    }
+}
+
+/* New events: into the ring once, then to every stream. */
+static void on_fanout(evutil_socket_t fd, short what, void *arg)
+{
+    mt_http *h = arg;
+    ring_fill(h);
+    for (sse_client *c = h->sse; c; c = c->next) {
+        sse_pump(c);
+    }
+}
+
+/* Many appends in one loop turn make one fan-out. */
+static void sse_appended(mt_http *h)
+{
+    if (h->sse && h->fanout && !event_pending(h->fanout, EV_TIMEOUT, NULL)) {
+        event_active(h->fanout, EV_TIMEOUT, 0);
     }
 }
 
@@ -1541,6 +1655,15 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
             h->port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
         }
     }
+    /* The SSE ring starts at the head: older events are read from the log. */
+    h->ring = mt_xcalloc(SSE_RING, sizeof *h->ring);
+    h->fanout = event_new(mt_loop_base(loop), -1, 0, on_fanout, h);
+    mt_txn *t;
+    if (mt_store_read_begin(store, &t) == MT_OK) {
+        mt_log_head(t, &h->ring_last);
+        h->ring_first = h->ring_last;
+        mt_store_read_end(t);
+    }
     *out = h;
     return MT_OK;
 }
@@ -1549,9 +1672,7 @@ void mt_http_appended(mt_http *h)
 {
     mt_txn *t;
     uint64_t head = 0;
-    for (sse_client *c = h->sse; c; c = c->next) {
-        sse_pump(c);
-    }
+    sse_appended(h);
     replies_check(h);
     if (!h->waiters || !h->store || mt_store_read_begin(h->store, &t)) {
         return;
@@ -1609,5 +1730,12 @@ void mt_http_close(mt_http *h)
         waiter_free(h->waiters);
     }
     evhttp_free(h->http);
+    for (size_t i = 0; i < SSE_RING; i++) {
+        if (h->ring[i]) {
+            frame_unref(h->ring[i]);
+        }
+    }
+    free(h->ring);
+    event_free(h->fanout);
     free(h);
 }
