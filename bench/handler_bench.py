@@ -52,8 +52,11 @@ def config(path, subs):
         f.write("version: 1\nengine:\n  map_size: 8GiB\n")
         if subs:
             f.write("subscriptions:\n")
-            for name, handler in subs:
+            for sub in subs:
+                name, handler = sub[0], sub[1]
                 f.write("  %s:\n    topics: [\"bench.#\"]\n    handler: %s\n" % (name, handler))
+                if len(sub) > 2:
+                    f.write("    workers: %d\n" % sub[2])
 
 
 def run_case(moontide, n, label, subs, tmp):
@@ -95,6 +98,8 @@ def main():
             ("a-empty", [("empty", "bench/handlers/empty.lua")]),
             ("b-kv", [("kv", "bench/handlers/kv.lua")]),
             ("c-fanout4", [("kv%d" % i, "bench/handlers/kv.lua") for i in range(4)]),
+            ("d-kv-w2", [("kv", "bench/handlers/kv.lua", 2)]),
+            ("e-kv-w3", [("kv", "bench/handlers/kv.lua", 3)]),
         ]
         print("%-12s %10s %10s %14s" % ("case", "handled", "secs", "handled/s"))
         for label, subs in cases:

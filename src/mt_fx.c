@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "mt_diag.h"
 #include "mt_fx.h"
 #include "mt_log.h"
 #include "mt_mem.h"
@@ -15,11 +16,264 @@ void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger
     fx->trigger = trigger;
 }
 
+/* ---- record mode ---- */
+
+/* kv keys ("table NUL key") map to their JSON text as a string, or null for deleted. */
+struct mt_fx_overlay {
+    json_t *kv;
+};
+
+struct mt_fx_rec {
+    mt_fx_overlay *ov;        /* borrowed */
+    json_t *reads;            /* key -> the value read (string) or null (absent) */
+    json_t *writes;           /* key -> the value written (string) or null (deleted) */
+    json_t *logs;             /* [[level, message], ...] */
+    bool replay_impossible;
+};
+
+struct mt_fx_effects {
+    json_t *reads, *writes, *logs;
+};
+
+mt_fx_overlay *mt_fx_overlay_new(void)
+{
+    mt_fx_overlay *ov = mt_xmalloc(sizeof *ov);
+    ov->kv = json_object();
+    return ov;
+}
+
+void mt_fx_overlay_free(mt_fx_overlay *ov)
+{
+    if (ov) {
+        json_decref(ov->kv);
+        free(ov);
+    }
+}
+
+void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const char *sub,
+                       const mt_event *trigger)
+{
+    mt_fx_init(fx, snapshot, sub, trigger);
+    fx->rec = mt_xcalloc(1, sizeof *fx->rec);
+    fx->rec->ov = ov;
+    fx->rec->reads = json_object();
+    fx->rec->writes = json_object();
+    fx->rec->logs = json_array();
+}
+
+void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger)
+{
+    mt_fx_init(fx, txn, sub, trigger);
+    fx->base = txn;
+    fx->rec = mt_xcalloc(1, sizeof *fx->rec);
+    fx->rec->writes = json_object();
+}
+
+static mt_err write_all(mt_txn *t, json_t *writes)
+{
+    const char *k;
+    size_t kl;
+    json_t *v;
+    json_object_keylen_foreach(writes, k, kl, v) {
+        mt_err rc = json_is_null(v) ? mt_store_del(t, MT_DB_KV, k, kl)
+                                    : mt_store_put(t, MT_DB_KV, k, kl, json_string_value(v),
+                                                   json_string_length(v), 0);
+        if (rc && rc != MT_ENOTFOUND) {
+            return rc;
+        }
+    }
+    return MT_OK;
+}
+
+static void rec_free(mt_fx_rec *r);
+
+/* json_object_update for keys with NUL bytes ("table NUL key"), which it would cut. */
+static void merge_keys(json_t *into, json_t *from)
+{
+    const char *k;
+    size_t kl;
+    json_t *v;
+    json_object_keylen_foreach(from, k, kl, v) {
+        json_object_setn(into, k, kl, v);
+    }
+}
+
+/* Buffered mode meets an emit or a scan: from here on, a savepoint. */
+static mt_err escalate(mt_fx *fx)
+{
+    mt_err rc = mt_store_savepoint(fx->base, &fx->savepoint);
+    if (rc == MT_OK) {
+        rc = write_all(fx->savepoint, fx->rec->writes);
+    }
+    if (rc) {
+        return rc;
+    }
+    fx->txn = fx->savepoint;
+    rec_free(fx->rec);
+    fx->rec = NULL;
+    return MT_OK;
+}
+
+mt_err mt_fx_finish(mt_fx *fx, bool keep)
+{
+    mt_err rc = MT_OK;
+    if (fx->savepoint) {
+        if (keep) {
+            rc = mt_store_savepoint_release(fx->savepoint);
+        } else {
+            mt_store_savepoint_rollback(fx->savepoint);
+        }
+        fx->savepoint = NULL;
+    } else if (fx->rec && keep) {
+        rc = write_all(fx->base, fx->rec->writes);
+    }
+    rec_free(fx->rec);
+    fx->rec = NULL;
+    fx->txn = fx->base;
+    return rc;
+}
+
+static void rec_free(mt_fx_rec *r)
+{
+    if (r) {
+        json_decref(r->reads);
+        json_decref(r->writes);
+        json_decref(r->logs);
+        free(r);
+    }
+}
+
+mt_fx_effects *mt_fx_record_end(mt_fx *fx, bool keep)
+{
+    mt_fx_rec *r = fx->rec;
+    mt_assert(r);
+    fx->rec = NULL;
+    if (r->replay_impossible) {
+        rec_free(r);
+        return NULL;
+    }
+    if (keep) {
+        merge_keys(r->ov->kv, r->writes);
+    }
+    mt_fx_effects *e = mt_xmalloc(sizeof *e);
+    e->reads = r->reads;
+    e->writes = r->writes;
+    e->logs = r->logs;
+    free(r);
+    return e;
+}
+
+void mt_fx_effects_free(mt_fx_effects *e)
+{
+    if (e) {
+        json_decref(e->reads);
+        json_decref(e->writes);
+        json_decref(e->logs);
+        free(e);
+    }
+}
+
+mt_err mt_fx_effects_validate(const mt_fx_effects *e, mt_txn *txn)
+{
+    const char *k;
+    size_t kl;
+    json_t *want;
+    json_object_keylen_foreach(e->reads, k, kl, want) {
+        const void *v;
+        size_t vl;
+        mt_err rc = mt_store_get(txn, MT_DB_KV, k, kl, &v, &vl);
+        if (rc == MT_ENOTFOUND) {
+            if (!json_is_null(want)) {
+                return MT_ECONFLICT;
+            }
+            continue;
+        }
+        if (rc) {
+            return rc;
+        }
+        if (json_is_null(want) || json_string_length(want) != vl ||
+            memcmp(json_string_value(want), v, vl) != 0) {
+            return MT_ECONFLICT;
+        }
+    }
+    return MT_OK;
+}
+
+mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes)
+{
+    if (writes) {
+        /* Buffered: they join the invocation's own writes, applied by mt_fx_finish. */
+        if (fx->rec) {
+            merge_keys(fx->rec->writes, e->writes);
+        } else {
+            mt_err rc = write_all(fx->txn, e->writes);
+            if (rc) {
+                return rc;
+            }
+        }
+    }
+    size_t i;
+    json_t *l;
+    json_array_foreach(e->logs, i, l) {
+        mt_fx_log(fx, (mt_diag_level) json_integer_value(json_array_get(l, 0)),
+                  json_string_value(json_array_get(l, 1)));
+    }
+    return MT_OK;
+}
+
+/*
+ * An effect that needs the real transaction. Buffered mode moves to a
+ * savepoint (MT_OK: go on directly); record mode cannot, and the
+ * invocation runs again on the writer.
+ */
+static mt_err needs_txn(mt_fx *fx, char *err, size_t errlen, const char *what)
+{
+    if (!fx->rec) {
+        return MT_OK;
+    }
+    if (!fx->rec->ov) {
+        mt_err rc = escalate(fx);
+        if (rc && err) {
+            snprintf(err, errlen, "%s: %s", what, mt_err_str(rc));
+        }
+        return rc;
+    }
+    fx->rec->replay_impossible = true;
+    if (err) {
+        snprintf(err, errlen, "%s runs on the writer", what);
+    }
+    return MT_EUNAVAIL;
+}
+
+void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
+{
+    if (fx->rec && fx->rec->ov) {
+        json_t *m = json_string(msg);
+        json_array_append_new(fx->rec->logs, json_pack("[io]", (int) level,
+                                                       m ? m : json_string("(not UTF-8)")));
+        return;
+    }
+    char seq[24];
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long) fx->trigger->sequence);
+    const char *corr = fx->trigger->attr[MT_ATTR_CORRELATIONID]
+                           ? fx->trigger->attr[MT_ATTR_CORRELATIONID]
+                           : fx->trigger->attr[MT_ATTR_ID];
+    const char *fields[] = {"subscription", fx->sub, "sequence", seq, "correlationid", corr,
+                            "causationid", fx->trigger->attr[MT_ATTR_ID], NULL};
+    mt_diag_emit(level, fields, "%s", msg);
+}
+
 void mt_fx_free(mt_fx *fx)
 {
     free(fx->reject);
     free(fx->reply_to);
     fx->reject = fx->reply_to = NULL;
+    rec_free(fx->rec);
+    fx->rec = NULL;
+    if (fx->savepoint) {
+        mt_store_savepoint_rollback(fx->savepoint);
+        fx->savepoint = NULL;
+    }
 }
 
 /* Builds "table NUL key" into k; returns its length, or 0 if a name is bad. */
@@ -45,10 +299,36 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
     if (!kl || !*key) {
         return MT_EINVAL;
     }
+    json_t *seen;
+    if (fx->rec && ((seen = json_object_getn(fx->rec->writes, (const char *) k, kl)) ||
+                    (fx->rec->reads &&
+                     (seen = json_object_getn(fx->rec->reads, (const char *) k, kl))))) {
+        /* Its own write, or a value it read before: the same again. */
+        if (json_is_null(seen)) {
+            return MT_ENOTFOUND;
+        }
+        *json = json_string_value(seen);
+        *len = json_string_length(seen);
+        return MT_OK;
+    }
+    if (fx->rec && fx->rec->ov && (seen = json_object_getn(fx->rec->ov->kv, (const char *) k, kl))) {
+        /* An earlier invocation's write in this round: read, so validated too. */
+        json_object_setn(fx->rec->reads, (const char *) k, kl, seen);
+        return json_is_null(seen) ? MT_ENOTFOUND
+                                  : (*json = json_string_value(seen),
+                                     *len = json_string_length(seen), MT_OK);
+    }
     const void *v;
     mt_err rc = mt_store_get(fx->txn, MT_DB_KV, k, kl, &v, len);
     if (rc == MT_OK) {
         *json = v;
+    }
+    if (fx->rec && fx->rec->ov && (rc == MT_OK || rc == MT_ENOTFOUND)) {
+        json_t *r = rc == MT_OK ? json_stringn_nocheck(v, *len) : json_null();
+        json_object_setn_new(fx->rec->reads, (const char *) k, kl, r);
+        if (rc == MT_OK) {
+            *json = json_string_value(r);
+        }
     }
     return rc;
 }
@@ -60,6 +340,10 @@ mt_err mt_fx_kv_put(mt_fx *fx, const char *table, const char *key, const char *j
     if (!kl || !*key || len > MT_FX_MAX_VALUE) {
         return MT_EINVAL;
     }
+    if (fx->rec) {
+        json_object_setn_new(fx->rec->writes, (const char *) k, kl, json_stringn_nocheck(json, len));
+        return MT_OK;
+    }
     return mt_store_put(fx->txn, MT_DB_KV, k, kl, json, len, 0);
 }
 
@@ -69,6 +353,10 @@ mt_err mt_fx_kv_del(mt_fx *fx, const char *table, const char *key)
     size_t kl = kv_key(k, table, key);
     if (!kl || !*key) {
         return MT_EINVAL;
+    }
+    if (fx->rec) {
+        json_object_setn_new(fx->rec->writes, (const char *) k, kl, json_null());
+        return MT_OK;
     }
     mt_err rc = mt_store_del(fx->txn, MT_DB_KV, k, kl);
     return rc == MT_ENOTFOUND ? MT_OK : rc;
@@ -83,6 +371,10 @@ mt_err mt_fx_kv_scan(mt_fx *fx, const char *table, const char *prefix, size_t li
     size_t kl = kv_key(k, table, prefix ? prefix : "");
     if (!kl) {
         return MT_EINVAL;
+    }
+    mt_err nrc = needs_txn(fx, NULL, 0, "scan");
+    if (nrc) {
+        return nrc;
     }
     size_t tl = strlen(table) + 1;
     mt_cursor *c;
@@ -148,6 +440,11 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
                          uint64_t *sequence, char *err, size_t errlen)
 {
     *sequence = 0;
+    /* The handler sees the new event's sequence: only the writer knows it. */
+    mt_err nrc = needs_txn(fx, err, errlen, "emit");
+    if (nrc) {
+        return nrc;
+    }
     const mt_event *tr = fx->trigger;
     char id[MT_EVENT_MAX_ID + 1], source[MT_EVENT_MAX_SOURCE + 1];
     snprintf(id, sizeof id, "%.64s:%llu:%d", fx->sub, (unsigned long long) tr->sequence,

@@ -1,12 +1,24 @@
 /*
- * mt_fx.h - a handler's effects: what `ctx` can do, bound to one savepoint.
+ * mt_fx.h - a handler's effects: what `ctx` can do.
  *
- * A subscription runs each handler invocation inside a savepoint of the
- * writer's transaction (mt_store_savepoint). Everything the handler does
- * through its ctx (kv reads and writes, emitted events) goes into that
- * savepoint, so the effects and the message's acknowledgement commit
- * together or not at all: exactly-once effects. mt_lua's ctx bindings call
- * these functions; mt_sub creates the mt_fx. Runs on the writer thread.
+ * A subscription runs each handler invocation against the writer's
+ * transaction. Everything the handler does through its ctx (kv reads and
+ * writes, emitted events) goes into that transaction only if it succeeds
+ * (buffered mode, or a savepoint), so the effects and the message's
+ * acknowledgement commit together or not at all: exactly-once effects.
+ * mt_lua's ctx bindings call these functions; mt_sub creates the mt_fx.
+ * Runs on the writer thread, or in record mode on a worker thread.
+ *
+ * Record mode (workers): a handler may also run ahead of the writer, on a
+ * worker thread against a read snapshot. Its kv writes then go to a
+ * private overlay (shared with the worker's later invocations of the same
+ * round, so they read their predecessors' writes), every kv value it read
+ * is noted, and its logs are kept. On the writer, mt_fx_effects_validate
+ * checks that each value read is still what the store holds, and
+ * mt_fx_effects_apply writes the effects as if the handler ran there and
+ * then: the same inputs give the same outcome. What cannot be replayed that
+ * way (an emit, whose sequence the handler sees; a kv scan) marks the
+ * invocation to be run again on the writer.
  *
  * kv: tables of JSON values. A key in MT_DB_KV is "table NUL key".
  * emit: appends an event to the log with ids derived from the subscription,
@@ -16,8 +28,10 @@
  */
 #ifndef MT_FX_H
 #define MT_FX_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "mt_diag.h"
 #include "mt_err.h"
 #include "mt_event.h"
 #include "mt_store.h"
@@ -26,18 +40,72 @@
 #define MT_FX_MAX_KEY 400
 #define MT_FX_MAX_VALUE (1u << 20)
 
+typedef struct mt_fx_rec mt_fx_rec;
+typedef struct mt_fx_overlay mt_fx_overlay;
+typedef struct mt_fx_effects mt_fx_effects;
+
 typedef struct mt_fx {
-    mt_txn *txn;              /* borrowed: the savepoint effects go to */
+    mt_txn *txn;              /* borrowed: the savepoint effects go to (record mode: the snapshot) */
     const char *sub;          /* borrowed: subscription name */
     const mt_event *trigger;  /* borrowed: the event being handled */
     int emitted;              /* events emitted so far by this invocation */
     char *reject;             /* owned; set by mt_fx_reject: dead-letter at once */
     char *reply_to;           /* unused until request/reply; NULL */
+    mt_fx_rec *rec;           /* owned; record or buffered mode */
+    mt_txn *base;             /* buffered mode: the writer's transaction */
+    mt_txn *savepoint;        /* owned; buffered mode once an emit or a scan needed one */
 } mt_fx;
 
 /* Binds 'fx' to a savepoint and a trigger. */
 void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger);
 void mt_fx_free(mt_fx *fx);
+
+/*
+ * Buffered mode, on the writer: kv writes wait in fx (reads see them) and
+ * reach 'txn' only in mt_fx_finish, so a failed invocation leaves nothing
+ * to undo and needs no savepoint. The first emit or scan opens a savepoint
+ * of 'txn', moves the waiting writes into it and goes on there.
+ */
+void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger);
+
+/*
+ * Ends a buffered invocation: with 'keep' its effects go into the
+ * transaction, else they are dropped. A store error means the transaction
+ * holds part of them: the caller must give it up.
+ */
+mt_err mt_fx_finish(mt_fx *fx, bool keep);
+
+/* A worker's private view of its round's writes. Freed with mt_fx_overlay_free. */
+mt_fx_overlay *mt_fx_overlay_new(void);
+void mt_fx_overlay_free(mt_fx_overlay *ov);
+
+/* Binds 'fx' in record mode: reads from 'snapshot' through 'ov'; nothing is written. */
+void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const char *sub,
+                       const mt_event *trigger);
+
+/*
+ * Ends a record-mode invocation. With 'keep' (it succeeded) its writes
+ * become visible through the overlay to the worker's next invocations.
+ * Returns what it did (free with mt_fx_effects_free), or NULL if it cannot
+ * be replayed and must run on the writer.
+ */
+mt_fx_effects *mt_fx_record_end(mt_fx *fx, bool keep);
+void mt_fx_effects_free(mt_fx_effects *e);
+
+/*
+ * On the writer: MT_OK if every kv value the recorded invocation read is
+ * still what 'txn' holds; MT_ECONFLICT if one changed; store errors.
+ */
+mt_err mt_fx_effects_validate(const mt_fx_effects *e, mt_txn *txn);
+
+/*
+ * Emits the recorded logs (as fx's) and, with 'writes' (the invocation
+ * succeeded), writes its kv writes into fx's savepoint.
+ */
+mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes);
+
+/* ctx.log: at once in direct mode; in record mode kept for mt_fx_effects_apply. */
+void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg);
 
 /*
  * Reads table/key. *json points into the store and is valid only until the

@@ -273,13 +273,7 @@ static void log_at(lua_State *L, mt_diag_level level)
         }
     }
     luaL_pushresult(&b);
-    char seq[24];
-    snprintf(seq, sizeof seq, "%llu", (unsigned long long) fx->trigger->sequence);
-    const char *corr = fx->trigger->attr[MT_ATTR_CORRELATIONID] ? fx->trigger->attr[MT_ATTR_CORRELATIONID]
-                                                                : fx->trigger->attr[MT_ATTR_ID];
-    const char *fields[] = {"subscription", fx->sub, "sequence", seq, "correlationid", corr,
-                            "causationid", fx->trigger->attr[MT_ATTR_ID], NULL};
-    mt_diag_emit(level, fields, "%s", lua_tostring(L, -1));
+    mt_fx_log(fx, level, lua_tostring(L, -1));
 }
 
 static int l_log_debug(lua_State *L) { log_at(L, MT_DIAG_DEBUG); return 0; }

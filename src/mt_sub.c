@@ -6,6 +6,7 @@
 #include "mt_diag.h"
 #include "mt_filter.h"
 #include "mt_log.h"
+#include "mt_spec.h"
 #include "mt_sub.h"
 #include "mt_topic.h"
 #include "mt_util.h"
@@ -41,6 +42,7 @@ typedef struct dispatch_out {
     bool more;            /* stopped at a limit: dispatch again at once */
     bool appended;        /* handlers emitted events */
     int64_t next_due_us;  /* earliest retry, 0 = none */
+    bool ahead;           /* in: the workers' results of a round may be used */
 } dispatch_out;
 
 struct sub_rt {
@@ -56,6 +58,11 @@ struct sub_rt {
     bool again;                  /* a kick came while busy */
     struct event *timer;         /* fires at the next retry */
     dispatch_out out;            /* filled by the job, read in its done callback */
+    mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
+    bool spec_running;           /* a round is running */
+    bool spec_ready;             /* its results wait for the next dispatch job */
+    _Atomic uint64_t ahead_used; /* results of the workers applied by the writer */
+    _Atomic uint64_t ahead_rerun; /* results the writer ran again (a read changed, an emit) */
 };
 
 /* ---- keys ---- */
@@ -415,40 +422,83 @@ static void result_free(attempt_result *r)
  * Runs the handler on 'ev' in a savepoint. Effects stay only on success.
  * Returns a store error (the whole job must fail) or MT_OK with *r filled.
  */
-static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t attempt,
-                          attempt_result *r, bool *appended)
+/*
+ * What a worker recorded for 'ev', applied in the savepoint if every value
+ * it read still holds: *used then says so and *hrc is the handler's
+ * outcome. Returns a store error only.
+ */
+static mt_err apply_ahead(sub_rt *s, mt_spec_result *ahead, mt_fx *fx, attempt_result *r,
+                          mt_err *hrc, bool *used)
 {
-    mt_txn *sp;
-    mt_err rc = mt_store_savepoint(t, &sp);
+    *used = false;
+    if (!ahead->effects) {
+        s->ahead_rerun++;
+        return MT_OK;
+    }
+    mt_err rc = mt_fx_effects_validate(ahead->effects, fx->base);
+    if (rc == MT_ECONFLICT) {
+        s->ahead_rerun++;
+        return MT_OK;
+    }
+    bool ok = ahead->rc == MT_OK && !ahead->reject;
+    if (rc == MT_OK) {
+        rc = mt_fx_effects_apply(ahead->effects, fx, ok);
+    }
     if (rc) {
         return rc;
     }
-    mt_fx fx;
-    mt_fx_init(&fx, sp, s->conf->name, ev);
-    mt_err hrc = s->subs->runner->invoke(s->handler, ev, attempt, &fx, &r->error, &r->traceback);
-    if (hrc == MT_EFULL || hrc == MT_EIO) {
-        /* The store failed under the handler: not the message's fault. */
-        mt_store_savepoint_rollback(sp);
-        mt_fx_free(&fx);
-        return hrc;
+    *used = true;
+    *hrc = ahead->rc;
+    if (ahead->reject) {
+        mt_fx_reject(fx, ahead->reject);
     }
-    if (hrc == MT_OK && !fx.reject) {
-        rc = mt_store_savepoint_release(sp);
+    mt_buf_add(&r->error, ahead->error.data, ahead->error.len);
+    mt_buf_add(&r->traceback, ahead->traceback.data, ahead->traceback.len);
+    s->ahead_used++;
+    return MT_OK;
+}
+
+static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t attempt,
+                          attempt_result *r, bool *appended, bool ahead_ok)
+{
+    /* Buffered: a failure leaves nothing to undo, and most runs need no savepoint. */
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, s->conf->name, ev);
+    mt_err hrc = MT_OK;
+    bool used = false;
+    mt_spec_result *ahead = ahead_ok && attempt == 1 && s->spec ? mt_spec_take(s->spec, ev->sequence)
+                                                                 : NULL;
+    if (ahead) {
+        mt_err rc = apply_ahead(s, ahead, &fx, r, &hrc, &used);
+        mt_spec_result_free(ahead);
         if (rc) {
             mt_fx_free(&fx);
             return rc;
         }
+    }
+    if (!used) {
+        hrc = s->subs->runner->invoke(s->handler, ev, attempt, &fx, &r->error, &r->traceback);
+    }
+    if (hrc == MT_EFULL || hrc == MT_EIO) {
+        /* The store failed under the handler: not the message's fault. */
+        mt_fx_free(&fx);
+        return hrc;
+    }
+    bool ok = hrc == MT_OK && !fx.reject;
+    mt_err rc = mt_fx_finish(&fx, ok);
+    if (rc) {
+        mt_fx_free(&fx);
+        return rc;
+    }
+    if (ok) {
         r->ok = true;
         *appended |= fx.emitted > 0;
-    } else {
-        mt_store_savepoint_rollback(sp);
-        if (fx.reject) {
-            r->rejected = true;
-            mt_buf_free(&r->error);
-            mt_buf_addf(&r->error, "rejected: %s", fx.reject);
-        } else if (r->error.len == 0) {
-            mt_buf_adds(&r->error, mt_err_str(hrc));
-        }
+    } else if (fx.reject) {
+        r->rejected = true;
+        mt_buf_free(&r->error);
+        mt_buf_addf(&r->error, "rejected: %s", fx.reject);
+    } else if (r->error.len == 0) {
+        mt_buf_adds(&r->error, mt_err_str(hrc));
     }
     mt_fx_free(&fx);
     return MT_OK;
@@ -555,7 +605,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
     }
     attempt_result r;
     result_init(&r);
-    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended);
+    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended, out->ahead);
     if (rc == MT_OK && r.ok) {
         st->handled++;
         *freed = true;
@@ -775,7 +825,9 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
     sub_rt *s = arg;
     const mt_sub_conf *c = s->conf;
     dispatch_out *out = &s->out;
+    bool ahead = s->spec_ready;
     memset(out, 0, sizeof *out);
+    out->ahead = ahead;
     sub_state st;
     mt_err rc = load_state(t, c->name, &st);
     if (rc == MT_OK && !st.exists) {
@@ -892,6 +944,7 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
 /* ---- the registry (loop thread) ---- */
 
 static void submit(sub_rt *s);
+static bool spec_begin(sub_rt *s);
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -936,8 +989,117 @@ static void dispatch_done(mt_err rc, void *arg)
 {
     sub_rt *s = arg;
     s->busy = false;
+    s->spec_ready = false;
     dispatch_settle(s, rc);
     sub_release(s);
+}
+
+/* ---- handlers run ahead on workers (mt_spec) ---- */
+
+static uint32_t lane_hash(const char *lane)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *) lane; *p; p++) {
+        h = (h ^ *p) * 16777619u;
+    }
+    return h;
+}
+
+/*
+ * A round's plan, on worker k of n: the new events this subscription would
+ * deliver now (as the dispatch job will see them), by lane, so each lane
+ * is one worker's, in log order. Events waiting behind a busy lane, held
+ * back or expired are left to the writer.
+ */
+static void spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64_t span, void *arg,
+                      bool (*run)(const mt_event *ev, void *ctx), void *ctx)
+{
+    sub_rt *s = arg;
+    const mt_sub_conf *c = s->conf;
+    uint8_t pfx[KEY_MAX];
+    size_t pl = name_prefix(pfx, c->name);
+    const void *k0, *v0;
+    size_t kl0, vl0;
+    bool any_parked = mt_store_first_with_prefix(snap, MT_DB_PARKED, pfx, pl, pl, &k0, &kl0, &v0,
+                                                 &vl0) != MT_ENOTFOUND;
+    mt_cursor *cur;
+    if (mt_store_cursor_open(snap, MT_DB_LOG, &cur)) {
+        return;
+    }
+    uint8_t start[8];
+    mt_put_be64(start, base + 1);
+    const void *k, *v;
+    size_t kl, vl;
+    int matched = 0;
+    int64_t now = mt_now_us();
+    mt_err crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+    for (; crc == MT_OK; crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl)) {
+        mt_event ev;
+        if (mt_event_decode(v, vl, &ev) || ev.sequence > base + span) {
+            break;
+        }
+        if (!matches(s, &ev)) {
+            continue;
+        }
+        if (++matched > EVENTS_PER_JOB) {
+            break;
+        }
+        char lane[MAX_LANE + 1];
+        lane_of(c, &ev, lane, sizeof lane);
+        if (lane_hash(lane) % (uint32_t) n != (uint32_t) worker) {
+            continue;
+        }
+        bool busy = false;
+        if (any_parked && lane_ordered(lane) && lane_busy(snap, c->name, lane, &busy)) {
+            break;
+        }
+        if (busy || ev.deliverafter_us > now || expired(c, &ev, now)) {
+            continue;
+        }
+        if (!run(&ev, ctx)) {
+            break;
+        }
+    }
+    mt_store_cursor_close(cur);
+}
+
+static void spec_done(void *arg)
+{
+    sub_rt *s = arg;
+    s->spec_running = false;
+    s->spec_ready = true;
+    submit(s);
+    sub_release(s);
+}
+
+/*
+ * Starts a round over the events after the subscription's position, if
+ * there are any and it is not paused. Returns whether one started.
+ */
+static bool spec_begin(sub_rt *s)
+{
+    mt_txn *t;
+    if (mt_store_read_begin(s->subs->store, &t)) {
+        return false;
+    }
+    sub_state st;
+    uint64_t head = 0;
+    mt_err rc = load_state(t, s->conf->name, &st);
+    if (rc == MT_OK && !st.exists) {
+        rc = initial_cursor(t, s->conf, &st.cursor);
+    }
+    if (rc == MT_OK) {
+        rc = mt_log_head(t, &head);
+    }
+    mt_store_read_end(t);
+    if (rc || st.paused || head <= st.cursor) {
+        return false;
+    }
+    uint64_t span = head - st.cursor < SCANS_PER_JOB ? head - st.cursor : SCANS_PER_JOB;
+    s->spec_running = true;
+    s->refs++;
+    mt_spec_start(s->spec, st.cursor, span, spec_plan, s, spec_done, s);
+    return true;
 }
 
 /*
@@ -969,9 +1131,12 @@ static void submit(sub_rt *s)
         evtimer_add(s->timer, &tv);
         return;
     }
-    if (s->busy) {
+    if (s->busy || s->spec_running) {
         s->again = true;
         return;
+    }
+    if (s->spec && !s->spec_ready && spec_begin(s)) {
+        return; /* the dispatch job follows when the workers are done */
     }
     if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, s) == MT_OK) {
         s->busy = true;
@@ -983,6 +1148,7 @@ static void submit(sub_rt *s)
 
 static void sub_free(sub_rt *s)
 {
+    mt_spec_close(s->spec);
     if (s->timer) {
         event_free(s->timer);
     }
@@ -1039,6 +1205,12 @@ static sub_rt *sub_new(mt_subs *subs, mt_sub_conf *conf, const char *def, char *
             sub_free(s);
             return NULL;
         }
+    }
+    if (!conf->pull && conf->workers > 1 &&
+        mt_spec_open(subs->runner, conf, conf->workers, subs->store, subs->loop, &s->spec, err,
+                     errlen)) {
+        sub_free(s);
+        return NULL;
     }
     return s;
 }
@@ -1162,8 +1334,16 @@ mt_err mt_subs_open(mt_loop *loop, mt_store *store, const mt_topo *topo,
 
 void mt_subs_stop(mt_subs *subs)
 {
-    if (subs) {
-        subs->closing = true;
+    if (!subs) {
+        return;
+    }
+    subs->closing = true;
+    /* Workers read the store: they stop before it closes. */
+    for (int i = 0; i < subs->n; i++) {
+        mt_spec_stop(subs->subs[i]->spec);
+    }
+    for (sub_rt *s = subs->retired; s; s = s->next_retired) {
+        mt_spec_stop(s->spec);
     }
 }
 
@@ -1269,6 +1449,11 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
     }
     json_object_set_new(o, "topics", topics);
     json_object_set_new(o, "origin", json_string(s->def ? "api" : "config"));
+    if (s->conf->workers > 1 && !s->conf->pull) {
+        json_object_set_new(o, "workers", json_integer(s->conf->workers));
+        json_object_set_new(o, "run_ahead", json_integer((json_int_t) s->ahead_used));
+        json_object_set_new(o, "run_again", json_integer((json_int_t) s->ahead_rerun));
+    }
     if (s->def) {
         json_t *def = json_loads(s->def, 0, NULL);
         if (def) {
