@@ -36,6 +36,7 @@ PULL_EVENTS=${PULL_EVENTS:-20000}
 HOOK_EVENTS=${HOOK_EVENTS:-5000}
 SCHED_EVENTS=${SCHED_EVENTS:-500}
 SSE_RATE=200 # events/s published; each SSE client receives all of them
+LOAD_START=$(cut -d ' ' -f 1-3 /proc/loadavg) # the machine is shared: say how busy it was
 
 TMP=""
 ENGINE_PID=""
@@ -155,7 +156,7 @@ CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 echo
 echo "moontide delivery benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: nproc $(nproc), cpu '$CPU', kernel $(uname -r)," \
-    "load $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    "load $LOAD_START at the start, $(cut -d ' ' -f 1-3 /proc/loadavg) at the end"
 echo "engine: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
     "$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo '(dirty tree)')," \
     "durability fsync, ulimit -n $NOFILE, SSE ${SSE_SECONDS}s per case at $SSE_RATE events/s"
