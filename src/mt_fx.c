@@ -42,6 +42,11 @@ mt_fx_overlay *mt_fx_overlay_new(void)
     return ov;
 }
 
+size_t mt_fx_overlay_size(const mt_fx_overlay *ov)
+{
+    return ov ? json_object_size(ov->kv) : 0;
+}
+
 void mt_fx_overlay_free(mt_fx_overlay *ov)
 {
     if (ov) {

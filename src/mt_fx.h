@@ -78,6 +78,7 @@ mt_err mt_fx_finish(mt_fx *fx, bool keep);
 /* A worker's private view of its round's writes. Freed with mt_fx_overlay_free. */
 mt_fx_overlay *mt_fx_overlay_new(void);
 void mt_fx_overlay_free(mt_fx_overlay *ov);
+size_t mt_fx_overlay_size(const mt_fx_overlay *ov);
 
 /* Binds 'fx' in record mode: reads from 'snapshot' through 'ov'; nothing is written. */
 void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const char *sub,

@@ -6,6 +6,8 @@
 #include "mt_diag.h"
 #include "mt_spec.h"
 
+#define OVERLAY_MAX 65536    /* keys a worker's overlay holds before it starts afresh */
+
 typedef struct worker {
     mt_spec *sp;
     int k;
@@ -13,7 +15,15 @@ typedef struct worker {
     bool started;
     void *handler;            /* this worker's own handler instance */
     uint64_t round;           /* the last round it ran */
+    mt_fx_overlay *ov;        /* its writes of earlier rounds, until reset */
+    uint64_t reset;           /* the last reset it saw */
+    uint64_t end;             /* the last sequence its plan considered this round */
 } worker;
+
+struct mt_spec_round {
+    uint64_t base, span, end;
+    mt_spec_result **results; /* span slots, seq - base - 1; each written by one worker */
+};
 
 struct mt_spec {
     const mt_sub_runner *runner;
@@ -25,15 +35,15 @@ struct mt_spec {
     pthread_cond_t wake;      /* a round started, or stop */
     pthread_cond_t idle;      /* the round's last worker finished */
     uint64_t round;
+    uint64_t reset;           /* bumped by mt_spec_reset */
     int running;              /* workers still in the round */
     bool stopping;
-    uint64_t base, span;      /* the round: events base+1 .. base+span */
+    mt_spec_round *cur;       /* the round running (or finished, until 'done' takes it) */
     mt_spec_plan_fn plan;
     void *plan_arg;
-    void (*done)(void *arg);
+    void (*done)(mt_spec_round *round, void *arg);
     void *done_arg;
     struct event *done_ev;    /* brings 'done' onto the loop thread */
-    mt_spec_result **results; /* span slots, seq - base - 1; each written by one worker */
 };
 
 void mt_spec_result_free(mt_spec_result *r)
@@ -47,14 +57,20 @@ void mt_spec_result_free(mt_spec_result *r)
     }
 }
 
-static void results_clear(mt_spec *sp)
+void mt_spec_round_free(mt_spec_round *r)
 {
-    for (uint64_t i = 0; sp->results && i < sp->span; i++) {
-        mt_spec_result_free(sp->results[i]);
+    if (r) {
+        for (uint64_t i = 0; i < r->span; i++) {
+            mt_spec_result_free(r->results[i]);
+        }
+        free(r->results);
+        free(r);
     }
-    free(sp->results);
-    sp->results = NULL;
-    sp->span = 0;
+}
+
+uint64_t mt_spec_round_end(const mt_spec_round *r)
+{
+    return r->end;
 }
 
 typedef struct round_ctx {
@@ -68,7 +84,8 @@ static bool run_one(const mt_event *ev, void *arg)
 {
     round_ctx *rc = arg;
     mt_spec *sp = rc->w->sp;
-    if (ev->sequence <= sp->base || ev->sequence > sp->base + sp->span) {
+    mt_spec_round *round = sp->cur;
+    if (ev->sequence <= round->base || ev->sequence > round->base + round->span) {
         return false;
     }
     mt_spec_result *r = mt_xcalloc(1, sizeof *r);
@@ -89,20 +106,27 @@ static bool run_one(const mt_event *ev, void *arg)
         mt_fx_effects_free(r->effects);
         r->effects = NULL;
     }
-    sp->results[ev->sequence - sp->base - 1] = r;
+    round->results[ev->sequence - round->base - 1] = r;
     return true;
 }
 
-static void run_round(worker *w)
+static void run_round(worker *w, bool reset)
 {
     mt_spec *sp = w->sp;
-    round_ctx rc = {w, NULL, NULL};
+    w->end = sp->cur->base;
+    if (reset || mt_fx_overlay_size(w->ov) > OVERLAY_MAX) {
+        mt_fx_overlay_free(w->ov);
+        w->ov = NULL;
+    }
+    if (!w->ov) {
+        w->ov = mt_fx_overlay_new();
+    }
+    round_ctx rc = {w, NULL, w->ov};
     if (mt_store_read_begin(sp->store, &rc.snap) != MT_OK) {
         return; /* nothing run ahead: the writer runs everything */
     }
-    rc.ov = mt_fx_overlay_new();
-    sp->plan(rc.snap, w->k, sp->n, sp->base, sp->span, sp->plan_arg, run_one, &rc);
-    mt_fx_overlay_free(rc.ov);
+    w->end = sp->plan(rc.snap, w->k, sp->n, sp->cur->base, sp->cur->span, sp->plan_arg, run_one,
+                      &rc);
     mt_store_read_end(rc.snap);
 }
 
@@ -119,9 +143,14 @@ static void *worker_main(void *arg)
             break;
         }
         w->round = sp->round;
+        bool reset = w->reset != sp->reset;
+        w->reset = sp->reset;
         pthread_mutex_unlock(&sp->mu);
-        run_round(w);
+        run_round(w, reset);
         pthread_mutex_lock(&sp->mu);
+        if (w->end > sp->cur->end) {
+            sp->cur->end = w->end;
+        }
         if (--sp->running == 0) {
             event_active(sp->done_ev, EV_TIMEOUT, 0);
             pthread_cond_broadcast(&sp->idle);
@@ -134,7 +163,11 @@ static void *worker_main(void *arg)
 static void on_done(evutil_socket_t fd, short what, void *arg)
 {
     mt_spec *sp = arg;
-    sp->done(sp->done_arg);
+    pthread_mutex_lock(&sp->mu);
+    mt_spec_round *r = sp->cur;
+    sp->cur = NULL;
+    pthread_mutex_unlock(&sp->mu);
+    sp->done(r, sp->done_arg);
 }
 
 mt_err mt_spec_open(const mt_sub_runner *runner, const mt_sub_conf *conf, int n, mt_store *store,
@@ -176,14 +209,16 @@ mt_err mt_spec_open(const mt_sub_runner *runner, const mt_sub_conf *conf, int n,
 }
 
 void mt_spec_start(mt_spec *sp, uint64_t base, uint64_t span, mt_spec_plan_fn plan,
-                   void *plan_arg, void (*done)(void *arg), void *arg)
+                   void *plan_arg, void (*done)(mt_spec_round *round, void *arg), void *arg)
 {
     pthread_mutex_lock(&sp->mu);
-    mt_assert(sp->running == 0 && !sp->stopping);
-    results_clear(sp);
-    sp->results = mt_xcalloc(span ? span : 1, sizeof *sp->results);
-    sp->base = base;
-    sp->span = span;
+    mt_assert(sp->running == 0 && !sp->stopping && !sp->cur);
+    mt_spec_round *r = mt_xcalloc(1, sizeof *r);
+    r->results = mt_xcalloc(span ? span : 1, sizeof *r->results);
+    r->base = base;
+    r->span = span;
+    r->end = base;
+    sp->cur = r;
     sp->plan = plan;
     sp->plan_arg = plan_arg;
     sp->done = done;
@@ -194,14 +229,21 @@ void mt_spec_start(mt_spec *sp, uint64_t base, uint64_t span, mt_spec_plan_fn pl
     pthread_mutex_unlock(&sp->mu);
 }
 
-mt_spec_result *mt_spec_take(mt_spec *sp, uint64_t seq)
+mt_spec_result *mt_spec_take(mt_spec_round *r, uint64_t seq)
 {
-    if (!sp->results || seq <= sp->base || seq > sp->base + sp->span) {
+    if (!r || seq <= r->base || seq > r->base + r->span) {
         return NULL;
     }
-    mt_spec_result *r = sp->results[seq - sp->base - 1];
-    sp->results[seq - sp->base - 1] = NULL;
-    return r;
+    mt_spec_result *res = r->results[seq - r->base - 1];
+    r->results[seq - r->base - 1] = NULL;
+    return res;
+}
+
+void mt_spec_reset(mt_spec *sp)
+{
+    pthread_mutex_lock(&sp->mu);
+    sp->reset++;
+    pthread_mutex_unlock(&sp->mu);
 }
 
 void mt_spec_stop(mt_spec *sp)
@@ -236,8 +278,9 @@ void mt_spec_close(mt_spec *sp)
         if (w->handler) {
             sp->runner->close(w->handler);
         }
+        mt_fx_overlay_free(w->ov);
     }
-    results_clear(sp);
+    mt_spec_round_free(sp->cur);
     event_free(sp->done_ev);
     pthread_mutex_destroy(&sp->mu);
     pthread_cond_destroy(&sp->wake);

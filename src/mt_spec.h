@@ -9,7 +9,11 @@
  * events stay on one worker and in log order, and different subjects run
  * in parallel. The worker runs the handler on each in record mode (mt_fx):
  * kv writes go to the worker's overlay, the values read are noted. When
- * every worker is done, 'done' runs on the loop thread.
+ * every worker is done, 'done' runs on the loop thread with the round's
+ * results. A worker's overlay outlives its round, so the next round can
+ * run while the writer applies this one and still read what this one
+ * wrote; mt_spec_reset drops the overlays when the writer found them
+ * wrong.
  *
  * The writer then delivers as always, but before it runs the handler on an
  * event it takes that event's result (mt_spec_take): if every value the
@@ -33,6 +37,7 @@
 #include "mt_sub.h"
 
 typedef struct mt_spec mt_spec;
+typedef struct mt_spec_round mt_spec_round;
 
 /* One invocation run ahead. */
 typedef struct mt_spec_result {
@@ -47,11 +52,11 @@ typedef struct mt_spec_result {
  * The plan of a round, called on worker k of n with its snapshot: calls
  * run(ev, ctx) for each event worker k runs, in log order, for events after
  * 'base' only and at most 'span' past it. A false return from run means
- * stop.
+ * stop. Returns the last sequence it considered (the round's end).
  */
-typedef void (*mt_spec_plan_fn)(mt_txn *snapshot, int k, int n, uint64_t base, uint64_t span,
-                                void *plan_arg, bool (*run)(const mt_event *ev, void *ctx),
-                                void *ctx);
+typedef uint64_t (*mt_spec_plan_fn)(mt_txn *snapshot, int k, int n, uint64_t base, uint64_t span,
+                                    void *plan_arg, bool (*run)(const mt_event *ev, void *ctx),
+                                    void *ctx);
 
 /*
  * Starts n worker threads for subscription 'conf' (borrowed; outlives the
@@ -72,19 +77,26 @@ void mt_spec_close(mt_spec *sp);
 
 /*
  * Starts a round over the events after 'base' (at most 'span' sequences
- * past it). 'done' runs on the loop thread once every worker finished.
- * Results of the previous round are dropped. Loop thread.
+ * past it). 'done' runs on the loop thread once every worker finished,
+ * with the round (the callee owns it: mt_spec_round_free). One round at a
+ * time. Loop thread.
  */
 void mt_spec_start(mt_spec *sp, uint64_t base, uint64_t span, mt_spec_plan_fn plan,
-                   void *plan_arg, void (*done)(void *arg), void *arg);
+                   void *plan_arg, void (*done)(mt_spec_round *round, void *arg), void *arg);
+
+/* The last sequence a finished round covered. */
+uint64_t mt_spec_round_end(const mt_spec_round *r);
 
 /*
- * Takes the finished round's result for 'seq' (the caller frees it with
- * mt_spec_result_free), or NULL. Call only between 'done' and the next
- * mt_spec_start (the writer does, in the dispatch job the loop thread
- * submits after 'done').
+ * Takes a finished round's result for 'seq' (the caller frees it with
+ * mt_spec_result_free), or NULL. Any thread that owns the round (the
+ * writer, in the dispatch job it was handed to).
  */
-mt_spec_result *mt_spec_take(mt_spec *sp, uint64_t seq);
+mt_spec_result *mt_spec_take(mt_spec_round *r, uint64_t seq);
 void mt_spec_result_free(mt_spec_result *r);
+void mt_spec_round_free(mt_spec_round *r);
+
+/* The workers forget their overlays before their next round. Loop thread. */
+void mt_spec_reset(mt_spec *sp);
 
 #endif

@@ -42,7 +42,7 @@ typedef struct dispatch_out {
     bool more;            /* stopped at a limit: dispatch again at once */
     bool appended;        /* handlers emitted events */
     int64_t next_due_us;  /* earliest retry, 0 = none */
-    bool ahead;           /* in: the workers' results of a round may be used */
+    mt_spec_round *round; /* in: the workers' results for this job, or NULL */
 } dispatch_out;
 
 struct sub_rt {
@@ -60,7 +60,10 @@ struct sub_rt {
     dispatch_out out;            /* filled by the job, read in its done callback */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
     bool spec_running;           /* a round is running */
-    bool spec_ready;             /* its results wait for the next dispatch job */
+    mt_spec_round *round_ready;  /* a finished round waiting for the next dispatch job */
+    mt_spec_round *round_job;    /* the round handed to the dispatch job in flight */
+    uint64_t spec_end;           /* the last sequence a round covered */
+    uint64_t rerun_seen;         /* ahead_rerun when the last job ended */
     _Atomic uint64_t ahead_used; /* results of the workers applied by the writer */
     _Atomic uint64_t ahead_rerun; /* results the writer ran again (a read changed, an emit) */
 };
@@ -459,15 +462,14 @@ static mt_err apply_ahead(sub_rt *s, mt_spec_result *ahead, mt_fx *fx, attempt_r
 }
 
 static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t attempt,
-                          attempt_result *r, bool *appended, bool ahead_ok)
+                          attempt_result *r, bool *appended, mt_spec_round *round)
 {
     /* Buffered: a failure leaves nothing to undo, and most runs need no savepoint. */
     mt_fx fx;
     mt_fx_init_buffered(&fx, t, s->conf->name, ev);
     mt_err hrc = MT_OK;
     bool used = false;
-    mt_spec_result *ahead = ahead_ok && attempt == 1 && s->spec ? mt_spec_take(s->spec, ev->sequence)
-                                                                 : NULL;
+    mt_spec_result *ahead = attempt == 1 ? mt_spec_take(round, ev->sequence) : NULL;
     if (ahead) {
         mt_err rc = apply_ahead(s, ahead, &fx, r, &hrc, &used);
         mt_spec_result_free(ahead);
@@ -605,7 +607,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
     }
     attempt_result r;
     result_init(&r);
-    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended, out->ahead);
+    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended, out->round);
     if (rc == MT_OK && r.ok) {
         st->handled++;
         *freed = true;
@@ -825,9 +827,8 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
     sub_rt *s = arg;
     const mt_sub_conf *c = s->conf;
     dispatch_out *out = &s->out;
-    bool ahead = s->spec_ready;
     memset(out, 0, sizeof *out);
-    out->ahead = ahead;
+    out->round = s->round_job;
     sub_state st;
     mt_err rc = load_state(t, c->name, &st);
     if (rc == MT_OK && !st.exists) {
@@ -989,7 +990,13 @@ static void dispatch_done(mt_err rc, void *arg)
 {
     sub_rt *s = arg;
     s->busy = false;
-    s->spec_ready = false;
+    mt_spec_round_free(s->round_job);
+    s->round_job = NULL;
+    if (s->spec && s->ahead_rerun != s->rerun_seen) {
+        /* Some overlay was wrong (a key another subject wrote, a run that failed here). */
+        s->rerun_seen = s->ahead_rerun;
+        mt_spec_reset(s->spec);
+    }
     dispatch_settle(s, rc);
     sub_release(s);
 }
@@ -1011,8 +1018,8 @@ static uint32_t lane_hash(const char *lane)
  * is one worker's, in log order. Events waiting behind a busy lane, held
  * back or expired are left to the writer.
  */
-static void spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64_t span, void *arg,
-                      bool (*run)(const mt_event *ev, void *ctx), void *ctx)
+static uint64_t spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64_t span,
+                          void *arg, bool (*run)(const mt_event *ev, void *ctx), void *ctx)
 {
     sub_rt *s = arg;
     const mt_sub_conf *c = s->conf;
@@ -1024,13 +1031,14 @@ static void spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64_t s
                                                  &vl0) != MT_ENOTFOUND;
     mt_cursor *cur;
     if (mt_store_cursor_open(snap, MT_DB_LOG, &cur)) {
-        return;
+        return base;
     }
     uint8_t start[8];
     mt_put_be64(start, base + 1);
     const void *k, *v;
     size_t kl, vl;
     int matched = 0;
+    uint64_t end = base;
     int64_t now = mt_now_us();
     mt_err crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
     for (; crc == MT_OK; crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl)) {
@@ -1038,11 +1046,13 @@ static void spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64_t s
         if (mt_event_decode(v, vl, &ev) || ev.sequence > base + span) {
             break;
         }
-        if (!matches(s, &ev)) {
-            continue;
-        }
-        if (++matched > EVENTS_PER_JOB) {
+        bool m = matches(s, &ev);
+        if (m && ++matched > EVENTS_PER_JOB) {
             break;
+        }
+        end = ev.sequence;
+        if (!m) {
+            continue;
         }
         char lane[MAX_LANE + 1];
         lane_of(c, &ev, lane, sizeof lane);
@@ -1061,23 +1071,33 @@ static void spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64_t s
         }
     }
     mt_store_cursor_close(cur);
+    return end;
 }
 
-static void spec_done(void *arg)
+static void spec_done(mt_spec_round *round, void *arg)
 {
     sub_rt *s = arg;
     s->spec_running = false;
-    s->spec_ready = true;
+    mt_assert(!s->round_ready);
+    s->round_ready = round;
+    if (mt_spec_round_end(round) > s->spec_end) {
+        s->spec_end = mt_spec_round_end(round);
+    }
     submit(s);
     sub_release(s);
 }
 
 /*
- * Starts a round over the events after the subscription's position, if
- * there are any and it is not paused. Returns whether one started.
+ * Starts a round over the events after both the subscription's position
+ * and the last round, if there are any, it is not paused, and no round is
+ * running or waiting. It may run while a dispatch job applies the round
+ * before. Returns whether one started.
  */
 static bool spec_begin(sub_rt *s)
 {
+    if (s->spec_running || s->round_ready) {
+        return false;
+    }
     mt_txn *t;
     if (mt_store_read_begin(s->subs->store, &t)) {
         return false;
@@ -1092,13 +1112,14 @@ static bool spec_begin(sub_rt *s)
         rc = mt_log_head(t, &head);
     }
     mt_store_read_end(t);
-    if (rc || st.paused || head <= st.cursor) {
+    uint64_t from = st.cursor > s->spec_end ? st.cursor : s->spec_end;
+    if (rc || st.paused || head <= from) {
         return false;
     }
-    uint64_t span = head - st.cursor < SCANS_PER_JOB ? head - st.cursor : SCANS_PER_JOB;
+    uint64_t span = head - from < SCANS_PER_JOB ? head - from : SCANS_PER_JOB;
     s->spec_running = true;
     s->refs++;
-    mt_spec_start(s->spec, st.cursor, span, spec_plan, s, spec_done, s);
+    mt_spec_start(s->spec, from, span, spec_plan, s, spec_done, s);
     return true;
 }
 
@@ -1131,16 +1152,23 @@ static void submit(sub_rt *s)
         evtimer_add(s->timer, &tv);
         return;
     }
-    if (s->busy || s->spec_running) {
+    if (s->spec) {
+        /* Workers run ahead, also while a dispatch job applies their last round. */
+        spec_begin(s);
+    }
+    if (s->busy || (s->spec_running && !s->round_ready)) {
+        /* The job in flight, or the round running, comes back here when done. */
         s->again = true;
         return;
     }
-    if (s->spec && !s->spec_ready && spec_begin(s)) {
-        return; /* the dispatch job follows when the workers are done */
-    }
+    s->round_job = s->round_ready;
+    s->round_ready = NULL;
     if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, s) == MT_OK) {
         s->busy = true;
         s->refs++;
+    } else {
+        mt_spec_round_free(s->round_job);
+        s->round_job = NULL;
     }
 }
 
@@ -1149,6 +1177,8 @@ static void submit(sub_rt *s)
 static void sub_free(sub_rt *s)
 {
     mt_spec_close(s->spec);
+    mt_spec_round_free(s->round_ready);
+    mt_spec_round_free(s->round_job);
     if (s->timer) {
         event_free(s->timer);
     }
