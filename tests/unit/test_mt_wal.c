@@ -307,7 +307,7 @@ static void test_wal_damaged_newer_slot_falls_back_to_the_previous_generation(vo
     append_payload(w, 2, 20, 2);
     assert_int_equal(mt_wal_sync(w), MT_OK);
     /* Generation 2 goes to slot 0; generation 1's slot stays as it was. */
-    assert_int_equal(mt_wal_reset(w, "snap-2", 6), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "snap-2", 6), MT_OK);
     mt_wal_close(w);
 
     /* As if the header write of generation 2 had been torn. */
@@ -346,7 +346,7 @@ static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
     /* The snapshot is copied: the caller's buffer may change afterwards. */
     char buf[64];
     strcpy(buf, "meta pages v1");
-    assert_int_equal(mt_wal_reset(w, buf, strlen(buf)), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), buf, strlen(buf)), MT_OK);
     strcpy(buf, "XXXXXXXXXXXXX");
     mt_wal_snapshot(w, &snap, &len);
     assert_int_equal(len, 13);
@@ -362,11 +362,11 @@ static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
     uint8_t *big = malloc(SNAP_MAX + 1);
     assert_non_null(big);
     fill_payload(big, SNAP_MAX + 1, 9);
-    assert_int_equal(mt_wal_reset(w, big, SNAP_MAX + 1), MT_ETOOBIG);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), big, SNAP_MAX + 1), MT_ETOOBIG);
     mt_wal_snapshot(w, &snap, &len);
     assert_int_equal(len, 13);
     append_payload(w, 5, 10, 5);
-    assert_int_equal(mt_wal_reset(w, big, SNAP_MAX), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), big, SNAP_MAX), MT_OK);
     mt_wal_close(w);
 
     w = open_ok(path, MIB);
@@ -377,7 +377,7 @@ static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
     assert_int_equal(replay(w, &s), 0);
 
     /* An empty snapshot is a valid one. */
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     mt_wal_close(w);
     w = open_ok(path, MIB);
     mt_wal_snapshot(w, &snap, &len);
@@ -584,7 +584,7 @@ static void test_wal_reset_bumps_the_generation_so_old_records_are_not_replayed(
         append_payload(w, (uint64_t) i, 64, i);
     }
     assert_int_equal(mt_wal_sync(w), MT_OK);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     assert_int_equal(mt_wal_used(w), 0);
     mt_wal_close(w);
 
@@ -607,8 +607,8 @@ static void test_wal_reset_bumps_the_generation_so_old_records_are_not_replayed(
     w = open_ok(path, MIB);
     assert_int_equal(replay(w, &s), 1);
     seen_free(&s);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     append_payload(w, 7, 8, 7);
     mt_wal_close(w);
     static const uint64_t groups7[] = {7};
@@ -655,7 +655,7 @@ static void test_wal_append_is_efull_when_full_and_etoobig_when_it_never_fits(vo
     seen s;
     assert_int_equal(replay(w, &s), 1);
     seen_free(&s);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     append_payload(w, 2, 10, 2);
     mt_wal_close(w);
     free(big);
@@ -758,7 +758,7 @@ static void test_wal_undo_after_reset_does_not_touch_the_old_generation(void **s
     char *path = path_in(state, "wal");
     mt_wal *w = open_ok(path, MIB);
     append_payload(w, 1, 10, 1);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     assert_int_equal(mt_wal_undo_last(w), MT_OK); /* the reset forgot the last record */
     append_payload(w, 2, 10, 2);
     mt_wal_close(w);
