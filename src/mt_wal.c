@@ -520,17 +520,17 @@ void mt_wal_snapshot(const mt_wal *w, const void **snap, size_t *len)
     *len = w->snap_len;
 }
 
-mt_wal_pos mt_wal_checkpoint_pos(const mt_wal *w)
+mt_wal_pos mt_wal_checkpoint_pos(mt_wal *w)
 {
-    return w->tail;
+    pthread_mutex_lock(&w->mu);
+    mt_wal_pos tail = w->tail;
+    pthread_mutex_unlock(&w->mu);
+    return tail;
 }
 
-uint64_t mt_wal_used(const mt_wal *w)
+uint64_t mt_wal_used(mt_wal *w)
 {
-    mt_wal *mw = (mt_wal *) w; /* the lock is not part of the value */
-    pthread_mutex_lock(&mw->mu);
-    mt_wal_pos tail = w->tail;
-    pthread_mutex_unlock(&mw->mu);
+    mt_wal_pos tail = mt_wal_checkpoint_pos(w);
     if (w->head.gen == tail.gen) {
         return w->head.off - tail.off;
     }

@@ -119,14 +119,14 @@ mt_err mt_wal_checkpoint(mt_wal *w, mt_wal_pos pos, const void *snap, size_t len
  * the next checkpoint or close.
  */
 void mt_wal_snapshot(const mt_wal *w, const void **snap, size_t *len);
-mt_wal_pos mt_wal_checkpoint_pos(const mt_wal *w);
+mt_wal_pos mt_wal_checkpoint_pos(mt_wal *w);
 
 /*
  * Bytes of the ring in use from the last checkpoint's position to the write
  * position (including the unused end of a lap the writer left), and the
  * room records can use.
  */
-uint64_t mt_wal_used(const mt_wal *w);
+uint64_t mt_wal_used(mt_wal *w);
 uint64_t mt_wal_capacity(const mt_wal *w);
 
 #endif
