@@ -18,7 +18,9 @@
 #include "mt_wal.h"
 
 #define CHECKPOINT_INTERVAL_US (30 * 1000000LL)
+#define CHECKPOINT_RETRY_US 1000000LL /* after a failed checkpoint, before the next try */
 #define GROUP_MAX_JOBS 4096
+#define HOLD_ENV "MOONTIDE_TEST_CHECKPOINT_HOLD"
 
 static const char *const db_names[MT_DB_COUNT] = {
     "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv", "subdefs",
@@ -34,11 +36,21 @@ typedef struct job {
     struct job *next;
 } job;
 
+/* A checkpoint, prepared by the writer and made durable by the checkpoint thread. */
+typedef struct ckpt_req {
+    uint64_t n;                /* its number since open, from 1 (thread checkpoints only) */
+    mt_wal_pos pos;            /* write-ahead position: every later group is recorded after it */
+    uint8_t *meta;             /* owned; LMDB's meta pages at the checkpoint (fsync only) */
+    size_t meta_len;
+    MDB_txn *pin;              /* read txn at the checkpoint; the store's pin once durable */
+} ckpt_req;
+
 struct mt_store {
     MDB_env *env;
     MDB_dbi dbi[MT_DB_COUNT];
     mt_wal *wal;               /* NULL when nosync */
-    MDB_txn *pin;              /* read txn holding the last checkpoint's pages (fsync only) */
+    MDB_txn *pin;              /* read txn holding the last checkpoint's pages (fsync only;
+                                  replaced under mu by the checkpoint thread) */
     unsigned psize;            /* LMDB page size */
     uint64_t growth_limit;     /* bytes LMDB may grow between checkpoints (pinned pages) */
     uint64_t ckpt_pgno;        /* LMDB's last page number at the last checkpoint */
@@ -47,6 +59,8 @@ struct mt_store {
 
     pthread_t writer;
     bool writer_started;
+    pthread_t ckpt_thread;     /* makes checkpoints durable while the writer goes on */
+    bool ckpt_started;
     pthread_mutex_t mu;        /* guards everything below */
     pthread_cond_t work_cv;    /* jobs queued, or closing */
     pthread_cond_t sync_cv;    /* a synchronous job finished */
@@ -57,13 +71,27 @@ struct mt_store {
     void (*notify)(void *);
     void *notify_arg;
     mt_store_stats stats;
+    pthread_cond_t ckpt_cv;      /* a checkpoint was handed over, or the thread must exit */
+    pthread_cond_t ckpt_done_cv; /* a checkpoint finished */
+    ckpt_req *ckpt_req;        /* handed over, not yet taken by the checkpoint thread */
+    bool ckpt_busy;            /* a checkpoint is handed over and not finished */
+    bool ckpt_asked;           /* mt_store_checkpoint wants one */
+    bool ckpt_exit;            /* the checkpoint thread must exit once idle */
+    uint64_t ckpt_started_n;   /* checkpoints handed over since open */
+    uint64_t ckpt_done_n;      /* ... and finished, durable or failed */
+    mt_err ckpt_rc;            /* outcome of the last finished one */
+    mt_store_ckpt_hook ckpt_hook;
+    void *ckpt_hook_arg;
+    char *hold_dir;            /* owned; the MOONTIDE_TEST_CHECKPOINT_HOLD test hook */
 
     /* writer thread only */
     mt_buf redo;               /* the current group's redo operations (fsync durability) */
     uint64_t writes;           /* puts and deletes in the current group */
     uint64_t group;            /* last group id committed */
-    int64_t last_checkpoint_us;
-    bool dirty;                /* commits since the last checkpoint */
+    int64_t last_checkpoint_us; /* when the last checkpoint started */
+    bool dirty;                /* commits since the last checkpoint started */
+    bool ckpt_pending;         /* a checkpoint handed over whose end the writer has not seen */
+    int64_t ckpt_retry_us;     /* no automatic checkpoint before this (after a failure) */
 };
 
 struct mt_txn {
@@ -246,46 +274,237 @@ static mt_err read_meta_pages(mt_store *s, uint8_t **out, size_t *len)
     return MT_OK;
 }
 
-/*
- * Makes everything committed durable in LMDB and starts a new write-ahead
- * generation. With the write-ahead file, the new generation saves LMDB's
- * meta pages as they are now (the checkpoint snapshot) and a read
- * transaction is pinned at this state, so LMDB never reuses the pages the
- * snapshot refers to until the next checkpoint: whatever happens to the
- * unsynced pages written after it, the snapshot's tree is intact on disk.
+/* ---- checkpoints ----
+ *
+ * A checkpoint at state T (the last committed group) is prepared by the
+ * writer, between groups or with a group's transaction not yet committed:
+ * it notes the write-ahead position P (every group after T is recorded at
+ * or after P), reads LMDB's meta pages (they describe T: an uncommitted
+ * transaction writes no meta page) and begins a read transaction, which
+ * sees T and keeps LMDB from reusing any page of T's tree. The checkpoint
+ * thread then syncs LMDB's data file, so T's pages, written before P was
+ * noted, are on disk; records T's meta pages and P in the write-ahead
+ * header, synced; and only then releases the previous checkpoint's read
+ * transaction and lets the write-ahead space before P be reused. The writer
+ * goes on committing groups after P meanwhile. Crash argument:
+ * docs/architecture.md.
  */
-static mt_err checkpoint(mt_store *s)
+
+static mt_err ckpt_prepare(mt_store *s, ckpt_req *req)
 {
+    if (!s->wal) {
+        return MT_OK; /* nosync durability: a checkpoint is a sync of LMDB's file */
+    }
+    req->pos = mt_wal_tell(s->wal);
+    mt_err rc = read_meta_pages(s, &req->meta, &req->meta_len);
+    if (rc == MT_OK) {
+        rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &req->pin), "pin checkpoint");
+    }
+    return rc;
+}
+
+static void ckpt_free(ckpt_req *req)
+{
+    if (req) {
+        if (req->pin) {
+            mdb_txn_abort(req->pin);
+        }
+        free(req->meta);
+        free(req);
+    }
+}
+
+static void ckpt_stage(mt_store *s, const ckpt_req *req, mt_store_ckpt_stage stage)
+{
+    pthread_mutex_lock(&s->mu);
+    mt_store_ckpt_hook hook = s->ckpt_hook;
+    void *arg = s->ckpt_hook_arg;
+    pthread_mutex_unlock(&s->mu);
+    if (hook) {
+        hook(stage, req->n, arg);
+    }
+}
+
+/* Makes a prepared checkpoint durable (the checkpoint thread, or open with hooks false). */
+static mt_err ckpt_make(mt_store *s, ckpt_req *req, bool hooks)
+{
+    if (hooks) {
+        ckpt_stage(s, req, MT_STORE_CKPT_SYNCING);
+    }
+    /*
+     * Without MDB_WRITEMAP this is an fdatasync of data.mdb and takes no
+     * LMDB lock, so the writer's commits go on beside it.
+     */
     mt_err rc = map_mdb(mdb_env_sync(s->env, 1), "checkpoint sync");
     if (rc == MT_OK && s->wal) {
-        uint8_t *meta;
-        size_t len;
-        rc = read_meta_pages(s, &meta, &len);
-        if (rc == MT_OK) {
-            rc = mt_wal_reset(s->wal, meta, len);
-            free(meta);
+        if (hooks) {
+            ckpt_stage(s, req, MT_STORE_CKPT_SYNCED);
         }
-        if (rc == MT_OK) {
-            /* Only now may the previous snapshot's pages be reused. */
-            if (s->pin) {
-                mdb_txn_reset(s->pin);
-                rc = map_mdb(mdb_txn_renew(s->pin), "pin checkpoint");
-            } else {
-                rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->pin), "pin checkpoint");
-            }
+        rc = mt_wal_checkpoint(s->wal, req->pos, req->meta, req->meta_len);
+        if (rc == MT_OK && hooks) {
+            ckpt_stage(s, req, MT_STORE_CKPT_RECORDED);
         }
     }
+    return rc;
+}
+
+/*
+ * Ends a made (rc MT_OK) or failed checkpoint. A durable one's pin replaces
+ * the previous pin, whose pages LMDB may now reuse: the header no longer
+ * refers to them. A failed one's pin goes, the previous checkpoint stays.
+ */
+static void ckpt_finish(mt_store *s, ckpt_req *req, mt_err rc, bool counted)
+{
+    pthread_mutex_lock(&s->mu);
     if (rc == MT_OK) {
-        MDB_envinfo info;
-        mdb_env_info(s->env, &info);
+        MDB_txn *old = s->pin;
+        s->pin = req->pin;
+        req->pin = old;
+        s->stats.checkpoints++;
+    }
+    if (counted) {
+        s->ckpt_rc = rc;
+        s->ckpt_busy = false;
+        s->ckpt_done_n++;
+        pthread_cond_broadcast(&s->ckpt_done_cv);
+        if (s->sleeping) {
+            pthread_cond_signal(&s->work_cv);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    ckpt_free(req);
+}
+
+static void *ckpt_main(void *arg)
+{
+    mt_store *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->ckpt_req && !s->ckpt_exit) {
+            pthread_cond_wait(&s->ckpt_cv, &s->mu);
+        }
+        ckpt_req *req = s->ckpt_req;
+        if (!req) {
+            break;
+        }
+        s->ckpt_req = NULL;
+        pthread_mutex_unlock(&s->mu);
+        mt_err rc = ckpt_make(s, req, true);
+        if (rc) {
+            mt_error("store: checkpoint failed; the write-ahead file keeps the data");
+        }
+        ckpt_finish(s, req, rc, true);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Writer thread, mu held: takes note of a checkpoint the thread has finished. */
+static void ckpt_observe(mt_store *s)
+{
+    if (s->ckpt_pending && !s->ckpt_busy) {
+        s->ckpt_pending = false;
+        if (s->ckpt_rc) {
+            /* Try again later; meanwhile the write-ahead file keeps the data. */
+            s->dirty = true;
+            s->ckpt_retry_us = mt_mono_us() + CHECKPOINT_RETRY_US;
+        }
+    }
+}
+
+/*
+ * Writer thread, mu not held, no checkpoint pending: prepares a checkpoint
+ * of the last committed group and hands it to the checkpoint thread.
+ */
+static mt_err ckpt_start(mt_store *s)
+{
+    mt_assert(!s->ckpt_pending);
+    ckpt_req *req = mt_xcalloc(1, sizeof *req);
+    MDB_envinfo info;
+    mdb_env_info(s->env, &info);
+    mt_err rc = ckpt_prepare(s, req);
+    pthread_mutex_lock(&s->mu);
+    req->n = ++s->ckpt_started_n;
+    s->ckpt_asked = false;
+    if (rc) {
+        s->ckpt_rc = rc;
+        s->ckpt_done_n++;
+        pthread_cond_broadcast(&s->ckpt_done_cv);
+        s->ckpt_retry_us = mt_mono_us() + CHECKPOINT_RETRY_US;
+    } else {
+        s->ckpt_busy = true;
+        s->ckpt_req = req;
+        pthread_cond_signal(&s->ckpt_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc) {
+        mt_error("store: cannot start a checkpoint; the write-ahead file keeps the data");
+        ckpt_free(req);
+        return rc;
+    }
+    s->ckpt_pending = true;
+    s->ckpt_pgno = info.me_last_pgno;
+    s->last_checkpoint_us = mt_mono_us();
+    s->dirty = false;
+    return MT_OK;
+}
+
+/* Writer thread, mu not held: waits for the pending checkpoint, returns its outcome. */
+static mt_err ckpt_wait(mt_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    while (s->ckpt_busy) {
+        pthread_cond_wait(&s->ckpt_done_cv, &s->mu);
+    }
+    mt_err rc = s->ckpt_pending ? s->ckpt_rc : MT_OK;
+    ckpt_observe(s);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* At open, before the threads start: a checkpoint made on the calling thread. */
+static mt_err checkpoint_now(mt_store *s)
+{
+    ckpt_req *req = mt_xcalloc(1, sizeof *req);
+    MDB_envinfo info;
+    mdb_env_info(s->env, &info);
+    mt_err rc = ckpt_prepare(s, req);
+    if (rc == MT_OK) {
+        rc = ckpt_make(s, req, false);
+    }
+    if (rc == MT_OK) {
         s->ckpt_pgno = info.me_last_pgno;
         s->last_checkpoint_us = mt_mono_us();
         s->dirty = false;
-        pthread_mutex_lock(&s->mu);
-        s->stats.checkpoints++;
-        pthread_mutex_unlock(&s->mu);
     }
+    ckpt_finish(s, req, rc, false);
     return rc;
+}
+
+/*
+ * The MOONTIDE_TEST_CHECKPOINT_HOLD=DIR test hook: at each stage of each
+ * checkpoint made on the checkpoint thread, creates DIR/N-STAGE (N counts
+ * from 1 since open; STAGE is syncing, synced or recorded) and waits until
+ * the file is removed, so a test can crash the engine at a known point of
+ * a checkpoint. Not for production: a held checkpoint holds the next ones.
+ */
+static void hold_at_file(mt_store_ckpt_stage stage, uint64_t n, void *arg)
+{
+    static const char *const names[] = {"syncing", "synced", "recorded"};
+    char *path = mt_xasprintf("%s/%llu-%s", (const char *) arg, (unsigned long long) n,
+                              names[stage]);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        close(fd);
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        while (access(path, F_OK) == 0) {
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        mt_error("store: %s: cannot create '%s': %s", HOLD_ENV, path, strerror(errno));
+    }
+    free(path);
 }
 
 /*
@@ -345,7 +564,7 @@ static mt_err recover(mt_store *s)
         }
     }
     s->group = r.applied;
-    return checkpoint(s);
+    return checkpoint_now(s);
 }
 
 static void *writer_main(void *arg);
@@ -362,7 +581,16 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->sync_cv, NULL);
+    pthread_cond_init(&s->ckpt_cv, NULL);
+    pthread_cond_init(&s->ckpt_done_cv, NULL);
     mt_buf_init(&s->redo);
+    const char *hold = getenv(HOLD_ENV);
+    if (hold && *hold) {
+        s->hold_dir = mt_xstrdup(hold);
+        s->ckpt_hook = hold_at_file;
+        s->ckpt_hook_arg = s->hold_dir;
+        mt_warn("store: %s is set: checkpoints wait at '%s' (a test hook)", HOLD_ENV, hold);
+    }
 
     mt_err rc = make_dir(s->dir);
     if (rc == MT_OK) {
@@ -417,6 +645,14 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
         rc = recover(s);
     }
     if (rc == MT_OK) {
+        if (pthread_create(&s->ckpt_thread, NULL, ckpt_main, s)) {
+            mt_error("store: cannot start the checkpoint thread");
+            rc = MT_EIO;
+        } else {
+            s->ckpt_started = true;
+        }
+    }
+    if (rc == MT_OK) {
         if (pthread_create(&s->writer, NULL, writer_main, s)) {
             mt_error("store: cannot start the writer thread");
             rc = MT_EIO;
@@ -445,6 +681,14 @@ void mt_store_close(mt_store *s)
         pthread_join(s->writer, NULL);
         mt_store_complete(s);
     }
+    if (s->ckpt_started) {
+        /* The writer waited for every checkpoint it started: the thread is idle. */
+        pthread_mutex_lock(&s->mu);
+        s->ckpt_exit = true;
+        pthread_cond_signal(&s->ckpt_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->ckpt_thread, NULL);
+    }
     if (s->pin) {
         mdb_txn_abort(s->pin);
     }
@@ -459,6 +703,9 @@ void mt_store_close(mt_store *s)
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->work_cv);
     pthread_cond_destroy(&s->sync_cv);
+    pthread_cond_destroy(&s->ckpt_cv);
+    pthread_cond_destroy(&s->ckpt_done_cv);
+    free(s->hold_dir);
     free(s->dir);
     free(s);
 }
@@ -487,6 +734,49 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
     if (rc) {
         s->redo.len = mark;
         s->writes = writes;
+    }
+    return rc;
+}
+
+/*
+ * Appends the group's record to the write-ahead file. When the ring is full
+ * up to the last checkpoint's position, the writer waits for a checkpoint:
+ * the one in progress, else one it starts now at the write position (after
+ * leaving the rest of the lap unused if everything is checkpointed and the
+ * record still does not fit where the head is: it then fits at the front).
+ * The wait lasts one or two checkpoints (a sync of what LMDB has not yet
+ * written) and is logged. A failed checkpoint fails the group.
+ */
+static mt_err wal_append(mt_store *s, uint64_t group)
+{
+    int64_t t0 = 0;
+    mt_err rc;
+    for (int round = 0;; round++) {
+        rc = mt_wal_append(s->wal, group, s->redo.data, s->redo.len);
+        if (rc != MT_EFULL || round == 4) {
+            break;
+        }
+        if (!t0) {
+            t0 = mt_mono_us();
+        }
+        if (!s->ckpt_pending) {
+            if (mt_wal_used(s->wal) == 0) {
+                mt_wal_skip(s->wal);
+            }
+            rc = ckpt_start(s);
+            if (rc) {
+                break;
+            }
+        }
+        rc = ckpt_wait(s);
+        if (rc) {
+            break;
+        }
+    }
+    if (t0) {
+        mt_warn("store: the write-ahead file was full: group %llu of %zu bytes waited %.1f ms "
+                "for a checkpoint (engine.wal_size is small for this load)",
+                (unsigned long long) group, s->redo.len, (double) (mt_mono_us() - t0) / 1000.0);
     }
     return rc;
 }
@@ -564,14 +854,7 @@ static job *run_group(mt_store *s, job **list)
     uint64_t group = s->group + 1;
     rc = put_group_id(s, parent, group);
     if (rc == MT_OK && s->wal) {
-        rc = mt_wal_append(s->wal, group, s->redo.data, s->redo.len);
-        if (rc == MT_EFULL) {
-            /* Everything committed so far becomes durable in LMDB; start over. */
-            rc = checkpoint(s);
-            if (rc == MT_OK) {
-                rc = mt_wal_append(s->wal, group, s->redo.data, s->redo.len);
-            }
-        }
+        rc = wal_append(s, group);
         if (rc == MT_OK) {
             rc = mt_wal_sync(s->wal);
         }
@@ -601,12 +884,24 @@ static job *run_group(mt_store *s, job **list)
     return rest;
 }
 
+/*
+ * Writer thread, mu held. A checkpoint starts when asked for, or after
+ * commits when a quarter of the write-ahead ring is in use (the rest takes
+ * the groups that arrive while it is made), when LMDB's file has grown by
+ * the growth limit, or 30 s after the last one; never while one is pending.
+ */
 static bool checkpoint_due(mt_store *s)
 {
-    if (!s->dirty) {
+    if (s->ckpt_pending) {
         return false;
     }
-    if (s->wal && mt_wal_used(s->wal) > mt_wal_capacity(s->wal) / 2) {
+    if (s->ckpt_asked) {
+        return true;
+    }
+    if (!s->dirty || mt_mono_us() < s->ckpt_retry_us) {
+        return false;
+    }
+    if (s->wal && mt_wal_used(s->wal) > mt_wal_capacity(s->wal) / 4) {
         return true;
     }
     if (s->wal) {
@@ -625,9 +920,10 @@ static void *writer_main(void *arg)
     mt_store *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->queue && !s->closing) {
+        ckpt_observe(s);
+        while (!s->queue && !s->closing && !checkpoint_due(s)) {
             s->sleeping = true;
-            if (s->dirty) {
+            if (s->dirty || s->ckpt_pending || s->ckpt_asked) {
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
                 ts.tv_sec += 1;
@@ -636,11 +932,8 @@ static void *writer_main(void *arg)
                 pthread_cond_wait(&s->work_cv, &s->mu);
             }
             s->sleeping = false;
-            if (!s->queue && s->dirty && checkpoint_due(s)) {
-                break;
-            }
+            ckpt_observe(s);
         }
-        s->sleeping = false;
         if (!s->queue && s->closing) {
             break;
         }
@@ -662,10 +955,13 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&s->mu);
 
         job *rest = jobs ? run_group(s, &jobs) : NULL;
-        if (checkpoint_due(s)) {
-            if (checkpoint(s)) {
-                mt_error("store: checkpoint failed; the write-ahead file keeps the data");
-            }
+        pthread_mutex_lock(&s->mu);
+        ckpt_observe(s);
+        bool due = checkpoint_due(s);
+        pthread_mutex_unlock(&s->mu);
+        if (due) {
+            /* Handed to the checkpoint thread: the next group does not wait for it. */
+            ckpt_start(s);
         }
 
         pthread_mutex_lock(&s->mu);
@@ -709,8 +1005,17 @@ static void *writer_main(void *arg)
             s->notify(s->notify_arg);
         }
     }
+    bool asked = s->ckpt_asked;
     pthread_mutex_unlock(&s->mu);
-    if (s->dirty && checkpoint(s)) {
+    /* The final checkpoint, after the one in progress. */
+    mt_err rc = ckpt_wait(s);
+    if (s->dirty || asked) {
+        rc = ckpt_start(s);
+        if (rc == MT_OK) {
+            rc = ckpt_wait(s);
+        }
+    }
+    if (rc) {
         mt_error("store: final checkpoint failed; the write-ahead file keeps the data");
     }
     return NULL;
@@ -1026,6 +1331,40 @@ mt_err mt_store_first_with_prefix(mt_txn *t, mt_db db, const void *key, size_t k
         rc = MT_ENOTFOUND;
     }
     return rc;
+}
+
+/* ---- checkpoints on request ---- */
+
+mt_err mt_store_checkpoint(mt_store *s, bool wait)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->closing) {
+        pthread_mutex_unlock(&s->mu);
+        return MT_ECLOSED;
+    }
+    /* The next checkpoint to start covers every group committed before this call. */
+    uint64_t want = s->ckpt_started_n + 1;
+    s->ckpt_asked = true;
+    if (s->sleeping) {
+        pthread_cond_signal(&s->work_cv);
+    }
+    mt_err rc = MT_OK;
+    if (wait) {
+        while (s->ckpt_done_n < want) {
+            pthread_cond_wait(&s->ckpt_done_cv, &s->mu);
+        }
+        rc = s->ckpt_rc;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void mt_store_set_checkpoint_hook(mt_store *s, mt_store_ckpt_hook hook, void *arg)
+{
+    pthread_mutex_lock(&s->mu);
+    s->ckpt_hook = hook;
+    s->ckpt_hook_arg = arg;
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- introspection ---- */

@@ -12,15 +12,21 @@
  *   durability fsync:  every put/del of a job is also recorded as a redo
  *     operation; the group's redo record goes to the write-ahead file
  *     (mt_wal), which is fdatasync'ed once; then the LMDB transaction is
- *     committed without LMDB's own syncs (MDB_NOSYNC). At a checkpoint
- *     (write-ahead file half full, every 30 s when busy, and at close) the
- *     store syncs LMDB, saves LMDB's meta pages with a new write-ahead
- *     generation, and pins a read transaction there so the checkpoint's
- *     pages are never reused before the next one. At open, the saved meta
- *     pages are put back and the groups in the write-ahead file newer than
- *     the checkpoint are applied again. Crash argument: docs/architecture.md.
- *   durability nosync: no write-ahead file, no fsync until close; a
- *     process crash loses nothing (the OS has the pages), a power cut may.
+ *     committed without LMDB's own syncs (MDB_NOSYNC). Checkpoints (a
+ *     quarter of the write-ahead ring in use, LMDB's file grown by 32 MiB,
+ *     30 s, on request, and at close) run on a checkpoint thread of their
+ *     own while the writer goes on: the writer notes the write-ahead
+ *     position, LMDB's meta pages and a pinned read transaction at its last
+ *     commit; the checkpoint thread syncs LMDB's data file, records the
+ *     meta pages and the position in the write-ahead header, and only then
+ *     releases the previous pin and the write-ahead space before the
+ *     position. The writer waits for a checkpoint only when the write-ahead
+ *     file is full (logged). At open, the saved meta pages are put back and
+ *     the groups recorded after the checkpoint's position are applied
+ *     again. Crash argument: docs/architecture.md.
+ *   durability nosync: no write-ahead file, no fsync until a checkpoint (a
+ *     sync of LMDB's file on the checkpoint thread); a process crash loses
+ *     nothing (the OS has the pages), a power cut may.
  *
  * A job's done callback runs only after its group is durable, on the thread
  * that calls mt_store_complete() (the event loop), so nothing is
@@ -183,6 +189,36 @@ mt_err mt_store_first_with_prefix(mt_txn *t, mt_db db, const void *key, size_t k
                                   size_t plen, const void **k, size_t *kl, const void **v,
                                   size_t *vl);
 
+/* ---- checkpoints ---- */
+
+/*
+ * Asks for a checkpoint of everything committed before this call; with
+ * 'wait', waits until it is durable (or failed) and returns its outcome:
+ * MT_OK, MT_EIO (logged; the write-ahead file keeps the data). MT_ECLOSED
+ * if the store is closing. Any thread but the writer's and the loop
+ * running mt_store_complete for this store's jobs.
+ */
+mt_err mt_store_checkpoint(mt_store *s, bool wait);
+
+/* The stages of a checkpoint on the checkpoint thread, in order. */
+typedef enum mt_store_ckpt_stage {
+    MT_STORE_CKPT_SYNCING,  /* before LMDB's data file is synced */
+    MT_STORE_CKPT_SYNCED,   /* synced; the write-ahead header still names the previous one */
+    MT_STORE_CKPT_RECORDED, /* the header is durable; the previous pin is not yet released */
+} mt_store_ckpt_stage;
+
+/*
+ * For tests: 'hook' runs on the checkpoint thread at each stage of every
+ * checkpoint made there ('n' counts them from 1 since open; the checkpoint
+ * at open is not one of them), and may block to hold the checkpoint at that
+ * point. NULL removes it. The environment variable
+ * MOONTIDE_TEST_CHECKPOINT_HOLD=DIR installs one at open that creates
+ * DIR/N-STAGE (syncing, synced, recorded) and waits until the file is
+ * removed.
+ */
+typedef void (*mt_store_ckpt_hook)(mt_store_ckpt_stage stage, uint64_t n, void *arg);
+void mt_store_set_checkpoint_hook(mt_store *s, mt_store_ckpt_hook hook, void *arg);
+
 /* ---- introspection ---- */
 
 typedef struct mt_store_stats {
@@ -190,7 +226,7 @@ typedef struct mt_store_stats {
     uint64_t map_used;      /* bytes in use (last page number * page size) */
     uint64_t groups;        /* group commits since open */
     uint64_t jobs;          /* jobs run since open */
-    uint64_t checkpoints;   /* since open */
+    uint64_t checkpoints;   /* durable checkpoints since open, the one at open included */
 } mt_store_stats;
 
 void mt_store_get_stats(mt_store *s, mt_store_stats *st);

@@ -650,4 +650,70 @@ def test_second_engine_on_same_data_dir_is_refused():
         e.cleanup()
 
 
+HOLD_ENV = "MOONTIDE_TEST_CHECKPOINT_HOLD"
+CHECKPOINT_STAGES = ("syncing", "synced", "recorded")
+
+
+def wait_for_hold(e, hold, name, what, limit=120):
+    """Waits (bounded) until the engine's checkpoint thread holds at the
+    marker HOLD/name (see src/mt_store.h: MOONTIDE_TEST_CHECKPOINT_HOLD)."""
+    path = os.path.join(hold, name)
+    end = time.monotonic() + limit
+    while not os.path.exists(path):
+        assert e.proc is not None and e.proc.poll() is None, "%s: the engine exited" % what
+        assert time.monotonic() < end, "%s: no checkpoint reached %s in %d s" % (what, name, limit)
+        time.sleep(0.02)
+    return path
+
+
+def test_kill9_while_a_checkpoint_is_held_keeps_every_acknowledged_event():
+    """Checkpoints run on a thread of their own. The first one after a start
+    is held at one of its stages (before the sync of LMDB's file, after it,
+    after the write-ahead header): publishers keep being acknowledged while
+    it is held, and a kill -9 there loses nothing acknowledged."""
+    rng = seeded(6)
+    ledger = Ledger()
+    hold = tempfile.mkdtemp(prefix="moontide-it-hold-")
+    e = Engine()
+    try:
+        for stage in CHECKPOINT_STAGES:
+            what = "checkpoint held at %s" % stage
+            for name in os.listdir(hold):
+                os.unlink(os.path.join(hold, name))
+            e.env = {HOLD_ENV: hold}
+            e.start()
+            pubs = [Publisher(e, ledger, "h%s-%d" % (stage, i), random.Random(rng.random()))
+                    for i in range(8)]
+            run_publishers(pubs)
+            # The load triggers checkpoint 1; let it pass the stages before this one.
+            for earlier in CHECKPOINT_STAGES:
+                marker = wait_for_hold(e, hold, "1-" + earlier, what)
+                if earlier == stage:
+                    break
+                os.unlink(marker)
+            # Held: publishing goes on (the checkpoint cannot finish while the marker exists).
+            n0 = sum(p.acked_events for p in pubs)
+            wait_for_acks(pubs, n0 + 300, what + ": publishing while held")
+            assert os.path.exists(marker)
+            e.kill()
+            stop_publishers(pubs, what)
+            with ledger.mu:
+                bad = list(ledger.bad)
+            assert not bad, "%s: unexpected answers: %r" % (what, bad[:3])
+            print("# %s: %d acked events total, %d unknown outcome"
+                  % (what, len(ledger.acked), len(ledger.unknown)), flush=True)
+            e.env = None
+            e.start()
+            by_id = check_log(e, ledger, what + " after kill -9")
+            republish_unknown(e, ledger, by_id, rng, 20, what)
+            check_log(e, ledger, what + " after re-publish")
+            assert e.stop() == 0
+        e.start()
+        check_log(e, ledger, "after the held checkpoints and a clean stop")
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+        shutil.rmtree(hold, ignore_errors=True)
+
+
 mtlib.main(globals())

@@ -1,8 +1,10 @@
 /*
  * test_mt_wal.c - the write-ahead file: pre-allocation, records replayed in
- * order with exact payloads, torn tails, generations, full and too-big
- * appends, undo of the last record, checkpoint snapshots, and damaged
- * header slots. Damage is made
+ * order with exact payloads, torn tails, the ring (checkpoint positions,
+ * the wrap to the front, space reused only once a checkpoint is recorded,
+ * skipping the rest of a lap), full and too-big appends, undo of the last
+ * record, checkpoint snapshots, damaged header slots and headers of the
+ * previous format. Damage is made
  * with pwrite on the closed file, as a crash or a bad disk would leave it.
  */
 #include "mt_test.h"
@@ -180,7 +182,7 @@ static void test_wal_open_creates_a_preallocated_file_of_the_given_size(void **s
         assert_int_equal(mt_wal_capacity(w), sizes[i] - HDR_SIZE);
         mt_wal_close(w);
 
-        /* Generation 1 is in slot 1; the temporary file is gone. */
+        /* Header 1 is in slot 1; the temporary file is gone. */
         FILE *f = fopen(path, "rb");
         assert_non_null(f);
         char magic[8];
@@ -251,11 +253,11 @@ static void test_wal_damaged_header_is_eio(void **state)
         uint64_t off;   /* byte to flip, or UINT64_MAX to truncate to 'len' */
         off_t len;
     } damage;
-    /* A fresh file has generation 1, in slot 1; slot 0 is zeroes. */
+    /* A fresh file has header 1, in slot 1; slot 0 is zeroes. */
     static const damage cases[] = {
         {"magic", SLOT_SIZE + 0, 0},
         {"magic, last byte", SLOT_SIZE + 7, 0},
-        {"generation (CRC no longer matches)", SLOT_SIZE + 11, 0},
+        {"sequence (CRC no longer matches)", SLOT_SIZE + 11, 0},
         {"size (CRC no longer matches)", SLOT_SIZE + 19, 0},
         {"snapshot length", SLOT_SIZE + 23, 0},
         {"CRC", SLOT_SIZE + 26, 0},
@@ -299,18 +301,18 @@ static void test_wal_damaged_header_is_eio(void **state)
     free(other);
 }
 
-static void test_wal_damaged_newer_slot_falls_back_to_the_previous_generation(void **state)
+static void test_wal_damaged_newer_slot_falls_back_to_the_previous_checkpoint(void **state)
 {
     char *path = path_in(state, "wal");
     mt_wal *w = open_ok(path, MIB);
     append_payload(w, 1, 10, 1);
     append_payload(w, 2, 20, 2);
     assert_int_equal(mt_wal_sync(w), MT_OK);
-    /* Generation 2 goes to slot 0; generation 1's slot stays as it was. */
-    assert_int_equal(mt_wal_reset(w, "snap-2", 6), MT_OK);
+    /* Header 2 goes to slot 0; header 1's slot stays as it was. */
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "snap-2", 6), MT_OK);
     mt_wal_close(w);
 
-    /* As if the header write of generation 2 had been torn. */
+    /* As if the header write of checkpoint 2 had been torn. */
     poke_byte(path, 2, 0xee);
     w = open_ok(path, MIB);
     const void *snap;
@@ -334,7 +336,7 @@ static void test_wal_damaged_newer_slot_falls_back_to_the_previous_generation(vo
 
 /* ---- checkpoint snapshots ---- */
 
-static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
+static void test_wal_checkpoint_saves_the_snapshot(void **state)
 {
     char *path = path_in(state, "wal");
     mt_wal *w = open_ok(path, MIB);
@@ -346,7 +348,7 @@ static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
     /* The snapshot is copied: the caller's buffer may change afterwards. */
     char buf[64];
     strcpy(buf, "meta pages v1");
-    assert_int_equal(mt_wal_reset(w, buf, strlen(buf)), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), buf, strlen(buf)), MT_OK);
     strcpy(buf, "XXXXXXXXXXXXX");
     mt_wal_snapshot(w, &snap, &len);
     assert_int_equal(len, 13);
@@ -362,11 +364,11 @@ static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
     uint8_t *big = malloc(SNAP_MAX + 1);
     assert_non_null(big);
     fill_payload(big, SNAP_MAX + 1, 9);
-    assert_int_equal(mt_wal_reset(w, big, SNAP_MAX + 1), MT_ETOOBIG);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), big, SNAP_MAX + 1), MT_ETOOBIG);
     mt_wal_snapshot(w, &snap, &len);
     assert_int_equal(len, 13);
     append_payload(w, 5, 10, 5);
-    assert_int_equal(mt_wal_reset(w, big, SNAP_MAX), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), big, SNAP_MAX), MT_OK);
     mt_wal_close(w);
 
     w = open_ok(path, MIB);
@@ -377,7 +379,7 @@ static void test_wal_reset_saves_the_snapshot_with_the_generation(void **state)
     assert_int_equal(replay(w, &s), 0);
 
     /* An empty snapshot is a valid one. */
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     mt_wal_close(w);
     w = open_ok(path, MIB);
     mt_wal_snapshot(w, &snap, &len);
@@ -574,9 +576,9 @@ static void test_wal_damage_in_the_middle_hides_everything_after_it(void **state
     free(path);
 }
 
-/* ---- generations ---- */
+/* ---- checkpoints at the head ---- */
 
-static void test_wal_reset_bumps_the_generation_so_old_records_are_not_replayed(void **state)
+static void test_wal_checkpoint_at_the_head_leaves_nothing_to_replay(void **state)
 {
     char *path = path_in(state, "wal");
     mt_wal *w = open_ok(path, MIB);
@@ -584,14 +586,14 @@ static void test_wal_reset_bumps_the_generation_so_old_records_are_not_replayed(
         append_payload(w, (uint64_t) i, 64, i);
     }
     assert_int_equal(mt_wal_sync(w), MT_OK);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     assert_int_equal(mt_wal_used(w), 0);
     mt_wal_close(w);
 
-    /* Nothing survives the reset, though the old bytes are still on disk. */
+    /* Nothing is replayed after the checkpoint, though the old bytes are still on disk. */
     expect_on_disk(path, NULL, NULL, NULL, 0);
 
-    /* New records go to the front; old ones behind them are of an older generation. */
+    /* New records follow the checkpoint's position. */
     w = open_ok(path, MIB);
     seen s;
     assert_int_equal(replay(w, &s), 0);
@@ -603,18 +605,245 @@ static void test_wal_reset_bumps_the_generation_so_old_records_are_not_replayed(
     static const int ids[] = {6};
     expect_on_disk(path, groups, lens, ids, 1);
 
-    /* Several resets in a row keep working, and survive reopening. */
+    /* Several checkpoints in a row keep working, and survive reopening. */
     w = open_ok(path, MIB);
     assert_int_equal(replay(w, &s), 1);
     seen_free(&s);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     append_payload(w, 7, 8, 7);
     mt_wal_close(w);
     static const uint64_t groups7[] = {7};
     static const size_t lens7[] = {8};
     static const int ids7[] = {7};
     expect_on_disk(path, groups7, lens7, ids7, 1);
+    free(path);
+}
+
+/* ---- the ring ---- */
+
+static void test_wal_replay_starts_at_the_checkpoint_position(void **state)
+{
+    char *path = path_in(state, "wal");
+    mt_wal *w = open_ok(path, MIB);
+    for (int i = 1; i <= 3; i++) {
+        append_payload(w, (uint64_t) i, 100, i);
+    }
+    /* A checkpoint of the state after group 3; groups 4 and 5 are appended meanwhile. */
+    mt_wal_pos p = mt_wal_tell(w);
+    append_payload(w, 4, 100, 4);
+    append_payload(w, 5, 100, 5);
+    assert_int_equal(mt_wal_used(w), 5 * rec_size(100));
+    assert_int_equal(mt_wal_checkpoint(w, p, "after 3", 7), MT_OK);
+    assert_int_equal(mt_wal_used(w), 2 * rec_size(100));
+    mt_wal_pos cp = mt_wal_checkpoint_pos(w);
+    assert_int_equal(cp.gen, p.gen);
+    assert_int_equal(cp.off, p.off);
+    assert_int_equal(mt_wal_sync(w), MT_OK);
+    mt_wal_close(w);
+
+    static const uint64_t groups[] = {4, 5};
+    static const size_t lens[] = {100, 100};
+    static const int ids[] = {4, 5};
+    expect_on_disk(path, groups, lens, ids, 2);
+    w = open_ok(path, MIB);
+    const void *snap;
+    size_t len;
+    mt_wal_snapshot(w, &snap, &len);
+    assert_int_equal(len, 7);
+    assert_memory_equal(snap, "after 3", 7);
+    mt_wal_close(w);
+    free(path);
+}
+
+static void test_wal_wraps_to_the_front_and_replays_across_the_wrap(void **state)
+{
+    char *path = path_in(state, "wal");
+    mt_wal *w = open_ok(path, MIB);
+    const size_t len = 20000;
+    const int fit = (int) ((MIB - HDR_SIZE) / rec_size(len)); /* records in one lap */
+    uint64_t groups[MAX_SEEN];
+    size_t lens[MAX_SEEN];
+    int ids[MAX_SEEN];
+    mt_wal_pos p = {0, 0};
+    int g = 0;
+    for (; g < fit; g++) {
+        if (g == 30) {
+            p = mt_wal_tell(w); /* a checkpoint after 30 records */
+        }
+        append_payload(w, (uint64_t) g + 1, len, g + 1);
+    }
+    /* Full: the front holds records a replay still needs. */
+    uint8_t *buf = calloc(1, len);
+    assert_non_null(buf);
+    assert_int_equal(mt_wal_append(w, 999, buf, len), MT_EFULL);
+    assert_int_equal(mt_wal_checkpoint(w, p, "", 0), MT_OK);
+    /* Now the space before the checkpoint is free: 30 records fit at the front. */
+    int wrapped = 0;
+    for (;;) {
+        fill_payload(buf, len, g + 1);
+        mt_err rc = mt_wal_append(w, (uint64_t) g + 1, buf, len);
+        if (rc == MT_EFULL) {
+            break;
+        }
+        assert_int_equal(rc, MT_OK);
+        g++;
+        wrapped++;
+    }
+    assert_int_equal(wrapped, 30);
+    assert_int_equal(mt_wal_tell(w).gen, p.gen + 1);
+    assert_int_equal(mt_wal_append(w, 999, buf, len), MT_EFULL);
+    assert_int_equal(mt_wal_sync(w), MT_OK);
+    mt_wal_close(w);
+    free(buf);
+
+    /* Records 31..fit of the first lap, then 1..30 of the second, in order. */
+    int n = 0;
+    for (int i = 30; i < g; i++) {
+        assert_true(n < MAX_SEEN);
+        groups[n] = (uint64_t) i + 1;
+        lens[n] = len;
+        ids[n] = i + 1;
+        n++;
+    }
+    expect_on_disk(path, groups, lens, ids, n);
+
+    /* A checkpoint at the head: the older lap's records behind it are not read again. */
+    w = open_ok(path, MIB);
+    seen s;
+    assert_int_equal(replay(w, &s), n);
+    seen_free(&s);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
+    mt_wal_close(w);
+    expect_on_disk(path, NULL, NULL, NULL, 0);
+    free(path);
+}
+
+static void test_wal_space_before_a_checkpoint_is_reused_only_once_it_is_recorded(void **state)
+{
+    char *path = path_in(state, "wal");
+    mt_wal *w = open_ok(path, MIB);
+    const size_t len = 100000;
+    int n = 0;
+    while (mt_wal_used(w) + rec_size(len) <= mt_wal_capacity(w)) {
+        append_payload(w, (uint64_t) n + 1, len, n + 1);
+        n++;
+    }
+    /* A checkpoint is being made of everything so far: until it is recorded, no room. */
+    mt_wal_pos p = mt_wal_tell(w);
+    uint8_t *buf = calloc(1, len);
+    assert_non_null(buf);
+    assert_int_equal(mt_wal_append(w, 100, buf, len), MT_EFULL);
+    assert_int_equal(mt_wal_append(w, 100, buf, len), MT_EFULL);
+    assert_int_equal(mt_wal_checkpoint(w, p, "", 0), MT_OK);
+    fill_payload(buf, len, 100);
+    assert_int_equal(mt_wal_append(w, 100, buf, len), MT_OK);
+    assert_int_equal(mt_wal_tell(w).gen, p.gen + 1);
+    assert_int_equal(mt_wal_tell(w).off, HDR_SIZE + rec_size(len));
+    mt_wal_close(w);
+    free(buf);
+    static const uint64_t groups[] = {100};
+    static const size_t lens[] = {100000};
+    static const int ids[] = {100};
+    expect_on_disk(path, groups, lens, ids, 1);
+    free(path);
+}
+
+static void test_wal_torn_checkpoint_header_falls_back_to_the_previous_position(void **state)
+{
+    typedef struct tear {
+        const char *what;
+        uint64_t off; /* in the newer header's slot */
+    } tear;
+    static const tear cases[] = {
+        {"snapshot", 128 + 1},
+        {"position: generation", 28 + 2},
+        {"position: offset", 28 + 9},
+        {"position: CRC", 28 + 13},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *path = path_in(state, "wal");
+        unlink(path);
+        mt_wal *w = open_ok(path, MIB);
+        append_payload(w, 1, 50, 1);
+        mt_wal_pos p1 = mt_wal_tell(w);
+        append_payload(w, 2, 50, 2);
+        assert_int_equal(mt_wal_checkpoint(w, p1, "one", 3), MT_OK); /* header 2, slot 0 */
+        append_payload(w, 3, 50, 3);
+        mt_wal_pos p2 = mt_wal_tell(w);
+        append_payload(w, 4, 50, 4);
+        assert_int_equal(mt_wal_checkpoint(w, p2, "two", 3), MT_OK); /* header 3, slot 1 */
+        assert_int_equal(mt_wal_sync(w), MT_OK);
+        mt_wal_close(w);
+
+        uint8_t b = 0x5a;
+        poke(path, SLOT_SIZE + cases[i].off, &b, 1);
+        w = open_ok(path, MIB);
+        const void *snap;
+        size_t len;
+        mt_wal_snapshot(w, &snap, &len);
+        if (len != 3 || memcmp(snap, "one", 3) != 0) {
+            print_error("torn %s: the previous checkpoint was not used\n", cases[i].what);
+            fail();
+        }
+        mt_wal_close(w);
+        static const uint64_t groups[] = {2, 3, 4};
+        static const size_t lens[] = {50, 50, 50};
+        static const int ids[] = {2, 3, 4};
+        expect_on_disk(path, groups, lens, ids, 3);
+        free(path);
+    }
+}
+
+static void test_wal_skip_makes_room_for_a_record_larger_than_either_side(void **state)
+{
+    char *path = path_in(state, "wal");
+    mt_wal *w = open_ok(path, MIB);
+    const uint64_t cap = mt_wal_capacity(w);
+    /* Everything checkpointed, with the position in the middle of the file. */
+    append_payload(w, 1, (size_t) (cap / 2), 1);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
+    assert_int_equal(mt_wal_used(w), 0);
+    const size_t big = (size_t) (cap * 3 / 5);
+    uint8_t *buf = malloc(big);
+    assert_non_null(buf);
+    fill_payload(buf, big, 2);
+    assert_int_equal(mt_wal_append(w, 2, buf, big), MT_EFULL);
+    /* Leave the rest of the lap: still no room before the checkpoint's position... */
+    assert_int_equal(mt_wal_skip(w), MT_OK);
+    assert_int_equal(mt_wal_append(w, 2, buf, big), MT_EFULL);
+    /* ...and no second skip while a lap ahead of it. */
+    assert_int_equal(mt_wal_skip(w), MT_EFULL);
+    /* A checkpoint at the new position frees the whole file. */
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
+    assert_int_equal(mt_wal_used(w), 0);
+    assert_int_equal(mt_wal_append(w, 2, buf, big), MT_OK);
+    assert_int_equal(mt_wal_sync(w), MT_OK);
+    mt_wal_close(w);
+    free(buf);
+    const uint64_t groups[] = {2};
+    const size_t lens[] = {big};
+    static const int ids[] = {2};
+    expect_on_disk(path, groups, lens, ids, 1);
+    free(path);
+}
+
+static void test_wal_header_of_the_previous_format_is_read(void **state)
+{
+    /* The previous format had no position: its records start at the front. */
+    char *path = path_in(state, "wal");
+    mt_wal *w = open_ok(path, MIB);
+    for (int i = 1; i <= 3; i++) {
+        append_payload(w, (uint64_t) i, 70, i);
+    }
+    assert_int_equal(mt_wal_sync(w), MT_OK);
+    mt_wal_close(w);
+    uint8_t zero[16] = {0};
+    poke(path, SLOT_SIZE + 28, zero, sizeof zero);
+    static const uint64_t groups[] = {1, 2, 3};
+    static const size_t lens[] = {70, 70, 70};
+    static const int ids[] = {1, 2, 3};
+    expect_on_disk(path, groups, lens, ids, 3);
     free(path);
 }
 
@@ -630,7 +859,7 @@ static void test_wal_append_is_efull_when_full_and_etoobig_when_it_never_fits(vo
     uint8_t *big = calloc(1, biggest + 64);
     assert_non_null(big);
 
-    /* Could never fit, even after a reset. */
+    /* Could never fit, even in an empty file. */
     assert_int_equal(mt_wal_append(w, 1, big, biggest + 1), MT_ETOOBIG);
     assert_int_equal(mt_wal_append(w, 1, big, biggest + 64), MT_ETOOBIG);
     assert_int_equal(mt_wal_append(w, 1, big, (size_t) UINT32_MAX + 1), MT_ETOOBIG);
@@ -650,12 +879,12 @@ static void test_wal_append_is_efull_when_full_and_etoobig_when_it_never_fits(vo
     static const int i1[] = {1};
     expect_on_disk(path, g1, l1, i1, 1);
 
-    /* After a reset there is room again. */
+    /* After a checkpoint there is room again, at the front. */
     w = open_ok(path, MIB);
     seen s;
     assert_int_equal(replay(w, &s), 1);
     seen_free(&s);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
     append_payload(w, 2, 10, 2);
     mt_wal_close(w);
     free(big);
@@ -753,13 +982,13 @@ static void test_wal_undo_of_the_only_record_leaves_nothing(void **state)
     free(path);
 }
 
-static void test_wal_undo_after_reset_does_not_touch_the_old_generation(void **state)
+static void test_wal_undo_does_not_touch_a_record_a_checkpoint_covers(void **state)
 {
     char *path = path_in(state, "wal");
     mt_wal *w = open_ok(path, MIB);
     append_payload(w, 1, 10, 1);
-    assert_int_equal(mt_wal_reset(w, "", 0), MT_OK);
-    assert_int_equal(mt_wal_undo_last(w), MT_OK); /* the reset forgot the last record */
+    assert_int_equal(mt_wal_checkpoint(w, mt_wal_tell(w), "", 0), MT_OK);
+    assert_int_equal(mt_wal_undo_last(w), MT_OK); /* the checkpoint covers the last record */
     append_payload(w, 2, 10, 2);
     mt_wal_close(w);
     static const uint64_t g[] = {2};
@@ -778,8 +1007,8 @@ int main(void)
         T(test_wal_size_below_one_mib_is_einval),
         T(test_wal_unopenable_path_is_eio),
         T(test_wal_damaged_header_is_eio),
-        T(test_wal_damaged_newer_slot_falls_back_to_the_previous_generation),
-        T(test_wal_reset_saves_the_snapshot_with_the_generation),
+        T(test_wal_damaged_newer_slot_falls_back_to_the_previous_checkpoint),
+        T(test_wal_checkpoint_saves_the_snapshot),
         T(test_wal_replays_records_in_order_with_exact_payloads),
         T(test_wal_empty_records_are_replayed),
         T(test_wal_fresh_file_replays_nothing),
@@ -787,12 +1016,18 @@ int main(void)
         T(test_wal_torn_tail_stops_replay_before_it),
         T(test_wal_append_after_torn_tail_overwrites_it),
         T(test_wal_damage_in_the_middle_hides_everything_after_it),
-        T(test_wal_reset_bumps_the_generation_so_old_records_are_not_replayed),
+        T(test_wal_checkpoint_at_the_head_leaves_nothing_to_replay),
+        T(test_wal_replay_starts_at_the_checkpoint_position),
+        T(test_wal_wraps_to_the_front_and_replays_across_the_wrap),
+        T(test_wal_space_before_a_checkpoint_is_reused_only_once_it_is_recorded),
+        T(test_wal_torn_checkpoint_header_falls_back_to_the_previous_position),
+        T(test_wal_skip_makes_room_for_a_record_larger_than_either_side),
+        T(test_wal_header_of_the_previous_format_is_read),
         T(test_wal_append_is_efull_when_full_and_etoobig_when_it_never_fits),
         T(test_wal_efull_leaves_earlier_records_intact),
         T(test_wal_undo_last_makes_the_last_record_unreadable),
         T(test_wal_undo_of_the_only_record_leaves_nothing),
-        T(test_wal_undo_after_reset_does_not_touch_the_old_generation),
+        T(test_wal_undo_does_not_touch_a_record_a_checkpoint_covers),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
