@@ -1,0 +1,276 @@
+/*
+ * test_mt_fx.c - a handler's effects on a real store: buffered writes that
+ * reach the transaction only on success, the savepoint an emit opens, and
+ * record mode (workers): reads noted, an overlay carried to the next
+ * invocation, validation that catches a changed value, and applying the
+ * recorded writes (kv keys hold a NUL byte between table and key).
+ */
+#include "mt_test.h"
+#include "mt_fx.h"
+#include "mt_store.h"
+
+#define MIB (1ULL << 20)
+
+static int setup(void **state)
+{
+    *state = mt_test_tmpdir();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    mt_test_rmdir(*state);
+    return 0;
+}
+
+static mt_store *open_store(const char *dir)
+{
+    mt_store_opts o = {.dir = dir, .map_size = 64 * MIB, .wal_size = MIB, .nosync = true};
+    mt_store *s = NULL;
+    assert_int_equal(mt_store_open(&o, &s), MT_OK);
+    return s;
+}
+
+/* A trigger event (decoded from 'b', which must outlive it): what fx needs. */
+static mt_event trigger(mt_event_batch *b)
+{
+    const char *j = "{\"specversion\":\"1.0\",\"source\":\"/t\",\"id\":\"x\",\"type\":\"t.x\","
+                    "\"subject\":\"s\"}";
+    char err[256];
+    mt_event_batch_init(b);
+    assert_int_equal(mt_event_parse_structured(j, strlen(j), b, err, sizeof err), MT_OK);
+    mt_event ev;
+    assert_int_equal(mt_event_decode(b->buf.data + b->off[0], b->len[0], &ev), MT_OK);
+    ev.sequence = 7;
+    return ev;
+}
+
+static char *get(mt_fx *fx, const char *table, const char *key)
+{
+    const char *v;
+    size_t len;
+    mt_err rc = mt_fx_kv_get(fx, table, key, &v, &len);
+    if (rc == MT_ENOTFOUND) {
+        return NULL;
+    }
+    assert_int_equal(rc, MT_OK);
+    return strndup(v, len);
+}
+
+static void expect(mt_fx *fx, const char *table, const char *key, const char *want)
+{
+    char *got = get(fx, table, key);
+    if (!want) {
+        assert_null(got);
+    } else {
+        assert_non_null(got);
+        assert_string_equal(got, want);
+    }
+    free(got);
+}
+
+static char *stored(mt_txn *t, const char *table, const char *key)
+{
+    char k[256];
+    size_t a = strlen(table), b = strlen(key);
+    memcpy(k, table, a);
+    k[a] = 0;
+    memcpy(k + a + 1, key, b);
+    const void *v;
+    size_t len;
+    if (mt_store_get(t, MT_DB_KV, k, a + 1 + b, &v, &len) != MT_OK) {
+        return NULL;
+    }
+    return strndup(v, len);
+}
+
+typedef struct step {
+    const mt_event *ev;
+    int phase;
+} step;
+
+/* Buffered: own reads see own writes, the transaction sees nothing until finish. */
+static mt_err buffered_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "a", "1", 1), MT_OK);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "b", "2", 1), MT_OK);
+    assert_int_equal(mt_fx_kv_del(&fx, "tbl", "b"), MT_OK);
+    expect(&fx, "tbl", "a", "1");
+    expect(&fx, "tbl", "b", NULL);
+    assert_null(stored(t, "tbl", "a"));
+    /* A failed invocation: nothing reaches the transaction. */
+    assert_int_equal(mt_fx_finish(&fx, false), MT_OK);
+    assert_null(stored(t, "tbl", "a"));
+    mt_fx_free(&fx);
+    /* A successful one: its writes do. */
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "a", "10", 2), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    char *a = stored(t, "tbl", "a");
+    assert_string_equal(a, "10");
+    free(a);
+    return MT_OK;
+}
+
+static void test_fx_buffered_writes_reach_the_txn_only_on_success(void **state)
+{
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    step st = {&ev, 0};
+    assert_int_equal(mt_store_write(s, buffered_job, &st), MT_OK);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
+/* An emit opens a savepoint holding the writes before it; a failure drops both. */
+static mt_err emit_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    for (int keep = 0; keep < 2; keep++) {
+        mt_fx fx;
+        mt_fx_init_buffered(&fx, t, "sub", st->ev);
+        assert_int_equal(mt_fx_kv_put(&fx, "tbl", "before", "1", 1), MT_OK);
+        uint64_t seq = 0;
+        char err[256];
+        assert_int_equal(mt_fx_emit(&fx, "t.emitted", "{}", 2, NULL, 0, &seq, err, sizeof err),
+                         MT_OK);
+        assert_true(seq > 0);
+        assert_int_equal(mt_fx_kv_put(&fx, "tbl", "after", "2", 1), MT_OK);
+        expect(&fx, "tbl", "before", "1");
+        assert_int_equal(mt_fx_finish(&fx, keep), MT_OK);
+        mt_fx_free(&fx);
+        char *bf = stored(t, "tbl", "before"), *af = stored(t, "tbl", "after");
+        if (keep) {
+            assert_string_equal(bf, "1");
+            assert_string_equal(af, "2");
+        } else {
+            assert_null(bf);
+            assert_null(af);
+        }
+        free(bf);
+        free(af);
+    }
+    return MT_OK;
+}
+
+static void test_fx_an_emit_moves_buffered_writes_into_a_savepoint(void **state)
+{
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    step st = {&ev, 0};
+    assert_int_equal(mt_store_write(s, emit_job, &st), MT_OK);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
+static mt_err put_job(mt_txn *t, void *arg)
+{
+    const char **kv = arg;
+    char k[64];
+    size_t a = strlen(kv[0]);
+    memcpy(k, kv[0], a);
+    k[a] = 0;
+    strcpy(k + a + 1, kv[1]);
+    return mt_store_put(t, MT_DB_KV, k, a + 1 + strlen(kv[1]), kv[2], strlen(kv[2]), 0);
+}
+
+typedef struct apply_args {
+    const mt_event *ev;
+    mt_fx_effects *e;
+    mt_err want_valid;
+} apply_args;
+
+static mt_err apply_job(mt_txn *t, void *arg)
+{
+    apply_args *a = arg;
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", a->ev);
+    assert_int_equal(mt_fx_effects_validate(a->e, t), a->want_valid);
+    if (a->want_valid == MT_OK) {
+        assert_int_equal(mt_fx_effects_apply(a->e, &fx, true), MT_OK);
+        assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    }
+    mt_fx_free(&fx);
+    return MT_OK;
+}
+
+static void test_fx_record_mode_notes_reads_and_validates_them(void **state)
+{
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    const char *seed[] = {"cnt", "x", "5"};
+    assert_int_equal(mt_store_write(s, put_job, (void *) seed), MT_OK);
+
+    /* Two invocations of one worker's round: the second reads the first's write. */
+    mt_txn *snap;
+    assert_int_equal(mt_store_read_begin(s, &snap), MT_OK);
+    mt_fx_overlay *ov = mt_fx_overlay_new();
+    mt_fx fx;
+    mt_fx_init_record(&fx, snap, ov, "sub", &ev);
+    expect(&fx, "cnt", "x", "5");
+    assert_int_equal(mt_fx_kv_put(&fx, "cnt", "x", "6", 1), MT_OK);
+    expect(&fx, "cnt", "x", "6");
+    mt_fx_effects *e1 = mt_fx_record_end(&fx, true);
+    mt_fx_free(&fx);
+    assert_non_null(e1);
+    mt_fx_init_record(&fx, snap, ov, "sub", &ev);
+    expect(&fx, "cnt", "x", "6"); /* from the overlay */
+    assert_int_equal(mt_fx_kv_put(&fx, "cnt", "x", "7", 1), MT_OK);
+    expect(&fx, "cnt", "y", NULL);
+    mt_fx_effects *e2 = mt_fx_record_end(&fx, true);
+    mt_fx_free(&fx);
+    /* An emit cannot be recorded: the writer must run it. */
+    mt_fx_init_record(&fx, snap, ov, "sub", &ev);
+    uint64_t seq;
+    char err[128];
+    assert_int_not_equal(mt_fx_emit(&fx, "t.e", NULL, 0, NULL, 0, &seq, err, sizeof err), MT_OK);
+    assert_null(mt_fx_record_end(&fx, true));
+    mt_fx_free(&fx);
+    assert_int_equal(mt_fx_overlay_size(ov), 1);
+    mt_fx_overlay_free(ov);
+    mt_store_read_end(snap);
+
+    /* Out of order, the second's read ("6") does not hold yet. */
+    apply_args a2 = {&ev, e2, MT_ECONFLICT};
+    assert_int_equal(mt_store_write(s, apply_job, &a2), MT_OK);
+    apply_args a1 = {&ev, e1, MT_OK};
+    assert_int_equal(mt_store_write(s, apply_job, &a1), MT_OK);
+    a2.want_valid = MT_OK;
+    assert_int_equal(mt_store_write(s, apply_job, &a2), MT_OK);
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin(s, &t), MT_OK);
+    char *x = stored(t, "cnt", "x");
+    assert_string_equal(x, "7"); /* the whole key, NUL and all */
+    free(x);
+    assert_null(stored(t, "cnt", "y"));
+    mt_store_read_end(t);
+    /* Someone else changes the key: e1's read no longer holds. */
+    const char *other[] = {"cnt", "x", "100"};
+    assert_int_equal(mt_store_write(s, put_job, (void *) other), MT_OK);
+    a1.want_valid = MT_ECONFLICT;
+    assert_int_equal(mt_store_write(s, apply_job, &a1), MT_OK);
+    mt_fx_effects_free(e1);
+    mt_fx_effects_free(e2);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_fx_buffered_writes_reach_the_txn_only_on_success,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fx_an_emit_moves_buffered_writes_into_a_savepoint,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
+                                        setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
