@@ -2,10 +2,12 @@
  * moontide.c - main() and the command line: run, check, publish, read, tail.
  * Wiring only: each command's work lives in its module.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include "mt_client.h"
 #include "mt_diag.h"
@@ -123,6 +125,23 @@ static void on_handler_append(void *arg)
     mt_http_appended(http);
 }
 
+/*
+ * Every HTTP connection (an SSE stream, a long poll) holds a descriptor:
+ * the soft limit (often 1024) goes up to the hard limit, as far as allowed.
+ */
+static void raise_open_files(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            mt_warn("cannot raise the open-file limit to %llu: %s", (unsigned long long) want,
+                    strerror(errno));
+        }
+    }
+}
+
 static int cmd_run(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -176,6 +195,7 @@ static int cmd_run(int argc, char **argv)
         e->listen_port = port;
     }
     mt_diag_set_level((mt_diag_level) mt_diag_level_parse(e->log_level));
+    raise_open_files();
     if (e->durability == MT_DURABILITY_NOSYNC) {
         mt_warn("durability is NOSYNC: acknowledged events can be lost on power failure");
     }

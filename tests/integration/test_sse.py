@@ -75,6 +75,29 @@ def test_many_live_streams_get_every_event_once_in_order_past_the_shared_ring():
         assert {g[1] for g in got} == {"n.odd"}
 
 
+def test_the_engine_raises_its_open_file_limit_for_many_streams():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        e = Engine().start()  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        with open("/proc/%d/limits" % e.proc.pid) as f:
+            line = [l for l in f if l.startswith("Max open files")][0].split()
+        assert line[3] == line[4] and int(line[3]) > 256, line
+        streams = [open_stream(e, "topic=x")[0] for _ in range(400)]
+        e.publish(mtlib.event("x", type_="x"))
+        st, _, _ = e.request("GET", "/healthz")
+        assert st == 200
+        for c in streams:
+            c.close()
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
 def test_resume_from_last_event_id_has_no_gap_and_no_duplicate():
     with Engine() as e:
         for i in range(30):
