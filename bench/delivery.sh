@@ -9,9 +9,10 @@
 # bench/mt_delivery.c against it (each case makes the subscriptions it needs
 # over HTTP and deletes them after), and prints one table and the targets.
 #
-# moontide does not raise its own open-file limit, and 1000 streams need more
-# than the usual soft limit of 1024, so the engine runs under `ulimit -n
-# 65536` (or the hard limit if that is lower). mt_delivery raises its own.
+# 1000 streams need more descriptors than the usual soft limit of 1024.
+# moontide raises its soft limit to the hard limit; the engine also runs
+# under `ulimit -n 65536` where that is allowed, for machines whose hard limit
+# is low (else the hard limit stays). mt_delivery raises its own.
 #
 # Environment:
 #   BENCH_DIR     where the temporary directory goes (default: the repo's
