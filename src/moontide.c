@@ -118,6 +118,12 @@ static void on_sub_change(const char *name, const mt_sub_conf *conf, void *arg)
     mt_webhooks_update(arg, name, conf);
 }
 
+/* New events may be there: webhooks lease them at once. */
+static void on_kick(void *arg)
+{
+    mt_webhooks_kick(arg);
+}
+
 /* Handlers appended events: wake long polls and every subscription. */
 static void on_handler_append(void *arg)
 {
@@ -245,6 +251,7 @@ static int cmd_run(int argc, char **argv)
     mt_http_set_subs(http, subs);
     mt_subs_on_append(subs, on_handler_append, http);
     mt_subs_on_change(subs, on_sub_change, hooks);
+    mt_subs_on_kick(subs, on_kick, hooks);
     mt_subs_kick(subs);
     mt_loop_on_stop(loop, NULL, NULL);
     {

@@ -1,5 +1,7 @@
 #include <ctype.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <event2/buffer.h>
@@ -7,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -69,6 +72,8 @@ struct mt_http {
 
 static void sse_pump(sse_client *c);
 static void sse_appended(mt_http *h);
+static void wake_pulls(mt_http *h);
+static void on_accept_error(struct evconnlistener *lev, void *arg);
 
 /* One Server-Sent Events stream: catch-up from 'after', then live. */
 struct sse_client {
@@ -617,6 +622,7 @@ static void append_done(mt_err rc, void *arg)
         if (any_new) {
             wake_waiters(h, last);
             sse_appended(h);
+            wake_pulls(h);
             replies_check(h);
             mt_subs_kick(h->subs);
         }
@@ -964,9 +970,18 @@ static void pull_req_free(pull_req *p)
 
 static void pull_submit(pull_req *p);
 
+/* New events: waiting pulls look at once. */
+static void wake_pulls(mt_http *h)
+{
+    for (pull_req *p = h->pulls; p; p = p->next) {
+        event_active(p->timer, EV_TIMEOUT, 0);
+    }
+}
+
 static void on_pull_timer(evutil_socket_t fd, short what, void *arg)
 {
     pull_req *p = arg;
+    evtimer_del(p->timer); /* woken early by wake_pulls: the timeout must not fire too */
     pull_unlink(p);
     pull_submit(p);
 }
@@ -979,14 +994,23 @@ static void pull_answer(mt_err rc, json_t *result, void *arg)
         pull_req_free(p);
         return;
     }
+    json_t *items = json_object_get(result, "items");
     int64_t left = p->deadline_us - mt_mono_us();
-    if (json_array_size(result) == 0 && left > 0 && p->h->store && !p->h->draining) {
-        /* Nothing yet: look again shortly (new events, expired leases, nacks). */
+    if (json_array_size(items) == 0 && left > 0 && p->h->store && !p->h->draining) {
+        /*
+         * Nothing yet: look again when the next queued message falls due
+         * (an embargo, a lease, a nack), at new events (wake_pulls), and
+         * every 100 ms in any case.
+         */
         if (!p->timer) {
             p->timer = evtimer_new(evhttp_connection_get_base(evhttp_request_get_connection(p->req)),
                                    on_pull_timer, p);
         }
         int64_t wait = left < 100000 ? left : 100000;
+        int64_t due = json_integer_value(json_object_get(result, "next_due_us"));
+        if (due > 0 && due - mt_now_us() < wait) {
+            wait = due - mt_now_us() > 0 ? due - mt_now_us() : 0;
+        }
         struct timeval tv = {0, (suseconds_t) wait};
         evtimer_add(p->timer, &tv);
         p->next = p->h->pulls;
@@ -1002,7 +1026,7 @@ static void pull_answer(mt_err rc, json_t *result, void *arg)
     mt_buf_adds(&b, "[");
     size_t i;
     json_t *item;
-    json_array_foreach(result, i, item) {
+    json_array_foreach(items, i, item) {
         json_t *raw = json_object_get(item, "raw");
         mt_buf_addf(&b, "%s{\"lease\":\"%s\",\"attempt\":%lld,\"event\":", i ? "," : "",
                     json_string_value(json_object_get(item, "lease")),
@@ -1505,6 +1529,30 @@ static void handle_subscribe(mt_http *h, struct evhttp_request *req, struct evke
     sse_pump(c);
 }
 
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    evconnlistener_enable(arg);
+}
+
+/*
+ * accept() failed. Out of descriptors, the pending connection stays in the
+ * queue and the listener would fail again at once, spinning: stop
+ * accepting for a second instead (one warning a second, not a flood).
+ */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void) arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+        return; /* the client gave up before we took it: nothing to do */
+    }
+    mt_warn("http: cannot accept connections: %s; trying again in 1 s",
+            evutil_socket_error_to_string(e));
+    evconnlistener_disable(lev);
+    struct timeval tv = {1, 0};
+    event_base_once(evconnlistener_get_base(lev), -1, EV_TIMEOUT, on_accept_resume, lev, &tv);
+}
+
 /* Ends every stream (shutdown). */
 static void sse_end_all(mt_http *h)
 {
@@ -1648,6 +1696,14 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
     struct sockaddr_storage ss;
     ev_socklen_t sl = sizeof ss;
     evutil_socket_t fd = evhttp_bound_socket_get_fd(h->sock);
+    /*
+     * Answers go out at once: with Nagle's algorithm the tail of an answer
+     * larger than one write (libevent writes 16 KiB at a time) waited for
+     * the client's delayed ACK, ~40 ms. Accepted sockets inherit it.
+     */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(h->sock), on_accept_error);
     if (getsockname(fd, (struct sockaddr *) &ss, &sl) == 0) {
         if (ss.ss_family == AF_INET) {
             h->port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
@@ -1673,6 +1729,7 @@ void mt_http_appended(mt_http *h)
     mt_txn *t;
     uint64_t head = 0;
     sse_appended(h);
+    wake_pulls(h);
     replies_check(h);
     if (!h->waiters || !h->store || mt_store_read_begin(h->store, &t)) {
         return;
@@ -1737,5 +1794,6 @@ void mt_http_close(mt_http *h)
     }
     free(h->ring);
     event_free(h->fanout);
+
     free(h);
 }

@@ -35,6 +35,8 @@ struct mt_subs {
     void *on_append_arg;
     mt_sub_change_fn on_change;
     void *on_change_arg;
+    void (*on_kick)(void *arg);
+    void *on_kick_arg;
 };
 
 /* What a dispatch job reports back to the loop thread. */
@@ -1404,6 +1406,15 @@ void mt_subs_kick(mt_subs *subs)
     for (int i = 0; subs && i < subs->n; i++) {
         submit(subs->subs[i]);
     }
+    if (subs && subs->on_kick) {
+        subs->on_kick(subs->on_kick_arg);
+    }
+}
+
+void mt_subs_on_kick(mt_subs *subs, void (*cb)(void *arg), void *arg)
+{
+    subs->on_kick = cb;
+    subs->on_kick_arg = arg;
 }
 
 void mt_subs_on_append(mt_subs *subs, void (*cb)(void *arg), void *arg)
@@ -1723,6 +1734,7 @@ typedef struct pull_job {
     sub_rt *s;
     uint32_t max;
     json_t *out;              /* [{"lease": token, "event": {...}}] */
+    int64_t next_due_us;      /* when something queued falls due, 0 = nothing waits */
     mt_pull_done_fn done;
     void *arg;
 } pull_job;
@@ -1826,10 +1838,14 @@ static mt_err pull_run(mt_txn *t, void *arg)
     sub_rt *s = j->s;
     const mt_sub_conf *c = s->conf;
     json_array_clear(j->out);
+    j->next_due_us = 0;
     sub_state st;
     mt_err rc = load_state(t, c->name, &st);
     if (rc == MT_OK && !st.exists) {
         rc = initial_cursor(t, c, &st.cursor);
+    }
+    if (rc == MT_OK && st.paused) {
+        return MT_OK; /* paused: nothing is handed out; leases still settle */
     }
     int64_t now = mt_now_us();
     uint8_t pfx[KEY_MAX];
@@ -1874,7 +1890,12 @@ static mt_err pull_run(mt_txn *t, void *arg)
         const void *ck, *cv;
         size_t ckl, cvl;
         mt_err f = mt_store_first_with_prefix(t, MT_DB_SCHED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
-        if (f == MT_ENOTFOUND || (f == MT_OK && (int64_t) mt_get_be64((const uint8_t *) ck + pl) > now)) {
+        if (f == MT_OK && (int64_t) mt_get_be64((const uint8_t *) ck + pl) > now) {
+            /* The next embargo, lease expiry or nack delay: a waiting puller looks again then. */
+            j->next_due_us = (int64_t) mt_get_be64((const uint8_t *) ck + pl);
+            break;
+        }
+        if (f == MT_ENOTFOUND) {
             break;
         }
         if (f) {
@@ -1964,7 +1985,10 @@ static mt_err pull_run(mt_txn *t, void *arg)
 static void pull_done(mt_err rc, void *arg)
 {
     pull_job *j = arg;
-    j->done(rc, rc ? NULL : j->out, j->arg);
+    json_t *res = rc ? NULL : json_pack("{sOsI}", "items", j->out, "next_due_us",
+                                        (json_int_t) j->next_due_us);
+    j->done(rc, res, j->arg);
+    json_decref(res);
     json_decref(j->out);
     sub_release(j->s);
     free(j);
@@ -1981,7 +2005,7 @@ mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_
         return MT_EINVAL;
     }
     pull_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (pull_job){s, max, json_array(), done, arg};
+    *j = (pull_job){s, max, json_array(), 0, done, arg};
     mt_err rc = mt_store_submit(subs->store, pull_run, pull_done, j);
     if (rc) {
         json_decref(j->out);

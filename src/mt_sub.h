@@ -77,6 +77,9 @@ void mt_subs_close(mt_subs *subs);
 /* New events may be there: submit a dispatch job for every idle subscription. */
 void mt_subs_kick(mt_subs *subs);
 
+/* Also calls cb on every kick (webhooks pull when events arrive). */
+void mt_subs_on_kick(mt_subs *subs, void (*cb)(void *arg), void *arg);
+
 /* Called (on the loop thread) whenever jobs of this module appended events. */
 void mt_subs_on_append(mt_subs *subs, void (*cb)(void *arg), void *arg);
 
@@ -151,12 +154,14 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
  * Pull consumers (deliver: pull): leases up to 'max' messages, queued ones,
  * expired leases and delayed nacks first, then new events. Ordering lanes
  * hold as for handlers: a lane's next message is leased only once the one
- * before is acknowledged or dead-lettered. 'done' gets a JSON array of items. A lease lasts the subscription's
- * `lease`; an unacknowledged one comes back, counting an attempt, and after
- * max_attempts goes to the dead-letter queue. Each item is {"lease",
- * "attempt", "sequence", "raw"}: "raw" is the structured event's exact JSON
- * text (data byte for byte). MT_ENOTFOUND, MT_EINVAL if the
- * subscription is not a pull one, MT_ECLOSED.
+ * before is acknowledged or dead-lettered. A paused subscription hands out
+ * nothing. 'done' gets {"items": [...], "next_due_us": N}: N > 0 is when
+ * the next queued message (an embargo, a lease or a nack delay) falls due.
+ * A lease lasts the subscription's `lease`; an unacknowledged one comes
+ * back, counting an attempt, and after max_attempts goes to the dead-letter
+ * queue. Each item is {"lease", "attempt", "sequence", "raw"}: "raw" is the
+ * structured event's exact JSON text (data byte for byte). MT_ENOTFOUND,
+ * MT_EINVAL if the subscription is not a pull one, MT_ECLOSED.
  */
 mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_fn done,
                     void *arg);

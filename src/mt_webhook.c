@@ -36,9 +36,11 @@ struct hook {
     int keylen;                /* 0 = unsigned */
     slot *slots;               /* owned, conf->webhook_concurrency */
     bool pulling;
+    bool again;                /* kicked while pulling: pull again after */
     bool gone;                 /* 410: stop delivering */
     bool retired;              /* its subscription changed or went: freed once idle */
     struct event *timer;
+    struct event *due;         /* fires when the next queued message falls due */
     hook *next;
 };
 
@@ -185,9 +187,10 @@ static void send_one(slot *sl, json_t *item)
     }
 }
 
-static void on_pulled(mt_err rc, json_t *items, void *arg)
+static void on_pulled(mt_err rc, json_t *result, void *arg)
 {
     hook *hk = arg;
+    json_t *items = json_object_get(result, "items");
     hk->pulling = false;
     if (hk->retired) {
         /* Its leases come back when they expire. */
@@ -203,12 +206,27 @@ static void on_pulled(mt_err rc, json_t *items, void *arg)
             send_one(&hk->slots[s], json_array_get(items, i++));
         }
     }
+    int64_t due = json_integer_value(json_object_get(result, "next_due_us"));
+    if (due > 0 && due - mt_now_us() < POLL_MS * 1000) {
+        /* An embargo, a retry or a lease falls due before the next poll: look then. */
+        int64_t wait = due - mt_now_us() > 0 ? due - mt_now_us() : 0;
+        struct timeval tv = {(time_t) (wait / 1000000), (suseconds_t) (wait % 1000000)};
+        evtimer_add(hk->due, &tv);
+    }
+    if (hk->again) {
+        hk->again = false;
+        hook_fill(hk);
+    }
 }
 
 /* Leases as many events as there are free slots. */
 static void hook_fill(hook *hk)
 {
-    if (hk->pulling || hk->gone || hk->retired || hk->w->stopping) {
+    if (hk->pulling) {
+        hk->again = true;
+        return;
+    }
+    if (hk->gone || hk->retired || hk->w->stopping) {
         return;
     }
     int free_slots = 0;
@@ -232,6 +250,9 @@ static void hook_free(hook *hk)
 {
     if (hk->timer) {
         event_free(hk->timer);
+    }
+    if (hk->due) {
+        event_free(hk->due);
     }
     for (int s = 0; hk->slots && s < hk->conf->webhook_concurrency; s++) {
         if (hk->slots[s].conn) {
@@ -311,6 +332,7 @@ static mt_err hook_new(mt_webhooks *w, const mt_sub_conf *c, char *err, size_t e
         evhttp_connection_set_timeout(hk->slots[s].conn, TIMEOUT_S);
     }
     hk->timer = event_new(base, -1, EV_PERSIST, on_poll, hk);
+    hk->due = evtimer_new(base, on_poll, hk);
     struct timeval tv = {0, POLL_MS * 1000};
     event_add(hk->timer, &tv);
     hk->next = w->hooks;
@@ -356,6 +378,7 @@ void mt_webhooks_update(mt_webhooks *w, const char *name, const mt_sub_conf *con
         if (!hk->retired && strcmp(hk->conf->name, name) == 0) {
             hk->retired = true;
             event_del(hk->timer);
+            event_del(hk->due);
         }
     }
     for (hook *hk = w->hooks, *next; hk; hk = next) {

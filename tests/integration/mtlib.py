@@ -29,12 +29,13 @@ class EngineError(Exception):
 class Engine:
     """One `moontide run` process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, data_dir=None, config=None, args=(), env=None):
+    def __init__(self, data_dir=None, config=None, args=(), env=None, preexec_fn=None):
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="moontide-it-")
         self.config = config
         self.args = list(args)
         self.env = env
+        self.preexec_fn = preexec_fn  # runs in the engine's process before it starts
         self.proc = None
         self.port = None
         self.stderr_lines = []
@@ -50,7 +51,8 @@ class Engine:
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=env, cwd=SRCDIR)
+                                     stderr=subprocess.PIPE, env=env, cwd=SRCDIR,
+                                     preexec_fn=self.preexec_fn)
         ready = threading.Event()
 
         def read():

@@ -160,6 +160,17 @@ def test_with_priority_order_holds_per_subject_within_one_priority():
         assert [i["event"]["id"] for i in items] == ["e-x3", "e-x1"], items
 
 
+def test_a_paused_pull_subscription_hands_out_nothing_until_resumed():
+    with Engine(config=config()) as e:
+        assert e.request("POST", "/subscriptions/work/pause")[0] == 200
+        e.publish(mtlib.event("q", type_="job.run"))
+        st, items = post(e, "/subscriptions/work/pull?max=10&wait=300ms")
+        assert st == 200 and items == [], items
+        assert e.request("POST", "/subscriptions/work/resume")[0] == 200
+        st, items = post(e, "/subscriptions/work/pull?max=10&wait=2s")
+        assert [i["event"]["id"] for i in items] == ["e-q"], items
+
+
 def test_bad_pull_requests():
     with Engine(config=config()) as e:
         assert post(e, "/subscriptions/work/pull?max=0x")[0] == 400

@@ -98,6 +98,30 @@ def test_the_engine_raises_its_open_file_limit_for_many_streams():
         e.cleanup()
 
 
+def test_out_of_descriptors_the_engine_waits_instead_of_spinning():
+    import resource
+    # A hard limit of 64 the engine cannot raise.
+    e = Engine(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))).start()
+    try:
+        socks = []
+        for _ in range(80):  # more than it can take; the rest wait in the backlog
+            s = socket.create_connection(("127.0.0.1", e.port))
+            s.sendall(b"GET /subscribe?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        time.sleep(2.5)
+        warns = [l for l in e.stderr_lines if "accept" in l]
+        assert 1 <= len(warns) <= 6, (len(warns), warns[:3])
+        for s in socks:
+            s.close()
+        # Descriptors free again: it serves.
+        got = mtlib.wait_for(lambda: e.request("GET", "/healthz")[0] == 200, timeout=10,
+                             what="the engine to serve again")
+        assert got
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
 def test_resume_from_last_event_id_has_no_gap_and_no_duplicate():
     with Engine() as e:
         for i in range(30):
