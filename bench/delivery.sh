@@ -179,6 +179,7 @@ awk -v ssec="$SSE_SECONDS" '
     END {
         print "targets:"
         line("sse-c1000 deliveries/s (1000 x 200 events/s)", rate["sse-c1000"], ">=", 200000, "")
+        line("sse-c1000 end-to-end p99", p99["sse-c1000"], "<=", 50, " ms")
         line("pull-k1 events/s acknowledged", rate["pull-k1"], ">=", 50000, "")
         line("pull-k8 events/s acknowledged", rate["pull-k8"], ">=", 50000, "")
         line("sched-pull lateness p99", p99["sched-pull"], "<=", 100, " ms")
