@@ -1735,6 +1735,7 @@ typedef struct pull_job {
     uint32_t max;
     json_t *out;              /* [{"lease": token, "event": {...}}] */
     int64_t next_due_us;      /* when something queued falls due, 0 = nothing waits */
+    uint64_t nonce;           /* random, drawn per job: the lease tokens' second half */
     mt_pull_done_fn done;
     void *arg;
 } pull_job;
@@ -1744,11 +1745,9 @@ static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const
 {
     const mt_sub_conf *c = s->conf;
     char token[64];
-    uint8_t nonce[8];
-    RAND_bytes(nonce, sizeof nonce);
-    snprintf(token, sizeof token, "%llu-%02x%02x%02x%02x%02x%02x%02x%02x",
-             (unsigned long long) ev->sequence, nonce[0], nonce[1], nonce[2], nonce[3], nonce[4],
-             nonce[5], nonce[6], nonce[7]);
+    /* One random draw per pull job; each lease of the job adds its index. */
+    snprintf(token, sizeof token, "%llu-%016llx", (unsigned long long) ev->sequence,
+             (unsigned long long) (j->nonce + json_array_size(j->out)));
     uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts")) + 1;
     int64_t due = mt_now_us() + (int64_t) c->lease_ms * 1000;
     json_object_set_new(rec, "state", json_string("leased"));
@@ -1764,18 +1763,10 @@ static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const
         rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
     }
     if (rc == MT_OK) {
-        /* The event travels as its exact JSON text: data stays byte for byte. */
-        mt_buf b;
-        mt_buf_init(&b);
-        mt_event_to_json(ev, &b);
-        json_t *item = json_object();
-        json_object_set_new(item, "lease", json_string(token));
-        json_object_set_new(item, "attempt", json_integer(attempts));
-        json_object_set_new(item, "sequence", json_integer((json_int_t) ev->sequence));
-        json_t *raw = json_stringn(b.data, b.len);
-        json_object_set_new(item, "raw", raw ? raw : json_string("null"));
-        mt_buf_free(&b);
-        json_array_append_new(j->out, item);
+        /* The event's text is added on the loop thread (pull_done), off the writer. */
+        json_array_append_new(j->out, json_pack("{sssisI}", "lease", token, "attempt",
+                                                (int) attempts, "sequence",
+                                                (json_int_t) ev->sequence));
     }
     return rc;
 }
@@ -1839,6 +1830,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
     const mt_sub_conf *c = s->conf;
     json_array_clear(j->out);
     j->next_due_us = 0;
+    RAND_bytes((unsigned char *) &j->nonce, sizeof j->nonce);
     sub_state st;
     mt_err rc = load_state(t, c->name, &st);
     if (rc == MT_OK && !st.exists) {
@@ -1982,9 +1974,43 @@ static mt_err pull_run(mt_txn *t, void *arg)
     return rc;
 }
 
+/*
+ * Adds each leased event's exact JSON text ("raw": data byte for byte),
+ * read back after the job committed, here on the loop thread.
+ */
+static mt_err add_raw(mt_store *store, json_t *items)
+{
+    if (json_array_size(items) == 0) {
+        return MT_OK;
+    }
+    mt_txn *t;
+    mt_err rc = mt_store_read_begin(store, &t);
+    size_t i;
+    json_t *item;
+    mt_buf b;
+    mt_buf_init(&b);
+    json_array_foreach(items, i, item) {
+        mt_event ev;
+        if (rc || (rc = mt_log_get(t, (uint64_t) json_integer_value(json_object_get(item, "sequence")),
+                                   &ev))) {
+            break;
+        }
+        b.len = 0;
+        mt_event_to_json(&ev, &b);
+        json_t *raw = json_stringn(b.data, b.len);
+        json_object_set_new(item, "raw", raw ? raw : json_string("null"));
+    }
+    mt_buf_free(&b);
+    mt_store_read_end(t);
+    return rc;
+}
+
 static void pull_done(mt_err rc, void *arg)
 {
     pull_job *j = arg;
+    if (rc == MT_OK) {
+        rc = add_raw(j->s->subs->store, j->out);
+    }
     json_t *res = rc ? NULL : json_pack("{sOsI}", "items", j->out, "next_due_us",
                                         (json_int_t) j->next_due_us);
     j->done(rc, res, j->arg);
@@ -2005,7 +2031,7 @@ mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_
         return MT_EINVAL;
     }
     pull_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (pull_job){s, max, json_array(), 0, done, arg};
+    *j = (pull_job){s, max, json_array(), 0, 0, done, arg};
     mt_err rc = mt_store_submit(subs->store, pull_run, pull_done, j);
     if (rc) {
         json_decref(j->out);
