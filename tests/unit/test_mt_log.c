@@ -1424,18 +1424,19 @@ static void test_store_group_larger_than_the_write_ahead_file_commits_every_job(
 static void test_log_group_that_needs_a_checkpoint_to_fit_commits(void **state)
 {
     /*
-     * The first group leaves the 1 MiB write-ahead file just under half full
-     * (no checkpoint). The second, two jobs of 300 KB queued together, does
-     * not fit in what is left, so the writer checkpoints in the middle of the
-     * group and writes it to the new generation. Everything survives, also
-     * a crash right after.
+     * The first group leaves the 1 MiB write-ahead file under a quarter
+     * full, so no checkpoint starts. Then three jobs of 300 KB are queued
+     * together: the first two make a group (a group stops past half the
+     * file), the third does not fit in what is left, so the writer waits for
+     * a checkpoint and writes it behind. Everything survives, also a crash
+     * right after.
      */
     mt_store *s = open_store(state);
     mt_store_stats st0;
     mt_store_get_stats(s, &st0);
     mt_event_batch b;
     mt_event_batch_init(&b);
-    add_big_event(&b, "g0", 440000, 'a');
+    add_big_event(&b, "g0", 200000, 'a');
     append_job j;
     assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
     mt_event_batch_free(&b);
@@ -1446,14 +1447,15 @@ static void test_log_group_that_needs_a_checkpoint_to_fit_commits(void **state)
     gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false};
     hold_writer(s, &g);
     atomic_int done_order = 0;
-    static const size_t sizes[] = {300000, 300000};
-    async_job *jobs = submit_group_of_big_events(s, "h", sizes, 2, &done_order);
+    static const size_t sizes[] = {300000, 300000, 300000};
+    async_job *jobs = submit_group_of_big_events(s, "h", sizes, 3, &done_order);
     release_writer(&g);
-    complete_until(s, &done_order, 2);
-    mt_err rc[2] = {jobs[0].rc, jobs[1].rc};
-    free_jobs(jobs, 2);
+    complete_until(s, &done_order, 3);
+    mt_err rc[3] = {jobs[0].rc, jobs[1].rc, jobs[2].rc};
+    free_jobs(jobs, 3);
     assert_int_equal(rc[0], MT_OK);
     assert_int_equal(rc[1], MT_OK);
+    assert_int_equal(rc[2], MT_OK);
     mt_store_stats st2;
     mt_store_get_stats(s, &st2);
     assert_true(st2.checkpoints >= st1.checkpoints + 1);
@@ -1462,16 +1464,16 @@ static void test_log_group_that_needs_a_checkpoint_to_fit_commits(void **state)
     restore_wal(state);
 
     s = open_store(state);
-    static const char *const ids[] = {"g0", "h0", "h1"};
-    expect_log_ids(s, ids, 3);
+    static const char *const ids[] = {"g0", "h0", "h1", "h2"};
+    expect_log_ids(s, ids, 4);
     got *gl = malloc(sizeof *gl);
     assert_non_null(gl);
-    assert_int_equal(read_log(s, 0, 10, gl), 3);
-    assert_int_equal(gl->ev[0].data_len, 440002);
-    assert_int_equal(gl->ev[1].data_len, 300002);
-    assert_int_equal(gl->ev[2].data_len, 300002);
-    assert_int_equal(gl->ev[1].data_head[1], 'a');
-    assert_int_equal(gl->ev[2].data_head[1], 'b');
+    assert_int_equal(read_log(s, 0, 10, gl), 4);
+    assert_int_equal(gl->ev[0].data_len, 200002);
+    for (int i = 1; i < 4; i++) {
+        assert_int_equal(gl->ev[i].data_len, 300002);
+        assert_int_equal(gl->ev[i].data_head[1], 'a' + i - 1);
+    }
     free(gl);
     mt_store_close(s);
 }
