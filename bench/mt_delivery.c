@@ -39,6 +39,37 @@
  *       wait=1s), the webhook receiver, and the SSE client. Lateness =
  *       receipt time - deliverafter; an event received before its time, or
  *       not at all, is an error.
+ *   mt_delivery live --url BASE --handler PATH [--subs N] [--workers W] --rate R --seconds S
+ *                    [--warmup S] [--conns C] [--every K] [--drain S] [--no-stream]
+ *       End-to-end latency of Lua handlers under live publishing (bench/live.sh).
+ *       Opens one SSE stream on `receipt.#`, creates N subscriptions
+ *       NAME-0 .. NAME-(N-1) of live.# with the handler PATH (and W workers)
+ *       starting at the log's end, then publishes R events/s of type
+ *       live.tick open loop: every millisecond the events due go as one
+ *       application/cloudevents-batch+json request on a free connection of C
+ *       (default 4; while all are busy, events wait and go together in the
+ *       next request), subjects spread over 1000 values. Each event's data
+ *       holds its number "k" and its request's CLOCK_REALTIME send time
+ *       "pubns"; every K-th (default 100) also "probe": true. The handler
+ *       (bench/handlers/probe_*.lua) emits a receipt {k, pubns} for each
+ *       probe in the transaction that commits its effects; end-to-end =
+ *       receipt parsed - pubns, over the probes sent in the measured span.
+ *       After it, each subscription's lag is read (GET /subscriptions), and
+ *       every accepted probe's receipt must arrive from every subscription,
+ *       once, within --drain seconds (default 10). A run whose subscriptions
+ *       are still behind then is a result, not an error: receipts not yet
+ *       come count at the cutoff, as lower bounds ('>' before a percentile).
+ *       One that caught up and still misses receipts is an error. With
+ *       --subs 0 only publishing is measured (--no-stream: without the
+ *       stream too). The subscriptions are deleted at the end.
+ *   mt_delivery live-header
+ *       Prints the column header of the live rows: offered and published
+ *       events/s, probes sent in the span (per subscription), receipts of
+ *       them received, end-to-end p50/p99/max, the largest lag at the end of
+ *       the span, whether the subscriptions kept up (the offered rate went
+ *       out, that lag was at most 100 ms of events, every receipt came),
+ *       publish request p50/p99 (ms), CPU, errors, and the CPU of each engine
+ *       thread over the span.
  *
  * Common options: --engine-pid PID (to report the engine's CPU use over the
  * measured span, from /proc), --name NAME (the row's name).
@@ -55,10 +86,12 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -72,6 +105,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -499,11 +533,11 @@ static void init_run_id(void)
 
 /*
  * Appends one structured CloudEvent of about EVENT_SIZE bytes to 'out':
- * type 'type', number 'k', optional deliverafter 'after', and data
- * {<fields>,"pad":"xx.."}.
+ * type 'type', number 'k' (in its id), subject s-'subject', optional
+ * deliverafter 'after', and data {<fields>,"pad":"xx.."}.
  */
-static void add_event(struct evbuffer *out, const char *type, uint64_t k, const char *after,
-                      const char *fields)
+static void add_event_on(struct evbuffer *out, const char *type, uint64_t k, uint64_t subject,
+                         const char *after, const char *fields)
 {
     char ev[EVENT_SIZE + 256];
     char da[96] = "";
@@ -515,7 +549,7 @@ static void add_event(struct evbuffer *out, const char *type, uint64_t k, const 
                        "\"source\":\"/bench/mt_delivery\",\"type\":\"%s\","
                        "\"subject\":\"s-%" PRIu64 "\",%s\"datacontenttype\":\"application/json\","
                        "\"data\":{%s,\"pad\":\"",
-                       run_id, k, type, after ? k : k % SUBJECTS, da, fields);
+                       run_id, k, type, subject, da, fields);
     if (len < 0 || (size_t) len >= sizeof ev) {
         die("event too long");
     }
@@ -530,6 +564,13 @@ static void add_event(struct evbuffer *out, const char *type, uint64_t k, const 
         evbuffer_add(out, xs, (size_t) pad);
     }
     evbuffer_add(out, tail, sizeof tail - 1);
+}
+
+/* The same on subject s-k (k % SUBJECTS without a deliverafter). */
+static void add_event(struct evbuffer *out, const char *type, uint64_t k, const char *after,
+                      const char *fields)
+{
+    add_event_on(out, type, k, after ? k : k % SUBJECTS, after, fields);
 }
 
 /* ---- a backlog ---- */
@@ -652,6 +693,8 @@ struct sse_cli {
     sse_event_fn on_event;
     uint64_t last_seq;      /* 0 = none yet */
     uint64_t got;           /* events received */
+    const char *text;       /* the event being handed to on_event, and its length: */
+    size_t len;             /* valid only during that call */
     bool connected, ended;
 };
 
@@ -686,7 +729,10 @@ static void sse_block(sse_cli *c, const char *p, size_t n, int64_t now)
         return;
     }
     c->got++;
+    c->text = p;
+    c->len = n;
     c->on_event(c, seq, value, now);
+    c->text = NULL;
     c->last_seq = seq;
 }
 
@@ -1549,10 +1595,561 @@ static int cmd_sched(int argc, char **argv)
     return errors ? 1 : 0;
 }
 
+/* ---- live: Lua handlers' end-to-end latency under an open-loop publisher ---- */
+
+#define LIVE_CONNS_MAX 16
+#define LIVE_BATCH_MAX 2000        /* events per request at most: ~600 KB, under max_body */
+#define LIVE_SUBS_MAX 8
+#define LIVE_MAX_THREADS 256
+#define LIVE_CAUGHT_UP_S 3         /* extra wait for receipts once every lag is 0 */
+
+typedef struct live_conn {
+    struct evhttp_connection *evcon;
+    int64_t sent;              /* when the request in flight was made */
+    uint64_t first, n;         /* its events: numbers first .. first + n - 1 */
+    evutil_socket_t nodelay;   /* the socket TCP_NODELAY was set on, or -1 */
+    bool busy;
+} live_conn;
+
+typedef struct live_probe {
+    int64_t pubns;             /* CLOCK_REALTIME ns when its request was made */
+    bool accepted;             /* its request was answered 201 */
+} live_probe;
+
+/* Per-thread CPU seconds of a process, by thread id. */
+typedef struct thread_cpu {
+    long tid;
+    double cpu0, cpu1;         /* at the start and end of the span; -1 = not seen then */
+} thread_cpu;
+
+static struct live {
+    /* publisher */
+    live_conn conns[LIVE_CONNS_MAX];
+    unsigned nconns;
+    uint64_t rate;             /* events/s offered */
+    uint64_t every;            /* event k is a probe when k % every == 0 */
+    int64_t t0, win0, win1;    /* publishing started; the measured span [win0, win1) */
+    uint64_t sent, ok;         /* events sent, accepted */
+    uint64_t measured;         /* events sent inside the span */
+    unsigned busy;
+    bool stopped;
+    samples pub_lat;           /* requests made inside the span: send to 201 */
+    live_probe *probes;        /* by probe number k / every */
+    size_t nprobes, cap;
+    uint64_t accepted_probes;
+    /* subscriptions and their receipts */
+    int nsubs;
+    char subs[LIVE_SUBS_MAX][64];
+    seqset got[LIVE_SUBS_MAX]; /* receipts by probe number */
+    uint64_t receipts;         /* distinct receipts, all subscriptions */
+    uint64_t strays;           /* receipts of other subscriptions (ignored) */
+    samples lat;               /* receipts of probes sent inside the span */
+    int64_t bound_min;         /* the least lower bound added for a missing receipt; 0 = none */
+    /* engine threads */
+    thread_cpu thr[LIVE_MAX_THREADS];
+    size_t nthr;
+} lv;
+
+static void live_fill(void);
+
+static void on_live_answer(struct evhttp_request *req, void *arg)
+{
+    live_conn *lc = arg;
+    int code = req ? evhttp_request_get_response_code(req) : 0;
+    lc->busy = false;
+    lv.busy--;
+    if (code == 201) {
+        lv.ok += lc->n;
+        for (uint64_t k = lc->first + (lv.every - lc->first % lv.every) % lv.every;
+             k < lc->first + lc->n; k += lv.every) {
+            lv.probes[k / lv.every].accepted = true;
+            lv.accepted_probes++;
+        }
+        if (lc->sent >= lv.win0) {
+            samples_add(&lv.pub_lat, rt_ns() - lc->sent);
+        }
+    } else {
+        char *b = body_of(req);
+        fail("publish: answer %d (want 201): %.200s", code, b);
+        free(b);
+    }
+    live_fill();
+}
+
+/* Subjects spread over SUBJECTS values without a pattern that probes could follow. */
+static uint64_t live_subject(uint64_t k)
+{
+    return ((k * UINT64_C(0x9E3779B97F4A7C15)) >> 32) % SUBJECTS;
+}
+
+/*
+ * Sends every event due by now (event k is due at t0 + k/rate) as batches
+ * on free connections. Events wait here while every connection has a
+ * request in flight, and go together in the next one: the offered rate
+ * holds as long as the engine answers at all. Each event carries its
+ * request's send time ("pubns"); every 'every'-th also "probe": true.
+ */
+static void live_fill(void)
+{
+    if (lv.stopped) {
+        return;
+    }
+    int64_t now = rt_ns();
+    if (now >= lv.win1) {
+        lv.stopped = true;
+        return;
+    }
+    uint64_t due = (uint64_t) ((double) (now - lv.t0) * (double) lv.rate / 1e9) + 1;
+    for (unsigned i = 0; i < lv.nconns && lv.sent < due; i++) {
+        live_conn *lc = &lv.conns[i];
+        if (lc->busy) {
+            continue;
+        }
+        uint64_t n = due - lv.sent < LIVE_BATCH_MAX ? due - lv.sent : LIVE_BATCH_MAX;
+        struct evhttp_request *req =
+            new_request(on_live_answer, lc, "application/cloudevents-batch+json");
+        struct evbuffer *out = evhttp_request_get_output_buffer(req);
+        int64_t t = rt_ns();
+        evbuffer_add(out, "[", 1);
+        for (uint64_t j = 0; j < n; j++) {
+            uint64_t k = lv.sent + j;
+            bool probe = k % lv.every == 0;
+            char f[96];
+            snprintf(f, sizeof f, "\"k\":%" PRIu64 ",\"pubns\":%" PRId64 "%s", k, t,
+                     probe ? ",\"probe\":true" : "");
+            if (j) {
+                evbuffer_add(out, ",", 1);
+            }
+            add_event_on(out, "live.tick", k, live_subject(k), NULL, f);
+            if (probe) {
+                if (lv.nprobes == lv.cap) {
+                    lv.cap = lv.cap ? lv.cap * 2 : 4096;
+                    lv.probes = xrealloc(lv.probes, lv.cap * sizeof *lv.probes);
+                }
+                lv.probes[lv.nprobes++] = (live_probe){t, false};
+            }
+        }
+        evbuffer_add(out, "]", 1);
+        lc->first = lv.sent;
+        lc->n = n;
+        lv.sent += n;
+        if (t >= lv.win0) {
+            lv.measured += n;
+        }
+        lc->sent = t;
+        lc->busy = true;
+        lv.busy++;
+        make_request(lc->evcon, req, EVHTTP_REQ_POST, "/events");
+        /*
+         * The socket exists once the first request starts the connection,
+         * and nothing is written before the loop runs again. Without
+         * TCP_NODELAY a batch over 16 KiB (libevent writes that much at a
+         * time) has its tail held by Nagle's algorithm until the engine's
+         * delayed ACK, ~40 ms; ordinary HTTP clients set it.
+         */
+        evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(lc->evcon));
+        if (fd >= 0 && fd != lc->nodelay) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            lc->nodelay = fd;
+        }
+    }
+}
+
+/*
+ * A receipt: {"k":K,"pubns":T} emitted by subscription NAME (its source is
+ * /moontide/subscriptions/NAME) in the transaction that committed the
+ * handler's effects for event K.
+ */
+static void live_on_receipt(sse_cli *c, uint64_t seq, int64_t pubns, int64_t now)
+{
+    static const char src[] = "\"source\":\"/moontide/subscriptions/";
+    const char *d = memmem(c->text, c->len, "\"data\":", 7);
+    const char *kp = d ? memmem(d, c->len - (size_t) (d - c->text), "\"k\":", 4) : NULL;
+    const char *sp = memmem(c->text, c->len, src, sizeof src - 1);
+    if (!kp || !sp) {
+        fail("receipt %" PRIu64 " without k or a subscription source", seq);
+        return;
+    }
+    sp += sizeof src - 1;
+    const char *se = memchr(sp, '"', c->len - (size_t) (sp - c->text));
+    int i = 0;
+    while (i < lv.nsubs && !(se && strlen(lv.subs[i]) == (size_t) (se - sp) &&
+                             memcmp(lv.subs[i], sp, (size_t) (se - sp)) == 0)) {
+        i++;
+    }
+    if (i == lv.nsubs) {
+        lv.strays++;
+        return;
+    }
+    uint64_t k = strtoull(kp + 4, NULL, 10);
+    if (k % lv.every != 0 || k / lv.every >= lv.nprobes) {
+        fail("receipt %" PRIu64 " for event %" PRIu64 ", which is not a probe sent", seq, k);
+        return;
+    }
+    live_probe *p = &lv.probes[k / lv.every];
+    if (pubns != p->pubns) {
+        fail("receipt for event %" PRIu64 " carries pubns %" PRId64 ", sent %" PRId64, k, pubns,
+             p->pubns);
+    }
+    if (!seqset_add(&lv.got[i], k / lv.every)) {
+        fail("a second receipt from %s for event %" PRIu64, lv.subs[i], k);
+        return;
+    }
+    lv.receipts++;
+    if (p->pubns >= lv.win0 && p->pubns < lv.win1) {
+        samples_add(&lv.lat, now - p->pubns);
+    }
+}
+
+/* The largest lag of this run's subscriptions, from GET /subscriptions. */
+static uint64_t live_lag(void)
+{
+    answer a;
+    call(&a, EVHTTP_REQ_GET, "/subscriptions", NULL);
+    json_t *arr = a.code == 200 ? json_loads(a.body, 0, NULL) : NULL;
+    if (!json_is_array(arr)) {
+        die("GET /subscriptions: answer %d: %.200s", a.code, a.body);
+    }
+    uint64_t lag = 0;
+    int found = 0;
+    size_t idx;
+    json_t *o;
+    json_array_foreach(arr, idx, o) {
+        const char *name = json_string_value(json_object_get(o, "name"));
+        for (int i = 0; name && i < lv.nsubs; i++) {
+            if (strcmp(name, lv.subs[i]) == 0) {
+                uint64_t l = (uint64_t) json_integer_value(json_object_get(o, "lag"));
+                lag = l > lag ? l : lag;
+                found++;
+            }
+        }
+    }
+    if (found != lv.nsubs) {
+        die("GET /subscriptions lists %d of the %d subscriptions", found, lv.nsubs);
+    }
+    json_decref(arr);
+    free(a.body);
+    return lag;
+}
+
+/* Reads each thread's CPU seconds; 'end' selects the slot. */
+static void threads_read(long pid, bool end)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/task", pid);
+    DIR *d = opendir(dir);
+    if (!d) {
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long tid = strtol(e->d_name, NULL, 10);
+        if (tid <= 0) {
+            continue;
+        }
+        char path[128], buf[1024];
+        snprintf(path, sizeof path, "/proc/%ld/task/%ld/stat", pid, tid);
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            continue;
+        }
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *p = strrchr(buf, ')');
+        unsigned long long ut, st;
+        if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                         &st) != 2) {
+            continue;
+        }
+        double s = (double) (ut + st) / (double) sysconf(_SC_CLK_TCK);
+        size_t i = 0;
+        while (i < lv.nthr && lv.thr[i].tid != tid) {
+            i++;
+        }
+        if (i == lv.nthr) {
+            if (lv.nthr == LIVE_MAX_THREADS) {
+                continue;
+            }
+            lv.thr[lv.nthr++] = (thread_cpu){tid, -1, -1};
+        }
+        if (end) {
+            lv.thr[i].cpu1 = s;
+        } else {
+            lv.thr[i].cpu0 = s;
+        }
+    }
+    closedir(d);
+}
+
+static int cmp_thread(const void *a, const void *b)
+{
+    long x = ((const thread_cpu *) a)->tid, y = ((const thread_cpu *) b)->tid;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * "loop 45 ckpt 2 writer 80 w 30 31": each engine thread's CPU over the span
+ * in percent of one core. The engine's threads are unnamed, so they are
+ * told apart by creation order: the main thread runs the loop, the store
+ * starts the checkpoint thread and then the writer, and a subscription with
+ * workers starts its worker threads ('w') when it is made.
+ */
+static void threads_format(char *out, size_t outlen, long pid, double secs)
+{
+    qsort(lv.thr, lv.nthr, sizeof lv.thr[0], cmp_thread);
+    size_t off = 0;
+    int other = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < lv.nthr && off < outlen; i++) {
+        const thread_cpu *t = &lv.thr[i];
+        if (t->cpu1 < 0) {
+            continue; /* ended inside the span */
+        }
+        double pct = 100 * (t->cpu1 - (t->cpu0 < 0 ? 0 : t->cpu0)) / secs;
+        const char *label = "";
+        if (t->tid == pid) {
+            label = "loop ";
+        } else if (other++ == 0) {
+            label = "ckpt ";
+        } else if (other == 2) {
+            label = "writer ";
+        } else if (other == 3) {
+            label = "w ";
+        }
+        off += (size_t) snprintf(out + off, outlen - off, "%s%s%.0f", off ? " " : "", label, pct);
+    }
+}
+
+static void print_live_header(void)
+{
+    printf("%-16s %6s %6s %4s %6s %8s %10s %10s %10s %7s %-6s %7s %7s %4s %4s %3s  %s\n", "case",
+           "rate", "pub/s", "subs", "probes", "receipts", "p50_ms", "p99_ms", "max_ms",
+           "lag_end", "kept", "pub_p50", "pub_p99", "eng%", "tool", "err",
+           "threads% (loop ckpt writer workers)");
+}
+
+/* A percentile, '>' in front when it is a lower bound (a receipt that never came). */
+static void fmt_pct(char *out, size_t outlen, const samples *s, double p)
+{
+    if (!s->n) {
+        snprintf(out, outlen, "-");
+        return;
+    }
+    double v = pct_ms(s, p);
+    bool bound = lv.bound_min && v * 1e6 >= (double) lv.bound_min;
+    snprintf(out, outlen, "%s%.3f", bound ? ">" : "", v);
+}
+
+static int cmd_live(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"url", required_argument, NULL, 'u'},     {"rate", required_argument, NULL, 'r'},
+        {"seconds", required_argument, NULL, 's'}, {"warmup", required_argument, NULL, 'w'},
+        {"handler", required_argument, NULL, 'H'}, {"subs", required_argument, NULL, 'n'},
+        {"workers", required_argument, NULL, 'W'}, {"conns", required_argument, NULL, 'c'},
+        {"every", required_argument, NULL, 'e'},   {"drain", required_argument, NULL, 'd'},
+        {"engine-pid", required_argument, NULL, 'p'}, {"name", required_argument, NULL, 'N'},
+        {"no-stream", no_argument, NULL, 'S'},     {NULL, 0, NULL, 0},
+    };
+    const char *url = NULL, *handler = NULL;
+    bool stream = true;
+    uint64_t secs = 8, warmup = 1, drain = 10, workers = 1;
+    lv.rate = 1000;
+    lv.every = 100;
+    lv.nsubs = 1;
+    lv.nconns = 4;
+    row_name = "live";
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'u': url = optarg; break;
+        case 'r': lv.rate = parse_u64("rate", optarg, 1, 1000000); break;
+        case 's': secs = parse_u64("seconds", optarg, 1, 3600); break;
+        case 'w': warmup = parse_u64("warmup", optarg, 0, 600); break;
+        case 'H': handler = optarg; break;
+        case 'n': lv.nsubs = (int) parse_u64("subs", optarg, 0, LIVE_SUBS_MAX); break;
+        case 'W': workers = parse_u64("workers", optarg, 1, 64); break;
+        case 'c': lv.nconns = (unsigned) parse_u64("conns", optarg, 1, LIVE_CONNS_MAX); break;
+        case 'e': lv.every = parse_u64("every", optarg, 1, 1000000); break;
+        case 'd': drain = parse_u64("drain", optarg, 1, 3600); break;
+        case 'p': engine_pid = (long) parse_u64("engine-pid", optarg, 1, INT32_MAX); break;
+        case 'N': row_name = optarg; break;
+        case 'S': stream = false; break;
+        default: die("usage: mt_delivery live --url BASE --handler PATH [--subs N] [--workers W] "
+                     "[--rate R] [--seconds S] [--warmup S] [--conns C] [--every N] "
+                     "[--drain S] [--no-stream] [--engine-pid PID] [--name NAME]");
+        }
+    }
+    if (!stream && lv.nsubs) {
+        die("live: --no-stream goes with --subs 0 (receipts are read on the stream)");
+    }
+    if (lv.nsubs && (!handler || strchr(handler, '"') || strchr(handler, '\\'))) {
+        die("live: --handler is required (a path without quotes or backslashes)");
+    }
+    if (strlen(row_name) > 40 || strspn(row_name, "abcdefghijklmnopqrstuvwxyz"
+                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") !=
+                                     strlen(row_name)) {
+        die("live: --name must be 1 to 40 letters, digits, '_', '-' or '.'");
+    }
+    raise_nofile(LIVE_CONNS_MAX + 64);
+    setup(url);
+    init_run_id();
+
+    /* The receipts' stream first, then the subscriptions, from the log's end. */
+    sse_cli rc = {0};
+    if (stream) {
+        sse_open_all(&rc, 1, "receipt.%23", "\"pubns\":", live_on_receipt);
+    }
+    for (int i = 0; i < lv.nsubs; i++) {
+        char def[1024];
+        snprintf(lv.subs[i], sizeof lv.subs[i], "%s-%d", row_name, i);
+        int n = snprintf(def, sizeof def,
+                         "{\"topics\": [\"live.#\"], \"handler\": \"%s\", \"start\": \"end\"",
+                         handler);
+        if (workers > 1) {
+            n += snprintf(def + n, sizeof def - (size_t) n, ", \"workers\": %" PRIu64, workers);
+        }
+        snprintf(def + n, sizeof def - (size_t) n, "}");
+        sub_create(lv.subs[i], def);
+    }
+    for (unsigned i = 0; i < lv.nconns; i++) {
+        lv.conns[i].evcon = connect_engine();
+        lv.conns[i].nodelay = -1;
+    }
+
+    lv.t0 = rt_ns();
+    lv.win0 = lv.t0 + (int64_t) warmup * 1000000000;
+    lv.win1 = lv.win0 + (int64_t) secs * 1000000000;
+    on_tick = live_fill;
+    cpu_span cpu = {.pid = engine_pid};
+    bool started = false;
+    int64_t span0 = 0;
+    while (rt_ns() < lv.win1) {
+        if (!started && rt_ns() >= lv.win0) {
+            cpu_begin(&cpu);
+            span0 = rt_ns();
+            if (engine_pid > 0) {
+                threads_read(engine_pid, false);
+            }
+            started = true;
+        }
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    cpu_end(&cpu);
+    double span_s = (double) (rt_ns() - span0) / 1e9;
+    if (engine_pid > 0) {
+        threads_read(engine_pid, true);
+    }
+    lv.stopped = true;
+    on_tick = NULL;
+    uint64_t lag_end = live_lag();
+
+    /* Every accepted probe must come back from every subscription, once. */
+    int64_t deadline = rt_ns() + (int64_t) drain * 1000000000;
+    bool complete = false;
+    while (rt_ns() < deadline &&
+           !(complete = lv.busy == 0 && lv.receipts == lv.accepted_probes * (uint64_t) lv.nsubs)) {
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    int64_t cutoff = rt_ns();
+    uint64_t lag_now = complete ? 0 : live_lag();
+    if (!complete && lag_now == 0) {
+        /* Caught up by now: what is still missing must arrive, or it is lost. */
+        deadline = rt_ns() + LIVE_CAUGHT_UP_S * (int64_t) 1000000000;
+        while (rt_ns() < deadline && !(complete = lv.busy == 0 &&
+                                       lv.receipts == lv.accepted_probes * (uint64_t) lv.nsubs)) {
+            event_base_loop(base, EVLOOP_ONCE);
+        }
+        cutoff = rt_ns();
+        if (!complete) {
+            fail("%" PRIu64 " of %" PRIu64 " receipts missing though every subscription "
+                 "caught up",
+                 lv.accepted_probes * (uint64_t) lv.nsubs - lv.receipts,
+                 lv.accepted_probes * (uint64_t) lv.nsubs);
+        }
+    }
+    if (lv.busy) {
+        fail("publish: %u requests unanswered %" PRIu64 " s after publishing stopped", lv.busy,
+             drain);
+    }
+    /* A receipt that did not come is at least as late as the cutoff. */
+    uint64_t missing = 0, in_span = 0;
+    for (size_t k = 0; k < lv.nprobes; k++) {
+        in_span += lv.probes[k].accepted && lv.probes[k].pubns >= lv.win0 &&
+                   lv.probes[k].pubns < lv.win1;
+    }
+    for (int i = 0; i < lv.nsubs && !complete; i++) {
+        for (size_t k = 0; k < lv.nprobes; k++) {
+            const live_probe *p = &lv.probes[k];
+            if (p->accepted && p->pubns >= lv.win0 && p->pubns < lv.win1 &&
+                (k >= lv.got[i].cap || !lv.got[i].seen[k])) {
+                int64_t bound = cutoff - p->pubns;
+                samples_add(&lv.lat, bound);
+                lv.bound_min = lv.bound_min && lv.bound_min < bound ? lv.bound_min : bound;
+                missing++;
+            }
+        }
+    }
+    uint64_t handled = 0;
+    for (int i = 0; i < lv.nsubs; i++) {
+        handled += handled_of(lv.subs[i]);
+        sub_delete(lv.subs[i]);
+    }
+    double pub_rate = (double) lv.measured / (double) secs;
+    /* Kept up: the offered rate went out, and at the end of the span no subscription
+     * was more than 100 ms of events behind; every receipt came within the drain. */
+    bool kept = complete && pub_rate >= 0.95 * (double) lv.rate &&
+                lag_end <= lv.rate / 10 + (uint64_t) lv.nsubs;
+    fprintf(stderr,
+            "mt_delivery live %s: %" PRIu64 " events sent (%" PRIu64 " accepted), %zu probes, "
+            "%" PRIu64 " receipts, %" PRIu64 " missing at the cutoff (%.1f s after the span), "
+            "lag %" PRIu64 " at the end of the span and %" PRIu64 " at the cutoff; %" PRIu64
+            " handled in all; %zu publish requests in the span",
+            row_name, lv.sent, lv.ok, lv.nprobes, lv.receipts, missing,
+            (double) (cutoff - lv.win1) / 1e9, lag_end, lag_now, handled, lv.pub_lat.n);
+    if (lv.strays) {
+        fprintf(stderr, "; %" PRIu64 " receipts of other subscriptions ignored", lv.strays);
+    }
+    fputc('\n', stderr);
+
+    qsort(lv.lat.v, lv.lat.n, sizeof *lv.lat.v, cmp_i64);
+    qsort(lv.pub_lat.v, lv.pub_lat.n, sizeof *lv.pub_lat.v, cmp_i64);
+    char p50[32], p99[32], mx[32], ec[16] = "-", tc[16] = "-", thr[256] = "-";
+    char pp50[32] = "-", pp99[32] = "-";
+    if (lv.pub_lat.n) {
+        snprintf(pp50, sizeof pp50, "%.1f", pct_ms(&lv.pub_lat, 50));
+        snprintf(pp99, sizeof pp99, "%.1f", pct_ms(&lv.pub_lat, 99));
+    }
+    fmt_pct(p50, sizeof p50, &lv.lat, 50);
+    fmt_pct(p99, sizeof p99, &lv.lat, 99);
+    fmt_pct(mx, sizeof mx, &lv.lat, 100);
+    if (cpu.engine_pct >= 0) {
+        snprintf(ec, sizeof ec, "%.0f", cpu.engine_pct);
+    }
+    if (cpu.self_pct >= 0) {
+        snprintf(tc, sizeof tc, "%.0f", cpu.self_pct);
+    }
+    if (engine_pid > 0) {
+        threads_format(thr, sizeof thr, engine_pid, span_s);
+    }
+    printf("%-16s %6" PRIu64 " %6.0f %4d %6" PRIu64 " %8" PRIu64 " %10s %10s %10s %7" PRIu64
+           " %-6s %7s %7s %4s %4s %3" PRIu64 "  %s\n",
+           row_name, lv.rate, pub_rate, lv.nsubs, in_span, (uint64_t) lv.lat.n - missing,
+           p50, p99, mx, lag_end, kept ? "yes" : "BEHIND", pp50, pp99, ec, tc, errors, thr);
+    fflush(stdout);
+    errors_banner(row_name);
+    if (stream) {
+        sse_close_all(&rc, 1);
+    }
+    return errors ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        die("usage: mt_delivery header|sse|pull|webhook|sched [OPTIONS] "
+        die("usage: mt_delivery header|sse|pull|webhook|sched|live-header|live [OPTIONS] "
             "(see the top of bench/mt_delivery.c)");
     }
     const char *cmd = argv[1];
@@ -1571,6 +2168,13 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "sched") == 0) {
         return cmd_sched(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "live-header") == 0) {
+        print_live_header();
+        return 0;
+    }
+    if (strcmp(cmd, "live") == 0) {
+        return cmd_live(argc - 1, argv + 1);
     }
     die("unknown command '%s'", cmd);
 }
