@@ -92,14 +92,25 @@ static mt_err write_all(mt_txn *t, json_t *writes)
 
 static void rec_free(mt_fx_rec *r);
 
-/* json_object_update for keys with NUL bytes ("table NUL key"), which it would cut. */
+/* A copy of a value: nothing is shared between threads. */
+static json_t *value_copy(const json_t *v)
+{
+    return json_is_string(v) ? json_stringn_nocheck(json_string_value(v), json_string_length(v))
+                             : json_null();
+}
+
+/*
+ * json_object_update for keys with NUL bytes ("table NUL key"), which it
+ * would cut. The values are copied: a worker's overlay and the effects the
+ * writer applies must not share reference counts across threads.
+ */
 static void merge_keys(json_t *into, json_t *from)
 {
     const char *k;
     size_t kl;
     json_t *v;
     json_object_keylen_foreach(from, k, kl, v) {
-        json_object_setn(into, k, kl, v);
+        json_object_setn_new(into, k, kl, value_copy(v));
     }
 }
 
@@ -109,6 +120,10 @@ static mt_err escalate(mt_fx *fx)
     mt_err rc = mt_store_savepoint(fx->base, &fx->savepoint);
     if (rc == MT_OK) {
         rc = write_all(fx->savepoint, fx->rec->writes);
+        if (rc) {
+            mt_store_savepoint_rollback(fx->savepoint);
+            fx->savepoint = NULL;
+        }
     }
     if (rc) {
         return rc;
@@ -318,15 +333,20 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
     }
     if (fx->rec && fx->rec->ov && (seen = json_object_getn(fx->rec->ov->kv, (const char *) k, kl))) {
         /* An earlier invocation's write in this round: read, so validated too. */
-        json_object_setn(fx->rec->reads, (const char *) k, kl, seen);
-        return json_is_null(seen) ? MT_ENOTFOUND
-                                  : (*json = json_string_value(seen),
-                                     *len = json_string_length(seen), MT_OK);
+        json_t *r = value_copy(seen);
+        json_object_setn_new(fx->rec->reads, (const char *) k, kl, r);
+        return json_is_null(r) ? MT_ENOTFOUND
+                               : (*json = json_string_value(r), *len = json_string_length(r),
+                                  MT_OK);
     }
     const void *v;
     mt_err rc = mt_store_get(fx->txn, MT_DB_KV, k, kl, &v, len);
     if (rc == MT_OK) {
         *json = v;
+    }
+    if (fx->rec && fx->rec->ov && rc != MT_OK && rc != MT_ENOTFOUND) {
+        /* The snapshot failed: what the handler makes of that is no result to apply. */
+        fx->rec->replay_impossible = true;
     }
     if (fx->rec && fx->rec->ov && (rc == MT_OK || rc == MT_ENOTFOUND)) {
         json_t *r = rc == MT_OK ? json_stringn_nocheck(v, *len) : json_null();

@@ -41,6 +41,9 @@ typedef struct pull_req pull_req;
 #define SSE_RING 8192               /* recent events kept formatted for every stream (power of 2) */
 #define SSE_FANOUT_US_PER_STREAM 25 /* fan-outs are spaced 25 µs per stream (1000 streams: 25 ms) */
 #define SSE_FANOUT_US_MAX 25000
+#define SSE_DRAIN_US 5000           /* how often a stream with a remainder looks again */
+#define SSE_RING_BYTES (64u << 20)  /* the ring also stops at this many bytes of frames */
+#define SSE_FRAME_MAX (64u << 10)   /* events with more data are not kept in the ring */
 
 /*
  * One event formatted as a Server-Sent Events frame, once, for every stream
@@ -70,9 +73,12 @@ struct mt_http {
     bool draining;
     sse_frame **ring;                  /* SSE_RING slots: frames of events ring_first+1..ring_last */
     uint64_t ring_first, ring_last;
+    size_t ring_bytes;                 /* of the frames in the ring */
     struct event *fanout;              /* sends new events to every stream (sse_appended) */
     int64_t fanout_at;                 /* monotonic µs of the last fan-out */
     int nsse;                          /* streams in h->sse */
+    struct event *accept_resume;       /* accepting again after running out of descriptors */
+    mt_http *next_open;                /* in open_servers */
     bool fanout_due;                   /* made active, not yet run */
 };
 
@@ -90,7 +96,8 @@ struct sse_client {
     int ntopics;
     uint64_t after;                     /* last sequence looked at */
     struct event *heartbeat;
-    bool pumping;                       /* a chunk callback is pending: wait for it */
+    struct event *drain;                /* watches a directly written remainder drain */
+    bool pumping;                       /* a chunk callback or the drain watch is pending */
     sse_client *prev, *next;
 };
 
@@ -1252,6 +1259,7 @@ static void sse_free(sse_client *c)
     }
     h->nsse--;
     event_free(c->heartbeat);
+    event_free(c->drain);
     for (int i = 0; i < c->ntopics; i++) {
         free(c->topics[i]);
     }
@@ -1333,6 +1341,20 @@ static void frame_cleanup(const void *data, size_t len, void *arg)
 static int ring_add_event(const mt_event *ev, void *arg)
 {
     mt_http *h = arg;
+    if (ev->data_len > SSE_FRAME_MAX) {
+        /* Not kept: a stream reads it from the log (the slot stays empty). */
+        sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
+        if (*slot) {
+            h->ring_bytes -= (*slot)->len;
+            frame_unref(*slot);
+            *slot = NULL;
+        }
+        h->ring_last = ev->sequence;
+        if (h->ring_last - h->ring_first > SSE_RING) {
+            h->ring_first = h->ring_last - SSE_RING;
+        }
+        return 0;
+    }
     mt_buf b;
     mt_buf_init(&b);
     mt_buf_addf(&b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
@@ -1351,12 +1373,24 @@ static int ring_add_event(const mt_event *ev, void *arg)
     mt_buf_free(&b);
     sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
     if (*slot) {
+        h->ring_bytes -= (*slot)->len;
         frame_unref(*slot);
     }
     *slot = f;
+    h->ring_bytes += f->len;
     h->ring_last = ev->sequence;
     if (h->ring_last - h->ring_first > SSE_RING) {
         h->ring_first = h->ring_last - SSE_RING;
+    }
+    /* Large events: the ring holds fewer of them (streams behind read the log). */
+    while (h->ring_bytes > SSE_RING_BYTES && h->ring_first + 1 < h->ring_last) {
+        sse_frame **old = &h->ring[(h->ring_first + 1) & (SSE_RING - 1)];
+        if (*old) {
+            h->ring_bytes -= (*old)->len;
+            frame_unref(*old);
+            *old = NULL;
+        }
+        h->ring_first++;
     }
     return 0;
 }
@@ -1372,6 +1406,13 @@ static void ring_fill(mt_http *h)
     mt_log_head(t, &head);
     if (head > h->ring_last + SSE_RING) {
         /* Too far behind to matter: streams that far back read the log themselves. */
+        for (size_t i = 0; i < SSE_RING; i++) {
+            if (h->ring[i]) {
+                frame_unref(h->ring[i]);
+                h->ring[i] = NULL;
+            }
+        }
+        h->ring_bytes = 0;
         h->ring_first = h->ring_last = head - SSE_RING;
     }
     if (head > h->ring_last) {
@@ -1402,7 +1443,14 @@ static void sse_send(sse_client *c, struct evbuffer *out)
     evbuffer_add(out, "\r\n", 2);
     evbuffer_write(out, bufferevent_getfd(bev)); /* errors show on the connection's next write */
     if (evbuffer_get_length(out) > 0) {
+        /*
+         * The socket is full: the rest goes through the connection, and the
+         * stream waits until it is out (no chunk callback covers raw bytes).
+         */
         bufferevent_write_buffer(bev, out);
+        c->pumping = true;
+        struct timeval tv = {0, SSE_DRAIN_US};
+        evtimer_add(c->drain, &tv);
     }
 }
 
@@ -1421,18 +1469,22 @@ static void sse_pump(sse_client *c)
         }
         struct evbuffer *out = evbuffer_new();
         bool more;
-        if (c->after >= h->ring_first) {
+        if (c->after >= h->ring_first && h->ring[(c->after + 1) & (SSE_RING - 1)]) {
             uint64_t upto = h->ring_last - c->after > SSE_PAGE ? c->after + SSE_PAGE : h->ring_last;
-            for (uint64_t seq = c->after + 1; seq <= upto; seq++) {
+            uint64_t seq = c->after + 1;
+            for (; seq <= upto; seq++) {
                 sse_frame *f = h->ring[seq & (SSE_RING - 1)];
-                mt_assert(f && f->seq == seq);
+                if (!f) {
+                    break; /* a large event the ring does not keep: from the log, next turn */
+                }
+                mt_assert(f->seq == seq);
                 if (sse_matches(c, f->type)) {
                     f->refs++;
                     evbuffer_add_reference(out, f->mem, f->len, frame_cleanup, f);
                 }
             }
-            c->after = upto;
-            more = upto < h->ring_last;
+            c->after = seq - 1;
+            more = c->after < h->ring_last;
         } else {
             mt_txn *t;
             if (mt_store_read_begin(h->store, &t)) {
@@ -1490,15 +1542,38 @@ static void sse_appended(mt_http *h)
     }
 }
 
+/*
+ * Every 15 s of a stream: a comment line keeps proxies from closing it. It
+ * goes only when nothing waits unsent (a stream with output pending needs
+ * none), through the chunk callback like any page.
+ */
 static void sse_on_heartbeat(evutil_socket_t fd, short what, void *arg)
 {
     sse_client *c = arg;
-    if (sse_backlog(c) < SSE_BUFFER_MAX) {
-        struct evbuffer *b = evbuffer_new();
-        evbuffer_add_printf(b, ": heartbeat\n\n");
-        evhttp_send_reply_chunk(c->req, b);
-        evbuffer_free(b);
+    if (c->pumping || sse_backlog(c) > 0) {
+        return;
     }
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, ": heartbeat\n\n");
+    c->pumping = true;
+    evhttp_send_reply_chunk_with_cb(c->req, b, sse_on_sent, c);
+    evbuffer_free(b);
+}
+
+/* A directly written page left a remainder on the connection: go on once it is out. */
+static void sse_on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    sse_client *c = arg;
+    if (!c->pumping) {
+        return; /* a chunk callback came first */
+    }
+    if (sse_backlog(c) > 0) {
+        struct timeval tv = {0, SSE_DRAIN_US};
+        evtimer_add(c->drain, &tv);
+        return;
+    }
+    c->pumping = false;
+    sse_pump(c);
 }
 
 /* Frees a client that was never linked in (its request was answered with an error). */
@@ -1577,15 +1652,26 @@ static void handle_subscribe(mt_http *h, struct evhttp_request *req, struct evke
     evhttp_send_reply_start(req, 200, "OK");
     c->heartbeat = event_new(evhttp_connection_get_base(c->evcon), -1, EV_PERSIST,
                              sse_on_heartbeat, c);
+    c->drain = evtimer_new(evhttp_connection_get_base(c->evcon), sse_on_drain, c);
     struct timeval tv = {SSE_HEARTBEAT_S, 0};
     event_add(c->heartbeat, &tv);
     ring_fill(h); /* the ring is filled only while streams exist: bring it up to the head */
     sse_pump(c);
 }
 
+/*
+ * The servers open on this process, so that a listener's error callback
+ * (which libevent hands only the struct evhttp) finds its mt_http. Loop
+ * thread only.
+ */
+static mt_http *open_servers;
+
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
-    evconnlistener_enable(arg);
+    mt_http *h = arg;
+    if (h->sock) {
+        evconnlistener_enable(evhttp_bound_socket_get_listener(h->sock));
+    }
 }
 
 /*
@@ -1595,16 +1681,21 @@ static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
  */
 static void on_accept_error(struct evconnlistener *lev, void *arg)
 {
-    (void) arg;
     int e = EVUTIL_SOCKET_ERROR();
     if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
         return; /* the client gave up before we took it: nothing to do */
     }
+    mt_http *h = open_servers;
+    while (h && h->http != arg) {
+        h = h->next_open;
+    }
     mt_warn("http: cannot accept connections: %s; trying again in 1 s",
             evutil_socket_error_to_string(e));
     evconnlistener_disable(lev);
-    struct timeval tv = {1, 0};
-    event_base_once(evconnlistener_get_base(lev), -1, EV_TIMEOUT, on_accept_resume, lev, &tv);
+    if (h) {
+        struct timeval tv = {1, 0};
+        evtimer_add(h->accept_resume, &tv);
+    }
 }
 
 /* Ends every stream (shutdown). */
@@ -1765,6 +1856,9 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
             h->port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
         }
     }
+    h->accept_resume = evtimer_new(mt_loop_base(loop), on_accept_resume, h);
+    h->next_open = open_servers;
+    open_servers = h;
     /* The SSE ring starts at the head: older events are read from the log. */
     h->ring = mt_xcalloc(SSE_RING, sizeof *h->ring);
     h->fanout = event_new(mt_loop_base(loop), -1, 0, on_fanout, h);
@@ -1806,6 +1900,7 @@ uint16_t mt_http_port(const mt_http *h)
 void mt_http_stop_accepting(mt_http *h)
 {
     h->draining = true;
+    evtimer_del(h->accept_resume);
     if (h->sock) {
         evhttp_del_accept_socket(h->http, h->sock);
         h->sock = NULL;
@@ -1848,6 +1943,13 @@ void mt_http_close(mt_http *h)
     }
     free(h->ring);
     event_free(h->fanout);
+    event_free(h->accept_resume);
+    for (mt_http **p = &open_servers; *p; p = &(*p)->next_open) {
+        if (*p == h) {
+            *p = h->next_open;
+            break;
+        }
+    }
 
     free(h);
 }

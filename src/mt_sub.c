@@ -53,6 +53,7 @@ struct sub_rt {
     char *def;                   /* owned: the JSON definition if made over HTTP, else NULL */
     int refs;                    /* jobs in flight that use this subscription */
     bool retired;                /* replaced or deleted: submits nothing more */
+    bool deleting;               /* a DELETE's writer job is in flight: invisible, idle */
     sub_rt *next_retired;
     void *handler;               /* from the runner; used on the writer thread only */
     mt_filter *filter;           /* NULL = none */
@@ -1143,7 +1144,7 @@ static int until_window(const mt_sub_conf *c)
 
 static void submit(sub_rt *s)
 {
-    if (s->subs->closing || s->retired || s->conf->pull) {
+    if (s->subs->closing || s->retired || s->deleting || s->conf->pull) {
         /* Pull subscriptions deliver only when a consumer asks. */
         return;
     }
@@ -1279,7 +1280,7 @@ static void registry_retire(mt_subs *subs, sub_rt *s)
 static sub_rt *find(mt_subs *subs, const char *name)
 {
     for (int i = 0; i < subs->n; i++) {
-        if (strcmp(subs->subs[i]->conf->name, name) == 0) {
+        if (!subs->subs[i]->deleting && strcmp(subs->subs[i]->conf->name, name) == 0) {
             return subs->subs[i];
         }
     }
@@ -2261,6 +2262,7 @@ typedef struct def_job {
     char *name;               /* owned */
     char *def;                /* owned; NULL = delete */
     sub_rt *fresh;            /* put: the subscription that takes over */
+    sub_rt *victim;           /* delete: the subscription going (a reference) */
     bool created;
     mt_pull_done_fn done;
     void *arg;
@@ -2309,6 +2311,20 @@ static void def_done(mt_err rc, void *arg)
         result = json_pack("{sb}", "created", j->created);
     } else if (rc == MT_OK) {
         result = json_pack("{sb}", "deleted", 1);
+    }
+    if (j->victim) {
+        sub_rt *v = j->victim;
+        if (rc == MT_OK) {
+            registry_retire(subs, v);
+            if (subs->on_change) {
+                subs->on_change(j->name, NULL, subs->on_change_arg);
+            }
+        } else {
+            /* Nothing was deleted: it goes on as before. */
+            v->deleting = false;
+            submit(v);
+        }
+        sub_release(v);
     }
     if (j->fresh) {
         sub_free(j->fresh);
@@ -2445,7 +2461,8 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
     fresh->def = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(body);
     def_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (def_job){subs, mt_xstrdup(name), mt_xstrdup(fresh->def), fresh, old == NULL, done, arg};
+    *j = (def_job){subs, mt_xstrdup(name), mt_xstrdup(fresh->def), fresh, NULL, old == NULL, done,
+                   arg};
     return def_submit(subs, j);
 }
 
@@ -2463,14 +2480,20 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
     if (rc) {
         return rc;
     }
-    /* Out of the registry at once, so no job of it can write state after the delete. */
-    registry_retire(subs, s);
-    if (subs->on_change) {
-        subs->on_change(name, NULL, subs->on_change_arg);
-    }
+    /*
+     * Invisible and idle at once, so no job of it can write state after the
+     * delete; out of the registry once the delete is stored.
+     */
+    s->deleting = true;
+    s->refs++;
     def_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (def_job){subs, mt_xstrdup(name), NULL, NULL, false, done, arg};
-    return def_submit(subs, j);
+    *j = (def_job){subs, mt_xstrdup(name), NULL, NULL, s, false, done, arg};
+    rc = def_submit(subs, j);
+    if (rc) {
+        s->deleting = false;
+        sub_release(s);
+    }
+    return rc;
 }
 
 /* ---- tables ---- */

@@ -79,17 +79,34 @@ static void settle_lease(slot *sl, mt_lease_op op, uint64_t delay_ms)
                                  settled, sl);
     json_decref(tokens);
     if (rc) {
+        /* The subscription is gone (or the engine stops): its lease expires on its own. */
         sl->busy = false;
+        if (sl->hk->retired) {
+            hook_reap(sl->hk);
+        }
     }
 }
 
+typedef struct pause_ctx {
+    mt_webhooks *w;
+    char *name;                /* owned: the hook may be gone when the pause is recorded */
+} pause_ctx;
+
 static void paused(mt_err rc, uint64_t count, void *arg)
 {
-    hook *hk = arg;
+    pause_ctx *p = arg;
     if (rc) {
-        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", hk->conf->name, NULL},
-                     "webhook '%s': cannot record the pause: %s", hk->conf->name, mt_err_str(rc));
+        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", p->name, NULL},
+                     "webhook '%s': cannot record the pause: %s", p->name, mt_err_str(rc));
     }
+    /* From now on the subscription's own pause holds delivery; a resume restarts it. */
+    for (hook *hk = p->w->hooks; hk; hk = hk->next) {
+        if (!hk->retired && strcmp(hk->conf->name, p->name) == 0) {
+            hk->gone = rc != MT_OK;
+        }
+    }
+    free(p->name);
+    free(p);
 }
 
 static uint64_t backoff_ms(const mt_sub_conf *c, uint32_t attempt)
@@ -122,10 +139,16 @@ static void on_response(struct evhttp_request *req, void *arg)
         mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", hk->conf->name, NULL},
                      "webhook '%s': the endpoint answered 410 Gone; subscription paused",
                      hk->conf->name);
-        mt_subs_pause(hk->w->subs, hk->conf->name, true, paused, hk);
-        json_t *tokens = json_pack("[s]", sl->token);
-        mt_subs_lease_op(hk->w->subs, hk->conf->name, MT_LEASE_NACK, tokens, 0, settled, sl);
-        json_decref(tokens);
+        if (!hk->retired) {
+            /* A retired hook's 410 says nothing about the definition that replaced it. */
+            pause_ctx *p = mt_xmalloc(sizeof *p);
+            *p = (pause_ctx){hk->w, mt_xstrdup(hk->conf->name)};
+            if (mt_subs_pause(hk->w->subs, hk->conf->name, true, paused, p)) {
+                free(p->name);
+                free(p);
+            }
+        }
+        settle_lease(sl, MT_LEASE_NACK, 0);
         return;
     }
     const char *ra = req ? evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After")
