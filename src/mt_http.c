@@ -44,6 +44,7 @@ typedef struct pull_req pull_req;
 #define SSE_DRAIN_US 5000           /* how often a stream with a remainder looks again */
 #define SSE_RING_BYTES (64u << 20)  /* the ring also stops at this many bytes of frames */
 #define SSE_FRAME_MAX (64u << 10)   /* events with more data are not kept in the ring */
+#define SSE_RING_TOPICS 64          /* distinct stream patterns the ring filters by, at most */
 
 /*
  * One event formatted as a Server-Sent Events frame, once, for every stream
@@ -74,6 +75,10 @@ struct mt_http {
     sse_frame **ring;                  /* SSE_RING slots: frames of events ring_first+1..ring_last */
     uint64_t ring_first, ring_last;
     size_t ring_bytes;                 /* of the frames in the ring */
+    char **ring_topics;                /* owned: every pattern a stream asked for since the
+                                          ring last started afresh; NULL/0 = not filtering */
+    int ring_ntopics;
+    bool ring_all;                     /* too many patterns: format every event */
     struct event *fanout;              /* sends new events to every stream (sse_appended) */
     int64_t fanout_at;                 /* monotonic µs of the last fan-out */
     int nsse;                          /* streams in h->sse */
@@ -1338,9 +1343,83 @@ static void frame_cleanup(const void *data, size_t len, void *arg)
     frame_unref(arg);
 }
 
+/* Empties the ring: it goes on from ring_last; streams further back read the log. */
+static void ring_clear(mt_http *h)
+{
+    for (size_t i = 0; i < SSE_RING; i++) {
+        if (h->ring[i]) {
+            frame_unref(h->ring[i]);
+            h->ring[i] = NULL;
+        }
+    }
+    h->ring_bytes = 0;
+    h->ring_first = h->ring_last;
+}
+
+/*
+ * A new stream's patterns: one the ring did not filter by means the events
+ * already in it may lack frames that stream wants, so the ring starts
+ * afresh at the head (streams behind read the log, as for any older event).
+ */
+static void ring_add_topics(mt_http *h, sse_client *c)
+{
+    for (int i = 0; i < c->ntopics && !h->ring_all; i++) {
+        int j = 0;
+        while (j < h->ring_ntopics && strcmp(h->ring_topics[j], c->topics[i]) != 0) {
+            j++;
+        }
+        if (j < h->ring_ntopics) {
+            continue;
+        }
+        ring_clear(h);
+        if (h->ring_ntopics == SSE_RING_TOPICS) {
+            h->ring_all = true;
+            break;
+        }
+        h->ring_topics = mt_xrealloc(h->ring_topics,
+                                     (size_t) (h->ring_ntopics + 1) * sizeof *h->ring_topics);
+        h->ring_topics[h->ring_ntopics++] = mt_xstrdup(c->topics[i]);
+    }
+}
+
+/* Whether any stream may want events of 'type' (the ring formats only those). */
+static bool ring_wants(mt_http *h, const char *type)
+{
+    if (h->ring_all) {
+        return true;
+    }
+    for (int i = 0; i < h->ring_ntopics; i++) {
+        bool m;
+        if (mt_topic_match(h->ring_topics[i], type, &m) == MT_OK && m) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int ring_add_event(const mt_event *ev, void *arg)
 {
     mt_http *h = arg;
+    if (!ring_wants(h, ev->attr[MT_ATTR_TYPE])) {
+        /* No stream asked for it: an empty frame that every stream skips. */
+        sse_frame *f = mt_xmalloc(sizeof *f + 1);
+        f->seq = ev->sequence;
+        f->refs = 1;
+        f->len = 0;
+        f->mem[0] = '\0';
+        f->type = f->mem;
+        sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
+        if (*slot) {
+            h->ring_bytes -= (*slot)->len;
+            frame_unref(*slot);
+        }
+        *slot = f;
+        h->ring_last = ev->sequence;
+        if (h->ring_last - h->ring_first > SSE_RING) {
+            h->ring_first = h->ring_last - SSE_RING;
+        }
+        return 0;
+    }
     if (ev->data_len > SSE_FRAME_MAX) {
         /* Not kept: a stream reads it from the log (the slot stays empty). */
         sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
@@ -1406,13 +1485,7 @@ static void ring_fill(mt_http *h)
     mt_log_head(t, &head);
     if (head > h->ring_last + SSE_RING) {
         /* Too far behind to matter: streams that far back read the log themselves. */
-        for (size_t i = 0; i < SSE_RING; i++) {
-            if (h->ring[i]) {
-                frame_unref(h->ring[i]);
-                h->ring[i] = NULL;
-            }
-        }
-        h->ring_bytes = 0;
+        ring_clear(h);
         h->ring_first = h->ring_last = head - SSE_RING;
     }
     if (head > h->ring_last) {
@@ -1478,7 +1551,7 @@ static void sse_pump(sse_client *c)
                     break; /* a large event the ring does not keep: from the log, next turn */
                 }
                 mt_assert(f->seq == seq);
-                if (sse_matches(c, f->type)) {
+                if (f->len > 0 && sse_matches(c, f->type)) {
                     f->refs++;
                     evbuffer_add_reference(out, f->mem, f->len, frame_cleanup, f);
                 }
@@ -1655,6 +1728,7 @@ static void handle_subscribe(mt_http *h, struct evhttp_request *req, struct evke
     c->drain = evtimer_new(evhttp_connection_get_base(c->evcon), sse_on_drain, c);
     struct timeval tv = {SSE_HEARTBEAT_S, 0};
     event_add(c->heartbeat, &tv);
+    ring_add_topics(h, c);
     ring_fill(h); /* the ring is filled only while streams exist: bring it up to the head */
     sse_pump(c);
 }
@@ -1942,6 +2016,10 @@ void mt_http_close(mt_http *h)
         }
     }
     free(h->ring);
+    for (int i = 0; i < h->ring_ntopics; i++) {
+        free(h->ring_topics[i]);
+    }
+    free(h->ring_topics);
     event_free(h->fanout);
     event_free(h->accept_resume);
     for (mt_http **p = &open_servers; *p; p = &(*p)->next_open) {

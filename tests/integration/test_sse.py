@@ -189,6 +189,24 @@ def test_a_heartbeat_while_output_waits_does_not_stall_the_stream():
         s.close()
 
 
+def test_a_new_topic_gets_events_the_shared_ring_skipped():
+    # The ring formats only events some open stream asks for; a stream on
+    # another topic, opened later from the start, must still get them all.
+    with Engine() as e:
+        ca, ra = open_stream(e, "topic=a.%23")
+        for i in range(20):
+            e.publish(mtlib.event("x%d" % i, type_="a.x" if i % 4 == 0 else "b.x", data={"i": i}))
+        got_a = read_events(ra, 5)
+        assert [g[2]["data"]["i"] for g in got_a] == [0, 4, 8, 12, 16]
+        cb, rb = open_stream(e, "topic=b.%23&after=0")
+        got_b = read_events(rb, 15)
+        assert [g[2]["data"]["i"] for g in got_b] == [i for i in range(20) if i % 4]
+        e.publish(mtlib.event("y", type_="b.x", data={"i": 99}))
+        assert read_events(rb, 1)[0][2]["data"]["i"] == 99
+        ca.close()
+        cb.close()
+
+
 def test_resume_from_last_event_id_has_no_gap_and_no_duplicate():
     with Engine() as e:
         for i in range(30):
