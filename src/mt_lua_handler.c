@@ -349,6 +349,8 @@ static int build_ctx(lua_State *L)
         lua_setfield(L, -2, r->name);
     }
     lua_setfield(L, ctx, "log");
+    lua_pushstring(L, h->name);
+    lua_setfield(L, ctx, "subscription");
     lua_pop(L, 1); /* kv metatable */
     lua_pushvalue(L, ctx);
     h->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -68,6 +68,17 @@ def test_put_creates_a_subscription_that_delivers_and_survives_a_restart():
         e.cleanup()
 
 
+def test_one_handler_file_serves_two_subscriptions_that_know_their_names():
+    h = handler_file("return function(event, ctx) ctx.kv('who'):put(ctx.subscription, event.id) end")
+    with Engine() as e:
+        assert put(e, "first", {"topics": ["n.#"], "handler": h})[0] == 201
+        assert put(e, "second", {"topics": ["n.#"], "handler": h, "workers": 2})[0] == 201
+        e.publish(mtlib.event("n1", type_="n.x"))
+        got = mtlib.wait_for(lambda: len(json.loads(e.request("GET", "/tables/who")[2])) == 2 and
+                             json.loads(e.request("GET", "/tables/who")[2]), what="both")
+        assert got == {"first": "e-n1", "second": "e-n1"}, got
+
+
 def test_put_replaces_a_subscription_and_keeps_its_position():
     with Engine() as e:
         h = handler_file()
