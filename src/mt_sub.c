@@ -13,6 +13,13 @@
 #include <openssl/rand.h>
 
 #define EVENTS_PER_JOB 512     /* handler runs per dispatch job: bounds a group's length */
+/*
+ * Dispatch jobs of one subscription in flight at once: the next is queued
+ * while one waits for its group's sync, and the writer runs them in turn
+ * (each reads what the one before wrote), so handlers keep up with heavy
+ * publishing. With workers one, as a round belongs to one job.
+ */
+#define DISPATCH_INFLIGHT 2
 #define SCANS_PER_JOB 8192     /* log entries looked at per job */
 #define MAX_LANE 410
 #define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
@@ -57,14 +64,12 @@ struct sub_rt {
     sub_rt *next_retired;
     void *handler;               /* from the runner; used on the writer thread only */
     mt_filter *filter;           /* NULL = none */
-    bool busy;                   /* a dispatch job is queued or running */
-    bool again;                  /* a kick came while busy */
+    int inflight;                /* dispatch jobs queued or running (DISPATCH_INFLIGHT at most) */
+    bool again;                  /* a kick came while as many as allowed were in flight */
     struct event *timer;         /* fires at the next retry */
-    dispatch_out out;            /* filled by the job, read in its done callback */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
     bool spec_running;           /* a round is running */
     mt_spec_round *round_ready;  /* a finished round waiting for the next dispatch job */
-    mt_spec_round *round_job;    /* the round handed to the dispatch job in flight */
     uint64_t spec_end;           /* the last sequence a round covered */
     uint64_t rerun_seen;         /* ahead_rerun when the last job ended */
     _Atomic uint64_t ahead_used; /* results of the workers applied by the writer */
@@ -825,21 +830,31 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
     }
 }
 
+/* One dispatch job: what it reports back, and the round of results it was given. */
+typedef struct dispatch_job {
+    sub_rt *s;
+    dispatch_out out;
+} dispatch_job;
+
 static mt_err dispatch_run(mt_txn *t, void *arg)
 {
-    sub_rt *s = arg;
+    dispatch_job *dj = arg;
+    sub_rt *s = dj->s;
     const mt_sub_conf *c = s->conf;
-    dispatch_out *out = &s->out;
+    dispatch_out *out = &dj->out;
+    mt_spec_round *round = out->round;
     memset(out, 0, sizeof *out);
-    out->round = s->round_job;
+    out->round = round;
     sub_state st;
     mt_err rc = load_state(t, c->name, &st);
     if (rc == MT_OK && !st.exists) {
         rc = initial_cursor(t, c, &st.cursor);
     }
     if (rc == MT_OK && st.paused) {
-        return save_state(t, c->name, &st);
+        return st.exists ? MT_OK : save_state(t, c->name, &st);
     }
+    /* Saved only if it changed: a job that found nothing makes no group to sync. */
+    sub_state before = st;
     int budget = EVENTS_PER_JOB;
     if (rc == MT_OK && !c->priority) {
         rc = run_due(s, t, &st, out, &budget);
@@ -939,7 +954,7 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
     if (rc == MT_OK && c->priority) {
         rc = run_due(s, t, &st, out, &budget);
     }
-    if (rc == MT_OK) {
+    if (rc == MT_OK && (!st.exists || memcmp(&before, &st, sizeof st) != 0)) {
         rc = save_state(t, c->name, &st);
     }
     return rc;
@@ -957,7 +972,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 static void sub_release(sub_rt *s);
 
-static void dispatch_settle(sub_rt *s, mt_err rc)
+static void dispatch_settle(sub_rt *s, const dispatch_out *out, mt_err rc)
 {
     mt_subs *subs = s->subs;
     if (rc) {
@@ -968,22 +983,22 @@ static void dispatch_settle(sub_rt *s, mt_err rc)
         evtimer_add(s->timer, &tv);
         return;
     }
-    if (s->out.appended) {
+    if (out->appended) {
         /* Emitted events may be for other subscriptions, or long polls. */
         mt_subs_kick(subs);
         if (subs->on_append) {
             subs->on_append(subs->on_append_arg);
         }
     }
-    if (s->out.next_due_us) {
-        int64_t wait = s->out.next_due_us - mt_now_us();
+    if (out->next_due_us) {
+        int64_t wait = out->next_due_us - mt_now_us();
         if (wait < 0) {
             wait = 0;
         }
         struct timeval tv = {(time_t) (wait / 1000000), (suseconds_t) (wait % 1000000)};
         evtimer_add(s->timer, &tv);
     }
-    if (s->out.more || s->again || s->out.appended) {
+    if (out->more || s->again || out->appended) {
         s->again = false;
         submit(s);
     }
@@ -991,16 +1006,17 @@ static void dispatch_settle(sub_rt *s, mt_err rc)
 
 static void dispatch_done(mt_err rc, void *arg)
 {
-    sub_rt *s = arg;
-    s->busy = false;
-    mt_spec_round_free(s->round_job);
-    s->round_job = NULL;
+    dispatch_job *dj = arg;
+    sub_rt *s = dj->s;
+    s->inflight--;
+    mt_spec_round_free(dj->out.round);
     if (s->spec && s->ahead_rerun != s->rerun_seen) {
         /* Some overlay was wrong (a key another subject wrote, a run that failed here). */
         s->rerun_seen = s->ahead_rerun;
         mt_spec_reset(s->spec);
     }
-    dispatch_settle(s, rc);
+    dispatch_settle(s, &dj->out, rc);
+    free(dj);
     sub_release(s);
 }
 
@@ -1159,19 +1175,22 @@ static void submit(sub_rt *s)
         /* Workers run ahead, also while a dispatch job applies their last round. */
         spec_begin(s);
     }
-    if (s->busy || (s->spec_running && !s->round_ready)) {
+    if (s->inflight >= (s->spec ? 1 : DISPATCH_INFLIGHT) ||
+        (s->spec_running && !s->round_ready)) {
         /* The job in flight, or the round running, comes back here when done. */
         s->again = true;
         return;
     }
-    s->round_job = s->round_ready;
+    dispatch_job *dj = mt_xcalloc(1, sizeof *dj);
+    dj->s = s;
+    dj->out.round = s->round_ready;
     s->round_ready = NULL;
-    if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, s) == MT_OK) {
-        s->busy = true;
+    if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, dj) == MT_OK) {
+        s->inflight++;
         s->refs++;
     } else {
-        mt_spec_round_free(s->round_job);
-        s->round_job = NULL;
+        mt_spec_round_free(dj->out.round);
+        free(dj);
     }
 }
 
@@ -1181,7 +1200,6 @@ static void sub_free(sub_rt *s)
 {
     mt_spec_close(s->spec);
     mt_spec_round_free(s->round_ready);
-    mt_spec_round_free(s->round_job);
     if (s->timer) {
         event_free(s->timer);
     }
@@ -1479,7 +1497,7 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
     json_object_set_new(o, "paused", json_boolean(st.paused));
     json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, s->conf->name)));
     json_object_set_new(o, "dlq", json_integer((json_int_t) count_prefix(t, MT_DB_DLQ, s->conf->name)));
-    json_object_set_new(o, "in_flight", json_boolean(s->busy));
+    json_object_set_new(o, "in_flight", json_boolean(s->inflight > 0));
     json_t *le = json_string(st.last_error);
     json_object_set_new(o, "last_error", st.last_error[0] && le ? le : json_null());
     if (!(st.last_error[0] && le)) {
