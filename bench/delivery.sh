@@ -39,45 +39,10 @@ SCHED_EVENTS=${SCHED_EVENTS:-500}
 SSE_RATE=200 # events/s published; each SSE client receives all of them
 LOAD_START=$(cut -d ' ' -f 1-3 /proc/loadavg) # the machine is shared: say how busy it was
 
-TMP=""
-ENGINE_PID=""
-cleanup() {
-    local rc=$?
-    if [ -n "$ENGINE_PID" ] && kill -0 "$ENGINE_PID" 2>/dev/null; then
-        kill -TERM "$ENGINE_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$ENGINE_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$ENGINE_PID" 2>/dev/null; then
-            echo "delivery.sh: engine did not stop on SIGTERM; killing it" >&2
-            kill -KILL "$ENGINE_PID" 2>/dev/null || true
-        fi
-        wait "$ENGINE_PID" 2>/dev/null || true
-    fi
-    if [ -n "$TMP" ]; then
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---- build ----
-echo "== building in $BUILD" >&2
-if [ ! -f "$BUILD/Makefile" ]; then
-    if [ ! -x "$REPO/configure" ]; then
-        (cd "$REPO" && autoreconf -fi)
-    fi
-    mkdir -p "$BUILD"
-    (cd "$BUILD" && "$REPO/configure" -q)
-fi
-make -s -C "$BUILD" -j"$(nproc)" moontide bench >&2
-MOONTIDE=$BUILD/moontide
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+bench_setup delivery
 MT_DELIVERY=$BUILD/bench/mt_delivery
-
-TMP=$(mktemp -d "$BASE/moontide-delivery.XXXXXX")
 ROWS=$TMP/rows
 : >"$ROWS"
 FAILED=0

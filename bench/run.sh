@@ -26,50 +26,10 @@ BUILD=${BUILD_DIR:-$REPO/build-bench}
 SECS=${BENCH_SECONDS:-10}
 BASE=${BENCH_DIR:-$(dirname "$REPO")}
 
-TMP=""
-ENGINE_PID=""
-PROBE_PID=""
-cleanup() {
-    local rc=$?
-    if [ -n "$PROBE_PID" ] && kill -0 "$PROBE_PID" 2>/dev/null; then
-        kill -INT "$PROBE_PID" 2>/dev/null || true
-        wait "$PROBE_PID" 2>/dev/null || true
-    fi
-    if [ -n "$ENGINE_PID" ] && kill -0 "$ENGINE_PID" 2>/dev/null; then
-        kill -TERM "$ENGINE_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$ENGINE_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$ENGINE_PID" 2>/dev/null; then
-            echo "run.sh: engine did not stop on SIGTERM; killing it" >&2
-            kill -KILL "$ENGINE_PID" 2>/dev/null || true
-        fi
-        wait "$ENGINE_PID" 2>/dev/null || true
-    fi
-    if [ -n "$TMP" ]; then
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---- build ----
-echo "== building in $BUILD" >&2
-if [ ! -f "$BUILD/Makefile" ]; then
-    if [ ! -x "$REPO/configure" ]; then
-        (cd "$REPO" && autoreconf -fi)
-    fi
-    mkdir -p "$BUILD"
-    (cd "$BUILD" && "$REPO/configure" -q)
-fi
-make -s -C "$BUILD" -j"$(nproc)" moontide bench >&2
-MOONTIDE=$BUILD/moontide
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+bench_setup bench
 MT_BENCH=$BUILD/bench/mt_bench
-
-TMP=$(mktemp -d "$BASE/moontide-bench.XXXXXX")
 ROWS=$TMP/rows
 : >"$ROWS"
 FAILED=0

@@ -1306,6 +1306,16 @@ static bool sse_matches(sse_client *c, const char *type)
     return false;
 }
 
+/* One event as an SSE frame: id (the sequence), event (the type), data (the CloudEvent). */
+static void sse_format(const mt_event *ev, mt_buf *b)
+{
+    mt_buf_addf(b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
+                ev->attr[MT_ATTR_TYPE]);
+    /* Compact JSON has no raw newlines (they are escaped in strings). */
+    mt_event_to_json(ev, b);
+    mt_buf_adds(b, "\n\n");
+}
+
 typedef struct sse_page {
     sse_client *c;
     struct evbuffer *out;
@@ -1321,11 +1331,7 @@ static int sse_add_event(const mt_event *ev, void *arg)
     }
     mt_buf b;
     mt_buf_init(&b);
-    mt_buf_addf(&b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
-                ev->attr[MT_ATTR_TYPE]);
-    /* Compact JSON has no raw newlines (they are escaped in strings). */
-    mt_event_to_json(ev, &b);
-    mt_buf_adds(&b, "\n\n");
+    sse_format(ev, &b);
     evbuffer_add(p->out, b.data, b.len);
     mt_buf_free(&b);
     return 0;
@@ -1397,71 +1403,38 @@ static bool ring_wants(mt_http *h, const char *type)
     return false;
 }
 
-static int ring_add_event(const mt_event *ev, void *arg)
+/* A frame of 'len' bytes of text at 'text' (may be 0) for events of 'type'. */
+static sse_frame *frame_new(uint64_t seq, const char *text, size_t len, const char *type)
 {
-    mt_http *h = arg;
-    if (!ring_wants(h, ev->attr[MT_ATTR_TYPE])) {
-        /* No stream asked for it: an empty frame that every stream skips. */
-        sse_frame *f = mt_xmalloc(sizeof *f + 1);
-        f->seq = ev->sequence;
-        f->refs = 1;
-        f->len = 0;
-        f->mem[0] = '\0';
-        f->type = f->mem;
-        sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
-        if (*slot) {
-            h->ring_bytes -= (*slot)->len;
-            frame_unref(*slot);
-        }
-        *slot = f;
-        h->ring_last = ev->sequence;
-        if (h->ring_last - h->ring_first > SSE_RING) {
-            h->ring_first = h->ring_last - SSE_RING;
-        }
-        return 0;
-    }
-    if (ev->data_len > SSE_FRAME_MAX) {
-        /* Not kept: a stream reads it from the log (the slot stays empty). */
-        sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
-        if (*slot) {
-            h->ring_bytes -= (*slot)->len;
-            frame_unref(*slot);
-            *slot = NULL;
-        }
-        h->ring_last = ev->sequence;
-        if (h->ring_last - h->ring_first > SSE_RING) {
-            h->ring_first = h->ring_last - SSE_RING;
-        }
-        return 0;
-    }
-    mt_buf b;
-    mt_buf_init(&b);
-    mt_buf_addf(&b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
-                ev->attr[MT_ATTR_TYPE]);
-    /* Compact JSON has no raw newlines (they are escaped in strings). */
-    mt_event_to_json(ev, &b);
-    mt_buf_adds(&b, "\n\n");
-    size_t tl = strlen(ev->attr[MT_ATTR_TYPE]);
-    sse_frame *f = mt_xmalloc(sizeof *f + b.len + tl + 1);
-    f->seq = ev->sequence;
+    size_t tl = strlen(type);
+    sse_frame *f = mt_xmalloc(sizeof *f + len + tl + 1);
+    f->seq = seq;
     f->refs = 1;
-    f->len = b.len;
-    memcpy(f->mem, b.data, b.len);
-    memcpy(f->mem + b.len, ev->attr[MT_ATTR_TYPE], tl + 1);
-    f->type = f->mem + b.len;
-    mt_buf_free(&b);
-    sse_frame **slot = &h->ring[ev->sequence & (SSE_RING - 1)];
+    f->len = len;
+    memcpy(f->mem, text, len);
+    memcpy(f->mem + len, type, tl + 1);
+    f->type = f->mem + len;
+    return f;
+}
+
+/*
+ * Makes 'f' the ring's frame for 'seq' (the next sequence); NULL leaves the
+ * slot empty, so streams read that event from the log. Keeps the ring
+ * within SSE_RING events and SSE_RING_BYTES.
+ */
+static void ring_put(mt_http *h, uint64_t seq, sse_frame *f)
+{
+    sse_frame **slot = &h->ring[seq & (SSE_RING - 1)];
     if (*slot) {
         h->ring_bytes -= (*slot)->len;
         frame_unref(*slot);
     }
     *slot = f;
-    h->ring_bytes += f->len;
-    h->ring_last = ev->sequence;
+    h->ring_bytes += f ? f->len : 0;
+    h->ring_last = seq;
     if (h->ring_last - h->ring_first > SSE_RING) {
         h->ring_first = h->ring_last - SSE_RING;
     }
-    /* Large events: the ring holds fewer of them (streams behind read the log). */
     while (h->ring_bytes > SSE_RING_BYTES && h->ring_first + 1 < h->ring_last) {
         sse_frame **old = &h->ring[(h->ring_first + 1) & (SSE_RING - 1)];
         if (*old) {
@@ -1470,6 +1443,25 @@ static int ring_add_event(const mt_event *ev, void *arg)
             *old = NULL;
         }
         h->ring_first++;
+    }
+}
+
+static int ring_add_event(const mt_event *ev, void *arg)
+{
+    mt_http *h = arg;
+    const char *type = ev->attr[MT_ATTR_TYPE];
+    if (!ring_wants(h, type)) {
+        /* No stream asked for it: an empty frame that every stream skips. */
+        ring_put(h, ev->sequence, frame_new(ev->sequence, "", 0, type));
+    } else if (ev->data_len > SSE_FRAME_MAX) {
+        /* Not kept: streams read it from the log. */
+        ring_put(h, ev->sequence, NULL);
+    } else {
+        mt_buf b;
+        mt_buf_init(&b);
+        sse_format(ev, &b);
+        ring_put(h, ev->sequence, frame_new(ev->sequence, b.data, b.len, type));
+        mt_buf_free(&b);
     }
     return 0;
 }

@@ -1,3 +1,10 @@
+/*
+ * mt_lua_json.c - part of the mt_lua module: the JSON bridge between Lua
+ * values and JSON text (mt_lua_push_json*, mt_lua_to_json in mt_lua.h) and
+ * the moontide.json module handlers require. Its contract is in mt_lua.h;
+ * what it shares with mt_lua.c is in mt_lua_int.h. Runs on the thread that
+ * owns the lua_State (the writer, or a worker).
+ */
 #include <lauxlib.h>
 #include <math.h>
 #include <stdarg.h>

@@ -972,6 +972,19 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 static void sub_release(sub_rt *s);
 
+/*
+ * Queues a writer job that uses 's', holding a reference until its done
+ * callback calls sub_release. The caller frees its job on failure.
+ */
+static mt_err sub_submit(sub_rt *s, mt_store_job_fn run, mt_store_done_fn done, void *job)
+{
+    mt_err rc = mt_store_submit(s->subs->store, run, done, job);
+    if (rc == MT_OK) {
+        s->refs++;
+    }
+    return rc;
+}
+
 static void dispatch_settle(sub_rt *s, const dispatch_out *out, mt_err rc)
 {
     mt_subs *subs = s->subs;
@@ -1185,9 +1198,8 @@ static void submit(sub_rt *s)
     dj->s = s;
     dj->out.round = s->round_ready;
     s->round_ready = NULL;
-    if (mt_store_submit(s->subs->store, dispatch_run, dispatch_done, dj) == MT_OK) {
+    if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
         s->inflight++;
-        s->refs++;
     } else {
         mt_spec_round_free(dj->out.round);
         free(dj);
@@ -1666,11 +1678,9 @@ static mt_err dlq_submit(mt_subs *subs, const char *name, uint64_t seq, bool red
     j->redrive = redrive;
     j->done = done;
     j->arg = arg;
-    mt_err rc = mt_store_submit(subs->store, dlq_run, dlq_done, j);
+    mt_err rc = sub_submit(s, dlq_run, dlq_done, j);
     if (rc) {
         free(j);
-    } else {
-        s->refs++;
     }
     return rc;
 }
@@ -1731,11 +1741,9 @@ mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
     }
     pause_job *j = mt_xcalloc(1, sizeof *j);
     *j = (pause_job){s, pause, done, arg};
-    mt_err rc = mt_store_submit(subs->store, pause_run, pause_done, j);
+    mt_err rc = sub_submit(s, pause_run, pause_done, j);
     if (rc) {
         free(j);
-    } else {
-        s->refs++;
     }
     return rc;
 }
@@ -1743,11 +1751,11 @@ mt_err mt_subs_pause(mt_subs *subs, const char *name, bool pause,
 /* ---- pull consumers ---- */
 
 /*
- * A leased message is parked in lane "#SEQ" with state "leased", its lease
- * token and its attempts; the time index holds its lease expiry, so an
- * expired lease comes back to the next pull (a nack's delay works the same
- * way). Tokens are "SEQ-NONCE": the nonce changes with every lease, so a
- * consumer holding an old lease cannot ack a redelivered message.
+ * A leased message is the parked head of its lane with state "leased", its
+ * lease token and its attempts; the time index holds its lease expiry, so
+ * an expired lease comes back to the next pull (a nack's delay works the
+ * same way). Tokens are "SEQ-NONCE": the nonce changes with every pull, so
+ * a consumer holding an old lease cannot ack a redelivered message.
  */
 typedef struct pull_job {
     sub_rt *s;
@@ -2051,12 +2059,10 @@ mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_
     }
     pull_job *j = mt_xcalloc(1, sizeof *j);
     *j = (pull_job){s, max, json_array(), 0, 0, done, arg};
-    mt_err rc = mt_store_submit(subs->store, pull_run, pull_done, j);
+    mt_err rc = sub_submit(s, pull_run, pull_done, j);
     if (rc) {
         json_decref(j->out);
         free(j);
-    } else {
-        s->refs++;
     }
     return rc;
 }
@@ -2187,13 +2193,11 @@ mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const j
     }
     lease_job *j = mt_xcalloc(1, sizeof *j);
     *j = (lease_job){s, op, json_deep_copy(tokens), delay_ms, json_array(), 0, done, arg};
-    mt_err rc = mt_store_submit(subs->store, lease_run, lease_done, j);
+    mt_err rc = sub_submit(s, lease_run, lease_done, j);
     if (rc) {
         json_decref(j->tokens);
         json_decref(j->unknown);
         free(j);
-    } else {
-        s->refs++;
     }
     return rc;
 }
