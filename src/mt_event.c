@@ -672,66 +672,131 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
 
 /* ---- JSON output ---- */
 
+/*
+ * Appends 's' (n bytes) as a JSON string. jansson encodes it, except when
+ * its JSON form is itself in quotes (printable ASCII without '"' or '\\'),
+ * the usual case for attributes, which is copied as it is. Returns false,
+ * appending nothing, if 's' is not UTF-8.
+ */
+static bool add_string(mt_buf *out, const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\') {
+        i++;
+    }
+    if (i == n) {
+        mt_buf_reserve(out, n + 2);
+        out->data[out->len++] = '"';
+        memcpy(out->data + out->len, s, n);
+        out->len += n;
+        out->data[out->len++] = '"';
+        return true;
+    }
+    json_t *v = json_stringn(s, n);
+    if (!v) {
+        return false;
+    }
+    size_t need = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY);
+    mt_buf_reserve(out, need);
+    out->len += json_dumpb(v, out->data + out->len, need, JSON_ENCODE_ANY);
+    json_decref(v);
+    return true;
+}
+
+/* Appends ',"name":' (no comma first when 'first'). */
+static void add_key(mt_buf *out, const char *name, bool first)
+{
+    if (!first) {
+        mt_buf_add(out, ",", 1);
+    }
+    add_string(out, name, strlen(name));
+    mt_buf_add(out, ":", 1);
+}
+
+/* Whether an extension named 'name' would repeat a member the engine writes itself. */
+static bool engine_member(const char *name)
+{
+    static const char *const own[] = {"specversion", "priority", "sequence", "streamversion",
+                                      "recordedtime", "data", "data_base64"};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+        if (strcmp(name, own[i]) == 0) {
+            return true;
+        }
+    }
+    return find_attr(name) >= 0;
+}
+
+/*
+ * The structured CloudEvent, compact, members in a fixed order: specversion,
+ * the attributes, priority, extensions, sequence, streamversion,
+ * recordedtime, then data (JSON data byte for byte as published) or
+ * data_base64. Written member by member rather than through a jansson
+ * object: this runs for every event a reader, stream or consumer is sent.
+ */
 void mt_event_to_json(const mt_event *ev, mt_buf *out)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "specversion", json_string("1.0"));
+    mt_buf_adds(out, "{\"specversion\":\"1.0\"");
     for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
         if (ev->attr[i]) {
-            json_t *v = json_string(ev->attr[i]);
-            if (v) {
-                json_object_set_new(o, attr_names[i], v);
+            size_t mark = out->len;
+            add_key(out, attr_names[i], false);
+            if (!add_string(out, ev->attr[i], strlen(ev->attr[i]))) {
+                out->len = mark; /* not UTF-8: left out */
             }
         }
     }
     if (ev->priority >= 0) {
-        json_object_set_new(o, "priority", json_integer(ev->priority));
+        mt_buf_adds(out, ",\"priority\":");
+        mt_buf_add_u64(out, (uint64_t) ev->priority);
     }
     if (ev->attr[MT_ATTR_EXTENSIONS]) {
         json_t *ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
-        if (json_is_object(ext)) {
-            json_object_update_missing(o, ext);
+        const char *name;
+        json_t *v;
+        json_object_foreach(ext, name, v) {
+            if (engine_member(name)) {
+                continue;
+            }
+            add_key(out, name, false);
+            size_t need = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
+            mt_buf_reserve(out, need);
+            out->len += json_dumpb(v, out->data + out->len, need, JSON_ENCODE_ANY | JSON_COMPACT);
         }
         json_decref(ext);
     }
-    char seq[24];
-    snprintf(seq, sizeof seq, "%llu", (unsigned long long) ev->sequence);
-    json_object_set_new(o, "sequence", json_string(seq));
+    mt_buf_adds(out, ",\"sequence\":\"");
+    mt_buf_add_u64(out, ev->sequence);
     if (ev->attr[MT_ATTR_SUBJECT]) {
-        json_object_set_new(o, "streamversion", json_integer((json_int_t) ev->streamversion));
+        mt_buf_adds(out, "\",\"streamversion\":");
+        mt_buf_add_u64(out, ev->streamversion);
+        mt_buf_adds(out, ",\"recordedtime\":\"");
+    } else {
+        mt_buf_adds(out, "\",\"recordedtime\":\"");
     }
     char ts[40];
     mt_time_format_us(ev->recordedtime_us, ts, sizeof ts);
-    json_object_set_new(o, "recordedtime", json_string(ts));
+    mt_buf_adds(out, ts);
+    mt_buf_add(out, "\"", 1);
 
     mt_data_kind kind = ev->data_kind;
-    if (kind == MT_DATA_TEXT) {
-        json_t *v = json_stringn((const char *) ev->data, ev->data_len);
-        if (v) {
-            json_object_set_new(o, "data", v);
-        } else {
+    if (kind == MT_DATA_JSON) {
+        mt_buf_adds(out, ",\"data\":");
+        mt_buf_add(out, ev->data, ev->data_len);
+    } else if (kind == MT_DATA_TEXT) {
+        size_t mark = out->len;
+        mt_buf_adds(out, ",\"data\":");
+        if (!add_string(out, (const char *) ev->data, ev->data_len)) {
+            out->len = mark;
             kind = MT_DATA_BINARY; /* not UTF-8: only base64 can carry it */
         }
     }
     if (kind == MT_DATA_BINARY) {
         size_t n = 4 * ((ev->data_len + 2) / 3);
-        char *b64 = mt_xmalloc(n + 1);
-        EVP_EncodeBlock((unsigned char *) b64, ev->data, (int) ev->data_len);
-        json_object_set_new(o, "data_base64", json_stringn(b64, n));
-        free(b64);
+        mt_buf_adds(out, ",\"data_base64\":\"");
+        mt_buf_reserve(out, n + 1);
+        EVP_EncodeBlock((unsigned char *) out->data + out->len, ev->data, (int) ev->data_len);
+        out->len += n;
+        mt_buf_add(out, "\"", 1);
     }
-    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(o);
-    mt_assert(text);
-    size_t n = strlen(text);
-    if (kind == MT_DATA_JSON) {
-        /* Splice the exact data text in before the closing brace. */
-        mt_buf_add(out, text, n - 1);
-        mt_buf_adds(out, ",\"data\":");
-        mt_buf_add(out, ev->data, ev->data_len);
-        mt_buf_adds(out, "}");
-    } else {
-        mt_buf_add(out, text, n);
-    }
-    free(text);
+    mt_buf_add(out, "}", 1);
 }

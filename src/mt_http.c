@@ -1045,10 +1045,13 @@ static void pull_answer(mt_err rc, json_t *result, void *arg)
     size_t i;
     json_t *item;
     json_array_foreach(items, i, item) {
+        /* Tokens are "SEQ-HEX" (mt_parked_token): nothing in them needs escaping. */
         json_t *raw = json_object_get(item, "raw");
-        mt_buf_addf(&b, "%s{\"lease\":\"%s\",\"attempt\":%lld,\"event\":", i ? "," : "",
-                    json_string_value(json_object_get(item, "lease")),
-                    (long long) json_integer_value(json_object_get(item, "attempt")));
+        mt_buf_adds(&b, i ? ",{\"lease\":\"" : "{\"lease\":\"");
+        mt_buf_adds(&b, json_string_value(json_object_get(item, "lease")));
+        mt_buf_adds(&b, "\",\"attempt\":");
+        mt_buf_add_u64(&b, (uint64_t) json_integer_value(json_object_get(item, "attempt")));
+        mt_buf_adds(&b, ",\"event\":");
         mt_buf_add(&b, json_string_value(raw), json_string_length(raw));
         mt_buf_adds(&b, "}");
     }

@@ -146,6 +146,17 @@ void mt_buf_addf(mt_buf *b, const char *fmt, ...)
     b->len += (size_t) n;
 }
 
+void mt_buf_add_u64(mt_buf *b, uint64_t v)
+{
+    char d[20];
+    size_t n = 0;
+    do {
+        d[sizeof d - 1 - n++] = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+    mt_buf_add(b, d + sizeof d - n, n);
+}
+
 const char *mt_buf_cstr(mt_buf *b)
 {
     mt_buf_reserve(b, 0);

@@ -9,6 +9,7 @@
 #ifndef MT_MEM_H
 #define MT_MEM_H
 #include <stddef.h>
+#include <stdint.h>
 
 void *mt_xmalloc(size_t n);
 void *mt_xcalloc(size_t count, size_t n);
@@ -40,6 +41,8 @@ void mt_buf_reserve(mt_buf *b, size_t extra);
 void mt_buf_add(mt_buf *b, const void *p, size_t n);
 void mt_buf_adds(mt_buf *b, const char *s);
 void mt_buf_addf(mt_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends 'v' in decimal. */
+void mt_buf_add_u64(mt_buf *b, uint64_t v);
 /* Ensures data is NUL-terminated (not counted in len) and returns it. */
 const char *mt_buf_cstr(mt_buf *b);
 

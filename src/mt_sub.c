@@ -6,6 +6,7 @@
 #include "mt_diag.h"
 #include "mt_filter.h"
 #include "mt_log.h"
+#include "mt_parked.h"
 #include "mt_spec.h"
 #include "mt_sub.h"
 #include "mt_topic.h"
@@ -21,7 +22,7 @@
  */
 #define DISPATCH_INFLIGHT 2
 #define SCANS_PER_JOB 8192     /* log entries looked at per job */
-#define MAX_LANE 410
+#define MAX_LANE MT_LANE_MAX
 #define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
 #define ERRORS_KEPT 10         /* attempt errors kept per message */
 
@@ -210,17 +211,26 @@ static mt_err initial_cursor(mt_txn *t, const mt_sub_conf *c, uint64_t *cursor)
 /* ---- parked messages ---- */
 
 /*
- * A parked message, as JSON: {"state": "retry"|"blocked", "attempts": N,
- * "due": us, "errors": [{"attempt", "time", "error", "traceback"}]}.
+ * Reads the parked record at key 'k' into 'p' (mt_parked.h; free it with
+ * mt_parked_free). MT_ENOTFOUND if there is none.
  */
-static json_t *parked_load(mt_txn *t, const uint8_t *k, size_t kl)
+static mt_err parked_load(mt_txn *t, const uint8_t *k, size_t kl, mt_parked *p)
 {
     const void *v;
     size_t vl;
-    if (mt_store_get(t, MT_DB_PARKED, k, kl, &v, &vl)) {
-        return NULL;
-    }
-    return json_loadb(v, vl, 0, NULL);
+    mt_parked_init(p);
+    mt_err rc = mt_store_get(t, MT_DB_PARKED, k, kl, &v, &vl);
+    return rc ? rc : mt_parked_decode(v, vl, p);
+}
+
+static mt_err parked_put(mt_txn *t, const uint8_t *k, size_t kl, const mt_parked *p)
+{
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_parked_encode(p, &b);
+    mt_err rc = mt_store_put(t, MT_DB_PARKED, k, kl, b.data, b.len, 0);
+    mt_buf_free(&b);
+    return rc;
 }
 
 static mt_err put_json(mt_txn *t, mt_db db, const uint8_t *k, size_t kl, json_t *o)
@@ -299,19 +309,22 @@ static int64_t queue_due(const mt_event *ev)
  * Makes message 'seq' the head of 'lane', due at 'due' in the time index.
  * 'rec' is its parked record (kept: attempts, errors), or NULL for a new one.
  */
-static mt_err schedule_head(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq, json_t *rec,
-                            int64_t due)
+static mt_err schedule_head(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq,
+                            const mt_parked *rec, int64_t due)
 {
-    json_t *r = rec ? json_incref(rec) : json_pack("{si}", "attempts", 0);
-    json_object_set_new(r, "state", json_string("retry"));
-    json_object_set_new(r, "lane", json_string(lane));
-    json_object_set_new(r, "due", json_integer(due));
-    json_object_del(r, "lease");
+    mt_parked r;
+    mt_parked_init(&r);
+    if (rec) {
+        r.attempts = rec->attempts;
+        r.errors = rec->errors; /* borrowed for the write */
+    }
+    r.state = MT_PARK_RETRY;
+    r.due_us = due;
+    snprintf(r.lane, sizeof r.lane, "%s", lane);
     uint8_t k[KEY_MAX], sk[KEY_MAX];
     size_t kl = parked_key(k, s->conf->name, lane, seq);
     size_t skl = sched_key(sk, s->conf->name, due, seq);
-    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, r);
-    json_decref(r);
+    mt_err rc = parked_put(t, k, kl, &r);
     if (rc == MT_OK) {
         rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
     }
@@ -349,12 +362,12 @@ static mt_err requeue_next(sub_rt *s, mt_txn *t, const char *lane)
         return rc;
     }
     uint64_t seq = mt_get_be64((const uint8_t *) ck + pl);
-    json_t *rec = json_loadb(cv, cvl, 0, NULL);
-    const char *state = json_string_value(json_object_get(rec, "state"));
-    if (state && strcmp(state, "blocked") == 0) {
-        rc = schedule_head(s, t, lane, seq, rec, lane_due(lane));
+    mt_parked rec;
+    rc = mt_parked_decode(cv, cvl, &rec);
+    if (rc == MT_OK && rec.state == MT_PARK_BLOCKED) {
+        rc = schedule_head(s, t, lane, seq, &rec, lane_due(lane));
     }
-    json_decref(rec);
+    mt_parked_free(&rec);
     return rc;
 }
 
@@ -532,21 +545,8 @@ static json_t *error_entry(uint32_t attempt, attempt_result *r)
     return e;
 }
 
-static void add_error(json_t *rec, json_t *entry)
-{
-    json_t *errs = json_object_get(rec, "errors");
-    if (!json_is_array(errs)) {
-        errs = json_array();
-        json_object_set_new(rec, "errors", errs);
-    }
-    json_array_append_new(errs, entry);
-    while (json_array_size(errs) > ERRORS_KEPT) {
-        json_array_remove(errs, 0);
-    }
-}
-
-/* Writes the dead letter for 'ev' with the errors of 'rec'. */
-static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec,
+/* Writes the dead letter for 'ev' with the attempts and errors of 'rec'. */
+static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, const mt_parked *rec,
                           const char *reason, sub_state *st)
 {
     char ts[40];
@@ -561,8 +561,8 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec,
         json_object_set_new(d, "subject", json_string(ev->attr[MT_ATTR_SUBJECT]));
     }
     json_object_set_new(d, "reason", json_string(reason));
-    json_object_set(d, "attempts", json_object_get(rec, "attempts"));
-    json_object_set(d, "errors", json_object_get(rec, "errors"));
+    json_object_set_new(d, "attempts", json_integer((json_int_t) rec->attempts));
+    json_object_set_new(d, "errors", mt_parked_errors(rec));
     json_object_set_new(d, "deadlettered", json_string(ts));
     uint8_t k[KEY_MAX];
     size_t kl = dlq_key(k, s->conf->name, ev->sequence);
@@ -577,11 +577,11 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec,
 /*
  * Runs attempt number 'attempt' of 'ev' (lane 'lane') and records the
  * outcome: success, a retry parked at the head of its lane, or a dead
- * letter. 'rec' is the parked record (NULL for a first attempt); it is
- * consumed. Sets *freed when the lane's head is gone (success or dead).
+ * letter. 'rec' is the parked record (NULL for a first attempt; the caller
+ * frees it). Sets *freed when the lane's head is gone (success or dead).
  */
 static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane,
-                      uint32_t attempt, json_t *rec, sub_state *st, dispatch_out *out,
+                      uint32_t attempt, mt_parked *rec, sub_state *st, dispatch_out *out,
                       bool *freed)
 {
     const mt_sub_conf *c = s->conf;
@@ -594,14 +594,14 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
         *freed = true;
         mt_err rc = MT_OK;
         if (c->expiry_dead_letter) {
-            json_t *d = rec ? json_incref(rec) : json_pack("{si}", "attempts", (int) attempt - 1);
-            rc = dead_letter(s, t, ev, d, "expired", st);
-            json_decref(d);
+            mt_parked none;
+            mt_parked_init(&none);
+            none.attempts = attempt - 1;
+            rc = dead_letter(s, t, ev, rec ? rec : &none, "expired", st);
         }
         if (rc == MT_OK && rec) {
             rc = mt_store_del(t, MT_DB_PARKED, k, kl);
         }
-        json_decref(rec);
         return rc;
     }
     if (ev->deliverafter_us > mt_now_us()) {
@@ -610,7 +610,6 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
         if (!out->next_due_us || ev->deliverafter_us < out->next_due_us) {
             out->next_due_us = ev->deliverafter_us;
         }
-        json_decref(rec);
         return rc;
     }
     attempt_result r;
@@ -623,27 +622,27 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
             rc = mt_store_del(t, MT_DB_PARKED, k, kl);
         }
     } else if (rc == MT_OK) {
-        if (!rec) {
-            rec = json_object();
-        }
-        json_object_set_new(rec, "attempts", json_integer(attempt));
-        add_error(rec, error_entry(attempt, &r));
+        mt_parked fresh;
+        mt_parked_init(&fresh);
+        mt_parked *p = rec ? rec : &fresh;
+        p->attempts = attempt;
+        mt_parked_add_error(p, error_entry(attempt, &r), ERRORS_KEPT);
         snprintf(st->last_error, sizeof st->last_error, "sequence %llu: %s",
                  (unsigned long long) ev->sequence, mt_buf_cstr(&r.error));
         if (r.rejected || attempt >= c->max_attempts) {
             st->dead++;
-            rc = dead_letter(s, t, ev, rec, r.rejected ? mt_buf_cstr(&r.error)
-                                                       : "retries exhausted", st);
-            if (rc == MT_OK && json_object_get(rec, "state")) {
+            rc = dead_letter(s, t, ev, p, r.rejected ? mt_buf_cstr(&r.error)
+                                                     : "retries exhausted", st);
+            if (rc == MT_OK && p->state != MT_PARK_NONE) {
                 rc = mt_store_del(t, MT_DB_PARKED, k, kl);
             }
             *freed = true;
         } else {
             int64_t due = mt_now_us() + backoff_us(c, attempt);
-            json_object_set_new(rec, "state", json_string("retry"));
-            json_object_set_new(rec, "due", json_integer(due));
-            json_object_set_new(rec, "lane", json_string(lane));
-            rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+            p->state = MT_PARK_RETRY;
+            p->due_us = due;
+            snprintf(p->lane, sizeof p->lane, "%s", lane);
+            rc = parked_put(t, k, kl, p);
             uint8_t sk[KEY_MAX];
             size_t skl = sched_key(sk, c->name, due, ev->sequence);
             if (rc == MT_OK) {
@@ -654,8 +653,8 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
                 out->next_due_us = due;
             }
         }
+        mt_parked_free(&fresh);
     }
-    json_decref(rec);
     result_free(&r);
     return rc;
 }
@@ -679,10 +678,11 @@ static mt_err park_blocked(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq)
 {
     uint8_t k[KEY_MAX];
     size_t kl = parked_key(k, s->conf->name, lane, seq);
-    json_t *rec = json_pack("{sssiss}", "state", "blocked", "attempts", 0, "lane", lane);
-    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, rec);
-    json_decref(rec);
-    return rc;
+    mt_parked rec;
+    mt_parked_init(&rec);
+    rec.state = MT_PARK_BLOCKED;
+    snprintf(rec.lane, sizeof rec.lane, "%s", lane);
+    return parked_put(t, k, kl, &rec);
 }
 
 /*
@@ -705,15 +705,17 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
         mt_err rc = mt_store_first_with_prefix(t, MT_DB_PARKED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
         bool found = rc == MT_OK && ckl == pl + 8;
         uint64_t seq = found ? mt_get_be64((const uint8_t *) ck + pl) : 0;
-        json_t *rec = found ? json_loadb(cv, cvl, 0, NULL) : NULL;
         if (rc && rc != MT_ENOTFOUND) {
-            json_decref(rec);
             return rc;
         }
-        const char *state = json_string_value(json_object_get(rec, "state"));
-        if (!found || !state || strcmp(state, "blocked") != 0) {
+        mt_parked rec;
+        mt_parked_init(&rec);
+        if (found && (rc = mt_parked_decode(cv, cvl, &rec)) != MT_OK) {
+            return rc;
+        }
+        if (!found || rec.state != MT_PARK_BLOCKED) {
             /* Empty, or the next one is itself waiting for a retry. */
-            json_decref(rec);
+            mt_parked_free(&rec);
             return MT_OK;
         }
         if (*budget <= 0) {
@@ -721,8 +723,8 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
              * Out of budget for this job: make the lane's new head due now,
              * so the time index brings the next job back to this lane.
              */
-            rc = schedule_head(s, t, lane, seq, rec, mt_now_us());
-            json_decref(rec);
+            rc = schedule_head(s, t, lane, seq, &rec, mt_now_us());
+            mt_parked_free(&rec);
             out->more = true;
             return rc;
         }
@@ -730,12 +732,13 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
         void *buf;
         rc = load_event(t, seq, &ev, &buf);
         if (rc) {
-            json_decref(rec);
+            mt_parked_free(&rec);
             return rc;
         }
         (*budget)--;
         bool freed;
-        rc = deliver(s, t, &ev, lane, 1, rec, st, out, &freed);
+        rc = deliver(s, t, &ev, lane, 1, &rec, st, out, &freed);
+        mt_parked_free(&rec);
         free(buf);
         if (rc || !freed) {
             return rc;
@@ -797,29 +800,30 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
             return MT_OK;
         }
         rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
-        json_t *rec = rc ? NULL : parked_load(t, pk, pkl);
-        if (rc || !rec) {
-            json_decref(rec);
-            if (rc) {
-                return rc;
+        mt_parked rec;
+        if (rc == MT_OK) {
+            rc = parked_load(t, pk, pkl, &rec);
+            if (rc == MT_ENOTFOUND) {
+                continue; /* a stale index entry */
             }
-            continue; /* a stale index entry */
+        }
+        if (rc) {
+            return rc;
         }
         uint64_t seq = mt_get_be64(pk + pkl - 8);
         char lane[MAX_LANE + 1];
-        snprintf(lane, sizeof lane, "%s", json_string_value(json_object_get(rec, "lane")) ?
-                                              json_string_value(json_object_get(rec, "lane")) : "");
-        uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts"));
+        snprintf(lane, sizeof lane, "%s", rec.lane);
         mt_event ev;
         void *buf;
         rc = load_event(t, seq, &ev, &buf);
         if (rc) {
-            json_decref(rec);
+            mt_parked_free(&rec);
             return rc;
         }
         (*budget)--;
         bool freed;
-        rc = deliver(s, t, &ev, lane, attempts + 1, rec, st, out, &freed);
+        rc = deliver(s, t, &ev, lane, rec.attempts + 1, &rec, st, out, &freed);
+        mt_parked_free(&rec);
         free(buf);
         if (rc == MT_OK && freed) {
             rc = release_lane(s, t, lane, st, out, budget);
@@ -1767,40 +1771,40 @@ typedef struct pull_job {
     void *arg;
 } pull_job;
 
-static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const char *lane,
+/* Leases 'ev' (parked record 'rec', updated here) to the pull job 'j'. */
+static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, mt_parked *rec, const char *lane,
                     pull_job *j)
 {
     const mt_sub_conf *c = s->conf;
-    char token[64];
     /* One random draw per pull job; each lease of the job adds its index. */
-    snprintf(token, sizeof token, "%llu-%016llx", (unsigned long long) ev->sequence,
-             (unsigned long long) (j->nonce + json_array_size(j->out)));
-    uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts")) + 1;
-    int64_t due = mt_now_us() + (int64_t) c->lease_ms * 1000;
-    json_object_set_new(rec, "state", json_string("leased"));
-    json_object_set_new(rec, "attempts", json_integer(attempts));
-    json_object_set_new(rec, "lane", json_string(lane));
-    json_object_set_new(rec, "lease", json_string(token));
-    json_object_set_new(rec, "due", json_integer(due));
+    rec->lease = j->nonce + json_array_size(j->out);
+    rec->attempts++;
+    rec->state = MT_PARK_LEASED;
+    rec->due_us = mt_now_us() + (int64_t) c->lease_ms * 1000;
+    snprintf(rec->lane, sizeof rec->lane, "%s", lane);
     uint8_t k[KEY_MAX], sk[KEY_MAX];
     size_t kl = parked_key(k, c->name, lane, ev->sequence);
-    size_t skl = sched_key(sk, c->name, due, ev->sequence);
-    mt_err rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+    size_t skl = sched_key(sk, c->name, rec->due_us, ev->sequence);
+    mt_err rc = parked_put(t, k, kl, rec);
     if (rc == MT_OK) {
         rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
     }
     if (rc == MT_OK) {
         /* The event's text is added on the loop thread (pull_done), off the writer. */
-        json_array_append_new(j->out, json_pack("{sssisI}", "lease", token, "attempt",
-                                                (int) attempts, "sequence",
-                                                (json_int_t) ev->sequence));
+        char token[64];
+        mt_parked_token(ev->sequence, rec->lease, token, sizeof token);
+        json_t *item = json_object();
+        json_object_set_new_nocheck(item, "lease", json_string_nocheck(token));
+        json_object_set_new_nocheck(item, "attempt", json_integer((json_int_t) rec->attempts));
+        json_object_set_new_nocheck(item, "sequence", json_integer((json_int_t) ev->sequence));
+        json_array_append_new(j->out, item);
     }
     return rc;
 }
 
 /* Drops an expired or exhausted message from the pull queue; the next of its lane moves up. */
-static mt_err pull_retire(sub_rt *s, mt_txn *t, const mt_event *ev, json_t *rec, const char *lane,
-                          const char *why, bool dead, sub_state *st)
+static mt_err pull_retire(sub_rt *s, mt_txn *t, const mt_event *ev, const mt_parked *rec,
+                          const char *lane, const char *why, bool dead, sub_state *st)
 {
     uint8_t k[KEY_MAX];
     size_t kl = parked_key(k, s->conf->name, lane, ev->sequence);
@@ -1844,10 +1848,9 @@ static mt_err pull_admit(sub_rt *s, mt_txn *t, const mt_event *ev, pull_job *j, 
     if (s->conf->priority) {
         return schedule_head(s, t, lane, ev->sequence, NULL, queue_due(ev));
     }
-    json_t *rec = json_object();
-    rc = lease(s, t, ev, rec, lane, j);
-    json_decref(rec);
-    return rc;
+    mt_parked rec;
+    mt_parked_init(&rec);
+    return lease(s, t, ev, &rec, lane, j);
 }
 
 static mt_err pull_run(mt_txn *t, void *arg)
@@ -1926,38 +1929,43 @@ static mt_err pull_run(mt_txn *t, void *arg)
         memcpy(sk, ck, ckl);
         memcpy(pk, cv, pkl);
         rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
-        json_t *rec = rc ? NULL : parked_load(t, pk, pkl);
-        if (!rec) {
-            continue;
+        mt_parked rec;
+        if (rc == MT_OK) {
+            rc = parked_load(t, pk, pkl, &rec);
+            if (rc == MT_ENOTFOUND) {
+                rc = MT_OK;
+                continue; /* a stale index entry */
+            }
+        }
+        if (rc) {
+            break;
         }
         char lane[MAX_LANE + 1];
-        const char *rl = json_string_value(json_object_get(rec, "lane"));
         mt_event ev;
         void *buf;
         rc = load_event(t, mt_get_be64(pk + pkl - 8), &ev, &buf);
         if (rc == MT_OK) {
-            if (rl) {
-                snprintf(lane, sizeof lane, "%s", rl);
+            if (rec.lane[0] || (c->ordering == MT_ORDER_STRICT && !c->priority)) {
+                snprintf(lane, sizeof lane, "%s", rec.lane);
             } else {
                 snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev.sequence);
             }
-            uint32_t attempts = (uint32_t) json_integer_value(json_object_get(rec, "attempts"));
             if (expired(c, &ev, now)) {
                 st.expired++;
-                rc = pull_retire(s, t, &ev, rec, lane, "expired", c->expiry_dead_letter, &st);
-            } else if (attempts >= c->max_attempts) {
+                rc = pull_retire(s, t, &ev, &rec, lane, "expired", c->expiry_dead_letter, &st);
+            } else if (rec.attempts >= c->max_attempts) {
                 st.dead++;
-                rc = pull_retire(s, t, &ev, rec, lane, "retries exhausted", true, &st);
+                rc = pull_retire(s, t, &ev, &rec, lane, "retries exhausted", true, &st);
             } else if (ev.deliverafter_us > now) {
                 /* It moved up its lane before its deliverafter time. */
-                rc = schedule_head(s, t, lane, ev.sequence, rec, ev.deliverafter_us);
+                rc = schedule_head(s, t, lane, ev.sequence, &rec, ev.deliverafter_us);
             } else {
-                st.retried += attempts > 0; /* a first lease of a queued event is no retry */
-                rc = lease(s, t, &ev, rec, lane, j);
+                st.retried += rec.attempts > 0; /* a first lease of a queued event is no retry */
+                rc = lease(s, t, &ev, &rec, lane, j);
             }
             free(buf);
         }
-        json_decref(rec);
+        mt_parked_free(&rec);
     }
     /* Then new events after the cursor (with priority, the scan above took them). */
     if (rc == MT_OK && !c->priority && json_array_size(j->out) < j->max) {
@@ -1981,9 +1989,9 @@ static mt_err pull_run(mt_txn *t, void *arg)
                 if (expired(c, &ev, now)) {
                     st.expired++;
                     if (c->expiry_dead_letter) {
-                        json_t *rec = json_pack("{si}", "attempts", 0);
-                        rc = dead_letter(s, t, &ev, rec, "expired", &st);
-                        json_decref(rec);
+                        mt_parked none;
+                        mt_parked_init(&none);
+                        rc = dead_letter(s, t, &ev, &none, "expired", &st);
                     }
                 } else {
                     rc = pull_admit(s, t, &ev, j, &any_parked);
@@ -2024,8 +2032,8 @@ static mt_err add_raw(mt_store *store, json_t *items)
         }
         b.len = 0;
         mt_event_to_json(&ev, &b);
-        json_t *raw = json_stringn(b.data, b.len);
-        json_object_set_new(item, "raw", raw ? raw : json_string("null"));
+        /* mt_event_to_json writes UTF-8 only: no need to check it again. */
+        json_object_set_new_nocheck(item, "raw", json_stringn_nocheck(b.data, b.len));
     }
     mt_buf_free(&b);
     mt_store_read_end(t);
@@ -2079,25 +2087,29 @@ typedef struct lease_job {
 } lease_job;
 
 /*
- * The parked record of leased message 'seq': in the lane its event belongs
- * to, or in a lane of its own ("#SEQ": a redrive that found its lane busy).
- * Sets lane and the record's key k (KEY_MAX bytes), or returns NULL.
+ * The parked record of leased message 'seq' into 'rec': in the lane its
+ * event belongs to, or in a lane of its own ("#SEQ": a redrive that found
+ * its lane busy). Sets lane and the record's key k (KEY_MAX bytes).
+ * MT_ENOTFOUND if there is none.
  */
-static json_t *find_lease(sub_rt *s, mt_txn *t, uint64_t seq, char *lane, uint8_t *k, size_t *kl)
+static mt_err find_lease(sub_rt *s, mt_txn *t, uint64_t seq, char *lane, uint8_t *k, size_t *kl,
+                         mt_parked *rec)
 {
     mt_event ev;
-    if (mt_log_get(t, seq, &ev) != MT_OK) {
-        return NULL;
+    mt_parked_init(rec);
+    mt_err rc = mt_log_get(t, seq, &ev);
+    if (rc) {
+        return rc;
     }
     lane_of(s->conf, &ev, lane, MAX_LANE + 1);
     *kl = parked_key(k, s->conf->name, lane, seq);
-    json_t *rec = parked_load(t, k, *kl);
-    if (!rec && lane_ordered(lane)) {
+    rc = parked_load(t, k, *kl, rec);
+    if (rc == MT_ENOTFOUND && lane_ordered(lane)) {
         snprintf(lane, MAX_LANE + 1, "#%llu", (unsigned long long) seq);
         *kl = parked_key(k, s->conf->name, lane, seq);
-        rec = parked_load(t, k, *kl);
+        rc = parked_load(t, k, *kl, rec);
     }
-    return rec;
+    return rc;
 }
 
 static mt_err lease_run(mt_txn *t, void *arg)
@@ -2120,17 +2132,27 @@ static mt_err lease_run(mt_txn *t, void *arg)
         char lane[MAX_LANE + 1];
         uint8_t k[KEY_MAX];
         size_t kl = 0;
-        json_t *rec = seq ? find_lease(s, t, seq, lane, k, &kl) : NULL;
-        const char *have = json_string_value(json_object_get(rec, "lease"));
-        const char *state = json_string_value(json_object_get(rec, "state"));
-        if (!rec || !have || !state || strcmp(have, token) != 0 || strcmp(state, "leased") != 0) {
+        mt_parked rec;
+        mt_err f = seq ? find_lease(s, t, seq, lane, k, &kl, &rec) : MT_ENOTFOUND;
+        char have[64] = "";
+        if (f == MT_OK && rec.state == MT_PARK_LEASED) {
+            mt_parked_token(seq, rec.lease, have, sizeof have);
+        }
+        if (f != MT_OK && f != MT_ENOTFOUND && f != MT_EIO) {
+            rc = f;
+        }
+        if (!have[0] || strcmp(have, token) != 0) {
+            if (f == MT_EIO) {
+                mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
+                             "subscription '%s': the parked record of event %llu is unreadable",
+                             name, (unsigned long long) seq);
+            }
             json_array_append(j->unknown, tok);
-            json_decref(rec);
+            mt_parked_free(&rec);
             continue;
         }
-        int64_t due = json_integer_value(json_object_get(rec, "due"));
         uint8_t sk[KEY_MAX];
-        size_t skl = sched_key(sk, name, due, seq);
+        size_t skl = sched_key(sk, name, rec.due_us, seq);
         rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
         if (rc == MT_ENOTFOUND) {
             rc = MT_OK;
@@ -2144,18 +2166,18 @@ static mt_err lease_run(mt_txn *t, void *arg)
         } else if (rc == MT_OK) {
             int64_t ndue = mt_now_us() + (j->op == MT_LEASE_NACK ? (int64_t) j->delay_ms * 1000
                                                                   : (int64_t) s->conf->lease_ms * 1000);
-            json_object_set_new(rec, "due", json_integer(ndue));
+            rec.due_us = ndue;
             if (j->op == MT_LEASE_NACK) {
-                json_object_set_new(rec, "state", json_string("retry"));
-                json_object_del(rec, "lease");
+                rec.state = MT_PARK_RETRY;
+                rec.lease = 0;
             }
-            rc = put_json(t, MT_DB_PARKED, k, kl, rec);
+            rc = parked_put(t, k, kl, &rec);
             skl = sched_key(sk, name, ndue, seq);
             if (rc == MT_OK) {
                 rc = mt_store_put(t, MT_DB_SCHED, sk, skl, k, kl, 0);
             }
         }
-        json_decref(rec);
+        mt_parked_free(&rec);
         j->count += rc == MT_OK;
     }
     if (rc == MT_OK && j->op == MT_LEASE_ACK && j->count) {

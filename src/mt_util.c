@@ -232,8 +232,28 @@ void mt_time_format_us(int64_t us, char *buf, size_t len)
     time_t t = (time_t) secs;
     struct tm tm;
     gmtime_r(&t, &tm);
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) frac);
+    int year = tm.tm_year + 1900;
+    if (year < 0 || year > 9999 || len < 28) {
+        snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", year, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) frac);
+        return;
+    }
+    /* Digit by digit: every event a reader is sent carries one of these. */
+    const int fields[] = {year, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                          (int) frac};
+    const int widths[] = {4, 2, 2, 2, 2, 2, 6};
+    const char seps[] = "--T::.Z";
+    char *p = buf;
+    for (int i = 0; i < 7; i++) {
+        int v = fields[i];
+        for (int d = widths[i] - 1; d >= 0; d--) {
+            p[d] = (char) ('0' + v % 10);
+            v /= 10;
+        }
+        p += widths[i];
+        *p++ = seps[i];
+    }
+    *p = '\0';
 }
 
 int mt_seconds_of_day(const char *tz, int64_t us)

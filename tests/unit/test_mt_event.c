@@ -4,6 +4,7 @@
  * binary) with the exact error text each refusal gives, content-type
  * sniffing, and the structured JSON written back out.
  */
+#include <jansson.h>
 #include "mt_test.h"
 #include "mt_event.h"
 #include "mt_mem.h"
@@ -1528,6 +1529,32 @@ static void test_event_to_json_data_kinds(void **state)
     free(s);
 }
 
+/* Attribute values that need escaping go through jansson; those that are not UTF-8 are left out. */
+static void test_event_to_json_escapes_attributes(void **state)
+{
+    (void) state;
+    mt_event ev;
+    mt_event_init(&ev);
+    ev.attr[MT_ATTR_ID] = "a\"b\\c\x01\x7f";
+    ev.attr[MT_ATTR_SOURCE] = "/caf\xc3\xa9";
+    ev.attr[MT_ATTR_TYPE] = "t";
+    ev.attr[MT_ATTR_SUBJECT] = "\xff\xfe"; /* not UTF-8 */
+    ev.attr[MT_ATTR_EXTENSIONS] = "{\"n\":12,\"o\":{\"k\":[true,null]},\"q\":\"x\\\"y\"}";
+    ev.sequence = 3;
+    ev.streamversion = 1;
+    char *s = to_json(&ev);
+    assert_string_equal(s, "{\"specversion\":\"1.0\",\"id\":\"a\\\"b\\\\c\\u0001\x7f\","
+                           "\"source\":\"/caf\xc3\xa9\",\"type\":\"t\","
+                           "\"n\":12,\"o\":{\"k\":[true,null]},\"q\":\"x\\\"y\","
+                           "\"sequence\":\"3\",\"streamversion\":1,"
+                           "\"recordedtime\":\"1970-01-01T00:00:00.000000Z\"}");
+    json_t *o = json_loads(s, 0, NULL);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "id")), "a\"b\\c\x01\x7f");
+    json_decref(o);
+    free(s);
+}
+
 static void test_event_to_json_engine_attributes(void **state)
 {
     (void) state;
@@ -1652,6 +1679,7 @@ int main(void)
         cmocka_unit_test(test_event_content_type_is_json),
         cmocka_unit_test(test_event_to_json_splices_json_data_verbatim),
         cmocka_unit_test(test_event_to_json_data_kinds),
+        cmocka_unit_test(test_event_to_json_escapes_attributes),
         cmocka_unit_test(test_event_to_json_engine_attributes),
         cmocka_unit_test(test_event_to_json_extensions_cannot_replace_attributes),
         cmocka_unit_test(test_event_parse_then_to_json_returns_what_was_sent),
