@@ -92,6 +92,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -138,7 +139,7 @@ static void die(const char *fmt, ...)
     exit(2);
 }
 
-static uint64_t errors;
+static _Atomic uint64_t errors; /* the sse publisher thread counts its own */
 
 /* Counts an error; shows the first few. */
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -419,15 +420,20 @@ static bool run_until(const bool *done, int64_t timeout_ms)
     return *done;
 }
 
-static struct evhttp_connection *connect_engine(void)
+static struct evhttp_connection *connect_engine_on(struct event_base *b)
 {
     struct evhttp_connection *c =
-        evhttp_connection_base_new(base, NULL, eng_host, (ev_uint16_t) eng_port);
+        evhttp_connection_base_new(b, NULL, eng_host, (ev_uint16_t) eng_port);
     if (!c) {
         die("evhttp_connection_base_new failed");
     }
     evhttp_connection_set_timeout(c, TIMEOUT_S);
     return c;
+}
+
+static struct evhttp_connection *connect_engine(void)
+{
+    return connect_engine_on(base);
 }
 
 static struct evhttp_request *new_request(void (*cb)(struct evhttp_request *, void *), void *arg,
@@ -924,6 +930,25 @@ static void fan_on_event(sse_cli *c, uint64_t seq, int64_t pubns, int64_t now)
     }
 }
 
+static void fan_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void) fd;
+    (void) what;
+    (void) arg;
+    fan_fill();
+}
+
+/* The publisher's thread: sends until win1, then waits for the answers (at most TIMEOUT_S). */
+static void *fan_publisher(void *arg)
+{
+    struct event_base *b = arg;
+    int64_t deadline = fan.win1 + (int64_t) (TIMEOUT_S + 1) * 1000000000;
+    while ((!fan.stopped || fan.busy) && rt_ns() < deadline) {
+        event_base_loop(b, EVLOOP_ONCE);
+    }
+    return NULL;
+}
+
 static bool fan_drained(sse_cli *cs, unsigned n)
 {
     if (!fan.stopped || fan.busy) {
@@ -975,13 +1000,28 @@ static int cmd_sse(int argc, char **argv)
     fprintf(stderr, "mt_delivery sse: %u streams open in %.2f s\n", n,
             (double) (rt_ns() - tc) / 1e9);
 
-    for (int i = 0; i < PUB_CONNS; i++) {
-        fan.conns[i].evcon = connect_engine();
+    /*
+     * The publisher has a thread and an event base of its own, so that its
+     * sends and the timing of its answers do not wait while this thread
+     * reads a thousand streams.
+     */
+    struct event_base *pub_base = event_base_new();
+    if (!pub_base) {
+        die("event_base_new failed");
     }
+    for (int i = 0; i < PUB_CONNS; i++) {
+        fan.conns[i].evcon = connect_engine_on(pub_base);
+    }
+    struct event *pub_tick = event_new(pub_base, -1, EV_PERSIST, fan_tick, NULL);
+    struct timeval tv = {0, TICK_MS * 1000};
+    event_add(pub_tick, &tv);
     fan.t0 = rt_ns();
     fan.win0 = fan.t0 + (int64_t) warmup * 1000000000;
     fan.win1 = fan.win0 + (int64_t) secs * 1000000000;
-    on_tick = fan_fill;
+    pthread_t pub_thread;
+    if (pthread_create(&pub_thread, NULL, fan_publisher, pub_base)) {
+        die("pthread_create failed");
+    }
     cpu_span cpu = {.pid = engine_pid};
     bool started = false;
     while (rt_ns() < fan.win1) {
@@ -992,8 +1032,14 @@ static int cmd_sse(int argc, char **argv)
         event_base_loop(base, EVLOOP_ONCE);
     }
     cpu_end(&cpu);
-    fan.stopped = true;
-    on_tick = NULL;
+    /* The publisher stops at win1 and returns once its last answers are in. */
+    pthread_join(pub_thread, NULL);
+    event_free(pub_tick);
+    for (int i = 0; i < PUB_CONNS; i++) {
+        evhttp_connection_free(fan.conns[i].evcon);
+        fan.conns[i].evcon = NULL;
+    }
+    event_base_free(pub_base);
 
     /* What was published must reach every client, each event once and in order. */
     int64_t deadline = rt_ns() + DRAIN_S * (int64_t) 1000000000;

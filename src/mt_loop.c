@@ -26,7 +26,10 @@ mt_err mt_loop_new(mt_loop **out)
     }
     mt_loop *l = mt_xcalloc(1, sizeof *l);
     l->base = event_base_new();
-    if (!l->base) {
+    if (!l->base || event_base_priority_init(l->base, MT_LOOP_PRIORITIES)) {
+        if (l->base) {
+            event_base_free(l->base);
+        }
         free(l);
         mt_error("loop: cannot create an event base");
         return MT_EIO;

@@ -20,6 +20,12 @@ mt_err mt_loop_new(mt_loop **out);
 /* Frees the base and everything registered. NULL does nothing. */
 void mt_loop_free(mt_loop *l);
 
+/*
+ * The base has MT_LOOP_PRIORITIES priorities. Events get the middle one
+ * unless set otherwise; the last (lowest) is for work done in slices, such
+ * as an SSE fan-out, that should give way to requests between slices.
+ */
+#define MT_LOOP_PRIORITIES 3
 struct event_base *mt_loop_base(mt_loop *l);
 
 /*
