@@ -25,7 +25,16 @@ mt_err mt_loop_new(mt_loop **out)
         return MT_EIO;
     }
     mt_loop *l = mt_xcalloc(1, sizeof *l);
-    l->base = event_base_new();
+    /*
+     * After one callback of the lowest priority the loop polls again, so
+     * work done in slices at that priority lets requests in between.
+     */
+    struct event_config *cfg = event_config_new();
+    if (cfg) {
+        event_config_set_max_dispatch_interval(cfg, NULL, 1, MT_LOOP_PRIORITIES - 1);
+        l->base = event_base_new_with_config(cfg);
+        event_config_free(cfg);
+    }
     if (!l->base || event_base_priority_init(l->base, MT_LOOP_PRIORITIES)) {
         if (l->base) {
             event_base_free(l->base);
