@@ -8,7 +8,9 @@
  *   mt_delivery sse --url BASE --clients C --rate R --seconds S [--warmup S]
  *       C clients on `GET /subscribe?topic=fan.%23` (one connection each,
  *       live from the head) while a publisher appends R events/s of type
- *       fan.tick, open loop, on up to PUB_CONNS connections. Each event's
+ *       fan.tick, open loop, on up to PUB_CONNS connections (from a thread
+ *       and event base of its own, so reading the streams does not hold its
+ *       sends back). Each event's
  *       data carries the CLOCK_REALTIME nanoseconds at which it was sent
  *       ("pubns"); a client compares it with the clock when it parses the
  *       event: end-to-end latency, durable commit included. Events sent in
