@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include "moontide.h"
 #include "mt_client.h"
 #include "mt_diag.h"
 #include "mt_http.h"
@@ -21,8 +22,6 @@
 #include "mt_topo.h"
 #include "mt_webhook.h"
 
-#define EXIT_IOERR 74
-#define DEFAULT_CONFIG "config/default.yaml"
 
 static const char usage_main[] =
     "usage: moontide COMMAND [OPTIONS]\n"
@@ -47,7 +46,7 @@ static const char usage_main[] =
 static const char usage_run[] =
     "usage: moontide run [-c FILE] [--data-dir DIR] [--listen HOST:PORT]\n"
     "\n"
-    "Runs the engine with the topology in FILE (default " DEFAULT_CONFIG ").\n"
+    "Runs the engine with the topology in FILE (default " MT_DEFAULT_CONFIG ").\n"
     "  -c, --config FILE     topology file\n"
     "      --data-dir DIR    overrides engine.data_dir\n"
     "      --listen H:P      overrides engine.listen (port 0 picks a free port)\n"
@@ -77,7 +76,7 @@ static int cmd_check(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *path = DEFAULT_CONFIG;
+    const char *path = MT_DEFAULT_CONFIG;
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -174,9 +173,9 @@ static int cmd_run(int argc, char **argv)
         return MT_EXIT_USAGE;
     }
     mt_topo *topo;
-    if (path || access(DEFAULT_CONFIG, R_OK) == 0) {
+    if (path || access(MT_DEFAULT_CONFIG, R_OK) == 0) {
         mt_topo_errs errs = {0};
-        mt_err rc = mt_topo_load(path ? path : DEFAULT_CONFIG, &topo, &errs);
+        mt_err rc = mt_topo_load(path ? path : MT_DEFAULT_CONFIG, &topo, &errs);
         if (rc) {
             return report_topo_errors(rc, &errs);
         }
@@ -225,7 +224,7 @@ static int cmd_run(int argc, char **argv)
     }
     rc = mt_store_open(&so, &store);
     if (rc) {
-        code = rc == MT_EUNAVAIL ? MT_EXIT_UNAVAILABLE : EXIT_IOERR;
+        code = rc == MT_EUNAVAIL ? MT_EXIT_UNAVAILABLE : MT_EXIT_IOERR;
         goto out;
     }
     mt_loop_attach_store(loop, store);

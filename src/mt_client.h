@@ -36,6 +36,7 @@ enum {
     MT_EXIT_DATAERR = 65,
     MT_EXIT_UNAVAILABLE = 69,
     MT_EXIT_SOFTWARE = 70,
+    MT_EXIT_IOERR = 74,
     MT_EXIT_CONFIG = 78
 };
 

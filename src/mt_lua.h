@@ -46,11 +46,11 @@
 #include <stdint.h>
 #include "mt_diag.h"
 #include "mt_err.h"
+#include "mt_lua_json.h"
 #include "mt_mem.h"
 
 #define MT_LUA_DEFAULT_MEM ((size_t) 64 << 20) /* bytes per state */
 #define MT_LUA_DEFAULT_BUDGET 10000000u        /* VM instructions per call */
-#define MT_LUA_JSON_MAX_DEPTH 128              /* nesting of arrays and objects */
 #define MT_LUA_MAX_SOURCE ((size_t) 16 << 20)  /* largest handler or module file */
 
 typedef struct mt_lua mt_lua;
@@ -138,41 +138,5 @@ int mt_lua_push_field(mt_lua *lu, const char *name);
  * bindings call Lua with lua_call, which stays under the armed budget.
  */
 mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *traceback);
-
-/* ---- JSON bridge (any state made by mt_lua_new) ---- */
-
-/* Pushes json.null. Never raises if the stack has room for one value. */
-void mt_lua_push_null(lua_State *L);
-
-/* True if the value at 'idx' is json.null. */
-bool mt_lua_is_null(lua_State *L, int idx);
-
-/*
- * Pushes 'j' (borrowed) as a Lua value; arrays and objects get their marker
- * metatables. Runs protected: never raises, pushes nothing on error.
- * MT_EINVAL if nesting exceeds MT_LUA_JSON_MAX_DEPTH; MT_ENOMEM if the
- * state's memory limit is reached or the stack cannot grow.
- */
-mt_err mt_lua_push_json(lua_State *L, const json_t *j);
-
-/*
- * Parses 'len' bytes of JSON text (any value at top level; "\u0000" allowed
- * in strings) and pushes it like mt_lua_push_json. On failure pushes
- * nothing and writes a message into err: MT_EINVAL ("line 1 column 5:
- * ..." or the nesting limit), MT_ENOMEM ("memory limit of N bytes exceeded").
- */
-mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
-
-/*
- * Converts the value at 'idx' to JSON. Sets *out (caller decrefs; NULL on
- * error). nil is null. Object members are inserted in byte order of their
- * keys, so any dump is deterministic. Uses raw access (no metamethods) and
- * never raises; the stack is left as it was. MT_EINVAL with a message naming
- * the place ("$.items[2]: cannot encode a function value") for functions,
- * userdata, NaN or infinity, invalid UTF-8, cycles, nesting over
- * MT_LUA_JSON_MAX_DEPTH, and tables mixing or skipping keys ("$.a: sparse
- * array: key 5 in a table of 2 keys"); MT_ENOMEM if jansson runs out.
- */
-mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t errlen);
 
 #endif

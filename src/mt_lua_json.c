@@ -1,8 +1,9 @@
 /*
  * mt_lua_json.c - part of the mt_lua module: the JSON bridge between Lua
- * values and JSON text (mt_lua_push_json*, mt_lua_to_json in mt_lua.h) and
- * the moontide.json module handlers require. Its contract is in mt_lua.h;
- * what it shares with mt_lua.c is in mt_lua_int.h. Runs on the thread that
+ * values and JSON text (mt_lua_push_json*, mt_lua_to_json) and the
+ * moontide.json module handlers require. Its contract is in mt_lua_json.h
+ * (the value mapping in mt_lua.h, which includes it); what it shares with
+ * mt_lua.c is in mt_lua_int.h. Runs on the thread that
  * owns the lua_State (the writer, or a worker).
  */
 #include <lauxlib.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include "mt_lua.h"
 #include "mt_lua_int.h"
+#include "mt_lua_json.h"
 
 /*
  * Registry keys by address, so the encoder finds the markers with
