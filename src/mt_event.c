@@ -37,19 +37,6 @@ void mt_event_init(mt_event *ev)
 
 /* ---- record codec ---- */
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t) (v >> 24);
-    p[1] = (uint8_t) (v >> 16);
-    p[2] = (uint8_t) (v >> 8);
-    p[3] = (uint8_t) v;
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | p[3];
-}
-
 void mt_event_encode(const mt_event *ev, mt_buf *out)
 {
     uint8_t h[STRINGS_OFF];
@@ -63,7 +50,7 @@ void mt_event_encode(const mt_event *ev, mt_buf *out)
     mt_put_be64(h + 28, (uint64_t) ev->expiry_us);
     mt_put_be64(h + 36, (uint64_t) ev->deliverafter_us);
     for (int i = 0; i < MT_ATTR_COUNT; i++) {
-        put_u32(h + HEADER_LEN + 4 * i, ev->attr[i] ? (uint32_t) strlen(ev->attr[i]) + 1 : 0);
+        mt_put_be32(h + HEADER_LEN + 4 * i, ev->attr[i] ? (uint32_t) strlen(ev->attr[i]) + 1 : 0);
     }
     mt_buf_add(out, h, sizeof h);
     for (int i = 0; i < MT_ATTR_COUNT; i++) {
@@ -91,7 +78,7 @@ mt_err mt_event_decode(const void *rec, size_t len, mt_event *ev)
     ev->deliverafter_us = (int64_t) mt_get_be64(p + 36);
     size_t off = STRINGS_OFF;
     for (int i = 0; i < MT_ATTR_COUNT; i++) {
-        uint32_t n = get_u32(p + HEADER_LEN + 4 * i);
+        uint32_t n = mt_get_be32(p + HEADER_LEN + 4 * i);
         if (n == 0) {
             continue;
         }

@@ -18,19 +18,6 @@ void mt_parked_free(mt_parked *p)
     p->errors = NULL;
 }
 
-static void put_be32(uint8_t *b, uint32_t v)
-{
-    b[0] = (uint8_t) (v >> 24);
-    b[1] = (uint8_t) (v >> 16);
-    b[2] = (uint8_t) (v >> 8);
-    b[3] = (uint8_t) v;
-}
-
-static uint32_t get_be32(const uint8_t *b)
-{
-    return ((uint32_t) b[0] << 24) | ((uint32_t) b[1] << 16) | ((uint32_t) b[2] << 8) | b[3];
-}
-
 void mt_parked_encode(const mt_parked *p, mt_buf *out)
 {
     size_t ll = strlen(p->lane);
@@ -39,7 +26,7 @@ void mt_parked_encode(const mt_parked *p, mt_buf *out)
     uint8_t *b = (uint8_t *) out->data + out->len;
     b[0] = FORMAT;
     b[1] = (uint8_t) p->state;
-    put_be32(b + 2, p->attempts);
+    mt_put_be32(b + 2, p->attempts);
     mt_put_be64(b + 6, (uint64_t) p->due_us);
     mt_put_be64(b + 14, p->lease);
     b[22] = (uint8_t) (ll >> 8);
@@ -94,7 +81,7 @@ mt_err mt_parked_decode(const void *v, size_t len, mt_parked *p)
         return MT_EIO;
     }
     p->state = (mt_park_state) b[1];
-    p->attempts = get_be32(b + 2);
+    p->attempts = mt_get_be32(b + 2);
     p->due_us = (int64_t) mt_get_be64(b + 6);
     p->lease = mt_get_be64(b + 14);
     memcpy(p->lane, b + FIXED, ll);

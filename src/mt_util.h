@@ -55,6 +55,19 @@ int mt_seconds_of_day(const char *tz, int64_t us);
 /* Formats 'us' as RFC 3339 UTC with microseconds. buf needs 32 bytes. */
 void mt_time_format_us(int64_t us, char *buf, size_t len);
 
+static inline void mt_put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t) (v >> 24);
+    p[1] = (uint8_t) (v >> 16);
+    p[2] = (uint8_t) (v >> 8);
+    p[3] = (uint8_t) v;
+}
+
+static inline uint32_t mt_get_be32(const uint8_t *p)
+{
+    return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | p[3];
+}
+
 static inline void mt_put_be64(uint8_t *p, uint64_t v)
 {
     for (int i = 7; i >= 0; i--) {

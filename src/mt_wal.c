@@ -36,19 +36,6 @@ struct mt_wal {
     size_t snap_len;
 };
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t) (v >> 24);
-    p[1] = (uint8_t) (v >> 16);
-    p[2] = (uint8_t) (v >> 8);
-    p[3] = (uint8_t) v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | p[3];
-}
-
 static mt_err io_error(mt_wal *w, const char *what)
 {
     int e = errno;
@@ -110,17 +97,17 @@ static mt_err write_header(mt_wal *w, uint32_t seq, mt_wal_pos tail, const uint8
     size_t n = SLOT_FIXED + snap_len;
     uint8_t *h = mt_xcalloc(1, n);
     memcpy(h, FILE_MAGIC, 8);
-    put32(h + 8, seq);
+    mt_put_be32(h + 8, seq);
     mt_put_be64(h + 12, w->size);
-    put32(h + 20, (uint32_t) snap_len);
+    mt_put_be32(h + 20, (uint32_t) snap_len);
     if (snap_len) {
         memcpy(h + SLOT_FIXED, snap, snap_len);
     }
     uLong c = crc32(0, h, 24);
-    put32(h + 24, (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) snap_len));
-    put32(h + SLOT_POS, tail.gen);
+    mt_put_be32(h + 24, (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) snap_len));
+    mt_put_be32(h + SLOT_POS, tail.gen);
     mt_put_be64(h + SLOT_POS + 4, tail.off);
-    put32(h + SLOT_POS + 12, (uint32_t) crc32(0, h + SLOT_POS, 12));
+    mt_put_be32(h + SLOT_POS + 12, (uint32_t) crc32(0, h + SLOT_POS, 12));
     mt_err rc = pwrite_all(w->fd, h, n, (uint64_t) (seq % 2) * SLOT_SIZE);
     free(h);
     if (rc) {
@@ -151,23 +138,23 @@ static uint32_t read_slot(mt_wal *w, int i, uint64_t *size, mt_wal_pos *tail, ui
     *snap = NULL;
     *snap_len = 0;
     if (pread_all(w->fd, h, SLOT_SIZE, (uint64_t) i * SLOT_SIZE) == MT_OK &&
-        memcmp(h, FILE_MAGIC, 8) == 0 && get32(h + 20) <= SNAP_MAX) {
-        size_t n = get32(h + 20);
+        memcmp(h, FILE_MAGIC, 8) == 0 && mt_get_be32(h + 20) <= SNAP_MAX) {
+        size_t n = mt_get_be32(h + 20);
         uLong c = crc32(0, h, 24);
-        bool ok = get32(h + 24) == (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) n) &&
-                  get32(h + 8) != 0;
+        bool ok = mt_get_be32(h + 24) == (uint32_t) crc32(c, h + SLOT_FIXED, (uInt) n) &&
+                  mt_get_be32(h + 8) != 0;
         if (ok && all_zero(h + SLOT_POS, 16)) {
             /* The previous format: each checkpoint started a generation at the front. */
-            tail->gen = get32(h + 8);
+            tail->gen = mt_get_be32(h + 8);
             tail->off = HDR_SIZE;
-        } else if (ok && get32(h + SLOT_POS + 12) == (uint32_t) crc32(0, h + SLOT_POS, 12)) {
-            tail->gen = get32(h + SLOT_POS);
+        } else if (ok && mt_get_be32(h + SLOT_POS + 12) == (uint32_t) crc32(0, h + SLOT_POS, 12)) {
+            tail->gen = mt_get_be32(h + SLOT_POS);
             tail->off = mt_get_be64(h + SLOT_POS + 4);
         } else {
             ok = false;
         }
         if (ok) {
-            seq = get32(h + 8);
+            seq = mt_get_be32(h + 8);
             *size = mt_get_be64(h + 12);
             *snap = mt_xmalloc(n ? n : 1);
             memcpy(*snap, h + SLOT_FIXED, n);
@@ -329,8 +316,8 @@ static mt_err read_record(mt_wal *w, mt_wal_pos pos, uint64_t end, uint8_t **buf
     if (pread_all(w->fd, h, sizeof h, pos.off)) {
         return io_error(w, "read");
     }
-    *len = get32(h + 20);
-    if (get32(h) != REC_MAGIC || get32(h + 4) != pos.gen || pos.off + padded(*len) > end) {
+    *len = mt_get_be32(h + 20);
+    if (mt_get_be32(h) != REC_MAGIC || mt_get_be32(h + 4) != pos.gen || pos.off + padded(*len) > end) {
         return MT_ENOTFOUND;
     }
     if (*len > *cap) {
@@ -340,7 +327,7 @@ static mt_err read_record(mt_wal *w, mt_wal_pos pos, uint64_t end, uint8_t **buf
     if (*len && pread_all(w->fd, *buf, *len, pos.off + REC_HDR)) {
         return io_error(w, "read");
     }
-    if (record_crc(h, *buf, *len) != get32(h + 24)) {
+    if (record_crc(h, *buf, *len) != mt_get_be32(h + 24)) {
         return MT_ENOTFOUND; /* a torn tail: the group was never acknowledged */
     }
     *group = mt_get_be64(h + 8);
@@ -422,11 +409,11 @@ mt_err mt_wal_append(mt_wal *w, uint64_t group_id, const void *payload, size_t l
         return MT_ENOMEM;
     }
     memset(rec, 0, REC_HDR);
-    put32(rec, REC_MAGIC);
-    put32(rec + 4, at.gen);
+    mt_put_be32(rec, REC_MAGIC);
+    mt_put_be32(rec + 4, at.gen);
     mt_put_be64(rec + 8, group_id);
-    put32(rec + 20, (uint32_t) len);
-    put32(rec + 24, record_crc(rec, payload, len));
+    mt_put_be32(rec + 20, (uint32_t) len);
+    mt_put_be32(rec + 24, record_crc(rec, payload, len));
     memcpy(rec + REC_HDR, payload, len);
     memset(rec + REC_HDR + len, 0, (size_t) (total - REC_HDR - len));
     mt_err rc = pwrite_all(w->fd, rec, (size_t) total, at.off);
