@@ -66,29 +66,7 @@ ROWS=$TMP/rows
 FAILED=0
 
 # ---- the engine ----
-cat >"$TMP/bench.yaml" <<EOF
-version: 1
-engine:
-  data_dir: $TMP/data
-  listen: 127.0.0.1:0
-  map_size: 16GiB
-  durability: fsync
-EOF
-# The working directory is the repo, where handler paths are resolved.
-(cd "$REPO" && exec "$MOONTIDE" run -c "$TMP/bench.yaml" 2>"$TMP/engine.log" </dev/null >/dev/null) &
-ENGINE_PID=$!
-PORT=""
-for _ in $(seq 1 100); do
-    PORT=$(sed -n 's/.*"port": *"\{0,1\}\([0-9][0-9]*\).*/\1/p' "$TMP/engine.log" | head -n 1)
-    [ -n "$PORT" ] && break
-    kill -0 "$ENGINE_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$PORT" ]; then
-    echo "live.sh: the engine did not start:" >&2
-    cat "$TMP/engine.log" >&2
-    exit 1
-fi
+bench_start_engine 16GiB
 URL=http://127.0.0.1:$PORT
 echo "== engine pid $ENGINE_PID on port $PORT, data in $TMP" >&2
 

@@ -52,29 +52,8 @@ run lmdb --dir "$TMP/lmdb-1000" --per-txn 1000 --events 500000
 rm -rf "$TMP/fsync" "$TMP/lmdb-1" "$TMP/lmdb-100" "$TMP/lmdb-1000"
 
 # ---- the engine ----
-# A topology of its own, so the durability under test is stated here.
-cat >"$TMP/bench.yaml" <<EOF
-version: 1
-engine:
-  data_dir: $TMP/data
-  listen: 127.0.0.1:0
-  map_size: 8GiB
-  durability: fsync
-EOF
-"$MOONTIDE" run -c "$TMP/bench.yaml" 2>"$TMP/engine.log" </dev/null >/dev/null &
-ENGINE_PID=$!
-PORT=""
-for _ in $(seq 1 100); do
-    PORT=$(sed -n 's/.*"port": *"\{0,1\}\([0-9][0-9]*\).*/\1/p' "$TMP/engine.log" | head -n 1)
-    [ -n "$PORT" ] && break
-    kill -0 "$ENGINE_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$PORT" ]; then
-    echo "run.sh: the engine did not start:" >&2
-    cat "$TMP/engine.log" >&2
-    exit 1
-fi
+# Durability fsync, the case under test (bench_start_engine in lib.sh).
+bench_start_engine 8GiB
 URL=http://127.0.0.1:$PORT/events
 echo "== engine pid $ENGINE_PID on port $PORT" >&2
 
