@@ -37,6 +37,19 @@ static inline void mt_test_rmdir(char *dir)
     free(dir);
 }
 
+/* cmocka setup and teardown giving each test a fresh directory as *state. */
+static inline int mt_test_setup_dir(void **state)
+{
+    *state = mt_test_tmpdir();
+    return 0;
+}
+
+static inline int mt_test_teardown_dir(void **state)
+{
+    mt_test_rmdir(*state);
+    return 0;
+}
+
 /* Writes 'text' to DIR/NAME; returns the path (caller frees). */
 static inline char *mt_test_write_file(const char *dir, const char *name, const char *text)
 {

@@ -11,18 +11,6 @@
 
 #define MIB (1ULL << 20)
 
-static int setup(void **state)
-{
-    *state = mt_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    mt_test_rmdir(*state);
-    return 0;
-}
-
 static mt_store *open_store(const char *dir)
 {
     mt_store_opts o = {.dir = dir, .map_size = 64 * MIB, .wal_size = MIB, .nosync = true};
@@ -266,11 +254,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fx_buffered_writes_reach_the_txn_only_on_success,
-                                        setup, teardown),
+                                        mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emit_moves_buffered_writes_into_a_savepoint,
-                                        setup, teardown),
+                                        mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
-                                        setup, teardown),
+                                        mt_test_setup_dir, mt_test_teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

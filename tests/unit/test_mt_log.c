@@ -24,18 +24,6 @@
 #define MAX_BATCH 64
 #define MAX_GOT 512
 
-static int setup(void **state)
-{
-    *state = mt_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    mt_test_rmdir(*state);
-    return 0;
-}
-
 static mt_store *open_store_sized(const char *dir, uint64_t map_size)
 {
     mt_store_opts o = {.dir = dir, .map_size = map_size, .wal_size = MIB, .nosync = false};
@@ -1585,7 +1573,7 @@ static void test_store_savepoint_release_keeps_and_rollback_drops(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
     const struct CMUnitTest tests[] = {
         T(test_log_sequences_are_contiguous_from_one),
         T(test_log_streamversions_count_per_subject_from_zero),

@@ -794,19 +794,7 @@ static void test_lua_null_helpers(void **state)
     mt_lua_free(lu);
 }
 
-static int setup(void **state)
-{
-    *state = mt_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    mt_test_rmdir(*state);
-    return 0;
-}
-
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
 
 int main(void)
 {

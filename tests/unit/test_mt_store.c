@@ -21,18 +21,6 @@
 
 #define MIB (1ULL << 20)
 
-static int setup(void **state)
-{
-    *state = mt_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    mt_test_rmdir(*state);
-    return 0;
-}
-
 static mt_store *open_store(const char *dir)
 {
     mt_store_opts o = {.dir = dir, .map_size = 256 * MIB, .wal_size = MIB, .nosync = false};
@@ -401,7 +389,7 @@ static void test_store_kill9_during_a_checkpoint_keeps_every_acknowledged_write(
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
     const struct CMUnitTest tests[] = {
         T(test_store_commits_while_a_checkpoint_is_held_at_each_stage),
         T(test_store_checkpoint_on_request_is_durable_even_when_idle),

@@ -11,18 +11,6 @@
 #define GIB (1ULL << 30)
 
 /* Each test gets a fresh directory for the files it writes. */
-static int setup(void **state)
-{
-    *state = mt_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    mt_test_rmdir(*state);
-    return 0;
-}
-
 /* $MT_SRCDIR/tests/data/topo/NAME (caller frees). */
 static char *fixture(const char *name)
 {
@@ -796,43 +784,43 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topo_new_default_has_every_default),
-        cmocka_unit_test_setup_teardown(test_topo_defaults_fill_missing_keys, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_empty_engine_section_means_defaults, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_defaults_fill_missing_keys, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_empty_engine_section_means_defaults, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
         cmocka_unit_test(test_topo_reads_every_engine_key),
-        cmocka_unit_test_setup_teardown(test_topo_accepts_quoted_and_flow_values, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_accepts_quoted_and_flow_values, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
         cmocka_unit_test(test_topo_loads_shipped_default_config),
         cmocka_unit_test(test_topo_reports_every_error_in_one_pass),
-        cmocka_unit_test_setup_teardown(test_topo_unknown_key_names_line_and_column, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_reserved_sections_are_refused_by_name, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_unknown_key_names_line_and_column, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_reserved_sections_are_refused_by_name, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
         cmocka_unit_test(test_topo_reads_a_subscription_with_defaults_and_every_key),
-        cmocka_unit_test_setup_teardown(test_topo_subscription_errors_name_line_and_column, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_bad_sizes_name_key_and_range, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_bad_choices_list_the_allowed_values, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_bad_listen_gives_the_reason, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_wrong_type, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_long_values_are_cut_in_messages, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_duplicate_keys_point_at_the_second, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_missing_version, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_wrong_version, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_empty_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_second_document_is_an_error, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topo_yaml_syntax_error_has_position, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_subscription_errors_name_line_and_column, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_bad_sizes_name_key_and_range, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_bad_choices_list_the_allowed_values, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_bad_listen_gives_the_reason, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_wrong_type, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_long_values_are_cut_in_messages, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_duplicate_keys_point_at_the_second, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_missing_version, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_wrong_version, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_empty_file, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_second_document_is_an_error, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_yaml_syntax_error_has_position, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
         cmocka_unit_test(test_topo_invalid_utf8_has_position),
-        cmocka_unit_test_setup_teardown(test_topo_unreadable_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_huge_file_is_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_topo_errs_are_appended_and_reusable, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_topo_unreadable_file, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_huge_file_is_refused, mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_topo_errs_are_appended_and_reusable, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
         cmocka_unit_test(test_topo_listen_parsing),
         cmocka_unit_test(test_topo_parse_sub_from_json),
     };

@@ -19,18 +19,6 @@
 #define SNAP_MAX (SLOT_SIZE - 128)
 #define REC_HDR 32      /* record header before the payload */
 
-static int setup(void **state)
-{
-    *state = mt_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    mt_test_rmdir(*state);
-    return 0;
-}
-
 /* DIR/NAME (caller frees). */
 static char *path_in(void **state, const char *name)
 {
@@ -1000,7 +988,7 @@ static void test_wal_undo_does_not_touch_a_record_a_checkpoint_covers(void **sta
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
     const struct CMUnitTest tests[] = {
         T(test_wal_open_creates_a_preallocated_file_of_the_given_size),
         T(test_wal_existing_file_keeps_its_own_size),
