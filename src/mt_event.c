@@ -141,21 +141,44 @@ void mt_event_batch_add(mt_event_batch *b, const mt_event *ev)
 /* ---- parsing ---- */
 
 /*
- * What one event's parse collects. Strings it holds are owned by 'owned'
- * (json values, or malloc'd decoded data) and released by draft_free.
+ * Where the plain strings of a structured body (names and values whose JSON
+ * text is their value) are copied, NUL-terminated. Its capacity is the
+ * body's length, which it cannot outgrow: each string takes its length plus
+ * one here and its length plus two quotes in the body. It never moves, so
+ * attributes point into it until the events are encoded.
+ */
+typedef struct plain_copies {
+    char *buf;
+    size_t used, cap;
+} plain_copies;
+
+/*
+ * What one event's parse collects. The strings its attributes point to are
+ * held by 'hold' (jansson values), 'copies' or the caller's request, and
+ * live until the event is encoded into the batch.
  */
 typedef struct draft {
     mt_event ev;
-    json_t *hold;          /* an array keeping parsed values alive */
+    json_t *hold;          /* an array keeping parsed values alive, or NULL */
     json_t *ext;           /* extension attributes, or NULL */
     char *ext_text;        /* owned */
     uint8_t *data_owned;   /* decoded data_base64 or text data */
-    const char *prefix;    /* "" or "events[3]." */
+    plain_copies *copies;  /* structured modes; NULL in binary mode */
+    int index;             /* the event's place in a batch, or -1 */
     char *err;
     size_t errlen;
     bool have_specversion;
-    bool have_data;
 } draft;
+
+/* "" for a single event, "events[3]." in a batch: what errors start with. */
+static void draft_prefix(const draft *d, char *buf, size_t len)
+{
+    if (d->index < 0) {
+        buf[0] = '\0';
+    } else {
+        snprintf(buf, len, "events[%d].", d->index);
+    }
+}
 
 static mt_err fail(draft *d, const char *attr, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -167,18 +190,29 @@ static mt_err fail(draft *d, const char *attr, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    snprintf(d->err, d->errlen, "%s%s%s%s", d->prefix, attr ? attr : "", attr ? ": " : "", msg);
+    char prefix[32];
+    draft_prefix(d, prefix, sizeof prefix);
+    snprintf(d->err, d->errlen, "%s%s%s%s", prefix, attr ? attr : "", attr ? ": " : "", msg);
     return MT_EINVAL;
 }
 
-static void draft_init(draft *d, const char *prefix, char *err, size_t errlen)
+static void draft_init(draft *d, int index, plain_copies *copies, char *err, size_t errlen)
 {
     memset(d, 0, sizeof *d);
     mt_event_init(&d->ev);
-    d->hold = json_array();
-    d->prefix = prefix;
+    d->index = index;
+    d->copies = copies;
     d->err = err;
     d->errlen = errlen;
+}
+
+/* Keeps 'v' (stolen) alive until the draft is freed. */
+static void draft_hold(draft *d, json_t *v)
+{
+    if (!d->hold) {
+        d->hold = json_array();
+    }
+    json_array_append_new(d->hold, v);
 }
 
 static void draft_free(draft *d)
@@ -272,14 +306,14 @@ static mt_err set_string_attr(draft *d, mt_event_attr a, const char *v)
     return MT_OK;
 }
 
-static mt_err set_priority(draft *d, json_t *v)
+/* str: the value if it is a string; v: the value otherwise. */
+static mt_err set_priority(draft *d, const char *str, json_t *v)
 {
     json_int_t p = -1;
-    if (json_is_integer(v)) {
+    if (!str && json_is_integer(v)) {
         p = json_integer_value(v);
-    } else if (json_is_string(v) && json_string_length(v) == 1 &&
-               isdigit((unsigned char) json_string_value(v)[0])) {
-        p = json_string_value(v)[0] - '0';
+    } else if (str && isdigit((unsigned char) str[0]) && str[1] == '\0') {
+        p = str[0] - '0';
     } else {
         return fail(d, "priority", "must be an integer from 0 to 9");
     }
@@ -300,12 +334,17 @@ static int find_attr(const char *name)
     return -1;
 }
 
-/* Takes one attribute given as a JSON value (structured mode or header strings). */
-static mt_err take_attr(draft *d, const char *name, json_t *v)
+/*
+ * Takes one attribute: 'str' when its value is a string (copied from the
+ * body, 'v' then NULL), else the JSON value 'v', which the caller holds.
+ */
+static mt_err take_attr(draft *d, const char *name, const char *str, json_t *v)
 {
-    json_array_append(d->hold, v);
+    if (!str && json_is_string(v)) {
+        str = json_string_value(v);
+    }
     if (strcmp(name, "specversion") == 0) {
-        if (!json_is_string(v) || strcmp(json_string_value(v), "1.0") != 0) {
+        if (!str || strcmp(str, "1.0") != 0) {
             return fail(d, "specversion", "must be \"1.0\"");
         }
         d->have_specversion = true;
@@ -315,32 +354,32 @@ static mt_err take_attr(draft *d, const char *name, json_t *v)
         strcmp(name, "recordedtime") == 0) {
         return fail(d, name, "is assigned by the engine and cannot be published");
     }
-    if (json_is_null(v)) {
+    if (!str && json_is_null(v)) {
         return MT_OK; /* CloudEvents: a null attribute is an absent one */
     }
     if (strcmp(name, "priority") == 0) {
-        return set_priority(d, v);
+        return set_priority(d, str, v);
     }
     int a = find_attr(name);
     if (a >= 0) {
-        if (!json_is_string(v)) {
+        if (!str) {
             return fail(d, name, "must be a string");
         }
-        return set_string_attr(d, (mt_event_attr) a, json_string_value(v));
+        return set_string_attr(d, (mt_event_attr) a, str);
     }
     if (!valid_ext_name(name)) {
         return fail(d, NULL, "'%s' is not a valid attribute name (a-z, 0-9, at most 20)", name);
     }
-    if (!(json_is_string(v) || json_is_integer(v) || json_is_boolean(v))) {
+    if (!str && !(json_is_integer(v) || json_is_boolean(v))) {
         return fail(d, name, "an extension attribute must be a string, integer or boolean");
     }
-    if (json_is_string(v) && json_string_length(v) > MT_EVENT_MAX_ATTR) {
+    if (str && (v ? json_string_length(v) : strlen(str)) > MT_EVENT_MAX_ATTR) {
         return fail(d, name, "longer than %d bytes", MT_EVENT_MAX_ATTR);
     }
     if (!d->ext) {
         d->ext = json_object();
     }
-    json_object_set(d->ext, name, v);
+    json_object_set_new(d->ext, name, v ? json_incref(v) : json_string(str));
     return MT_OK;
 }
 
@@ -413,20 +452,91 @@ static size_t skip_ws(const char *s, size_t len, size_t pos)
 
 /*
  * Parses one JSON value at s[*pos] with jansson, advancing *pos past it.
- * Returns the value (new reference) or NULL with a message in err.
+ * Returns the value (new reference), or NULL with the error in the draft:
+ * 'name' is the member whose value it is, NULL for a member's name.
  */
-static json_t *load_value(const char *s, size_t len, size_t *pos, char *err, size_t errlen,
-                          const char *what)
+static json_t *load_value(draft *d, const char *s, size_t len, size_t *pos, const char *name)
 {
     json_error_t e;
     json_t *v = json_loadb(s + *pos, len - *pos, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, &e);
     if (!v) {
-        snprintf(err, errlen, "%s: malformed JSON at byte %zu: %s", what,
+        char prefix[32];
+        draft_prefix(d, prefix, sizeof prefix);
+        snprintf(d->err, d->errlen, "%s%.40s: malformed JSON at byte %zu: %s", prefix,
+                 name ? name : d->index < 0 ? "event" : "name",
                  *pos + (size_t) (e.position > 0 ? e.position : 0), e.text);
         return NULL;
     }
     *pos += (size_t) e.position;
     return v;
+}
+
+/*
+ * If the JSON string opening at s[p] is plain (printable ASCII without '"'
+ * or '\\', so its text is its value) returns the place of its closing
+ * quote; else 0, and jansson parses it. Most names and attribute values are
+ * plain, and copying them costs far less than a jansson parse each.
+ */
+static size_t plain_string_end(const char *s, size_t len, size_t p)
+{
+    for (size_t q = p + 1; q < len; q++) {
+        unsigned char c = (unsigned char) s[q];
+        if (c == '"') {
+            return q;
+        }
+        if (c < 0x20 || c >= 0x7f || c == '\\') {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Copies the plain string between the quotes at s[p] and s[q]. */
+static const char *copy_plain(draft *d, const char *s, size_t p, size_t q)
+{
+    plain_copies *c = d->copies;
+    size_t n = q - p - 1;
+    mt_assert(c->used + n + 1 <= c->cap);
+    char *out = c->buf + c->used;
+    memcpy(out, s + p + 1, n);
+    out[n] = '\0';
+    c->used += n + 1;
+    return out;
+}
+
+/*
+ * The member names of one event seen so far: the first few in an array,
+ * any more in a jansson object, so an event of many extensions is not
+ * checked in quadratic time.
+ */
+#define SEEN_INLINE 24
+
+typedef struct seen_names {
+    const char *name[SEEN_INLINE];
+    int n;
+    json_t *more;
+} seen_names;
+
+/* Adds 'name'; returns true if it was there already. */
+static bool seen_add(seen_names *seen, const char *name)
+{
+    for (int i = 0; i < seen->n; i++) {
+        if (strcmp(seen->name[i], name) == 0) {
+            return true;
+        }
+    }
+    if (seen->more && json_object_get(seen->more, name)) {
+        return true;
+    }
+    if (seen->n < SEEN_INLINE) {
+        seen->name[seen->n++] = name;
+        return false;
+    }
+    if (!seen->more) {
+        seen->more = json_object();
+    }
+    json_object_set_new(seen->more, name, json_true());
+    return false;
 }
 
 /*
@@ -440,7 +550,7 @@ static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
         return fail(d, NULL, "expected a JSON object at byte %zu", p);
     }
     p = skip_ws(s, len, p + 1);
-    json_t *seen = json_object();
+    seen_names seen = {.n = 0};
     mt_err rc = MT_OK;
     bool first = true;
     const char *data_ct = NULL;
@@ -456,15 +566,20 @@ static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
             rc = fail(d, NULL, "malformed JSON at byte %zu: expected an attribute name", p);
             break;
         }
-        char kwhat[48];
-        snprintf(kwhat, sizeof kwhat, "%sname", d->prefix);
-        json_t *key = load_value(s, len, &p, d->err, d->errlen, *d->prefix ? kwhat : "event");
-        if (!key) {
-            rc = MT_EINVAL;
-            break;
+        const char *name;
+        size_t q = plain_string_end(s, len, p);
+        if (q) {
+            name = copy_plain(d, s, p, q);
+            p = q + 1;
+        } else {
+            json_t *key = load_value(d, s, len, &p, NULL);
+            if (!key) {
+                rc = MT_EINVAL;
+                break;
+            }
+            draft_hold(d, key);
+            name = json_string_value(key);
         }
-        json_array_append_new(d->hold, key);
-        const char *name = json_string_value(key);
         p = skip_ws(s, len, p);
         if (p >= len || s[p] != ':') {
             rc = fail(d, NULL, "malformed JSON at byte %zu: expected ':'", p);
@@ -472,31 +587,37 @@ static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
         }
         p = skip_ws(s, len, p + 1);
         size_t vstart = p;
-        char what[64];
-        snprintf(what, sizeof what, "%s%.40s", d->prefix, name);
-        json_t *v = load_value(s, len, &p, d->err, d->errlen, what);
-        if (!v) {
-            rc = MT_EINVAL;
-            break;
+        bool is_data = strcmp(name, "data") == 0;
+        const char *str = NULL;
+        json_t *v = NULL;
+        q = !is_data && p < len && s[p] == '"' ? plain_string_end(s, len, p) : 0;
+        if (q) {
+            str = copy_plain(d, s, p, q);
+            p = q + 1;
+        } else {
+            v = load_value(d, s, len, &p, name);
+            if (!v) {
+                rc = MT_EINVAL;
+                break;
+            }
+            draft_hold(d, v);
         }
-        json_array_append_new(d->hold, v);
-        if (json_object_get(seen, name)) {
+        if (seen_add(&seen, name)) {
             rc = fail(d, name, "attribute appears twice");
             break;
         }
-        json_object_set(seen, name, json_true());
-        if (strcmp(name, "data") == 0) {
+        if (is_data) {
             data_val = v;
             data_start = vstart;
             data_end = p;
         } else if (strcmp(name, "data_base64") == 0) {
-            if (!json_is_string(v)) {
+            if (!str && !json_is_string(v)) {
                 rc = fail(d, name, "must be a base64 string");
                 break;
             }
-            data_b64 = json_string_value(v);
+            data_b64 = str ? str : json_string_value(v);
         } else {
-            rc = take_attr(d, name, v);
+            rc = take_attr(d, name, str, v);
             if (rc == MT_OK && strcmp(name, "datacontenttype") == 0) {
                 data_ct = d->ev.attr[MT_ATTR_DATACONTENTTYPE];
             }
@@ -513,7 +634,7 @@ static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
         }
         rc = fail(d, NULL, "malformed JSON at byte %zu: expected ',' or '}'", p);
     }
-    json_decref(seen);
+    json_decref(seen.more);
     if (rc) {
         return rc;
     }
@@ -550,8 +671,9 @@ static mt_err trailing_check(const char *s, size_t len, size_t pos, char *err, s
 mt_err mt_event_parse_structured(const char *body, size_t len, mt_event_batch *b, char *err,
                                  size_t errlen)
 {
+    plain_copies copies = {mt_xmalloc(len + 1), 0, len + 1};
     draft d;
-    draft_init(&d, "", err, errlen);
+    draft_init(&d, -1, &copies, err, errlen);
     size_t pos = 0;
     mt_err rc = walk_event(body, len, &pos, &d);
     if (rc == MT_OK) {
@@ -561,6 +683,7 @@ mt_err mt_event_parse_structured(const char *body, size_t len, mt_event_batch *b
         mt_event_batch_add(b, &d.ev);
     }
     draft_free(&d);
+    free(copies.buf);
     return rc;
 }
 
@@ -577,18 +700,19 @@ mt_err mt_event_parse_batch(const char *body, size_t len, mt_event_batch *b, cha
         snprintf(err, errlen, "the batch is empty");
         return MT_EINVAL;
     }
+    plain_copies copies = {mt_xmalloc(len + 1), 0, len + 1};
+    mt_err rc;
     for (int i = 0;; i++) {
-        char prefix[32];
-        snprintf(prefix, sizeof prefix, "events[%d].", i);
         draft d;
-        draft_init(&d, prefix, err, errlen);
-        mt_err rc = walk_event(body, len, &p, &d);
+        draft_init(&d, i, &copies, err, errlen);
+        rc = walk_event(body, len, &p, &d);
         if (rc == MT_OK) {
             mt_event_batch_add(b, &d.ev);
         }
         draft_free(&d);
+        copies.used = 0; /* the event is encoded: its strings are no longer needed */
         if (rc) {
-            return rc;
+            break;
         }
         p = skip_ws(body, len, p);
         if (p < len && body[p] == ',') {
@@ -596,12 +720,16 @@ mt_err mt_event_parse_batch(const char *body, size_t len, mt_event_batch *b, cha
             continue;
         }
         if (p < len && body[p] == ']') {
-            return trailing_check(body, len, p + 1, err, errlen);
+            rc = trailing_check(body, len, p + 1, err, errlen);
+            break;
         }
         snprintf(err, errlen, "malformed JSON at byte %zu: expected ',' or ']' after events[%d]",
                  p, i);
-        return MT_EINVAL;
+        rc = MT_EINVAL;
+        break;
     }
+    free(copies.buf);
+    return rc;
 }
 
 mt_err mt_event_parse_binary(const char *const *names, const char *const *values, int n,
@@ -609,7 +737,7 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
                              mt_event_batch *b, char *err, size_t errlen)
 {
     draft d;
-    draft_init(&d, "", err, errlen);
+    draft_init(&d, -1, NULL, err, errlen);
     mt_err rc = MT_OK;
     for (int i = 0; i < n && rc == MT_OK; i++) {
         if (strcmp(names[i], "datacontenttype") == 0 || strcmp(names[i], "data") == 0 ||
@@ -622,13 +750,17 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
             rc = fail(&d, names[i], "header value is not valid UTF-8");
             break;
         }
-        rc = take_attr(&d, names[i], v);
-        json_decref(v);
+        draft_hold(&d, v);
+        rc = take_attr(&d, names[i], NULL, v);
     }
     if (rc == MT_OK && content_type) {
         json_t *v = json_string(content_type);
-        rc = v ? take_attr(&d, "datacontenttype", v) : fail(&d, "Content-Type", "not UTF-8");
-        json_decref(v);
+        if (v) {
+            draft_hold(&d, v);
+            rc = take_attr(&d, "datacontenttype", NULL, v);
+        } else {
+            rc = fail(&d, "Content-Type", "not UTF-8");
+        }
     }
     if (rc == MT_OK && len > 0) {
         d.ev.data = (const uint8_t *) body;
@@ -659,13 +791,7 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
 
 /* ---- JSON output ---- */
 
-/*
- * Appends 's' (n bytes) as a JSON string. jansson encodes it, except when
- * its JSON form is itself in quotes (printable ASCII without '"' or '\\'),
- * the usual case for attributes, which is copied as it is. Returns false,
- * appending nothing, if 's' is not UTF-8.
- */
-static bool add_string(mt_buf *out, const char *s, size_t n)
+bool mt_event_json_string(mt_buf *out, const char *s, size_t n)
 {
     size_t i = 0;
     while (i < n && s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\') {
@@ -696,7 +822,7 @@ static void add_key(mt_buf *out, const char *name, bool first)
     if (!first) {
         mt_buf_add(out, ",", 1);
     }
-    add_string(out, name, strlen(name));
+    mt_event_json_string(out, name, strlen(name));
     mt_buf_add(out, ":", 1);
 }
 
@@ -727,7 +853,7 @@ void mt_event_to_json(const mt_event *ev, mt_buf *out)
         if (ev->attr[i]) {
             size_t mark = out->len;
             add_key(out, attr_names[i], false);
-            if (!add_string(out, ev->attr[i], strlen(ev->attr[i]))) {
+            if (!mt_event_json_string(out, ev->attr[i], strlen(ev->attr[i]))) {
                 out->len = mark; /* not UTF-8: left out */
             }
         }
@@ -772,7 +898,7 @@ void mt_event_to_json(const mt_event *ev, mt_buf *out)
     } else if (kind == MT_DATA_TEXT) {
         size_t mark = out->len;
         mt_buf_adds(out, ",\"data\":");
-        if (!add_string(out, (const char *) ev->data, ev->data_len)) {
+        if (!mt_event_json_string(out, (const char *) ev->data, ev->data_len)) {
             out->len = mark;
             kind = MT_DATA_BINARY; /* not UTF-8: only base64 can carry it */
         }

@@ -151,4 +151,12 @@ bool mt_event_content_type_is_json(const char *ct);
  */
 void mt_event_to_json(const mt_event *ev, mt_buf *out);
 
+/*
+ * Appends 's' (n bytes) as a JSON string. jansson encodes it, except when
+ * its JSON form is itself in quotes (printable ASCII without '"' or '\\'),
+ * the usual case for attributes, which is copied as it is. Returns false,
+ * appending nothing, if 's' is not UTF-8.
+ */
+bool mt_event_json_string(mt_buf *out, const char *s, size_t n);
+
 #endif

@@ -614,32 +614,37 @@ static void append_done(mt_err rc, void *arg)
         mt_http_appended(h);
         mt_subs_kick(h->subs);
     } else {
-        json_t *arr = json_array();
+        /* Written member by member: this answers every publish. */
+        mt_buf out;
+        mt_buf_init(&out);
+        mt_buf_adds(&out, "{\"events\":[");
         bool any_new = false;
         uint64_t last = 0;
         for (int i = 0; i < j->batch.count; i++) {
             mt_event ev;
             mt_event_decode(j->batch.buf.data + j->batch.off[i], j->batch.len[i], &ev);
             mt_log_result *r = &j->results[i];
-            char seq[24];
-            snprintf(seq, sizeof seq, "%llu", (unsigned long long) r->sequence);
-            json_t *e = json_object();
-            json_object_set_new(e, "id", json_string(ev.attr[MT_ATTR_ID]));
-            json_object_set_new(e, "sequence", json_string(seq));
+            mt_buf_adds(&out, i ? ",{\"id\":" : "{\"id\":");
+            bool utf8 = mt_event_json_string(&out, ev.attr[MT_ATTR_ID], strlen(ev.attr[MT_ATTR_ID]));
+            mt_assert(utf8); /* parsed from JSON or checked as a header */
+            mt_buf_adds(&out, ",\"sequence\":\"");
+            mt_buf_add_u64(&out, r->sequence);
+            mt_buf_adds(&out, "\"");
             if (r->has_subject) {
-                json_object_set_new(e, "streamversion", json_integer((json_int_t) r->streamversion));
+                mt_buf_adds(&out, ",\"streamversion\":");
+                mt_buf_add_u64(&out, r->streamversion);
             }
             if (r->duplicate) {
-                json_object_set_new(e, "duplicate", json_true());
+                mt_buf_adds(&out, ",\"duplicate\":true");
             } else {
                 any_new = true;
                 last = r->sequence > last ? r->sequence : last;
             }
-            json_array_append_new(arr, e);
+            mt_buf_adds(&out, "}");
         }
-        json_t *o = json_object();
-        json_object_set_new(o, "events", arr);
-        reply_json(req, any_new ? 201 : 200, o);
+        mt_buf_adds(&out, "]}");
+        reply(req, any_new ? 201 : 200, "application/json", out.data, out.len);
+        mt_buf_free(&out);
         if (any_new) {
             wake_waiters(h, last);
             sse_appended(h);

@@ -896,6 +896,89 @@ static void test_event_structured_refuses_duplicate_attributes(void **state)
     expect_errors(mt_event_parse_structured, cases, N_CASES(cases));
 }
 
+/*
+ * Plain strings (printable ASCII without quotes or backslashes) are copied
+ * from the body; any other is decoded by jansson. Both read alike, in names
+ * and in values, side by side in one event and across a batch.
+ */
+static void test_event_structured_plain_and_escaped_strings_read_alike(void **state)
+{
+    (void) state;
+    parsed p;
+    parse_ok(&p, "{\"specversion\":\"1.0\",\"\\u0069d\":\"e\\u0031\",\"source\":\"/caf\\u00e9\","
+                 "\"type\":\"order.created\",\"subject\":\"tab\\there\",\"myext\":\"\\\"q\\\"\","
+                 "\"other\":\"plain\"}");
+    assert_string_equal(p.ev.attr[MT_ATTR_ID], "e1");
+    assert_string_equal(p.ev.attr[MT_ATTR_SOURCE], "/caf\xc3\xa9");
+    assert_string_equal(p.ev.attr[MT_ATTR_TYPE], "order.created");
+    assert_string_equal(p.ev.attr[MT_ATTR_SUBJECT], "tab\there");
+    assert_string_equal(p.ev.attr[MT_ATTR_EXTENSIONS], "{\"myext\":\"\\\"q\\\"\",\"other\":\"plain\"}");
+    parsed_free(&p);
+
+    /* Raw UTF-8 and DEL are not plain: jansson checks and decodes them. */
+    parse_ok(&p, "{" CE ",\"subject\":\"\xc3\xa9\x7f\"}");
+    assert_string_equal(p.ev.attr[MT_ATTR_SUBJECT], "\xc3\xa9\x7f");
+    parsed_free(&p);
+    static const err_case bad[] = {
+        {"{" CE ",\"subject\":\"\xff\"}", "subject: malformed JSON at byte 84: unable to decode"},
+        {"{" CE ",\"subject\":\"a\nb\"}", "subject: malformed JSON at byte 85: unexpected newline"},
+        {"{" CE ",\"subject\":\"unterminated}", "subject: malformed JSON at byte 97: premature end"},
+    };
+    expect_error_prefixes(mt_event_parse_structured, bad, N_CASES(bad));
+
+    /* Each event of a batch reads its own strings, escaped or plain. */
+    const char *json = "[{\"specversion\":\"1.0\",\"id\":\"\\u0061\",\"source\":\"/s\",\"type\":\"t\","
+                       "\"subject\":\"first\\u0021\"},"
+                       "{\"specversion\":\"1.0\",\"id\":\"b\",\"source\":\"/s\",\"type\":\"t\","
+                       "\"subject\":\"second\"}]";
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    char err[256] = "";
+    assert_int_equal(mt_event_parse_batch(json, strlen(json), &b, err, sizeof err), MT_OK);
+    assert_int_equal(b.count, 2);
+    mt_event ev;
+    assert_int_equal(mt_event_decode(b.buf.data + b.off[0], b.len[0], &ev), MT_OK);
+    assert_string_equal(ev.attr[MT_ATTR_ID], "a");
+    assert_string_equal(ev.attr[MT_ATTR_SUBJECT], "first!");
+    assert_int_equal(mt_event_decode(b.buf.data + b.off[1], b.len[1], &ev), MT_OK);
+    assert_string_equal(ev.attr[MT_ATTR_ID], "b");
+    assert_string_equal(ev.attr[MT_ATTR_SUBJECT], "second");
+    mt_event_batch_free(&b);
+}
+
+/* Duplicates are found however many members an event has. */
+static void test_event_structured_duplicates_among_many_members(void **state)
+{
+    (void) state;
+    for (int dup = 0; dup < 40; dup += 13) {
+        mt_buf json;
+        mt_buf_init(&json);
+        mt_buf_adds(&json, "{" CE);
+        for (int i = 0; i < 40; i++) {
+            mt_buf_addf(&json, ",\"x%d\":%d", i, i);
+        }
+        mt_buf_addf(&json, ",\"x%d\":\"again\"}", dup);
+        char want[64];
+        snprintf(want, sizeof want, "x%d: attribute appears twice", dup);
+        const err_case c = {mt_buf_cstr(&json), want};
+        expect_errors(mt_event_parse_structured, &c, 1);
+        mt_buf_free(&json);
+    }
+    /* Forty distinct extensions are accepted. */
+    mt_buf json;
+    mt_buf_init(&json);
+    mt_buf_adds(&json, "{" CE);
+    for (int i = 0; i < 40; i++) {
+        mt_buf_addf(&json, ",\"x%d\":%d", i, i);
+    }
+    mt_buf_adds(&json, "}");
+    parsed p;
+    parse_ok(&p, mt_buf_cstr(&json));
+    assert_non_null(strstr(p.ev.attr[MT_ATTR_EXTENSIONS], "\"x39\":39"));
+    parsed_free(&p);
+    mt_buf_free(&json);
+}
+
 static void test_event_structured_keeps_json_data_as_exact_text(void **state)
 {
     (void) state;
@@ -1658,6 +1741,8 @@ int main(void)
         cmocka_unit_test(test_event_structured_refuses_bad_extensions),
         cmocka_unit_test(test_event_structured_extensions_are_bounded_in_total),
         cmocka_unit_test(test_event_structured_refuses_duplicate_attributes),
+        cmocka_unit_test(test_event_structured_plain_and_escaped_strings_read_alike),
+        cmocka_unit_test(test_event_structured_duplicates_among_many_members),
         cmocka_unit_test(test_event_structured_keeps_json_data_as_exact_text),
         cmocka_unit_test(test_event_structured_refuses_integers_beyond_int64),
         cmocka_unit_test(test_event_structured_refuses_malformed_json),
