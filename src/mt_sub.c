@@ -2423,6 +2423,42 @@ static mt_err changeable(mt_subs *subs, const char *name, mt_topo_errs *errs)
     return MT_OK;
 }
 
+/*
+ * Whether a definition of 'name' is stored though no subscription of that
+ * name runs: one that did not load at start (its handler file gone, say).
+ * Its state (position, parked messages, dead letters) is still stored with
+ * it. *conf is its configuration, or NULL if it no longer parses.
+ */
+static mt_err dormant_def(mt_subs *subs, const char *name, bool *found, mt_sub_conf **conf)
+{
+    *found = false;
+    *conf = NULL;
+    mt_txn *t;
+    mt_err rc = mt_store_read_begin(subs->store, &t);
+    if (rc) {
+        return rc;
+    }
+    const void *v;
+    size_t vl;
+    rc = mt_store_get(t, MT_DB_SUBDEFS, name, strlen(name), &v, &vl);
+    if (rc == MT_OK) {
+        *found = true;
+        char *def = mt_xstrndup(v, vl);
+        char origin[128];
+        snprintf(origin, sizeof origin, "stored definition of '%.64s'", name);
+        mt_topo_errs errs = {0};
+        if (mt_topo_parse_stored_sub(name, def, vl, origin, conf, &errs) != MT_OK) {
+            *conf = NULL;
+        }
+        mt_topo_errs_free(&errs);
+        free(def);
+    } else if (rc == MT_ENOTFOUND) {
+        rc = MT_OK;
+    }
+    mt_store_read_end(t);
+    return rc;
+}
+
 static const char *kind_of(const mt_sub_conf *c)
 {
     return c->webhook_url ? "webhook" : c->pull ? "pull" : "lua";
@@ -2475,21 +2511,44 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
         json_decref(body);
         return rc;
     }
+    /*
+     * The definition replaced is the running one, or a stored one that did
+     * not load at start: either way the subscription exists, and its
+     * position, parked messages and dead letters are kept.
+     */
     sub_rt *old = find(subs, name);
-    if (old && strcmp(kind_of(old->conf), kind_of(conf)) != 0) {
-        add_err(errs, "subscription '%s' delivers by %s; delivery cannot change to %s (DELETE "
-                "the subscription and PUT it again)", name, kind_of(old->conf), kind_of(conf));
+    bool dormant = false;
+    mt_sub_conf *dormant_conf = NULL;
+    if (!old) {
+        rc = dormant_def(subs, name, &dormant, &dormant_conf);
+        if (rc) {
+            add_err(errs, "subscription '%s': cannot read its stored definition (%s)", name,
+                    mt_err_str(rc));
+            mt_sub_conf_free(conf);
+            json_decref(body);
+            return rc;
+        }
+    }
+    const mt_sub_conf *prev = old ? old->conf : dormant_conf;
+    if (dormant && !prev) {
+        add_err(errs, "subscription '%s' has a stored definition that no longer reads, with its "
+                "state; DELETE the subscription to drop both, then PUT it again", name);
         rc = MT_EEXISTS;
-    } else if (old && old->conf->ordering != conf->ordering) {
+    } else if (prev && strcmp(kind_of(prev), kind_of(conf)) != 0) {
+        add_err(errs, "subscription '%s' delivers by %s; delivery cannot change to %s (DELETE "
+                "the subscription and PUT it again)", name, kind_of(prev), kind_of(conf));
+        rc = MT_EEXISTS;
+    } else if (prev && prev->ordering != conf->ordering) {
         add_err(errs, "subscription '%s' has ordering %s; ordering cannot change to %s (DELETE "
-                "the subscription and PUT it again)", name, order_names[old->conf->ordering],
+                "the subscription and PUT it again)", name, order_names[prev->ordering],
                 order_names[conf->ordering]);
         rc = MT_EEXISTS;
-    } else if (old && old->conf->priority != conf->priority) {
+    } else if (prev && prev->priority != conf->priority) {
         add_err(errs, "subscription '%s': priority cannot change on an existing subscription "
                 "(DELETE the subscription and PUT it again)", name);
         rc = MT_EEXISTS;
     }
+    mt_sub_conf_free(dormant_conf);
     if (rc) {
         mt_sub_conf_free(conf);
         json_decref(body);
@@ -2505,8 +2564,8 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
     fresh->def = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(body);
     def_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (def_job){subs, mt_xstrdup(name), mt_xstrdup(fresh->def), fresh, NULL, old == NULL, done,
-                   arg};
+    *j = (def_job){subs, mt_xstrdup(name), mt_xstrdup(fresh->def), fresh, NULL, !old && !dormant,
+                   done, arg};
     return def_submit(subs, j);
 }
 
@@ -2518,7 +2577,21 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
     }
     sub_rt *s = find(subs, name);
     if (!s) {
-        return MT_ENOTFOUND;
+        /* A stored definition that did not load at start goes with its state. */
+        bool dormant = false;
+        mt_sub_conf *conf = NULL;
+        mt_err rc = dormant_def(subs, name, &dormant, &conf);
+        mt_sub_conf_free(conf);
+        if (rc || !dormant) {
+            return rc ? rc : MT_ENOTFOUND;
+        }
+        rc = changeable(subs, name, errs);
+        if (rc) {
+            return rc;
+        }
+        def_job *j = mt_xcalloc(1, sizeof *j);
+        *j = (def_job){subs, mt_xstrdup(name), NULL, NULL, NULL, false, done, arg};
+        return def_submit(subs, j);
     }
     mt_err rc = changeable(subs, name, errs);
     if (rc) {

@@ -35,6 +35,7 @@ typedef struct loader {
     mt_topo_errs *errs;
     mt_topo *topo;          /* filled in as keys are read; discarded if any error */
     mt_sub_conf *sub;       /* the subscription being read */
+    bool files_may_be_gone; /* a handler file that cannot be read is not an error */
     char path_buf[160];     /* "subscriptions.NAME.key" for messages */
 } loader;
 
@@ -552,7 +553,7 @@ static void sub_handler(loader *ld, const yaml_node_t *v)
     if (!h) {
         return;
     }
-    if (access(h, R_OK) != 0) {
+    if (!ld->files_may_be_gone && access(h, R_OK) != 0) {
         err_node(ld, v, "'%s': cannot read '%.200s': %s", path, h, strerror(errno));
         return;
     }
@@ -1206,8 +1207,8 @@ mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs)
 
 /* ---- one subscription on its own (runtime definitions) ---- */
 
-mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const char *origin,
-                         mt_sub_conf **out, mt_topo_errs *errs)
+static mt_err parse_sub(const char *name, const char *text, size_t len, const char *origin,
+                        bool files_may_be_gone, mt_sub_conf **out, mt_topo_errs *errs)
 {
     *out = NULL;
     int first_err = errs->count;
@@ -1226,7 +1227,8 @@ mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const c
     sub_defaults(c);
     c->name = mt_xstrdup(name);
     mt_topo *t = mt_topo_new_default();
-    loader ld = {.path = origin, .doc = NULL, .errs = errs, .topo = t};
+    loader ld = {.path = origin, .doc = NULL, .errs = errs, .topo = t,
+                 .files_may_be_gone = files_may_be_gone};
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) {
         fprintf(stderr, "moontide: out of memory parsing %s\n", origin);
@@ -1257,6 +1259,18 @@ mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const c
     }
     *out = c;
     return MT_OK;
+}
+
+mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const char *origin,
+                         mt_sub_conf **out, mt_topo_errs *errs)
+{
+    return parse_sub(name, text, len, origin, false, out, errs);
+}
+
+mt_err mt_topo_parse_stored_sub(const char *name, const char *text, size_t len,
+                                const char *origin, mt_sub_conf **out, mt_topo_errs *errs)
+{
+    return parse_sub(name, text, len, origin, true, out, errs);
 }
 
 static char **strv_copy(char *const *v, int n)

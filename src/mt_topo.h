@@ -169,6 +169,14 @@ mt_err mt_topo_parse_listen(const char *s, char **host, uint16_t *port);
 mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const char *origin,
                          mt_sub_conf **out, mt_topo_errs *errs);
 
+/*
+ * mt_topo_parse_sub for a definition stored earlier, to learn what it
+ * declares even when its handler file is gone: a handler that cannot be
+ * read is not an error here.
+ */
+mt_err mt_topo_parse_stored_sub(const char *name, const char *text, size_t len,
+                                const char *origin, mt_sub_conf **out, mt_topo_errs *errs);
+
 /* Whether 'name' (n bytes) is a valid subscription name: 1 to 64 of [A-Za-z0-9_.-]. */
 bool mt_topo_valid_sub_name(const char *name, size_t n);
 

@@ -123,6 +123,61 @@ def test_delete_removes_the_subscription_and_its_state_for_good():
         e.cleanup()
 
 
+def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
+    """A definition made over HTTP whose handler file is gone at start does
+    not run, but it still exists: a PUT replaces it and keeps its position
+    and dead letters, under the same rules as a running one; a DELETE drops
+    it and its state."""
+    e = Engine()
+    try:
+        e.start()
+        fail = handler_file("return function(event, ctx) error('no') end")
+        for name, topic in (("keeper", "k.#"), ("gone", "g.#")):
+            st, body = put(e, name, {"topics": [topic], "handler": fail,
+                                     "retry": {"max_attempts": 1}})
+            assert st == 201, body
+        e.publish(mtlib.event("k1", subject="a", type_="k.x"))
+        e.publish(mtlib.event("k2", subject="b", type_="k.x"))
+        e.publish(mtlib.event("g1", type_="g.x"))
+        mtlib.wait_for(lambda: status(e, "keeper")[1]["dlq"] == 2, what="keeper's dead letters")
+        mtlib.wait_for(lambda: status(e, "gone")[1]["dlq"] == 1, what="gone's dead letter")
+        e.stop()
+        os.remove(fail)
+        e.start()
+        for name in ("keeper", "gone"):
+            assert status(e, name)[0] == 404
+            assert any("'%s' (made over HTTP) is not started" % name in l
+                       for l in e.stderr_lines), e.stderr_lines
+
+        # What may not change on a running subscription may not change here either.
+        st, body = put(e, "keeper", {"topics": ["k.#"], "ordering": "strict",
+                                     "handler": handler_file()})
+        assert st == 409 and "ordering cannot change" in body["detail"], body
+        st, body = put(e, "keeper", {"topics": ["k.#"], "deliver": "pull"})
+        assert st == 409 and "delivery cannot change" in body["detail"], body
+
+        # A fixed handler takes over where the old one stopped, dead letters kept.
+        st, body = put(e, "keeper", {"topics": ["k.#"], "handler": handler_file()})
+        assert st == 200, body
+        assert body["position"] == 3 and body["dlq"] == 2, body
+        st, _, data = e.request("POST", "/subscriptions/keeper/dlq/redrive")
+        assert st == 200, data
+        mtlib.wait_for(lambda: count(e, "a") == 1 and count(e, "b") == 1, what="redriven")
+
+        # DELETE finds the dormant one and drops its state with it.
+        st, _, data = e.request("DELETE", "/subscriptions/gone")
+        assert st == 204, data
+        assert e.request("DELETE", "/subscriptions/gone")[0] == 404
+        e.stop()
+        e.start()
+        assert not any("'gone'" in l for l in e.stderr_lines), e.stderr_lines
+        st, body = put(e, "gone", {"topics": ["g.#"], "deliver": "pull", "start": "beginning"})
+        assert st == 201 and body["dlq"] == 0, body
+        assert status(e, "keeper")[1]["dlq"] == 0
+    finally:
+        e.cleanup()
+
+
 def test_bad_definitions_get_clear_errors_and_change_nothing():
     cfg = mtlib.topology("subscriptions:\n  declared:\n    topics: [\"a.#\"]\n    deliver: pull\n")
     with Engine(config=cfg) as e:

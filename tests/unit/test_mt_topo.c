@@ -408,6 +408,35 @@ static void test_topo_parse_sub_from_json(void **state)
     assert_true(mt_topo_valid_sub_name("a.b-c_1", 7));
 }
 
+/* A stored definition is read for what it declares, even with its handler file gone. */
+static void test_topo_parse_stored_sub_allows_a_missing_handler(void **state)
+{
+    (void) state;
+    const char *def = "{\"topics\":[\"k.#\"],\"handler\":\"/nonexistent/h.lua\","
+                      "\"ordering\":\"strict\"}";
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_parse_sub("k", def, strlen(def), "request", &c, &errs), MT_ECONFIG);
+    assert_null(c);
+    assert_int_equal(errs.count, 1);
+    assert_non_null(strstr(errs.lines[0], "cannot read '/nonexistent/h.lua'"));
+    mt_topo_errs_free(&errs);
+
+    assert_int_equal(mt_topo_parse_stored_sub("k", def, strlen(def), "stored", &c, &errs), MT_OK);
+    assert_int_equal(errs.count, 0);
+    assert_string_equal(c->handler, "/nonexistent/h.lua");
+    assert_int_equal(c->ordering, MT_ORDER_STRICT);
+    mt_sub_conf_free(c);
+
+    /* Every other check still holds. */
+    const char *bad = "{\"topics\":[\"k.#\"],\"handler\":\"/nonexistent/h.lua\",\"colour\":1}";
+    assert_int_equal(mt_topo_parse_stored_sub("k", bad, strlen(bad), "stored", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    assert_non_null(strstr(errs.lines[0], "unknown key 'colour'"));
+    mt_topo_errs_free(&errs);
+}
+
 typedef struct value_case {
     const char *line;       /* one engine line, indented by two spaces */
     const char *error;      /* expected error without "PATH:3:" */
@@ -823,6 +852,7 @@ int main(void)
                                         mt_test_teardown_dir),
         cmocka_unit_test(test_topo_listen_parsing),
         cmocka_unit_test(test_topo_parse_sub_from_json),
+        cmocka_unit_test(test_topo_parse_stored_sub_allows_a_missing_handler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
