@@ -5,7 +5,7 @@ time until every subscription has caught up gives events/s per case:
 (a) an empty handler, (b) a handler updating a kv table, (c) four
 subscriptions on the same topic (fan-out, kv handler). Durability fsync.
 
-usage: bench/handler_bench.py [--events N] [--moontide PATH]"""
+usage: bench/handler_bench.py [--events N] [--moontide PATH] [--cases a-empty,b-kv,...]"""
 import argparse
 import http.client
 import json
@@ -91,6 +91,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100000)
     ap.add_argument("--moontide", default=os.path.join(TOP, "build-bench", "moontide"))
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="moontide-hbench-", dir=os.environ.get("BENCH_DIR", TOP))
     try:
@@ -101,6 +102,12 @@ def main():
             ("d-kv-w2", [("kv", "bench/handlers/kv.lua", 2)]),
             ("e-kv-w3", [("kv", "bench/handlers/kv.lua", 3)]),
         ]
+        if a.cases:
+            wanted = a.cases.split(",")
+            unknown = set(wanted) - {label for label, _ in cases}
+            if unknown:
+                raise SystemExit("unknown cases: " + ", ".join(sorted(unknown)))
+            cases = [c for c in cases if c[0] in wanted]
         print("%-12s %10s %10s %14s" % ("case", "handled", "secs", "handled/s"))
         for label, subs in cases:
             handled, secs = run_case(a.moontide, a.events, label, subs, tmp)

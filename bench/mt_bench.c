@@ -14,6 +14,11 @@
  *       request in flight, POSTing one structured event (B = 1) or a batch
  *       of B events to U (e.g. http://127.0.0.1:8080/events). Every answer
  *       must be 201; anything else is counted as an error.
+ *   mt_bench http --get --url U [--conns C] (--seconds S | --events N)
+ *       The same connections sending GET U (e.g. /healthz) instead, each
+ *       answer counted as one event and required to be 200: what the HTTP
+ *       exchange alone costs on this machine, the floor under the cases
+ *       that append.
  *   mt_bench header
  *       Prints the column header of the result rows.
  *
@@ -328,6 +333,7 @@ struct bench {
     const char *host, *path;
     int port;
     unsigned batch;
+    bool get;              /* GET requests without a body (--get) */
     uint64_t max_events;   /* 0: run for 'seconds' */
     uint64_t seconds;
     uint64_t warmup_ns;
@@ -411,10 +417,14 @@ static void send_next(conn *c)
     }
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Host", b->host);
-    evhttp_add_header(h, "Content-Type", b->batch == 1 ? "application/cloudevents+json"
-                                                       : "application/cloudevents-batch+json");
+    if (!b->get) {
+        evhttp_add_header(h, "Content-Type", b->batch == 1 ? "application/cloudevents+json"
+                                                           : "application/cloudevents-batch+json");
+    }
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
-    if (b->batch == 1) {
+    if (b->get) {
+        /* no body */
+    } else if (b->batch == 1) {
         add_event(b, out);
     } else {
         evbuffer_add(out, "[", 1);
@@ -433,7 +443,7 @@ static void send_next(conn *c)
     c->sent_ns = now_ns();
     c->busy = true;
     b->busy++;
-    if (evhttp_make_request(c->evcon, req, EVHTTP_REQ_POST, b->path)) {
+    if (evhttp_make_request(c->evcon, req, b->get ? EVHTTP_REQ_GET : EVHTTP_REQ_POST, b->path)) {
         /* libevent has freed the request. */
         die("evhttp_make_request failed");
     }
@@ -448,7 +458,8 @@ static void on_answer(struct evhttp_request *req, void *arg)
     b->busy--;
     int code = req ? evhttp_request_get_response_code(req) : 0;
     bool counted = b->measuring && c->sent_ns >= b->start_ns;
-    if (code == 201) {
+    int want = b->get ? 200 : 201;
+    if (code == want) {
         if (counted) {
             samples_add(&b->lat, now - c->sent_ns);
             b->events_ok += c->events;
@@ -463,7 +474,7 @@ static void on_answer(struct evhttp_request *req, void *arg)
                 ev_ssize_t got = evbuffer_copyout(in, body, sizeof body - 1);
                 body[got > 0 ? got : 0] = '\0';
             }
-            fprintf(stderr, "mt_bench http: answer %d (want 201)%s%s\n", code,
+            fprintf(stderr, "mt_bench http: answer %d (want %d)%s%s\n", code, want,
                     code ? ": " : " (connection failed or timed out)", body);
         }
         if (code == 0 && b->errors > 1000) {
@@ -484,6 +495,7 @@ static int cmd_http(int argc, char **argv)
         {"events", required_argument, NULL, 'n'},
         {"warmup", required_argument, NULL, 'w'},
         {"name", required_argument, NULL, 'N'},
+        {"get", no_argument, NULL, 'g'},
         {NULL, 0, NULL, 0},
     };
     static bench bb; /* large (the connection array): not on the stack */
@@ -503,13 +515,17 @@ static int cmd_http(int argc, char **argv)
         case 'n': b->max_events = parse_u64("events", optarg, 1, 1000000000); break;
         case 'w': warmup_ms = parse_u64("warmup", optarg, 0, 600000); break;
         case 'N': name = optarg; break;
+        case 'g': b->get = true; break;
         default:
-            die("usage: mt_bench http --url U [--conns C] [--batch B] "
+            die("usage: mt_bench http [--get] --url U [--conns C] [--batch B] "
                 "(--seconds S | --events N) [--warmup MS] [--name NAME]");
         }
     }
     if (!url) {
         die("http: --url is required");
+    }
+    if (b->get && b->batch != 1) {
+        die("http: --get sends no events; --batch does not apply");
     }
     struct evhttp_uri *uri = evhttp_uri_parse(url);
     if (!uri || !evhttp_uri_get_host(uri) || !evhttp_uri_get_scheme(uri) ||

@@ -5,7 +5,10 @@
 # (default flags, no sanitizers), runs the disk baselines (pwrite+fdatasync,
 # raw LMDB at 1, 100 and 1000 appends per commit), starts `moontide run`
 # with durability fsync on a temporary data directory, runs the HTTP cases,
-# and prints one table with the ratios the targets are stated in.
+# and prints one table with the ratios the targets are stated in. Two
+# floor rows (GET /healthz over 1 and 64 connections) show what the HTTP
+# exchange alone costs on the machine, and the table ends with the bounds
+# they set on the targets.
 #
 # Environment:
 #   BENCH_DIR      where the temporary directory goes (default: the repo's
@@ -57,6 +60,9 @@ bench_start_engine 8GiB
 URL=http://127.0.0.1:$PORT/events
 echo "== engine pid $ENGINE_PID on port $PORT" >&2
 
+# The floor: GET /healthz, an HTTP exchange that appends nothing.
+run http --get --url "http://127.0.0.1:$PORT/healthz" --conns 1 --seconds "$SECS" --name floor-c1-get
+run http --get --url "http://127.0.0.1:$PORT/healthz" --conns 64 --seconds "$SECS" --name floor-c64-get
 run http --url "$URL" --conns 1 --batch 1 --seconds "$SECS" --name case1-c1-b1
 if [ "${BENCH_SYSCALLS:-0}" = 1 ]; then
     if perf stat -e syscalls:sys_enter_fdatasync true >/dev/null 2>&1; then
@@ -122,6 +128,19 @@ awk '
         line("case3 events/s / lmdb-1000 events/s",
              ratio(ev["case3-c64-b100"], ev["lmdb-1000"]), ">=", 0.50, "")
         line("case3 p99", p99["case3-c64-b100"], "<", 10, " ms")
+        print ""
+        print "what this machine allows, whatever the engine does:"
+        printf "  %-40s %10.3f     (>= 1.5: case1 target out of reach)\n",
+               "(floor-c1 p50 + fsync p50) / fsync p50",
+               ratio(p50["floor-c1-get"] + p50["fsync"], p50["fsync"])
+        printf "  %-40s %10.3f     (< 0.4: case2 target out of reach)\n",
+               "floor-c64 requests/s / lmdb-100",
+               ratio(ev["floor-c64-get"], ev["lmdb-100"])
+        printf "  %-40s %10.1f ms  (64 x 100 events in flight / case3 rate)\n",
+               "case3 mean latency (Little law)",
+               ratio(6400 * 1000, ev["case3-c64-b100"])
+        printf "  %-40s %10.0f     (events/s case3 needs for a 10 ms mean)\n",
+               "case3 rate for p99 < 10 ms, at least", 6400 / 0.010
         if (err > 0) {
             printf "\n!!!!!!!! %d ERRORS during the runs: the numbers above are not valid !!!!!!!!\n", err
         }
