@@ -671,7 +671,10 @@ static mt_err trailing_check(const char *s, size_t len, size_t pos, char *err, s
 mt_err mt_event_parse_structured(const char *body, size_t len, mt_event_batch *b, char *err,
                                  size_t errlen)
 {
-    plain_copies copies = {mt_xmalloc(len + 1), 0, len + 1};
+    plain_copies copies = {mt_trymalloc(len + 1), 0, len + 1};
+    if (!copies.buf) {
+        return MT_ENOMEM;
+    }
     draft d;
     draft_init(&d, -1, &copies, err, errlen);
     size_t pos = 0;
@@ -700,7 +703,10 @@ mt_err mt_event_parse_batch(const char *body, size_t len, mt_event_batch *b, cha
         snprintf(err, errlen, "the batch is empty");
         return MT_EINVAL;
     }
-    plain_copies copies = {mt_xmalloc(len + 1), 0, len + 1};
+    plain_copies copies = {mt_trymalloc(len + 1), 0, len + 1};
+    if (!copies.buf) {
+        return MT_ENOMEM;
+    }
     mt_err rc;
     for (int i = 0;; i++) {
         draft d;
