@@ -1692,6 +1692,76 @@ static void test_event_to_json_extensions_cannot_replace_attributes(void **state
     free(s);
 }
 
+/*
+ * The walk copies plain strings itself and hands everything else to jansson,
+ * so it must refuse at least what jansson refuses. Bodies are mutated at
+ * random (a fixed seed, so every run tries the same ones): a byte replaced,
+ * dropped or repeated. Whenever jansson rejects the mutated body as JSON,
+ * the parse must be MT_EINVAL; under the sanitizer build this also looks for
+ * reads and writes out of bounds.
+ */
+static void test_event_parse_refuses_what_jansson_refuses(void **state)
+{
+    (void) state;
+    static const char *const bodies[] = {
+        "{\"specversion\":\"1.0\",\"id\":\"e-1\",\"source\":\"/s\",\"type\":\"a.b\","
+        "\"subject\":\"caf\\u00e9\",\"myext\":true,\"data\":{\"n\":[1,2.5,\"x\\\"y\"],\"m\":null}}",
+        "[{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\",\"priority\":3},"
+        "{\"specversion\":\"1.0\",\"id\":\"2\",\"source\":\"/s\",\"type\":\"t\","
+        "\"datacontenttype\":\"text/plain\",\"data\":\"hi\"},"
+        "{\"specversion\":\"1.0\",\"id\":\"3\",\"source\":\"/s\",\"type\":\"t\","
+        "\"data_base64\":\"aGk=\"}]",
+    };
+    static const char repl[] = "\"\\{}[],: \x01\x7f\xc3u0a9";
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    int refused_by_both = 0;
+    for (size_t bi = 0; bi < N_CASES(bodies); bi++) {
+        size_t n = strlen(bodies[bi]);
+        char *m = malloc(n + 2);
+        assert_non_null(m);
+        for (int round = 0; round < 4000; round++) {
+            memcpy(m, bodies[bi], n + 1);
+            size_t len = n;
+            for (int k = 0; k < 1 + round % 3; k++) {
+                seed = seed * 6364136223846793005u + 1442695040888963407u;
+                size_t at = (size_t) (seed >> 33) % len;
+                int op = (int) ((seed >> 20) % 3);
+                if (op == 0) {
+                    m[at] = repl[(seed >> 8) % (sizeof repl - 1)];
+                } else if (op == 1 && len > 1) {
+                    memmove(m + at, m + at + 1, len - at);
+                    len--;
+                } else {
+                    memmove(m + at + 1, m + at, len - at + 1);
+                    len++;
+                    if (len > n) { /* keep within the buffer */
+                        len = n;
+                        m[len] = '\0';
+                    }
+                }
+            }
+            mt_event_batch b;
+            mt_event_batch_init(&b);
+            char err[512];
+            mt_err rc = m[0] == '[' ? mt_event_parse_batch(m, len, &b, err, sizeof err)
+                                    : mt_event_parse_structured(m, len, &b, err, sizeof err);
+            json_error_t je;
+            json_t *j = json_loadb(m, len, 0, &je);
+            if (!j) {
+                if (rc != MT_EINVAL) {
+                    fail_msg("jansson refuses (%s) but the parse gave %s: %.*s", je.text,
+                             mt_err_str(rc), (int) len, m);
+                }
+                refused_by_both++;
+            }
+            json_decref(j);
+            mt_event_batch_free(&b);
+        }
+        free(m);
+    }
+    assert_true(refused_by_both > 1000); /* the mutations did break the JSON */
+}
+
 static void test_event_parse_then_to_json_returns_what_was_sent(void **state)
 {
     (void) state;
@@ -1773,6 +1843,7 @@ int main(void)
         cmocka_unit_test(test_event_to_json_engine_attributes),
         cmocka_unit_test(test_event_to_json_extensions_cannot_replace_attributes),
         cmocka_unit_test(test_event_parse_then_to_json_returns_what_was_sent),
+        cmocka_unit_test(test_event_parse_refuses_what_jansson_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
