@@ -787,7 +787,8 @@ static void handle_publish(mt_http *h, struct evhttp_request *req)
         return;
     }
     j->results = mt_xcalloc((size_t) j->batch.count, sizeof *j->results);
-    rc = mt_store_submit(h->store, append_run, append_done, j);
+    /* Repeatable: the results are rewritten on every run (mt_store.h). */
+    rc = mt_store_submit_repeatable(h->store, append_run, append_done, j);
     if (rc) {
         append_job_free(j);
         reply_error(req, 503, "shutting down", "the engine is stopping; nothing was appended");

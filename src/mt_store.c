@@ -20,6 +20,7 @@
 #define CHECKPOINT_INTERVAL_US (30 * 1000000LL)
 #define CHECKPOINT_RETRY_US 1000000LL /* after a failed checkpoint, before the next try */
 #define GROUP_MAX_JOBS 4096
+#define SHARED_MAX_JOBS 256 /* repeatable jobs run in one nested transaction, at most */
 #define HOLD_ENV "MOONTIDE_TEST_CHECKPOINT_HOLD"
 
 static const char *const db_names[MT_DB_COUNT] = {
@@ -31,6 +32,7 @@ typedef struct job {
     mt_store_done_fn done;
     void *arg;
     mt_err rc;
+    bool repeatable;    /* may run in one nested transaction with its neighbours */
     bool sync;          /* a mt_store_write() caller waits on it */
     bool finished;
     struct job *next;
@@ -87,6 +89,7 @@ struct mt_store {
     /* writer thread only */
     mt_buf redo;               /* the current group's redo operations (fsync durability) */
     uint64_t writes;           /* puts and deletes in the current group */
+    uint64_t nested;           /* nested transactions begun (writer thread; stats.nested) */
     uint64_t group;            /* last group id committed */
     int64_t last_checkpoint_us; /* when the last checkpoint started */
     bool dirty;                /* commits since the last checkpoint started */
@@ -719,6 +722,7 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
     if (rc) {
         return rc;
     }
+    s->nested++;
     size_t mark = s->redo.len;
     uint64_t writes = s->writes;
     mt_txn t = {s, child, true, MT_OK, NULL, 0, 0};
@@ -736,6 +740,66 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
         s->writes = writes;
     }
     return rc;
+}
+
+/*
+ * Runs 'first' and the repeatable jobs after it (SHARED_MAX_JOBS at most) in
+ * one nested transaction instead of one each: a nested transaction copies
+ * every page it touches, and consecutive appends touch the same pages (the
+ * log's last page, the heads). It stops after the job that takes the
+ * group's redo past 'budget'. If every job succeeds, it commits, sets their
+ * rc and returns the last job run. Otherwise it undoes them all and returns
+ * NULL: the caller runs them again one by one, each in its own nested
+ * transaction, so a failing job still undoes only itself. A job whose own
+ * redo exceeds 'one_max' counts as failing, for the caller to refuse alone.
+ */
+static job *run_shared(mt_store *s, MDB_txn *parent, job *first, uint64_t budget,
+                       uint64_t one_max)
+{
+    MDB_txn *child;
+    if (mdb_txn_begin(s->env, parent, 0, &child) != MDB_SUCCESS) {
+        return NULL;
+    }
+    s->nested++;
+    size_t mark = s->redo.len;
+    uint64_t writes = s->writes;
+    mt_txn t = {s, child, true, MT_OK, NULL, 0, 0};
+    mt_err rc = MT_OK;
+    job *last = NULL;
+    int n = 0;
+    for (job *j = first; j && j->repeatable && n < SHARED_MAX_JOBS; j = j->next, n++) {
+        size_t before = s->redo.len;
+        rc = j->run(&t, j->arg);
+        if (rc == MT_OK && t.poisoned) {
+            rc = t.poisoned;
+        }
+        if (rc == MT_OK && s->redo.len - before > one_max) {
+            rc = MT_ETOOBIG;
+        }
+        if (rc) {
+            break;
+        }
+        last = j;
+        if (s->redo.len > budget) {
+            break;
+        }
+    }
+    if (rc == MT_OK) {
+        rc = map_mdb(mdb_txn_commit(child), "nested commit");
+    } else {
+        mdb_txn_abort(child);
+    }
+    if (rc) {
+        s->redo.len = mark;
+        s->writes = writes;
+        return NULL;
+    }
+    for (job *j = first;; j = j->next) {
+        j->rc = MT_OK;
+        if (j == last) {
+            return last;
+        }
+    }
 }
 
 /*
@@ -805,7 +869,32 @@ static job *run_group(mt_store *s, job **list)
     uint64_t budget = s->wal ? mt_wal_capacity(s->wal) / 2 : UINT64_MAX;
     uint64_t one_max = s->wal ? mt_wal_capacity(s->wal) - 64 : UINT64_MAX;
     job *rest = NULL;
+    bool alone = false;      /* sharing failed: run one by one up to 'alone_until' */
+    job *alone_until = NULL; /* (NULL: to the end of the group) */
     for (job *j = jobs; j; j = j->next) {
+        if (alone && j == alone_until) {
+            alone = false;
+        }
+        if (!alone && j->repeatable && j->next && j->next->repeatable) {
+            job *last = run_shared(s, parent, j, budget, one_max);
+            if (last) {
+                for (job *k = j; k != last->next; k = k->next) {
+                    ok++;
+                }
+                j = last;
+                if (j->next && s->redo.len > budget) {
+                    rest = j->next;
+                    j->next = NULL;
+                    break;
+                }
+                continue;
+            }
+            alone = true;
+            alone_until = j;
+            for (int n = 0; alone_until && alone_until->repeatable && n < SHARED_MAX_JOBS; n++) {
+                alone_until = alone_until->next;
+            }
+        }
         size_t before = s->redo.len;
         j->rc = run_job(s, parent, j);
         if (j->rc == MT_OK && s->redo.len - before > one_max) {
@@ -979,6 +1068,7 @@ static void *writer_main(void *arg)
         }
         bool wake = false;
         s->stats.groups += jobs != NULL;
+        s->stats.nested = s->nested;
         for (job *j = jobs, *next; j; j = next) {
             next = j->next;
             j->next = NULL;
@@ -1041,17 +1131,30 @@ static mt_err enqueue(mt_store *s, job *j)
     return MT_OK;
 }
 
-mt_err mt_store_submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, void *arg)
+static mt_err submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, void *arg,
+                     bool repeatable)
 {
     job *j = mt_xcalloc(1, sizeof *j);
     j->run = run;
     j->done = done;
     j->arg = arg;
+    j->repeatable = repeatable;
     mt_err rc = enqueue(s, j);
     if (rc) {
         free(j);
     }
     return rc;
+}
+
+mt_err mt_store_submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, void *arg)
+{
+    return submit(s, run, done, arg, false);
+}
+
+mt_err mt_store_submit_repeatable(mt_store *s, mt_store_job_fn run, mt_store_done_fn done,
+                                  void *arg)
+{
+    return submit(s, run, done, arg, true);
 }
 
 mt_err mt_store_write(mt_store *s, mt_store_job_fn run, void *arg)

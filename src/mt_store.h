@@ -106,6 +106,17 @@ typedef void (*mt_store_done_fn)(mt_err rc, void *arg);
 mt_err mt_store_submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, void *arg);
 
 /*
+ * mt_store_submit for a job that may run again after its effects were
+ * undone and then does the same: it keeps nothing between runs but what it
+ * writes to the store and overwrites in 'arg' (an append: its results).
+ * The writer runs consecutive such jobs in one nested transaction, and again
+ * each in its own if one of them fails, so a failure still undoes only the
+ * failing job.
+ */
+mt_err mt_store_submit_repeatable(mt_store *s, mt_store_job_fn run, mt_store_done_fn done,
+                                  void *arg);
+
+/*
  * Runs one job and waits for its durability on the calling thread (which
  * must not be the one running mt_store_complete's callbacks for it to wait
  * on: the job's outcome is returned, no done callback). For tools and tests.
@@ -226,6 +237,7 @@ typedef struct mt_store_stats {
     uint64_t map_used;      /* bytes in use (last page number * page size) */
     uint64_t groups;        /* group commits since open */
     uint64_t jobs;          /* jobs run since open */
+    uint64_t nested;        /* nested transactions the jobs ran in (repeatable jobs share) */
     uint64_t checkpoints;   /* durable checkpoints since open, the one at open included */
 } mt_store_stats;
 

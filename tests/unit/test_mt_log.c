@@ -1125,6 +1125,21 @@ static void async_done(mt_err rc, void *arg)
     a->done_thread = pthread_self();
 }
 
+/*
+ * How the group tests submit their appends: one nested transaction each
+ * (mt_store_submit), or sharing one while they succeed
+ * (mt_store_submit_repeatable, as the HTTP API does). Each group test runs
+ * both ways; the outcomes must not differ.
+ */
+static bool submit_repeatable;
+
+static void submit_async(mt_store *s, async_job *a)
+{
+    mt_err rc = submit_repeatable ? mt_store_submit_repeatable(s, async_run, async_done, a)
+                                  : mt_store_submit(s, async_run, async_done, a);
+    assert_int_equal(rc, MT_OK);
+}
+
 static atomic_int notified;
 static atomic_bool notify_arg_wrong;
 
@@ -1245,7 +1260,26 @@ static void gate_done(mt_err rc, void *arg)
     (void) arg;
 }
 
-static void test_store_jobs_in_one_group_fail_independently(void **state)
+/* Holds the writer with a gate job until 'g' is opened; returns once it is held. */
+static void hold_writer(mt_store *s, gate *g)
+{
+    assert_int_equal(mt_store_submit(s, gate_run, gate_done, g), MT_OK);
+    pthread_mutex_lock(&g->mu);
+    while (!g->entered) {
+        pthread_cond_wait(&g->cv, &g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void release_writer(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void jobs_in_one_group_fail_independently(void **state)
 {
     mt_store *s = open_store(state);
     append_one(s, "/src", "first", "s");
@@ -1274,7 +1308,7 @@ static void test_store_jobs_in_one_group_fail_independently(void **state)
     }
     jobs[1].aj.fail_after = MT_EEXISTS;
     for (int i = 0; i < N; i++) {
-        assert_int_equal(mt_store_submit(s, async_run, async_done, &jobs[i]), MT_OK);
+        submit_async(s, &jobs[i]);
     }
     pthread_mutex_lock(&g.mu);
     g.open = true;
@@ -1302,6 +1336,8 @@ static void test_store_jobs_in_one_group_fail_independently(void **state)
     mt_store_get_stats(s, &after);
     assert_int_equal(after.groups - before.groups, 2); /* the gate, then the five */
     assert_int_equal(after.jobs - before.jobs, N + 1);
+    /* The gate's, then one each; shared, a first try that failed comes before. */
+    assert_int_equal(after.nested - before.nested, submit_repeatable ? 1 + 1 + N : 1 + N);
     for (int i = 0; i < N; i++) {
         mt_event_batch_free(&jobs[i].b);
     }
@@ -1309,23 +1345,67 @@ static void test_store_jobs_in_one_group_fail_independently(void **state)
     mt_store_close(s);
 }
 
-/* Holds the writer with a gate job until 'g' is opened; returns once it is held. */
-static void hold_writer(mt_store *s, gate *g)
+static void test_store_jobs_in_one_group_fail_independently(void **state)
 {
-    assert_int_equal(mt_store_submit(s, gate_run, gate_done, g), MT_OK);
-    pthread_mutex_lock(&g->mu);
-    while (!g->entered) {
-        pthread_cond_wait(&g->cv, &g->mu);
-    }
-    pthread_mutex_unlock(&g->mu);
+    submit_repeatable = false;
+    jobs_in_one_group_fail_independently(state);
 }
 
-static void release_writer(gate *g)
+static void test_store_repeatable_jobs_in_one_group_fail_independently(void **state)
 {
-    pthread_mutex_lock(&g->mu);
-    g->open = true;
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
+    submit_repeatable = true;
+    jobs_in_one_group_fail_independently(state);
+}
+
+/* Repeatable jobs that all succeed share one nested transaction, in order. */
+static void test_store_repeatable_jobs_share_one_nested_transaction(void **state)
+{
+    submit_repeatable = true;
+    mt_store *s = open_store(state);
+    append_one(s, "/src", "first", "s");
+    gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false};
+    hold_writer(s, &g);
+    mt_store_stats before;
+    mt_store_get_stats(s, &before);
+    enum { N = 6 };
+    atomic_int done_order = 0;
+    async_job jobs[N];
+    memset(jobs, 0, sizeof jobs);
+    static const char *const ids[N] = {"a", "b", "a", "c", "d", "e"};
+    for (int i = 0; i < N; i++) {
+        mt_event_batch_init(&jobs[i].b);
+        add_event(&jobs[i].b, "/src", ids[i], i % 2 ? "s" : "t");
+        jobs[i].aj.b = &jobs[i].b;
+        jobs[i].done_order = &done_order;
+        jobs[i].index = i;
+        submit_async(s, &jobs[i]);
+    }
+    release_writer(&g);
+    complete_until(s, &done_order, N);
+    mt_store_stats after;
+    mt_store_get_stats(s, &after);
+    /* The gate's group is counted when it ends: it, then the six in one. */
+    assert_int_equal(after.groups - before.groups, 2);
+    assert_int_equal(after.nested - before.nested, 2);
+    static const uint64_t want_seq[N] = {2, 3, 2, 4, 5, 6};
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(jobs[i].rc, MT_OK);
+        assert_int_equal(jobs[i].order, i);
+        assert_int_equal(jobs[i].aj.results[0].sequence, want_seq[i]);
+        assert_int_equal(jobs[i].aj.results[0].duplicate, i == 2);
+        mt_event_batch_free(&jobs[i].b);
+    }
+    /* Stream versions count on across the shared jobs: s is first, b, c, e; t is a, d. */
+    assert_int_equal(jobs[1].aj.results[0].streamversion, 1); /* "first" was s's version 0 */
+    assert_int_equal(jobs[3].aj.results[0].streamversion, 2);
+    assert_int_equal(jobs[5].aj.results[0].streamversion, 3);
+    assert_int_equal(jobs[4].aj.results[0].streamversion, 1); /* t: a is 0, d is 1 */
+    static const char *const want[] = {"first", "a", "b", "c", "d", "e"};
+    expect_log_ids(s, want, N);
+    mt_store_close(s);
+    s = open_store(state); /* and they are durable as one group */
+    expect_log_ids(s, want, N);
+    mt_store_close(s);
 }
 
 /* Queues one job per size, each one event (ids PREFIX0, PREFIX1...) of that many data bytes. */
@@ -1341,7 +1421,7 @@ static async_job *submit_group_of_big_events(mt_store *s, const char *prefix,
         add_big_event(&jobs[i].b, id, sizes[i], (char) ('a' + i % 26));
         jobs[i].aj.b = &jobs[i].b;
         jobs[i].done_order = done_order;
-        assert_int_equal(mt_store_submit(s, async_run, async_done, &jobs[i]), MT_OK);
+        submit_async(s, &jobs[i]);
     }
     return jobs;
 }
@@ -1354,7 +1434,7 @@ static void free_jobs(async_job *jobs, int n)
     free(jobs);
 }
 
-static void test_store_job_too_big_for_the_write_ahead_file_fails_alone(void **state)
+static void job_too_big_for_the_write_ahead_file_fails_alone(void **state)
 {
     /* The write-ahead file holds 1 MiB; one job's event alone is larger. */
     mt_store *s = open_store(state);
@@ -1377,7 +1457,7 @@ static void test_store_job_too_big_for_the_write_ahead_file_fails_alone(void **s
     }
 }
 
-static void test_store_group_larger_than_the_write_ahead_file_commits_every_job(void **state)
+static void group_larger_than_the_write_ahead_file_commits_every_job(void **state)
 {
     /* 40 jobs of 40 KB: each fits the 1 MiB write-ahead file easily, together they do not. */
     mt_store *s = open_store(state);
@@ -1409,8 +1489,34 @@ static void test_store_group_larger_than_the_write_ahead_file_commits_every_job(
     assert_int_equal(head, N);
 }
 
+static void test_store_job_too_big_for_the_write_ahead_file_fails_alone(void **state)
+{
+    submit_repeatable = false;
+    job_too_big_for_the_write_ahead_file_fails_alone(state);
+}
+
+static void test_store_repeatable_job_too_big_for_the_write_ahead_file_fails_alone(void **state)
+{
+    submit_repeatable = true;
+    job_too_big_for_the_write_ahead_file_fails_alone(state);
+}
+
+static void test_store_group_larger_than_the_write_ahead_file_commits_every_job(void **state)
+{
+    submit_repeatable = false;
+    group_larger_than_the_write_ahead_file_commits_every_job(state);
+}
+
+static void test_store_repeatable_group_larger_than_the_write_ahead_file_commits_every_job(
+    void **state)
+{
+    submit_repeatable = true;
+    group_larger_than_the_write_ahead_file_commits_every_job(state);
+}
+
 static void test_log_group_that_needs_a_checkpoint_to_fit_commits(void **state)
 {
+    submit_repeatable = false;
     /*
      * The first group leaves the 1 MiB write-ahead file under a quarter
      * full, so no checkpoint starts. Then three jobs of 300 KB are queued
@@ -1597,8 +1703,12 @@ int main(void)
         T(test_store_done_callbacks_run_in_order_on_the_completing_thread),
         T(test_store_close_runs_pending_done_callbacks),
         T(test_store_jobs_in_one_group_fail_independently),
+        T(test_store_repeatable_jobs_in_one_group_fail_independently),
+        T(test_store_repeatable_jobs_share_one_nested_transaction),
         T(test_store_job_too_big_for_the_write_ahead_file_fails_alone),
+        T(test_store_repeatable_job_too_big_for_the_write_ahead_file_fails_alone),
         T(test_store_group_larger_than_the_write_ahead_file_commits_every_job),
+        T(test_store_repeatable_group_larger_than_the_write_ahead_file_commits_every_job),
         T(test_log_group_that_needs_a_checkpoint_to_fit_commits),
         T(test_log_accepts_keys_at_their_maximum_length),
         T(test_store_savepoint_release_keeps_and_rollback_drops),
