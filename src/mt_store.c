@@ -715,8 +715,20 @@ void mt_store_close(mt_store *s)
 
 /* ---- the writer ---- */
 
-static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
+/*
+ * Runs 'first' in a nested transaction of its own or, with 'share', with the
+ * repeatable jobs after it (SHARED_MAX_JOBS at most) in one: a nested
+ * transaction copies every page it touches, and consecutive appends touch
+ * the same pages (the log's last page, the heads). Sharing stops after the
+ * job that takes the group's redo past 'budget'. A job whose own redo
+ * exceeds 'one_max' could never fit the write-ahead file and fails with
+ * MT_ETOOBIG. On success, sets *last to the last job run; on the first
+ * error, returns it with every job of the transaction undone.
+ */
+static mt_err run_nested(mt_store *s, MDB_txn *parent, job *first, bool share, uint64_t budget,
+                         uint64_t one_max, job **last)
 {
+    *last = first;
     MDB_txn *child;
     mt_err rc = map_mdb(mdb_txn_begin(s->env, parent, 0, &child), "nested begin");
     if (rc) {
@@ -726,9 +738,23 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
     size_t mark = s->redo.len;
     uint64_t writes = s->writes;
     mt_txn t = {s, child, true, MT_OK, NULL, 0, 0};
-    rc = j->run(&t, j->arg);
-    if (rc == MT_OK && t.poisoned) {
-        rc = t.poisoned;
+    int n = 0;
+    for (job *j = first; rc == MT_OK && j; j = j->next) {
+        size_t before = s->redo.len;
+        rc = j->run(&t, j->arg);
+        if (rc == MT_OK && t.poisoned) {
+            rc = t.poisoned;
+        }
+        if (rc == MT_OK && s->redo.len - before > one_max) {
+            mt_error("store: one write of %zu bytes does not fit the write-ahead file "
+                     "(engine.wal_size); refused", s->redo.len - before);
+            rc = MT_ETOOBIG;
+        }
+        *last = j;
+        if (!share || ++n == SHARED_MAX_JOBS || !j->next || !j->next->repeatable ||
+            s->redo.len > budget) {
+            break;
+        }
     }
     if (rc == MT_OK) {
         rc = map_mdb(mdb_txn_commit(child), "nested commit");
@@ -740,66 +766,6 @@ static mt_err run_job(mt_store *s, MDB_txn *parent, job *j)
         s->writes = writes;
     }
     return rc;
-}
-
-/*
- * Runs 'first' and the repeatable jobs after it (SHARED_MAX_JOBS at most) in
- * one nested transaction instead of one each: a nested transaction copies
- * every page it touches, and consecutive appends touch the same pages (the
- * log's last page, the heads). It stops after the job that takes the
- * group's redo past 'budget'. If every job succeeds, it commits, sets their
- * rc and returns the last job run. Otherwise it undoes them all and returns
- * NULL: the caller runs them again one by one, each in its own nested
- * transaction, so a failing job still undoes only itself. A job whose own
- * redo exceeds 'one_max' counts as failing, for the caller to refuse alone.
- */
-static job *run_shared(mt_store *s, MDB_txn *parent, job *first, uint64_t budget,
-                       uint64_t one_max)
-{
-    MDB_txn *child;
-    if (mdb_txn_begin(s->env, parent, 0, &child) != MDB_SUCCESS) {
-        return NULL;
-    }
-    s->nested++;
-    size_t mark = s->redo.len;
-    uint64_t writes = s->writes;
-    mt_txn t = {s, child, true, MT_OK, NULL, 0, 0};
-    mt_err rc = MT_OK;
-    job *last = NULL;
-    int n = 0;
-    for (job *j = first; j && j->repeatable && n < SHARED_MAX_JOBS; j = j->next, n++) {
-        size_t before = s->redo.len;
-        rc = j->run(&t, j->arg);
-        if (rc == MT_OK && t.poisoned) {
-            rc = t.poisoned;
-        }
-        if (rc == MT_OK && s->redo.len - before > one_max) {
-            rc = MT_ETOOBIG;
-        }
-        if (rc) {
-            break;
-        }
-        last = j;
-        if (s->redo.len > budget) {
-            break;
-        }
-    }
-    if (rc == MT_OK) {
-        rc = map_mdb(mdb_txn_commit(child), "nested commit");
-    } else {
-        mdb_txn_abort(child);
-    }
-    if (rc) {
-        s->redo.len = mark;
-        s->writes = writes;
-        return NULL;
-    }
-    for (job *j = first;; j = j->next) {
-        j->rc = MT_OK;
-        if (j == last) {
-            return last;
-        }
-    }
 }
 
 /*
@@ -852,9 +818,8 @@ static mt_err wal_append(mt_store *s, uint64_t group)
  * queues them again, first); a job whose own redo could never fit fails
  * alone with MT_ETOOBIG.
  */
-static job *run_group(mt_store *s, job **list)
+static job *run_group(mt_store *s, job *jobs)
 {
-    job *jobs = *list;
     MDB_txn *parent;
     mt_err rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &parent), "group begin");
     if (rc) {
@@ -869,66 +834,32 @@ static job *run_group(mt_store *s, job **list)
     uint64_t budget = s->wal ? mt_wal_capacity(s->wal) / 2 : UINT64_MAX;
     uint64_t one_max = s->wal ? mt_wal_capacity(s->wal) - 64 : UINT64_MAX;
     job *rest = NULL;
-    bool alone = false;      /* sharing failed: run one by one up to 'alone_until' */
+    bool alone = false;      /* sharing failed: one by one up to 'alone_until' */
     job *alone_until = NULL; /* (NULL: to the end of the group) */
     for (job *j = jobs; j; j = j->next) {
         if (alone && j == alone_until) {
             alone = false;
         }
-        if (!alone && j->repeatable && j->next && j->next->repeatable) {
-            job *last = run_shared(s, parent, j, budget, one_max);
-            if (last) {
-                for (job *k = j; k != last->next; k = k->next) {
-                    ok++;
-                }
-                j = last;
-                if (j->next && s->redo.len > budget) {
-                    rest = j->next;
-                    j->next = NULL;
-                    break;
-                }
-                continue;
-            }
+        bool share = !alone && j->repeatable && j->next && j->next->repeatable;
+        job *last;
+        rc = run_nested(s, parent, j, share, budget, one_max, &last);
+        if (rc && share) {
+            /* All of them were undone: each runs again in its own, to fail alone. */
             alone = true;
             alone_until = j;
             for (int n = 0; alone_until && alone_until->repeatable && n < SHARED_MAX_JOBS; n++) {
                 alone_until = alone_until->next;
             }
+            rc = run_nested(s, parent, j, false, budget, one_max, &last);
         }
-        size_t before = s->redo.len;
-        j->rc = run_job(s, parent, j);
-        if (j->rc == MT_OK && s->redo.len - before > one_max) {
-            /* Too big for the write-ahead file on its own: refuse just this job. */
-            mt_error("store: one write of %zu bytes does not fit the write-ahead file "
-                     "(engine.wal_size); refused", s->redo.len - before);
-            mdb_txn_abort(parent);
-            j->rc = MT_ETOOBIG;
-            /* Run the others again without it: their effects were undone with the group. */
-            job *others = NULL, **tail = &others;
-            for (job *k = jobs, *nx; k; k = nx) {
-                nx = k->next;
-                if (k != j) {
-                    *tail = k;
-                    tail = &k->next;
-                }
+        for (job *k = j;; k = k->next) {
+            k->rc = rc;
+            ok += rc == MT_OK;
+            if (k == last) {
+                break;
             }
-            *tail = NULL;
-            j->next = NULL;
-            job *left = NULL;
-            if (others) {
-                left = run_group(s, &others);
-                job *end = others;
-                while (end->next) {
-                    end = end->next;
-                }
-                end->next = j;
-                *list = others;
-            } else {
-                *list = j;
-            }
-            return left;
         }
-        ok += j->rc == MT_OK;
+        j = last;
         if (j->next && s->redo.len > budget) {
             rest = j->next;
             j->next = NULL;
@@ -1043,7 +974,7 @@ static void *writer_main(void *arg)
         }
         pthread_mutex_unlock(&s->mu);
 
-        job *rest = jobs ? run_group(s, &jobs) : NULL;
+        job *rest = jobs ? run_group(s, jobs) : NULL;
         pthread_mutex_lock(&s->mu);
         ckpt_observe(s);
         bool due = checkpoint_due(s);
