@@ -1086,7 +1086,15 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
                        const char *rest, struct evkeyvalq *q)
 {
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    if (!h->subs || !mt_subs_has(h->subs, name)) {
+    bool reading = strcmp(rest, "/dlq") == 0 && (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD);
+    const char *why = h->subs ? mt_subs_not_started(h->subs, name) : NULL;
+    if (why && !reading) {
+        reply_error(req, 409, "subscription not running",
+                    "subscription '%.64s' did not start (%.300s); its dead letters can be read, "
+                    "and change once a PUT gives it a definition that loads", name, why);
+        return;
+    }
+    if (!h->subs || (!why && !mt_subs_has(h->subs, name))) {
         reply_error(req, 404, "subscription not found", "no subscription '%.64s'", name);
         return;
     }

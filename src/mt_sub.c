@@ -38,6 +38,8 @@ struct mt_subs {
     sub_rt *retired;             /* replaced or deleted, freed when their last job is done */
     char **pending;              /* names with a definition change in flight */
     int npending;
+    char **dormant;              /* stored definitions that did not start: name, why, ... */
+    int ndormant;                /* entries (pairs) in 'dormant' */
     bool closing;
     void (*on_append)(void *arg);
     void *on_append_arg;
@@ -1321,6 +1323,39 @@ static sub_rt *find(mt_subs *subs, const char *name)
     return NULL;
 }
 
+/* Where 'name' is among the definitions that did not start, or -1. */
+static int dormant_index(const mt_subs *subs, const char *name)
+{
+    for (int i = 0; i < subs->ndormant; i++) {
+        if (strcmp(subs->dormant[2 * i], name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void dormant_add(mt_subs *subs, const char *name, const char *why)
+{
+    subs->dormant = mt_xrealloc(subs->dormant, (size_t) (subs->ndormant + 1) * 2 * sizeof(char *));
+    subs->dormant[2 * subs->ndormant] = mt_xstrdup(name);
+    subs->dormant[2 * subs->ndormant + 1] = mt_xstrdup(why);
+    subs->ndormant++;
+}
+
+/* Forgets 'name' as not started: it was replaced or deleted. */
+static void dormant_del(mt_subs *subs, const char *name)
+{
+    int i = dormant_index(subs, name);
+    if (i < 0) {
+        return;
+    }
+    free(subs->dormant[2 * i]);
+    free(subs->dormant[2 * i + 1]);
+    subs->ndormant--;
+    memmove(subs->dormant + 2 * i, subs->dormant + 2 * i + 2,
+            (size_t) (subs->ndormant - i) * 2 * sizeof(char *));
+}
+
 /*
  * Loads the definitions made over HTTP. One whose name the topology now
  * declares gives way to it; one that no longer loads (its handler file
@@ -1368,6 +1403,7 @@ static void load_defs(mt_subs *subs)
         } else {
             mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
                          "subscription '%s' (made over HTTP) is not started: %s", name, err);
+            dormant_add(subs, name, err);
         }
         mt_topo_errs_free(&errs);
         free(name);
@@ -1432,6 +1468,10 @@ void mt_subs_close(mt_subs *subs)
         free(subs->pending[i]);
     }
     free(subs->pending);
+    for (int i = 0; i < 2 * subs->ndormant; i++) {
+        free(subs->dormant[i]);
+    }
+    free(subs->dormant);
     free(subs->subs);
     free(subs);
 }
@@ -1471,6 +1511,12 @@ void mt_subs_each(mt_subs *subs, void (*fn)(const mt_sub_conf *conf, void *arg),
     }
 }
 
+const char *mt_subs_not_started(mt_subs *subs, const char *name)
+{
+    int i = find(subs, name) ? -1 : dormant_index(subs, name);
+    return i < 0 ? NULL : subs->dormant[2 * i + 1];
+}
+
 bool mt_subs_has(mt_subs *subs, const char *name)
 {
     return find(subs, name) != NULL;
@@ -1497,12 +1543,13 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name)
     return n;
 }
 
-static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
+/* The status fields kept in the store for subscription 'name'. */
+static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
 {
     sub_state st;
-    load_state(t, s->conf->name, &st);
+    load_state(t, name, &st);
     json_t *o = json_object();
-    json_object_set_new(o, "name", json_string(s->conf->name));
+    json_object_set_new(o, "name", json_string(name));
     json_object_set_new(o, "position", json_integer((json_int_t) st.cursor));
     json_object_set_new(o, "head", json_integer((json_int_t) head));
     json_object_set_new(o, "lag", json_integer((json_int_t) (head > st.cursor ? head - st.cursor : 0)));
@@ -1511,14 +1558,48 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
     json_object_set_new(o, "dead_lettered", json_integer((json_int_t) st.dead));
     json_object_set_new(o, "expired", json_integer((json_int_t) st.expired));
     json_object_set_new(o, "paused", json_boolean(st.paused));
-    json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, s->conf->name)));
-    json_object_set_new(o, "dlq", json_integer((json_int_t) count_prefix(t, MT_DB_DLQ, s->conf->name)));
-    json_object_set_new(o, "in_flight", json_boolean(s->inflight > 0));
+    json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, name)));
+    json_object_set_new(o, "dlq", json_integer((json_int_t) count_prefix(t, MT_DB_DLQ, name)));
     json_t *le = json_string(st.last_error);
     json_object_set_new(o, "last_error", st.last_error[0] && le ? le : json_null());
     if (!(st.last_error[0] && le)) {
         json_decref(le);
     }
+    return o;
+}
+
+/*
+ * A definition made over HTTP that did not start: its stored state, why it
+ * did not start, and its definition.
+ */
+static json_t *dormant_status(mt_subs *subs, int i, mt_txn *t, uint64_t head)
+{
+    const char *name = subs->dormant[2 * i];
+    json_t *o = stored_status(t, name, head);
+    json_object_set_new(o, "running", json_false());
+    json_t *why = json_string(subs->dormant[2 * i + 1]);
+    json_object_set_new(o, "not_started", why ? why : json_string("(not UTF-8)"));
+    json_object_set_new(o, "in_flight", json_false());
+    json_object_set_new(o, "origin", json_string("api"));
+    const void *v;
+    size_t vl;
+    json_t *def = NULL;
+    if (mt_store_get(t, MT_DB_SUBDEFS, name, strlen(name), &v, &vl) == MT_OK) {
+        def = json_loadb(v, vl, 0, NULL);
+    }
+    json_t *topics = json_object_get(def, "topics");
+    json_object_set(o, "topics", json_is_array(topics) ? topics : json_array());
+    if (def) {
+        json_object_set_new(o, "definition", def);
+    }
+    return o;
+}
+
+static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
+{
+    json_t *o = stored_status(t, s->conf->name, head);
+    json_object_set_new(o, "running", json_true());
+    json_object_set_new(o, "in_flight", json_boolean(s->inflight > 0));
     json_t *topics = json_array();
     for (int i = 0; i < s->conf->ntopics; i++) {
         json_array_append_new(topics, json_string(s->conf->topics[i]));
@@ -1546,15 +1627,19 @@ mt_err mt_subs_status(mt_subs *subs, mt_txn *t, const char *name, json_t **out)
     mt_log_head(t, &head);
     if (name) {
         sub_rt *s = find(subs, name);
-        if (!s) {
+        int d = s ? -1 : dormant_index(subs, name);
+        if (!s && d < 0) {
             return MT_ENOTFOUND;
         }
-        *out = status_of(s, t, head);
+        *out = s ? status_of(s, t, head) : dormant_status(subs, d, t, head);
         return MT_OK;
     }
     json_t *a = json_array();
     for (int i = 0; i < subs->n; i++) {
         json_array_append_new(a, status_of(subs->subs[i], t, head));
+    }
+    for (int i = 0; i < subs->ndormant; i++) {
+        json_array_append_new(a, dormant_status(subs, i, t, head));
     }
     *out = a;
     return MT_OK;
@@ -1564,8 +1649,8 @@ mt_err mt_subs_dlq_list(mt_subs *subs, mt_txn *t, const char *name, uint64_t aft
                         uint64_t limit, json_t **out)
 {
     *out = NULL;
-    if (!find(subs, name)) {
-        return MT_ENOTFOUND;
+    if (!find(subs, name) && dormant_index(subs, name) < 0) {
+        return MT_ENOTFOUND; /* one that did not start can still be read */
     }
     uint8_t k[KEY_MAX];
     size_t pl = name_prefix(k, name);
@@ -2340,6 +2425,9 @@ static void def_done(mt_err rc, void *arg)
     def_job *j = arg;
     mt_subs *subs = j->subs;
     pending_del(subs, j->name);
+    if (rc == MT_OK) {
+        dormant_del(subs, j->name); /* replaced or deleted */
+    }
     json_t *result = NULL;
     if (rc == MT_OK && j->def) {
         sub_rt *old = find(subs, j->name);

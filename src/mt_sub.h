@@ -189,4 +189,10 @@ mt_err mt_subs_table_scan(mt_txn *t, const char *table, const char *prefix, uint
 /* Whether the subscription exists. */
 bool mt_subs_has(mt_subs *subs, const char *name);
 
+/*
+ * Why a subscription made over HTTP did not start (its definition and state
+ * are stored, it does not run), or NULL if 'name' is no such subscription.
+ */
+const char *mt_subs_not_started(mt_subs *subs, const char *name);
+
 #endif

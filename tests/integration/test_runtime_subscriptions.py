@@ -145,9 +145,21 @@ def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
         os.remove(fail)
         e.start()
         for name in ("keeper", "gone"):
-            assert status(e, name)[0] == 404
             assert any("'%s' (made over HTTP) is not started" % name in l
                        for l in e.stderr_lines), e.stderr_lines
+        # Listed as not running, with why, its state and its definition.
+        st, s = status(e, "keeper")
+        assert st == 200 and s["running"] is False, s
+        assert "cannot read '%s'" % fail in s["not_started"], s
+        assert s["position"] == 3 and s["dlq"] == 2 and s["topics"] == ["k.#"], s
+        assert s["definition"]["handler"] == fail and s["origin"] == "api", s
+        listed = json.loads(e.request("GET", "/subscriptions")[2])
+        assert sorted((x["name"], x["running"]) for x in listed) == [("gone", False),
+                                                                     ("keeper", False)]
+        st, _, data = e.request("GET", "/subscriptions/keeper/dlq")
+        assert st == 200 and len(json.loads(data)) == 2, data
+        st, _, data = e.request("POST", "/subscriptions/keeper/dlq/redrive")
+        assert st == 409 and b"did not start" in data, data
 
         # What may not change on a running subscription may not change here either.
         st, body = put(e, "keeper", {"topics": ["k.#"], "ordering": "strict",
@@ -159,7 +171,8 @@ def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
         # A fixed handler takes over where the old one stopped, dead letters kept.
         st, body = put(e, "keeper", {"topics": ["k.#"], "handler": handler_file()})
         assert st == 200, body
-        assert body["position"] == 3 and body["dlq"] == 2, body
+        assert body["position"] == 3 and body["dlq"] == 2 and body["running"] is True, body
+        assert "not_started" not in body, body
         st, _, data = e.request("POST", "/subscriptions/keeper/dlq/redrive")
         assert st == 200, data
         mtlib.wait_for(lambda: count(e, "a") == 1 and count(e, "b") == 1, what="redriven")
@@ -168,6 +181,7 @@ def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
         st, _, data = e.request("DELETE", "/subscriptions/gone")
         assert st == 204, data
         assert e.request("DELETE", "/subscriptions/gone")[0] == 404
+        assert status(e, "gone")[0] == 404
         e.stop()
         e.start()
         assert not any("'gone'" in l for l in e.stderr_lines), e.stderr_lines
