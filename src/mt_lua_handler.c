@@ -47,6 +47,12 @@ static mt_fx *current_fx(lua_State *L)
 /* Converts the value at idx to compact JSON text (caller frees), or raises. */
 static char *to_json_text(lua_State *L, int idx, const char *what)
 {
+    if (lua_isinteger(L, idx)) {
+        /* The usual kv value, a counter: no jansson value needed. */
+        char *text = mt_xmalloc(24);
+        snprintf(text, 24, "%lld", (long long) lua_tointeger(L, idx));
+        return text;
+    }
     json_t *j;
     char err[256];
     if (mt_lua_to_json(L, idx, &j, err, sizeof err)) {

@@ -516,10 +516,41 @@ mt_err mt_lua_push_json(lua_State *L, const json_t *j)
     return st == LUA_ERRMEM ? MT_ENOMEM : MT_EINVAL;
 }
 
+/*
+ * If 'text' is exactly a JSON integer that fits 64 bits (-?(0|[1-9][0-9]*),
+ * nothing around it) sets *v and returns true. A counter in a kv table is
+ * the usual case, and reading it so costs far less than a jansson parse.
+ */
+static bool plain_integer(const char *text, size_t len, lua_Integer *v)
+{
+    size_t i = len > 0 && text[0] == '-';
+    if (i == len || len - i > 18 || (text[i] == '0' && len - i > 1)) {
+        return false; /* 18 digits always fit; longer ones go to jansson */
+    }
+    lua_Integer n = 0;
+    for (; i < len; i++) {
+        if (text[i] < '0' || text[i] > '9') {
+            return false;
+        }
+        n = n * 10 + (text[i] - '0');
+    }
+    *v = text[0] == '-' ? -n : n;
+    return true;
+}
+
 mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
     if (errlen) {
         err[0] = 0;
+    }
+    lua_Integer iv;
+    if (plain_integer(text, len, &iv)) {
+        if (!lua_checkstack(L, 1)) {
+            snprintf(err, errlen, "Lua stack exhausted");
+            return MT_ENOMEM;
+        }
+        lua_pushinteger(L, iv);
+        return MT_OK;
     }
     json_error_t je;
     json_t *j = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);

@@ -562,6 +562,12 @@ static const char *const json_fidelity[] = {
     "9223372036854775807",
     "-9223372036854775808",
     "0",
+    "-0",
+    "7",
+    "-123",
+    "123456789012345678",  /* the longest an integer read without jansson may be */
+    "-999999999999999999",
+    "1234567890123456789", /* one digit more: read by jansson */
     "1.5",
     "1e300",
     "-2.5e-300",
@@ -760,6 +766,14 @@ static void test_lua_push_json_text_reports_bad_input_and_memory(void **state)
     assert_int_equal(mt_lua_push_json_text(L, "{\"a\":", 5, err, sizeof err), MT_EINVAL);
     assert_non_null(strstr(err, "line 1 column"));
     assert_int_equal(lua_gettop(L), 0);
+    /* Not JSON integers, though made of digits and '-'. */
+    static const char *const not_int[] = {"00", "-", "", "01", "--1", "-01", "1-",
+                                          "9223372036854775808"};
+    for (size_t i = 0; i < sizeof not_int / sizeof *not_int; i++) {
+        assert_int_equal(mt_lua_push_json_text(L, not_int[i], strlen(not_int[i]), err, sizeof err),
+                         MT_EINVAL);
+        assert_int_equal(lua_gettop(L), 0);
+    }
 
     /* 2 MiB of strings does not fit a 1 MiB state */
     mt_buf big;
