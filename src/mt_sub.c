@@ -13,7 +13,16 @@
 #include "mt_util.h"
 #include <openssl/rand.h>
 
-#define EVENTS_PER_JOB 512     /* handler runs per dispatch job: bounds a group's length */
+/*
+ * Handler runs per dispatch job, which bounds a group's length: a job
+ * starts at the smaller size, and while jobs stop at their limit (the
+ * subscription is behind) each next one may do twice as many, up to the
+ * larger. Under heavy publishing a subscription then gets more done per
+ * group commit instead of falling further behind; once it has caught up,
+ * jobs are small again, and so are the groups publishers wait on.
+ */
+#define EVENTS_PER_JOB 512
+#define EVENTS_PER_JOB_MAX 2048
 /*
  * Dispatch jobs of one subscription in flight at once: the next is queued
  * while one waits for its group's sync, and the writer runs them in turn
@@ -68,6 +77,7 @@ struct sub_rt {
     void *handler;               /* from the runner; used on the writer thread only */
     mt_filter *filter;           /* NULL = none */
     int inflight;                /* dispatch jobs queued or running (DISPATCH_INFLIGHT at most) */
+    int job_budget;              /* handler runs the next dispatch job may do */
     bool again;                  /* a kick came while as many as allowed were in flight */
     struct event *timer;         /* fires at the next retry */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
@@ -839,6 +849,7 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
 /* One dispatch job: what it reports back, and the round of results it was given. */
 typedef struct dispatch_job {
     sub_rt *s;
+    int budget;           /* handler runs this job may do */
     dispatch_out out;
 } dispatch_job;
 
@@ -861,7 +872,7 @@ static mt_err dispatch_run(mt_txn *t, void *arg)
     }
     /* Saved only if it changed: a job that found nothing makes no group to sync. */
     sub_state before = st;
-    int budget = EVENTS_PER_JOB;
+    int budget = dj->budget;
     if (rc == MT_OK && !c->priority) {
         rc = run_due(s, t, &st, out, &budget);
     }
@@ -1028,6 +1039,11 @@ static void dispatch_done(mt_err rc, void *arg)
     dispatch_job *dj = arg;
     sub_rt *s = dj->s;
     s->inflight--;
+    if (rc == MT_OK && dj->out.more) {
+        s->job_budget = dj->budget * 2 < EVENTS_PER_JOB_MAX ? dj->budget * 2 : EVENTS_PER_JOB_MAX;
+    } else {
+        s->job_budget = EVENTS_PER_JOB;
+    }
     mt_spec_round_free(dj->out.round);
     if (s->spec && s->ahead_rerun != s->rerun_seen) {
         /* Some overlay was wrong (a key another subject wrote, a run that failed here). */
@@ -1202,6 +1218,7 @@ static void submit(sub_rt *s)
     }
     dispatch_job *dj = mt_xcalloc(1, sizeof *dj);
     dj->s = s;
+    dj->budget = s->job_budget ? s->job_budget : EVENTS_PER_JOB;
     dj->out.round = s->round_ready;
     s->round_ready = NULL;
     if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
