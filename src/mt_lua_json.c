@@ -538,6 +538,34 @@ static bool plain_integer(const char *text, size_t len, lua_Integer *v)
     return true;
 }
 
+json_t *mt_lua_json_parse(const char *text, size_t len, mt_err *rc, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *j = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    *rc = MT_OK;
+    if (!j) {
+        if (json_error_code(&je) == json_error_out_of_memory) {
+            snprintf(err, errlen, "out of memory");
+            *rc = MT_ENOMEM;
+        } else {
+            snprintf(err, errlen, "line %d column %d: %s", je.line, je.column, je.text);
+            *rc = MT_EINVAL;
+        }
+    }
+    return j;
+}
+
+mt_err mt_lua_push_json_msg(lua_State *L, const json_t *j, char *err, size_t errlen)
+{
+    mt_err rc = mt_lua_push_json(L, j);
+    if (rc == MT_EINVAL) {
+        snprintf(err, errlen, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+    } else if (rc == MT_ENOMEM) {
+        snprintf(err, errlen, "memory limit of %zu bytes exceeded", mt_lua__mem_limit(L));
+    }
+    return rc;
+}
+
 mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
     if (errlen) {
@@ -552,23 +580,13 @@ mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *e
         lua_pushinteger(L, iv);
         return MT_OK;
     }
-    json_error_t je;
-    json_t *j = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    mt_err rc;
+    json_t *j = mt_lua_json_parse(text, len, &rc, err, errlen);
     if (!j) {
-        if (json_error_code(&je) == json_error_out_of_memory) {
-            snprintf(err, errlen, "out of memory");
-            return MT_ENOMEM;
-        }
-        snprintf(err, errlen, "line %d column %d: %s", je.line, je.column, je.text);
-        return MT_EINVAL;
+        return rc;
     }
-    mt_err rc = mt_lua_push_json(L, j);
+    rc = mt_lua_push_json_msg(L, j, err, errlen);
     json_decref(j);
-    if (rc == MT_EINVAL) {
-        snprintf(err, errlen, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
-    } else if (rc == MT_ENOMEM) {
-        snprintf(err, errlen, "memory limit of %zu bytes exceeded", mt_lua__mem_limit(L));
-    }
     return rc;
 }
 

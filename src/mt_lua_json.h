@@ -38,6 +38,15 @@ mt_err mt_lua_push_json(lua_State *L, const json_t *j);
 mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
 
 /*
+ * The two halves of mt_lua_push_json_text, for a caller that keeps the
+ * parsed value: parse 'len' bytes (returns a new reference, or NULL with
+ * *rc and err set as above), then push it (mt_lua_push_json, with err set
+ * as above on failure).
+ */
+json_t *mt_lua_json_parse(const char *text, size_t len, mt_err *rc, char *err, size_t errlen);
+mt_err mt_lua_push_json_msg(lua_State *L, const json_t *j, char *err, size_t errlen);
+
+/*
  * Converts the value at 'idx' to JSON. Sets *out (caller decrefs; NULL on
  * error). nil is null. Object members are inserted in byte order of their
  * keys, so any dump is deterministic. Uses raw access (no metamethods) and

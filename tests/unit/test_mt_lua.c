@@ -7,6 +7,8 @@
 #include <lauxlib.h>
 #include <sys/stat.h>
 #include "mt_lua.h"
+#include "mt_lua_handler.h"
+#include "mt_topo.h"
 
 #define MIB ((size_t) 1 << 20)
 
@@ -808,12 +810,86 @@ static void test_lua_null_helpers(void **state)
     mt_lua_free(lu);
 }
 
+/*
+ * Runs handler 'h' (which raises with what it saw) on an event of this
+ * sequence and data; returns the error message (static buffer).
+ */
+static const char *handler_saw(const mt_sub_runner *r, void *h, uint64_t seq, const char *data)
+{
+    mt_event ev;
+    mt_event_init(&ev);
+    ev.attr[MT_ATTR_ID] = "e";
+    ev.attr[MT_ATTR_SOURCE] = "/s";
+    ev.attr[MT_ATTR_TYPE] = "t.x";
+    ev.sequence = seq;
+    ev.data_kind = MT_DATA_JSON;
+    ev.data = (const uint8_t *) data;
+    ev.data_len = strlen(data);
+    mt_buf error, tb;
+    mt_buf_init(&error);
+    mt_buf_init(&tb);
+    assert_int_equal(r->invoke(h, &ev, 1, NULL, &error, &tb), MT_ELUA);
+    static char saw[256];
+    snprintf(saw, sizeof saw, "%s", mt_buf_cstr(&error));
+    mt_buf_free(&error);
+    mt_buf_free(&tb);
+    return saw;
+}
+
+/*
+ * Handlers on one thread share the parse of an event's data, kept by the
+ * event's sequence: each still sees the event's own data, also when a
+ * sequence comes back with other data (another store), for data too long
+ * to keep, and a payload that does not parse is named as such.
+ */
+static void test_lua_handlers_each_see_the_events_own_data(void **state)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/saw.lua", (const char *) *state);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("return function(event)\n"
+          "  local d = event.data\n"
+          "  error('saw ' .. tostring(d.a) .. ' ' .. #d.list .. ' ' .. #(d.pad or ''), 0)\n"
+          "end\n", f);
+    fclose(f);
+    char def[700];
+    snprintf(def, sizeof def, "{\"topics\":[\"t.#\"],\"handler\":\"%s\"}", path);
+    mt_topo_errs errs = {0};
+    mt_sub_conf *conf;
+    assert_int_equal(mt_topo_parse_sub("saw", def, strlen(def), "test", &conf, &errs), MT_OK);
+    const mt_sub_runner *r = mt_lua_sub_runner();
+    void *h1, *h2;
+    char err[256];
+    assert_int_equal(r->open(conf, &h1, err, sizeof err), MT_OK);
+    assert_int_equal(r->open(conf, &h2, err, sizeof err), MT_OK);
+
+    const char *one = "{\"a\":1,\"list\":[1,2]}";
+    assert_string_equal(handler_saw(r, h1, 5, one), "saw 1 2 0");
+    assert_string_equal(handler_saw(r, h2, 5, one), "saw 1 2 0");
+    assert_string_equal(handler_saw(r, h1, 5, "{\"a\":2,\"list\":[]}"), "saw 2 0 0");
+    assert_string_equal(handler_saw(r, h2, 5 + 4096, one), "saw 1 2 0"); /* same slot */
+    assert_string_equal(handler_saw(r, h2, 5, "{\"a\":2,\"list\":[]}"), "saw 2 0 0");
+
+    char big[3100];
+    snprintf(big, sizeof big, "{\"a\":3,\"list\":[],\"pad\":\"%03000d\"}", 0);
+    assert_string_equal(handler_saw(r, h1, 7, big), "saw 3 0 3000");
+    assert_string_equal(handler_saw(r, h2, 7, big), "saw 3 0 3000");
+
+    const char *bad = handler_saw(r, h1, 8, "{\"a\":");
+    assert_non_null(strstr(bad, "malformed payload: line 1 column"));
+    r->close(h1);
+    r->close(h2);
+    mt_sub_conf_free(conf);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_lua_sandbox_hides_unsafe_libraries),
+        T(test_lua_handlers_each_see_the_events_own_data),
         T(test_lua_load_accepts_text_only),
         T(test_lua_setmetatable_refuses_finalizers),
         T(test_lua_globals_are_private_to_a_state),
