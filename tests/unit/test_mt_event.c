@@ -478,6 +478,23 @@ typedef struct err_case {
 typedef mt_err (*body_parser)(const char *body, size_t len, mt_event_batch *b, char *err,
                               size_t errlen);
 
+/* Parses a batch that must hold 'count' events into 'b' (initialised here). */
+static void parse_batch_ok(const char *json, mt_event_batch *b, int count)
+{
+    mt_event_batch_init(b);
+    char err[256] = "";
+    if (mt_event_parse_batch(json, strlen(json), b, err, sizeof err) != MT_OK) {
+        fail_msg("batch refused: %s", err);
+    }
+    assert_int_equal(b->count, count);
+}
+
+/* Decodes event i of a parsed batch. */
+static void batch_event(const mt_event_batch *b, int i, mt_event *ev)
+{
+    assert_int_equal(mt_event_decode(b->buf.data + b->off[i], b->len[i], ev), MT_OK);
+}
+
 static void expect_errors(body_parser parse, const err_case *cases, size_t n)
 {
     int bad = 0;
@@ -932,15 +949,12 @@ static void test_event_structured_plain_and_escaped_strings_read_alike(void **st
                        "{\"specversion\":\"1.0\",\"id\":\"b\",\"source\":\"/s\",\"type\":\"t\","
                        "\"subject\":\"second\"}]";
     mt_event_batch b;
-    mt_event_batch_init(&b);
-    char err[256] = "";
-    assert_int_equal(mt_event_parse_batch(json, strlen(json), &b, err, sizeof err), MT_OK);
-    assert_int_equal(b.count, 2);
+    parse_batch_ok(json, &b, 2);
     mt_event ev;
-    assert_int_equal(mt_event_decode(b.buf.data + b.off[0], b.len[0], &ev), MT_OK);
+    batch_event(&b, 0, &ev);
     assert_string_equal(ev.attr[MT_ATTR_ID], "a");
     assert_string_equal(ev.attr[MT_ATTR_SUBJECT], "first!");
-    assert_int_equal(mt_event_decode(b.buf.data + b.off[1], b.len[1], &ev), MT_OK);
+    batch_event(&b, 1, &ev);
     assert_string_equal(ev.attr[MT_ATTR_ID], "b");
     assert_string_equal(ev.attr[MT_ATTR_SUBJECT], "second");
     mt_event_batch_free(&b);
@@ -1231,28 +1245,22 @@ static void test_event_batch_parses_every_event_in_order(void **state)
                        "{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"/s\",\"type\":\"t\","
                        "\"datacontenttype\":\"text/plain\",\"data\":\"txt\"} ]\n";
     mt_event_batch b;
-    mt_event_batch_init(&b);
-    char err[256] = "";
-    assert_int_equal(mt_event_parse_batch(json, strlen(json), &b, err, sizeof err), MT_OK);
-    assert_int_equal(b.count, 3);
+    parse_batch_ok(json, &b, 3);
     mt_event ev;
-    assert_int_equal(mt_event_decode(b.buf.data + b.off[0], b.len[0], &ev), MT_OK);
+    batch_event(&b, 0, &ev);
     assert_string_equal(ev.attr[MT_ATTR_ID], "a");
     assert_data_str(&ev, MT_DATA_JSON, "{\"x\": 1.50}");
-    assert_int_equal(mt_event_decode(b.buf.data + b.off[1], b.len[1], &ev), MT_OK);
+    batch_event(&b, 1, &ev);
     assert_string_equal(ev.attr[MT_ATTR_ID], "b");
     assert_string_equal(ev.attr[MT_ATTR_SUBJECT], "s1");
     assert_int_equal(ev.priority, 3);
-    assert_int_equal(mt_event_decode(b.buf.data + b.off[2], b.len[2], &ev), MT_OK);
+    batch_event(&b, 2, &ev);
     assert_string_equal(ev.attr[MT_ATTR_ID], "c");
     assert_data_str(&ev, MT_DATA_TEXT, "txt");
     mt_event_batch_free(&b);
 
     /* A batch of one. */
-    mt_event_batch_init(&b);
-    const char *one = "[{" CE "}]";
-    assert_int_equal(mt_event_parse_batch(one, strlen(one), &b, err, sizeof err), MT_OK);
-    assert_int_equal(b.count, 1);
+    parse_batch_ok("[{" CE "}]", &b, 1);
     mt_event_batch_free(&b);
 }
 
