@@ -158,8 +158,9 @@ def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
                                                                      ("keeper", False)]
         st, _, data = e.request("GET", "/subscriptions/keeper/dlq")
         assert st == 200 and len(json.loads(data)) == 2, data
-        st, _, data = e.request("POST", "/subscriptions/keeper/dlq/redrive")
-        assert st == 409 and b"did not start" in data, data
+        for path in ("/dlq/redrive", "/pause", "/resume"):
+            st, _, data = e.request("POST", "/subscriptions/keeper" + path)
+            assert st == 409 and b"did not start" in data, (path, data)
 
         # What may not change on a running subscription may not change here either.
         st, body = put(e, "keeper", {"topics": ["k.#"], "ordering": "strict",
