@@ -37,6 +37,15 @@
 
 typedef struct sub_rt sub_rt;
 
+/*
+ * A definition made over HTTP that did not start (its handler file gone,
+ * say): stored with its state, not running, until a PUT or DELETE of its name.
+ */
+typedef struct dormant_def {
+    char *name;
+    char *why;
+} dormant_def;
+
 struct mt_subs {
     mt_loop *loop;               /* borrowed */
     mt_store *store;             /* borrowed */
@@ -47,8 +56,8 @@ struct mt_subs {
     sub_rt *retired;             /* replaced or deleted, freed when their last job is done */
     char **pending;              /* names with a definition change in flight */
     int npending;
-    char **dormant;              /* stored definitions that did not start: name, why, ... */
-    int ndormant;                /* entries (pairs) in 'dormant' */
+    dormant_def *dormant;        /* stored definitions that did not start */
+    int ndormant;
     bool closing;
     void (*on_append)(void *arg);
     void *on_append_arg;
@@ -1218,7 +1227,7 @@ static void submit(sub_rt *s)
     }
     dispatch_job *dj = mt_xcalloc(1, sizeof *dj);
     dj->s = s;
-    dj->budget = s->job_budget ? s->job_budget : EVENTS_PER_JOB;
+    dj->budget = s->job_budget;
     dj->out.round = s->round_ready;
     s->round_ready = NULL;
     if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
@@ -1275,6 +1284,7 @@ static sub_rt *sub_new(mt_subs *subs, mt_sub_conf *conf, const char *def, char *
     s->subs = subs;
     s->conf = conf;
     s->def = def ? mt_xstrdup(def) : NULL;
+    s->job_budget = EVENTS_PER_JOB;
     s->timer = evtimer_new(mt_loop_base(subs->loop), on_timer, s);
     char why[512] = "";
     if (!conf->pull && subs->runner->open(conf, &s->handler, why, sizeof why)) {
@@ -1344,7 +1354,7 @@ static sub_rt *find(mt_subs *subs, const char *name)
 static int dormant_index(const mt_subs *subs, const char *name)
 {
     for (int i = 0; i < subs->ndormant; i++) {
-        if (strcmp(subs->dormant[2 * i], name) == 0) {
+        if (strcmp(subs->dormant[i].name, name) == 0) {
             return i;
         }
     }
@@ -1353,10 +1363,8 @@ static int dormant_index(const mt_subs *subs, const char *name)
 
 static void dormant_add(mt_subs *subs, const char *name, const char *why)
 {
-    subs->dormant = mt_xrealloc(subs->dormant, (size_t) (subs->ndormant + 1) * 2 * sizeof(char *));
-    subs->dormant[2 * subs->ndormant] = mt_xstrdup(name);
-    subs->dormant[2 * subs->ndormant + 1] = mt_xstrdup(why);
-    subs->ndormant++;
+    subs->dormant = mt_xrealloc(subs->dormant, (size_t) (subs->ndormant + 1) * sizeof *subs->dormant);
+    subs->dormant[subs->ndormant++] = (dormant_def){mt_xstrdup(name), mt_xstrdup(why)};
 }
 
 /* Forgets 'name' as not started: it was replaced or deleted. */
@@ -1366,11 +1374,11 @@ static void dormant_del(mt_subs *subs, const char *name)
     if (i < 0) {
         return;
     }
-    free(subs->dormant[2 * i]);
-    free(subs->dormant[2 * i + 1]);
+    free(subs->dormant[i].name);
+    free(subs->dormant[i].why);
     subs->ndormant--;
-    memmove(subs->dormant + 2 * i, subs->dormant + 2 * i + 2,
-            (size_t) (subs->ndormant - i) * 2 * sizeof(char *));
+    memmove(subs->dormant + i, subs->dormant + i + 1,
+            (size_t) (subs->ndormant - i) * sizeof *subs->dormant);
 }
 
 /*
@@ -1485,8 +1493,9 @@ void mt_subs_close(mt_subs *subs)
         free(subs->pending[i]);
     }
     free(subs->pending);
-    for (int i = 0; i < 2 * subs->ndormant; i++) {
-        free(subs->dormant[i]);
+    for (int i = 0; i < subs->ndormant; i++) {
+        free(subs->dormant[i].name);
+        free(subs->dormant[i].why);
     }
     free(subs->dormant);
     free(subs->subs);
@@ -1531,7 +1540,7 @@ void mt_subs_each(mt_subs *subs, void (*fn)(const mt_sub_conf *conf, void *arg),
 const char *mt_subs_not_started(mt_subs *subs, const char *name)
 {
     int i = find(subs, name) ? -1 : dormant_index(subs, name);
-    return i < 0 ? NULL : subs->dormant[2 * i + 1];
+    return i < 0 ? NULL : subs->dormant[i].why;
 }
 
 bool mt_subs_has(mt_subs *subs, const char *name)
@@ -1591,10 +1600,10 @@ static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
  */
 static json_t *dormant_status(mt_subs *subs, int i, mt_txn *t, uint64_t head)
 {
-    const char *name = subs->dormant[2 * i];
+    const char *name = subs->dormant[i].name;
     json_t *o = stored_status(t, name, head);
     json_object_set_new(o, "running", json_false());
-    json_t *why = json_string(subs->dormant[2 * i + 1]);
+    json_t *why = json_string(subs->dormant[i].why);
     json_object_set_new(o, "not_started", why ? why : json_string("(not UTF-8)"));
     json_object_set_new(o, "in_flight", json_false());
     json_object_set_new(o, "origin", json_string("api"));
@@ -1605,7 +1614,7 @@ static json_t *dormant_status(mt_subs *subs, int i, mt_txn *t, uint64_t head)
         def = json_loadb(v, vl, 0, NULL);
     }
     json_t *topics = json_object_get(def, "topics");
-    json_object_set(o, "topics", json_is_array(topics) ? topics : json_array());
+    json_object_set_new(o, "topics", json_is_array(topics) ? json_incref(topics) : json_array());
     if (def) {
         json_object_set_new(o, "definition", def);
     }
@@ -2529,14 +2538,11 @@ static mt_err changeable(mt_subs *subs, const char *name, mt_topo_errs *errs)
 }
 
 /*
- * Whether a definition of 'name' is stored though no subscription of that
- * name runs: one that did not load at start (its handler file gone, say).
- * Its state (position, parked messages, dead letters) is still stored with
- * it. *conf is its configuration, or NULL if it no longer parses.
+ * What the stored definition of dormant subscription 'name' declares, read
+ * without opening its files: *conf, or NULL if it no longer parses.
  */
-static mt_err dormant_def(mt_subs *subs, const char *name, bool *found, mt_sub_conf **conf)
+static mt_err dormant_conf(mt_subs *subs, const char *name, mt_sub_conf **conf)
 {
-    *found = false;
     *conf = NULL;
     mt_txn *t;
     mt_err rc = mt_store_read_begin(subs->store, &t);
@@ -2547,14 +2553,11 @@ static mt_err dormant_def(mt_subs *subs, const char *name, bool *found, mt_sub_c
     size_t vl;
     rc = mt_store_get(t, MT_DB_SUBDEFS, name, strlen(name), &v, &vl);
     if (rc == MT_OK) {
-        *found = true;
         char *def = mt_xstrndup(v, vl);
         char origin[128];
         snprintf(origin, sizeof origin, "stored definition of '%.64s'", name);
         mt_topo_errs errs = {0};
-        if (mt_topo_parse_stored_sub(name, def, vl, origin, conf, &errs) != MT_OK) {
-            *conf = NULL;
-        }
+        mt_topo_parse_stored_sub(name, def, vl, origin, conf, &errs);
         mt_topo_errs_free(&errs);
         free(def);
     } else if (rc == MT_ENOTFOUND) {
@@ -2622,10 +2625,10 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
      * position, parked messages and dead letters are kept.
      */
     sub_rt *old = find(subs, name);
-    bool dormant = false;
-    mt_sub_conf *dormant_conf = NULL;
-    if (!old) {
-        rc = dormant_def(subs, name, &dormant, &dormant_conf);
+    bool dormant = !old && dormant_index(subs, name) >= 0;
+    mt_sub_conf *stored = NULL;
+    if (dormant) {
+        rc = dormant_conf(subs, name, &stored);
         if (rc) {
             add_err(errs, "subscription '%s': cannot read its stored definition (%s)", name,
                     mt_err_str(rc));
@@ -2634,7 +2637,7 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
             return rc;
         }
     }
-    const mt_sub_conf *prev = old ? old->conf : dormant_conf;
+    const mt_sub_conf *prev = old ? old->conf : stored;
     if (dormant && !prev) {
         add_err(errs, "subscription '%s' has a stored definition that no longer reads, with its "
                 "state; DELETE the subscription to drop both, then PUT it again", name);
@@ -2653,7 +2656,7 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
                 "(DELETE the subscription and PUT it again)", name);
         rc = MT_EEXISTS;
     }
-    mt_sub_conf_free(dormant_conf);
+    mt_sub_conf_free(stored);
     if (rc) {
         mt_sub_conf_free(conf);
         json_decref(body);
@@ -2683,14 +2686,10 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
     sub_rt *s = find(subs, name);
     if (!s) {
         /* A stored definition that did not load at start goes with its state. */
-        bool dormant = false;
-        mt_sub_conf *conf = NULL;
-        mt_err rc = dormant_def(subs, name, &dormant, &conf);
-        mt_sub_conf_free(conf);
-        if (rc || !dormant) {
-            return rc ? rc : MT_ENOTFOUND;
+        if (dormant_index(subs, name) < 0) {
+            return MT_ENOTFOUND;
         }
-        rc = changeable(subs, name, errs);
+        mt_err rc = changeable(subs, name, errs);
         if (rc) {
             return rc;
         }
