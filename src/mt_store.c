@@ -835,7 +835,7 @@ static job *run_group(mt_store *s, job *jobs)
     uint64_t one_max = s->wal ? mt_wal_capacity(s->wal) - 64 : UINT64_MAX;
     job *rest = NULL;
     bool alone = false;      /* sharing failed: one by one up to 'alone_until' */
-    job *alone_until = NULL; /* (NULL: to the end of the group) */
+    job *alone_until = NULL; /* the job after the one that failed (NULL: the end) */
     for (job *j = jobs; j; j = j->next) {
         if (alone && j == alone_until) {
             alone = false;
@@ -844,12 +844,12 @@ static job *run_group(mt_store *s, job *jobs)
         job *last;
         rc = run_nested(s, parent, j, share, budget, one_max, &last);
         if (rc && share) {
-            /* All of them were undone: each runs again in its own, to fail alone. */
+            /*
+             * All of them were undone: up to the one that failed, each runs
+             * again in its own, so that one fails alone; sharing resumes after it.
+             */
             alone = true;
-            alone_until = j;
-            for (int n = 0; alone_until && alone_until->repeatable && n < SHARED_MAX_JOBS; n++) {
-                alone_until = alone_until->next;
-            }
+            alone_until = last->next;
             rc = run_nested(s, parent, j, false, budget, one_max, &last);
         }
         for (job *k = j;; k = k->next) {

@@ -109,9 +109,9 @@ mt_err mt_store_submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, 
  * mt_store_submit for a job that may run again after its effects were
  * undone and then does the same: it keeps nothing between runs but what it
  * writes to the store and overwrites in 'arg' (an append: its results).
- * The writer runs consecutive such jobs in one nested transaction, and again
- * each in its own if one of them fails, so a failure still undoes only the
- * failing job.
+ * The writer runs consecutive such jobs in one nested transaction; if one
+ * fails, the jobs up to it run again each in its own, so a failure still
+ * undoes only the failing job.
  */
 mt_err mt_store_submit_repeatable(mt_store *s, mt_store_job_fn run, mt_store_done_fn done,
                                   void *arg);
