@@ -15,6 +15,7 @@
 #include "mt_lua.h"
 #include "mt_lua_int.h"
 #include "mt_lua_json.h"
+#include "mt_util.h"
 
 /*
  * Registry keys by address, so the encoder finds the markers with
@@ -523,18 +524,18 @@ mt_err mt_lua_push_json(lua_State *L, const json_t *j)
  */
 static bool plain_integer(const char *text, size_t len, lua_Integer *v)
 {
+    char buf[24];
     size_t i = len > 0 && text[0] == '-';
-    if (i == len || len - i > 18 || (text[i] == '0' && len - i > 1)) {
-        return false; /* 18 digits always fit; longer ones go to jansson */
+    if (i == len || len >= sizeof buf || (text[i] == '0' && len - i > 1)) {
+        return false; /* not an integer JSON allows, or longer than any int64 */
     }
-    lua_Integer n = 0;
-    for (; i < len; i++) {
-        if (text[i] < '0' || text[i] > '9') {
-            return false;
-        }
-        n = n * 10 + (text[i] - '0');
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    int64_t n;
+    if (mt_parse_i64(buf, &n)) {
+        return false;
     }
-    *v = text[0] == '-' ? -n : n;
+    *v = (lua_Integer) n;
     return true;
 }
 

@@ -567,9 +567,9 @@ static const char *const json_fidelity[] = {
     "-0",
     "7",
     "-123",
-    "123456789012345678",  /* the longest an integer read without jansson may be */
+    "123456789012345678",
     "-999999999999999999",
-    "1234567890123456789", /* one digit more: read by jansson */
+    "1234567890123456789",
     "1.5",
     "1e300",
     "-2.5e-300",
