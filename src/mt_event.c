@@ -797,6 +797,14 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
 
 /* ---- JSON output ---- */
 
+/* Appends 'v' as compact JSON (any value). */
+static void add_json_value(mt_buf *out, const json_t *v)
+{
+    size_t need = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
+    mt_buf_reserve(out, need);
+    out->len += json_dumpb(v, out->data + out->len, need, JSON_ENCODE_ANY | JSON_COMPACT);
+}
+
 bool mt_event_json_string(mt_buf *out, const char *s, size_t n)
 {
     size_t i = 0;
@@ -815,19 +823,15 @@ bool mt_event_json_string(mt_buf *out, const char *s, size_t n)
     if (!v) {
         return false;
     }
-    size_t need = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY);
-    mt_buf_reserve(out, need);
-    out->len += json_dumpb(v, out->data + out->len, need, JSON_ENCODE_ANY);
+    add_json_value(out, v);
     json_decref(v);
     return true;
 }
 
-/* Appends ',"name":' (no comma first when 'first'). */
-static void add_key(mt_buf *out, const char *name, bool first)
+/* Appends ',"name":'. */
+static void add_key(mt_buf *out, const char *name)
 {
-    if (!first) {
-        mt_buf_add(out, ",", 1);
-    }
+    mt_buf_add(out, ",", 1);
     mt_event_json_string(out, name, strlen(name));
     mt_buf_add(out, ":", 1);
 }
@@ -858,7 +862,7 @@ void mt_event_to_json(const mt_event *ev, mt_buf *out)
     for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
         if (ev->attr[i]) {
             size_t mark = out->len;
-            add_key(out, attr_names[i], false);
+            add_key(out, attr_names[i]);
             if (!mt_event_json_string(out, ev->attr[i], strlen(ev->attr[i]))) {
                 out->len = mark; /* not UTF-8: left out */
             }
@@ -876,22 +880,19 @@ void mt_event_to_json(const mt_event *ev, mt_buf *out)
             if (engine_member(name)) {
                 continue;
             }
-            add_key(out, name, false);
-            size_t need = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
-            mt_buf_reserve(out, need);
-            out->len += json_dumpb(v, out->data + out->len, need, JSON_ENCODE_ANY | JSON_COMPACT);
+            add_key(out, name);
+            add_json_value(out, v);
         }
         json_decref(ext);
     }
     mt_buf_adds(out, ",\"sequence\":\"");
     mt_buf_add_u64(out, ev->sequence);
+    mt_buf_add(out, "\"", 1);
     if (ev->attr[MT_ATTR_SUBJECT]) {
-        mt_buf_adds(out, "\",\"streamversion\":");
+        mt_buf_adds(out, ",\"streamversion\":");
         mt_buf_add_u64(out, ev->streamversion);
-        mt_buf_adds(out, ",\"recordedtime\":\"");
-    } else {
-        mt_buf_adds(out, "\",\"recordedtime\":\"");
     }
+    mt_buf_adds(out, ",\"recordedtime\":\"");
     char ts[40];
     mt_time_format_us(ev->recordedtime_us, ts, sizeof ts);
     mt_buf_adds(out, ts);

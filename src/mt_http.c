@@ -1332,8 +1332,11 @@ static bool sse_matches(sse_client *c, const char *type)
 /* One event as an SSE frame: id (the sequence), event (the type), data (the CloudEvent). */
 static void sse_format(const mt_event *ev, mt_buf *b)
 {
-    mt_buf_addf(b, "id: %llu\nevent: %s\ndata: ", (unsigned long long) ev->sequence,
-                ev->attr[MT_ATTR_TYPE]);
+    mt_buf_adds(b, "id: ");
+    mt_buf_add_u64(b, ev->sequence);
+    mt_buf_adds(b, "\nevent: ");
+    mt_buf_adds(b, ev->attr[MT_ATTR_TYPE]);
+    mt_buf_adds(b, "\ndata: ");
     /* Compact JSON has no raw newlines (they are escaped in strings). */
     mt_event_to_json(ev, b);
     mt_buf_adds(b, "\n\n");
