@@ -136,6 +136,20 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t) doe - 719468;
 }
 
+/* The inverse: y-m-d of the day 'z' days after 1970-01-01. */
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned) (z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int64_t) yoe + era * 400 + (*m <= 2);
+}
+
 static bool is_leap(int y)
 {
     return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -229,18 +243,24 @@ void mt_time_format_us(int64_t us, char *buf, size_t len)
         frac += 1000000;
         secs -= 1;
     }
-    time_t t = (time_t) secs;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    int year = tm.tm_year + 1900;
+    /* Calendar arithmetic, not gmtime_r: UTC needs no time zone, and every
+     * event a handler or a reader is given carries one of these. */
+    int64_t days = secs / 86400;
+    int64_t sod = secs % 86400;
+    if (sod < 0) {
+        sod += 86400;
+        days -= 1;
+    }
+    int64_t year;
+    unsigned mon, mday;
+    civil_from_days(days, &year, &mon, &mday);
+    int hour = (int) (sod / 3600), min = (int) (sod / 60 % 60), sec = (int) (sod % 60);
     if (year < 0 || year > 9999 || len < 28) {
-        snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", year, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) frac);
+        snprintf(buf, len, "%04lld-%02u-%02uT%02d:%02d:%02d.%06dZ", (long long) year, mon, mday,
+                 hour, min, sec, (int) frac);
         return;
     }
-    /* Digit by digit: every event a reader is sent carries one of these. */
-    const int fields[] = {year, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                          (int) frac};
+    const int fields[] = {(int) year, (int) mon, (int) mday, hour, min, sec, (int) frac};
     const int widths[] = {4, 2, 2, 2, 2, 2, 6};
     const char seps[] = "--T::.Z";
     char *p = buf;

@@ -3,6 +3,7 @@
  * times, and big-endian byte order: every accepted form, every refusal,
  * and the out-param reset on error that the header promises.
  */
+#include <time.h>
 #include "mt_test.h"
 #include "mt_util.h"
 
@@ -434,6 +435,39 @@ static void test_util_time_format_then_parse_round_trips(void **state)
     assert_string_equal(buf, "2026-01-02T03:04:05.250000Z");
 }
 
+/* The calendar arithmetic agrees with the C library's gmtime_r, year 0 to 9999. */
+static void test_util_time_format_agrees_with_gmtime(void **state)
+{
+    (void) state;
+    const int64_t lo = -62167219200LL; /* 0000-01-01T00:00:00Z */
+    const int64_t hi = 253402300799LL; /* 9999-12-31T23:59:59Z */
+    uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < 200000; i++) {
+        int64_t secs;
+        if (i < 4000) {
+            secs = lo + (int64_t) i * 86399; /* day boundaries, then spread */
+        } else if (i < 8000) {
+            secs = -86400LL * 2000 + (int64_t) (i - 4000) * 86400 - (i & 1); /* around 1970 */
+        } else {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            secs = lo + (int64_t) (x % (uint64_t) (hi - lo + 1));
+        }
+        time_t tt = (time_t) secs;
+        struct tm tm;
+        assert_non_null(gmtime_r(&tt, &tm));
+        char want[40], got[40];
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.000042Z", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        mt_time_format_us(secs * 1000000 + 42, got, sizeof got);
+        if (strcmp(want, got) != 0) {
+            print_error("%lld s: want %s, got %s\n", (long long) secs, want, got);
+            fail();
+        }
+    }
+}
+
 static void test_util_clocks_move_forward(void **state)
 {
     (void) state;
@@ -487,6 +521,7 @@ int main(void)
         cmocka_unit_test(test_util_time_parse_refuses_garbage),
         cmocka_unit_test(test_util_time_format_us_is_utc_with_microseconds),
         cmocka_unit_test(test_util_time_format_then_parse_round_trips),
+        cmocka_unit_test(test_util_time_format_agrees_with_gmtime),
         cmocka_unit_test(test_util_clocks_move_forward),
         cmocka_unit_test(test_util_be64_is_big_endian_and_round_trips),
     };
