@@ -599,7 +599,9 @@ static void append_done(mt_err rc, void *arg)
                     "moontide-expected-version needs every event to have the same subject");
     } else if (rc == MT_EFULL) {
         reply_error(req, 507, "store full",
-                    "the store has no room for these events; nothing was appended");
+                    "the store has no room for these events: engine.map_size is reached, or the "
+                    "data directory's file system is full (the engine's log says which); nothing "
+                    "was appended");
     } else if (rc == MT_ETOOBIG) {
         reply_error(req, 413, "body too large",
                     "the events are larger than the write-ahead file (engine.wal_size) can take; "

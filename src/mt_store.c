@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include "mt_diag.h"
@@ -122,6 +123,7 @@ static mt_err map_mdb(int rc, const char *what)
         return MT_ENOTFOUND;
     }
     if (rc == MDB_MAP_FULL) {
+        mt_error("store: %s failed: the store is full (engine.map_size)", what);
         return MT_EFULL;
     }
     if (rc == ENOSPC) {
@@ -130,6 +132,26 @@ static mt_err map_mdb(int rc, const char *what)
     }
     mt_error("store: %s failed: %s", what, mdb_strerror(rc));
     return MT_EIO;
+}
+
+/*
+ * Commits 'txn' (not nested). LMDB reports a short write of its pages as
+ * EIO, and a short write is what a full file system gives: asked how much
+ * room is left, a file system with under 1 MiB turns that EIO into "no
+ * space left", so that the request gets 507 and the log says what to do.
+ */
+static mt_err commit_txn(mt_store *s, MDB_txn *txn, const char *what)
+{
+    int rc = mdb_txn_commit(txn);
+    struct statvfs fs;
+    if ((rc == EIO || rc == ENOSPC) && statvfs(s->dir, &fs) == 0 &&
+        (uint64_t) fs.f_bavail * fs.f_frsize < (1u << 20)) {
+        mt_error("store: %s failed: no space left on the file system of the data directory "
+                 "'%s' (%llu bytes free); nothing of it was stored",
+                 what, s->dir, (unsigned long long) fs.f_bavail * fs.f_frsize);
+        return MT_EFULL;
+    }
+    return map_mdb(rc, what);
 }
 
 /* ---- open and close ---- */
@@ -245,7 +267,7 @@ static mt_err replay_group(uint64_t group, const void *payload, size_t len, void
         mdb_txn_abort(txn);
         return rc;
     }
-    rc = map_mdb(mdb_txn_commit(txn), "replay commit");
+    rc = commit_txn(s, txn, "replay commit");
     if (rc == MT_OK) {
         r->applied = group;
         r->replayed++;
@@ -884,7 +906,7 @@ static job *run_group(mt_store *s, job *jobs)
         }
     }
     if (rc == MT_OK) {
-        rc = map_mdb(mdb_txn_commit(parent), "group commit");
+        rc = commit_txn(s, parent, "group commit");
         if (rc && s->wal) {
             /* The record must not be replayed: its group did not happen. */
             mt_wal_undo_last(s->wal);
