@@ -148,9 +148,21 @@ static mt_fx *current_fx(lua_State *L)
 static char *to_json_text(lua_State *L, int idx, const char *what)
 {
     if (lua_isinteger(L, idx)) {
-        /* The usual kv value, a counter: no jansson value needed. */
-        char *text = mt_xmalloc(24);
-        snprintf(text, 24, "%lld", (long long) lua_tointeger(L, idx));
+        /* The usual kv value, a counter: no jansson value, no printf. */
+        lua_Integer n = lua_tointeger(L, idx);
+        uint64_t u = n < 0 ? 0 - (uint64_t) n : (uint64_t) n;
+        char digits[24], *p = digits + sizeof digits;
+        do {
+            *--p = (char) ('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (n < 0) {
+            *--p = '-';
+        }
+        size_t len = (size_t) (digits + sizeof digits - p);
+        char *text = mt_xmalloc(len + 1);
+        memcpy(text, p, len);
+        text[len] = '\0';
         return text;
     }
     json_t *j;
@@ -242,15 +254,17 @@ static int l_ctx_reply(lua_State *L)
     return 1;
 }
 
+#define KV_TYPE "moontide.kv" /* registry name of the kv objects' metatable */
+
+/* The table name of the kv object that a method was called on (argument 1). */
 static const char *kv_table_name(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "name");
-    const char *name = lua_tostring(L, -1);
-    lua_pop(L, 1); /* the string stays referenced by the table */
-    if (!name) {
+    if (!luaL_testudata(L, 1, KV_TYPE)) {
         luaL_error(L, "kv: call methods with ':' (t:get(key))");
     }
+    lua_getiuservalue(L, 1, 1);
+    const char *name = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the string stays referenced by the object */
     return name;
 }
 
@@ -357,11 +371,22 @@ static int l_ctx_kv(lua_State *L)
     if (!*name || strlen(name) > MT_FX_MAX_TABLE) {
         return luaL_error(L, "ctx.kv: table name must be 1 to %d bytes", MT_FX_MAX_TABLE);
     }
-    lua_createtable(L, 0, 1);
+    /* One object per name while it is in use (the cache's values are weak):
+     * a handler calls ctx.kv on every event. The object is a userdata, so
+     * that what one call gets, no later one can find changed. */
+    lua_settop(L, 1);
     lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "name");
-    lua_pushvalue(L, lua_upvalueindex(2)); /* the shared methods metatable */
-    lua_setmetatable(L, -2);
+    if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TUSERDATA) {
+        return 1;
+    }
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, 0, 1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    luaL_setmetatable(L, KV_TYPE);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, lua_upvalueindex(2));
     return 1;
 }
 
@@ -416,7 +441,7 @@ static int build_ctx(lua_State *L)
     lua_newtable(L); /* ctx */
     int ctx = lua_gettop(L);
 
-    lua_newtable(L); /* kv methods metatable */
+    luaL_newmetatable(L, KV_TYPE); /* the kv objects' metatable */
     lua_newtable(L); /* __index */
     static const luaL_Reg kv_methods[] = {
         {"get", l_kv_get}, {"put", l_kv_put}, {"del", l_kv_del}, {"scan", l_kv_scan}, {NULL, NULL},
@@ -427,10 +452,16 @@ static int build_ctx(lua_State *L)
         lua_setfield(L, -2, r->name);
     }
     lua_setfield(L, -2, "__index");
-    int kv_mt = lua_gettop(L);
+    lua_pushliteral(L, "kv table");
+    lua_setfield(L, -2, "__metatable"); /* getmetatable(t) gives this; setmetatable refuses */
+    lua_pop(L, 1);
 
     lua_pushvalue(L, 1);
-    lua_pushvalue(L, kv_mt);
+    lua_newtable(L); /* name -> kv object, weak values */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
     lua_pushcclosure(L, l_ctx_kv, 2);
     lua_setfield(L, ctx, "kv");
 
@@ -457,7 +488,6 @@ static int build_ctx(lua_State *L)
     lua_setfield(L, ctx, "log");
     lua_pushstring(L, h->name);
     lua_setfield(L, ctx, "subscription");
-    lua_pop(L, 1); /* kv metatable */
     lua_pushvalue(L, ctx);
     h->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;

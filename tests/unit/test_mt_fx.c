@@ -7,7 +7,10 @@
  */
 #include "mt_test.h"
 #include "mt_fx.h"
+#include "mt_lua_handler.h"
 #include "mt_store.h"
+#include "mt_sub.h"
+#include "mt_topo.h"
 
 #define MIB (1ULL << 20)
 
@@ -250,6 +253,90 @@ static void test_fx_record_mode_notes_reads_and_validates_them(void **state)
     mt_store_close(s);
 }
 
+/*
+ * A Lua handler's kv objects: ctx.kv gives one object per name, which takes
+ * no fields; integers go to the store as their digits, extremes included,
+ * and come back as integers.
+ */
+typedef struct lua_step {
+    const mt_sub_runner *r;
+    void *h;
+    const mt_event *ev;
+} lua_step;
+
+static mt_err lua_kv_job(mt_txn *t, void *arg)
+{
+    lua_step *st = arg;
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    mt_buf error, tb;
+    mt_buf_init(&error);
+    mt_buf_init(&tb);
+    mt_err rc = st->r->invoke(st->h, st->ev, 1, &fx, &error, &tb);
+    if (rc) {
+        print_error("handler failed: %s\n%s\n", mt_buf_cstr(&error), mt_buf_cstr(&tb));
+    }
+    assert_int_equal(rc, MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    mt_buf_free(&error);
+    mt_buf_free(&tb);
+    static const char *const want[][2] = {
+        {"min", "-9223372036854775808"}, {"max", "9223372036854775807"}, {"neg", "-42"},
+        {"zero", "0"}, {"ten", "10"}, {"float", "1.5"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char *got = stored(t, "tbl", want[i][0]);
+        assert_non_null(got);
+        assert_string_equal(got, want[i][1]);
+        free(got);
+    }
+    char *other = stored(t, "other", "k");
+    assert_string_equal(other, "1");
+    free(other);
+    return MT_OK;
+}
+
+static void test_fx_lua_kv_objects_and_integers(void **state)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/kv.lua", (const char *) *state);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("return function(event, ctx)\n"
+          "  local t = ctx.kv('tbl')\n"
+          "  assert(ctx.kv('tbl') == t and ctx.kv('other') ~= t, 'one object per name')\n"
+          "  local ok, err = pcall(function() t.name = 'other' end)\n"
+          "  assert(not ok, 'a kv object takes no fields')\n"
+          "  ok, err = pcall(t.get, 'k')\n"
+          "  assert(not ok and tostring(err):find('call methods with'), tostring(err))\n"
+          "  for k, v in pairs({min = math.mininteger, max = math.maxinteger, neg = -42,\n"
+          "                     zero = 0, ten = 10, float = 1.5}) do\n"
+          "    t:put(k, v)\n"
+          "    assert(t:get(k) == v and math.type(t:get(k)) == math.type(v), k)\n"
+          "  end\n"
+          "  ctx.kv('other'):put('k', 1)\n"
+          "end\n", f);
+    fclose(f);
+    char def[700];
+    snprintf(def, sizeof def, "{\"topics\":[\"t.#\"],\"handler\":\"%s\"}", path);
+    mt_topo_errs errs = {0};
+    mt_sub_conf *conf;
+    assert_int_equal(mt_topo_parse_sub("sub", def, strlen(def), "test", &conf, &errs), MT_OK);
+    lua_step st = {mt_lua_sub_runner(), NULL, NULL};
+    char err[256];
+    assert_int_equal(st.r->open(conf, &st.h, err, sizeof err), MT_OK);
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    st.ev = &ev;
+    assert_int_equal(mt_store_write(s, lua_kv_job, &st), MT_OK);
+    st.r->close(st.h);
+    mt_sub_conf_free(conf);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,6 +346,8 @@ int main(void)
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
                                         mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_lua_kv_objects_and_integers, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
