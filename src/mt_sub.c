@@ -768,20 +768,47 @@ static mt_err release_lane(sub_rt *s, mt_txn *t, const char *lane, sub_state *st
     }
 }
 
-static bool matches(sub_rt *s, const mt_event *ev)
+/*
+ * Whether an event of this type is for S by its topics. The answer for the
+ * last type is kept in 'memo', local to one walk of the log (the log holds
+ * runs of one type, and matching checks both the pattern and the type).
+ */
+typedef struct type_memo {
+    char type[MT_EVENT_MAX_TYPE + 1];
+    bool known, match;
+} type_memo;
+
+static bool type_matches(sub_rt *s, const char *type, type_memo *memo)
 {
+    if (!type) {
+        return false;
+    }
+    if (memo->known && strcmp(memo->type, type) == 0) {
+        return memo->match;
+    }
     bool ok = false;
     for (int i = 0; i < s->conf->ntopics && !ok; i++) {
         bool m;
-        if (mt_topic_match(s->conf->topics[i], ev->attr[MT_ATTR_TYPE], &m) == MT_OK) {
+        if (mt_topic_match(s->conf->topics[i], type, &m) == MT_OK) {
             ok = m;
         }
     }
-    if (ok && s->filter) {
-        bool m = false;
-        ok = mt_filter_eval(s->filter, ev, &m) == MT_OK && m;
+    size_t len = strlen(type);
+    if (len < sizeof memo->type) {
+        memcpy(memo->type, type, len + 1);
+        memo->known = true;
+        memo->match = ok;
     }
     return ok;
+}
+
+static bool matches(sub_rt *s, const mt_event *ev, type_memo *memo)
+{
+    if (!type_matches(s, ev->attr[MT_ATTR_TYPE], memo)) {
+        return false;
+    }
+    bool m = false;
+    return !s->filter || (mt_filter_eval(s->filter, ev, &m) == MT_OK && m);
 }
 
 /* Runs the retries that are due (in due order). */
@@ -890,6 +917,7 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int budget, scan_ba
     const void *k, *v;
     size_t kl, vl;
     int scans = 0;
+    type_memo memo = {.known = false};
     mt_err crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
     while (crc == MT_OK) {
         if (b->n >= budget || ++scans > SCANS_PER_JOB || b->records.len >= SCAN_BYTES_MAX) {
@@ -901,7 +929,7 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int budget, scan_ba
             crc = MT_EIO;
             break;
         }
-        if (matches(s, &ev)) {
+        if (matches(s, &ev, &memo)) {
             mt_buf_add(&b->records, v, vl);
             b->end[b->n++] = b->records.len;
         }
@@ -1140,12 +1168,13 @@ static uint64_t spec_plan(mt_txn *snap, int worker, int n, uint64_t base, uint64
     uint64_t end = base;
     int64_t now = mt_now_us();
     mt_err crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+    type_memo memo = {.known = false};
     for (; crc == MT_OK; crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl)) {
         mt_event ev;
         if (mt_event_decode(v, vl, &ev) || ev.sequence > base + span) {
             break;
         }
-        bool m = matches(s, &ev);
+        bool m = matches(s, &ev, &memo);
         if (m && ++matched > EVENTS_PER_JOB) {
             break;
         }
@@ -2038,6 +2067,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
         const void *k, *v;
         size_t kl, vl;
         mt_err crc = rc ? rc : mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
+        type_memo memo = {.known = false};
         for (int scans = 0; rc == MT_OK && crc == MT_OK && scans < SCANS_PER_JOB; scans++) {
             mt_event ev;
             if (mt_event_decode(v, vl, &ev)) {
@@ -2045,7 +2075,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
                 break;
             }
             st.cursor = ev.sequence;
-            if (matches(s, &ev)) {
+            if (matches(s, &ev, &memo)) {
                 rc = pull_admit(s, t, &ev, j, &any_parked);
             }
             if (rc == MT_OK) {
@@ -2124,6 +2154,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
         size_t kl, vl;
         mt_err crc = rc ? rc : mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
         int scans = 0;
+        type_memo memo = {.known = false};
         while (rc == MT_OK && crc == MT_OK && json_array_size(j->out) < j->max &&
                ++scans <= SCANS_PER_JOB) {
             mt_event ev;
@@ -2132,7 +2163,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
                 break;
             }
             st.cursor = ev.sequence;
-            if (matches(s, &ev)) {
+            if (matches(s, &ev, &memo)) {
                 if (expired(c, &ev, now)) {
                     st.expired++;
                     if (c->expiry_dead_letter) {

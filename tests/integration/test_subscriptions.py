@@ -86,6 +86,36 @@ def test_flaky_handler_succeeds_on_the_third_attempt():
         assert s["retried"] == 10 and s["dlq"] == 0 and s["handled"] == 5, s
 
 
+def test_topics_pick_their_events_from_a_log_of_mixed_types():
+    """A log where types come in runs and alternate, some matching a
+    subscription's topics and some not, and some events without the
+    filter's field: it gets exactly the events of its topics that pass the
+    filter, each once."""
+    cfg = config("  mixed:\n    topics: [\"order.*\", \"pay.#\"]\n"
+                 "    filter: { not: { exact: { \"data.skip\": \"yes\" } } }\n"
+                 "    handler: tests/lua/handlers/record.lua\n")
+    types = ["order.placed", "order.placed", "audit.x", "pay.card.ok", "order.placed.late",
+             "pay", "order.placed", "audit.x", "audit.x", "pay.card.ok", "other"]
+    rng = random.Random(SEED)
+    evs, want = [], set()
+    for i in range(600):
+        t = types[(i // 3 + rng.randrange(2)) % len(types)]
+        skip = rng.random() < 0.1
+        evs.append(mtlib.event("m%d" % i, subject="s%d" % (i % 5), type_=t,
+                               data={"skip": "yes" if skip else "no"}))
+        if (t.startswith("order.") and t.count(".") == 1 or t == "pay" or t.startswith("pay.")) \
+                and not skip:
+            want.add(evs[-1]["id"])
+    with Engine(config=cfg) as e:
+        for k in range(0, len(evs), 100):
+            st, ans = e.publish_batch(evs[k:k + 100])
+            assert st == 201, ans
+        wait_for(lambda: status(e, "mixed")["lag"] == 0, what="caught up")
+        seen = table(e, "seen")
+        assert set(seen) == want, (sorted(set(seen) - want)[:5], sorted(want - set(seen))[:5])
+        assert status(e, "mixed")["handled"] == len(want)
+
+
 def test_failing_handler_dead_letters_with_traceback_and_redrive_after_fix():
     d = tempfile.mkdtemp(prefix="moontide-h-")
     handler = os.path.join(d, "h.lua")
