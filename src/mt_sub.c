@@ -31,7 +31,8 @@
  */
 #define DISPATCH_INFLIGHT 2
 #define SCANS_PER_JOB 8192     /* log entries looked at per job */
-#define SCAN_BYTES_MAX (4u << 20) /* event records copied out of the log per job */
+#define SCAN_BYTES_MAX (4u << 20) /* event records copied out of the log at a time */
+#define SCAN_CHUNK 256         /* events copied out of the log at a time */
 #define MAX_LANE MT_LANE_MAX
 #define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
 #define ERRORS_KEPT 10         /* attempt errors kept per message */
@@ -891,39 +892,44 @@ typedef struct dispatch_job {
 } dispatch_job;
 
 /*
- * The events of the log after st->cursor that S takes, at most 'budget' of
- * them (fewer if their records pass SCAN_BYTES_MAX), copied out of the map
- * by one cursor walk: a handler's emit writes to the log, which would move
- * what a cursor points at.
+ * The events of the log after 'after' that S takes, at most 'max' of them
+ * (fewer if their records pass SCAN_BYTES_MAX, or *scans_left log entries
+ * are looked at first), copied out of the map by one cursor walk: a
+ * handler's emit writes to the log, which would move what a cursor points
+ * at.
  */
 typedef struct scan_batch {
     mt_buf records;            /* the matching events' records, one after another */
-    size_t *end;               /* end[i]: where event i's record ends in 'records' */
+    size_t end[SCAN_CHUNK];    /* end[i]: where event i's record ends in 'records' */
     int n;
     uint64_t last;             /* the last log entry looked at (0: none) */
     bool more;                 /* stopped at a limit, not at the log's end */
 } scan_batch;
 
-static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int budget, scan_batch *b)
+static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int max, int *scans_left,
+                       scan_batch *b)
 {
     mt_cursor *cur;
     mt_err rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
     if (rc) {
         return rc;
     }
-    b->end = mt_xmalloc((size_t) budget * sizeof *b->end);
+    b->n = 0;
+    b->last = 0;
+    b->more = false;
+    b->records.len = 0;
     uint8_t start[8];
     mt_put_be64(start, after + 1);
     const void *k, *v;
     size_t kl, vl;
-    int scans = 0;
     type_memo memo = {.known = false};
     mt_err crc = mt_store_cursor_seek(cur, start, 8, &k, &kl, &v, &vl);
     while (crc == MT_OK) {
-        if (b->n >= budget || ++scans > SCANS_PER_JOB || b->records.len >= SCAN_BYTES_MAX) {
+        if (b->n >= max || *scans_left <= 0 || b->records.len >= SCAN_BYTES_MAX) {
             b->more = true;
             break;
         }
+        --*scans_left;
         mt_event ev;
         if (mt_event_decode(v, vl, &ev)) {
             crc = MT_EIO;
@@ -941,64 +947,78 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int budget, scan_ba
 }
 
 /*
- * Delivers what scan_log found, in log order: each event is parked behind a
- * busy lane, embargoed, queued by priority, or run. st->cursor follows.
+ * Takes up to 'budget' events after st->cursor, SCAN_CHUNK at a time, and
+ * delivers them in log order: each is parked behind a busy lane,
+ * embargoed, queued by priority, or run. st->cursor follows.
  */
 static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out,
                                int budget, bool any_parked)
 {
     const mt_sub_conf *c = s->conf;
-    scan_batch b = {.n = 0};
-    mt_buf_init(&b.records);
     /* A priority subscription only queues here (run_due delivers), and queues
      * as far ahead as it may look, so that a later event can overtake. */
-    mt_err rc = scan_log(s, t, st->cursor, c->priority ? SCANS_PER_JOB : budget, &b);
+    int left = c->priority ? SCANS_PER_JOB : budget;
+    int scans_left = SCANS_PER_JOB;
+    scan_batch *b = mt_xmalloc(sizeof *b);
+    mt_buf_init(&b->records);
+    mt_err rc = MT_OK;
     bool stopped = false;
-    for (int i = 0; rc == MT_OK && i < b.n; i++) {
-        size_t off = i ? b.end[i - 1] : 0;
-        mt_event ev;
-        if (mt_event_decode(b.records.data + off, b.end[i] - off, &ev)) {
-            rc = MT_EIO;
-            break;
-        }
-        uint64_t seq = ev.sequence;
-        char lane[MAX_LANE + 1];
-        lane_of(c, &ev, lane, sizeof lane);
-        bool busy = false;
-        if (any_parked) {
-            /* Only a subscription with parked messages can have a busy lane. */
-            rc = lane_busy(t, c->name, lane, &busy);
-        }
-        int64_t now = ev.deliverafter_us ? mt_now_us() : 0;
-        if (rc == MT_OK && busy) {
-            rc = park_blocked(s, t, lane, seq);
-        } else if (rc == MT_OK && ev.deliverafter_us > now && !expired(c, &ev, now)) {
-            rc = embargo(s, t, &ev, lane, out);
-            any_parked = true;
-        } else if (rc == MT_OK && c->priority) {
-            /* Queued by priority; run_due takes the highest first. */
-            rc = schedule_head(s, t, lane, seq, NULL, queue_due(&ev));
-            any_parked = true;
-        } else if (rc == MT_OK) {
-            bool freed;
-            rc = deliver(s, t, &ev, lane, 1, NULL, st, out, &freed);
-            any_parked |= !freed;
-            if (rc == MT_OK && c->ordering == MT_ORDER_STRICT && !freed) {
-                st->cursor = seq;
-                stopped = true; /* strict: nothing passes a failed message */
+    while (rc == MT_OK && !stopped) {
+        rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
+        for (int i = 0; rc == MT_OK && i < b->n; i++) {
+            size_t off = i ? b->end[i - 1] : 0;
+            mt_event ev;
+            if (mt_event_decode(b->records.data + off, b->end[i] - off, &ev)) {
+                rc = MT_EIO;
                 break;
             }
+            uint64_t seq = ev.sequence;
+            char lane[MAX_LANE + 1];
+            lane_of(c, &ev, lane, sizeof lane);
+            bool busy = false;
+            if (any_parked) {
+                /* Only a subscription with parked messages can have a busy lane. */
+                rc = lane_busy(t, c->name, lane, &busy);
+            }
+            int64_t now = ev.deliverafter_us ? mt_now_us() : 0;
+            if (rc == MT_OK && busy) {
+                rc = park_blocked(s, t, lane, seq);
+            } else if (rc == MT_OK && ev.deliverafter_us > now && !expired(c, &ev, now)) {
+                rc = embargo(s, t, &ev, lane, out);
+                any_parked = true;
+            } else if (rc == MT_OK && c->priority) {
+                /* Queued by priority; run_due takes the highest first. */
+                rc = schedule_head(s, t, lane, seq, NULL, queue_due(&ev));
+                any_parked = true;
+            } else if (rc == MT_OK) {
+                bool freed;
+                rc = deliver(s, t, &ev, lane, 1, NULL, st, out, &freed);
+                any_parked |= !freed;
+                if (rc == MT_OK && c->ordering == MT_ORDER_STRICT && !freed) {
+                    st->cursor = seq;
+                    stopped = true; /* strict: nothing passes a failed message */
+                    break;
+                }
+            }
+            st->cursor = seq;
         }
-        st->cursor = seq;
-    }
-    if (rc == MT_OK && !stopped) {
-        if (b.last) {
-            st->cursor = b.last;
+        if (rc || stopped) {
+            break;
         }
-        out->more |= b.more;
+        if (b->last) {
+            st->cursor = b->last;
+        }
+        left -= b->n;
+        if (!b->more) {
+            break; /* the log's end */
+        }
+        if (left <= 0 || scans_left <= 0) {
+            out->more = true;
+            break;
+        }
     }
-    free(b.end);
-    mt_buf_free(&b.records);
+    mt_buf_free(&b->records);
+    free(b);
     return rc;
 }
 
