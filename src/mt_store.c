@@ -22,6 +22,7 @@
 #define CHECKPOINT_RETRY_US 1000000LL /* after a failed checkpoint, before the next try */
 #define GROUP_MAX_JOBS 4096
 #define SHARED_MAX_JOBS 256 /* repeatable jobs run in one nested transaction, at most */
+#define GROUP_CUT_US 10000  /* a group this old ends at its next job if publishes wait */
 #define HOLD_ENV "MOONTIDE_TEST_CHECKPOINT_HOLD"
 
 static const char *const db_names[MT_DB_COUNT] = {
@@ -68,6 +69,9 @@ struct mt_store {
     pthread_cond_t work_cv;    /* jobs queued, or closing */
     pthread_cond_t sync_cv;    /* a synchronous job finished */
     job *queue, *queue_tail;
+    atomic_int queued_repeatable; /* repeatable jobs in 'queue'; read by the writer without mu */
+    int64_t group_t0;          /* writer thread: when the running group began (mono µs) */
+    bool cut_for_publishes;    /* writer thread: run_group's rest was cut off for them */
     job *done, *done_tail;
     bool closing;
     bool sleeping;             /* the writer waits on work_cv: enqueue must signal */
@@ -842,6 +846,8 @@ static mt_err wal_append(mt_store *s, uint64_t group)
  */
 static job *run_group(mt_store *s, job *jobs)
 {
+    s->group_t0 = mt_mono_us();
+    s->cut_for_publishes = false;
     MDB_txn *parent;
     mt_err rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &parent), "group begin");
     if (rc) {
@@ -885,6 +891,14 @@ static job *run_group(mt_store *s, job *jobs)
         if (j->next && s->redo.len > budget) {
             rest = j->next;
             j->next = NULL;
+            break;
+        }
+        if (j->next && atomic_load_explicit(&s->queued_repeatable, memory_order_relaxed) > 0 &&
+            mt_mono_us() - s->group_t0 >= GROUP_CUT_US) {
+            /* Publishes wait: the group ends here, the rest goes on after them. */
+            rest = j->next;
+            j->next = NULL;
+            s->cut_for_publishes = true;
             break;
         }
     }
@@ -957,6 +971,61 @@ static bool checkpoint_due(mt_store *s)
     return mt_mono_us() - s->last_checkpoint_us >= CHECKPOINT_INTERVAL_US;
 }
 
+/* A list of jobs being built. */
+typedef struct job_list {
+    job *head, *tail;
+} job_list;
+
+static void list_add(job_list *l, job *j)
+{
+    j->next = NULL;
+    if (l->tail) {
+        l->tail->next = j;
+    } else {
+        l->head = j;
+    }
+    l->tail = j;
+}
+
+static void list_join(job_list *l, const job_list *more)
+{
+    if (!more->head) {
+        return;
+    }
+    if (l->tail) {
+        l->tail->next = more->head;
+    } else {
+        l->head = more->head;
+    }
+    l->tail = more->tail;
+}
+
+/*
+ * mu held. Puts the jobs cut off a group ('rest') back before the queue.
+ * If they were cut off for the publishes waiting, every repeatable job
+ * (publish) goes first, then the others: a publish then waits for at most
+ * one long job. Repeatable jobs keep their order, and so do the others.
+ */
+static void requeue(mt_store *s, job *rest, bool publishes_first)
+{
+    job_list pub = {NULL, NULL}, other = {NULL, NULL}, queued = {NULL, NULL};
+    int back = 0;
+    for (job *j = rest, *next; j; j = next) {
+        next = j->next;
+        back += j->repeatable;
+        list_add(publishes_first && j->repeatable ? &pub : &other, j);
+    }
+    atomic_fetch_add_explicit(&s->queued_repeatable, back, memory_order_relaxed);
+    for (job *j = s->queue, *next; j; j = next) {
+        next = j->next;
+        list_add(publishes_first && j->repeatable ? &pub : &queued, j);
+    }
+    list_join(&pub, &other);
+    list_join(&pub, &queued);
+    s->queue = pub.head;
+    s->queue_tail = pub.tail;
+}
+
 static void *writer_main(void *arg)
 {
     mt_store *s = arg;
@@ -983,10 +1052,13 @@ static void *writer_main(void *arg)
         job *jobs = s->queue;
         job *last = jobs;
         int n = jobs ? 1 : 0;
+        int taken_repeatable = jobs && jobs->repeatable;
         while (last && last->next && n < GROUP_MAX_JOBS) {
             last = last->next;
             n++;
+            taken_repeatable += last->repeatable;
         }
+        atomic_fetch_sub_explicit(&s->queued_repeatable, taken_repeatable, memory_order_relaxed);
         if (jobs) {
             s->queue = last->next;
             if (!s->queue) {
@@ -1008,16 +1080,7 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&s->mu);
         if (rest) {
-            /* Jobs cut off a full group go first in the next one. */
-            job *end = rest;
-            while (end->next) {
-                end = end->next;
-            }
-            end->next = s->queue;
-            s->queue = rest;
-            if (!s->queue_tail) {
-                s->queue_tail = end;
-            }
+            requeue(s, rest, s->cut_for_publishes);
         }
         bool wake = false;
         s->stats.groups += jobs != NULL;
@@ -1077,6 +1140,9 @@ static mt_err enqueue(mt_store *s, job *j)
         s->queue = j;
     }
     s->queue_tail = j;
+    if (j->repeatable) {
+        atomic_fetch_add_explicit(&s->queued_repeatable, 1, memory_order_relaxed);
+    }
     if (s->sleeping) {
         pthread_cond_signal(&s->work_cv);
     }

@@ -1360,6 +1360,67 @@ static void test_store_repeatable_jobs_in_one_group_fail_independently(void **st
     jobs_in_one_group_fail_independently(state);
 }
 
+/*
+ * Jobs that note the order they ran in. The slow one runs past the time
+ * after which a group makes way for publishes, and submits a repeatable
+ * job meanwhile, so that one is waiting when it ends.
+ */
+typedef struct noted_job {
+    mt_store *s;
+    const char *name;
+    char *ran;                 /* shared: names in the order run (writer thread) */
+    atomic_int *done_count;
+    struct noted_job *submit;  /* for the slow one: submitted while it runs */
+} noted_job;
+
+static void noted_done(mt_err rc, void *arg)
+{
+    noted_job *n = arg;
+    assert_int_equal(rc, MT_OK);
+    atomic_fetch_add(n->done_count, 1);
+}
+
+static mt_err noted_run(mt_txn *t, void *arg)
+{
+    (void) t;
+    noted_job *n = arg;
+    strcat(n->ran, n->name);
+    if (n->submit) {
+        assert_int_equal(mt_store_submit_repeatable(n->s, noted_run, noted_done, n->submit), MT_OK);
+        usleep(15000); /* more than the 10 ms after which a group may end */
+    }
+    return MT_OK;
+}
+
+static void test_store_a_long_group_makes_way_for_waiting_publishes(void **state)
+{
+    mt_store *s = open_store(state);
+    char ran[16] = "";
+    atomic_int done = 0;
+    noted_job r1 = {s, "R1", ran, &done, NULL};
+    noted_job slow = {s, "S", ran, &done, &r1};
+    noted_job o1 = {s, "O", ran, &done, NULL};
+    noted_job r0 = {s, "R0", ran, &done, NULL};
+    gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false};
+    hold_writer(s, &g);
+    mt_store_stats before;
+    mt_store_get_stats(s, &before);
+    assert_int_equal(mt_store_submit(s, noted_run, noted_done, &slow), MT_OK);
+    assert_int_equal(mt_store_submit(s, noted_run, noted_done, &o1), MT_OK);
+    assert_int_equal(mt_store_submit_repeatable(s, noted_run, noted_done, &r0), MT_OK);
+    release_writer(&g);
+    complete_until(s, &done, 4);
+    /*
+     * The group [S, O, R0] ends after S, since R1 waits: the publishes R0
+     * and R1 (in their order) go before O in the next group.
+     */
+    assert_string_equal(ran, "SR0R1O");
+    mt_store_stats after;
+    mt_store_get_stats(s, &after);
+    assert_int_equal(after.groups - before.groups, 3); /* the gate's, [S], [R0 R1 O] */
+    mt_store_close(s);
+}
+
 /* Repeatable jobs that all succeed share one nested transaction, in order. */
 static void test_store_repeatable_jobs_share_one_nested_transaction(void **state)
 {
@@ -1708,6 +1769,7 @@ int main(void)
         T(test_store_jobs_in_one_group_fail_independently),
         T(test_store_repeatable_jobs_in_one_group_fail_independently),
         T(test_store_repeatable_jobs_share_one_nested_transaction),
+        T(test_store_a_long_group_makes_way_for_waiting_publishes),
         T(test_store_job_too_big_for_the_write_ahead_file_fails_alone),
         T(test_store_repeatable_job_too_big_for_the_write_ahead_file_fails_alone),
         T(test_store_group_larger_than_the_write_ahead_file_commits_every_job),
