@@ -68,6 +68,8 @@ typedef struct mt_store_opts {
     uint64_t map_size;    /* bytes */
     uint64_t wal_size;    /* bytes; ignored when nosync */
     bool nosync;          /* durability nosync */
+    int64_t checkpoint_interval_us; /* longest time between checkpoints while there
+                                     * are commits; 0: 1 s (30 s when nosync) */
 } mt_store_opts;
 
 /*

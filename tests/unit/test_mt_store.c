@@ -18,12 +18,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "mt_store.h"
+#include "mt_util.h"
 
 #define MIB (1ULL << 20)
 
 static mt_store *open_store(const char *dir)
 {
-    mt_store_opts o = {.dir = dir, .map_size = 256 * MIB, .wal_size = MIB, .nosync = false};
+    /* Checkpoints only when asked for or forced, so that the tests can count them. */
+    mt_store_opts o = {.dir = dir, .map_size = 256 * MIB, .wal_size = MIB, .nosync = false,
+                       .checkpoint_interval_us = 3600 * 1000000LL};
     mt_store *s = NULL;
     mt_err rc = mt_store_open(&o, &s);
     if (rc) {
@@ -214,6 +217,29 @@ static void test_store_commits_while_a_checkpoint_is_held_at_each_stage(void **s
     }
 }
 
+/*
+ * Commits start a checkpoint of their own once the interval has passed
+ * (1 s unless set: see checkpoint_due in mt_store.c), and an idle store
+ * starts none.
+ */
+static void test_store_commits_start_a_checkpoint_after_the_interval(void **state)
+{
+    mt_store_opts o = {.dir = *state, .map_size = 256 * MIB, .wal_size = MIB, .nosync = false,
+                       .checkpoint_interval_us = 50 * 1000};
+    mt_store *s = NULL;
+    assert_int_equal(mt_store_open(&o, &s), MT_OK);
+    uint64_t at_open = checkpoints(s);
+    usleep(300 * 1000);
+    assert_int_equal(checkpoints(s), at_open); /* nothing written: none */
+    assert_int_equal(put(s, 1, 10), MT_OK);
+    int64_t deadline = mt_mono_us() + 20 * 1000000LL;
+    while (checkpoints(s) == at_open && mt_mono_us() < deadline) {
+        usleep(10 * 1000);
+    }
+    assert_true(checkpoints(s) > at_open);
+    mt_store_close(s);
+}
+
 static void test_store_checkpoint_on_request_is_durable_even_when_idle(void **state)
 {
     mt_store *s = open_store(*state);
@@ -263,7 +289,9 @@ static void report_and_hold(mt_store_ckpt_stage stage, uint64_t n, void *arg)
 /* The child: never returns. Writes 0..49 before the checkpoint, the rest while it is held. */
 static void child(const char *dir, const crash_case *c)
 {
-    mt_store_opts o = {.dir = dir, .map_size = 256 * MIB, .wal_size = MIB, .nosync = false};
+    /* Checkpoints only when asked for or forced, so that the tests can count them. */
+    mt_store_opts o = {.dir = dir, .map_size = 256 * MIB, .wal_size = MIB, .nosync = false,
+                       .checkpoint_interval_us = 3600 * 1000000LL};
     mt_store *s = NULL;
     if (mt_store_open(&o, &s)) {
         _exit(2);
@@ -393,6 +421,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_store_commits_while_a_checkpoint_is_held_at_each_stage),
         T(test_store_checkpoint_on_request_is_durable_even_when_idle),
+        T(test_store_commits_start_a_checkpoint_after_the_interval),
         T(test_store_kill9_during_a_checkpoint_keeps_every_acknowledged_write),
     };
 #undef T
