@@ -457,7 +457,7 @@ static void test_util_time_format_agrees_with_gmtime(void **state)
         time_t tt = (time_t) secs;
         struct tm tm;
         assert_non_null(gmtime_r(&tt, &tm));
-        char want[40], got[40];
+        char want[96], got[96];
         snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.000042Z", tm.tm_year + 1900,
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         mt_time_format_us(secs * 1000000 + 42, got, sizeof got);
