@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "mt_topo.h"
 
 /* Creates a fresh directory under $TMPDIR (or /tmp); returns it (caller frees). */
 static inline char *mt_test_tmpdir(void)
@@ -61,6 +62,24 @@ static inline char *mt_test_write_file(const char *dir, const char *name, const 
     fputs(text, f);
     fclose(f);
     return path;
+}
+
+/*
+ * Writes the Lua handler 'lua' to DIR/NAME.lua and parses subscription NAME
+ * on topic "t.#" that runs it (caller frees with mt_sub_conf_free).
+ */
+static inline mt_sub_conf *mt_test_lua_sub(const char *dir, const char *name, const char *lua)
+{
+    char file[96];
+    snprintf(file, sizeof file, "%s.lua", name);
+    char *path = mt_test_write_file(dir, file, lua);
+    char def[700];
+    snprintf(def, sizeof def, "{\"topics\":[\"t.#\"],\"handler\":\"%s\"}", path);
+    free(path);
+    mt_topo_errs errs = {0};
+    mt_sub_conf *conf = NULL;
+    assert_int_equal(mt_topo_parse_sub(name, def, strlen(def), "test", &conf, &errs), MT_OK);
+    return conf;
 }
 
 #endif

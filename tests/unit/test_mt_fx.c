@@ -299,30 +299,22 @@ static mt_err lua_kv_job(mt_txn *t, void *arg)
 
 static void test_fx_lua_kv_objects_and_integers(void **state)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/kv.lua", (const char *) *state);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("return function(event, ctx)\n"
-          "  local t = ctx.kv('tbl')\n"
-          "  assert(ctx.kv('tbl') == t and ctx.kv('other') ~= t, 'one object per name')\n"
-          "  local ok, err = pcall(function() t.name = 'other' end)\n"
-          "  assert(not ok, 'a kv object takes no fields')\n"
-          "  ok, err = pcall(t.get, 'k')\n"
-          "  assert(not ok and tostring(err):find('call methods with'), tostring(err))\n"
-          "  for k, v in pairs({min = math.mininteger, max = math.maxinteger, neg = -42,\n"
-          "                     zero = 0, ten = 10, float = 1.5}) do\n"
-          "    t:put(k, v)\n"
-          "    assert(t:get(k) == v and math.type(t:get(k)) == math.type(v), k)\n"
-          "  end\n"
-          "  ctx.kv('other'):put('k', 1)\n"
-          "end\n", f);
-    fclose(f);
-    char def[700];
-    snprintf(def, sizeof def, "{\"topics\":[\"t.#\"],\"handler\":\"%s\"}", path);
-    mt_topo_errs errs = {0};
-    mt_sub_conf *conf;
-    assert_int_equal(mt_topo_parse_sub("sub", def, strlen(def), "test", &conf, &errs), MT_OK);
+    mt_sub_conf *conf = mt_test_lua_sub(
+        *state, "sub",
+        "return function(event, ctx)\n"
+        "  local t = ctx.kv('tbl')\n"
+        "  assert(ctx.kv('tbl') == t and ctx.kv('other') ~= t, 'one object per name')\n"
+        "  local ok, err = pcall(function() t.name = 'other' end)\n"
+        "  assert(not ok, 'a kv object takes no fields')\n"
+        "  ok, err = pcall(t.get, 'k')\n"
+        "  assert(not ok and tostring(err):find('call methods with'), tostring(err))\n"
+        "  for k, v in pairs({min = math.mininteger, max = math.maxinteger, neg = -42,\n"
+        "                     zero = 0, ten = 10, float = 1.5}) do\n"
+        "    t:put(k, v)\n"
+        "    assert(t:get(k) == v and math.type(t:get(k)) == math.type(v), k)\n"
+        "  end\n"
+        "  ctx.kv('other'):put('k', 1)\n"
+        "end\n");
     lua_step st = {mt_lua_sub_runner(), NULL, NULL};
     char err[256];
     assert_int_equal(st.r->open(conf, &st.h, err, sizeof err), MT_OK);

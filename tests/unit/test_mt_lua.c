@@ -844,20 +844,12 @@ static const char *handler_saw(const mt_sub_runner *r, void *h, uint64_t seq, co
  */
 static void test_lua_handlers_each_see_the_events_own_data(void **state)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/saw.lua", (const char *) *state);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("return function(event)\n"
-          "  local d = event.data\n"
-          "  error('saw ' .. tostring(d.a) .. ' ' .. #d.list .. ' ' .. #(d.pad or ''), 0)\n"
-          "end\n", f);
-    fclose(f);
-    char def[700];
-    snprintf(def, sizeof def, "{\"topics\":[\"t.#\"],\"handler\":\"%s\"}", path);
-    mt_topo_errs errs = {0};
-    mt_sub_conf *conf;
-    assert_int_equal(mt_topo_parse_sub("saw", def, strlen(def), "test", &conf, &errs), MT_OK);
+    mt_sub_conf *conf = mt_test_lua_sub(
+        *state, "saw",
+        "return function(event)\n"
+        "  local d = event.data\n"
+        "  error('saw ' .. tostring(d.a) .. ' ' .. #d.list .. ' ' .. #(d.pad or ''), 0)\n"
+        "end\n");
     const mt_sub_runner *r = mt_lua_sub_runner();
     void *h1, *h2;
     char err[256];
