@@ -127,6 +127,26 @@ struct mt_cursor {
 
 enum { REDO_PUT = 1, REDO_DEL = 2 };
 
+/*
+ * A full store fails every write until room is made: its error is logged
+ * once a second at most, for the process (one store in the engine).
+ */
+static atomic_llong full_logged_us;
+static atomic_ullong full_unlogged;
+
+static bool full_log_due(unsigned long long *unlogged)
+{
+    int64_t now = mt_mono_us();
+    long long last = atomic_load(&full_logged_us);
+    if (last && now - last < 1000000) {
+        atomic_fetch_add(&full_unlogged, 1);
+        return false;
+    }
+    atomic_store(&full_logged_us, now);
+    *unlogged = atomic_exchange(&full_unlogged, 0);
+    return true;
+}
+
 static mt_err map_mdb(int rc, const char *what)
 {
     if (rc == MDB_SUCCESS) {
@@ -136,11 +156,19 @@ static mt_err map_mdb(int rc, const char *what)
         return MT_ENOTFOUND;
     }
     if (rc == MDB_MAP_FULL) {
-        mt_error("store: %s failed: the store is full (engine.map_size)", what);
+        unsigned long long more;
+        if (full_log_due(&more)) {
+            mt_error("store: %s failed: the store is full (engine.map_size); %llu more "
+                     "failed since the last such line", what, more);
+        }
         return MT_EFULL;
     }
     if (rc == ENOSPC) {
-        mt_error("store: %s failed: no space left on device", what);
+        unsigned long long more;
+        if (full_log_due(&more)) {
+            mt_error("store: %s failed: no space left on device; %llu more failed since the "
+                     "last such line", what, more);
+        }
         return MT_EFULL;
     }
     mt_error("store: %s failed: %s", what, mdb_strerror(rc));
@@ -159,9 +187,13 @@ static mt_err commit_txn(mt_store *s, MDB_txn *txn, const char *what)
     struct statvfs fs;
     if ((rc == EIO || rc == ENOSPC) && statvfs(s->dir, &fs) == 0 &&
         (uint64_t) fs.f_bavail * fs.f_frsize < (1u << 20)) {
-        mt_error("store: %s failed: no space left on the file system of the data directory "
-                 "'%s' (%llu bytes free); nothing of it was stored",
-                 what, s->dir, (unsigned long long) fs.f_bavail * fs.f_frsize);
+        unsigned long long more;
+        if (full_log_due(&more)) {
+            mt_error("store: %s failed: no space left on the file system of the data "
+                     "directory '%s' (%llu bytes free); nothing of it was stored; %llu more "
+                     "failed since the last such line",
+                     what, s->dir, (unsigned long long) fs.f_bavail * fs.f_frsize, more);
+        }
         return MT_EFULL;
     }
     return map_mdb(rc, what);
