@@ -254,12 +254,21 @@ static int l_ctx_reply(lua_State *L)
     return 1;
 }
 
-#define KV_TYPE "moontide.kv" /* registry name of the kv objects' metatable */
+#define KV_TYPE "moontide.kv" /* the kv objects' type name (their metatable's __name) */
 
-/* The table name of the kv object that a method was called on (argument 1). */
+/*
+ * The table name of the kv object that a method was called on (argument 1).
+ * The methods hold the kv objects' metatable as upvalue 2: comparing with it
+ * is cheaper than luaL_testudata's registry lookup, on every get and put.
+ */
 static const char *kv_table_name(lua_State *L)
 {
-    if (!luaL_testudata(L, 1, KV_TYPE)) {
+    bool ok = lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1);
+    if (ok) {
+        ok = lua_rawequal(L, -1, lua_upvalueindex(2));
+        lua_pop(L, 1);
+    }
+    if (!ok) {
         luaL_error(L, "kv: call methods with ':' (t:get(key))");
     }
     lua_getiuservalue(L, 1, 1);
@@ -383,7 +392,8 @@ static int l_ctx_kv(lua_State *L)
     lua_newuserdatauv(L, 0, 1);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
-    luaL_setmetatable(L, KV_TYPE);
+    lua_pushvalue(L, lua_upvalueindex(3)); /* the kv objects' metatable */
+    lua_setmetatable(L, -2);
     lua_pushvalue(L, 1);
     lua_pushvalue(L, -2);
     lua_rawset(L, lua_upvalueindex(2));
@@ -442,19 +452,20 @@ static int build_ctx(lua_State *L)
     int ctx = lua_gettop(L);
 
     luaL_newmetatable(L, KV_TYPE); /* the kv objects' metatable */
+    int kv_mt = lua_gettop(L);
     lua_newtable(L); /* __index */
     static const luaL_Reg kv_methods[] = {
         {"get", l_kv_get}, {"put", l_kv_put}, {"del", l_kv_del}, {"scan", l_kv_scan}, {NULL, NULL},
     };
     for (const luaL_Reg *r = kv_methods; r->name; r++) {
         lua_pushvalue(L, 1);
-        lua_pushcclosure(L, r->func, 1);
+        lua_pushvalue(L, kv_mt);
+        lua_pushcclosure(L, r->func, 2);
         lua_setfield(L, -2, r->name);
     }
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "kv table");
     lua_setfield(L, -2, "__metatable"); /* getmetatable(t) gives this; setmetatable refuses */
-    lua_pop(L, 1);
 
     lua_pushvalue(L, 1);
     lua_newtable(L); /* name -> kv object, weak values */
@@ -462,7 +473,9 @@ static int build_ctx(lua_State *L)
     lua_pushliteral(L, "v");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    lua_pushcclosure(L, l_ctx_kv, 2);
+    lua_pushvalue(L, kv_mt);
+    lua_pushcclosure(L, l_ctx_kv, 3);
+    lua_remove(L, kv_mt);
     lua_setfield(L, ctx, "kv");
 
     static const luaL_Reg fns[] = {
