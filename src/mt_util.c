@@ -243,37 +243,53 @@ void mt_time_format_us(int64_t us, char *buf, size_t len)
         frac += 1000000;
         secs -= 1;
     }
-    /* Calendar arithmetic, not gmtime_r: UTC needs no time zone, and every
-     * event a handler or a reader is given carries one of these. */
-    int64_t days = secs / 86400;
-    int64_t sod = secs % 86400;
-    if (sod < 0) {
-        sod += 86400;
-        days -= 1;
-    }
-    int64_t year;
-    unsigned mon, mday;
-    civil_from_days(days, &year, &mon, &mday);
-    int hour = (int) (sod / 3600), min = (int) (sod / 60 % 60), sec = (int) (sod % 60);
-    if (year < 0 || year > 9999 || len < 28) {
-        snprintf(buf, len, "%04lld-%02u-%02uT%02d:%02d:%02d.%06dZ", (long long) year, mon, mday,
-                 hour, min, sec, (int) frac);
-        return;
-    }
-    const int fields[] = {(int) year, (int) mon, (int) mday, hour, min, sec, (int) frac};
-    const int widths[] = {4, 2, 2, 2, 2, 2, 6};
-    const char seps[] = "--T::.Z";
-    char *p = buf;
-    for (int i = 0; i < 7; i++) {
-        int v = fields[i];
-        for (int d = widths[i] - 1; d >= 0; d--) {
-            p[d] = (char) ('0' + v % 10);
-            v /= 10;
+    /*
+     * Every event a handler or a reader is given carries one of these, and
+     * events come in runs within one second: the date and time of the last
+     * second formatted on this thread are kept.
+     */
+    static __thread int64_t last_secs = INT64_MIN;
+    static __thread char last_prefix[20]; /* "YYYY-MM-DDTHH:MM:SS." */
+    if (secs != last_secs || len < 28) {
+        /* Calendar arithmetic, not gmtime_r: UTC needs no time zone. */
+        int64_t days = secs / 86400;
+        int64_t sod = secs % 86400;
+        if (sod < 0) {
+            sod += 86400;
+            days -= 1;
         }
-        p += widths[i];
-        *p++ = seps[i];
+        int64_t year;
+        unsigned mon, mday;
+        civil_from_days(days, &year, &mon, &mday);
+        int hour = (int) (sod / 3600), min = (int) (sod / 60 % 60), sec = (int) (sod % 60);
+        if (year < 0 || year > 9999 || len < 28) {
+            snprintf(buf, len, "%04lld-%02u-%02uT%02d:%02d:%02d.%06dZ", (long long) year, mon,
+                     mday, hour, min, sec, (int) frac);
+            return;
+        }
+        const int fields[] = {(int) year, (int) mon, (int) mday, hour, min, sec};
+        const int widths[] = {4, 2, 2, 2, 2, 2};
+        const char seps[] = "--T::.";
+        char *p = last_prefix;
+        for (int i = 0; i < 6; i++) {
+            int v = fields[i];
+            for (int d = widths[i] - 1; d >= 0; d--) {
+                p[d] = (char) ('0' + v % 10);
+                v /= 10;
+            }
+            p += widths[i];
+            *p++ = seps[i];
+        }
+        last_secs = secs;
     }
-    *p = '\0';
+    memcpy(buf, last_prefix, sizeof last_prefix);
+    int v = (int) frac;
+    for (int d = 25; d >= 20; d--) {
+        buf[d] = (char) ('0' + v % 10);
+        v /= 10;
+    }
+    buf[26] = 'Z';
+    buf[27] = '\0';
 }
 
 int mt_seconds_of_day(const char *tz, int64_t us)
