@@ -11,10 +11,26 @@
 #include <unistd.h>
 #include "mt_lua.h"
 #include "mt_lua_int.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define POISON(p, n) ((void) (p), (void) (n))
+#define UNPOISON(p, n) ((void) (p), (void) (n))
+#endif
 
 #define HOOK_CHUNK (1 << 30) /* largest count armed at once: lua_sethook takes an int */
 #define MAX_MODULE_NAME 200  /* bytes in a require() name */
 #define LUA_MEMERRMSG "not enough memory"
+#define SMALL_MAX 256                    /* blocks up to this size are kept for reuse */
+#define SMALL_STEP 16                    /* ... in classes of this many bytes */
+#define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
+#define SMALL_KEEP (256u << 10)          /* bytes of free small blocks a state keeps */
+
+typedef struct free_block {
+    struct free_block *next;
+} free_block;
 
 struct mt_lua {
     lua_State *L;
@@ -34,6 +50,8 @@ struct mt_lua {
     int module_ref; /* registry ref of what the handler file returned, or LUA_NOREF */
     int handle_ref; /* registry ref of the handler function, or LUA_NOREF */
     mt_buf trace;   /* traceback recorded by the message handler */
+    free_block *small[SMALL_CLASSES]; /* freed small blocks, by class (small_get) */
+    size_t small_kept;                /* bytes in 'small' */
 };
 
 /* Its address marks a module whose chunk is still running (a require loop). */
@@ -42,16 +60,105 @@ static char loading_tag;
 /* ---- allocation and state ---- */
 
 /*
+ * Small blocks. Every handler run makes tables, strings and closures that
+ * the collector frees soon after, in sweeps of hundreds: glibc's per-thread
+ * cache holds seven blocks of a size, so most of them went through its
+ * slower paths. A state keeps up to SMALL_KEEP bytes of freed blocks of up
+ * to SMALL_MAX bytes, by class of SMALL_STEP bytes, and hands them out
+ * again; each block of a class is the class's full size, so a block can
+ * grow within its class in place. Kept blocks are poisoned for
+ * AddressSanitizer, which then still sees a use after free.
+ */
+static size_t small_class(size_t n)
+{
+    return (n - 1) / SMALL_STEP;
+}
+
+static void *small_get(mt_lua *lu, size_t n)
+{
+    size_t c = small_class(n), size = (c + 1) * SMALL_STEP;
+    free_block *b = lu->small[c];
+    if (!b) {
+        return malloc(size);
+    }
+    UNPOISON(b, size);
+    lu->small[c] = b->next;
+    lu->small_kept -= size;
+    return b;
+}
+
+static void small_put(mt_lua *lu, void *p, size_t n)
+{
+    size_t c = small_class(n), size = (c + 1) * SMALL_STEP;
+    if (lu->small_kept + size > SMALL_KEEP) {
+        free(p);
+        return;
+    }
+    free_block *b = p;
+    b->next = lu->small[c];
+    lu->small[c] = b;
+    lu->small_kept += size;
+    POISON(b, size);
+}
+
+static void small_free_all(mt_lua *lu)
+{
+    for (size_t c = 0; c < SMALL_CLASSES; c++) {
+        while (lu->small[c]) {
+            free_block *b = lu->small[c];
+            UNPOISON(b, (c + 1) * SMALL_STEP);
+            lu->small[c] = b->next;
+            free(b);
+        }
+    }
+    lu->small_kept = 0;
+}
+
+/* Frees a block the state held with size n. */
+static void block_free(mt_lua *lu, void *p, size_t n)
+{
+    if (n <= SMALL_MAX) {
+        small_put(lu, p, n);
+    } else {
+        free(p);
+    }
+}
+
+/* Resizes a block of 'old' bytes (NULL: a new one) to 'n' > 0 bytes; NULL if that fails. */
+static void *block_resize(mt_lua *lu, void *p, size_t old, size_t n)
+{
+    if (!p) {
+        return n <= SMALL_MAX ? small_get(lu, n) : malloc(n);
+    }
+    if (old > SMALL_MAX && n > SMALL_MAX) {
+        return realloc(p, n);
+    }
+    if (old <= SMALL_MAX && n <= SMALL_MAX && small_class(old) == small_class(n)) {
+        return p; /* the block has its class's full size */
+    }
+    void *q = n <= SMALL_MAX ? small_get(lu, n) : malloc(n);
+    if (q) {
+        memcpy(q, p, old < n ? old : n);
+        block_free(lu, p, old);
+    }
+    return q;
+}
+
+/*
  * Every byte the state holds goes through here, so the limit covers the
- * whole state. Growing past it returns NULL, which Lua turns into
- * LUA_ERRMEM after an emergency collection. Shrinking never fails.
+ * whole state (the limit counts what Lua asked for; freed small blocks kept
+ * for reuse are at most SMALL_KEEP more). Growing past it returns NULL,
+ * which Lua turns into LUA_ERRMEM after an emergency collection. Shrinking
+ * never fails.
  */
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     mt_lua *lu = ud;
     size_t old = ptr ? osize : 0; /* for a new block osize is a type tag */
     if (nsize == 0) {
-        free(ptr);
+        if (ptr) {
+            block_free(lu, ptr, old);
+        }
         lu->used -= old;
         return NULL;
     }
@@ -60,12 +167,14 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         lu->mem_failed = true;
         return NULL;
     }
-    void *p = realloc(ptr, nsize);
+    void *p = block_resize(lu, ptr, old, nsize);
     if (!p) {
         if (nsize > old) {
             return NULL;
         }
-        p = ptr; /* a failed shrink keeps the larger block */
+        /* A failed shrink keeps the larger block; freed later as this size, it is
+         * still at least as large as that size's class. */
+        p = ptr;
     }
     lu->used = lu->used - old + nsize;
     return p;
@@ -533,6 +642,7 @@ void mt_lua_free(mt_lua *lu)
         lua_close(lu->L);
         mt_assert(lu->used == 0);
     }
+    small_free_all(lu);
     for (int i = 0; i < lu->npaths; i++) {
         free(lu->paths[i]);
     }
