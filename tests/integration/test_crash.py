@@ -510,7 +510,7 @@ def test_restart_after_clean_stop_and_after_kill_keeps_dedupe():
         expect_duplicates(first, "after clean stop")
 
         second = publish_set("d2", 120)
-        e.kill()  # the second set lives in the write-ahead file (no checkpoint since the start)
+        e.kill()  # the second set: in the write-ahead file, or in a checkpoint made since
         e.start()
         expect_duplicates(second + first, "after kill -9")
 

@@ -29,6 +29,10 @@ def test_meta_page_ahead_of_its_data_is_recovered_from_the_checkpoint():
         checkpoint_copy = data + ".checkpoint"
         shutil.copyfile(data, checkpoint_copy)
 
+        # No checkpoint may be recorded from here on (one starts every second
+        # while there are commits): it is held before its sync, and never let go.
+        hold = tempfile.mkdtemp(prefix="moontide-it-hold-")
+        e.env = {"MOONTIDE_TEST_CHECKPOINT_HOLD": hold}
         e.start()
         acked = []
         for i in range(200):
@@ -38,6 +42,9 @@ def test_meta_page_ahead_of_its_data_is_recovered_from_the_checkpoint():
             acked += [(x["id"], x["sequence"], x.get("streamversion")) for x in body["events"]]
         before = read_ids(e)
         e.kill()  # no checkpoint since the start: all of it lives in the write-ahead file
+        assert not os.path.exists(os.path.join(hold, "1-synced")), "a checkpoint got past its hold"
+        shutil.rmtree(hold, ignore_errors=True)
+        e.env = None
 
         # The disk as a power cut could leave it: the newest meta pages, the old data pages.
         with open(data, "rb") as f:
