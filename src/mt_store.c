@@ -201,6 +201,36 @@ static mt_err commit_txn(mt_store *s, MDB_txn *txn, const char *what)
 
 /* ---- open and close ---- */
 
+/*
+ * Refuses a data file shorter than its meta page says: LMDB would read the
+ * missing pages through its map and the process would die of SIGBUS. A
+ * valid file never is (a commit writes its pages before its meta page, and
+ * a checkpoint syncs them before it is recorded), so this is a damaged or
+ * partly copied data directory.
+ */
+static mt_err check_file_size(mt_store *s)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    mdb_env_info(s->env, &info);
+    mdb_env_stat(s->env, &st);
+    char *path = mt_xasprintf("%s/data.mdb", s->dir);
+    struct stat fs;
+    mt_err rc = MT_OK;
+    uint64_t need = ((uint64_t) info.me_last_pgno + 1) * st.ms_psize;
+    if (stat(path, &fs) != 0) {
+        mt_error("store: cannot stat '%s': %s", path, strerror(errno));
+        rc = MT_EIO;
+    } else if ((uint64_t) fs.st_size < need) {
+        mt_error("store: '%s' holds %lld bytes but its meta page refers to %llu: the data "
+                 "directory is damaged (a truncated or partly copied file); not starting",
+                 path, (long long) fs.st_size, (unsigned long long) need);
+        rc = MT_EIO;
+    }
+    free(path);
+    return rc;
+}
+
 static mt_err make_dir(const char *dir)
 {
     char *p = mt_xstrdup(dir);
@@ -701,6 +731,9 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
                      mdb_strerror(mrc));
             rc = MT_EIO;
         }
+    }
+    if (rc == MT_OK) {
+        rc = check_file_size(s);
     }
     if (rc == MT_OK) {
         MDB_txn *txn;
