@@ -39,6 +39,8 @@
 #   LIVE_BASE_RATES  the rates of pub-only and pub-sse (default "20000 50000")
 #   LIVE_DRAIN    seconds to wait for the last receipts after a run (default 8)
 #   LIVE_CASES    the cases to run (default: all of the above)
+#   LIVE_EVERY    one event in this many is a probe (default 100; 10 gives
+#                 ten times the latency samples, for tails at low rates)
 #
 # Exit status: 0 if every run was without error (a rate the engine cannot keep
 # up with, and a missed target, are results), 1 otherwise: a receipt missing
@@ -54,6 +56,7 @@ LIVE_SECONDS=${LIVE_SECONDS:-8}
 LIVE_RATES=${LIVE_RATES:-1000 5000 20000 50000}
 LIVE_BASE_RATES=${LIVE_BASE_RATES:-20000 50000}
 LIVE_DRAIN=${LIVE_DRAIN:-8}
+LIVE_EVERY=${LIVE_EVERY:-100}
 LIVE_CASES=${LIVE_CASES:-pub-only pub-sse a-empty b-kv c-fanout4 d-kv-w2}
 LOAD_START=$(cut -d ' ' -f 1-3 /proc/loadavg) # the machine is shared: say how busy it was
 
@@ -74,7 +77,7 @@ run() {
     # One mt_delivery live run: its row goes to the table, its stderr to ours.
     local before
     before=$(wc -l <"$ROWS")
-    if ! "$MT_DELIVERY" live "$@" --url "$URL" --engine-pid "$ENGINE_PID" \
+    if ! "$MT_DELIVERY" live "$@" --url "$URL" --engine-pid "$ENGINE_PID" --every "$LIVE_EVERY" \
         --seconds "$LIVE_SECONDS" --drain "$LIVE_DRAIN" >>"$ROWS"; then
         FAILED=1
     fi
@@ -124,7 +127,7 @@ echo "machine: nproc $(nproc), cpu '$CPU', kernel $(uname -r), data dir fs $FS,"
     "load $LOAD_START at the start, $(cut -d ' ' -f 1-3 /proc/loadavg) at the end"
 echo "engine: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
     "$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo '(dirty tree)')," \
-    "durability fsync; ${LIVE_SECONDS}s measured per run after 1 s of warm-up; 1% of events are probes"
+    "durability fsync; ${LIVE_SECONDS}s measured per run after 1 s of warm-up; one event in ${LIVE_EVERY} is a probe"
 echo
 "$MT_DELIVERY" live-header
 cat "$ROWS"
