@@ -426,9 +426,10 @@ static void ckpt_stage(mt_store *s, const ckpt_req *req, mt_store_ckpt_stage sta
 }
 
 /*
- * Writes LMDB's dirty pages out a mebibyte at a time, each piece finished
- * before the next starts, so that the checkpoint's sync that follows has
- * little left to write. A sync of all of it at once filled the disk's
+ * Writes LMDB's dirty pages out a piece at a time (a mebibyte, or 1/256 of
+ * a larger file), each piece finished before the next starts, so that the
+ * checkpoint's sync that follows has little left to write. A sync of all
+ * of it at once filled the disk's
  * queue, and the write-ahead syncs of the groups committed meanwhile
  * waited behind it. Only an optimisation: the sync after it is what makes
  * the checkpoint durable, and a failure here is left to it.
@@ -440,7 +441,9 @@ static void writeback_gently(mt_store *s)
     if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0) {
         return;
     }
-    const off_t piece = 1 << 20;
+    /* At most 256 pieces, however large the file: a second's dirty pages
+     * spread over it, so a piece holds about 1/256 of them. */
+    off_t piece = st.st_size / 256 > (1 << 20) ? st.st_size / 256 : (1 << 20);
     for (off_t off = 0; off < st.st_size; off += piece) {
         if (sync_file_range(fd, off, piece,
                             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
