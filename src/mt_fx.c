@@ -23,11 +23,26 @@ struct mt_fx_overlay {
     json_t *kv;
 };
 
+/*
+ * A kv write waiting in buffered mode: key ("table NUL key") and value in
+ * one block; 'deleted' for a delete.
+ */
+typedef struct pending {
+    char *block;              /* owned: kl bytes of key, then vl of value */
+    size_t kl, vl;
+    bool deleted;
+} pending;
+
+#define PENDING_MAX 64        /* past this many keys, buffered writes go to 'writes' */
+
 struct mt_fx_rec {
-    mt_fx_overlay *ov;        /* borrowed */
+    mt_fx_overlay *ov;        /* borrowed; NULL in buffered mode */
     json_t *reads;            /* key -> the value read (string) or null (absent) */
-    json_t *writes;           /* key -> the value written (string) or null (deleted) */
+    json_t *writes;           /* key -> the value written (string) or null (deleted);
+                               * buffered mode: NULL while 'pend' holds them */
     json_t *logs;             /* [[level, message], ...] */
+    pending *pend;            /* buffered mode: the writes, in the order first made */
+    int npend, cap;
     bool replay_impossible;
 };
 
@@ -70,8 +85,9 @@ void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event
 {
     mt_fx_init(fx, txn, sub, trigger);
     fx->base = txn;
+    /* Its writes wait in a small array (a kv handler makes one or two); a
+     * jansson object per run was a tenth of a kv handler's run. */
     fx->rec = mt_xcalloc(1, sizeof *fx->rec);
-    fx->rec->writes = json_object();
 }
 
 static mt_err write_all(mt_txn *t, json_t *writes)
@@ -91,6 +107,84 @@ static mt_err write_all(mt_txn *t, json_t *writes)
 }
 
 static void rec_free(mt_fx_rec *r);
+
+static pending *pend_find(mt_fx_rec *r, const void *k, size_t kl)
+{
+    for (int i = 0; i < r->npend; i++) {
+        if (r->pend[i].kl == kl && memcmp(r->pend[i].block, k, kl) == 0) {
+            return &r->pend[i];
+        }
+    }
+    return NULL;
+}
+
+/* Moves the waiting writes into r->writes, which takes all later ones. */
+static void pend_spill(mt_fx_rec *r)
+{
+    if (r->writes) {
+        return;
+    }
+    r->writes = json_object();
+    for (int i = 0; i < r->npend; i++) {
+        pending *p = &r->pend[i];
+        json_object_setn_new(r->writes, p->block, p->kl,
+                             p->deleted ? json_null()
+                                        : json_stringn_nocheck(p->block + p->kl, p->vl));
+        free(p->block);
+    }
+    free(r->pend);
+    r->pend = NULL;
+    r->npend = r->cap = 0;
+}
+
+/* Buffered mode: key k now has value v (NULL: deleted). */
+static void pend_set(mt_fx_rec *r, const void *k, size_t kl, const char *v, size_t vl)
+{
+    if (!r->writes) {
+        pending *p = pend_find(r, k, kl);
+        if (!p && r->npend == PENDING_MAX) {
+            pend_spill(r);
+        } else {
+            if (!p) {
+                if (r->npend == r->cap) {
+                    r->cap = r->cap ? r->cap * 2 : 4;
+                    r->pend = mt_xrealloc(r->pend, (size_t) r->cap * sizeof *r->pend);
+                }
+                p = &r->pend[r->npend++];
+            } else {
+                free(p->block);
+            }
+            p->block = mt_xmalloc(kl + (v ? vl : 0) + 1);
+            memcpy(p->block, k, kl);
+            if (v) {
+                memcpy(p->block + kl, v, vl);
+            }
+            p->kl = kl;
+            p->vl = v ? vl : 0;
+            p->deleted = !v;
+            return;
+        }
+    }
+    json_object_setn_new(r->writes, k, kl, v ? json_stringn_nocheck(v, vl) : json_null());
+}
+
+/* Writes what buffered mode kept to 't'. */
+static mt_err write_pending(mt_txn *t, const mt_fx_rec *r)
+{
+    if (r->writes) {
+        return write_all(t, r->writes);
+    }
+    for (int i = 0; i < r->npend; i++) {
+        const pending *p = &r->pend[i];
+        mt_err rc = p->deleted ? mt_store_del(t, MT_DB_KV, p->block, p->kl)
+                               : mt_store_put(t, MT_DB_KV, p->block, p->kl, p->block + p->kl,
+                                              p->vl, 0);
+        if (rc && rc != MT_ENOTFOUND) {
+            return rc;
+        }
+    }
+    return MT_OK;
+}
 
 /* A copy of a value: nothing is shared between threads. */
 static json_t *value_copy(const json_t *v)
@@ -119,7 +213,7 @@ static mt_err escalate(mt_fx *fx)
 {
     mt_err rc = mt_store_savepoint(fx->base, &fx->savepoint);
     if (rc == MT_OK) {
-        rc = write_all(fx->savepoint, fx->rec->writes);
+        rc = write_pending(fx->savepoint, fx->rec);
         if (rc) {
             mt_store_savepoint_rollback(fx->savepoint);
             fx->savepoint = NULL;
@@ -145,7 +239,7 @@ mt_err mt_fx_finish(mt_fx *fx, bool keep)
         }
         fx->savepoint = NULL;
     } else if (fx->rec && keep) {
-        rc = write_all(fx->base, fx->rec->writes);
+        rc = write_pending(fx->base, fx->rec);
     }
     rec_free(fx->rec);
     fx->rec = NULL;
@@ -159,6 +253,10 @@ static void rec_free(mt_fx_rec *r)
         json_decref(r->reads);
         json_decref(r->writes);
         json_decref(r->logs);
+        for (int i = 0; i < r->npend; i++) {
+            free(r->pend[i].block);
+        }
+        free(r->pend);
         free(r);
     }
 }
@@ -224,6 +322,7 @@ mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes)
     if (writes) {
         /* Buffered: they join the invocation's own writes, applied by mt_fx_finish. */
         if (fx->rec) {
+            pend_spill(fx->rec);
             merge_keys(fx->rec->writes, e->writes);
         } else {
             mt_err rc = write_all(fx->txn, e->writes);
@@ -319,6 +418,16 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
     if (!kl || !*key) {
         return MT_EINVAL;
     }
+    const pending *own = fx->rec && !fx->rec->writes ? pend_find(fx->rec, k, kl) : NULL;
+    if (own) {
+        /* Its own write: the same again. */
+        if (own->deleted) {
+            return MT_ENOTFOUND;
+        }
+        *json = own->block + own->kl;
+        *len = own->vl;
+        return MT_OK;
+    }
     json_t *seen;
     if (fx->rec && ((seen = json_object_getn(fx->rec->writes, (const char *) k, kl)) ||
                     (fx->rec->reads &&
@@ -365,6 +474,10 @@ mt_err mt_fx_kv_put(mt_fx *fx, const char *table, const char *key, const char *j
     if (!kl || !*key || len > MT_FX_MAX_VALUE) {
         return MT_EINVAL;
     }
+    if (fx->rec && !fx->rec->ov) {
+        pend_set(fx->rec, k, kl, json, len);
+        return MT_OK;
+    }
     if (fx->rec) {
         json_object_setn_new(fx->rec->writes, (const char *) k, kl, json_stringn_nocheck(json, len));
         return MT_OK;
@@ -378,6 +491,10 @@ mt_err mt_fx_kv_del(mt_fx *fx, const char *table, const char *key)
     size_t kl = kv_key(k, table, key);
     if (!kl || !*key) {
         return MT_EINVAL;
+    }
+    if (fx->rec && !fx->rec->ov) {
+        pend_set(fx->rec, k, kl, NULL, 0);
+        return MT_OK;
     }
     if (fx->rec) {
         json_object_setn_new(fx->rec->writes, (const char *) k, kl, json_null());

@@ -118,6 +118,81 @@ static void test_fx_buffered_writes_reach_the_txn_only_on_success(void **state)
     mt_store_close(s);
 }
 
+/*
+ * Buffered writes to the same key replace one another, in the small array
+ * and past it (more than 64 keys), and reach the transaction as the last
+ * value or a delete.
+ */
+static mt_err many_writes_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    assert_int_equal(mt_store_put(t, MT_DB_KV, "tbl\0old", 7, "9", 1, 0), MT_OK);
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    /* In the small array: put, put again, delete, put again. */
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "a", "1", 1), MT_OK);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "a", "22", 2), MT_OK);
+    expect(&fx, "tbl", "a", "22");
+    assert_int_equal(mt_fx_kv_del(&fx, "tbl", "a"), MT_OK);
+    expect(&fx, "tbl", "a", NULL);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "a", "333", 3), MT_OK);
+    assert_int_equal(mt_fx_kv_del(&fx, "tbl", "old"), MT_OK);
+    expect(&fx, "tbl", "old", NULL);
+    /* Past it: 100 more keys, some written twice, some deleted. */
+    for (int i = 0; i < 100; i++) {
+        char key[16], val[16];
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(val, sizeof val, "%d", i);
+        assert_int_equal(mt_fx_kv_put(&fx, "tbl", key, val, strlen(val)), MT_OK);
+    }
+    for (int i = 0; i < 100; i += 10) {
+        char key[16], val[16];
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(val, sizeof val, "x%d", i);
+        if (i % 20) {
+            assert_int_equal(mt_fx_kv_del(&fx, "tbl", key), MT_OK);
+        } else {
+            assert_int_equal(mt_fx_kv_put(&fx, "tbl", key, val, strlen(val)), MT_OK);
+        }
+    }
+    expect(&fx, "tbl", "a", "333");
+    expect(&fx, "tbl", "k10", NULL);
+    expect(&fx, "tbl", "k20", "x20");
+    expect(&fx, "tbl", "k99", "99");
+    assert_null(stored(t, "tbl", "k99"));
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    for (int i = 0; i < 100; i++) {
+        char key[16], want[16];
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(want, sizeof want, i % 10 ? "%d" : "x%d", i);
+        char *got = stored(t, "tbl", key);
+        if (i % 10 == 0 && i % 20) {
+            assert_null(got);
+        } else {
+            assert_non_null(got);
+            assert_string_equal(got, want);
+        }
+        free(got);
+    }
+    char *a = stored(t, "tbl", "a");
+    assert_string_equal(a, "333");
+    free(a);
+    assert_null(stored(t, "tbl", "old"));
+    return MT_OK;
+}
+
+static void test_fx_buffered_writes_replace_one_another_past_the_small_array(void **state)
+{
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    step st = {&ev, 0};
+    assert_int_equal(mt_store_write(s, many_writes_job, &st), MT_OK);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
 /* An emit opens a savepoint holding the writes before it; a failure drops both. */
 static mt_err emit_job(mt_txn *t, void *arg)
 {
@@ -334,6 +409,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fx_buffered_writes_reach_the_txn_only_on_success,
                                         mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(
+            test_fx_buffered_writes_replace_one_another_past_the_small_array, mt_test_setup_dir,
+            mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emit_moves_buffered_writes_into_a_savepoint,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
