@@ -80,6 +80,18 @@ typedef struct step {
     int phase;
 } step;
 
+/* Runs 'job' with a step on the trigger event, in one write of a fresh store. */
+static void run_with_trigger(void **state, mt_store_job_fn job)
+{
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    step st = {&ev, 0};
+    assert_int_equal(mt_store_write(s, job, &st), MT_OK);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
 /* Buffered: own reads see own writes, the transaction sees nothing until finish. */
 static mt_err buffered_job(mt_txn *t, void *arg)
 {
@@ -109,13 +121,7 @@ static mt_err buffered_job(mt_txn *t, void *arg)
 
 static void test_fx_buffered_writes_reach_the_txn_only_on_success(void **state)
 {
-    mt_store *s = open_store(*state);
-    mt_event_batch b;
-    mt_event ev = trigger(&b);
-    step st = {&ev, 0};
-    assert_int_equal(mt_store_write(s, buffered_job, &st), MT_OK);
-    mt_event_batch_free(&b);
-    mt_store_close(s);
+    run_with_trigger(state, buffered_job);
 }
 
 /*
@@ -184,13 +190,7 @@ static mt_err many_writes_job(mt_txn *t, void *arg)
 
 static void test_fx_buffered_writes_replace_one_another_past_the_small_array(void **state)
 {
-    mt_store *s = open_store(*state);
-    mt_event_batch b;
-    mt_event ev = trigger(&b);
-    step st = {&ev, 0};
-    assert_int_equal(mt_store_write(s, many_writes_job, &st), MT_OK);
-    mt_event_batch_free(&b);
-    mt_store_close(s);
+    run_with_trigger(state, many_writes_job);
 }
 
 /* An emit opens a savepoint holding the writes before it; a failure drops both. */
@@ -226,13 +226,7 @@ static mt_err emit_job(mt_txn *t, void *arg)
 
 static void test_fx_an_emit_moves_buffered_writes_into_a_savepoint(void **state)
 {
-    mt_store *s = open_store(*state);
-    mt_event_batch b;
-    mt_event ev = trigger(&b);
-    step st = {&ev, 0};
-    assert_int_equal(mt_store_write(s, emit_job, &st), MT_OK);
-    mt_event_batch_free(&b);
-    mt_store_close(s);
+    run_with_trigger(state, emit_job);
 }
 
 static mt_err put_job(mt_txn *t, void *arg)
