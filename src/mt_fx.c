@@ -140,32 +140,31 @@ static void pend_spill(mt_fx_rec *r)
 /* Buffered mode: key k now has value v (NULL: deleted). */
 static void pend_set(mt_fx_rec *r, const void *k, size_t kl, const char *v, size_t vl)
 {
-    if (!r->writes) {
-        pending *p = pend_find(r, k, kl);
-        if (!p && r->npend == PENDING_MAX) {
-            pend_spill(r);
-        } else {
-            if (!p) {
-                if (r->npend == r->cap) {
-                    r->cap = r->cap ? r->cap * 2 : 4;
-                    r->pend = mt_xrealloc(r->pend, (size_t) r->cap * sizeof *r->pend);
-                }
-                p = &r->pend[r->npend++];
-            } else {
-                free(p->block);
-            }
-            p->block = mt_xmalloc(kl + (v ? vl : 0) + 1);
-            memcpy(p->block, k, kl);
-            if (v) {
-                memcpy(p->block + kl, v, vl);
-            }
-            p->kl = kl;
-            p->vl = v ? vl : 0;
-            p->deleted = !v;
-            return;
-        }
+    pending *p = r->writes ? NULL : pend_find(r, k, kl);
+    if (!r->writes && !p && r->npend == PENDING_MAX) {
+        pend_spill(r);
     }
-    json_object_setn_new(r->writes, k, kl, v ? json_stringn_nocheck(v, vl) : json_null());
+    if (r->writes) {
+        json_object_setn_new(r->writes, k, kl, v ? json_stringn_nocheck(v, vl) : json_null());
+        return;
+    }
+    if (p) {
+        free(p->block);
+    } else {
+        if (r->npend == r->cap) {
+            r->cap = r->cap ? r->cap * 2 : 4;
+            r->pend = mt_xrealloc(r->pend, (size_t) r->cap * sizeof *r->pend);
+        }
+        p = &r->pend[r->npend++];
+    }
+    p->kl = kl;
+    p->vl = v ? vl : 0;
+    p->deleted = !v;
+    p->block = mt_xmalloc(kl + p->vl + 1);
+    memcpy(p->block, k, kl);
+    if (v) {
+        memcpy(p->block + kl, v, vl);
+    }
 }
 
 /* Writes what buffered mode kept to 't'. */

@@ -134,17 +134,18 @@ enum { REDO_PUT = 1, REDO_DEL = 2 };
 static atomic_llong full_logged_us;
 static atomic_ullong full_unlogged;
 
-static bool full_log_due(unsigned long long *unlogged)
+/* Logs that 'what' failed because the store is full, and why. */
+static void log_full(const char *what, const char *why)
 {
     int64_t now = mt_mono_us();
     long long last = atomic_load(&full_logged_us);
     if (last && now - last < 1000000) {
         atomic_fetch_add(&full_unlogged, 1);
-        return false;
+        return;
     }
     atomic_store(&full_logged_us, now);
-    *unlogged = atomic_exchange(&full_unlogged, 0);
-    return true;
+    mt_error("store: %s failed: %s; %llu more failed since the last such line", what, why,
+             atomic_exchange(&full_unlogged, 0));
 }
 
 static mt_err map_mdb(int rc, const char *what)
@@ -156,19 +157,11 @@ static mt_err map_mdb(int rc, const char *what)
         return MT_ENOTFOUND;
     }
     if (rc == MDB_MAP_FULL) {
-        unsigned long long more;
-        if (full_log_due(&more)) {
-            mt_error("store: %s failed: the store is full (engine.map_size); %llu more "
-                     "failed since the last such line", what, more);
-        }
+        log_full(what, "the store is full (engine.map_size)");
         return MT_EFULL;
     }
     if (rc == ENOSPC) {
-        unsigned long long more;
-        if (full_log_due(&more)) {
-            mt_error("store: %s failed: no space left on device; %llu more failed since the "
-                     "last such line", what, more);
-        }
+        log_full(what, "no space left on device");
         return MT_EFULL;
     }
     mt_error("store: %s failed: %s", what, mdb_strerror(rc));
@@ -187,13 +180,12 @@ static mt_err commit_txn(mt_store *s, MDB_txn *txn, const char *what)
     struct statvfs fs;
     if ((rc == EIO || rc == ENOSPC) && statvfs(s->dir, &fs) == 0 &&
         (uint64_t) fs.f_bavail * fs.f_frsize < (1u << 20)) {
-        unsigned long long more;
-        if (full_log_due(&more)) {
-            mt_error("store: %s failed: no space left on the file system of the data "
-                     "directory '%s' (%llu bytes free); nothing of it was stored; %llu more "
-                     "failed since the last such line",
-                     what, s->dir, (unsigned long long) fs.f_bavail * fs.f_frsize, more);
-        }
+        char why[600];
+        snprintf(why, sizeof why,
+                 "no space left on the file system of the data directory '%.400s' (%llu bytes "
+                 "free); nothing of it was stored",
+                 s->dir, (unsigned long long) fs.f_bavail * fs.f_frsize);
+        log_full(what, why);
         return MT_EFULL;
     }
     return map_mdb(rc, what);
@@ -429,9 +421,8 @@ static void ckpt_stage(mt_store *s, const ckpt_req *req, mt_store_ckpt_stage sta
  * Writes LMDB's dirty pages out a piece at a time (a mebibyte, or 1/256 of
  * a larger file), each piece finished before the next starts, so that the
  * checkpoint's sync that follows has little left to write. A sync of all
- * of it at once filled the disk's
- * queue, and the write-ahead syncs of the groups committed meanwhile
- * waited behind it. Only an optimisation: the sync after it is what makes
+ * of it at once filled the disk's queue, and the write-ahead syncs of the
+ * groups committed meanwhile waited behind it. Only an optimisation: the sync after it is what makes
  * the checkpoint durable, and a failure here is left to it.
  */
 static void writeback_gently(mt_store *s)

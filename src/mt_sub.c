@@ -963,7 +963,7 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     mt_buf_init(&b->records);
     mt_err rc = MT_OK;
     bool stopped = false;
-    while (rc == MT_OK && !stopped) {
+    for (;;) {
         rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
         for (int i = 0; rc == MT_OK && i < b->n; i++) {
             size_t off = i ? b->end[i - 1] : 0;
