@@ -875,6 +875,131 @@ static void test_lua_handlers_each_see_the_events_own_data(void **state)
     mt_sub_conf_free(conf);
 }
 
+/* Runs handler 'h' on 'ev' (attempt 2); returns the message it raised (static buffer). */
+static const char *handler_said(const mt_sub_runner *r, void *h, const mt_event *ev)
+{
+    mt_buf error, tb;
+    mt_buf_init(&error);
+    mt_buf_init(&tb);
+    assert_int_equal(r->invoke(h, ev, 2, NULL, &error, &tb), MT_ELUA);
+    static char said[2048];
+    snprintf(said, sizeof said, "%s", mt_buf_cstr(&error));
+    mt_buf_free(&error);
+    mt_buf_free(&tb);
+    return said;
+}
+
+/*
+ * What a handler sees in 'event': every attribute by name, pairs() and the
+ * JSON encoder see all of them, assignments (also of nil) stick, and an
+ * event kept past its run still reads as itself in later runs.
+ */
+static void test_lua_event_table_holds_every_attribute(void **state)
+{
+    mt_sub_conf *conf = mt_test_lua_sub(
+        *state, "ev",
+        "local json = require('moontide.json')\n"
+        "local names = {'specversion', 'id', 'source', 'type', 'subject', 'time',\n"
+        "  'datacontenttype', 'dataschema', 'dataversion', 'correlationid', 'causationid',\n"
+        "  'traceparent', 'expirytime', 'deliverafter', 'replyto', 'sequence',\n"
+        "  'streamversion', 'priority', 'recordedtime', 'attempt', 'color', 'n', 'nope'}\n"
+        "local kept\n"
+        "local function show(e)\n"
+        "  local out = {}\n"
+        "  for _, k in ipairs(names) do out[#out + 1] = k .. '=' .. tostring(e[k]) end\n"
+        "  out[#out + 1] = 'data.a=' .. tostring(e.data and e.data.a)\n"
+        "  return table.concat(out, ' ')\n"
+        "end\n"
+        "return function(event, ctx)\n"
+        "  local mode = event.subject\n"
+        "  if mode == 'attrs' then error(show(event), 0) end\n"
+        "  if mode == 'pairs' then\n"
+        "    local keys = {}\n"
+        "    for k, v in pairs(event) do keys[#keys + 1] = k .. '=' .. type(v) end\n"
+        "    table.sort(keys)\n"
+        "    error(table.concat(keys, ' '), 0)\n"
+        "  end\n"
+        "  if mode == 'json' then error(json.encode(event), 0) end\n"
+        "  if mode == 'assign' then\n"
+        "    event.id = nil; event.type = 'changed'; event.extra = true\n"
+        "    local s = event.source; event.source = nil\n"
+        "    error(show(event) .. ' extra=' .. tostring(event.extra) .. ' was=' .. s, 0)\n"
+        "  end\n"
+        "  if mode == 'keep' then kept = event; error('kept', 0) end\n"
+        "  if mode == 'kept' then error(show(kept), 0) end\n"
+        "  error('unknown mode ' .. tostring(mode), 0)\n"
+        "end\n");
+    const mt_sub_runner *r = mt_lua_sub_runner();
+    void *h;
+    char err[256];
+    assert_int_equal(r->open(conf, &h, err, sizeof err), MT_OK);
+
+    char subject[16];
+    mt_event ev;
+    mt_event_init(&ev);
+    ev.attr[MT_ATTR_ID] = "e-1";
+    ev.attr[MT_ATTR_SOURCE] = "/s";
+    ev.attr[MT_ATTR_TYPE] = "t.x";
+    ev.attr[MT_ATTR_SUBJECT] = subject;
+    ev.attr[MT_ATTR_TIME] = "2026-11-27T10:00:00Z";
+    ev.attr[MT_ATTR_DATACONTENTTYPE] = "application/json";
+    ev.attr[MT_ATTR_CORRELATIONID] = "c-9";
+    ev.attr[MT_ATTR_EXTENSIONS] = "{\"color\":\"red\",\"n\":5}";
+    ev.sequence = 42;
+    ev.streamversion = 7;
+    ev.priority = 3;
+    ev.recordedtime_us = INT64_C(1795773600) * 1000000 + 250000;
+    ev.data_kind = MT_DATA_JSON;
+    ev.data = (const uint8_t *) "{\"a\":1}";
+    ev.data_len = strlen((const char *) ev.data);
+
+    const char *all = "specversion=1.0 id=e-1 source=/s type=t.x subject=%s "
+                      "time=2026-11-27T10:00:00Z datacontenttype=application/json "
+                      "dataschema=nil dataversion=nil correlationid=c-9 causationid=nil "
+                      "traceparent=nil expirytime=nil deliverafter=nil replyto=nil sequence=42 "
+                      "streamversion=7 priority=3 recordedtime=2026-11-27T10:00:00.250000Z "
+                      "attempt=2 color=red n=5 nope=nil data.a=1";
+    char want[1024];
+    strcpy(subject, "attrs");
+    snprintf(want, sizeof want, all, "attrs");
+    assert_string_equal(handler_said(r, h, &ev), want);
+
+    strcpy(subject, "pairs");
+    assert_string_equal(handler_said(r, h, &ev),
+                        "attempt=number color=string correlationid=string data=table "
+                        "datacontenttype=string id=string n=number priority=number "
+                        "recordedtime=string sequence=number source=string specversion=string "
+                        "streamversion=number subject=string time=string type=string");
+
+    strcpy(subject, "json");
+    assert_string_equal(handler_said(r, h, &ev),
+                        "{\"attempt\":2,\"color\":\"red\",\"correlationid\":\"c-9\","
+                        "\"data\":{\"a\":1},\"datacontenttype\":\"application/json\","
+                        "\"id\":\"e-1\",\"n\":5,\"priority\":3,"
+                        "\"recordedtime\":\"2026-11-27T10:00:00.250000Z\",\"sequence\":42,"
+                        "\"source\":\"/s\",\"specversion\":\"1.0\",\"streamversion\":7,"
+                        "\"subject\":\"json\",\"time\":\"2026-11-27T10:00:00Z\",\"type\":\"t.x\"}");
+
+    strcpy(subject, "assign");
+    const char *assigned = handler_said(r, h, &ev);
+    assert_non_null(strstr(assigned, " id=nil source=nil type=changed subject=assign "));
+    assert_non_null(strstr(assigned, " extra=true was=/s"));
+
+    strcpy(subject, "keep");
+    assert_string_equal(handler_said(r, h, &ev), "kept");
+    /* Another event runs; the kept one still reads as the first. */
+    strcpy(subject, "kept");
+    ev.attr[MT_ATTR_ID] = "e-2";
+    ev.sequence = 43;
+    ev.data = (const uint8_t *) "{\"a\":2}";
+    ev.data_len = strlen((const char *) ev.data);
+    snprintf(want, sizeof want, all, "keep");
+    assert_string_equal(handler_said(r, h, &ev), want);
+
+    r->close(h);
+    mt_sub_conf_free(conf);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
 
 int main(void)
@@ -882,6 +1007,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_lua_sandbox_hides_unsafe_libraries),
         T(test_lua_handlers_each_see_the_events_own_data),
+        T(test_lua_event_table_holds_every_attribute),
         T(test_lua_load_accepts_text_only),
         T(test_lua_setmetatable_refuses_finalizers),
         T(test_lua_globals_are_private_to_a_state),
