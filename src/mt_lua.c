@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "mt_lua.h"
+#include "mt_lua_event.h"
 #include "mt_lua_int.h"
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -234,6 +235,9 @@ static int l_lua_load(lua_State *L)
  */
 static int l_lua_setmetatable(lua_State *L)
 {
+    if (!mt_lua_event_complete(L, 1)) {
+        return luaL_error(L, "not enough memory");
+    }
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL) {

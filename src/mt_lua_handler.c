@@ -18,6 +18,7 @@
 #include <string.h>
 #include "mt_fx.h"
 #include "mt_lua.h"
+#include "mt_lua_event.h"
 #include "mt_lua_handler.h"
 #include "mt_sub.h"
 #include "mt_util.h"
@@ -571,14 +572,6 @@ static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_
     return MT_OK;
 }
 
-static void set_str(lua_State *L, const char *k, const char *v)
-{
-    if (v) {
-        lua_pushstring(L, v);
-        lua_setfield(L, -2, k);
-    }
-}
-
 typedef struct event_args {
     const mt_event *ev;
     uint32_t attempt;
@@ -587,51 +580,15 @@ typedef struct event_args {
 } event_args;
 
 /*
- * Builds the event table; runs under lua_pcall (it allocates in the state,
+ * Builds the event table (mt_lua_event.h: attributes read when first used,
+ * data converted now); runs under lua_pcall (it allocates in the state,
  * which may hit the memory limit).  [-1, +1]
  */
 static int build_event(lua_State *L)
 {
     event_args *a = lua_touserdata(L, 1);
     const mt_event *ev = a->ev;
-    uint32_t attempt = a->attempt;
-    mt_buf *error = a->error;
-    lua_createtable(L, 0, 16);
-    if (ev->attr[MT_ATTR_EXTENSIONS]) {
-        json_t *ext = json_loads(ev->attr[MT_ATTR_EXTENSIONS], 0, NULL);
-        const char *k;
-        json_t *v;
-        json_object_foreach(ext, k, v) {
-            /* Extension values are scalars: pushing them only fails on memory. */
-            if (mt_lua_push_json(L, v) != MT_OK) {
-                json_decref(ext);
-                mt_buf_adds(error, "out of memory building the event");
-                return 0;
-            }
-            lua_setfield(L, -2, k);
-        }
-        json_decref(ext);
-    }
-    lua_pushstring(L, "1.0");
-    lua_setfield(L, -2, "specversion");
-    for (int i = 0; i < MT_ATTR_EXTENSIONS; i++) {
-        set_str(L, mt_event_attr_name((mt_event_attr) i), ev->attr[i]);
-    }
-    lua_pushinteger(L, (lua_Integer) ev->sequence);
-    lua_setfield(L, -2, "sequence");
-    if (ev->attr[MT_ATTR_SUBJECT]) {
-        lua_pushinteger(L, (lua_Integer) ev->streamversion);
-        lua_setfield(L, -2, "streamversion");
-    }
-    if (ev->priority >= 0) {
-        lua_pushinteger(L, ev->priority);
-        lua_setfield(L, -2, "priority");
-    }
-    char ts[40];
-    mt_time_format_us(ev->recordedtime_us, ts, sizeof ts);
-    set_str(L, "recordedtime", ts);
-    lua_pushinteger(L, attempt);
-    lua_setfield(L, -2, "attempt");
+    mt_lua_event_push(L, ev, a->attempt);
     if (ev->data_kind == MT_DATA_JSON) {
         char err[256];
         mt_err rc;
@@ -641,14 +598,18 @@ static int build_event(lua_State *L)
             json_decref(data);
         }
         if (rc) {
-            mt_buf_addf(error, "malformed payload: %s", err);
+            mt_buf_addf(a->error, "malformed payload: %s", err);
             return 0;
         }
-        lua_setfield(L, -2, "data");
     } else if (ev->data_kind != MT_DATA_NONE) {
         lua_pushlstring(L, (const char *) ev->data, ev->data_len);
-        lua_setfield(L, -2, "data");
+    } else {
+        a->ok = true;
+        return 1;
     }
+    lua_pushliteral(L, "data");
+    lua_insert(L, -2);
+    lua_rawset(L, -3);
     a->ok = true;
     return 1;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "mt_lua.h"
+#include "mt_lua_event.h"
 #include "mt_lua_int.h"
 #include "mt_lua_json.h"
 #include "mt_util.h"
@@ -322,6 +323,9 @@ static mt_err enc_table(enc *e, int idx, json_t **out)
             kind = OBJECT;
         }
         lua_pop(L, 1);
+    }
+    if (kind == UNMARKED && !mt_lua_event_complete(L, idx)) {
+        return fail(e, MT_ENOMEM, "out of memory reading the event's attributes");
     }
 
     /* Classify the keys: integers (array indices), strings, nothing else. */

@@ -891,8 +891,10 @@ static const char *handler_said(const mt_sub_runner *r, void *h, const mt_event 
 
 /*
  * What a handler sees in 'event': every attribute by name, pairs() and the
- * JSON encoder see all of them, assignments (also of nil) stick, and an
- * event kept past its run still reads as itself in later runs.
+ * JSON encoder see all of them, assignments (also of nil) stick, a
+ * handler's own metatable replaces the engine's without losing an
+ * attribute, and an event kept past its run still reads as itself in later
+ * runs.
  */
 static void test_lua_event_table_holds_every_attribute(void **state)
 {
@@ -924,6 +926,11 @@ static void test_lua_event_table_holds_every_attribute(void **state)
         "    event.id = nil; event.type = 'changed'; event.extra = true\n"
         "    local s = event.source; event.source = nil\n"
         "    error(show(event) .. ' extra=' .. tostring(event.extra) .. ' was=' .. s, 0)\n"
+        "  end\n"
+        "  if mode == 'meta' then\n"
+        "    local before = tostring(getmetatable(event))\n"
+        "    setmetatable(event, {__index = function(_, k) return 'no ' .. k end})\n"
+        "    error(before .. ' ' .. event.id .. ' ' .. event.color .. ' ' .. event.nope, 0)\n"
         "  end\n"
         "  if mode == 'keep' then kept = event; error('kept', 0) end\n"
         "  if mode == 'kept' then error(show(kept), 0) end\n"
@@ -984,6 +991,10 @@ static void test_lua_event_table_holds_every_attribute(void **state)
     const char *assigned = handler_said(r, h, &ev);
     assert_non_null(strstr(assigned, " id=nil source=nil type=changed subject=assign "));
     assert_non_null(strstr(assigned, " extra=true was=/s"));
+
+    /* The metatable that reads attributes is the engine's: a handler's own replaces it whole. */
+    strcpy(subject, "meta");
+    assert_string_equal(handler_said(r, h, &ev), "false e-1 red no nope");
 
     strcpy(subject, "keep");
     assert_string_equal(handler_said(r, h, &ev), "kept");
