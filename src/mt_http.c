@@ -794,7 +794,9 @@ static void handle_publish(mt_http *h, struct evhttp_request *req)
     if (rc) {
         append_job_free(j);
         reply_error(req, 503, "shutting down", "the engine is stopping; nothing was appended");
+        return;
     }
+    mt_subs_prime(h->subs);
 }
 
 static void method_not_allowed(struct evhttp_request *req, const char *allow);

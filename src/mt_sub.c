@@ -1597,6 +1597,13 @@ void mt_subs_kick(mt_subs *subs)
     }
 }
 
+void mt_subs_prime(mt_subs *subs)
+{
+    for (int i = 0; subs && i < subs->n; i++) {
+        submit(subs->subs[i]);
+    }
+}
+
 void mt_subs_on_kick(mt_subs *subs, void (*cb)(void *arg), void *arg)
 {
     subs->on_kick = cb;

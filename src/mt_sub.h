@@ -77,6 +77,15 @@ void mt_subs_close(mt_subs *subs);
 /* New events may be there: submit a dispatch job for every idle subscription. */
 void mt_subs_kick(mt_subs *subs);
 
+/*
+ * An append was just queued: submit a dispatch job for every idle
+ * subscription now, behind it, so that it usually runs in the append's
+ * group and the handlers' effects commit with the events (one sync, not
+ * two). The kick after the append commits is still needed: a job may run
+ * in a group before the append's.
+ */
+void mt_subs_prime(mt_subs *subs);
+
 /* Also calls cb on every kick (webhooks pull when events arrive). */
 void mt_subs_on_kick(mt_subs *subs, void (*cb)(void *arg), void *arg);
 

@@ -3,10 +3,13 @@
  * reach the transaction only on success, the savepoint an emit opens, and
  * record mode (workers): reads noted, an overlay carried to the next
  * invocation, validation that catches a changed value, and applying the
- * recorded writes (kv keys hold a NUL byte between table and key).
+ * recorded writes (kv keys hold a NUL byte between table and key); and a
+ * dispatch job primed at append time committing with the append.
  */
 #include "mt_test.h"
+#include <semaphore.h>
 #include "mt_fx.h"
+#include "mt_log.h"
 #include "mt_lua_handler.h"
 #include "mt_store.h"
 #include "mt_sub.h"
@@ -398,6 +401,168 @@ static void test_fx_lua_kv_objects_and_integers(void **state)
     mt_store_close(s);
 }
 
+/* ---- a dispatch job primed when an append is queued ---- */
+
+/* A job that holds the writer until released, so that what comes next queues behind it. */
+typedef struct gate {
+    sem_t entered, release;
+} gate;
+
+static mt_err gate_run(mt_txn *t, void *arg)
+{
+    (void) t;
+    gate *g = arg;
+    sem_post(&g->entered);
+    sem_wait(&g->release);
+    return MT_OK;
+}
+
+typedef struct appended {
+    mt_event_batch b;
+    mt_log_result result;
+    mt_store *store;
+    bool done;
+    char *count; /* the handler's count for subject "s" when the append was answered */
+} appended;
+
+static mt_err append_run(mt_txn *t, void *arg)
+{
+    appended *a = arg;
+    int64_t current;
+    return mt_log_append(t, &a->b, NULL, &a->result, &current);
+}
+
+static void append_done(mt_err rc, void *arg)
+{
+    appended *a = arg;
+    assert_int_equal(rc, MT_OK);
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin(a->store, &t), MT_OK);
+    a->count = stored(t, "counts", "s");
+    mt_store_read_end(t);
+    a->done = true;
+}
+
+static void flag_done(mt_err rc, void *arg)
+{
+    assert_int_equal(rc, MT_OK);
+    *(bool *) arg = true;
+}
+
+static mt_err nothing_run(mt_txn *t, void *arg)
+{
+    (void) t;
+    (void) arg;
+    return MT_OK;
+}
+
+static void run_until(mt_loop *loop, const bool *flag)
+{
+    for (int i = 0; i < 3000 && !*flag; i++) {
+        mt_loop_run_for(loop, 10);
+    }
+    assert_true(*flag);
+}
+
+/* Every job queued so far has run and been answered. */
+static void settle(mt_loop *loop, mt_store *store)
+{
+    bool done = false;
+    assert_int_equal(mt_store_submit(store, nothing_run, flag_done, &done), MT_OK);
+    run_until(loop, &done);
+}
+
+/*
+ * Appends one event on subject "s" while the writer is held, with or
+ * without priming the subscriptions right after; returns the handler's
+ * count for "s" as it was when the append was answered (NULL: none yet).
+ */
+static char *append_held(mt_loop *loop, mt_store *store, mt_subs *subs, int n, bool prime)
+{
+    gate g;
+    sem_init(&g.entered, 0, 0);
+    sem_init(&g.release, 0, 0);
+    assert_int_equal(mt_store_submit(store, gate_run, NULL, &g), MT_OK);
+    sem_wait(&g.entered);
+
+    appended a = {.store = store};
+    char j[160], err[256];
+    snprintf(j, sizeof j,
+             "{\"specversion\":\"1.0\",\"source\":\"/t\",\"id\":\"e%d\",\"type\":\"t.x\","
+             "\"subject\":\"s\"}",
+             n);
+    mt_event_batch_init(&a.b);
+    assert_int_equal(mt_event_parse_structured(j, strlen(j), &a.b, err, sizeof err), MT_OK);
+    assert_int_equal(mt_store_submit_repeatable(store, append_run, append_done, &a), MT_OK);
+    if (prime) {
+        mt_subs_prime(subs);
+    }
+    sem_post(&g.release);
+    run_until(loop, &a.done);
+    settle(loop, store);
+    mt_event_batch_free(&a.b);
+    sem_destroy(&g.entered);
+    sem_destroy(&g.release);
+    return a.count;
+}
+
+/*
+ * mt_subs_prime, called right after an append is queued, queues the
+ * subscriptions' dispatch jobs behind it: they run in the append's group,
+ * so the handler's effects are committed when the append is answered.
+ * Without it they come only after the kick that follows the answer.
+ */
+static void test_fx_a_primed_dispatch_commits_with_the_append(void **state)
+{
+    const char *dir = *state;
+    char *handler = mt_test_write_file(dir, "count.lua",
+                                       "return function(event, ctx)\n"
+                                       "  local t = ctx.kv('counts')\n"
+                                       "  t:put(event.subject, (t:get(event.subject) or 0) + 1)\n"
+                                       "end\n");
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "version: 1\nsubscriptions:\n  count:\n    topics: [\"t.#\"]\n    handler: %s\n",
+             handler);
+    char *cfg = mt_test_write_file(dir, "topology.yaml", yaml);
+    char data[512];
+    snprintf(data, sizeof data, "%s/data", dir);
+    mt_topo *topo = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(cfg, &topo, &errs), MT_OK);
+
+    mt_loop *loop;
+    assert_int_equal(mt_loop_new(&loop), MT_OK);
+    mt_store *store = open_store(data);
+    mt_loop_attach_store(loop, store);
+    mt_subs *subs = NULL;
+    char err[512];
+    assert_int_equal(mt_subs_open(loop, store, topo, mt_lua_sub_runner(), &subs, err, sizeof err),
+                     MT_OK);
+    settle(loop, store);
+
+    /* Not primed: the append is answered before the handler ran. */
+    assert_null(append_held(loop, store, subs, 1, false));
+    mt_subs_kick(subs);
+    settle(loop, store);
+    settle(loop, store);
+
+    /* Primed: the handler's count is there when the append is answered. */
+    char *count = append_held(loop, store, subs, 2, true);
+    assert_non_null(count);
+    assert_string_equal(count, "2");
+    free(count);
+
+    mt_subs_stop(subs);
+    mt_loop_detach_store(loop);
+    mt_store_close(store);
+    mt_subs_close(subs);
+    mt_loop_free(loop);
+    mt_topo_free(topo);
+    free(cfg);
+    free(handler);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -412,6 +577,8 @@ int main(void)
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_lua_kv_objects_and_integers, mt_test_setup_dir,
                                         mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_a_primed_dispatch_commits_with_the_append,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
