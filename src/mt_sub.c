@@ -1600,7 +1600,10 @@ void mt_subs_kick(mt_subs *subs)
 void mt_subs_prime(mt_subs *subs)
 {
     for (int i = 0; subs && i < subs->n; i++) {
-        submit(subs->subs[i]);
+        /* Workers run ahead on what is committed: the append is not, yet. */
+        if (!subs->subs[i]->spec) {
+            submit(subs->subs[i]);
+        }
     }
 }
 

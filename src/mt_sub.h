@@ -82,7 +82,8 @@ void mt_subs_kick(mt_subs *subs);
  * subscription now, behind it, so that it usually runs in the append's
  * group and the handlers' effects commit with the events (one sync, not
  * two). The kick after the append commits is still needed: a job may run
- * in a group before the append's.
+ * in a group before the append's. Subscriptions with workers are left to
+ * that kick: their workers run ahead on what is committed.
  */
 void mt_subs_prime(mt_subs *subs);
 
