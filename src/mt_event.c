@@ -118,9 +118,13 @@ void mt_event_batch_init(mt_event_batch *b)
 
 void mt_event_batch_free(mt_event_batch *b)
 {
+    for (int i = 0; i < b->count; i++) {
+        json_decref(b->data[i]);
+    }
     mt_buf_free(&b->buf);
     free(b->off);
     free(b->len);
+    free(b->data);
     mt_event_batch_init(b);
 }
 
@@ -130,13 +134,16 @@ void mt_event_batch_add(mt_event_batch *b, const mt_event *ev)
         b->cap = b->cap ? b->cap * 2 : 8;
         b->off = mt_xrealloc(b->off, (size_t) b->cap * sizeof *b->off);
         b->len = mt_xrealloc(b->len, (size_t) b->cap * sizeof *b->len);
+        b->data = mt_xrealloc(b->data, (size_t) b->cap * sizeof *b->data);
     }
     size_t start = b->buf.len;
     mt_event_encode(ev, &b->buf);
     b->off[b->count] = start;
     b->len[b->count] = b->buf.len - start;
+    b->data[b->count] = NULL;
     b->count++;
 }
+
 
 /* ---- parsing ---- */
 
@@ -161,6 +168,7 @@ typedef struct draft {
     mt_event ev;
     json_t *hold;          /* an array keeping parsed values alive, or NULL */
     json_t *ext;           /* extension attributes, or NULL */
+    json_t *data;          /* the parsed JSON data (borrowed from 'hold'), or NULL */
     char *ext_text;        /* owned */
     uint8_t *data_owned;   /* decoded data_base64 or text data */
     plain_copies *copies;  /* structured modes; NULL in binary mode */
@@ -221,6 +229,13 @@ static void draft_free(draft *d)
     json_decref(d->ext);
     free(d->ext_text);
     free(d->data_owned);
+}
+
+/* Adds the record for a structured draft, keeping its parsed JSON data. */
+static void batch_add_draft(mt_event_batch *b, const draft *d)
+{
+    mt_event_batch_add(b, &d->ev);
+    b->data[b->count - 1] = json_incref(d->data);
 }
 
 bool mt_event_content_type_is_json(const char *ct)
@@ -653,6 +668,7 @@ static mt_err walk_event(const char *s, size_t len, size_t *pos, draft *d)
             d->ev.data_kind = MT_DATA_JSON;
             d->ev.data = (const uint8_t *) s + data_start;
             d->ev.data_len = data_end - data_start;
+            d->data = data_val;
         }
     }
     return rc ? rc : finish(d);
@@ -683,7 +699,7 @@ mt_err mt_event_parse_structured(const char *body, size_t len, mt_event_batch *b
         rc = trailing_check(body, len, pos, err, errlen);
     }
     if (rc == MT_OK) {
-        mt_event_batch_add(b, &d.ev);
+        batch_add_draft(b, &d);
     }
     draft_free(&d);
     free(copies.buf);
@@ -713,7 +729,7 @@ mt_err mt_event_parse_batch(const char *body, size_t len, mt_event_batch *b, cha
         draft_init(&d, i, &copies, err, errlen);
         rc = walk_event(body, len, &p, &d);
         if (rc == MT_OK) {
-            mt_event_batch_add(b, &d.ev);
+            batch_add_draft(b, &d);
         }
         draft_free(&d);
         copies.used = 0; /* the event is encoded: its strings are no longer needed */

@@ -110,6 +110,13 @@ typedef struct mt_event_batch {
     mt_buf buf;         /* the records, back to back */
     size_t *off;        /* owned; start of record i in buf */
     size_t *len;        /* owned; length of record i */
+    /*
+     * owned references: record i's JSON data as the structured parsers
+     * read it, or NULL (any other kind, binary mode, mt_event_batch_add).
+     * The writer hands them to the handlers' data cache, which would
+     * otherwise parse the same text again (mt_lua_handler.h).
+     */
+    struct json_t **data;
     int count;
     int cap;
 } mt_event_batch;

@@ -1,5 +1,6 @@
 #include <stdlib.h>
 #include <string.h>
+#include "mt_datacache.h"
 #include "mt_diag.h"
 #include "mt_log.h"
 #include "mt_util.h"
@@ -207,6 +208,10 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
             if (rc == MT_OK) {
                 rc = mt_store_put(t, MT_DB_HEADS, subject, strlen(subject), vb, 8, 0);
             }
+        }
+        if (rc == MT_OK && b->data[i]) {
+            /* The data parsed on publish: handlers on this thread need not parse it again. */
+            mt_datacache_put(seq, (const char *) ev->data, ev->data_len, b->data[i]);
         }
         r->sequence = seq;
         r->streamversion = version;

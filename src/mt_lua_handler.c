@@ -12,10 +12,10 @@
 #include <lauxlib.h>
 #include <libgen.h>
 #include <lua.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "mt_datacache.h"
 #include "mt_fx.h"
 #include "mt_lua.h"
 #include "mt_lua_event.h"
@@ -38,103 +38,21 @@ typedef struct handler {
 } handler;
 
 /*
- * Events' data, parsed, kept per thread. When several handler subscriptions
- * take the same topic, each decodes every event's data, on the same thread
- * (the writer's) and within a few jobs of one another; the jansson parse is
- * most of that work, so the cache does it once. An entry holds the data's
- * exact text and its parsed value in the slot of the event's sequence, and
- * is used only for the same sequence and the same text. Data longer than
- * DATA_CACHE_TEXT_MAX is parsed every time, and the texts kept are bounded
- * by DATA_CACHE_BYTES, so a thread's cache stays bounded whatever arrives.
- * Subscriptions that are behind can be thousands of events apart: with
- * 4,096 slots, four kv subscriptions at 25,000 events/s parsed most events
- * more than once and fell behind; with 16,384 they keep close to pace.
- */
-#define DATA_CACHE_SLOTS 16384
-#define DATA_CACHE_TEXT_MAX 2048
-#define DATA_CACHE_BYTES (8u << 20)
-
-typedef struct data_entry {
-    uint64_t sequence;
-    size_t len;
-    char *text;                /* owned: len bytes */
-    json_t *value;             /* owned reference; NULL = empty slot */
-} data_entry;
-
-typedef struct data_cache {
-    size_t bytes;              /* text held */
-    data_entry slot[DATA_CACHE_SLOTS];
-} data_cache;
-
-static pthread_key_t data_cache_key;
-static pthread_once_t data_cache_once = PTHREAD_ONCE_INIT;
-
-static void data_entry_clear(data_cache *c, data_entry *d)
-{
-    json_decref(d->value);
-    free(d->text);
-    c->bytes -= d->len;
-    memset(d, 0, sizeof *d);
-}
-
-/* Frees a thread's cache when the thread ends. */
-static void data_cache_free(void *p)
-{
-    data_cache *c = p;
-    for (int i = 0; i < DATA_CACHE_SLOTS; i++) {
-        data_entry_clear(c, &c->slot[i]);
-    }
-    free(c);
-}
-
-static void data_cache_key_make(void)
-{
-    if (pthread_key_create(&data_cache_key, data_cache_free) != 0) {
-        abort();
-    }
-}
-
-static data_cache *thread_data_cache(void)
-{
-    pthread_once(&data_cache_once, data_cache_key_make);
-    data_cache *c = pthread_getspecific(data_cache_key);
-    if (!c) {
-        c = calloc(1, sizeof *c);
-        if (c && pthread_setspecific(data_cache_key, c) != 0) {
-            free(c);
-            c = NULL;
-        }
-    }
-    return c;
-}
-
-/*
- * The parsed JSON data of 'ev' (a new reference): from this thread's cache,
- * or parsed now and kept there. NULL with *rc and err set if it does not
- * parse.
+ * The parsed JSON data of 'ev' (a new reference): from this thread's data
+ * cache, or parsed now and kept there. NULL with *rc and err set if it does
+ * not parse.
  */
 static json_t *event_data(const mt_event *ev, mt_err *rc, char *err, size_t errlen)
 {
     const char *text = (const char *) ev->data;
-    size_t len = ev->data_len;
-    data_cache *c = ev->sequence && len <= DATA_CACHE_TEXT_MAX ? thread_data_cache() : NULL;
-    data_entry *d = c ? &c->slot[ev->sequence % DATA_CACHE_SLOTS] : NULL;
-    if (d && d->value && d->sequence == ev->sequence && d->len == len &&
-        memcmp(d->text, text, len) == 0) {
+    json_t *v = mt_datacache_get(ev->sequence, text, ev->data_len);
+    if (v) {
         *rc = MT_OK;
-        return json_incref(d->value);
-    }
-    json_t *v = mt_lua_json_parse(text, len, rc, err, errlen);
-    if (!v || !d) {
         return v;
     }
-    data_entry_clear(c, d);
-    if (c->bytes + len <= DATA_CACHE_BYTES && (d->text = malloc(len ? len : 1)) != NULL) {
-        memcpy(d->text, text, len);
-        d->sequence = ev->sequence;
-        d->len = len;
-        d->value = json_incref(v);
-        c->bytes += len;
+    v = mt_lua_json_parse(text, ev->data_len, rc, err, errlen);
+    if (v) {
+        mt_datacache_put(ev->sequence, text, ev->data_len, v);
     }
     return v;
 }

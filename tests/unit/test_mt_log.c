@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "mt_datacache.h"
 #include "mt_event.h"
 #include "mt_log.h"
 #include "mt_store.h"
@@ -1743,6 +1744,59 @@ static void test_store_savepoint_release_keeps_and_rollback_drops(void **state)
     mt_store_close(s);
 }
 
+/* Looks up the writer thread's data cache (a job: it runs on the writer). */
+typedef struct cache_probe {
+    uint64_t sequence;
+    const char *text;
+    json_t *got; /* a new reference, or NULL */
+} cache_probe;
+
+static mt_err run_cache_probe(mt_txn *t, void *arg)
+{
+    (void) t;
+    cache_probe *p = arg;
+    p->got = mt_datacache_get(p->sequence, p->text, strlen(p->text));
+    return MT_OK;
+}
+
+/*
+ * The JSON data a structured request parsed on publish reaches the writer's
+ * data cache with the append, as that very value: handlers on the writer
+ * convert it without parsing the text again. Text data keeps nothing; the
+ * cache is the writer's alone and answers only for the same text.
+ */
+static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
+{
+    mt_store *s = open_store(state);
+    const char *body =
+        "[{\"specversion\":\"1.0\",\"source\":\"/c\",\"id\":\"a\",\"type\":\"t\",\"data\":{\"n\":1}},"
+        "{\"specversion\":\"1.0\",\"source\":\"/c\",\"id\":\"b\",\"type\":\"t\","
+        "\"datacontenttype\":\"text/plain\",\"data\":\"hi\"}]";
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    char err[256];
+    assert_int_equal(mt_event_parse_batch(body, strlen(body), &b, err, sizeof err), MT_OK);
+    assert_non_null(b.data[0]);
+    assert_null(b.data[1]);
+    append_job j;
+    assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
+
+    cache_probe p = {j.results[0].sequence, "{\"n\":1}", NULL};
+    assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
+    assert_ptr_equal(p.got, b.data[0]);
+    json_decref(p.got);
+    p.text = "{\"n\":2}";
+    assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
+    assert_null(p.got);
+    p = (cache_probe){j.results[1].sequence, "hi", NULL};
+    assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
+    assert_null(p.got);
+    assert_null(mt_datacache_get(j.results[0].sequence, "{\"n\":1}", 7)); /* this thread's */
+
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
@@ -1753,6 +1807,7 @@ int main(void)
         T(test_log_expected_version_checks_once_for_a_whole_batch),
         T(test_log_expect_needs_one_common_subject),
         cmocka_unit_test(test_log_parse_expect),
+        T(test_log_append_keeps_the_parsed_data_for_handlers),
         T(test_log_duplicate_source_and_id_returns_the_original),
         T(test_log_duplicate_within_one_batch),
         T(test_log_duplicates_never_fail_the_expected_version),

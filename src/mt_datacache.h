@@ -1,0 +1,37 @@
+/*
+ * mt_datacache.h - events' JSON data, parsed, kept per thread.
+ *
+ * Handlers get an event's data as Lua values, converted from a jansson
+ * value. Parsing the text is most of that work: with several handler
+ * subscriptions on one topic, each would parse every event again, on the
+ * same thread (the writer's) and within a few jobs of one another; and the
+ * structured-mode parsers have already parsed the data of a published
+ * event once, to check it. The cache keeps the parsed value in the slot of
+ * the event's sequence with the data's exact text, and gives it back only
+ * for the same sequence and the same text, so a sequence used again for
+ * other data (an undone group, another store) is never mistaken.
+ *
+ * Per thread, no locks: a value put in by one thread is seen by that thread
+ * only. jansson's reference counts are atomic, so a value parsed on the
+ * loop thread may be put in on the writer while the loop thread still holds
+ * (and later drops) its own reference; nobody changes a cached value.
+ * Bounded: data longer than 2 KiB is not kept, nor more than 8 MiB of text
+ * per thread; a thread's entries are freed when it ends.
+ */
+#ifndef MT_DATACACHE_H
+#define MT_DATACACHE_H
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The value kept for (sequence, text) on this thread, as a new reference; NULL if none. */
+json_t *mt_datacache_get(uint64_t sequence, const char *text, size_t len);
+
+/*
+ * Keeps 'value' (the parse of 'text', len bytes) for 'sequence' on this
+ * thread, in place of what its slot held. Does nothing for sequence 0,
+ * text too long to keep, or when the thread's text budget is spent.
+ */
+void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value);
+
+#endif
