@@ -145,24 +145,28 @@ typedef struct sub_state {
     bool exists;
 } sub_state;
 
-static mt_err load_state(mt_txn *t, const char *name, sub_state *st)
+/*
+ * The record of a subscription's state in the `subs` database:
+ *   0   1  format, STATE_FORMAT (the JSON layout of before starts with '{')
+ *   1   1  flags: bit 0 paused
+ *   2   6  zero
+ *   8   8  cursor (big-endian), then handled, retried, dead, expired
+ *   48     the last error's bytes, without a NUL (up to 511)
+ * Every dispatch job reads and most write it: as JSON, the parse and the
+ * dump were a fifth of the writer's instructions in a live fan-out at a
+ * few hundred events a second. The JSON layout is still read, so a data
+ * directory from before keeps its subscriptions' positions.
+ */
+#define STATE_FORMAT 2
+#define STATE_FIXED 48
+
+static mt_err load_state_json(const void *v, size_t vl, sub_state *st)
 {
-    memset(st, 0, sizeof *st);
-    const void *v;
-    size_t vl;
-    mt_err rc = mt_store_get(t, MT_DB_SUBS, name, strlen(name), &v, &vl);
-    if (rc == MT_ENOTFOUND) {
-        return MT_OK;
-    }
-    if (rc) {
-        return rc;
-    }
     json_t *o = json_loadb(v, vl, 0, NULL);
     if (!json_is_object(o)) {
         json_decref(o);
         return MT_EIO;
     }
-    st->exists = true;
     st->cursor = (uint64_t) json_integer_value(json_object_get(o, "cursor"));
     st->handled = (uint64_t) json_integer_value(json_object_get(o, "handled"));
     st->retried = (uint64_t) json_integer_value(json_object_get(o, "retried"));
@@ -175,24 +179,51 @@ static mt_err load_state(mt_txn *t, const char *name, sub_state *st)
     return MT_OK;
 }
 
+static mt_err load_state(mt_txn *t, const char *name, sub_state *st)
+{
+    memset(st, 0, sizeof *st);
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_SUBS, name, strlen(name), &v, &vl);
+    if (rc == MT_ENOTFOUND) {
+        return MT_OK;
+    }
+    if (rc) {
+        return rc;
+    }
+    const uint8_t *r = v;
+    if (vl && r[0] == '{') {
+        rc = load_state_json(v, vl, st);
+    } else if (vl >= STATE_FIXED && r[0] == STATE_FORMAT &&
+               vl - STATE_FIXED < sizeof st->last_error) {
+        st->paused = r[1] & 1;
+        st->cursor = mt_get_be64(r + 8);
+        st->handled = mt_get_be64(r + 16);
+        st->retried = mt_get_be64(r + 24);
+        st->dead = mt_get_be64(r + 32);
+        st->expired = mt_get_be64(r + 40);
+        memcpy(st->last_error, r + STATE_FIXED, vl - STATE_FIXED);
+    } else {
+        rc = MT_EIO;
+    }
+    st->exists = rc == MT_OK;
+    return rc;
+}
+
 static mt_err save_state(mt_txn *t, const char *name, const sub_state *st)
 {
-    json_t *o = json_pack("{sIsIsIsIss}", "cursor", (json_int_t) st->cursor, "handled",
-                          (json_int_t) st->handled, "retried", (json_int_t) st->retried, "dead",
-                          (json_int_t) st->dead, "last_error", st->last_error);
-    if (!o) {
-        /* last_error may hold bytes that are not UTF-8. */
-        o = json_pack("{sIsIsIsIss}", "cursor", (json_int_t) st->cursor, "handled",
-                      (json_int_t) st->handled, "retried", (json_int_t) st->retried, "dead",
-                      (json_int_t) st->dead, "last_error", "(not UTF-8)");
-    }
-    json_object_set_new(o, "expired", json_integer((json_int_t) st->expired));
-    json_object_set_new(o, "paused", json_boolean(st->paused));
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    mt_err rc = mt_store_put(t, MT_DB_SUBS, name, strlen(name), text, strlen(text), 0);
-    free(text);
-    return rc;
+    uint8_t r[STATE_FIXED + sizeof st->last_error];
+    memset(r, 0, STATE_FIXED);
+    r[0] = STATE_FORMAT;
+    r[1] = st->paused ? 1 : 0;
+    mt_put_be64(r + 8, st->cursor);
+    mt_put_be64(r + 16, st->handled);
+    mt_put_be64(r + 24, st->retried);
+    mt_put_be64(r + 32, st->dead);
+    mt_put_be64(r + 40, st->expired);
+    size_t el = strnlen(st->last_error, sizeof st->last_error - 1);
+    memcpy(r + STATE_FIXED, st->last_error, el);
+    return mt_store_put(t, MT_DB_SUBS, name, strlen(name), r, STATE_FIXED + el, 0);
 }
 
 /* Where a new subscription starts reading. */
@@ -1681,11 +1712,13 @@ static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
     json_object_set_new(o, "paused", json_boolean(st.paused));
     json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, name)));
     json_object_set_new(o, "dlq", json_integer((json_int_t) count_prefix(t, MT_DB_DLQ, name)));
-    json_t *le = json_string(st.last_error);
-    json_object_set_new(o, "last_error", st.last_error[0] && le ? le : json_null());
-    if (!(st.last_error[0] && le)) {
-        json_decref(le);
+    json_t *le = NULL;
+    if (st.last_error[0]) {
+        /* Handlers' messages may hold bytes that are not UTF-8. */
+        le = json_string(st.last_error);
+        le = le ? le : json_string("(not UTF-8)");
     }
+    json_object_set_new(o, "last_error", le ? le : json_null());
     return o;
 }
 

@@ -4,7 +4,8 @@
  * record mode (workers): reads noted, an overlay carried to the next
  * invocation, validation that catches a changed value, and applying the
  * recorded writes (kv keys hold a NUL byte between table and key); and a
- * dispatch job primed at append time committing with the append.
+ * dispatch job primed at append time committing with the append; and the
+ * subscription's state record in its JSON layout of before.
  */
 #include "mt_test.h"
 #include <semaphore.h>
@@ -563,6 +564,108 @@ static void test_fx_a_primed_dispatch_commits_with_the_append(void **state)
     free(handler);
 }
 
+/* ---- the subscription's state record ---- */
+
+typedef struct put_state {
+    const char *name;
+    const char *value; /* the record, as text */
+} put_state;
+
+static mt_err put_state_run(mt_txn *t, void *arg)
+{
+    put_state *p = arg;
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    char err[256];
+    for (int i = 1; i <= 2; i++) {
+        char j[160];
+        snprintf(j, sizeof j,
+                 "{\"specversion\":\"1.0\",\"source\":\"/t\",\"id\":\"e%d\",\"type\":\"t.x\","
+                 "\"subject\":\"s\"}",
+                 i);
+        if (mt_event_parse_structured(j, strlen(j), &b, err, sizeof err)) {
+            return MT_EINVAL;
+        }
+    }
+    mt_log_result r[2];
+    int64_t current;
+    mt_err rc = mt_log_append(t, &b, NULL, r, &current);
+    mt_event_batch_free(&b);
+    if (rc == MT_OK) {
+        rc = mt_store_put(t, MT_DB_SUBS, p->name, strlen(p->name), p->value, strlen(p->value), 0);
+    }
+    return rc;
+}
+
+/*
+ * A subscription's state is a binary record; one in the JSON layout of
+ * earlier versions is still read (position, counters, last error) and is
+ * written back in the binary layout.
+ */
+static void test_fx_a_json_state_record_of_before_is_read(void **state)
+{
+    const char *dir = *state;
+    char *handler = mt_test_write_file(dir, "count.lua",
+                                       "return function(event, ctx)\n"
+                                       "  local t = ctx.kv('counts')\n"
+                                       "  t:put(event.subject, (t:get(event.subject) or 0) + 1)\n"
+                                       "end\n");
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "version: 1\nsubscriptions:\n  count:\n    topics: [\"t.#\"]\n    handler: %s\n",
+             handler);
+    char *cfg = mt_test_write_file(dir, "topology.yaml", yaml);
+    char data[512];
+    snprintf(data, sizeof data, "%s/data", dir);
+    mt_topo *topo = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(cfg, &topo, &errs), MT_OK);
+    mt_loop *loop;
+    assert_int_equal(mt_loop_new(&loop), MT_OK);
+    mt_store *store = open_store(data);
+    mt_loop_attach_store(loop, store);
+
+    /* Two events, and a JSON state that has handled the first. */
+    put_state ps = {"count", "{\"cursor\":1,\"handled\":1,\"retried\":3,\"dead\":0,"
+                             "\"last_error\":\"old trouble\",\"expired\":0,\"paused\":false}"};
+    assert_int_equal(mt_store_write(store, put_state_run, &ps), MT_OK);
+
+    mt_subs *subs = NULL;
+    char err[512];
+    assert_int_equal(mt_subs_open(loop, store, topo, mt_lua_sub_runner(), &subs, err, sizeof err),
+                     MT_OK);
+    mt_subs_kick(subs);
+    settle(loop, store);
+    settle(loop, store);
+
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin(store, &t), MT_OK);
+    char *count = stored(t, "counts", "s");
+    assert_string_equal(count, "1"); /* only the second event */
+    free(count);
+    json_t *st;
+    assert_int_equal(mt_subs_status(subs, t, "count", &st), MT_OK);
+    assert_int_equal(json_integer_value(json_object_get(st, "position")), 2);
+    assert_int_equal(json_integer_value(json_object_get(st, "handled")), 2);
+    assert_int_equal(json_integer_value(json_object_get(st, "retried")), 3);
+    assert_string_equal(json_string_value(json_object_get(st, "last_error")), "old trouble");
+    json_decref(st);
+    const void *v;
+    size_t vl;
+    assert_int_equal(mt_store_get(t, MT_DB_SUBS, "count", 5, &v, &vl), MT_OK);
+    assert_int_equal(((const uint8_t *) v)[0], 2); /* written back in the binary layout */
+    mt_store_read_end(t);
+
+    mt_subs_stop(subs);
+    mt_loop_detach_store(loop);
+    mt_store_close(store);
+    mt_subs_close(subs);
+    mt_loop_free(loop);
+    mt_topo_free(topo);
+    free(cfg);
+    free(handler);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -578,6 +681,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fx_lua_kv_objects_and_integers, mt_test_setup_dir,
                                         mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_a_primed_dispatch_commits_with_the_append,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_a_json_state_record_of_before_is_read,
                                         mt_test_setup_dir, mt_test_teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
