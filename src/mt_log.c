@@ -210,8 +210,17 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
             }
         }
         if (rc == MT_OK && b->data[i]) {
-            /* The data parsed on publish: handlers on this thread need not parse it again. */
-            mt_datacache_put(seq, (const char *) ev->data, ev->data_len, b->data[i]);
+            /*
+             * The data parsed on publish: handlers on this thread need not
+             * parse it again. A copy, made here: the value is another
+             * thread's memory, and freeing it here, when the cache lets it
+             * go, would take that thread's malloc arena lock (mt_datacache.h).
+             */
+            json_t *copy = json_deep_copy(b->data[i]);
+            if (copy) {
+                mt_datacache_put(seq, (const char *) ev->data, ev->data_len, copy);
+                json_decref(copy);
+            }
         }
         r->sequence = seq;
         r->streamversion = version;
