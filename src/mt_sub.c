@@ -1631,9 +1631,15 @@ void mt_subs_kick(mt_subs *subs)
 void mt_subs_prime(mt_subs *subs)
 {
     for (int i = 0; subs && i < subs->n; i++) {
-        /* Workers run ahead on what is committed: the append is not, yet. */
-        if (!subs->subs[i]->spec) {
-            submit(subs->subs[i]);
+        /*
+         * Only a subscription with no job in flight: one that has jobs
+         * going is busy, and more, smaller jobs would each pay a job's
+         * fixed cost (state, lanes, cursor) for a few events. Workers run
+         * ahead on what is committed: the append is not, yet.
+         */
+        sub_rt *s = subs->subs[i];
+        if (!s->spec && s->inflight == 0) {
+            submit(s);
         }
     }
 }

@@ -78,12 +78,13 @@ void mt_subs_close(mt_subs *subs);
 void mt_subs_kick(mt_subs *subs);
 
 /*
- * An append was just queued: submit a dispatch job for every idle
- * subscription now, behind it, so that it usually runs in the append's
- * group and the handlers' effects commit with the events (one sync, not
- * two). The kick after the append commits is still needed: a job may run
- * in a group before the append's. Subscriptions with workers are left to
- * that kick: their workers run ahead on what is committed.
+ * An append was just queued: submit a dispatch job now, behind it, for
+ * every subscription with none in flight, so that it usually runs in the
+ * append's group and the handlers' effects commit with the events (one
+ * sync, not two). The kick after the append commits is still needed: a
+ * job may run in a group before the append's. Busy subscriptions (a job
+ * in flight) and those with workers (they run ahead on what is committed)
+ * are left to that kick.
  */
 void mt_subs_prime(mt_subs *subs);
 
