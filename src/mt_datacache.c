@@ -7,6 +7,7 @@
  */
 #include "mt_datacache.h"
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,4 +95,16 @@ void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *v
         d->value = json_incref(value);
         c->bytes += len;
     }
+}
+
+static atomic_int users;
+
+void mt_datacache_use(int delta)
+{
+    atomic_fetch_add_explicit(&users, delta, memory_order_relaxed);
+}
+
+bool mt_datacache_used(void)
+{
+    return atomic_load_explicit(&users, memory_order_relaxed) > 0;
 }

@@ -24,6 +24,7 @@
 #ifndef MT_DATACACHE_H
 #define MT_DATACACHE_H
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,5 +37,13 @@ json_t *mt_datacache_get(uint64_t sequence, const char *text, size_t len);
  * text too long to keep, or when the thread's text budget is spent.
  */
 void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value);
+
+/*
+ * Whether anyone reads the cache: the handlers count themselves in and out
+ * (any thread), and an append with no handler in the process puts
+ * nothing, since its copy would only cost.
+ */
+void mt_datacache_use(int delta);
+bool mt_datacache_used(void);
 
 #endif

@@ -209,7 +209,7 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
                 rc = mt_store_put(t, MT_DB_HEADS, subject, strlen(subject), vb, 8, 0);
             }
         }
-        if (rc == MT_OK && b->data[i]) {
+        if (rc == MT_OK && b->data[i] && mt_datacache_used()) {
             /*
              * The data parsed on publish: handlers on this thread need not
              * parse it again. A copy, made here: the value is another

@@ -35,6 +35,7 @@ typedef struct handler {
     char *dir;                 /* owned: the handler's directory (require path) */
     fx_box *box;               /* lives in the Lua state (userdata) */
     int ctx_ref;               /* registry ref of the ctx table */
+    bool cache_user;           /* counted in mt_datacache_use */
 } handler;
 
 /*
@@ -443,6 +444,9 @@ static void handler_close(void *p)
     if (!h) {
         return;
     }
+    if (h->cache_user) {
+        mt_datacache_use(-1);
+    }
     mt_lua_free(h->lu);
     free(h->name);
     free(h->dir);
@@ -486,6 +490,8 @@ static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_
         handler_close(h);
         return MT_ELUA;
     }
+    mt_datacache_use(1);
+    h->cache_user = true;
     *out = h;
     return MT_OK;
 }

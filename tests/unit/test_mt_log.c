@@ -1761,9 +1761,10 @@ static mt_err run_cache_probe(mt_txn *t, void *arg)
 
 /*
  * The JSON data a structured request parsed on publish reaches the writer's
- * data cache with the append, as a copy of the writer's own: handlers on
- * the writer convert it without parsing the text again. Text data keeps nothing; the
- * cache is the writer's alone and answers only for the same text.
+ * data cache with the append, as a copy of the writer's own, once a
+ * handler is open in the process: handlers on the writer convert it
+ * without parsing the text again. Text data keeps nothing; the cache is
+ * the writer's alone and answers only for the same text.
  */
 static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
 {
@@ -1779,9 +1780,23 @@ static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
     assert_non_null(b.data[0]);
     assert_null(b.data[1]);
     append_job j;
+    /* No handler in the process: nothing is kept. */
+    assert_false(mt_datacache_used());
     assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
-
     cache_probe p = {j.results[0].sequence, "{\"n\":1}", NULL};
+    assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
+    assert_null(p.got);
+
+    mt_datacache_use(1); /* what a handler does when it opens */
+    mt_event_batch_free(&b);
+    mt_event_batch_init(&b);
+    body = "[{\"specversion\":\"1.0\",\"source\":\"/c\",\"id\":\"a2\",\"type\":\"t\","
+           "\"data\":{\"n\":1}},"
+           "{\"specversion\":\"1.0\",\"source\":\"/c\",\"id\":\"b2\",\"type\":\"t\","
+           "\"datacontenttype\":\"text/plain\",\"data\":\"hi\"}]";
+    assert_int_equal(mt_event_parse_batch(body, strlen(body), &b, err, sizeof err), MT_OK);
+    assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
+    p = (cache_probe){j.results[0].sequence, "{\"n\":1}", NULL};
     assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
     assert_non_null(p.got);
     assert_ptr_not_equal(p.got, b.data[0]); /* the writer's own copy */
@@ -1795,6 +1810,7 @@ static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
     assert_null(p.got);
     assert_null(mt_datacache_get(j.results[0].sequence, "{\"n\":1}", 7)); /* this thread's */
 
+    mt_datacache_use(-1);
     mt_event_batch_free(&b);
     mt_store_close(s);
 }
