@@ -508,6 +508,62 @@ static char *append_held(mt_loop *loop, mt_store *store, mt_subs *subs, int n, b
 }
 
 /*
+ * A registry with one subscription "count" (on t.#, counting events per
+ * subject in kv table "counts") over a real store in dir/data, its
+ * completions delivered by a real loop that the test runs by hand.
+ */
+typedef struct engine {
+    char *handler, *cfg;
+    mt_topo *topo;
+    mt_loop *loop;
+    mt_store *store;
+    mt_subs *subs;
+} engine;
+
+static void engine_open(engine *e, const char *dir)
+{
+    e->handler = mt_test_write_file(dir, "count.lua",
+                                    "return function(event, ctx)\n"
+                                    "  local t = ctx.kv('counts')\n"
+                                    "  t:put(event.subject, (t:get(event.subject) or 0) + 1)\n"
+                                    "end\n");
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "version: 1\nsubscriptions:\n  count:\n    topics: [\"t.#\"]\n    handler: %s\n",
+             e->handler);
+    e->cfg = mt_test_write_file(dir, "topology.yaml", yaml);
+    char data[512];
+    snprintf(data, sizeof data, "%s/data", dir);
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_load(e->cfg, &e->topo, &errs), MT_OK);
+    assert_int_equal(mt_loop_new(&e->loop), MT_OK);
+    e->store = open_store(data);
+    mt_loop_attach_store(e->loop, e->store);
+    e->subs = NULL;
+}
+
+/* Opens the registry (after the test has put what it needs in the store). */
+static void engine_start(engine *e)
+{
+    char err[512];
+    assert_int_equal(
+        mt_subs_open(e->loop, e->store, e->topo, mt_lua_sub_runner(), &e->subs, err, sizeof err),
+        MT_OK);
+}
+
+static void engine_close(engine *e)
+{
+    mt_subs_stop(e->subs);
+    mt_loop_detach_store(e->loop);
+    mt_store_close(e->store);
+    mt_subs_close(e->subs);
+    mt_loop_free(e->loop);
+    mt_topo_free(e->topo);
+    free(e->cfg);
+    free(e->handler);
+}
+
+/*
  * mt_subs_prime, called right after an append is queued, queues the
  * subscriptions' dispatch jobs behind it: they run in the append's group,
  * so the handler's effects are committed when the append is answered.
@@ -515,53 +571,23 @@ static char *append_held(mt_loop *loop, mt_store *store, mt_subs *subs, int n, b
  */
 static void test_fx_a_primed_dispatch_commits_with_the_append(void **state)
 {
-    const char *dir = *state;
-    char *handler = mt_test_write_file(dir, "count.lua",
-                                       "return function(event, ctx)\n"
-                                       "  local t = ctx.kv('counts')\n"
-                                       "  t:put(event.subject, (t:get(event.subject) or 0) + 1)\n"
-                                       "end\n");
-    char yaml[512];
-    snprintf(yaml, sizeof yaml,
-             "version: 1\nsubscriptions:\n  count:\n    topics: [\"t.#\"]\n    handler: %s\n",
-             handler);
-    char *cfg = mt_test_write_file(dir, "topology.yaml", yaml);
-    char data[512];
-    snprintf(data, sizeof data, "%s/data", dir);
-    mt_topo *topo = NULL;
-    mt_topo_errs errs = {0};
-    assert_int_equal(mt_topo_load(cfg, &topo, &errs), MT_OK);
-
-    mt_loop *loop;
-    assert_int_equal(mt_loop_new(&loop), MT_OK);
-    mt_store *store = open_store(data);
-    mt_loop_attach_store(loop, store);
-    mt_subs *subs = NULL;
-    char err[512];
-    assert_int_equal(mt_subs_open(loop, store, topo, mt_lua_sub_runner(), &subs, err, sizeof err),
-                     MT_OK);
-    settle(loop, store);
+    engine e;
+    engine_open(&e, *state);
+    engine_start(&e);
+    settle(e.loop, e.store);
 
     /* Not primed: the append is answered before the handler ran. */
-    assert_null(append_held(loop, store, subs, 1, false));
-    mt_subs_kick(subs);
-    settle(loop, store);
-    settle(loop, store);
+    assert_null(append_held(e.loop, e.store, e.subs, 1, false));
+    mt_subs_kick(e.subs);
+    settle(e.loop, e.store);
+    settle(e.loop, e.store);
 
     /* Primed: the handler's count is there when the append is answered. */
-    char *count = append_held(loop, store, subs, 2, true);
+    char *count = append_held(e.loop, e.store, e.subs, 2, true);
     assert_non_null(count);
     assert_string_equal(count, "2");
     free(count);
-
-    mt_subs_stop(subs);
-    mt_loop_detach_store(loop);
-    mt_store_close(store);
-    mt_subs_close(subs);
-    mt_loop_free(loop);
-    mt_topo_free(topo);
-    free(cfg);
-    free(handler);
+    engine_close(&e);
 }
 
 /* ---- the subscription's state record ---- */
@@ -604,47 +630,24 @@ static mt_err put_state_run(mt_txn *t, void *arg)
  */
 static void test_fx_a_json_state_record_of_before_is_read(void **state)
 {
-    const char *dir = *state;
-    char *handler = mt_test_write_file(dir, "count.lua",
-                                       "return function(event, ctx)\n"
-                                       "  local t = ctx.kv('counts')\n"
-                                       "  t:put(event.subject, (t:get(event.subject) or 0) + 1)\n"
-                                       "end\n");
-    char yaml[512];
-    snprintf(yaml, sizeof yaml,
-             "version: 1\nsubscriptions:\n  count:\n    topics: [\"t.#\"]\n    handler: %s\n",
-             handler);
-    char *cfg = mt_test_write_file(dir, "topology.yaml", yaml);
-    char data[512];
-    snprintf(data, sizeof data, "%s/data", dir);
-    mt_topo *topo = NULL;
-    mt_topo_errs errs = {0};
-    assert_int_equal(mt_topo_load(cfg, &topo, &errs), MT_OK);
-    mt_loop *loop;
-    assert_int_equal(mt_loop_new(&loop), MT_OK);
-    mt_store *store = open_store(data);
-    mt_loop_attach_store(loop, store);
-
+    engine e;
+    engine_open(&e, *state);
     /* Two events, and a JSON state that has handled the first. */
     put_state ps = {"count", "{\"cursor\":1,\"handled\":1,\"retried\":3,\"dead\":0,"
                              "\"last_error\":\"old trouble\",\"expired\":0,\"paused\":false}"};
-    assert_int_equal(mt_store_write(store, put_state_run, &ps), MT_OK);
-
-    mt_subs *subs = NULL;
-    char err[512];
-    assert_int_equal(mt_subs_open(loop, store, topo, mt_lua_sub_runner(), &subs, err, sizeof err),
-                     MT_OK);
-    mt_subs_kick(subs);
-    settle(loop, store);
-    settle(loop, store);
+    assert_int_equal(mt_store_write(e.store, put_state_run, &ps), MT_OK);
+    engine_start(&e);
+    mt_subs_kick(e.subs);
+    settle(e.loop, e.store);
+    settle(e.loop, e.store);
 
     mt_txn *t;
-    assert_int_equal(mt_store_read_begin(store, &t), MT_OK);
+    assert_int_equal(mt_store_read_begin(e.store, &t), MT_OK);
     char *count = stored(t, "counts", "s");
     assert_string_equal(count, "1"); /* only the second event */
     free(count);
     json_t *st;
-    assert_int_equal(mt_subs_status(subs, t, "count", &st), MT_OK);
+    assert_int_equal(mt_subs_status(e.subs, t, "count", &st), MT_OK);
     assert_int_equal(json_integer_value(json_object_get(st, "position")), 2);
     assert_int_equal(json_integer_value(json_object_get(st, "handled")), 2);
     assert_int_equal(json_integer_value(json_object_get(st, "retried")), 3);
@@ -655,15 +658,7 @@ static void test_fx_a_json_state_record_of_before_is_read(void **state)
     assert_int_equal(mt_store_get(t, MT_DB_SUBS, "count", 5, &v, &vl), MT_OK);
     assert_int_equal(((const uint8_t *) v)[0], 2); /* written back in the binary layout */
     mt_store_read_end(t);
-
-    mt_subs_stop(subs);
-    mt_loop_detach_store(loop);
-    mt_store_close(store);
-    mt_subs_close(subs);
-    mt_loop_free(loop);
-    mt_topo_free(topo);
-    free(cfg);
-    free(handler);
+    engine_close(&e);
 }
 
 int main(void)
