@@ -144,7 +144,6 @@ void mt_event_batch_add(mt_event_batch *b, const mt_event *ev)
     b->count++;
 }
 
-
 /* ---- parsing ---- */
 
 /*

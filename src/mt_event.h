@@ -113,8 +113,8 @@ typedef struct mt_event_batch {
     /*
      * owned references: record i's JSON data as the structured parsers
      * read it, or NULL (any other kind, binary mode, mt_event_batch_add).
-     * The writer hands them to the handlers' data cache, which would
-     * otherwise parse the same text again (mt_lua_handler.h).
+     * mt_log_append puts a copy in the writer's data cache, so that
+     * handlers do not parse the same text again (mt_datacache.h).
      */
     struct json_t **data;
     int count;

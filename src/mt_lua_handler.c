@@ -528,9 +528,9 @@ static int build_event(lua_State *L)
     } else if (ev->data_kind != MT_DATA_NONE) {
         lua_pushlstring(L, (const char *) ev->data, ev->data_len);
     } else {
-        a->ok = true;
-        return 1;
+        lua_pushnil(L);
     }
+    /* Raw: a plain set of a missing key would complete the table (__newindex). */
     lua_pushliteral(L, "data");
     lua_insert(L, -2);
     lua_rawset(L, -3);
