@@ -128,6 +128,7 @@ typedef struct append_job {
     mt_log_result *results;   /* batch.count entries */
     int64_t current;          /* stream version on conflict */
     uint64_t reply_wait_ms;   /* > 0: POST /events?wait=reply; answer with the reply */
+    uint64_t primed;          /* the append's number from mt_subs_prime */
 } append_job;
 
 /* A request waiting for its reply: an event of type 'topic' correlated to 'id'. */
@@ -614,7 +615,7 @@ static void append_done(mt_err rc, void *arg)
     } else if (j->reply_wait_ms) {
         reply_wait(j);
         mt_http_appended(h);
-        mt_subs_kick(h->subs);
+        mt_subs_kick_after(h->subs, j->primed);
     } else {
         /* Written member by member: this answers every publish. */
         mt_buf out;
@@ -652,7 +653,7 @@ static void append_done(mt_err rc, void *arg)
             sse_appended(h);
             wake_pulls(h);
             replies_check(h);
-            mt_subs_kick(h->subs);
+            mt_subs_kick_after(h->subs, j->primed);
         }
     }
     append_job_free(j);
@@ -796,7 +797,7 @@ static void handle_publish(mt_http *h, struct evhttp_request *req)
         reply_error(req, 503, "shutting down", "the engine is stopping; nothing was appended");
         return;
     }
-    mt_subs_prime(h->subs);
+    j->primed = mt_subs_prime(h->subs);
 }
 
 static void method_not_allowed(struct evhttp_request *req, const char *allow);

@@ -67,6 +67,7 @@ struct mt_subs {
     void *on_change_arg;
     void (*on_kick)(void *arg);
     void *on_kick_arg;
+    uint64_t appends_queued;     /* HTTP appends queued so far (mt_subs_prime) */
 };
 
 /* What a dispatch job reports back to the loop thread. */
@@ -88,6 +89,7 @@ struct sub_rt {
     void *handler;               /* from the runner; used on the writer thread only */
     mt_filter *filter;           /* NULL = none */
     int inflight;                /* dispatch jobs queued or running (DISPATCH_INFLIGHT at most) */
+    uint64_t submitted_after;    /* subs->appends_queued when the last dispatch job was queued */
     int job_budget;              /* handler runs the next dispatch job may do */
     bool again;                  /* a kick came while as many as allowed were in flight */
     struct event *timer;         /* fires at the next retry */
@@ -1348,6 +1350,7 @@ static void submit(sub_rt *s)
     s->round_ready = NULL;
     if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
         s->inflight++;
+        s->submitted_after = s->subs->appends_queued;
     } else {
         mt_spec_round_free(dj->out.round);
         free(dj);
@@ -1628,9 +1631,13 @@ void mt_subs_kick(mt_subs *subs)
     }
 }
 
-void mt_subs_prime(mt_subs *subs)
+uint64_t mt_subs_prime(mt_subs *subs)
 {
-    for (int i = 0; subs && i < subs->n; i++) {
+    if (!subs) {
+        return 0;
+    }
+    uint64_t append = ++subs->appends_queued;
+    for (int i = 0; i < subs->n; i++) {
         /*
          * Only a subscription with no job in flight: one that has jobs
          * going is busy, and more, smaller jobs would each pay a job's
@@ -1641,6 +1648,20 @@ void mt_subs_prime(mt_subs *subs)
         if (!s->spec && s->inflight == 0) {
             submit(s);
         }
+    }
+    return append;
+}
+
+void mt_subs_kick_after(mt_subs *subs, uint64_t append)
+{
+    for (int i = 0; subs && i < subs->n; i++) {
+        /* A job queued after the append runs after it: it will see the events. */
+        if (subs->subs[i]->submitted_after < append) {
+            submit(subs->subs[i]);
+        }
+    }
+    if (subs && subs->on_kick) {
+        subs->on_kick(subs->on_kick_arg);
     }
 }
 

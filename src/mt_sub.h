@@ -78,15 +78,22 @@ void mt_subs_close(mt_subs *subs);
 void mt_subs_kick(mt_subs *subs);
 
 /*
- * An append was just queued: submit a dispatch job now, behind it, for
+ * An HTTP append was just queued: submit a dispatch job now, behind it, for
  * every subscription with none in flight, so that it usually runs in the
  * append's group and the handlers' effects commit with the events (one
- * sync, not two). The kick after the append commits is still needed: a
- * job may run in a group before the append's. Busy subscriptions (a job
- * in flight) and those with workers (they run ahead on what is committed)
- * are left to that kick.
+ * sync, not two). Busy subscriptions (a job in flight) and those with
+ * workers (they run ahead on what is committed) are left to the kick after
+ * the append commits. Returns the append's number for that kick.
  */
-void mt_subs_prime(mt_subs *subs);
+uint64_t mt_subs_prime(mt_subs *subs);
+
+/*
+ * mt_subs_kick after the append that mt_subs_prime numbered 'append' has
+ * committed, leaving out the subscriptions that had a job queued after the
+ * append (the writer runs jobs in the order queued, so that job sees its
+ * events): the kick would only add a job with nothing to do.
+ */
+void mt_subs_kick_after(mt_subs *subs, uint64_t append);
 
 /* Also calls cb on every kick (webhooks pull when events arrive). */
 void mt_subs_on_kick(mt_subs *subs, void (*cb)(void *arg), void *arg);

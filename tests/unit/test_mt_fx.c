@@ -478,7 +478,8 @@ static void settle(mt_loop *loop, mt_store *store)
  * without priming the subscriptions right after; returns the handler's
  * count for "s" as it was when the append was answered (NULL: none yet).
  */
-static char *append_held(mt_loop *loop, mt_store *store, mt_subs *subs, int n, bool prime)
+static char *append_held(mt_loop *loop, mt_store *store, mt_subs *subs, int n, bool prime,
+                         uint64_t *primed)
 {
     gate g;
     sem_init(&g.entered, 0, 0);
@@ -496,7 +497,7 @@ static char *append_held(mt_loop *loop, mt_store *store, mt_subs *subs, int n, b
     assert_int_equal(mt_event_parse_structured(j, strlen(j), &a.b, err, sizeof err), MT_OK);
     assert_int_equal(mt_store_submit_repeatable(store, append_run, append_done, &a), MT_OK);
     if (prime) {
-        mt_subs_prime(subs);
+        *primed = mt_subs_prime(subs);
     }
     sem_post(&g.release);
     run_until(loop, &a.done);
@@ -567,7 +568,8 @@ static void engine_close(engine *e)
  * mt_subs_prime, called right after an append is queued, queues the
  * subscriptions' dispatch jobs behind it: they run in the append's group,
  * so the handler's effects are committed when the append is answered.
- * Without it they come only after the kick that follows the answer.
+ * Without it they come only after the kick that follows the answer. The
+ * kick after a primed append then adds no job: the primed one saw it.
  */
 static void test_fx_a_primed_dispatch_commits_with_the_append(void **state)
 {
@@ -577,16 +579,29 @@ static void test_fx_a_primed_dispatch_commits_with_the_append(void **state)
     settle(e.loop, e.store);
 
     /* Not primed: the append is answered before the handler ran. */
-    assert_null(append_held(e.loop, e.store, e.subs, 1, false));
+    assert_null(append_held(e.loop, e.store, e.subs, 1, false, NULL));
     mt_subs_kick(e.subs);
     settle(e.loop, e.store);
     settle(e.loop, e.store);
 
     /* Primed: the handler's count is there when the append is answered. */
-    char *count = append_held(e.loop, e.store, e.subs, 2, true);
+    uint64_t primed = 0;
+    char *count = append_held(e.loop, e.store, e.subs, 2, true, &primed);
     assert_non_null(count);
     assert_string_equal(count, "2");
     free(count);
+
+    /* The kick after it queues nothing; a plain kick queues a job that finds nothing. */
+    mt_store_stats st0, st1, st2;
+    mt_store_get_stats(e.store, &st0);
+    mt_subs_kick_after(e.subs, primed);
+    settle(e.loop, e.store);
+    mt_store_get_stats(e.store, &st1);
+    assert_int_equal(st1.jobs - st0.jobs, 1); /* settle's own */
+    mt_subs_kick(e.subs);
+    settle(e.loop, e.store);
+    mt_store_get_stats(e.store, &st2);
+    assert_int_equal(st2.jobs - st1.jobs, 2);
     engine_close(&e);
 }
 
