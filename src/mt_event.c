@@ -94,6 +94,17 @@ mt_err mt_event_decode(const void *rec, size_t len, mt_event *ev)
     return MT_OK;
 }
 
+void mt_event_rebase(mt_event *ev, const void *from, const void *to)
+{
+    const char *f = from, *t = to;
+    for (int i = 0; i < MT_ATTR_COUNT; i++) {
+        if (ev->attr[i]) {
+            ev->attr[i] = t + (ev->attr[i] - f);
+        }
+    }
+    ev->data = (const uint8_t *) t + ((const char *) ev->data - f);
+}
+
 void mt_event_record_set_position(void *rec, uint64_t sequence, uint64_t streamversion,
                                   int64_t recordedtime_us)
 {

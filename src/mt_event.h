@@ -95,6 +95,12 @@ void mt_event_encode(const mt_event *ev, mt_buf *out);
  */
 mt_err mt_event_decode(const void *rec, size_t len, mt_event *ev);
 
+/*
+ * Points the fields of 'ev', decoded from the record at 'from', at the same
+ * places in a byte-for-byte copy of that record at 'to' (no new decode).
+ */
+void mt_event_rebase(mt_event *ev, const void *from, const void *to);
+
 /* Sets the writer-assigned fields in an encoded record in place. */
 void mt_event_record_set_position(void *rec, uint64_t sequence, uint64_t streamversion,
                                   int64_t recordedtime_us);

@@ -934,6 +934,8 @@ typedef struct dispatch_job {
 typedef struct scan_batch {
     mt_buf records;            /* the matching events' records, one after another */
     size_t end[SCAN_CHUNK];    /* end[i]: where event i's record ends in 'records' */
+    mt_event ev[SCAN_CHUNK];   /* event i, decoded: pointing into the map, then into 'records' */
+    const void *from[SCAN_CHUNK]; /* where in the map record i was decoded */
     int n;
     uint64_t last;             /* the last log entry looked at (0: none) */
     bool more;                 /* stopped at a limit, not at the log's end */
@@ -970,12 +972,18 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int max, int *scans
         }
         if (matches(s, &ev, &memo)) {
             mt_buf_add(&b->records, v, vl);
+            b->ev[b->n] = ev;
+            b->from[b->n] = v;
             b->end[b->n++] = b->records.len;
         }
         b->last = ev.sequence;
         crc = mt_store_cursor_next(cur, &k, &kl, &v, &vl);
     }
     mt_store_cursor_close(cur);
+    /* The copies are all made (no more moves of 'records'): point the events at them. */
+    for (int i = 0; i < b->n; i++) {
+        mt_event_rebase(&b->ev[i], b->from[i], b->records.data + (i ? b->end[i - 1] : 0));
+    }
     return crc == MT_ENOTFOUND ? MT_OK : crc;
 }
 
@@ -999,12 +1007,7 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     for (;;) {
         rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
         for (int i = 0; rc == MT_OK && i < b->n; i++) {
-            size_t off = i ? b->end[i - 1] : 0;
-            mt_event ev;
-            if (mt_event_decode(b->records.data + off, b->end[i] - off, &ev)) {
-                rc = MT_EIO;
-                break;
-            }
+            const mt_event ev = b->ev[i];
             uint64_t seq = ev.sequence;
             char lane[MAX_LANE + 1];
             lane_of(c, &ev, lane, sizeof lane);

@@ -173,6 +173,34 @@ static void test_event_record_round_trips_every_attribute(void **state)
     expect_round_trip(&ev);
 }
 
+/* A decoded event moved onto a copy of its record reads the copy, as a decode of it would. */
+static void test_event_rebase_points_into_a_copy(void **state)
+{
+    (void) state;
+    mt_event ev;
+    full_event(&ev);
+    ev.attr[MT_ATTR_DATASCHEMA] = NULL; /* an absent attribute stays absent */
+    mt_buf buf;
+    mt_buf_init(&buf);
+    mt_event_encode(&ev, &buf);
+    mt_event from;
+    assert_int_equal(mt_event_decode(buf.data, buf.len, &from), MT_OK);
+    char *copy = malloc(buf.len);
+    assert_non_null(copy);
+    memcpy(copy, buf.data, buf.len);
+    memset(buf.data, 'x', buf.len); /* the original is gone */
+    mt_event_rebase(&from, buf.data, copy);
+    mt_event want;
+    assert_int_equal(mt_event_decode(copy, buf.len, &want), MT_OK);
+    assert_events_equal(&from, &want);
+    for (int i = 0; i < MT_ATTR_COUNT; i++) {
+        assert_ptr_equal(from.attr[i], want.attr[i]);
+    }
+    assert_ptr_equal(from.data, want.data);
+    free(copy);
+    mt_buf_free(&buf);
+}
+
 static void test_event_record_layout_matches_the_header(void **state)
 {
     (void) state;
@@ -1804,6 +1832,7 @@ int main(void)
         cmocka_unit_test(test_event_attr_names_are_the_cloudevents_names),
         cmocka_unit_test(test_event_init_marks_everything_absent),
         cmocka_unit_test(test_event_record_round_trips_every_attribute),
+        cmocka_unit_test(test_event_rebase_points_into_a_copy),
         cmocka_unit_test(test_event_record_layout_matches_the_header),
         cmocka_unit_test(test_event_record_priority_absent_differs_from_zero),
         cmocka_unit_test(test_event_record_keeps_every_data_kind),
