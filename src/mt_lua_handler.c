@@ -73,20 +73,14 @@ static char *to_json_text(lua_State *L, int idx, const char *what)
     if (lua_isinteger(L, idx)) {
         /* The usual kv value, a counter: no jansson value, no printf. */
         lua_Integer n = lua_tointeger(L, idx);
-        uint64_t u = n < 0 ? 0 - (uint64_t) n : (uint64_t) n;
-        char digits[24], *p = digits + sizeof digits;
-        do {
-            *--p = (char) ('0' + u % 10);
-            u /= 10;
-        } while (u);
+        mt_buf text;
+        mt_buf_init(&text);
         if (n < 0) {
-            *--p = '-';
+            mt_buf_adds(&text, "-");
         }
-        size_t len = (size_t) (digits + sizeof digits - p);
-        char *text = mt_xmalloc(len + 1);
-        memcpy(text, p, len);
-        text[len] = '\0';
-        return text;
+        mt_buf_add_u64(&text, n < 0 ? 0 - (uint64_t) n : (uint64_t) n);
+        mt_buf_cstr(&text);
+        return text.data;
     }
     json_t *j;
     char err[256];

@@ -316,7 +316,8 @@ static mt_err enc_table(enc *e, int idx, json_t **out)
         return fail(e, MT_ENOMEM, "Lua stack exhausted");
     }
     enum { UNMARKED, ARRAY, OBJECT } kind = UNMARKED;
-    if (lua_getmetatable(L, idx)) {
+    bool has_mt = lua_getmetatable(L, idx);
+    if (has_mt) {
         if (lua_rawequal(L, -1, e->array_mt)) {
             kind = ARRAY;
         } else if (lua_rawequal(L, -1, e->object_mt)) {
@@ -324,7 +325,7 @@ static mt_err enc_table(enc *e, int idx, json_t **out)
         }
         lua_pop(L, 1);
     }
-    if (kind == UNMARKED && !mt_lua_event_complete(L, idx)) {
+    if (has_mt && kind == UNMARKED && !mt_lua_event_complete(L, idx)) {
         return fail(e, MT_ENOMEM, "out of memory reading the event's attributes");
     }
 

@@ -104,6 +104,11 @@ typedef void (*mt_store_done_fn)(mt_err rc, void *arg);
 /*
  * Queues a job. Thread-safe. 'arg' stays the caller's; it must live until
  * 'done' is called. MT_ECLOSED if the store is closing ('done' is not called).
+ *
+ * Order: jobs run in the order queued, except that a group cut short while
+ * publishes wait lets repeatable jobs go ahead of the others (each kind
+ * keeps its order). So a job never runs before a repeatable job queued
+ * before it: a dispatch job queued after an append sees its events.
  */
 mt_err mt_store_submit(mt_store *s, mt_store_job_fn run, mt_store_done_fn done, void *arg);
 

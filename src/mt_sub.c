@@ -1007,28 +1007,28 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     for (;;) {
         rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
         for (int i = 0; rc == MT_OK && i < b->n; i++) {
-            const mt_event ev = b->ev[i];
-            uint64_t seq = ev.sequence;
+            const mt_event *ev = &b->ev[i];
+            uint64_t seq = ev->sequence;
             char lane[MAX_LANE + 1];
-            lane_of(c, &ev, lane, sizeof lane);
+            lane_of(c, ev, lane, sizeof lane);
             bool busy = false;
             if (any_parked) {
                 /* Only a subscription with parked messages can have a busy lane. */
                 rc = lane_busy(t, c->name, lane, &busy);
             }
-            int64_t now = ev.deliverafter_us ? mt_now_us() : 0;
+            int64_t now = ev->deliverafter_us ? mt_now_us() : 0;
             if (rc == MT_OK && busy) {
                 rc = park_blocked(s, t, lane, seq);
-            } else if (rc == MT_OK && ev.deliverafter_us > now && !expired(c, &ev, now)) {
-                rc = embargo(s, t, &ev, lane, out);
+            } else if (rc == MT_OK && ev->deliverafter_us > now && !expired(c, ev, now)) {
+                rc = embargo(s, t, ev, lane, out);
                 any_parked = true;
             } else if (rc == MT_OK && c->priority) {
                 /* Queued by priority; run_due takes the highest first. */
-                rc = schedule_head(s, t, lane, seq, NULL, queue_due(&ev));
+                rc = schedule_head(s, t, lane, seq, NULL, queue_due(ev));
                 any_parked = true;
             } else if (rc == MT_OK) {
                 bool freed;
-                rc = deliver(s, t, &ev, lane, 1, NULL, st, out, &freed);
+                rc = deliver(s, t, ev, lane, 1, NULL, st, out, &freed);
                 any_parked |= !freed;
                 if (rc == MT_OK && c->ordering == MT_ORDER_STRICT && !freed) {
                     st->cursor = seq;
@@ -1626,12 +1626,7 @@ void mt_subs_close(mt_subs *subs)
 
 void mt_subs_kick(mt_subs *subs)
 {
-    for (int i = 0; subs && i < subs->n; i++) {
-        submit(subs->subs[i]);
-    }
-    if (subs && subs->on_kick) {
-        subs->on_kick(subs->on_kick_arg);
-    }
+    mt_subs_kick_after(subs, UINT64_MAX); /* every job was queued before "that append" */
 }
 
 uint64_t mt_subs_prime(mt_subs *subs)
@@ -1658,7 +1653,7 @@ uint64_t mt_subs_prime(mt_subs *subs)
 void mt_subs_kick_after(mt_subs *subs, uint64_t append)
 {
     for (int i = 0; subs && i < subs->n; i++) {
-        /* A job queued after the append runs after it: it will see the events. */
+        /* A job queued after the append runs after it (mt_store.h): it will see the events. */
         if (subs->subs[i]->submitted_after < append) {
             submit(subs->subs[i]);
         }

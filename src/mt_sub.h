@@ -90,8 +90,9 @@ uint64_t mt_subs_prime(mt_subs *subs);
 /*
  * mt_subs_kick after the append that mt_subs_prime numbered 'append' has
  * committed, leaving out the subscriptions that had a job queued after the
- * append (the writer runs jobs in the order queued, so that job sees its
- * events): the kick would only add a job with nothing to do.
+ * append (no job runs before a repeatable job queued before it, mt_store.h,
+ * so that job sees its events): the kick would only add a job with nothing
+ * to do.
  */
 void mt_subs_kick_after(mt_subs *subs, uint64_t append);
 

@@ -810,6 +810,20 @@ static void test_lua_null_helpers(void **state)
     mt_lua_free(lu);
 }
 
+/* Runs handler 'h' on 'ev' (attempt 2); returns the message it raised (static buffer). */
+static const char *handler_said(const mt_sub_runner *r, void *h, const mt_event *ev)
+{
+    mt_buf error, tb;
+    mt_buf_init(&error);
+    mt_buf_init(&tb);
+    assert_int_equal(r->invoke(h, ev, 2, NULL, &error, &tb), MT_ELUA);
+    static char said[2048];
+    snprintf(said, sizeof said, "%s", mt_buf_cstr(&error));
+    mt_buf_free(&error);
+    mt_buf_free(&tb);
+    return said;
+}
+
 /*
  * Runs handler 'h' (which raises with what it saw) on an event of this
  * sequence and data; returns the error message (static buffer).
@@ -825,15 +839,7 @@ static const char *handler_saw(const mt_sub_runner *r, void *h, uint64_t seq, co
     ev.data_kind = MT_DATA_JSON;
     ev.data = (const uint8_t *) data;
     ev.data_len = strlen(data);
-    mt_buf error, tb;
-    mt_buf_init(&error);
-    mt_buf_init(&tb);
-    assert_int_equal(r->invoke(h, &ev, 1, NULL, &error, &tb), MT_ELUA);
-    static char saw[256];
-    snprintf(saw, sizeof saw, "%s", mt_buf_cstr(&error));
-    mt_buf_free(&error);
-    mt_buf_free(&tb);
-    return saw;
+    return handler_said(r, h, &ev);
 }
 
 /*
@@ -873,20 +879,6 @@ static void test_lua_handlers_each_see_the_events_own_data(void **state)
     r->close(h1);
     r->close(h2);
     mt_sub_conf_free(conf);
-}
-
-/* Runs handler 'h' on 'ev' (attempt 2); returns the message it raised (static buffer). */
-static const char *handler_said(const mt_sub_runner *r, void *h, const mt_event *ev)
-{
-    mt_buf error, tb;
-    mt_buf_init(&error);
-    mt_buf_init(&tb);
-    assert_int_equal(r->invoke(h, ev, 2, NULL, &error, &tb), MT_ELUA);
-    static char said[2048];
-    snprintf(said, sizeof said, "%s", mt_buf_cstr(&error));
-    mt_buf_free(&error);
-    mt_buf_free(&tb);
-    return said;
 }
 
 /*
