@@ -114,6 +114,34 @@ void mt_event_record_set_position(void *rec, uint64_t sequence, uint64_t streamv
     mt_put_be64(p + 20, (uint64_t) recordedtime_us);
 }
 
+mt_err mt_event_record_subject(const void *rec, size_t len, const char **subject,
+                               uint64_t *streamversion)
+{
+    const uint8_t *p = rec;
+    *subject = NULL;
+    *streamversion = 0;
+    if (len < STRINGS_OFF || p[0] != MT_EVENT_FORMAT) {
+        return MT_EINVAL;
+    }
+    size_t off = STRINGS_OFF;
+    for (int i = 0; i < MT_ATTR_SUBJECT; i++) {
+        uint32_t n = mt_get_be32(p + HEADER_LEN + 4 * i);
+        if (n > len - off) {
+            return MT_EINVAL;
+        }
+        off += n;
+    }
+    uint32_t n = mt_get_be32(p + HEADER_LEN + 4 * MT_ATTR_SUBJECT);
+    if (n > 0) {
+        if (n > len - off || p[off + n - 1] != '\0') {
+            return MT_EINVAL;
+        }
+        *subject = (const char *) p + off;
+    }
+    *streamversion = mt_get_be64(p + 12);
+    return MT_OK;
+}
+
 uint64_t mt_event_record_sequence(const void *rec, size_t len)
 {
     return len < HEADER_LEN ? 0 : mt_get_be64((const uint8_t *) rec + 4);

@@ -105,6 +105,14 @@ void mt_event_rebase(mt_event *ev, const void *from, const void *to);
 void mt_event_record_set_position(void *rec, uint64_t sequence, uint64_t streamversion,
                                   int64_t recordedtime_us);
 
+/*
+ * The subject of a record, without decoding the rest: sets *subject (NULL
+ * when absent; pointing into 'rec') and *streamversion. MT_EINVAL where
+ * mt_event_decode would refuse the record's header or its first strings.
+ */
+mt_err mt_event_record_subject(const void *rec, size_t len, const char **subject,
+                               uint64_t *streamversion);
+
 /* Reads the writer-assigned sequence of an encoded record (0 if too short). */
 uint64_t mt_event_record_sequence(const void *rec, size_t len);
 

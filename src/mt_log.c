@@ -50,6 +50,37 @@ static size_t id_key(uint8_t *k, const char *source, const char *id)
     return a + 1 + b;
 }
 
+/* The stream index's mark; *present false in a store without one. */
+static mt_err indexed_get(mt_txn *t, bool *present, uint64_t *seq)
+{
+    *present = false;
+    *seq = 0;
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY), &v,
+                             &vl);
+    if (rc == MT_ENOTFOUND) {
+        return MT_OK;
+    }
+    if (rc) {
+        return rc;
+    }
+    if (vl != 8) {
+        mt_error("log: the stream index mark is %zu bytes, not 8", vl);
+        return MT_EIO;
+    }
+    *present = true;
+    *seq = mt_get_be64(v);
+    return MT_OK;
+}
+
+static mt_err indexed_put(mt_txn *t, uint64_t seq)
+{
+    uint8_t v[8];
+    mt_put_be64(v, seq);
+    return mt_store_put(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY), v, 8, 0);
+}
+
 mt_err mt_log_head(mt_txn *t, uint64_t *seq)
 {
     *seq = 0;
@@ -141,9 +172,17 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
             rc = MT_EINVAL;
         }
     }
-    uint64_t seq = 0;
+    uint64_t seq = 0, indexed = 0;
+    bool marked = false;
     if (rc == MT_OK) {
         rc = mt_log_head(t, &seq);
+    }
+    if (rc == MT_OK) {
+        rc = indexed_get(t, &marked, &indexed);
+    }
+    if (rc == MT_OK && !marked) {
+        indexed = seq; /* a store of before: everything in it is indexed */
+        rc = indexed_put(t, seq);
     }
     bool checked = false;
     int64_t now = mt_now_us();
@@ -200,14 +239,9 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
             rc = mt_store_put(t, MT_DB_IDS, key, kl, seqk, 8, 0);
         }
         if (rc == MT_OK && subject) {
-            uint8_t sk[MT_EVENT_MAX_SUBJECT + 16];
             uint8_t vb[8];
             mt_put_be64(vb, version);
-            size_t skl = stream_key(sk, subject, version);
-            rc = mt_store_put(t, MT_DB_STREAMS, sk, skl, seqk, 8, 0);
-            if (rc == MT_OK) {
-                rc = mt_store_put(t, MT_DB_HEADS, subject, strlen(subject), vb, 8, 0);
-            }
+            rc = mt_store_put(t, MT_DB_HEADS, subject, strlen(subject), vb, 8, 0);
         }
         if (rc == MT_OK && b->data[i] && mt_datacache_used()) {
             /*
@@ -226,6 +260,70 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         r->streamversion = version;
     }
     free(evs);
+    if (rc == MT_OK && seq - indexed >= MT_LOG_INDEX_EVERY) {
+        rc = mt_log_index_streams(t);
+    }
+    return rc;
+}
+
+mt_err mt_log_index_streams(mt_txn *t)
+{
+    bool marked;
+    uint64_t indexed, head;
+    mt_err rc = indexed_get(t, &marked, &indexed);
+    if (rc == MT_OK) {
+        rc = mt_log_head(t, &head);
+    }
+    if (rc || !marked || head <= indexed) {
+        return rc; /* without a mark, every event is indexed */
+    }
+    /*
+     * Read first, write after: each entry (key, then the 8-byte sequence) is
+     * copied out of the map before any put. In log order, not key order:
+     * sorted puts measured no faster.
+     */
+    mt_buf entries;
+    mt_buf_init(&entries);
+    mt_cursor *c;
+    rc = mt_store_cursor_open(t, MT_DB_LOG, &c);
+    if (rc == MT_OK) {
+        uint8_t start[8];
+        mt_put_be64(start, indexed + 1);
+        const void *k, *v;
+        size_t kl, vl;
+        mt_err mv = mt_store_cursor_seek(c, start, 8, &k, &kl, &v, &vl);
+        for (; mv == MT_OK; mv = mt_store_cursor_next(c, &k, &kl, &v, &vl)) {
+            const char *subject;
+            uint64_t version;
+            if (kl != 8 || mt_event_record_subject(v, vl, &subject, &version) ||
+                (subject && strlen(subject) > MT_EVENT_MAX_SUBJECT)) {
+                mt_error("log: record at sequence %llu is corrupt",
+                         (unsigned long long) (kl == 8 ? mt_get_be64(k) : 0));
+                mv = MT_EIO;
+                break;
+            }
+            if (subject) {
+                uint8_t key[2 + MT_EVENT_MAX_SUBJECT + 16]; /* length, key */
+                size_t n = stream_key(key + 2, subject, version);
+                key[0] = (uint8_t) (n >> 8);
+                key[1] = (uint8_t) n;
+                mt_buf_add(&entries, key, 2 + n);
+                mt_buf_add(&entries, k, 8);
+            }
+        }
+        mt_store_cursor_close(c);
+        rc = mv == MT_ENOTFOUND ? MT_OK : mv;
+    }
+    for (size_t off = 0; off < entries.len && rc == MT_OK;) {
+        const uint8_t *p = (const uint8_t *) entries.data + off;
+        size_t n = (size_t) p[0] << 8 | p[1];
+        rc = mt_store_put(t, MT_DB_STREAMS, p + 2, n, p + 2 + n, 8, 0);
+        off += 2 + n + 8;
+    }
+    if (rc == MT_OK) {
+        rc = indexed_put(t, head);
+    }
+    mt_buf_free(&entries);
     return rc;
 }
 
@@ -267,6 +365,61 @@ int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit
     return stop;
 }
 
+/*
+ * The part of a stream read beyond the index's mark: the subject's events
+ * there, from the log. Each is newer than every indexed one.
+ */
+static int read_stream_tail(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,
+                            mt_log_visit_fn visit, void *arg)
+{
+    bool marked, exists;
+    uint64_t indexed, last;
+    if (indexed_get(t, &marked, &indexed) || mt_log_stream_head(t, subject, &exists, &last)) {
+        return -1;
+    }
+    if (!marked || !exists || last < from) {
+        return 0;
+    }
+    mt_cursor *c;
+    if (mt_store_cursor_open(t, MT_DB_LOG, &c)) {
+        return -1;
+    }
+    uint8_t start[8];
+    mt_put_be64(start, indexed + 1);
+    const void *k, *v;
+    size_t kl, vl;
+    int stop = 0;
+    uint64_t n = 0;
+    mt_err rc = mt_store_cursor_seek(c, start, 8, &k, &kl, &v, &vl);
+    while (rc == MT_OK && n < limit && stop == 0) {
+        const char *s;
+        uint64_t version;
+        mt_event ev;
+        if (mt_event_record_subject(v, vl, &s, &version) ||
+            (s && strcmp(s, subject) == 0 && mt_event_decode(v, vl, &ev))) {
+            mt_error("log: record at sequence %llu is corrupt",
+                     (unsigned long long) (kl == 8 ? mt_get_be64(k) : 0));
+            stop = -1;
+            break;
+        }
+        if (s && version >= from && strcmp(s, subject) == 0) {
+            stop = visit(&ev, arg);
+            n++;
+            if (version == last) {
+                break; /* the subject's head: nothing of it further on */
+            }
+        }
+        if (stop == 0) {
+            rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
+        }
+    }
+    mt_store_cursor_close(c);
+    if (rc != MT_OK && rc != MT_ENOTFOUND) {
+        return -1;
+    }
+    return stop;
+}
+
 int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,
                        mt_log_visit_fn visit, void *arg)
 {
@@ -283,8 +436,9 @@ int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t l
     const void *k, *v;
     size_t kl, vl;
     int stop = 0;
+    uint64_t n = 0;
     mt_err rc = mt_store_cursor_seek(c, start, sl, &k, &kl, &v, &vl);
-    for (uint64_t n = 0; rc == MT_OK && n < limit && stop == 0; n++) {
+    for (; rc == MT_OK && n < limit && stop == 0; n++) {
         /* Stop at the first key of another subject. */
         if (kl != sn + 9 || memcmp(k, subject, sn + 1) != 0 || vl != 8) {
             break;
@@ -305,5 +459,8 @@ int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t l
     if (rc != MT_OK && rc != MT_ENOTFOUND) {
         return -1;
     }
-    return stop;
+    if (stop || n == limit) {
+        return stop;
+    }
+    return read_stream_tail(t, subject, from, limit - n, visit, arg);
 }

@@ -6,8 +6,22 @@
  * the group commit; reads take any transaction. The log assigns each new
  * event its sequence (global, from 1, contiguous), its streamversion (per
  * subject, from 0, contiguous) and its recordedtime. It owns these
- * databases of the store: MT_DB_LOG, MT_DB_STREAMS, MT_DB_HEADS, MT_DB_IDS.
- * No state of its own: every call works from the transaction it is given.
+ * databases of the store: MT_DB_LOG, MT_DB_STREAMS, MT_DB_HEADS, MT_DB_IDS,
+ * and the key MT_LOG_INDEXED_KEY of MT_DB_META. No state of its own: every
+ * call works from the transaction it is given.
+ *
+ * The stream index (MT_DB_STREAMS) is brought up to date in bulk, not per
+ * event: an append leaves it alone until MT_LOG_INDEX_EVERY events are
+ * beyond it, then indexes them all in its transaction. Per
+ * event, a subject's entry lands on that subject's leaf of the B-tree, so
+ * with many subjects each event dirtied a page of its own in every commit;
+ * in bulk, the events of one subject share it. The mark (MT_LOG_INDEXED_KEY,
+ * u64 BE) says up to which sequence every event is indexed; a stream read
+ * takes what lies beyond it from the log itself (at most
+ * MT_LOG_INDEX_EVERY - 1 events, walked only when the subject's head is
+ * past what the index holds). Mark and entries change in one transaction,
+ * so every snapshot reads a whole stream. A store without the mark indexed
+ * every event as it came; the first append there sets the mark at its head.
  */
 #ifndef MT_LOG_H
 #define MT_LOG_H
@@ -16,6 +30,11 @@
 #include "mt_err.h"
 #include "mt_event.h"
 #include "mt_store.h"
+
+/* The meta key of the stream index's mark. */
+#define MT_LOG_INDEXED_KEY "log.streams.indexed"
+/* An append that leaves this many events beyond the stream index indexes them. */
+#define MT_LOG_INDEX_EVERY 4096
 
 /* An expected version, as in EventStoreDB. */
 typedef enum mt_expect_kind {
@@ -81,6 +100,12 @@ typedef int (*mt_log_visit_fn)(const mt_event *ev, void *arg);
  * corrupt record (logged with its sequence).
  */
 int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit, void *arg);
+
+/*
+ * Indexes every event beyond the stream index's mark and moves the mark to
+ * the log's head (inside a write transaction). MT_EFULL, MT_EIO.
+ */
+mt_err mt_log_index_streams(mt_txn *t);
 
 /* Visits events of 'subject' with streamversion >= from, at most 'limit'. Same returns. */
 int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,

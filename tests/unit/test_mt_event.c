@@ -390,6 +390,43 @@ static void test_event_decode_takes_the_rest_as_data(void **state)
     mt_buf_free(&buf);
 }
 
+static void test_event_record_subject_reads_only_the_subject(void **state)
+{
+    (void) state;
+    mt_event ev;
+    full_event(&ev);
+    ev.streamversion = 31;
+    mt_buf buf;
+    mt_buf_init(&buf);
+    mt_event_encode(&ev, &buf);
+    const char *subject = NULL;
+    uint64_t version = 0;
+    assert_int_equal(mt_event_record_subject(buf.data, buf.len, &subject, &version), MT_OK);
+    assert_non_null(subject);
+    assert_string_equal(subject, ev.attr[MT_ATTR_SUBJECT]);
+    assert_int_equal(version, 31);
+    mt_event back;
+    assert_int_equal(mt_event_decode(buf.data, buf.len, &back), MT_OK);
+    assert_ptr_equal(subject, back.attr[MT_ATTR_SUBJECT]);
+
+    /* Cut inside the subject, or before it: refused, as decoding does. */
+    size_t at = (size_t) (subject - buf.data);
+    assert_int_equal(mt_event_record_subject(buf.data, at + 1, &subject, &version), MT_EINVAL);
+    assert_null(subject);
+    assert_int_equal(mt_event_record_subject(buf.data, at - 1, &subject, &version), MT_EINVAL);
+    assert_int_equal(mt_event_record_subject(buf.data, 10, &subject, &version), MT_EINVAL);
+    mt_buf_free(&buf);
+
+    /* No subject. */
+    ev.attr[MT_ATTR_SUBJECT] = NULL;
+    mt_buf_init(&buf);
+    mt_event_encode(&ev, &buf);
+    subject = "x";
+    assert_int_equal(mt_event_record_subject(buf.data, buf.len, &subject, &version), MT_OK);
+    assert_null(subject);
+    mt_buf_free(&buf);
+}
+
 static void test_event_record_set_position_patches_in_place(void **state)
 {
     (void) state;
@@ -1839,6 +1876,7 @@ int main(void)
         cmocka_unit_test(test_event_decode_refuses_corrupt_records),
         cmocka_unit_test(test_event_decode_takes_the_rest_as_data),
         cmocka_unit_test(test_event_record_set_position_patches_in_place),
+        cmocka_unit_test(test_event_record_subject_reads_only_the_subject),
         cmocka_unit_test(test_event_batch_add_appends_records_back_to_back),
         cmocka_unit_test(test_event_structured_minimal_event),
         cmocka_unit_test(test_event_structured_reads_every_attribute),

@@ -716,16 +716,52 @@ static void test_log_read_pages_with_after_and_limit(void **state)
     mt_store_close(s);
 }
 
-static void test_log_read_stream_stays_in_its_subject(void **state)
+static mt_err run_index_streams(mt_txn *t, void *arg)
 {
-    mt_store *s = open_store(state);
-    /* Subjects that sort next to each other, one a prefix of the others. */
-    static const char *const subjects[] = {"a", "ab", "a.b", "a", "b", "a", "ab", "a b", "a"};
-    for (size_t i = 0; i < sizeof subjects / sizeof subjects[0]; i++) {
+    (void) arg;
+    return mt_log_index_streams(t);
+}
+
+/* Brings the stream index up to the log's head, in a job of its own. */
+static void index_streams(mt_store *s)
+{
+    assert_int_equal(mt_store_write(s, run_index_streams, NULL), MT_OK);
+}
+
+/* How many entries the stream index itself holds. */
+static int stream_index_entries(mt_store *s)
+{
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin(s, &t), MT_OK);
+    mt_cursor *c;
+    assert_int_equal(mt_store_cursor_open(t, MT_DB_STREAMS, &c), MT_OK);
+    const void *k, *v;
+    size_t kl, vl;
+    int n = 0;
+    for (mt_err rc = mt_store_cursor_seek(c, "", 0, &k, &kl, &v, &vl); rc == MT_OK;
+         rc = mt_store_cursor_next(c, &k, &kl, &v, &vl)) {
+        n++;
+    }
+    mt_store_cursor_close(c);
+    mt_store_read_end(t);
+    return n;
+}
+
+/* Subjects that sort next to each other, one a prefix of the others. */
+static const char *const stream_subjects[] = {"a", "ab", "a.b", "a", "b", "a", "ab", "a b", "a"};
+
+static void append_stream_subjects(mt_store *s, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++) {
         char id[16];
         snprintf(id, sizeof id, "e%zu", i + 1);
-        append_one(s, "/src", id, subjects[i]);
+        append_one(s, "/src", id, stream_subjects[i]);
     }
+}
+
+/* The reads of test_log_read_stream_stays_in_its_subject, whatever part is indexed. */
+static void check_stream_reads(mt_store *s)
+{
     got *g = malloc(sizeof *g);
     assert_non_null(g);
     assert_int_equal(read_stream(s, "a", 0, 100, g), 4);
@@ -764,6 +800,106 @@ static void test_log_read_stream_stays_in_its_subject(void **state)
     assert_int_equal(read_stream(s, longest, 0, 100, g), 0);
     free(longest);
     free(g);
+}
+
+static void test_log_read_stream_stays_in_its_subject(void **state)
+{
+    mt_store *s = open_store(state);
+    size_t n = sizeof stream_subjects / sizeof stream_subjects[0];
+    /* Nothing indexed yet: every read comes from the log's tail. */
+    append_stream_subjects(s, 0, 4);
+    assert_int_equal(stream_index_entries(s), 0);
+    index_streams(s);
+    assert_int_equal(stream_index_entries(s), 4);
+    /* Four events indexed, five after them only in the log. */
+    append_stream_subjects(s, 4, n);
+    assert_int_equal(stream_index_entries(s), 4);
+    check_stream_reads(s);
+    index_streams(s);
+    assert_int_equal(stream_index_entries(s), (int) n);
+    check_stream_reads(s);
+    /* Indexing again finds nothing new; a reopened store reads the same. */
+    index_streams(s);
+    assert_int_equal(stream_index_entries(s), (int) n);
+    mt_store_close(s);
+    s = open_store(state);
+    check_stream_reads(s);
+    mt_store_close(s);
+}
+
+static void test_log_read_stream_reads_the_unindexed_tail_alone(void **state)
+{
+    mt_store *s = open_store(state);
+    append_stream_subjects(s, 0, sizeof stream_subjects / sizeof stream_subjects[0]);
+    assert_int_equal(stream_index_entries(s), 0);
+    check_stream_reads(s);
+    mt_store_close(s);
+}
+
+static mt_err run_forget_indexed(mt_txn *t, void *arg)
+{
+    (void) arg;
+    return mt_store_del(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY));
+}
+
+static void test_log_stream_index_of_a_store_without_the_mark(void **state)
+{
+    /*
+     * Stores of before indexed every event as it was appended and have no
+     * mark: all they hold is indexed. The first append sets the mark there.
+     */
+    mt_store *s = open_store(state);
+    size_t n = sizeof stream_subjects / sizeof stream_subjects[0];
+    append_stream_subjects(s, 0, 4);
+    index_streams(s);
+    assert_int_equal(mt_store_write(s, run_forget_indexed, NULL), MT_OK);
+    append_stream_subjects(s, 4, n);
+    assert_int_equal(stream_index_entries(s), 4);
+    check_stream_reads(s);
+    index_streams(s);
+    assert_int_equal(stream_index_entries(s), (int) n);
+    check_stream_reads(s);
+    mt_store_close(s);
+}
+
+static void test_log_stream_index_catches_up_every_so_many_events(void **state)
+{
+    mt_store *s = open_store(state);
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    append_job j;
+    int appended = 0, batches = 0;
+    while (appended < MT_LOG_INDEX_EVERY - 1) {
+        char id[32], subject[16];
+        snprintf(id, sizeof id, "n%d", appended);
+        snprintf(subject, sizeof subject, "s%d", appended % 7);
+        add_event(&b, "/src", id, subject);
+        appended++;
+        if (b.count == MAX_BATCH || appended == MT_LOG_INDEX_EVERY - 1) {
+            assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
+            mt_event_batch_free(&b);
+            mt_event_batch_init(&b);
+            batches++;
+        }
+    }
+    assert_true(batches > 1);
+    /* One short of the threshold: still nothing indexed. */
+    assert_int_equal(stream_index_entries(s), 0);
+    append_one(s, "/src", "last", "s0");
+    assert_int_equal(stream_index_entries(s), MT_LOG_INDEX_EVERY);
+    got *g = malloc(sizeof *g);
+    assert_non_null(g);
+    int s3 = 0; /* events on s3 among the first MT_LOG_INDEX_EVERY - 1 */
+    for (int i = 0; i < MT_LOG_INDEX_EVERY - 1; i++) {
+        s3 += i % 7 == 3;
+    }
+    assert_int_equal(read_stream(s, "s3", 0, MAX_GOT, g), s3 < MAX_GOT ? s3 : MAX_GOT);
+    for (int i = 0; i < g->n; i++) {
+        assert_int_equal(g->ev[i].sv, (uint64_t) i);
+        assert_int_equal(g->ev[i].seq, (uint64_t) (3 + 7 * i + 1));
+    }
+    free(g);
+    mt_event_batch_free(&b);
     mt_store_close(s);
 }
 
@@ -1832,6 +1968,9 @@ int main(void)
         T(test_log_failed_job_leaves_nothing_behind),
         T(test_log_read_pages_with_after_and_limit),
         T(test_log_read_stream_stays_in_its_subject),
+        T(test_log_read_stream_reads_the_unindexed_tail_alone),
+        T(test_log_stream_index_of_a_store_without_the_mark),
+        T(test_log_stream_index_catches_up_every_so_many_events),
         T(test_log_get_reads_one_event),
         T(test_log_survives_close_and_reopen),
         T(test_log_replays_the_write_ahead_file_after_lmdb_lost_its_commits),
