@@ -50,7 +50,9 @@
  *       live.tick open loop: every millisecond the events due go as one
  *       application/cloudevents-batch+json request on a free connection of C
  *       (default 4; while all are busy, events wait and go together in the
- *       next request), subjects spread over 1000 values. Each event's data
+ *       next request), subjects spread over 1000 values (--subjects N), ids
+ *       the run's prefix and a counter (--random-ids: in UUID form, in no
+ *       order, as most publishers make them). Each event's data
  *       holds its number "k" and its request's CLOCK_REALTIME send time
  *       "pubns"; every K-th (default 100) also "probe": true. The handler
  *       (bench/handlers/probe_*.lua) emits a receipt {k, pubns} for each
@@ -544,6 +546,18 @@ static void init_run_id(void)
  * type 'type', number 'k' (in its id), subject s-'subject', optional
  * deliverafter 'after', and data {<fields>,"pad":"xx.."}.
  */
+static bool random_ids; /* ids in UUID form, in no order (live --random-ids) */
+
+/* A mixer of 64 bits (splitmix64's finalizer): distinct inputs, distinct outputs. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= UINT64_C(0xBF58476D1CE4E5B9);
+    x ^= x >> 27;
+    x *= UINT64_C(0x94D049BB133111EB);
+    return x ^ (x >> 31);
+}
+
 static void add_event_on(struct evbuffer *out, const char *type, uint64_t k, uint64_t subject,
                          const char *after, const char *fields)
 {
@@ -552,12 +566,22 @@ static void add_event_on(struct evbuffer *out, const char *type, uint64_t k, uin
     if (after) {
         snprintf(da, sizeof da, "\"deliverafter\":\"%s\",", after);
     }
+    char id[96];
+    if (random_ids) {
+        /* Unique within the run (mix64 is a bijection), the run's prefix after it. */
+        uint64_t a = mix64(k), b = mix64(a ^ k);
+        snprintf(id, sizeof id, "%08x-%04x-4%03x-%04x-%012" PRIx64 "-%s", (unsigned) (a >> 32),
+                 (unsigned) (a >> 16) & 0xffff, (unsigned) a & 0xfff,
+                 (unsigned) (b >> 48) & 0xffff, b & UINT64_C(0xffffffffffff), run_id);
+    } else {
+        snprintf(id, sizeof id, "%s-%" PRIu64, run_id, k);
+    }
     int len = snprintf(ev, sizeof ev,
-                       "{\"specversion\":\"1.0\",\"id\":\"%s-%" PRIu64 "\","
+                       "{\"specversion\":\"1.0\",\"id\":\"%s\","
                        "\"source\":\"/bench/mt_delivery\",\"type\":\"%s\","
                        "\"subject\":\"s-%" PRIu64 "\",%s\"datacontenttype\":\"application/json\","
                        "\"data\":{%s,\"pad\":\"",
-                       run_id, k, type, subject, da, fields);
+                       id, type, subject, da, fields);
     if (len < 0 || (size_t) len >= sizeof ev) {
         die("event too long");
     }
@@ -1741,10 +1765,12 @@ static void on_live_answer(struct evhttp_request *req, void *arg)
     live_fill();
 }
 
-/* Subjects spread over SUBJECTS values without a pattern that probes could follow. */
+static uint64_t live_subjects = SUBJECTS; /* live --subjects */
+
+/* Subjects spread over live_subjects values without a pattern that probes could follow. */
 static uint64_t live_subject(uint64_t k)
 {
-    return ((k * UINT64_C(0x9E3779B97F4A7C15)) >> 32) % SUBJECTS;
+    return ((k * UINT64_C(0x9E3779B97F4A7C15)) >> 32) % live_subjects;
 }
 
 /*
@@ -2016,7 +2042,8 @@ static int cmd_live(int argc, char **argv)
         {"workers", required_argument, NULL, 'W'}, {"conns", required_argument, NULL, 'c'},
         {"every", required_argument, NULL, 'e'},   {"drain", required_argument, NULL, 'd'},
         {"engine-pid", required_argument, NULL, 'p'}, {"name", required_argument, NULL, 'N'},
-        {"no-stream", no_argument, NULL, 'S'},     {NULL, 0, NULL, 0},
+        {"no-stream", no_argument, NULL, 'S'},     {"subjects", required_argument, NULL, 'j'},
+        {"random-ids", no_argument, NULL, 'I'},    {NULL, 0, NULL, 0},
     };
     const char *url = NULL, *handler = NULL;
     bool stream = true;
@@ -2042,9 +2069,12 @@ static int cmd_live(int argc, char **argv)
         case 'p': engine_pid = (long) parse_u64("engine-pid", optarg, 1, INT32_MAX); break;
         case 'N': row_name = optarg; break;
         case 'S': stream = false; break;
+        case 'j': live_subjects = parse_u64("subjects", optarg, 1, UINT32_MAX); break;
+        case 'I': random_ids = true; break;
         default: die("usage: mt_delivery live --url BASE --handler PATH [--subs N] [--workers W] "
                      "[--rate R] [--seconds S] [--warmup S] [--conns C] [--every N] "
-                     "[--drain S] [--no-stream] [--engine-pid PID] [--name NAME]");
+                     "[--drain S] [--no-stream] [--subjects N] [--random-ids] "
+                     "[--engine-pid PID] [--name NAME]");
         }
     }
     if (!stream && lv.nsubs) {
