@@ -367,7 +367,10 @@ int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit
 
 /*
  * The part of a stream read beyond the index's mark: the subject's events
- * there, from the log. Each is newer than every indexed one.
+ * there with streamversion >= from, from the log. The index holds each
+ * subject's versions from 0 on without a gap, so 'from' past what it gave
+ * (or the caller's, if it gave none) and the head say whether there are
+ * any: a subject not written since the mark costs no walk.
  */
 static int read_stream_tail(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,
                             mt_log_visit_fn visit, void *arg)
@@ -436,13 +439,14 @@ int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t l
     const void *k, *v;
     size_t kl, vl;
     int stop = 0;
-    uint64_t n = 0;
+    uint64_t n = 0, next = from; /* the first version the index did not give */
     mt_err rc = mt_store_cursor_seek(c, start, sl, &k, &kl, &v, &vl);
     for (; rc == MT_OK && n < limit && stop == 0; n++) {
         /* Stop at the first key of another subject. */
         if (kl != sn + 9 || memcmp(k, subject, sn + 1) != 0 || vl != 8) {
             break;
         }
+        next = mt_get_be64((const uint8_t *) k + sn + 1) + 1;
         mt_event ev;
         uint64_t seq = mt_get_be64(v);
         rc = mt_log_get(t, seq, &ev);
@@ -462,5 +466,5 @@ int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t l
     if (stop || n == limit) {
         return stop;
     }
-    return read_stream_tail(t, subject, from, limit - n, visit, arg);
+    return read_stream_tail(t, subject, next, limit - n, visit, arg);
 }
