@@ -15,6 +15,7 @@
 #include "mt_store.h"
 #include "mt_sub.h"
 #include "mt_topo.h"
+#include "mt_util.h"
 
 #define MIB (1ULL << 20)
 
@@ -231,6 +232,100 @@ static mt_err emit_job(mt_txn *t, void *arg)
 static void test_fx_an_emit_moves_buffered_writes_into_a_savepoint(void **state)
 {
     run_with_trigger(state, emit_job);
+}
+
+/* The record of 'json' (one structured event) with the position of 'seq' in the log. */
+static void expect_record_of(mt_txn *t, uint64_t seq, const char *json)
+{
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    char err[256];
+    assert_int_equal(mt_event_parse_structured(json, strlen(json), &b, err, sizeof err), MT_OK);
+    uint8_t k[8];
+    mt_put_be64(k, seq);
+    const void *v;
+    size_t vl;
+    assert_int_equal(mt_store_get(t, MT_DB_LOG, k, 8, &v, &vl), MT_OK);
+    mt_event got;
+    assert_int_equal(mt_event_decode(v, vl, &got), MT_OK);
+    uint8_t *want = (uint8_t *) b.buf.data + b.off[0];
+    mt_event_record_set_position(want, seq, got.streamversion, got.recordedtime_us);
+    assert_int_equal(vl, b.len[0]);
+    assert_memory_equal(v, want, vl);
+    mt_event_batch_free(&b);
+}
+
+/*
+ * An emitted event is exactly the record a publisher would get for its
+ * CloudEvent: id, source, causation, correlation, subject, embargo, data.
+ * And what a publisher could not send, an emit cannot either.
+ */
+static mt_err emit_record_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "subA", st->ev);
+    uint64_t s1 = 0, s2 = 0, s3 = 0, bad = 0;
+    char err[512];
+    const char *data = "{\"a\":[1,2.5,\"x\\u00e9\"],\"b\":null}";
+    assert_int_equal(mt_fx_emit(&fx, "t.one", data, strlen(data), NULL, 0, &s1, err, sizeof err),
+                     MT_OK);
+    assert_int_equal(mt_fx_emit(&fx, "t.two", NULL, 0, "other", 0, &s2, err, sizeof err), MT_OK);
+    assert_int_equal(mt_fx_emit(&fx, "t.three", "7", 1, NULL, 1767323045654321LL, &s3, err,
+                                sizeof err),
+                     MT_OK);
+    static const struct {
+        const char *type, *subject, *msg;
+    } refused[] = {
+        {"a..b", NULL, "emit: type: 'a..b' is not a dot-separated name"},
+        {"", NULL, "emit: type: must not be empty"},
+        {"t.x#", NULL, "emit: type: 't.x#' is not a dot-separated name"},
+        {"t.\xff", NULL, "emit: type must be a UTF-8 string"},
+        {"t.ok", "\xc3", "emit: subject must be a UTF-8 string"},
+        {"t.ok", "", "emit: subject: must not be empty"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(mt_fx_emit(&fx, refused[i].type, "1", 1, refused[i].subject, 0, &bad,
+                                    err, sizeof err),
+                         MT_EINVAL);
+        if (strncmp(err, refused[i].msg, strlen(refused[i].msg)) != 0) {
+            print_error("refused[%zu]: got \"%s\"\n", i, err);
+        }
+        assert_int_equal(strncmp(err, refused[i].msg, strlen(refused[i].msg)), 0);
+    }
+    char *longest = malloc(MT_EVENT_MAX_SUBJECT + 2);
+    assert_non_null(longest);
+    memset(longest, 's', MT_EVENT_MAX_SUBJECT + 1);
+    longest[MT_EVENT_MAX_SUBJECT + 1] = '\0';
+    assert_int_equal(mt_fx_emit(&fx, "t.ok", "1", 1, longest, 0, &bad, err, sizeof err),
+                     MT_EINVAL);
+    assert_string_equal(err, "emit: subject: longer than 400 bytes");
+    free(longest);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    assert_int_equal(s2, s1 + 1);
+    assert_int_equal(s3, s2 + 1);
+    expect_record_of(t, s1,
+                     "{\"specversion\":\"1.0\",\"id\":\"subA:7:0\","
+                     "\"source\":\"/moontide/subscriptions/subA\",\"type\":\"t.one\","
+                     "\"subject\":\"s\",\"causationid\":\"x\",\"correlationid\":\"x\","
+                     "\"data\":{\"a\":[1,2.5,\"x\\u00e9\"],\"b\":null}}");
+    expect_record_of(t, s2,
+                     "{\"specversion\":\"1.0\",\"id\":\"subA:7:1\","
+                     "\"source\":\"/moontide/subscriptions/subA\",\"type\":\"t.two\","
+                     "\"subject\":\"other\",\"causationid\":\"x\",\"correlationid\":\"x\"}");
+    expect_record_of(t, s3,
+                     "{\"specversion\":\"1.0\",\"id\":\"subA:7:2\","
+                     "\"source\":\"/moontide/subscriptions/subA\",\"type\":\"t.three\","
+                     "\"subject\":\"s\",\"causationid\":\"x\",\"correlationid\":\"x\","
+                     "\"deliverafter\":\"2026-01-02T03:04:05.654321Z\",\"data\":7}");
+    return MT_OK;
+}
+
+static void test_fx_an_emitted_event_is_the_record_a_publisher_gets(void **state)
+{
+    run_with_trigger(state, emit_record_job);
 }
 
 static mt_err put_job(mt_txn *t, void *arg)
@@ -684,6 +779,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_fx_buffered_writes_replace_one_another_past_the_small_array, mt_test_setup_dir,
             mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_an_emitted_event_is_the_record_a_publisher_gets,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emit_moves_buffered_writes_into_a_savepoint,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
