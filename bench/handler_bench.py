@@ -3,7 +3,9 @@
 engine is restarted with subscriptions starting at the beginning, and the
 time until every subscription has caught up gives events/s per case:
 (a) an empty handler, (b) a handler updating a kv table, (c) four
-subscriptions on the same topic (fan-out, kv handler). Durability fsync.
+subscriptions on the same topic (fan-out, kv handler), (d, e) the kv
+handler with 2 and 3 workers, (f) a handler emitting one event per event.
+Durability fsync.
 
 With --callgrind the engine that catches up runs under valgrind's callgrind
 and the table gives instructions per handled event instead of a rate: a
@@ -126,6 +128,7 @@ def main():
             ("c-fanout4", [("kv%d" % i, "bench/handlers/kv.lua") for i in range(4)]),
             ("d-kv-w2", [("kv", "bench/handlers/kv.lua", 2)]),
             ("e-kv-w3", [("kv", "bench/handlers/kv.lua", 3)]),
+            ("f-emit", [("emit", "bench/handlers/emit.lua")]),
         ]
         if a.cases:
             wanted = a.cases.split(",")

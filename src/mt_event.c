@@ -326,36 +326,74 @@ static bool valid_type(const char *t)
     return true;
 }
 
-static mt_err set_string_attr(draft *d, mt_event_attr a, const char *v)
+/*
+ * The checks of a string attribute's value, shared by the parsers and
+ * mt_event_set_attr: sets *us for the time attributes; on a bad value
+ * writes what is wrong (without the attribute's name) to msg.
+ */
+static mt_err check_string_attr(mt_event_attr a, const char *v, int64_t *us, char *msg,
+                                size_t msglen)
 {
-    const char *name = attr_names[a];
     size_t n = strlen(v);
+    *us = 0;
     if (n > attr_max[a]) {
-        return fail(d, name, "longer than %zu bytes", attr_max[a]);
+        snprintf(msg, msglen, "longer than %zu bytes", attr_max[a]);
+        return MT_EINVAL;
     }
     if (n == 0 && (a == MT_ATTR_ID || a == MT_ATTR_SOURCE || a == MT_ATTR_TYPE ||
                    a == MT_ATTR_SUBJECT)) {
-        return fail(d, name, "must not be empty");
+        snprintf(msg, msglen, "must not be empty");
+        return MT_EINVAL;
     }
     if (a == MT_ATTR_TYPE && !valid_type(v)) {
-        return fail(d, name, "'%s' is not a dot-separated name (no empty words, spaces, '*' or '#')",
-                    v);
+        snprintf(msg, msglen,
+                 "'%s' is not a dot-separated name (no empty words, spaces, '*' or '#')", v);
+        return MT_EINVAL;
     }
-    int64_t us = 0;
-    if (a == MT_ATTR_TIME || a == MT_ATTR_EXPIRYTIME || a == MT_ATTR_DELIVERAFTER) {
-        if (mt_time_parse(v, &us)) {
-            return fail(d, name, "'%s' is not an RFC 3339 timestamp", v);
-        }
-        if (a == MT_ATTR_EXPIRYTIME) {
-            d->ev.expiry_us = us ? us : 1;
-        } else if (a == MT_ATTR_DELIVERAFTER) {
-            d->ev.deliverafter_us = us ? us : 1;
-        }
+    if ((a == MT_ATTR_TIME || a == MT_ATTR_EXPIRYTIME || a == MT_ATTR_DELIVERAFTER) &&
+        mt_time_parse(v, us)) {
+        snprintf(msg, msglen, "'%s' is not an RFC 3339 timestamp", v);
+        return MT_EINVAL;
     }
     if (a == MT_ATTR_REPLYTO && !valid_type(v)) {
-        return fail(d, name, "'%s' is not a topic name", v);
+        snprintf(msg, msglen, "'%s' is not a topic name", v);
+        return MT_EINVAL;
     }
-    d->ev.attr[a] = v;
+    return MT_OK;
+}
+
+/* Sets a checked string attribute and the times it carries. */
+static void put_string_attr(mt_event *ev, mt_event_attr a, const char *v, int64_t us)
+{
+    if (a == MT_ATTR_EXPIRYTIME) {
+        ev->expiry_us = us ? us : 1;
+    } else if (a == MT_ATTR_DELIVERAFTER) {
+        ev->deliverafter_us = us ? us : 1;
+    }
+    ev->attr[a] = v;
+}
+
+static mt_err set_string_attr(draft *d, mt_event_attr a, const char *v)
+{
+    char msg[512];
+    int64_t us;
+    if (check_string_attr(a, v, &us, msg, sizeof msg)) {
+        return fail(d, attr_names[a], "%s", msg);
+    }
+    put_string_attr(&d->ev, a, v, us);
+    return MT_OK;
+}
+
+mt_err mt_event_set_attr(mt_event *ev, mt_event_attr a, const char *v, char *err, size_t errlen)
+{
+    mt_assert(a < MT_ATTR_EXTENSIONS);
+    char msg[512];
+    int64_t us;
+    if (check_string_attr(a, v, &us, msg, sizeof msg)) {
+        snprintf(err, errlen, "%s: %s", attr_names[a], msg);
+        return MT_EINVAL;
+    }
+    put_string_attr(ev, a, v, us);
     return MT_OK;
 }
 

@@ -85,6 +85,15 @@ const char *mt_event_attr_name(mt_event_attr a);
 /* Sets every field to "absent". */
 void mt_event_init(mt_event *ev);
 
+/*
+ * Sets string attribute 'a' (not extensions) of an event built in code to
+ * 'v' (borrowed; valid UTF-8 is the caller's to check), with the checks a
+ * parsed one gets: size, required ones not empty, a type a dot-separated
+ * name, time attributes RFC 3339 (setting expiry_us or deliverafter_us).
+ * MT_EINVAL with "name: what is wrong" in err.
+ */
+mt_err mt_event_set_attr(mt_event *ev, mt_event_attr a, const char *v, char *err, size_t errlen);
+
 /* Appends the record for 'ev' to 'out'. Never fails (sizes are validated on parse). */
 void mt_event_encode(const mt_event *ev, mt_buf *out);
 

@@ -576,80 +576,85 @@ mt_err mt_fx_reply(mt_fx *fx, const char *data, size_t data_len, uint64_t *seque
                       sequence, err, errlen);
 }
 
+/* MT_EINVAL with "emit: NAME must be a UTF-8 string" unless 'v' is valid UTF-8. */
+static mt_err check_utf8(const char *name, const char *v, char *err, size_t errlen)
+{
+    json_t *j = json_string(v); /* jansson checks the encoding */
+    if (!j) {
+        snprintf(err, errlen, "emit: %s must be a UTF-8 string", name);
+        return MT_EINVAL;
+    }
+    json_decref(j);
+    return MT_OK;
+}
+
 static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t data_len,
                          const char *subject, int64_t deliverafter_us, const char *corr,
                          uint64_t *sequence, char *err, size_t errlen)
 {
     *sequence = 0;
     /* The handler sees the new event's sequence: only the writer knows it. */
-    mt_err nrc = needs_txn(fx, err, errlen, "emit");
-    if (nrc) {
-        return nrc;
+    mt_err rc = needs_txn(fx, err, errlen, "emit");
+    if (rc) {
+        return rc;
     }
+    /*
+     * The event is built here with the checks a published one gets
+     * (mt_event_set_attr, jansson for the data): what the engine fills in
+     * (ids, source, causation) is within bounds by construction.
+     */
     const mt_event *tr = fx->trigger;
-    char id[MT_EVENT_MAX_ID + 1], source[MT_EVENT_MAX_SOURCE + 1];
+    char id[MT_EVENT_MAX_ID + 1], source[MT_EVENT_MAX_SOURCE + 1], ts[40];
     snprintf(id, sizeof id, "%.64s:%llu:%d", fx->sub, (unsigned long long) tr->sequence,
              fx->emitted);
     snprintf(source, sizeof source, "/moontide/subscriptions/%.64s", fx->sub);
-    /* Build it as a structured event so that one parser validates everything. */
-    json_t *o = json_object();
-    json_object_set_new(o, "specversion", json_string("1.0"));
-    json_object_set_new(o, "id", json_string(id));
-    json_object_set_new(o, "source", json_string(source));
-    json_t *t = json_string(type);
-    if (!t) {
-        json_decref(o);
-        snprintf(err, errlen, "emit: type must be a UTF-8 string");
+    const char *subj = subject ? subject : tr->attr[MT_ATTR_SUBJECT];
+    char msg[512];
+    mt_event ev;
+    mt_event_init(&ev);
+    ev.attr[MT_ATTR_ID] = id;
+    ev.attr[MT_ATTR_SOURCE] = source;
+    ev.attr[MT_ATTR_CAUSATIONID] = tr->attr[MT_ATTR_ID];
+    ev.attr[MT_ATTR_CORRELATIONID] = corr;
+    if ((rc = check_utf8("type", type, err, errlen)) ||
+        (subj && (rc = check_utf8("subject", subj, err, errlen)))) {
+        return rc;
+    }
+    if (mt_event_set_attr(&ev, MT_ATTR_TYPE, type, msg, sizeof msg) ||
+        (subj && mt_event_set_attr(&ev, MT_ATTR_SUBJECT, subj, msg, sizeof msg))) {
+        snprintf(err, errlen, "emit: %s", msg);
         return MT_EINVAL;
     }
-    json_object_set_new(o, "type", t);
-    const char *subj = subject ? subject : tr->attr[MT_ATTR_SUBJECT];
-    if (subj) {
-        json_t *sj = json_string(subj);
-        if (!sj) {
-            json_decref(o);
-            snprintf(err, errlen, "emit: subject must be a UTF-8 string");
+    if (deliverafter_us) {
+        mt_time_format_us(deliverafter_us, ts, sizeof ts);
+        mt_err trc = mt_event_set_attr(&ev, MT_ATTR_DELIVERAFTER, ts, msg, sizeof msg);
+        mt_assert(trc == MT_OK); /* the engine's own format */
+    }
+    json_t *parsed = NULL;
+    if (data) {
+        json_error_t je;
+        parsed = json_loadb(data, data_len, JSON_DECODE_ANY, &je);
+        if (!parsed) {
+            snprintf(err, errlen, "emit: data: malformed JSON at byte %d: %s", je.position,
+                     je.text);
             return MT_EINVAL;
         }
-        json_object_set_new(o, "subject", sj);
+        ev.data_kind = MT_DATA_JSON;
+        ev.data = (const uint8_t *) data;
+        ev.data_len = data_len;
     }
-    json_object_set_new(o, "causationid", json_string(tr->attr[MT_ATTR_ID]));
-    json_object_set_new(o, "correlationid", json_string(corr));
-    if (deliverafter_us) {
-        char ts[40];
-        mt_time_format_us(deliverafter_us, ts, sizeof ts);
-        json_object_set_new(o, "deliverafter", json_string(ts));
-    }
-    char *env = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(o);
-    mt_buf body;
-    mt_buf_init(&body);
-    size_t n = strlen(env);
-    mt_buf_add(&body, env, n - 1);
-    if (data) {
-        mt_buf_adds(&body, ",\"data\":");
-        mt_buf_add(&body, data, data_len);
-    }
-    mt_buf_adds(&body, "}");
-    free(env);
-
     mt_event_batch b;
     mt_event_batch_init(&b);
-    char perr[512];
-    mt_err rc = mt_event_parse_structured(body.data, body.len, &b, perr, sizeof perr);
-    mt_buf_free(&body);
-    if (rc) {
-        snprintf(err, errlen, "emit: %s", perr);
+    mt_event_batch_add(&b, &ev);
+    b.data[0] = parsed; /* the batch's now: for the data cache, as a publish's */
+    mt_log_result res;
+    int64_t current;
+    rc = mt_log_append(fx->txn, &b, NULL, &res, &current);
+    if (rc == MT_OK) {
+        *sequence = res.sequence;
+        fx->emitted++;
     } else {
-        mt_log_result res;
-        int64_t current;
-        rc = mt_log_append(fx->txn, &b, NULL, &res, &current);
-        if (rc == MT_OK) {
-            *sequence = res.sequence;
-            fx->emitted++;
-        } else {
-            snprintf(err, errlen, "emit: %s", mt_err_str(rc));
-        }
+        snprintf(err, errlen, "emit: %s", mt_err_str(rc));
     }
     mt_event_batch_free(&b);
     return rc;
