@@ -227,9 +227,45 @@ static mt_err escalate(mt_fx *fx)
     return MT_OK;
 }
 
+/* Drops the emitted events still waiting. */
+static void emits_free(mt_fx *fx)
+{
+    if (fx->emits) {
+        mt_event_batch_free(fx->emits);
+        free(fx->emits);
+        fx->emits = NULL;
+    }
+}
+
+/* Appends the waiting emitted events at the sequences their emits were told. */
+static mt_err append_emits(mt_fx *fx)
+{
+    mt_event_batch *b = fx->emits;
+    mt_log_result *res = mt_xcalloc((size_t) b->count, sizeof *res);
+    int64_t current;
+    mt_err rc = mt_log_append(fx->txn, b, NULL, res, &current);
+    for (int i = 0; i < b->count && rc == MT_OK; i++) {
+        if (res[i].duplicate || res[i].sequence != fx->emit_first + (uint64_t) i) {
+            mt_error("subscription %s: an event emitted for sequence %llu was told %llu and "
+                     "appended at %llu%s", fx->sub, (unsigned long long) fx->trigger->sequence,
+                     (unsigned long long) (fx->emit_first + (uint64_t) i),
+                     (unsigned long long) res[i].sequence,
+                     res[i].duplicate ? " (a duplicate)" : "");
+            rc = MT_EIO;
+        }
+    }
+    free(res);
+    return rc;
+}
+
 mt_err mt_fx_finish(mt_fx *fx, bool keep)
 {
     mt_err rc = MT_OK;
+    if (keep && fx->emits) {
+        rc = append_emits(fx);
+        keep = rc == MT_OK;
+    }
+    emits_free(fx);
     if (fx->savepoint) {
         if (keep) {
             rc = mt_store_savepoint_release(fx->savepoint);
@@ -388,6 +424,7 @@ void mt_fx_free(mt_fx *fx)
     fx->reject = fx->reply_to = NULL;
     rec_free(fx->rec);
     fx->rec = NULL;
+    emits_free(fx);
     if (fx->savepoint) {
         mt_store_savepoint_rollback(fx->savepoint);
         fx->savepoint = NULL;
@@ -588,13 +625,53 @@ static mt_err check_utf8(const char *name, const char *v, char *err, size_t errl
     return MT_OK;
 }
 
+/*
+ * Buffered mode: 'ev' waits in fx for the run's outcome (its strings are
+ * copied into the batch; 'parsed', its data, is taken). An event of this
+ * id already in the log (a re-run of a handled trigger) is answered with
+ * its sequence and not added, as an append would.
+ */
+static mt_err emit_later(mt_fx *fx, const mt_event *ev, json_t *parsed, uint64_t *sequence,
+                         char *err, size_t errlen)
+{
+    uint64_t seq;
+    mt_err rc = mt_log_find_id(fx->txn, ev->attr[MT_ATTR_SOURCE], ev->attr[MT_ATTR_ID], &seq);
+    if (rc == MT_OK) {
+        json_decref(parsed);
+        *sequence = seq;
+        fx->emitted++;
+        return MT_OK;
+    }
+    if (rc == MT_ENOTFOUND && !fx->emits) {
+        uint64_t head;
+        rc = mt_log_head(fx->txn, &head);
+        if (rc == MT_OK) {
+            fx->emits = mt_xmalloc(sizeof *fx->emits);
+            mt_event_batch_init(fx->emits);
+            fx->emit_first = head + 1;
+        }
+    } else if (rc == MT_ENOTFOUND) {
+        rc = MT_OK;
+    }
+    if (rc) {
+        json_decref(parsed);
+        snprintf(err, errlen, "emit: %s", mt_err_str(rc));
+        return rc;
+    }
+    mt_event_batch_add(fx->emits, ev);
+    fx->emits->data[fx->emits->count - 1] = parsed;
+    *sequence = fx->emit_first + (uint64_t) fx->emits->count - 1;
+    fx->emitted++;
+    return MT_OK;
+}
+
 static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t data_len,
                          const char *subject, int64_t deliverafter_us, const char *corr,
                          uint64_t *sequence, char *err, size_t errlen)
 {
     *sequence = 0;
     /* The handler sees the new event's sequence: only the writer knows it. */
-    mt_err rc = needs_txn(fx, err, errlen, "emit");
+    mt_err rc = fx->base ? MT_OK : needs_txn(fx, err, errlen, "emit");
     if (rc) {
         return rc;
     }
@@ -642,6 +719,9 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
         ev.data_kind = MT_DATA_JSON;
         ev.data = (const uint8_t *) data;
         ev.data_len = data_len;
+    }
+    if (fx->base) {
+        return emit_later(fx, &ev, parsed, sequence, err, errlen);
     }
     mt_event_batch b;
     mt_event_batch_init(&b);

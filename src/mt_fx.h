@@ -53,7 +53,9 @@ typedef struct mt_fx {
     char *reply_to;           /* unused until request/reply; NULL */
     mt_fx_rec *rec;           /* owned; record or buffered mode */
     mt_txn *base;             /* buffered mode: the writer's transaction */
-    mt_txn *savepoint;        /* owned; buffered mode once an emit or a scan needed one */
+    mt_txn *savepoint;        /* owned; buffered mode once a scan needed one */
+    mt_event_batch *emits;    /* owned; buffered mode: the events emitted, waiting */
+    uint64_t emit_first;      /* the sequence the first of them was told */
 } mt_fx;
 
 /* Binds 'fx' to a savepoint and a trigger. */
@@ -61,17 +63,21 @@ void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger
 void mt_fx_free(mt_fx *fx);
 
 /*
- * Buffered mode, on the writer: kv writes wait in fx (reads see them) and
- * reach 'txn' only in mt_fx_finish, so a failed invocation leaves nothing
- * to undo and needs no savepoint. The first emit or scan opens a savepoint
+ * Buffered mode, on the writer: kv writes and emitted events wait in fx
+ * (reads see the writes) and reach 'txn' only in mt_fx_finish, so a failed
+ * invocation leaves nothing to undo and needs no savepoint. An emit is told
+ * the sequence its event will get: nothing else appends to 'txn' while the
+ * handler runs, so the events appended at the end get the log's head + 1,
+ * + 2, ... as told (mt_fx_finish checks). The first scan opens a savepoint
  * of 'txn', moves the waiting writes into it and goes on there.
  */
 void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger);
 
 /*
  * Ends a buffered invocation: with 'keep' its effects go into the
- * transaction, else they are dropped. A store error means the transaction
- * holds part of them: the caller must give it up.
+ * transaction (the writes, then the emitted events), else they are dropped.
+ * A store error means the transaction holds part of them: the caller must
+ * give it up.
  */
 mt_err mt_fx_finish(mt_fx *fx, bool keep);
 

@@ -123,6 +123,25 @@ mt_err mt_log_stream_head(mt_txn *t, const char *subject, bool *exists, uint64_t
     return MT_OK;
 }
 
+mt_err mt_log_find_id(mt_txn *t, const char *source, const char *id, uint64_t *seq)
+{
+    *seq = 0;
+    uint8_t key[MT_EVENT_MAX_SOURCE + MT_EVENT_MAX_ID + 2];
+    if (strlen(source) > MT_EVENT_MAX_SOURCE || strlen(id) > MT_EVENT_MAX_ID) {
+        return MT_ENOTFOUND; /* no such event can be stored */
+    }
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_IDS, key, id_key(key, source, id), &v, &vl);
+    if (rc == MT_OK) {
+        if (vl != 8) {
+            return MT_EIO;
+        }
+        *seq = mt_get_be64(v);
+    }
+    return rc;
+}
+
 mt_err mt_log_get(mt_txn *t, uint64_t seq, mt_event *ev)
 {
     mt_event_init(ev);

@@ -111,6 +111,9 @@ mt_err mt_log_index_streams(mt_txn *t);
 int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,
                        mt_log_visit_fn visit, void *arg);
 
+/* The sequence of the event with this source and id: MT_ENOTFOUND if none; MT_EIO. */
+mt_err mt_log_find_id(mt_txn *t, const char *source, const char *id, uint64_t *seq);
+
 /* Reads the event at 'seq' into *ev (pointers valid until the txn ends). MT_ENOTFOUND. */
 mt_err mt_log_get(mt_txn *t, uint64_t seq, mt_event *ev);
 

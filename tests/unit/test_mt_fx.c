@@ -198,42 +198,6 @@ static void test_fx_buffered_writes_replace_one_another_past_the_small_array(voi
     run_with_trigger(state, many_writes_job);
 }
 
-/* An emit opens a savepoint holding the writes before it; a failure drops both. */
-static mt_err emit_job(mt_txn *t, void *arg)
-{
-    step *st = arg;
-    for (int keep = 0; keep < 2; keep++) {
-        mt_fx fx;
-        mt_fx_init_buffered(&fx, t, "sub", st->ev);
-        assert_int_equal(mt_fx_kv_put(&fx, "tbl", "before", "1", 1), MT_OK);
-        uint64_t seq = 0;
-        char err[256];
-        assert_int_equal(mt_fx_emit(&fx, "t.emitted", "{}", 2, NULL, 0, &seq, err, sizeof err),
-                         MT_OK);
-        assert_true(seq > 0);
-        assert_int_equal(mt_fx_kv_put(&fx, "tbl", "after", "2", 1), MT_OK);
-        expect(&fx, "tbl", "before", "1");
-        assert_int_equal(mt_fx_finish(&fx, keep), MT_OK);
-        mt_fx_free(&fx);
-        char *bf = stored(t, "tbl", "before"), *af = stored(t, "tbl", "after");
-        if (keep) {
-            assert_string_equal(bf, "1");
-            assert_string_equal(af, "2");
-        } else {
-            assert_null(bf);
-            assert_null(af);
-        }
-        free(bf);
-        free(af);
-    }
-    return MT_OK;
-}
-
-static void test_fx_an_emit_moves_buffered_writes_into_a_savepoint(void **state)
-{
-    run_with_trigger(state, emit_job);
-}
-
 /* The record of 'json' (one structured event) with the position of 'seq' in the log. */
 static void expect_record_of(mt_txn *t, uint64_t seq, const char *json)
 {
@@ -253,6 +217,81 @@ static void expect_record_of(mt_txn *t, uint64_t seq, const char *json)
     assert_int_equal(vl, b.len[0]);
     assert_memory_equal(v, want, vl);
     mt_event_batch_free(&b);
+}
+
+static uint64_t head_of(mt_txn *t)
+{
+    uint64_t h = 0;
+    assert_int_equal(mt_log_head(t, &h), MT_OK);
+    return h;
+}
+
+/*
+ * Emitted events wait with the writes for the run's outcome: nothing is in
+ * the log while the handler runs, a failed run leaves neither (and the next
+ * run is told the same sequences), a kept one appends them at the
+ * sequences the handler was told. A re-run after a crash is told the
+ * original's sequence for an event already emitted (deterministic ids).
+ */
+static mt_err emit_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    uint64_t head = head_of(t);
+    for (int keep = 0; keep < 2; keep++) {
+        mt_fx fx;
+        mt_fx_init_buffered(&fx, t, "sub", st->ev);
+        assert_int_equal(mt_fx_kv_put(&fx, "tbl", "before", "1", 1), MT_OK);
+        uint64_t seq = 0, seq2 = 0;
+        char err[256];
+        assert_int_equal(mt_fx_emit(&fx, "t.emitted", "{}", 2, NULL, 0, &seq, err, sizeof err),
+                         MT_OK);
+        assert_int_equal(seq, head + 1);
+        assert_int_equal(mt_fx_kv_put(&fx, "tbl", "after", "2", 1), MT_OK);
+        assert_int_equal(mt_fx_emit(&fx, "t.emitted", "[1]", 3, NULL, 0, &seq2, err, sizeof err),
+                         MT_OK);
+        assert_int_equal(seq2, head + 2);
+        expect(&fx, "tbl", "before", "1");
+        assert_int_equal(head_of(t), head);
+        assert_int_equal(mt_fx_finish(&fx, keep), MT_OK);
+        mt_fx_free(&fx);
+        char *bf = stored(t, "tbl", "before"), *af = stored(t, "tbl", "after");
+        if (keep) {
+            assert_string_equal(bf, "1");
+            assert_string_equal(af, "2");
+            assert_int_equal(head_of(t), head + 2);
+            expect_record_of(t, seq2,
+                             "{\"specversion\":\"1.0\",\"id\":\"sub:7:1\","
+                             "\"source\":\"/moontide/subscriptions/sub\",\"type\":\"t.emitted\","
+                             "\"subject\":\"s\",\"causationid\":\"x\","
+                             "\"correlationid\":\"x\",\"data\":[1]}");
+        } else {
+            assert_null(bf);
+            assert_null(af);
+            assert_int_equal(head_of(t), head);
+        }
+        free(bf);
+        free(af);
+    }
+    /* The same trigger again: both events are in the log, nothing is added. */
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    uint64_t again[2];
+    char err[256];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(mt_fx_emit(&fx, "t.emitted", "{}", 2, NULL, 0, &again[i], err, sizeof err),
+                         MT_OK);
+        assert_int_equal(again[i], head + 1 + (uint64_t) i);
+    }
+    assert_int_equal(fx.emitted, 2);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    assert_int_equal(head_of(t), head + 2);
+    return MT_OK;
+}
+
+static void test_fx_emitted_events_wait_with_the_writes_for_the_outcome(void **state)
+{
+    run_with_trigger(state, emit_job);
 }
 
 /*
@@ -781,7 +820,7 @@ int main(void)
             mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emitted_event_is_the_record_a_publisher_gets,
                                         mt_test_setup_dir, mt_test_teardown_dir),
-        cmocka_unit_test_setup_teardown(test_fx_an_emit_moves_buffered_writes_into_a_savepoint,
+        cmocka_unit_test_setup_teardown(test_fx_emitted_events_wait_with_the_writes_for_the_outcome,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
                                         mt_test_setup_dir, mt_test_teardown_dir),
