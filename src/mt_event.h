@@ -142,6 +142,7 @@ typedef struct mt_event_batch {
     struct json_t **data;
     int count;
     int cap;
+    bool data_local;    /* data[] was made on the appending thread: cached as it is */
 } mt_event_batch;
 
 void mt_event_batch_init(mt_event_batch *b);

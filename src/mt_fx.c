@@ -586,18 +586,26 @@ int64_t mt_fx_now_us(const mt_fx *fx)
 }
 
 static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t data_len,
-                         const char *subject, int64_t deliverafter_us, const char *corr_id,
-                         uint64_t *sequence, char *err, size_t errlen);
+                         json_t *value, const char *subject, int64_t deliverafter_us,
+                         const char *corr_id, uint64_t *sequence, char *err, size_t errlen);
+
+mt_err mt_fx_emit_value(mt_fx *fx, const char *type, const char *data, size_t data_len,
+                        json_t *value, const char *subject, int64_t deliverafter_us,
+                        uint64_t *sequence, char *err, size_t errlen)
+{
+    const mt_event *tr = fx->trigger;
+    const char *corr = tr->attr[MT_ATTR_CORRELATIONID] ? tr->attr[MT_ATTR_CORRELATIONID]
+                                                       : tr->attr[MT_ATTR_ID];
+    return emit_event(fx, type, data, data_len, value, subject, deliverafter_us, corr, sequence,
+                      err, errlen);
+}
 
 mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len,
                   const char *subject, int64_t deliverafter_us, uint64_t *sequence, char *err,
                   size_t errlen)
 {
-    const mt_event *tr = fx->trigger;
-    const char *corr = tr->attr[MT_ATTR_CORRELATIONID] ? tr->attr[MT_ATTR_CORRELATIONID]
-                                                       : tr->attr[MT_ATTR_ID];
-    return emit_event(fx, type, data, data_len, subject, deliverafter_us, corr, sequence, err,
-                      errlen);
+    return mt_fx_emit_value(fx, type, data, data_len, NULL, subject, deliverafter_us, sequence,
+                            err, errlen);
 }
 
 mt_err mt_fx_reply(mt_fx *fx, const char *data, size_t data_len, uint64_t *sequence, char *err,
@@ -609,8 +617,8 @@ mt_err mt_fx_reply(mt_fx *fx, const char *data, size_t data_len, uint64_t *seque
         snprintf(err, errlen, "ctx.reply: the event has no replyto attribute");
         return MT_EINVAL;
     }
-    return emit_event(fx, tr->attr[MT_ATTR_REPLYTO], data, data_len, NULL, 0, tr->attr[MT_ATTR_ID],
-                      sequence, err, errlen);
+    return emit_event(fx, tr->attr[MT_ATTR_REPLYTO], data, data_len, NULL, NULL, 0,
+                      tr->attr[MT_ATTR_ID], sequence, err, errlen);
 }
 
 /* MT_EINVAL with "emit: NAME must be a UTF-8 string" unless 'v' is valid UTF-8. */
@@ -648,6 +656,7 @@ static mt_err emit_later(mt_fx *fx, const mt_event *ev, json_t *parsed, uint64_t
         if (rc == MT_OK) {
             fx->emits = mt_xmalloc(sizeof *fx->emits);
             mt_event_batch_init(fx->emits);
+            fx->emits->data_local = true; /* values made here, on the writer */
             fx->emit_first = head + 1;
         }
     } else if (rc == MT_ENOTFOUND) {
@@ -665,14 +674,16 @@ static mt_err emit_later(mt_fx *fx, const mt_event *ev, json_t *parsed, uint64_t
     return MT_OK;
 }
 
+/* 'value' (the data's, or NULL) is taken. */
 static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t data_len,
-                         const char *subject, int64_t deliverafter_us, const char *corr,
-                         uint64_t *sequence, char *err, size_t errlen)
+                         json_t *value, const char *subject, int64_t deliverafter_us,
+                         const char *corr, uint64_t *sequence, char *err, size_t errlen)
 {
     *sequence = 0;
     /* The handler sees the new event's sequence: only the writer knows it. */
     mt_err rc = fx->base ? MT_OK : needs_txn(fx, err, errlen, "emit");
     if (rc) {
+        json_decref(value);
         return rc;
     }
     /*
@@ -695,11 +706,13 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
     ev.attr[MT_ATTR_CORRELATIONID] = corr;
     if ((rc = check_utf8("type", type, err, errlen)) ||
         (subj && (rc = check_utf8("subject", subj, err, errlen)))) {
+        json_decref(value);
         return rc;
     }
     if (mt_event_set_attr(&ev, MT_ATTR_TYPE, type, msg, sizeof msg) ||
         (subj && mt_event_set_attr(&ev, MT_ATTR_SUBJECT, subj, msg, sizeof msg))) {
         snprintf(err, errlen, "emit: %s", msg);
+        json_decref(value);
         return MT_EINVAL;
     }
     if (deliverafter_us) {
@@ -707,8 +720,8 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
         mt_err trc = mt_event_set_attr(&ev, MT_ATTR_DELIVERAFTER, ts, msg, sizeof msg);
         mt_assert(trc == MT_OK); /* the engine's own format */
     }
-    json_t *parsed = NULL;
-    if (data) {
+    json_t *parsed = data ? value : NULL;
+    if (data && !parsed) {
         json_error_t je;
         parsed = json_loadb(data, data_len, JSON_DECODE_ANY, &je);
         if (!parsed) {
@@ -716,6 +729,10 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
                      je.text);
             return MT_EINVAL;
         }
+    } else if (!data) {
+        json_decref(value);
+    }
+    if (data) {
         ev.data_kind = MT_DATA_JSON;
         ev.data = (const uint8_t *) data;
         ev.data_len = data_len;
@@ -727,6 +744,7 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
     mt_event_batch_init(&b);
     mt_event_batch_add(&b, &ev);
     b.data[0] = parsed; /* the batch's now: for the data cache, as a publish's */
+    b.data_local = true;
     mt_log_result res;
     int64_t current;
     rc = mt_log_append(fx->txn, &b, NULL, &res, &current);

@@ -149,6 +149,15 @@ mt_err mt_fx_emit(mt_fx *fx, const char *type, const char *data, size_t data_len
                   size_t errlen);
 
 /*
+ * mt_fx_emit for data whose jansson value the caller made on this thread
+ * ('value', taken; NULL: as mt_fx_emit): the data is then neither parsed
+ * again nor copied for the data cache.
+ */
+mt_err mt_fx_emit_value(mt_fx *fx, const char *type, const char *data, size_t data_len,
+                        struct json_t *value, const char *subject, int64_t deliverafter_us,
+                        uint64_t *sequence, char *err, size_t errlen);
+
+/*
  * Answers a request: appends an event whose type is the trigger's `replyto`
  * and whose correlationid is the trigger's id (what a caller of
  * POST /events?wait=reply waits for). MT_EINVAL if the trigger has no

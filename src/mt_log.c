@@ -269,7 +269,7 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
              * thread's memory, and freeing it here, when the cache lets it
              * go, would take that thread's malloc arena lock (mt_datacache.h).
              */
-            json_t *copy = json_deep_copy(b->data[i]);
+            json_t *copy = b->data_local ? json_incref(b->data[i]) : json_deep_copy(b->data[i]);
             if (copy) {
                 mt_datacache_put(seq, (const char *) ev->data, ev->data_len, copy);
                 json_decref(copy);

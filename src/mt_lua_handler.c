@@ -67,9 +67,14 @@ static mt_fx *current_fx(lua_State *L)
     return b->fx;
 }
 
-/* Converts the value at idx to compact JSON text (caller frees), or raises. */
-static char *to_json_text(lua_State *L, int idx, const char *what)
+/*
+ * Converts the value at idx to compact JSON text (caller frees), or raises;
+ * *value gets the jansson value the text was made from (the caller's), or
+ * NULL for an integer, written without one.
+ */
+static char *to_json_value(lua_State *L, int idx, const char *what, json_t **value)
 {
+    *value = NULL;
     if (lua_isinteger(L, idx)) {
         /* The usual kv value, a counter: no jansson value, no printf. */
         lua_Integer n = lua_tointeger(L, idx);
@@ -88,10 +93,20 @@ static char *to_json_text(lua_State *L, int idx, const char *what)
         luaL_error(L, "%s: %s", what, err);
     }
     char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
-    json_decref(j);
     if (!text) {
+        json_decref(j);
         luaL_error(L, "%s: cannot encode", what);
     }
+    *value = j;
+    return text;
+}
+
+/* to_json_value without the value. */
+static char *to_json_text(lua_State *L, int idx, const char *what)
+{
+    json_t *value;
+    char *text = to_json_value(L, idx, what, &value);
+    json_decref(value);
     return text;
 }
 
@@ -109,11 +124,12 @@ static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *what)
         lua_getfield(L, i + 2, "subject");
         subject = lua_tostring(L, -1);
     }
-    char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_text(L, i + 1, what);
+    json_t *value = NULL;
+    char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_value(L, i + 1, what, &value);
     uint64_t seq;
     char err[512];
-    mt_err rc = mt_fx_emit(fx, type, data, data ? strlen(data) : 0, subject, at, &seq, err,
-                           sizeof err);
+    mt_err rc = mt_fx_emit_value(fx, type, data, data ? strlen(data) : 0, value, subject, at,
+                                 &seq, err, sizeof err);
     free(data);
     if (rc) {
         return luaL_error(L, "%s", err);

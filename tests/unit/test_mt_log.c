@@ -1946,6 +1946,19 @@ static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
     assert_null(p.got);
     assert_null(mt_datacache_get(j.results[0].sequence, "{\"n\":1}", 7)); /* this thread's */
 
+    /* Values made where the append runs (an emit's, on the writer) are kept as they are. */
+    mt_event_batch_free(&b);
+    mt_event_batch_init(&b);
+    body = "[{\"specversion\":\"1.0\",\"source\":\"/c\",\"id\":\"a3\",\"type\":\"t\","
+           "\"data\":{\"n\":3}}]";
+    assert_int_equal(mt_event_parse_batch(body, strlen(body), &b, err, sizeof err), MT_OK);
+    b.data_local = true;
+    assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
+    p = (cache_probe){j.results[0].sequence, "{\"n\":3}", NULL};
+    assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
+    assert_ptr_equal(p.got, b.data[0]);
+    json_decref(p.got);
+
     mt_datacache_use(-1);
     mt_event_batch_free(&b);
     mt_store_close(s);
