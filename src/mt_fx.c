@@ -720,8 +720,11 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
         mt_err trc = mt_event_set_attr(&ev, MT_ATTR_DELIVERAFTER, ts, msg, sizeof msg);
         mt_assert(trc == MT_OK); /* the engine's own format */
     }
-    json_t *parsed = data ? value : NULL;
-    if (data && !parsed) {
+    json_t *parsed = value;
+    if (!data) {
+        json_decref(parsed);
+        parsed = NULL;
+    } else if (!parsed) {
         json_error_t je;
         parsed = json_loadb(data, data_len, JSON_DECODE_ANY, &je);
         if (!parsed) {
@@ -729,8 +732,6 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
                      je.text);
             return MT_EINVAL;
         }
-    } else if (!data) {
-        json_decref(value);
     }
     if (data) {
         ev.data_kind = MT_DATA_JSON;

@@ -75,7 +75,7 @@ void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event
 
 /*
  * Ends a buffered invocation: with 'keep' its effects go into the
- * transaction (the writes, then the emitted events), else they are dropped.
+ * transaction (the emitted events, then the writes), else they are dropped.
  * A store error means the transaction holds part of them: the caller must
  * give it up.
  */
