@@ -22,6 +22,9 @@
 #
 # Cases (every subscription on live.#):
 #   pub-only    no subscription and no stream: publishing alone, for comparison
+#   pub-uuid    as pub-only, with ids in UUID form (in no order) over 100,000
+#               subjects, as most publishers send them: every index write
+#               lands on a leaf of its own
 #   pub-sse     no subscription, the receipts' stream open: what the stream
 #               costs (the engine formats every new event for its SSE ring
 #               while any stream is open, whatever the streams' topics)
@@ -36,7 +39,7 @@
 #   BUILD_DIR     build directory (default: <repo>/build-bench)
 #   LIVE_SECONDS  measured seconds per run (default 8, after 1 s of warm-up)
 #   LIVE_RATES    offered rates, events/s (default "1000 5000 20000 50000")
-#   LIVE_BASE_RATES  the rates of pub-only and pub-sse (default "20000 50000")
+#   LIVE_BASE_RATES  the rates of pub-only, pub-uuid and pub-sse (default "20000 50000")
 #   LIVE_DRAIN    seconds to wait for the last receipts after a run (default 8)
 #   LIVE_CASES    the cases to run (default: all of the above)
 #   LIVE_EVERY    one event in this many is a probe (default 100; 10 gives
@@ -57,7 +60,7 @@ LIVE_RATES=${LIVE_RATES:-1000 5000 20000 50000}
 LIVE_BASE_RATES=${LIVE_BASE_RATES:-20000 50000}
 LIVE_DRAIN=${LIVE_DRAIN:-8}
 LIVE_EVERY=${LIVE_EVERY:-100}
-LIVE_CASES=${LIVE_CASES:-pub-only pub-sse a-empty b-kv c-fanout4 d-kv-w2}
+LIVE_CASES=${LIVE_CASES:-pub-only pub-uuid pub-sse a-empty b-kv c-fanout4 d-kv-w2}
 LOAD_START=$(cut -d ' ' -f 1-3 /proc/loadavg) # the machine is shared: say how busy it was
 
 # shellcheck source=bench/lib.sh
@@ -92,6 +95,7 @@ for c in $LIVE_CASES; do
     for r in $rates; do
         case $c in
         pub-only) run --name "$c-$r" --rate "$r" --subs 0 --no-stream ;;
+        pub-uuid) run --name "$c-$r" --rate "$r" --subs 0 --no-stream --subjects 100000 --random-ids ;;
         pub-sse) run --name "$c-$r" --rate "$r" --subs 0 ;;
         a-empty) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_empty.lua ;;
         b-kv) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_kv.lua ;;
