@@ -102,6 +102,23 @@ mt_err mt_log_head(mt_txn *t, uint64_t *seq)
     return rc;
 }
 
+/*
+ * Opens *c on the log at the first event with sequence >= from and sets
+ * the out-params as a cursor move does: MT_ENOTFOUND past the end (*c is
+ * open then too, and always the caller's to close; NULL on MT_EIO).
+ */
+static mt_err log_cursor_at(mt_txn *t, uint64_t from, mt_cursor **c, const void **k, size_t *kl,
+                            const void **v, size_t *vl)
+{
+    mt_err rc = mt_store_cursor_open(t, MT_DB_LOG, c);
+    if (rc) {
+        return rc;
+    }
+    uint8_t start[8];
+    mt_put_be64(start, from);
+    return mt_store_cursor_seek(*c, start, 8, k, kl, v, vl);
+}
+
 mt_err mt_log_stream_head(mt_txn *t, const char *subject, bool *exists, uint64_t *version)
 {
     *exists = false;
@@ -304,13 +321,11 @@ mt_err mt_log_index_streams(mt_txn *t)
     mt_buf entries;
     mt_buf_init(&entries);
     mt_cursor *c;
-    rc = mt_store_cursor_open(t, MT_DB_LOG, &c);
-    if (rc == MT_OK) {
-        uint8_t start[8];
-        mt_put_be64(start, indexed + 1);
-        const void *k, *v;
-        size_t kl, vl;
-        mt_err mv = mt_store_cursor_seek(c, start, 8, &k, &kl, &v, &vl);
+    const void *k, *v;
+    size_t kl, vl;
+    rc = log_cursor_at(t, indexed + 1, &c, &k, &kl, &v, &vl);
+    if (rc == MT_OK || rc == MT_ENOTFOUND) {
+        mt_err mv = rc;
         for (; mv == MT_OK; mv = mt_store_cursor_next(c, &k, &kl, &v, &vl)) {
             const char *subject;
             uint64_t version;
@@ -362,15 +377,10 @@ int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit
         return 0;
     }
     mt_cursor *c;
-    if (mt_store_cursor_open(t, MT_DB_LOG, &c)) {
-        return -1;
-    }
-    uint8_t start[8];
-    mt_put_be64(start, after + 1);
     const void *k, *v;
     size_t kl, vl;
     int stop = 0;
-    mt_err rc = mt_store_cursor_seek(c, start, 8, &k, &kl, &v, &vl);
+    mt_err rc = log_cursor_at(t, after + 1, &c, &k, &kl, &v, &vl);
     for (uint64_t n = 0; rc == MT_OK && n < limit && stop == 0; n++) {
         stop = visit_record(v, vl, kl == 8 ? mt_get_be64(k) : 0, visit, arg);
         if (stop == 0) {
@@ -403,16 +413,11 @@ static int read_stream_tail(mt_txn *t, const char *subject, uint64_t from, uint6
         return 0;
     }
     mt_cursor *c;
-    if (mt_store_cursor_open(t, MT_DB_LOG, &c)) {
-        return -1;
-    }
-    uint8_t start[8];
-    mt_put_be64(start, indexed + 1);
     const void *k, *v;
     size_t kl, vl;
     int stop = 0;
     uint64_t n = 0;
-    mt_err rc = mt_store_cursor_seek(c, start, 8, &k, &kl, &v, &vl);
+    mt_err rc = log_cursor_at(t, indexed + 1, &c, &k, &kl, &v, &vl);
     while (rc == MT_OK && n < limit && stop == 0) {
         const char *s;
         uint64_t version;

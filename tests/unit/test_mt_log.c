@@ -802,25 +802,44 @@ static void check_stream_reads(mt_store *s)
     free(g);
 }
 
-static void test_log_read_stream_stays_in_its_subject(void **state)
+static mt_err run_forget_indexed(mt_txn *t, void *arg)
 {
-    mt_store *s = open_store(state);
+    (void) arg;
+    return mt_store_del(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY));
+}
+
+/*
+ * Appends the first four stream_subjects and indexes them (then, with
+ * 'forget_mark', makes the store one of before, without the mark), appends
+ * the rest, which stay out of the index, and reads; then indexes all and
+ * reads again.
+ */
+static void index_half_then_all(mt_store *s, bool forget_mark)
+{
     size_t n = sizeof stream_subjects / sizeof stream_subjects[0];
-    /* Nothing indexed yet: every read comes from the log's tail. */
     append_stream_subjects(s, 0, 4);
     assert_int_equal(stream_index_entries(s), 0);
     index_streams(s);
     assert_int_equal(stream_index_entries(s), 4);
-    /* Four events indexed, five after them only in the log. */
+    if (forget_mark) {
+        assert_int_equal(mt_store_write(s, run_forget_indexed, NULL), MT_OK);
+    }
     append_stream_subjects(s, 4, n);
     assert_int_equal(stream_index_entries(s), 4);
     check_stream_reads(s);
     index_streams(s);
     assert_int_equal(stream_index_entries(s), (int) n);
     check_stream_reads(s);
+}
+
+static void test_log_read_stream_stays_in_its_subject(void **state)
+{
+    mt_store *s = open_store(state);
+    /* Nothing indexed, then four events indexed and five after them only in the log. */
+    index_half_then_all(s, false);
     /* Indexing again finds nothing new; a reopened store reads the same. */
     index_streams(s);
-    assert_int_equal(stream_index_entries(s), (int) n);
+    assert_int_equal(stream_index_entries(s), (int) (sizeof stream_subjects / sizeof stream_subjects[0]));
     mt_store_close(s);
     s = open_store(state);
     check_stream_reads(s);
@@ -836,12 +855,6 @@ static void test_log_read_stream_reads_the_unindexed_tail_alone(void **state)
     mt_store_close(s);
 }
 
-static mt_err run_forget_indexed(mt_txn *t, void *arg)
-{
-    (void) arg;
-    return mt_store_del(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY));
-}
-
 static void test_log_stream_index_of_a_store_without_the_mark(void **state)
 {
     /*
@@ -849,16 +862,7 @@ static void test_log_stream_index_of_a_store_without_the_mark(void **state)
      * mark: all they hold is indexed. The first append sets the mark there.
      */
     mt_store *s = open_store(state);
-    size_t n = sizeof stream_subjects / sizeof stream_subjects[0];
-    append_stream_subjects(s, 0, 4);
-    index_streams(s);
-    assert_int_equal(mt_store_write(s, run_forget_indexed, NULL), MT_OK);
-    append_stream_subjects(s, 4, n);
-    assert_int_equal(stream_index_entries(s), 4);
-    check_stream_reads(s);
-    index_streams(s);
-    assert_int_equal(stream_index_entries(s), (int) n);
-    check_stream_reads(s);
+    index_half_then_all(s, true);
     mt_store_close(s);
 }
 
