@@ -667,6 +667,12 @@ static mt_err emit_later(mt_fx *fx, const mt_event *ev, json_t *parsed, uint64_t
         snprintf(err, errlen, "emit: %s", mt_err_str(rc));
         return rc;
     }
+    if (fx->emits->buf.len + ev->data_len > MT_FX_MAX_EMITTED) {
+        json_decref(parsed);
+        snprintf(err, errlen, "emit: the events emitted by one run would take more than %u MiB",
+                 MT_FX_MAX_EMITTED >> 20);
+        return MT_EINVAL;
+    }
     mt_event_batch_add(fx->emits, ev);
     fx->emits->data[fx->emits->count - 1] = parsed;
     *sequence = fx->emit_first + (uint64_t) fx->emits->count - 1;

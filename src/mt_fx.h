@@ -39,6 +39,8 @@
 #define MT_FX_MAX_TABLE 64
 #define MT_FX_MAX_KEY 400
 #define MT_FX_MAX_VALUE (1u << 20)
+/* The events one run emits wait in memory for its outcome: at most this many bytes of them. */
+#define MT_FX_MAX_EMITTED (64u << 20)
 
 typedef struct mt_fx_rec mt_fx_rec;
 typedef struct mt_fx_overlay mt_fx_overlay;

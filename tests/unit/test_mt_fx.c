@@ -289,6 +289,41 @@ static mt_err emit_job(mt_txn *t, void *arg)
     return MT_OK;
 }
 
+/* What waits for a run's outcome is bounded: a run that emits too much fails, clearly. */
+static mt_err emit_bound_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    size_t n = 1u << 20;
+    char *data = malloc(n + 3);
+    assert_non_null(data);
+    data[0] = '"';
+    memset(data + 1, 'x', n);
+    data[n + 1] = '"';
+    data[n + 2] = '\0';
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    uint64_t seq;
+    char err[256];
+    int taken = 0;
+    mt_err rc = MT_OK;
+    while (rc == MT_OK && taken < 1000) {
+        rc = mt_fx_emit(&fx, "t.big", data, n + 2, NULL, 0, &seq, err, sizeof err);
+        taken += rc == MT_OK;
+    }
+    assert_int_equal(rc, MT_EINVAL);
+    assert_int_equal(taken, MT_FX_MAX_EMITTED / (n + 2));
+    assert_string_equal(err, "emit: the events emitted by one run would take more than 64 MiB");
+    assert_int_equal(mt_fx_finish(&fx, false), MT_OK);
+    mt_fx_free(&fx);
+    free(data);
+    return MT_OK;
+}
+
+static void test_fx_a_run_emits_a_bounded_amount(void **state)
+{
+    run_with_trigger(state, emit_bound_job);
+}
+
 static void test_fx_emitted_events_wait_with_the_writes_for_the_outcome(void **state)
 {
     run_with_trigger(state, emit_job);
@@ -820,6 +855,8 @@ int main(void)
             mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emitted_event_is_the_record_a_publisher_gets,
                                         mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_a_run_emits_a_bounded_amount, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_emitted_events_wait_with_the_writes_for_the_outcome,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
