@@ -43,6 +43,7 @@ struct mt_fx_rec {
     json_t *logs;             /* [[level, message], ...] */
     pending *pend;            /* buffered mode: the writes, in the order first made */
     int npend, cap;
+    size_t written;           /* bytes of keys and values written so far (MT_FX_MAX_WRITTEN) */
     bool replay_impossible;
 };
 
@@ -503,12 +504,33 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
     return rc;
 }
 
+/*
+ * Counts a write that waits in memory (buffered or record mode) against
+ * MT_FX_MAX_WRITTEN: MT_ETOOBIG past it. Overwrites count again, so this
+ * bounds what a run may have waiting, with room to spare.
+ */
+static mt_err count_written(mt_fx *fx, size_t n)
+{
+    if (!fx->rec) {
+        return MT_OK;
+    }
+    if (n > MT_FX_MAX_WRITTEN - fx->rec->written) {
+        return MT_ETOOBIG;
+    }
+    fx->rec->written += n;
+    return MT_OK;
+}
+
 mt_err mt_fx_kv_put(mt_fx *fx, const char *table, const char *key, const char *json, size_t len)
 {
     uint8_t k[MT_FX_MAX_TABLE + MT_FX_MAX_KEY + 2];
     size_t kl = kv_key(k, table, key);
     if (!kl || !*key || len > MT_FX_MAX_VALUE) {
         return MT_EINVAL;
+    }
+    mt_err rc = count_written(fx, kl + len);
+    if (rc) {
+        return rc;
     }
     if (fx->rec && !fx->rec->ov) {
         pend_set(fx->rec, k, kl, json, len);
@@ -528,6 +550,10 @@ mt_err mt_fx_kv_del(mt_fx *fx, const char *table, const char *key)
     if (!kl || !*key) {
         return MT_EINVAL;
     }
+    mt_err rc = count_written(fx, kl);
+    if (rc) {
+        return rc;
+    }
     if (fx->rec && !fx->rec->ov) {
         pend_set(fx->rec, k, kl, NULL, 0);
         return MT_OK;
@@ -536,7 +562,7 @@ mt_err mt_fx_kv_del(mt_fx *fx, const char *table, const char *key)
         json_object_setn_new(fx->rec->writes, (const char *) k, kl, json_null());
         return MT_OK;
     }
-    mt_err rc = mt_store_del(fx->txn, MT_DB_KV, k, kl);
+    rc = mt_store_del(fx->txn, MT_DB_KV, k, kl);
     return rc == MT_ENOTFOUND ? MT_OK : rc;
 }
 

@@ -41,6 +41,8 @@
 #define MT_FX_MAX_VALUE (1u << 20)
 /* The events one run emits wait in memory for its outcome: at most this many bytes of them. */
 #define MT_FX_MAX_EMITTED (64u << 20)
+/* So do its kv writes: at most this many bytes of keys and values, overwrites counted again. */
+#define MT_FX_MAX_WRITTEN (64u << 20)
 
 typedef struct mt_fx_rec mt_fx_rec;
 typedef struct mt_fx_overlay mt_fx_overlay;
@@ -124,7 +126,11 @@ void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg);
 mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **json,
                     size_t *len);
 
-/* Writes table/key = json (valid JSON text, at most MT_FX_MAX_VALUE). MT_EINVAL, MT_EFULL, MT_EIO. */
+/*
+ * Writes table/key = json (valid JSON text, at most MT_FX_MAX_VALUE).
+ * MT_EINVAL, MT_ETOOBIG (the run's writes past MT_FX_MAX_WRITTEN), MT_EFULL,
+ * MT_EIO.
+ */
 mt_err mt_fx_kv_put(mt_fx *fx, const char *table, const char *key, const char *json, size_t len);
 
 /* Deletes table/key; absent is not an error. */

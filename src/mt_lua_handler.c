@@ -245,8 +245,9 @@ static int l_kv_put(lua_State *L)
     free(text);
     if (rc) {
         return luaL_error(L, "kv put '%s': %s", key,
-                          rc == MT_EINVAL ? "table or key empty or too long, or value over 1 MiB"
-                                          : mt_err_str(rc));
+                          rc == MT_EINVAL    ? "table or key empty or too long, or value over 1 MiB"
+                          : rc == MT_ETOOBIG ? "the writes of one run would take more than 64 MiB"
+                                             : mt_err_str(rc));
     }
     return 0;
 }
@@ -259,7 +260,9 @@ static int l_kv_del(lua_State *L)
     const char *key = luaL_checkstring(L, 2);
     mt_err rc = mt_fx_kv_del(fx, table, key);
     if (rc) {
-        return luaL_error(L, "kv del '%s': %s", key, mt_err_str(rc));
+        return luaL_error(L, "kv del '%s': %s", key,
+                          rc == MT_ETOOBIG ? "the writes of one run would take more than 64 MiB"
+                                           : mt_err_str(rc));
     }
     return 0;
 }

@@ -324,6 +324,48 @@ static void test_fx_a_run_emits_a_bounded_amount(void **state)
     run_with_trigger(state, emit_bound_job);
 }
 
+/* So are its kv writes, overwrites of one key included, in buffered and record mode. */
+static mt_err write_bound_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    size_t n = MT_FX_MAX_VALUE;
+    char *value = malloc(n);
+    assert_non_null(value);
+    memset(value, '7', n);
+    mt_fx_overlay *ov = mt_fx_overlay_new();
+    for (int mode = 0; mode < 2; mode++) {
+        mt_fx fx;
+        if (mode == 0) {
+            mt_fx_init_buffered(&fx, t, "sub", st->ev);
+        } else {
+            mt_fx_init_record(&fx, t, ov, "sub", st->ev);
+        }
+        mt_err rc = MT_OK;
+        int taken = 0;
+        while (rc == MT_OK && taken < 1000) {
+            rc = mt_fx_kv_put(&fx, "tbl", "same", value, n);
+            taken += rc == MT_OK;
+        }
+        assert_int_equal(rc, MT_ETOOBIG);
+        assert_int_equal(taken, MT_FX_MAX_WRITTEN / (n + 8)); /* "tbl" NUL "same" */
+        assert_int_equal(mt_fx_kv_del(&fx, "tbl", "same"), MT_OK); /* 8 bytes still fit */
+        if (mode == 0) {
+            assert_int_equal(mt_fx_finish(&fx, false), MT_OK);
+        } else {
+            mt_fx_effects_free(mt_fx_record_end(&fx, false));
+        }
+        mt_fx_free(&fx);
+    }
+    mt_fx_overlay_free(ov);
+    free(value);
+    return MT_OK;
+}
+
+static void test_fx_a_run_writes_a_bounded_amount(void **state)
+{
+    run_with_trigger(state, write_bound_job);
+}
+
 static void test_fx_emitted_events_wait_with_the_writes_for_the_outcome(void **state)
 {
     run_with_trigger(state, emit_job);
@@ -856,6 +898,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fx_an_emitted_event_is_the_record_a_publisher_gets,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_a_run_emits_a_bounded_amount, mt_test_setup_dir,
+                                        mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_a_run_writes_a_bounded_amount, mt_test_setup_dir,
                                         mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_emitted_events_wait_with_the_writes_for_the_outcome,
                                         mt_test_setup_dir, mt_test_teardown_dir),
