@@ -8,7 +8,8 @@
 #include "mt_mem.h"
 #include "mt_util.h"
 
-void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger)
+/* Binds 'fx' to a transaction (record mode: a snapshot) and a trigger. */
+static void fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger)
 {
     memset(fx, 0, sizeof *fx);
     fx->txn = txn;
@@ -74,7 +75,7 @@ void mt_fx_overlay_free(mt_fx_overlay *ov)
 void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const char *sub,
                        const mt_event *trigger)
 {
-    mt_fx_init(fx, snapshot, sub, trigger);
+    fx_init(fx, snapshot, sub, trigger);
     fx->rec = mt_xcalloc(1, sizeof *fx->rec);
     fx->rec->ov = ov;
     fx->rec->reads = json_object();
@@ -84,7 +85,7 @@ void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const cha
 
 void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger)
 {
-    mt_fx_init(fx, txn, sub, trigger);
+    fx_init(fx, txn, sub, trigger);
     fx->base = txn;
     /* Its writes wait in a small array (a kv handler makes one or two); a
      * jansson object per run was a tenth of a kv handler's run. */
@@ -676,27 +677,23 @@ static mt_err emit_later(mt_fx *fx, const mt_event *ev, json_t *parsed, uint64_t
         fx->emitted++;
         return MT_OK;
     }
-    if (rc == MT_ENOTFOUND && !fx->emits) {
-        uint64_t head;
-        rc = mt_log_head(fx->txn, &head);
-        if (rc == MT_OK) {
-            fx->emits = mt_xmalloc(sizeof *fx->emits);
-            mt_event_batch_init(fx->emits);
-            fx->emits->data_local = true; /* values made here, on the writer */
-            fx->emit_first = head + 1;
-        }
-    } else if (rc == MT_ENOTFOUND) {
-        rc = MT_OK;
+    if (rc == MT_ENOTFOUND) {
+        rc = fx->emits ? MT_OK : mt_log_head(fx->txn, &seq);
     }
     if (rc) {
-        json_decref(parsed);
         snprintf(err, errlen, "emit: %s", mt_err_str(rc));
+        json_decref(parsed);
         return rc;
     }
-    if (fx->emits->buf.len + ev->data_len > MT_FX_MAX_EMITTED) {
-        json_decref(parsed);
+    if (!fx->emits) {
+        fx->emits = mt_xmalloc(sizeof *fx->emits);
+        mt_event_batch_init(fx->emits);
+        fx->emits->data_local = true; /* values made here, on the writer */
+        fx->emit_first = seq + 1;
+    } else if (fx->emits->buf.len + ev->data_len > MT_FX_MAX_EMITTED) {
         snprintf(err, errlen, "emit: the events emitted by one run would take more than %u MiB",
                  MT_FX_MAX_EMITTED >> 20);
+        json_decref(parsed);
         return MT_EINVAL;
     }
     mt_event_batch_add(fx->emits, ev);
@@ -712,12 +709,12 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
                          const char *corr, uint64_t *sequence, char *err, size_t errlen)
 {
     *sequence = 0;
-    /* The handler sees the new event's sequence: only the writer knows it. */
-    mt_err rc = fx->base ? MT_OK : needs_txn(fx, err, errlen, "emit");
-    if (rc) {
+    if (!fx->base) {
+        /* Record mode: the handler sees the new event's sequence, which only the writer knows. */
         json_decref(value);
-        return rc;
+        return needs_txn(fx, err, errlen, "emit");
     }
+    mt_err rc;
     /*
      * The event is built here with the checks a published one gets
      * (mt_event_set_attr, jansson for the data): what the engine fills in
@@ -770,25 +767,7 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
         ev.data = (const uint8_t *) data;
         ev.data_len = data_len;
     }
-    if (fx->base) {
-        return emit_later(fx, &ev, parsed, sequence, err, errlen);
-    }
-    mt_event_batch b;
-    mt_event_batch_init(&b);
-    mt_event_batch_add(&b, &ev);
-    b.data[0] = parsed; /* the batch's now: for the data cache, as a publish's */
-    b.data_local = true;
-    mt_log_result res;
-    int64_t current;
-    rc = mt_log_append(fx->txn, &b, NULL, &res, &current);
-    if (rc == MT_OK) {
-        *sequence = res.sequence;
-        fx->emitted++;
-    } else {
-        snprintf(err, errlen, "emit: %s", mt_err_str(rc));
-    }
-    mt_event_batch_free(&b);
-    return rc;
+    return emit_later(fx, &ev, parsed, sequence, err, errlen);
 }
 
 void mt_fx_reject(mt_fx *fx, const char *reason)

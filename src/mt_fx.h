@@ -49,7 +49,7 @@ typedef struct mt_fx_overlay mt_fx_overlay;
 typedef struct mt_fx_effects mt_fx_effects;
 
 typedef struct mt_fx {
-    mt_txn *txn;              /* borrowed: the savepoint effects go to (record mode: the snapshot) */
+    mt_txn *txn;              /* borrowed: where reads and effects go (record mode: a snapshot) */
     const char *sub;          /* borrowed: subscription name */
     const mt_event *trigger;  /* borrowed: the event being handled */
     int emitted;              /* events emitted so far by this invocation */
@@ -62,8 +62,6 @@ typedef struct mt_fx {
     uint64_t emit_first;      /* the sequence the first of them was told */
 } mt_fx;
 
-/* Binds 'fx' to a savepoint and a trigger. */
-void mt_fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger);
 void mt_fx_free(mt_fx *fx);
 
 /*

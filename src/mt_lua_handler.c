@@ -210,6 +210,18 @@ static const char *kv_table_name(lua_State *L)
     return name;
 }
 
+/* Raises what a kv write's error 'rc' means. */
+static int kv_error(lua_State *L, const char *what, const char *key, mt_err rc)
+{
+    if (rc == MT_ETOOBIG) {
+        return luaL_error(L, "kv %s '%s': the writes of one run would take more than %u MiB", what,
+                          key, MT_FX_MAX_WRITTEN >> 20);
+    }
+    return luaL_error(L, "kv %s '%s': %s", what, key,
+                      rc == MT_EINVAL ? "table or key empty or too long, or value over 1 MiB"
+                                      : mt_err_str(rc));
+}
+
 /* t:get(key) -> value or nil.  [-2, +1] */
 static int l_kv_get(lua_State *L)
 {
@@ -244,10 +256,7 @@ static int l_kv_put(lua_State *L)
     mt_err rc = mt_fx_kv_put(fx, table, key, text, strlen(text));
     free(text);
     if (rc) {
-        return luaL_error(L, "kv put '%s': %s", key,
-                          rc == MT_EINVAL    ? "table or key empty or too long, or value over 1 MiB"
-                          : rc == MT_ETOOBIG ? "the writes of one run would take more than 64 MiB"
-                                             : mt_err_str(rc));
+        return kv_error(L, "put", key, rc);
     }
     return 0;
 }
@@ -260,9 +269,7 @@ static int l_kv_del(lua_State *L)
     const char *key = luaL_checkstring(L, 2);
     mt_err rc = mt_fx_kv_del(fx, table, key);
     if (rc) {
-        return luaL_error(L, "kv del '%s': %s", key,
-                          rc == MT_ETOOBIG ? "the writes of one run would take more than 64 MiB"
-                                           : mt_err_str(rc));
+        return kv_error(L, "del", key, rc);
     }
     return 0;
 }

@@ -422,8 +422,9 @@ static void ckpt_stage(mt_store *s, const ckpt_req *req, mt_store_ckpt_stage sta
  * a larger file), each piece finished before the next starts, so that the
  * checkpoint's sync that follows has little left to write. A sync of all
  * of it at once filled the disk's queue, and the write-ahead syncs of the
- * groups committed meanwhile waited behind it. Only an optimisation: the sync after it is what makes
- * the checkpoint durable, and a failure here is left to it.
+ * groups committed meanwhile waited behind it. Only an optimisation: the
+ * sync after it is what makes the checkpoint durable, and a failure here is
+ * left to it.
  */
 static void writeback_gently(mt_store *s)
 {
