@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "moontide.h"
 #include "mt_client.h"
+#include "mt_datacache.h"
 #include "mt_diag.h"
 #include "mt_http.h"
 #include "mt_loop.h"
@@ -281,6 +282,7 @@ out:
         mt_http_detach_store(http);
     }
     mt_store_close(store);
+    mt_datacache_reap(); /* what the writer let go last */
     mt_webhooks_close(hooks);
     mt_subs_close(subs);
     if (http) {

@@ -14,25 +14,78 @@
 #define DATA_CACHE_SLOTS 16384
 #define DATA_CACHE_TEXT_MAX 2048
 #define DATA_CACHE_BYTES (8u << 20)
+#define LET_GO_BATCH 256      /* values a thread hands back at once */
+#define LET_GO_MAX 16384      /* held back at most: past it, a thread frees its own */
 
 typedef struct data_entry {
     uint64_t sequence;
     size_t len;
     char *text;                /* owned: len bytes */
     json_t *value;             /* owned reference; NULL = empty slot */
+    bool foreign;              /* the value is another thread's memory */
 } data_entry;
 
 typedef struct data_cache {
     size_t bytes;              /* text held */
+    int let_go_n;
+    json_t *let_go[LET_GO_BATCH]; /* foreign values let go, not yet handed back */
     data_entry slot[DATA_CACHE_SLOTS];
 } data_cache;
+
+/*
+ * The foreign values the caches have let go, for mt_datacache_reap: a
+ * list of arrays of LET_GO_BATCH, under a mutex taken once per array.
+ */
+typedef struct let_go_batch {
+    struct let_go_batch *next;
+    int n;
+    json_t *v[LET_GO_BATCH];
+} let_go_batch;
+
+static pthread_mutex_t let_go_mu = PTHREAD_MUTEX_INITIALIZER;
+static let_go_batch *let_go_list;
+static atomic_int let_go_held; /* values in let_go_list */
+
+/* Hands the thread's let-go values to the reaper, or frees them if it is far behind. */
+static void let_go_flush(data_cache *c)
+{
+    if (c->let_go_n == 0) {
+        return;
+    }
+    let_go_batch *b = NULL;
+    if (atomic_load_explicit(&let_go_held, memory_order_relaxed) + c->let_go_n <= LET_GO_MAX) {
+        b = malloc(sizeof *b);
+    }
+    if (!b) {
+        for (int i = 0; i < c->let_go_n; i++) {
+            json_decref(c->let_go[i]);
+        }
+        c->let_go_n = 0;
+        return;
+    }
+    b->n = c->let_go_n;
+    memcpy(b->v, c->let_go, (size_t) b->n * sizeof b->v[0]);
+    c->let_go_n = 0;
+    pthread_mutex_lock(&let_go_mu);
+    b->next = let_go_list;
+    let_go_list = b;
+    pthread_mutex_unlock(&let_go_mu);
+    atomic_fetch_add_explicit(&let_go_held, b->n, memory_order_relaxed);
+}
 
 static pthread_key_t data_cache_key;
 static pthread_once_t data_cache_once = PTHREAD_ONCE_INIT;
 
 static void data_entry_clear(data_cache *c, data_entry *d)
 {
-    json_decref(d->value);
+    if (d->value && d->foreign) {
+        c->let_go[c->let_go_n++] = d->value;
+        if (c->let_go_n == LET_GO_BATCH) {
+            let_go_flush(c);
+        }
+    } else {
+        json_decref(d->value);
+    }
     free(d->text);
     c->bytes -= d->len;
     memset(d, 0, sizeof *d);
@@ -45,6 +98,7 @@ static void data_cache_free(void *p)
     for (int i = 0; i < DATA_CACHE_SLOTS; i++) {
         data_entry_clear(c, &c->slot[i]);
     }
+    let_go_flush(c);
     free(c);
 }
 
@@ -80,7 +134,8 @@ json_t *mt_datacache_get(uint64_t sequence, const char *text, size_t len)
     return NULL;
 }
 
-void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value)
+void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value,
+                      bool foreign)
 {
     data_cache *c = sequence && len <= DATA_CACHE_TEXT_MAX ? thread_data_cache() : NULL;
     if (!c) {
@@ -93,7 +148,28 @@ void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *v
         d->sequence = sequence;
         d->len = len;
         d->value = json_incref(value);
+        d->foreign = foreign;
         c->bytes += len;
+    }
+}
+
+void mt_datacache_reap(void)
+{
+    if (atomic_load_explicit(&let_go_held, memory_order_relaxed) == 0) {
+        return;
+    }
+    pthread_mutex_lock(&let_go_mu);
+    let_go_batch *b = let_go_list;
+    let_go_list = NULL;
+    pthread_mutex_unlock(&let_go_mu);
+    while (b) {
+        let_go_batch *next = b->next;
+        atomic_fetch_sub_explicit(&let_go_held, b->n, memory_order_relaxed);
+        for (int i = 0; i < b->n; i++) {
+            json_decref(b->v[i]);
+        }
+        free(b);
+        b = next;
     }
 }
 

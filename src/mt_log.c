@@ -282,15 +282,12 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         if (rc == MT_OK && b->data[i] && mt_datacache_used()) {
             /*
              * The data parsed on publish: handlers on this thread need not
-             * parse it again. A copy, made here: the value is another
-             * thread's memory, and freeing it here, when the cache lets it
-             * go, would take that thread's malloc arena lock (mt_datacache.h).
+             * parse it again. Unless this thread parsed it, the value is
+             * the publishing thread's memory, given back to it to free
+             * (mt_datacache.h).
              */
-            json_t *copy = b->data_local ? json_incref(b->data[i]) : json_deep_copy(b->data[i]);
-            if (copy) {
-                mt_datacache_put(seq, (const char *) ev->data, ev->data_len, copy);
-                json_decref(copy);
-            }
+            mt_datacache_put(seq, (const char *) ev->data, ev->data_len, b->data[i],
+                             !b->data_local);
         }
         r->sequence = seq;
         r->streamversion = version;

@@ -2,6 +2,7 @@
 #include <event2/thread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include "mt_datacache.h"
 #include "mt_diag.h"
 #include "mt_loop.h"
 #include "mt_mem.h"
@@ -82,6 +83,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     if (l->store) {
         mt_store_complete(l->store);
     }
+    mt_datacache_reap();
 }
 
 /* Writer thread: only wakes the loop (event_active is thread-safe here). */

@@ -1939,9 +1939,9 @@ static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
     p = (cache_probe){j.results[0].sequence, "{\"n\":1}", NULL};
     assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
     assert_non_null(p.got);
-    assert_ptr_not_equal(p.got, b.data[0]); /* the writer's own copy */
-    assert_true(json_equal(p.got, b.data[0]));
+    assert_ptr_equal(p.got, b.data[0]); /* the very value, not a copy */
     json_decref(p.got);
+    json_t *published = json_incref(b.data[0]);
     p.text = "{\"n\":2}";
     assert_int_equal(mt_store_write(s, run_cache_probe, &p), MT_OK);
     assert_null(p.got);
@@ -1966,6 +1966,56 @@ static void test_log_append_keeps_the_parsed_data_for_handlers(void **state)
     mt_datacache_use(-1);
     mt_event_batch_free(&b);
     mt_store_close(s);
+    /*
+     * The writer let the published value go when it ended: it was handed
+     * back, not freed there, and is freed by the reap on this thread.
+     */
+    assert_int_equal(published->refcount, 2);
+    mt_datacache_reap();
+    assert_int_equal(published->refcount, 1);
+    json_decref(published);
+}
+
+typedef struct let_go_args {
+    json_t **v;
+    int n;
+} let_go_args;
+
+static void *put_foreign_values(void *arg)
+{
+    let_go_args *a = arg;
+    for (int i = 0; i < a->n; i++) {
+        mt_datacache_put((uint64_t) i + 1, "1", 1, a->v[i], true);
+    }
+    return NULL; /* the thread's cache lets every value go as it ends */
+}
+
+/* Values another thread let go wait for the reap, up to a bound past which it frees them. */
+static void test_datacache_hands_foreign_values_back_to_be_freed(void **state)
+{
+    (void) state;
+    enum { N = 40000 };
+    json_t **v = mt_xcalloc(N, sizeof *v);
+    for (int i = 0; i < N; i++) {
+        v[i] = json_integer(i); /* ours: 1 reference, which we keep */
+    }
+    let_go_args a = {v, N};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, put_foreign_values, &a), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    int waiting = 0;
+    for (int i = 0; i < N; i++) {
+        assert_true(v[i]->refcount == 1 || v[i]->refcount == 2);
+        waiting += v[i]->refcount == 2;
+    }
+    assert_true(waiting > 0);
+    assert_true(waiting <= 16384);
+    mt_datacache_reap();
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(v[i]->refcount, 1);
+        json_decref(v[i]);
+    }
+    free(v);
 }
 
 int main(void)
@@ -1979,6 +2029,7 @@ int main(void)
         T(test_log_expect_needs_one_common_subject),
         cmocka_unit_test(test_log_parse_expect),
         T(test_log_append_keeps_the_parsed_data_for_handlers),
+        T(test_datacache_hands_foreign_values_back_to_be_freed),
         T(test_log_duplicate_source_and_id_returns_the_original),
         T(test_log_duplicate_within_one_batch),
         T(test_log_duplicates_never_fail_the_expected_version),
