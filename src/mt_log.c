@@ -223,6 +223,15 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
     bool checked = false;
     int64_t now = mt_now_us();
     uint8_t key[1024];
+    /*
+     * One search per index where a lookup and a write would take two: the
+     * id's entry is written unless it is there (a duplicate), and the
+     * subject's head is replaced where the cursor found it.
+     */
+    mt_cursor *heads = NULL;
+    if (rc == MT_OK) {
+        rc = mt_store_cursor_open(t, MT_DB_HEADS, &heads);
+    }
     for (int i = 0; i < b->count && rc == MT_OK; i++) {
         mt_event *ev = &evs[i];
         mt_log_result *r = &results[i];
@@ -231,10 +240,12 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         r->has_subject = subject != NULL;
 
         size_t kl = id_key(key, ev->attr[MT_ATTR_SOURCE], ev->attr[MT_ATTR_ID]);
+        uint8_t seqk[8];
+        mt_put_be64(seqk, seq + 1);
         const void *v;
         size_t vl;
-        rc = mt_store_get(t, MT_DB_IDS, key, kl, &v, &vl);
-        if (rc == MT_OK) {
+        rc = mt_store_put_new(t, MT_DB_IDS, key, kl, seqk, 8, &v, &vl);
+        if (rc == MT_EEXISTS) {
             mt_event orig;
             r->duplicate = true;
             r->sequence = vl == 8 ? mt_get_be64(v) : 0;
@@ -243,24 +254,33 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
             r->has_subject = orig.attr[MT_ATTR_SUBJECT] != NULL;
             continue;
         }
-        if (rc != MT_ENOTFOUND) {
+        if (rc) {
             break;
         }
-        rc = MT_OK;
 
         bool exists = false;
         uint64_t head = 0;
+        size_t sl = subject ? strlen(subject) : 0;
         if (subject) {
-            rc = mt_log_stream_head(t, subject, &exists, &head);
-            if (rc) {
+            rc = mt_store_cursor_find(heads, subject, sl, &v, &vl);
+            if (rc == MT_OK && vl != 8) {
+                rc = MT_EIO;
+            }
+            if (rc == MT_OK) {
+                exists = true;
+                head = mt_get_be64(v);
+            } else if (rc != MT_ENOTFOUND) {
                 break;
             }
+            rc = MT_OK;
         }
         if (!checked) {
             checked = true;
             if (!expect_holds(expect, exists, head)) {
                 *current = exists ? (int64_t) head : -1;
-                rc = MT_ECONFLICT;
+                /* The id's entry goes again: a caller may go on with the transaction. */
+                mt_err del = mt_store_del(t, MT_DB_IDS, key, kl);
+                rc = del ? del : MT_ECONFLICT;
                 break;
             }
         }
@@ -268,16 +288,11 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         uint64_t version = exists ? head + 1 : 0;
         uint8_t *rec = (uint8_t *) b->buf.data + b->off[i];
         mt_event_record_set_position(rec, seq, subject ? version : 0, now);
-        uint8_t seqk[8];
-        mt_put_be64(seqk, seq);
         rc = mt_store_put(t, MT_DB_LOG, seqk, 8, rec, b->len[i], MT_STORE_APPEND);
-        if (rc == MT_OK) {
-            rc = mt_store_put(t, MT_DB_IDS, key, kl, seqk, 8, 0);
-        }
         if (rc == MT_OK && subject) {
             uint8_t vb[8];
             mt_put_be64(vb, version);
-            rc = mt_store_put(t, MT_DB_HEADS, subject, strlen(subject), vb, 8, 0);
+            rc = mt_store_cursor_put(heads, subject, sl, vb, 8, exists ? MT_STORE_CURRENT : 0);
         }
         if (rc == MT_OK && b->data[i] && mt_datacache_used()) {
             /*
@@ -292,6 +307,7 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         r->sequence = seq;
         r->streamversion = version;
     }
+    mt_store_cursor_close(heads);
     free(evs);
     if (rc == MT_OK && seq - indexed >= MT_LOG_INDEX_EVERY) {
         rc = mt_log_index_streams(t);

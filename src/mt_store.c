@@ -123,6 +123,8 @@ struct mt_txn {
 
 struct mt_cursor {
     MDB_cursor *c;
+    mt_txn *t;
+    mt_db db;
 };
 
 enum { REDO_PUT = 1, REDO_DEL = 2 };
@@ -1407,6 +1409,31 @@ mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const voi
     return MT_OK;
 }
 
+mt_err mt_store_put_new(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
+                        size_t vlen, const void **old, size_t *oldlen)
+{
+    mt_assert(t->write && db < MT_DB_COUNT);
+    *old = NULL;
+    *oldlen = 0;
+    if (t->poisoned) {
+        return t->poisoned;
+    }
+    MDB_val k = {klen, (void *) key}, v = {vlen, (void *) val};
+    int rc = mdb_put(t->txn, t->s->dbi[db], &k, &v, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+        /* Nothing was written; LMDB points v at the value there. */
+        *old = v.mv_data;
+        *oldlen = v.mv_size;
+        return MT_EEXISTS;
+    }
+    if (rc) {
+        t->poisoned = map_mdb(rc, db_names[db]);
+        return t->poisoned;
+    }
+    redo_add(t->s, REDO_PUT, db, key, klen, val, vlen);
+    return MT_OK;
+}
+
 mt_err mt_store_savepoint(mt_txn *t, mt_txn **out)
 {
     *out = NULL;
@@ -1482,6 +1509,8 @@ mt_err mt_store_cursor_open(mt_txn *t, mt_db db, mt_cursor **out)
     *out = NULL;
     mt_assert(db < MT_DB_COUNT);
     mt_cursor *c = mt_xcalloc(1, sizeof *c);
+    c->t = t;
+    c->db = db;
     mt_err rc = map_mdb(mdb_cursor_open(t->txn, t->s->dbi[db], &c->c), "cursor open");
     if (rc) {
         free(c);
@@ -1528,6 +1557,34 @@ mt_err mt_store_cursor_seek(mt_cursor *c, const void *key, size_t klen, const vo
     }
     MDB_val mk = {klen, (void *) key};
     return cursor_op(c, &mk, MDB_SET_RANGE, k, kl, v, vl);
+}
+
+mt_err mt_store_cursor_find(mt_cursor *c, const void *key, size_t klen, const void **v,
+                            size_t *vl)
+{
+    MDB_val mk = {klen, (void *) key}, mv = {0, NULL};
+    int rc = mdb_cursor_get(c->c, &mk, &mv, MDB_SET_KEY);
+    *v = rc ? NULL : mv.mv_data;
+    *vl = rc ? 0 : mv.mv_size;
+    return rc ? map_mdb(rc, "cursor") : MT_OK;
+}
+
+mt_err mt_store_cursor_put(mt_cursor *c, const void *key, size_t klen, const void *val,
+                           size_t vlen, unsigned flags)
+{
+    mt_txn *t = c->t;
+    mt_assert(t->write);
+    if (t->poisoned) {
+        return t->poisoned;
+    }
+    MDB_val k = {klen, (void *) key}, v = {vlen, (void *) val};
+    int rc = mdb_cursor_put(c->c, &k, &v, (flags & MT_STORE_CURRENT) ? MDB_CURRENT : 0);
+    if (rc) {
+        t->poisoned = map_mdb(rc, db_names[c->db]);
+        return t->poisoned;
+    }
+    redo_add(t->s, REDO_PUT, c->db, key, klen, val, vlen);
+    return MT_OK;
 }
 
 mt_err mt_store_cursor_last(mt_cursor *c, const void **k, size_t *kl, const void **v,

@@ -168,6 +168,14 @@ mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const voi
                     size_t vlen, unsigned flags);
 
 /*
+ * Writes key -> val unless key is there: then writes nothing and returns
+ * MT_EEXISTS with *old set to the value there (valid like a get's). One
+ * search where a get and a put would take two. Errors as mt_store_put.
+ */
+mt_err mt_store_put_new(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
+                        size_t vlen, const void **old, size_t *oldlen);
+
+/*
  * Savepoints inside a job: mt_store_savepoint begins a nested write
  * transaction of 't' (which must not be used until the savepoint ends);
  * _release keeps its writes in 't', _rollback discards them. Sets *out.
@@ -192,6 +200,20 @@ mt_err mt_store_cursor_seek(mt_cursor *c, const void *key, size_t klen, const vo
                             size_t *kl, const void **v, size_t *vl);
 mt_err mt_store_cursor_last(mt_cursor *c, const void **k, size_t *kl, const void **v,
                             size_t *vl);
+
+/* Positions at 'key' exactly and sets its value; MT_ENOTFOUND if absent. */
+mt_err mt_store_cursor_find(mt_cursor *c, const void *key, size_t klen, const void **v,
+                            size_t *vl);
+
+#define MT_STORE_CURRENT 2u /* the cursor is at 'key' (found just before): no search */
+
+/*
+ * Writes key -> val through the cursor (write transactions only), which is
+ * left at the key. With MT_STORE_CURRENT the cursor must be at 'key' and
+ * the value is replaced where it is. Errors as mt_store_put.
+ */
+mt_err mt_store_cursor_put(mt_cursor *c, const void *key, size_t klen, const void *val,
+                           size_t vlen, unsigned flags);
 mt_err mt_store_cursor_next(mt_cursor *c, const void **k, size_t *kl, const void **v,
                             size_t *vl);
 mt_err mt_store_cursor_prev(mt_cursor *c, const void **k, size_t *kl, const void **v,

@@ -1084,6 +1084,106 @@ static void test_log_replays_the_write_ahead_file_after_lmdb_lost_its_commits(vo
     mt_store_close(s);
 }
 
+/* put_new and cursor puts: what they write is read back, and redone after LMDB lost it. */
+typedef struct once_job {
+    mt_err first, again, find_b, find_a, put_b, put_a;
+    char old[8];
+    bool old_ok;
+} once_job;
+
+static mt_err run_once(mt_txn *t, void *arg)
+{
+    once_job *j = arg; /* on the writer thread: no cmocka assertions here */
+    const void *v;
+    size_t vl;
+    j->first = mt_store_put_new(t, MT_DB_KV, "a", 1, "1", 1, &v, &vl);
+    j->again = mt_store_put_new(t, MT_DB_KV, "a", 1, "2", 1, &v, &vl);
+    j->old_ok = vl == 1 && memcmp(v, "1", 1) == 0;
+    mt_cursor *c;
+    mt_err rc = mt_store_cursor_open(t, MT_DB_KV, &c);
+    if (rc) {
+        return rc;
+    }
+    j->find_b = mt_store_cursor_find(c, "b", 1, &v, &vl);
+    j->put_b = mt_store_cursor_put(c, "b", 1, "x", 1, 0);
+    j->find_a = mt_store_cursor_find(c, "a", 1, &v, &vl);
+    j->put_a = mt_store_cursor_put(c, "a", 1, "3", 1, MT_STORE_CURRENT);
+    mt_store_cursor_close(c);
+    return MT_OK;
+}
+
+static void expect_kv(mt_store *s, const char *key, const char *want)
+{
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin(s, &t), MT_OK);
+    const void *v;
+    size_t vl;
+    assert_int_equal(mt_store_get(t, MT_DB_KV, key, strlen(key), &v, &vl), MT_OK);
+    assert_int_equal(vl, strlen(want));
+    assert_memory_equal(v, want, vl);
+    mt_store_read_end(t);
+}
+
+static void test_store_put_new_and_cursor_puts(void **state)
+{
+    mt_store *s = open_store(state);
+    once_job j;
+    memset(&j, 0, sizeof j);
+    assert_int_equal(mt_store_write(s, run_once, &j), MT_OK);
+    assert_int_equal(j.first, MT_OK);
+    assert_int_equal(j.again, MT_EEXISTS);
+    assert_true(j.old_ok);
+    assert_int_equal(j.find_b, MT_ENOTFOUND);
+    assert_int_equal(j.put_b, MT_OK);
+    assert_int_equal(j.find_a, MT_OK);
+    assert_int_equal(j.put_a, MT_OK);
+    expect_kv(s, "a", "3");
+    expect_kv(s, "b", "x");
+    save_wal(state);
+    mt_store_close(s);
+    restore_wal(state);
+    s = open_store(state);
+    expect_kv(s, "a", "3");
+    expect_kv(s, "b", "x");
+    mt_store_close(s);
+}
+
+/* A caller that goes on after a conflict: the refused event left no trace, its id is free. */
+typedef struct conflict_job {
+    mt_event_batch *b;
+    mt_log_result r1[1], r2[1];
+    mt_err rc1, rc2;
+    int64_t current;
+} conflict_job;
+
+static mt_err run_conflict_then_any(mt_txn *t, void *arg)
+{
+    conflict_job *j = arg;
+    mt_expect none = {MT_EXPECT_NO_STREAM, 0};
+    j->rc1 = mt_log_append(t, j->b, &none, j->r1, &j->current);
+    j->rc2 = mt_log_append(t, j->b, NULL, j->r2, &j->current);
+    return j->rc2;
+}
+
+static void test_log_append_after_a_conflict_in_one_transaction(void **state)
+{
+    mt_store *s = open_store(state);
+    append_one(s, "/src", "e1", "s");
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    add_event(&b, "/src", "e2", "s");
+    conflict_job j = {.b = &b};
+    assert_int_equal(mt_store_write(s, run_conflict_then_any, &j), MT_OK);
+    assert_int_equal(j.rc1, MT_ECONFLICT);
+    assert_false(j.r2[0].duplicate);
+    assert_int_equal(j.r2[0].sequence, 2);
+    assert_int_equal(j.r2[0].streamversion, 1);
+    mt_event_batch_free(&b);
+    static const char *const ids[] = {"e1", "e2"};
+    expect_log_ids(s, ids, 2);
+    mt_store_close(s);
+}
+
 /* ---- a full map ---- */
 
 /* An event whose data is a JSON string of 'n' bytes of 'c'. */
@@ -2042,6 +2142,8 @@ int main(void)
         T(test_log_get_reads_one_event),
         T(test_log_survives_close_and_reopen),
         T(test_log_replays_the_write_ahead_file_after_lmdb_lost_its_commits),
+        T(test_store_put_new_and_cursor_puts),
+        T(test_log_append_after_a_conflict_in_one_transaction),
         T(test_log_full_map_fails_the_job_and_keeps_the_store_intact),
         T(test_store_second_open_of_a_directory_is_eunavail),
         T(test_store_open_refuses_bad_options),
