@@ -76,13 +76,27 @@ static void let_go_flush(data_cache *c)
 static pthread_key_t data_cache_key;
 static pthread_once_t data_cache_once = PTHREAD_ONCE_INIT;
 
+/*
+ * Lets go of a reference to a foreign value: the last one goes back to be
+ * freed by the reaper; another is dropped here (every other reference to a
+ * given value is this thread's, so reading the count races with nothing).
+ */
+static void let_go(data_cache *c, json_t *v)
+{
+    if (v->refcount > 1) {
+        json_decref(v);
+        return;
+    }
+    c->let_go[c->let_go_n++] = v;
+    if (c->let_go_n == LET_GO_BATCH) {
+        let_go_flush(c);
+    }
+}
+
 static void data_entry_clear(data_cache *c, data_entry *d)
 {
     if (d->value && d->foreign) {
-        c->let_go[c->let_go_n++] = d->value;
-        if (c->let_go_n == LET_GO_BATCH) {
-            let_go_flush(c);
-        }
+        let_go(c, d->value);
     } else {
         json_decref(d->value);
     }
@@ -134,23 +148,47 @@ json_t *mt_datacache_get(uint64_t sequence, const char *text, size_t len)
     return NULL;
 }
 
-void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value,
-                      bool foreign)
+/* Keeps 'value' (a reference the caller gives) in its slot; false if it cannot. */
+static bool keep(data_cache *c, uint64_t sequence, const char *text, size_t len, json_t *value,
+                 bool foreign)
 {
-    data_cache *c = sequence && len <= DATA_CACHE_TEXT_MAX ? thread_data_cache() : NULL;
-    if (!c) {
-        return;
-    }
     data_entry *d = &c->slot[sequence % DATA_CACHE_SLOTS];
     data_entry_clear(c, d);
-    if (c->bytes + len <= DATA_CACHE_BYTES && (d->text = malloc(len ? len : 1)) != NULL) {
-        memcpy(d->text, text, len);
-        d->sequence = sequence;
-        d->len = len;
-        d->value = json_incref(value);
-        d->foreign = foreign;
-        c->bytes += len;
+    if (c->bytes + len > DATA_CACHE_BYTES || (d->text = malloc(len ? len : 1)) == NULL) {
+        return false;
     }
+    memcpy(d->text, text, len);
+    d->sequence = sequence;
+    d->len = len;
+    d->value = value;
+    d->foreign = foreign;
+    c->bytes += len;
+    return true;
+}
+
+void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value)
+{
+    data_cache *c = sequence && len <= DATA_CACHE_TEXT_MAX ? thread_data_cache() : NULL;
+    if (c && !keep(c, sequence, text, len, json_incref(value), false)) {
+        json_decref(value);
+    }
+}
+
+void mt_datacache_give(uint64_t sequence, const char *text, size_t len, json_t *value)
+{
+    data_cache *c = thread_data_cache();
+    if (!c) {
+        json_decref(value); /* no cache (out of memory): the one reference is this thread's */
+        return;
+    }
+    if (!sequence || len > DATA_CACHE_TEXT_MAX || !keep(c, sequence, text, len, value, true)) {
+        let_go(c, value);
+    }
+}
+
+size_t mt_datacache_waiting(void)
+{
+    return (size_t) atomic_load_explicit(&let_go_held, memory_order_relaxed);
 }
 
 void mt_datacache_reap(void)

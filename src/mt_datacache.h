@@ -13,9 +13,11 @@
  *
  * Per thread: a value put in by one thread is seen by that thread only.
  * Most are that thread's own memory. The values the loop thread parsed on
- * publish are not: the writer keeps them as they are (put with 'foreign'),
- * and when it lets one go, the value is handed back for the loop thread to
- * free (mt_datacache_reap) rather than freed on the writer. Freeing another
+ * publish are not: the append gives the batch's reference to the writer's
+ * cache (mt_datacache_give), so that from then on only the writer touches
+ * the value, its reference count included; when the writer lets go of the
+ * last reference, the value is handed back for the loop thread to free
+ * (mt_datacache_reap) rather than freed on the writer. Freeing another
  * thread's memory takes that thread's malloc arena lock, and the loop
  * thread's own mallocs then wait (a tenth of its samples in a live fan-out
  * at 25,000 events/s were in the lock when the writer freed them); a deep
@@ -34,15 +36,24 @@
 json_t *mt_datacache_get(uint64_t sequence, const char *text, size_t len);
 
 /*
- * Keeps 'value' (the parse of 'text', len bytes) for 'sequence' on this
- * thread, in place of what its slot held. Does nothing for sequence 0,
- * text too long to keep, or when the thread's text budget is spent.
- * 'foreign': the value is the memory of the thread that calls
- * mt_datacache_reap; once let go it is handed back to be freed there
- * (past 16,384 values waiting, this thread frees them itself).
+ * Keeps 'value' (the parse of 'text', len bytes; a reference of its own)
+ * for 'sequence' on this thread, in place of what its slot held. Does
+ * nothing for sequence 0, text too long to keep, or when the thread's text
+ * budget is spent.
  */
-void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value,
-                      bool foreign);
+void mt_datacache_put(uint64_t sequence, const char *text, size_t len, json_t *value);
+
+/*
+ * As mt_datacache_put for a value another thread made (the loop thread,
+ * which calls mt_datacache_reap), taking the caller's reference: no other
+ * thread may touch the value from here on. When this thread lets go of its
+ * last reference, the value is handed back to be freed there (past 16,384
+ * values waiting, this thread frees them itself).
+ */
+void mt_datacache_give(uint64_t sequence, const char *text, size_t len, json_t *value);
+
+/* Values handed back and not yet freed (for tests). */
+size_t mt_datacache_waiting(void);
 
 /* Frees the foreign values the caches have let go. The loop thread calls it. */
 void mt_datacache_reap(void);

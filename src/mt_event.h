@@ -136,8 +136,9 @@ typedef struct mt_event_batch {
     /*
      * owned references: record i's JSON data as the structured parsers
      * read it, or NULL (any other kind, binary mode, mt_event_batch_add).
-     * mt_log_append puts a copy in the writer's data cache, so that
-     * handlers do not parse the same text again (mt_datacache.h).
+     * mt_log_append gives them to the writer's data cache (and sets them
+     * NULL), so that handlers do not parse the same text again
+     * (mt_datacache.h).
      */
     struct json_t **data;
     int count;

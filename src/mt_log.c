@@ -297,12 +297,16 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         if (rc == MT_OK && b->data[i] && mt_datacache_used()) {
             /*
              * The data parsed on publish: handlers on this thread need not
-             * parse it again. Unless this thread parsed it, the value is
-             * the publishing thread's memory, given back to it to free
-             * (mt_datacache.h).
+             * parse it again. Unless this thread parsed it, the batch's
+             * reference goes to the cache: the value is the publishing
+             * thread's memory, handed back to it to free (mt_datacache.h).
              */
-            mt_datacache_put(seq, (const char *) ev->data, ev->data_len, b->data[i],
-                             !b->data_local);
+            if (b->data_local) {
+                mt_datacache_put(seq, (const char *) ev->data, ev->data_len, b->data[i]);
+            } else {
+                mt_datacache_give(seq, (const char *) ev->data, ev->data_len, b->data[i]);
+                b->data[i] = NULL;
+            }
         }
         r->sequence = seq;
         r->streamversion = version;

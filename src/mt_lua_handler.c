@@ -53,7 +53,7 @@ static json_t *event_data(const mt_event *ev, mt_err *rc, char *err, size_t errl
     }
     v = mt_lua_json_parse(text, ev->data_len, rc, err, errlen);
     if (v) {
-        mt_datacache_put(ev->sequence, text, ev->data_len, v, false);
+        mt_datacache_put(ev->sequence, text, ev->data_len, v);
     }
     return v;
 }
