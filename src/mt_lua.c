@@ -235,7 +235,7 @@ static int l_lua_load(lua_State *L)
  */
 static int l_lua_setmetatable(lua_State *L)
 {
-    if (!mt_lua_event_complete(L, 1)) {
+    if (!mt_lua_event_complete(L, 1) || !mt_lua_json_complete(L, 1)) {
         return luaL_error(L, "not enough memory");
     }
     if (lua_type(L, 2) == LUA_TTABLE) {

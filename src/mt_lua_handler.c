@@ -538,7 +538,7 @@ static int build_event(lua_State *L)
         mt_err rc;
         json_t *data = event_data(ev, &rc, err, sizeof err);
         if (data) {
-            rc = mt_lua_push_json_msg(L, data, err, sizeof err);
+            rc = mt_lua_push_json_data(L, data, ev->data_len, err, sizeof err);
             json_decref(data);
         }
         if (rc) {

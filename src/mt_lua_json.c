@@ -25,6 +25,9 @@
 static char null_tag;   /* its address is json.null */
 static char array_key;  /* registry[&array_key] = the "moontide.json.array" metatable */
 static char object_key; /* registry[&object_key] = the "moontide.json.object" metatable */
+static char lazy_key;   /* registry[&lazy_key] = the metatable of objects read when first used */
+static char held_key;   /* in such an object: the userdata holding its jansson value */
+static char holder_key; /* registry[&holder_key] = the holders' metatable (__gc) */
 
 #define PATH_MAX_LEN 256 /* bytes of "$.a[2].b" kept for messages */
 #define KEY_SHOWN 40     /* bytes of a key shown in a message */
@@ -325,7 +328,12 @@ static mt_err enc_table(enc *e, int idx, json_t **out)
         }
         lua_pop(L, 1);
     }
-    if (has_mt && kind == UNMARKED && !mt_lua_event_complete(L, idx)) {
+    if (has_mt && kind == UNMARKED && mt_lua_json_is_lazy(L, idx)) {
+        if (!mt_lua_json_complete(L, idx)) {
+            return fail(e, MT_ENOMEM, "out of memory reading the event's data");
+        }
+        kind = OBJECT; /* what it is now marked as */
+    } else if (has_mt && kind == UNMARKED && !mt_lua_event_complete(L, idx)) {
         return fail(e, MT_ENOMEM, "out of memory reading the event's attributes");
     }
 
@@ -522,6 +530,245 @@ mt_err mt_lua_push_json(lua_State *L, const json_t *j)
     return st == LUA_ERRMEM ? MT_ENOMEM : MT_EINVAL;
 }
 
+/* ---- objects read when first used ---- */
+
+/* The holder of a lazy object's value, under held_key in the object's table. */
+typedef struct lazy_obj {
+    json_t *v;    /* owned; NULL once the object is complete */
+    uint64_t put; /* bit i: member i (in jansson's order) was put in the table */
+} lazy_obj;
+
+#define LAZY_MAX_MEMBERS 64 /* one bit each in lazy_obj.put */
+
+static int l_lazy_gc(lua_State *L)
+{
+    lazy_obj *lo = lua_touserdata(L, 1);
+    json_decref(lo->v);
+    lo->v = NULL;
+    return 0;
+}
+
+/* The holder of the lazy object at t, or NULL. [-0, +0] */
+static lazy_obj *lazy_of(lua_State *L, int t)
+{
+    lazy_obj *lo = NULL;
+    if (lua_rawgetp(L, t, &held_key) == LUA_TUSERDATA) {
+        lo = lua_touserdata(L, -1); /* stays referenced by the table */
+    }
+    lua_pop(L, 1);
+    return lo;
+}
+
+static const char *iter_key(void *it, size_t *len)
+{
+#if JANSSON_VERSION_HEX >= 0x020e00
+    *len = json_object_iter_key_len(it);
+#else
+    *len = strlen(json_object_iter_key(it));
+#endif
+    return json_object_iter_key(it);
+}
+
+/*
+ * Puts member i of the object (key, value) into table t unless the table
+ * has the key already (a handler's rawset). Raises on memory or depth.
+ */
+static void lazy_put(lua_State *L, int t, void *it)
+{
+    size_t kl;
+    const char *k = iter_key(it, &kl);
+    lua_pushlstring(L, k, kl);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, t) != LUA_TNIL) {
+        lua_pop(L, 2);
+        return;
+    }
+    lua_pop(L, 1);
+    push_value(L, json_object_iter_value(it), 1);
+    lua_rawset(L, t);
+}
+
+/* Puts every member not yet put in lazy object t and marks it a plain object. Raises on memory. */
+static void lazy_complete(lua_State *L, int t)
+{
+    lazy_obj *lo = lazy_of(L, t);
+    if (!lo) {
+        return;
+    }
+    if (lo->v) {
+        int i = 0;
+        for (void *it = json_object_iter(lo->v); it; it = json_object_iter_next(lo->v, it), i++) {
+            if (!(lo->put & (UINT64_C(1) << i))) {
+                lazy_put(L, t, it);
+                lo->put |= UINT64_C(1) << i;
+            }
+        }
+    }
+    lua_pushnil(L);
+    lua_rawsetp(L, t, &held_key);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &object_key);
+    lua_setmetatable(L, t);
+    json_decref(lo->v);
+    lo->v = NULL;
+}
+
+/* __index(t, k): the member k, put in the table the first time. */
+static int l_lazy_index(lua_State *L)
+{
+    lazy_obj *lo = lazy_of(L, 1);
+    if (!lo || !lo->v || lua_type(L, 2) != LUA_TSTRING) {
+        return 0;
+    }
+    size_t kl, il;
+    const char *k = lua_tolstring(L, 2, &kl);
+    int i = 0;
+    for (void *it = json_object_iter(lo->v); it; it = json_object_iter_next(lo->v, it), i++) {
+        const char *ik = iter_key(it, &il);
+        if (il == kl && memcmp(ik, k, kl) == 0) {
+            if (lo->put & (UINT64_C(1) << i)) {
+                return 0; /* put before and removed since */
+            }
+            push_value(L, json_object_iter_value(it), 1);
+            lua_pushvalue(L, 2);
+            lua_pushvalue(L, -2);
+            lua_rawset(L, 1);
+            lo->put |= UINT64_C(1) << i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* __newindex(t, k, v): only for keys the table lacks, which may be members not yet read. */
+static int l_lazy_newindex(lua_State *L)
+{
+    lazy_complete(L, 1);
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+static int l_lazy_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) {
+        return 2;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+static int l_lazy_pairs(lua_State *L)
+{
+    lazy_complete(L, 1);
+    lua_pushcfunction(L, l_lazy_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Pushes the state's lazy object metatable, making it the first time. [-0, +1] */
+static void push_lazy_mt(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_key) == LUA_TTABLE) {
+        return;
+    }
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 5);
+    lua_pushcfunction(L, l_lazy_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_lazy_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, l_lazy_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_key);
+}
+
+/* [-1, +1]: the json_t (an object) as a light userdata, the lazy object. */
+static int l_json_push_lazy(lua_State *L)
+{
+    json_t *j = lua_touserdata(L, 1);
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4); /* the holder and what a handler usually reads */
+    lazy_obj *lo = lua_newuserdatauv(L, sizeof *lo, 0);
+    lo->v = NULL;
+    lo->put = 0;
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &holder_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, l_lazy_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &holder_key);
+    }
+    lua_setmetatable(L, -2);
+    lo->v = json_incref(j); /* once the holder can let it go */
+    lua_rawsetp(L, -2, &held_key);
+    push_lazy_mt(L);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+mt_err mt_lua_push_json_data(lua_State *L, const json_t *j, size_t text_len, char *err,
+                             size_t errlen)
+{
+    size_t n = json_is_object(j) ? json_object_size(j) : 0;
+    if (n == 0 || n > LAZY_MAX_MEMBERS || text_len < MT_LUA_JSON_LAZY_MIN_TEXT) {
+        return mt_lua_push_json_msg(L, j, err, errlen);
+    }
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "Lua stack exhausted");
+        return MT_ENOMEM;
+    }
+    lua_pushcfunction(L, l_json_push_lazy);
+    lua_pushlightuserdata(L, (void *) j);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        snprintf(err, errlen, "memory limit of %zu bytes exceeded", mt_lua__mem_limit(L));
+        return MT_ENOMEM;
+    }
+    return MT_OK;
+}
+
+bool mt_lua_json_is_lazy(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) {
+        return false;
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_key);
+    bool lazy = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return lazy;
+}
+
+static int l_lazy_complete(lua_State *L)
+{
+    lazy_complete(L, 1);
+    return 0;
+}
+
+bool mt_lua_json_complete(lua_State *L, int idx)
+{
+    if (!mt_lua_json_is_lazy(L, idx)) {
+        return true;
+    }
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 2)) {
+        return false;
+    }
+    lua_pushcfunction(L, l_lazy_complete);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return false;
+    }
+    return true;
+}
+
 /*
  * If 'text' is exactly a JSON integer that fits 64 bits (-?(0|[1-9][0-9]*),
  * nothing around it) sets *v and returns true. A counter in a kv table is
@@ -660,6 +907,7 @@ static int mark(lua_State *L, const void *key, const char *fname)
     } else {
         luaL_checktype(L, 1, LUA_TTABLE);
         lua_settop(L, 1);
+        lazy_complete(L, 1); /* event.data not read in full yet */
     }
     if (lua_getmetatable(L, 1)) {
         lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key);

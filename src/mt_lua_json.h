@@ -46,6 +46,37 @@ mt_err mt_lua_push_json_text(lua_State *L, const char *text, size_t len, char *e
 json_t *mt_lua_json_parse(const char *text, size_t len, mt_err *rc, char *err, size_t errlen);
 mt_err mt_lua_push_json_msg(lua_State *L, const json_t *j, char *err, size_t errlen);
 
+#define MT_LUA_JSON_LAZY_MIN_TEXT 256 /* bytes of JSON text below which data is converted at once */
+
+#define MT_LUA_JSON_LAZY_MIN_TEXT 256 /* bytes of JSON text below which data is converted at once */
+
+/*
+ * Pushes an event's data 'j' (of 'text_len' bytes of JSON text) like
+ * mt_lua_push_json_msg, except that an object of 1 to 64 members and at
+ * least MT_LUA_JSON_LAZY_MIN_TEXT bytes becomes a table whose members
+ * enter it the first time they are read (`__index`), as the event table's
+ * attributes do (mt_lua_event.h); smaller data costs less converted at
+ * once. The table holds a reference to 'j' meanwhile. pairs(), the JSON
+ * encoder, json.object/json.array, an assignment to a key the table lacks
+ * and setmetatable() first put every member in, after which it is a plain
+ * object (the object marker as its metatable). A member read for the first
+ * time is converted then, and a nesting or memory error raises there. Only
+ * next() and rawget() on a table not yet complete see less, and
+ * getmetatable() gives false. Runs protected.
+ */
+mt_err mt_lua_push_json_data(lua_State *L, const json_t *j, size_t text_len, char *err,
+                             size_t errlen);
+
+/* True if the value at 'idx' is such a table, not yet complete. Never raises. */
+bool mt_lua_json_is_lazy(lua_State *L, int idx);
+
+/*
+ * If the value at 'idx' is such a table, puts every member in and makes it
+ * a plain object. Never raises: false when the state is out of memory (or
+ * a member nests too deep). Any other value is left alone (true).
+ */
+bool mt_lua_json_complete(lua_State *L, int idx);
+
 /*
  * Converts the value at 'idx' to JSON. Sets *out (caller decrefs; NULL on
  * error). nil is null. Object members are inserted in byte order of their

@@ -1003,6 +1003,139 @@ static void test_lua_event_table_holds_every_attribute(void **state)
     mt_sub_conf_free(conf);
 }
 
+/* Runs handler 'h' on an event whose subject names the mode and whose data is 'data'. */
+static const char *handler_mode(const mt_sub_runner *r, void *h, uint64_t seq, const char *mode,
+                                const char *data)
+{
+    mt_event ev;
+    mt_event_init(&ev);
+    ev.attr[MT_ATTR_ID] = "e";
+    ev.attr[MT_ATTR_SOURCE] = "/s";
+    ev.attr[MT_ATTR_TYPE] = "t.x";
+    ev.attr[MT_ATTR_SUBJECT] = mode;
+    ev.sequence = seq;
+    ev.data_kind = MT_DATA_JSON;
+    ev.data = (const uint8_t *) data;
+    ev.data_len = strlen(data);
+    return handler_said(r, h, &ev);
+}
+
+/*
+ * event.data, an object, takes its members in when they are first read:
+ * whatever the handler does it sees what a table filled at once showed:
+ * members by name (nested values whole), pairs(), the JSON encoder,
+ * json.object(), assignments (of nil too, before or after a read),
+ * setmetatable(), emptiness by next(); a data table kept past its run
+ * still reads in full later; a member nested too deep fails only when
+ * read; an object of more than 64 members, or of less than 256 bytes of
+ * text, is filled at once.
+ */
+static void test_lua_event_data_members_enter_when_first_read(void **state)
+{
+    mt_sub_conf *conf = mt_test_lua_sub(
+        *state, "data",
+        "local json = require('moontide.json')\n"
+        "local kept\n"
+        "return function(event, ctx)\n"
+        "  local d, mode = event.data, event.subject\n"
+        "  if mode == 'read' then\n"
+        "    error(table.concat({tostring(d.a), tostring(d.a), d.b.c[2], tostring(d.nope),\n"
+        "      tostring(d[1]), tostring(d.n == json.null), #d.e, json.encode(d.o)}, ' '), 0)\n"
+        "  end\n"
+        "  if mode == 'pairs' then\n"
+        "    local _ = d.a\n"
+        "    local keys = {}\n"
+        "    for k, v in pairs(d) do keys[#keys + 1] = k .. '=' .. type(v) end\n"
+        "    table.sort(keys)\n"
+        "    error(table.concat(keys, ' '), 0)\n"
+        "  end\n"
+        "  if mode == 'json' then error(json.encode(d), 0) end\n"
+        "  if mode == 'json-after' then local _ = d.b; error(json.encode({x = d}), 0) end\n"
+        "  if mode == 'remove-read' then\n"
+        "    local _ = d.a; d.a = nil\n"
+        "    error(tostring(d.a) .. ' ' .. json.encode(d), 0)\n"
+        "  end\n"
+        "  if mode == 'remove-unread' then d.b = nil; d.z = 1; error(json.encode(d), 0) end\n"
+        "  if mode == 'meta' then\n"
+        "    local before = tostring(getmetatable(d))\n"
+        "    setmetatable(d, {__index = function(_, k) return 'no ' .. k end})\n"
+        "    error(before .. ' ' .. tostring(d.a) .. ' ' .. d.zz, 0)\n"
+        "  end\n"
+        "  if mode == 'mark' then error(json.encode(json.object(d)), 0) end\n"
+        "  if mode == 'next' then error(tostring(next(d) ~= nil) .. ' ' .. json.encode(d), 0) end\n"
+        "  if mode == 'keep' then kept = d; error('kept', 0) end\n"
+        "  if mode == 'kept' then error(json.encode(kept), 0) end\n"
+        "  if mode == 'skip' then error('ok ' .. tostring(d.a), 0) end\n"
+        "  if mode == 'deep' then local _ = d.deep; error('read', 0) end\n"
+        "  if mode == 'many' then error(tostring(getmetatable(d) ~= false) .. ' ' .. d.k64, 0) end\n"
+        "  error('unknown mode ' .. tostring(mode), 0)\n"
+        "end\n");
+    const mt_sub_runner *r = mt_lua_sub_runner();
+    void *h;
+    char err[256];
+    assert_int_equal(r->open(conf, &h, err, sizeof err), MT_OK);
+
+    /* Objects of 256 bytes of text or more (MT_LUA_JSON_LAZY_MIN_TEXT) are read so: "s" pads. */
+    char pad[300];
+    memset(pad, 't', 260);
+    pad[260] = '\0';
+    char data[512], whole[512], want[1024];
+    snprintf(data, sizeof data,
+             "{\"a\":1,\"b\":{\"c\":[\"x\",\"y\"]},\"e\":[],\"n\":null,\"o\":{},\"s\":\"%s\"}", pad);
+    snprintf(whole, sizeof whole, "%s", data); /* the encoder sorts keys: already in order */
+    assert_string_equal(handler_mode(r, h, 1, "read", data), "1 1 y nil nil true 0 {}");
+    assert_string_equal(handler_mode(r, h, 2, "pairs", data),
+                        "a=number b=table e=table n=userdata o=table s=string");
+    assert_string_equal(handler_mode(r, h, 3, "json", data), whole);
+    snprintf(want, sizeof want, "{\"x\":%s}", whole);
+    assert_string_equal(handler_mode(r, h, 4, "json-after", data), want);
+    snprintf(want, sizeof want,
+             "nil {\"b\":{\"c\":[\"x\",\"y\"]},\"e\":[],\"n\":null,\"o\":{},\"s\":\"%s\"}", pad);
+    assert_string_equal(handler_mode(r, h, 5, "remove-read", data), want);
+    snprintf(want, sizeof want, "{\"a\":1,\"e\":[],\"n\":null,\"o\":{},\"s\":\"%s\",\"z\":1}", pad);
+    assert_string_equal(handler_mode(r, h, 6, "remove-unread", data), want);
+    assert_string_equal(handler_mode(r, h, 7, "meta", data), "false 1 no zz");
+    assert_string_equal(handler_mode(r, h, 8, "mark", data), whole);
+    snprintf(want, sizeof want, "true %s", whole);
+    assert_string_equal(handler_mode(r, h, 9, "next", data), want);
+    assert_string_equal(handler_mode(r, h, 10, "next", "{}"), "false {}");
+    /* Smaller data is filled at once and has the object marker. */
+    assert_string_equal(handler_mode(r, h, 44, "many", "{\"k64\":7}"), "true 7");
+
+    /* Kept past its run, read in full in a later one, after other events went by. */
+    assert_string_equal(handler_mode(r, h, 11, "keep", data), "kept");
+    for (uint64_t seq = 12; seq < 40; seq++) {
+        assert_string_equal(handler_mode(r, h, seq, "skip", "{\"a\":2}"), "ok 2");
+    }
+    assert_string_equal(handler_mode(r, h, 40, "kept", "{\"a\":3}"), whole);
+
+    /* A member nested past the limit fails only when it is read. */
+    char deep[700];
+    size_t n = (size_t) snprintf(deep, sizeof deep, "{\"a\":4,\"s\":\"%s\",\"deep\":", pad);
+    for (int i = 0; i < 130; i++) {
+        deep[n++] = '[';
+    }
+    for (int i = 0; i < 130; i++) {
+        deep[n++] = ']';
+    }
+    deep[n++] = '}';
+    deep[n] = '\0';
+    assert_string_equal(handler_mode(r, h, 41, "skip", deep), "ok 4");
+    assert_non_null(strstr(handler_mode(r, h, 42, "deep", deep), "nesting deeper than 128"));
+
+    /* More than 64 members: filled at once, with the object marker. */
+    char many[2048];
+    n = 0; /* over 256 bytes too */
+    for (int i = 0; i <= 64; i++) {
+        n += (size_t) snprintf(many + n, sizeof many - n, "%s\"k%d\":%d", i ? "," : "{", i, i);
+    }
+    snprintf(many + n, sizeof many - n, "}");
+    assert_string_equal(handler_mode(r, h, 43, "many", many), "true 64");
+
+    r->close(h);
+    mt_sub_conf_free(conf);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
 
 int main(void)
@@ -1011,6 +1144,7 @@ int main(void)
         T(test_lua_sandbox_hides_unsafe_libraries),
         T(test_lua_handlers_each_see_the_events_own_data),
         T(test_lua_event_table_holds_every_attribute),
+        T(test_lua_event_data_members_enter_when_first_read),
         T(test_lua_load_accepts_text_only),
         T(test_lua_setmetatable_refuses_finalizers),
         T(test_lua_globals_are_private_to_a_state),
