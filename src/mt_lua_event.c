@@ -18,6 +18,7 @@
 #include <lauxlib.h>
 #include <string.h>
 #include "mt_lua.h"
+#include "mt_lua_int.h"
 #include "mt_util.h"
 
 /* The fields an event table can hold besides data and the extensions. */
@@ -222,21 +223,10 @@ static int l_newindex(lua_State *L)
     return 0;
 }
 
-static int l_next(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 2);
-    if (lua_next(L, 1)) {
-        return 2;
-    }
-    lua_pushnil(L);
-    return 1;
-}
-
 static int l_pairs(lua_State *L)
 {
     complete(L, 1);
-    lua_pushcfunction(L, l_next);
+    lua_pushcfunction(L, mt_lua__next);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;

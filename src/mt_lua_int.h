@@ -1,6 +1,7 @@
 /*
  * mt_lua_int.h - internals shared by mt_lua.c (state, sandbox, loading,
- * calls) and mt_lua_json.c (the JSON bridge and the moontide.json module).
+ * calls), mt_lua_json.c (the JSON bridge and the moontide.json module) and
+ * mt_lua_event.c (the event table).
  * Not for other modules.
  */
 #ifndef MT_LUA_INT_H
@@ -17,5 +18,11 @@ int mt_lua__open_json(lua_State *L);
 
 /* The state's memory limit in bytes (for messages). */
 size_t mt_lua__mem_limit(lua_State *L);
+
+/*
+ * next(t, k) without metamethods: what the __pairs of the tables filled
+ * when first read (the event's, its data's) returns once they are full.
+ */
+int mt_lua__next(lua_State *L);
 
 #endif

@@ -648,21 +648,10 @@ static int l_lazy_newindex(lua_State *L)
     return 0;
 }
 
-static int l_lazy_next(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 2);
-    if (lua_next(L, 1)) {
-        return 2;
-    }
-    lua_pushnil(L);
-    return 1;
-}
-
 static int l_lazy_pairs(lua_State *L)
 {
     lazy_complete(L, 1);
-    lua_pushcfunction(L, l_lazy_next);
+    lua_pushcfunction(L, mt_lua__next);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;

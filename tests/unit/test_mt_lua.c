@@ -826,20 +826,28 @@ static const char *handler_said(const mt_sub_runner *r, void *h, const mt_event 
 
 /*
  * Runs handler 'h' (which raises with what it saw) on an event of this
- * sequence and data; returns the error message (static buffer).
+ * sequence, subject ('mode', which may be NULL) and data; returns the
+ * error message (static buffer).
  */
-static const char *handler_saw(const mt_sub_runner *r, void *h, uint64_t seq, const char *data)
+static const char *handler_mode(const mt_sub_runner *r, void *h, uint64_t seq, const char *mode,
+                                const char *data)
 {
     mt_event ev;
     mt_event_init(&ev);
     ev.attr[MT_ATTR_ID] = "e";
     ev.attr[MT_ATTR_SOURCE] = "/s";
     ev.attr[MT_ATTR_TYPE] = "t.x";
+    ev.attr[MT_ATTR_SUBJECT] = mode; /* NULL: none */
     ev.sequence = seq;
     ev.data_kind = MT_DATA_JSON;
     ev.data = (const uint8_t *) data;
     ev.data_len = strlen(data);
     return handler_said(r, h, &ev);
+}
+
+static const char *handler_saw(const mt_sub_runner *r, void *h, uint64_t seq, const char *data)
+{
+    return handler_mode(r, h, seq, NULL, data);
 }
 
 /*
@@ -1001,23 +1009,6 @@ static void test_lua_event_table_holds_every_attribute(void **state)
 
     r->close(h);
     mt_sub_conf_free(conf);
-}
-
-/* Runs handler 'h' on an event whose subject names the mode and whose data is 'data'. */
-static const char *handler_mode(const mt_sub_runner *r, void *h, uint64_t seq, const char *mode,
-                                const char *data)
-{
-    mt_event ev;
-    mt_event_init(&ev);
-    ev.attr[MT_ATTR_ID] = "e";
-    ev.attr[MT_ATTR_SOURCE] = "/s";
-    ev.attr[MT_ATTR_TYPE] = "t.x";
-    ev.attr[MT_ATTR_SUBJECT] = mode;
-    ev.sequence = seq;
-    ev.data_kind = MT_DATA_JSON;
-    ev.data = (const uint8_t *) data;
-    ev.data_len = strlen(data);
-    return handler_said(r, h, &ev);
 }
 
 /*
