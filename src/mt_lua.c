@@ -235,8 +235,14 @@ static int l_lua_load(lua_State *L)
  */
 static int l_lua_setmetatable(lua_State *L)
 {
-    if (!mt_lua_event_complete(L, 1) || !mt_lua_json_complete(L, 1)) {
+    if (!mt_lua_event_complete(L, 1)) {
         return luaL_error(L, "not enough memory");
+    }
+    mt_err rc = mt_lua_json_complete(L, 1);
+    if (rc) {
+        return rc == MT_ENOMEM ? luaL_error(L, "not enough memory")
+                               : luaL_error(L, "nesting deeper than %d levels",
+                                            MT_LUA_JSON_MAX_DEPTH);
     }
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_pushliteral(L, "__gc");

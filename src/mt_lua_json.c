@@ -329,8 +329,11 @@ static mt_err enc_table(enc *e, int idx, json_t **out)
         lua_pop(L, 1);
     }
     if (has_mt && kind == UNMARKED && mt_lua_json_is_lazy(L, idx)) {
-        if (!mt_lua_json_complete(L, idx)) {
-            return fail(e, MT_ENOMEM, "out of memory reading the event's data");
+        mt_err rc = mt_lua_json_complete(L, idx);
+        if (rc) {
+            return rc == MT_ENOMEM
+                       ? fail(e, rc, "out of memory reading the event's data")
+                       : fail(e, rc, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
         }
         kind = OBJECT; /* what it is now marked as */
     } else if (has_mt && kind == UNMARKED && !mt_lua_event_complete(L, idx)) {
@@ -740,22 +743,23 @@ static int l_lazy_complete(lua_State *L)
     return 0;
 }
 
-bool mt_lua_json_complete(lua_State *L, int idx)
+mt_err mt_lua_json_complete(lua_State *L, int idx)
 {
     if (!mt_lua_json_is_lazy(L, idx)) {
-        return true;
+        return MT_OK;
     }
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, 2)) {
-        return false;
+        return MT_ENOMEM;
     }
     lua_pushcfunction(L, l_lazy_complete);
     lua_pushvalue(L, idx);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    int st = lua_pcall(L, 1, 0, 0);
+    if (st != LUA_OK) {
         lua_pop(L, 1);
-        return false;
+        return st == LUA_ERRMEM ? MT_ENOMEM : MT_EINVAL;
     }
-    return true;
+    return MT_OK;
 }
 
 /*

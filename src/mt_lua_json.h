@@ -72,10 +72,11 @@ bool mt_lua_json_is_lazy(lua_State *L, int idx);
 
 /*
  * If the value at 'idx' is such a table, puts every member in and makes it
- * a plain object. Never raises: false when the state is out of memory (or
- * a member nests too deep). Any other value is left alone (true).
+ * a plain object. Never raises: MT_ENOMEM when the state is out of memory,
+ * MT_EINVAL when a member nests deeper than MT_LUA_JSON_MAX_DEPTH. Any
+ * other value is left alone (MT_OK).
  */
-bool mt_lua_json_complete(lua_State *L, int idx);
+mt_err mt_lua_json_complete(lua_State *L, int idx);
 
 /*
  * Converts the value at 'idx' to JSON. Sets *out (caller decrefs; NULL on

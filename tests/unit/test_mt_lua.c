@@ -1058,6 +1058,8 @@ static void test_lua_event_data_members_enter_when_first_read(void **state)
         "  if mode == 'kept' then error(json.encode(kept), 0) end\n"
         "  if mode == 'skip' then error('ok ' .. tostring(d.a), 0) end\n"
         "  if mode == 'deep' then local _ = d.deep; error('read', 0) end\n"
+        "  if mode == 'deep-json' then return json.encode(d) end\n"
+        "  if mode == 'deep-meta' then return setmetatable(d, nil) end\n"
         "  if mode == 'many' then error(tostring(getmetatable(d) ~= false) .. ' ' .. d.k64, 0) end\n"
         "  error('unknown mode ' .. tostring(mode), 0)\n"
         "end\n");
@@ -1113,6 +1115,9 @@ static void test_lua_event_data_members_enter_when_first_read(void **state)
     deep[n] = '\0';
     assert_string_equal(handler_mode(r, h, 41, "skip", deep), "ok 4");
     assert_non_null(strstr(handler_mode(r, h, 42, "deep", deep), "nesting deeper than 128"));
+    assert_non_null(strstr(handler_mode(r, h, 45, "deep-json", deep),
+                           "moontide.json.encode: $: nesting deeper than 128 levels"));
+    assert_non_null(strstr(handler_mode(r, h, 46, "deep-meta", deep), "nesting deeper than 128"));
 
     /* More than 64 members: filled at once, with the object marker. */
     char many[2048];
