@@ -169,14 +169,34 @@ static void pend_set(mt_fx_rec *r, const void *k, size_t kl, const char *v, size
     }
 }
 
-/* Writes what buffered mode kept to 't'. */
-static mt_err write_pending(mt_txn *t, const mt_fx_rec *r)
+/*
+ * Writes what buffered mode kept to 't'. The write of the key 'fx' left its
+ * kv cursor at (when 't' is the cursor's) goes first and through the
+ * cursor, before any other write of the table can move it.
+ */
+static mt_err write_pending(mt_txn *t, const mt_fx_rec *r, mt_fx *fx)
 {
     if (r->writes) {
         return write_all(t, r->writes);
     }
+    const pending *at = NULL;
+    if (fx && fx->kv_cur && fx->cur_kl && t == fx->base) {
+        at = pend_find((mt_fx_rec *) r, fx->cur_key, fx->cur_kl);
+        if (at && !at->deleted) {
+            mt_err rc = mt_store_cursor_put(fx->kv_cur, at->block, at->kl, at->block + at->kl,
+                                            at->vl, MT_STORE_CURRENT);
+            if (rc) {
+                return rc;
+            }
+        } else {
+            at = NULL;
+        }
+    }
     for (int i = 0; i < r->npend; i++) {
         const pending *p = &r->pend[i];
+        if (p == at) {
+            continue;
+        }
         mt_err rc = p->deleted ? mt_store_del(t, MT_DB_KV, p->block, p->kl)
                                : mt_store_put(t, MT_DB_KV, p->block, p->kl, p->block + p->kl,
                                               p->vl, 0);
@@ -185,6 +205,13 @@ static mt_err write_pending(mt_txn *t, const mt_fx_rec *r)
         }
     }
     return MT_OK;
+}
+
+static void kv_cursor_close(mt_fx *fx)
+{
+    mt_store_cursor_close(fx->kv_cur);
+    fx->kv_cur = NULL;
+    fx->cur_kl = 0;
 }
 
 /* A copy of a value: nothing is shared between threads. */
@@ -212,9 +239,10 @@ static void merge_keys(json_t *into, json_t *from)
 /* Buffered mode meets an emit or a scan: from here on, a savepoint. */
 static mt_err escalate(mt_fx *fx)
 {
+    kv_cursor_close(fx); /* a transaction's cursors wait while it has a savepoint */
     mt_err rc = mt_store_savepoint(fx->base, &fx->savepoint);
     if (rc == MT_OK) {
-        rc = write_pending(fx->savepoint, fx->rec);
+        rc = write_pending(fx->savepoint, fx->rec, NULL);
         if (rc) {
             mt_store_savepoint_rollback(fx->savepoint);
             fx->savepoint = NULL;
@@ -276,8 +304,9 @@ mt_err mt_fx_finish(mt_fx *fx, bool keep)
         }
         fx->savepoint = NULL;
     } else if (fx->rec && keep) {
-        rc = write_pending(fx->base, fx->rec);
+        rc = write_pending(fx->base, fx->rec, fx);
     }
+    kv_cursor_close(fx);
     rec_free(fx->rec);
     fx->rec = NULL;
     fx->txn = fx->base;
@@ -427,6 +456,7 @@ void mt_fx_free(mt_fx *fx)
     rec_free(fx->rec);
     fx->rec = NULL;
     emits_free(fx);
+    kv_cursor_close(fx);
     if (fx->savepoint) {
         mt_store_savepoint_rollback(fx->savepoint);
         fx->savepoint = NULL;
@@ -487,7 +517,20 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
                                   MT_OK);
     }
     const void *v;
-    mt_err rc = mt_store_get(fx->txn, MT_DB_KV, k, kl, &v, len);
+    mt_err rc;
+    if (fx->rec && !fx->rec->ov && !fx->savepoint && fx->txn == fx->base) {
+        /* Buffered: found through the cursor, which stays at the key for its write. */
+        rc = fx->kv_cur ? MT_OK : mt_store_cursor_open(fx->base, MT_DB_KV, &fx->kv_cur);
+        if (rc == MT_OK) {
+            rc = mt_store_cursor_find(fx->kv_cur, k, kl, &v, len);
+        }
+        fx->cur_kl = rc == MT_OK ? kl : 0;
+        if (rc == MT_OK) {
+            memcpy(fx->cur_key, k, kl);
+        }
+    } else {
+        rc = mt_store_get(fx->txn, MT_DB_KV, k, kl, &v, len);
+    }
     if (rc == MT_OK) {
         *json = v;
     }

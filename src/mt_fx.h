@@ -60,6 +60,14 @@ typedef struct mt_fx {
     mt_txn *savepoint;        /* owned; buffered mode once a scan needed one */
     mt_event_batch *emits;    /* owned; buffered mode: the events emitted, waiting */
     uint64_t emit_first;      /* the sequence the first of them was told */
+    /*
+     * Buffered mode: a cursor on the kv tables of 'base', left at the key
+     * last found (cur_kl bytes of cur_key; 0: none), so that writing that
+     * key back (a counter's get, then put) needs no second search.
+     */
+    mt_cursor *kv_cur;        /* owned */
+    size_t cur_kl;
+    uint8_t cur_key[MT_FX_MAX_TABLE + MT_FX_MAX_KEY + 2];
 } mt_fx;
 
 void mt_fx_free(mt_fx *fx);

@@ -198,6 +198,116 @@ static void test_fx_buffered_writes_replace_one_another_past_the_small_array(voi
     run_with_trigger(state, many_writes_job);
 }
 
+static void expect_stored(mt_txn *t, const char *key, const char *want)
+{
+    char *got = stored(t, "tbl", key);
+    if (!want) {
+        assert_null(got);
+    } else {
+        assert_non_null(got);
+        assert_string_equal(got, want);
+    }
+    free(got);
+}
+
+static int count_visit(const char *key, size_t klen, const char *json, size_t len, void *arg)
+{
+    (*(int *) arg)++;
+    return 0;
+}
+
+/*
+ * A key read and then written back (a counter) is written where its read
+ * left the kv cursor: values of another length, other keys read in
+ * between, a delete, a key that was missing, many other writes that split
+ * the pages around it, a scan in between (a savepoint) and a failed run
+ * all leave the table as plain writes would.
+ */
+static mt_err read_then_write_job(mt_txn *t, void *arg)
+{
+    step *st = arg;
+    char key[16], val[128];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof key, "o%03d", i);
+        assert_int_equal(mt_store_put(t, MT_DB_KV, val, (size_t) snprintf(val, sizeof val,
+                                      "tbl%c%s", 0, key), "x", 1, 0), MT_OK);
+    }
+    assert_int_equal(mt_store_put(t, MT_DB_KV, "tbl\0c", 5, "9", 1, 0), MT_OK);
+    assert_int_equal(mt_store_put(t, MT_DB_KV, "tbl\0d", 5, "5", 1, 0), MT_OK);
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    expect(&fx, "tbl", "c", "9");
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "10", 2), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    expect_stored(t, "c", "10");
+
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    expect(&fx, "tbl", "c", "10");
+    expect(&fx, "tbl", "d", "5"); /* the cursor moves on */
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "11", 2), MT_OK);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "d", "6", 1), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    expect_stored(t, "c", "11");
+    expect_stored(t, "d", "6");
+
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    expect(&fx, "tbl", "d", "6");
+    assert_int_equal(mt_fx_kv_del(&fx, "tbl", "d"), MT_OK);
+    expect(&fx, "tbl", "missing", NULL);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "missing", "1", 1), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    expect_stored(t, "d", NULL);
+    expect_stored(t, "missing", "1");
+
+    /* Writes of 60 new keys of 100 bytes each, around the one read, split its page. */
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    expect(&fx, "tbl", "c", "11");
+    memset(val, 'v', 100);
+    for (int i = 0; i < 60; i++) {
+        snprintf(key, sizeof key, "c%02d", i);
+        assert_int_equal(mt_fx_kv_put(&fx, "tbl", key, val, 100), MT_OK);
+    }
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "12", 2), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    expect_stored(t, "c", "12");
+    for (int i = 0; i < 60; i++) {
+        snprintf(key, sizeof key, "c%02d", i);
+        char *got = stored(t, "tbl", key);
+        assert_non_null(got);
+        assert_int_equal(strlen(got), 100);
+        free(got);
+    }
+
+    /* A scan in between: a savepoint, and the write goes there. */
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    expect(&fx, "tbl", "c", "12");
+    int seen = 0;
+    assert_int_equal(mt_fx_kv_scan(&fx, "tbl", "o", 1000, count_visit, &seen), MT_OK);
+    assert_int_equal(seen, 300);
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "13", 2), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    expect_stored(t, "c", "13");
+
+    /* A failed run writes nothing. */
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    expect(&fx, "tbl", "c", "13");
+    assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "99", 2), MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, false), MT_OK);
+    mt_fx_free(&fx);
+    expect_stored(t, "c", "13");
+    return MT_OK;
+}
+
+static void test_fx_a_key_read_then_written_lands_like_a_plain_write(void **state)
+{
+    run_with_trigger(state, read_then_write_job);
+}
+
 /* The record of 'json' (one structured event) with the position of 'seq' in the log. */
 static void expect_record_of(mt_txn *t, uint64_t seq, const char *json)
 {
@@ -895,6 +1005,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_fx_buffered_writes_replace_one_another_past_the_small_array, mt_test_setup_dir,
             mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_a_key_read_then_written_lands_like_a_plain_write,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emitted_event_is_the_record_a_publisher_gets,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_a_run_emits_a_bounded_amount, mt_test_setup_dir,
