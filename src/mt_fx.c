@@ -87,6 +87,7 @@ void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event
 {
     fx_init(fx, txn, sub, trigger);
     fx->base = txn;
+    fx->kv_cur = &fx->own_cur;
     /* Its writes wait in a small array (a kv handler makes one or two); a
      * jansson object per run was a tenth of a kv handler's run. */
     fx->rec = mt_xcalloc(1, sizeof *fx->rec);
@@ -180,10 +181,10 @@ static mt_err write_pending(mt_txn *t, const mt_fx_rec *r, mt_fx *fx)
         return write_all(t, r->writes);
     }
     const pending *at = NULL;
-    if (fx && fx->kv_cur && fx->cur_kl && t == fx->base) {
+    if (fx && fx->kv_cur && *fx->kv_cur && fx->cur_kl && t == fx->base) {
         at = pend_find((mt_fx_rec *) r, fx->cur_key, fx->cur_kl);
         if (at && !at->deleted) {
-            mt_err rc = mt_store_cursor_put(fx->kv_cur, at->block, at->kl, at->block + at->kl,
+            mt_err rc = mt_store_cursor_put(*fx->kv_cur, at->block, at->kl, at->block + at->kl,
                                             at->vl, MT_STORE_CURRENT);
             if (rc) {
                 return rc;
@@ -207,11 +208,18 @@ static mt_err write_pending(mt_txn *t, const mt_fx_rec *r, mt_fx *fx)
     return MT_OK;
 }
 
+/* Lets go of the kv cursor: closes it if it is fx's own, forgets where it is. */
 static void kv_cursor_close(mt_fx *fx)
 {
-    mt_store_cursor_close(fx->kv_cur);
-    fx->kv_cur = NULL;
+    mt_store_cursor_close(fx->own_cur);
+    fx->own_cur = NULL;
     fx->cur_kl = 0;
+}
+
+void mt_fx_lend_cursor(mt_fx *fx, mt_cursor **slot)
+{
+    mt_assert(fx->base && !fx->own_cur);
+    fx->kv_cur = slot;
 }
 
 /* A copy of a value: nothing is shared between threads. */
@@ -518,11 +526,11 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
     }
     const void *v;
     mt_err rc;
-    if (fx->rec && !fx->rec->ov && !fx->savepoint && fx->txn == fx->base) {
+    if (fx->rec && !fx->rec->ov && !fx->savepoint && fx->txn == fx->base && fx->kv_cur) {
         /* Buffered: found through the cursor, which stays at the key for its write. */
-        rc = fx->kv_cur ? MT_OK : mt_store_cursor_open(fx->base, MT_DB_KV, &fx->kv_cur);
+        rc = *fx->kv_cur ? MT_OK : mt_store_cursor_open(fx->base, MT_DB_KV, fx->kv_cur);
         if (rc == MT_OK) {
-            rc = mt_store_cursor_find(fx->kv_cur, k, kl, &v, len);
+            rc = mt_store_cursor_find(*fx->kv_cur, k, kl, &v, len);
         }
         fx->cur_kl = rc == MT_OK ? kl : 0;
         if (rc == MT_OK) {

@@ -63,9 +63,11 @@ typedef struct mt_fx {
     /*
      * Buffered mode: a cursor on the kv tables of 'base', left at the key
      * last found (cur_kl bytes of cur_key; 0: none), so that writing that
-     * key back (a counter's get, then put) needs no second search.
+     * key back (a counter's get, then put) needs no second search. *kv_cur
+     * is own_cur, or a cursor lent by the caller (mt_fx_lend_cursor).
      */
-    mt_cursor *kv_cur;        /* owned */
+    mt_cursor **kv_cur;
+    mt_cursor *own_cur;       /* owned */
     size_t cur_kl;
     uint8_t cur_key[MT_FX_MAX_TABLE + MT_FX_MAX_KEY + 2];
 } mt_fx;
@@ -82,6 +84,14 @@ void mt_fx_free(mt_fx *fx);
  * of 'txn', moves the waiting writes into it and goes on there.
  */
 void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger);
+
+/*
+ * Buffered mode: kv reads go through *slot, a cursor on the kv tables of
+ * the same transaction that the caller keeps for many runs (opened here
+ * into *slot if NULL) and closes before the transaction ends; opening one
+ * per run costs about what it saves. Call before any kv read.
+ */
+void mt_fx_lend_cursor(mt_fx *fx, mt_cursor **slot);
 
 /*
  * Ends a buffered invocation: with 'keep' its effects go into the

@@ -76,6 +76,7 @@ typedef struct dispatch_out {
     bool appended;        /* handlers emitted events */
     int64_t next_due_us;  /* earliest retry, 0 = none */
     mt_spec_round *round; /* in: the workers' results for this job, or NULL */
+    mt_cursor *kv_cur;    /* the job's cursor on the kv tables, lent to each run */
 } dispatch_out;
 
 struct sub_rt {
@@ -539,14 +540,15 @@ static mt_err apply_ahead(sub_rt *s, mt_spec_result *ahead, mt_fx *fx, attempt_r
 }
 
 static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t attempt,
-                          attempt_result *r, bool *appended, mt_spec_round *round)
+                          attempt_result *r, dispatch_out *out)
 {
     /* Buffered: a failure leaves nothing to undo, and most runs need no savepoint. */
     mt_fx fx;
     mt_fx_init_buffered(&fx, t, s->conf->name, ev);
+    mt_fx_lend_cursor(&fx, &out->kv_cur);
     mt_err hrc = MT_OK;
     bool used = false;
-    mt_spec_result *ahead = attempt == 1 ? mt_spec_take(round, ev->sequence) : NULL;
+    mt_spec_result *ahead = attempt == 1 ? mt_spec_take(out->round, ev->sequence) : NULL;
     if (ahead) {
         mt_err rc = apply_ahead(s, ahead, &fx, r, &hrc, &used);
         mt_spec_result_free(ahead);
@@ -571,7 +573,7 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
     }
     if (ok) {
         r->ok = true;
-        *appended |= fx.emitted > 0;
+        out->appended |= fx.emitted > 0;
     } else if (fx.reject) {
         r->rejected = true;
         mt_buf_free(&r->error);
@@ -670,7 +672,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
     }
     attempt_result r;
     result_init(&r);
-    mt_err rc = run_attempt(s, t, ev, attempt, &r, &out->appended, out->round);
+    mt_err rc = run_attempt(s, t, ev, attempt, &r, out);
     if (rc == MT_OK && r.ok) {
         st->handled++;
         *freed = true;
@@ -1058,9 +1060,19 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     return rc;
 }
 
+static mt_err dispatch_body(mt_txn *t, dispatch_job *dj);
+
 static mt_err dispatch_run(mt_txn *t, void *arg)
 {
     dispatch_job *dj = arg;
+    mt_err rc = dispatch_body(t, dj);
+    mt_store_cursor_close(dj->out.kv_cur); /* lent to the runs; closed before the job ends */
+    dj->out.kv_cur = NULL;
+    return rc;
+}
+
+static mt_err dispatch_body(mt_txn *t, dispatch_job *dj)
+{
     sub_rt *s = dj->s;
     const mt_sub_conf *c = s->conf;
     dispatch_out *out = &dj->out;
