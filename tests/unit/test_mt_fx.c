@@ -53,9 +53,9 @@ static char *get(mt_fx *fx, const char *table, const char *key)
     return strndup(v, len);
 }
 
-static void expect(mt_fx *fx, const char *table, const char *key, const char *want)
+/* 'got' (freed here) is 'want', or NULL for none. */
+static void expect_text(char *got, const char *want)
 {
-    char *got = get(fx, table, key);
     if (!want) {
         assert_null(got);
     } else {
@@ -63,6 +63,11 @@ static void expect(mt_fx *fx, const char *table, const char *key, const char *wa
         assert_string_equal(got, want);
     }
     free(got);
+}
+
+static void expect(mt_fx *fx, const char *table, const char *key, const char *want)
+{
+    expect_text(get(fx, table, key), want);
 }
 
 static char *stored(mt_txn *t, const char *table, const char *key)
@@ -200,14 +205,7 @@ static void test_fx_buffered_writes_replace_one_another_past_the_small_array(voi
 
 static void expect_stored(mt_txn *t, const char *key, const char *want)
 {
-    char *got = stored(t, "tbl", key);
-    if (!want) {
-        assert_null(got);
-    } else {
-        assert_non_null(got);
-        assert_string_equal(got, want);
-    }
-    free(got);
+    expect_text(stored(t, "tbl", key), want);
 }
 
 static int count_visit(const char *key, size_t klen, const char *json, size_t len, void *arg)
