@@ -221,6 +221,18 @@ static int count_visit(const char *key, size_t klen, const char *json, size_t le
  * the pages around it, a scan in between (a savepoint) and a failed run
  * all leave the table as plain writes would.
  */
+/* With lend_cursors, the runs of a job share one kv cursor, as a dispatch job's do. */
+static bool lend_cursors;
+static mt_cursor *lent;
+
+static void init_fx(mt_fx *fx, mt_txn *t, const step *st)
+{
+    mt_fx_init_buffered(fx, t, "sub", st->ev);
+    if (lend_cursors) {
+        mt_fx_lend_cursor(fx, &lent);
+    }
+}
+
 static mt_err read_then_write_job(mt_txn *t, void *arg)
 {
     step *st = arg;
@@ -233,14 +245,14 @@ static mt_err read_then_write_job(mt_txn *t, void *arg)
     assert_int_equal(mt_store_put(t, MT_DB_KV, "tbl\0c", 5, "9", 1, 0), MT_OK);
     assert_int_equal(mt_store_put(t, MT_DB_KV, "tbl\0d", 5, "5", 1, 0), MT_OK);
     mt_fx fx;
-    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    init_fx(&fx, t, st);
     expect(&fx, "tbl", "c", "9");
     assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "10", 2), MT_OK);
     assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
     mt_fx_free(&fx);
     expect_stored(t, "c", "10");
 
-    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    init_fx(&fx, t, st);
     expect(&fx, "tbl", "c", "10");
     expect(&fx, "tbl", "d", "5"); /* the cursor moves on */
     assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "11", 2), MT_OK);
@@ -250,7 +262,7 @@ static mt_err read_then_write_job(mt_txn *t, void *arg)
     expect_stored(t, "c", "11");
     expect_stored(t, "d", "6");
 
-    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    init_fx(&fx, t, st);
     expect(&fx, "tbl", "d", "6");
     assert_int_equal(mt_fx_kv_del(&fx, "tbl", "d"), MT_OK);
     expect(&fx, "tbl", "missing", NULL);
@@ -261,7 +273,7 @@ static mt_err read_then_write_job(mt_txn *t, void *arg)
     expect_stored(t, "missing", "1");
 
     /* Writes of 60 new keys of 100 bytes each, around the one read, split its page. */
-    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    init_fx(&fx, t, st);
     expect(&fx, "tbl", "c", "11");
     memset(val, 'v', 100);
     for (int i = 0; i < 60; i++) {
@@ -281,7 +293,7 @@ static mt_err read_then_write_job(mt_txn *t, void *arg)
     }
 
     /* A scan in between: a savepoint, and the write goes there. */
-    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    init_fx(&fx, t, st);
     expect(&fx, "tbl", "c", "12");
     int seen = 0;
     assert_int_equal(mt_fx_kv_scan(&fx, "tbl", "o", 1000, count_visit, &seen), MT_OK);
@@ -292,18 +304,28 @@ static mt_err read_then_write_job(mt_txn *t, void *arg)
     expect_stored(t, "c", "13");
 
     /* A failed run writes nothing. */
-    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    init_fx(&fx, t, st);
     expect(&fx, "tbl", "c", "13");
     assert_int_equal(mt_fx_kv_put(&fx, "tbl", "c", "99", 2), MT_OK);
     assert_int_equal(mt_fx_finish(&fx, false), MT_OK);
     mt_fx_free(&fx);
     expect_stored(t, "c", "13");
+    mt_store_cursor_close(lent);
+    lent = NULL;
     return MT_OK;
 }
 
 static void test_fx_a_key_read_then_written_lands_like_a_plain_write(void **state)
 {
+    lend_cursors = false;
     run_with_trigger(state, read_then_write_job);
+}
+
+static void test_fx_runs_sharing_a_kv_cursor_write_like_plain_writes(void **state)
+{
+    lend_cursors = true;
+    run_with_trigger(state, read_then_write_job);
+    lend_cursors = false;
 }
 
 /* The record of 'json' (one structured event) with the position of 'seq' in the log. */
@@ -1004,6 +1026,8 @@ int main(void)
             test_fx_buffered_writes_replace_one_another_past_the_small_array, mt_test_setup_dir,
             mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_a_key_read_then_written_lands_like_a_plain_write,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_runs_sharing_a_kv_cursor_write_like_plain_writes,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_an_emitted_event_is_the_record_a_publisher_gets,
                                         mt_test_setup_dir, mt_test_teardown_dir),
