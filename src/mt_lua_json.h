@@ -48,8 +48,6 @@ mt_err mt_lua_push_json_msg(lua_State *L, const json_t *j, char *err, size_t err
 
 #define MT_LUA_JSON_LAZY_MIN_TEXT 256 /* bytes of JSON text below which data is converted at once */
 
-#define MT_LUA_JSON_LAZY_MIN_TEXT 256 /* bytes of JSON text below which data is converted at once */
-
 /*
  * Pushes an event's data 'j' (of 'text_len' bytes of JSON text) like
  * mt_lua_push_json_msg, except that an object of 1 to 64 members and at
