@@ -6,8 +6,9 @@
  * subscriptions on one topic, each would parse every event again, on the
  * same thread (the writer's) and within a few jobs of one another; and the
  * structured-mode parsers have already parsed the data of a published
- * event once, to check it (mt_log_append puts a copy of that value). The cache keeps the parsed value in the slot of
- * the event's sequence with the data's exact text, and gives it back only
+ * event once, to check it (mt_log_append gives that value to the cache).
+ * The cache keeps the parsed value in the slot of the event's sequence
+ * with the data's exact text, and gives it back only
  * for the same sequence and the same text, so a sequence used again for
  * other data (an undone group, another store) is never mistaken.
  *
@@ -61,7 +62,7 @@ void mt_datacache_reap(void);
 /*
  * Whether anyone reads the cache: the handlers count themselves in and out
  * (any thread), and an append with no handler in the process puts
- * nothing, since its copy would only cost.
+ * nothing: nobody would read it.
  */
 void mt_datacache_use(int delta);
 bool mt_datacache_used(void);

@@ -75,6 +75,7 @@ void mt_fx_overlay_free(mt_fx_overlay *ov)
 void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const char *sub,
                        const mt_event *trigger)
 {
+    mt_assert(ov); /* rec with no overlay is buffered mode */
     fx_init(fx, snapshot, sub, trigger);
     fx->rec = mt_xcalloc(1, sizeof *fx->rec);
     fx->rec->ov = ov;
@@ -171,8 +172,8 @@ static void pend_set(mt_fx_rec *r, const void *k, size_t kl, const char *v, size
 }
 
 /*
- * Writes what buffered mode kept to 't'. The write of the key 'fx' left its
- * kv cursor at (when 't' is the cursor's) goes first and through the
+ * Writes what buffered mode kept to 't'. With 'fx' ('t' is then its base),
+ * the write of the key fx left its kv cursor at goes first and through the
  * cursor, before any other write of the table can move it.
  */
 static mt_err write_pending(mt_txn *t, const mt_fx_rec *r, mt_fx *fx)
@@ -181,7 +182,7 @@ static mt_err write_pending(mt_txn *t, const mt_fx_rec *r, mt_fx *fx)
         return write_all(t, r->writes);
     }
     const pending *at = NULL;
-    if (fx && fx->kv_cur && *fx->kv_cur && fx->cur_kl && t == fx->base) {
+    if (fx && fx->cur_kl) { /* a key found through the cursor, which is then open */
         at = pend_find((mt_fx_rec *) r, fx->cur_key, fx->cur_kl);
         if (at && !at->deleted) {
             mt_err rc = mt_store_cursor_put(*fx->kv_cur, at->block, at->kl, at->block + at->kl,
@@ -244,7 +245,7 @@ static void merge_keys(json_t *into, json_t *from)
     }
 }
 
-/* Buffered mode meets an emit or a scan: from here on, a savepoint. */
+/* Buffered mode meets a scan: from here on, a savepoint. */
 static mt_err escalate(mt_fx *fx)
 {
     kv_cursor_close(fx); /* a transaction's cursors wait while it has a savepoint */
@@ -526,8 +527,8 @@ mt_err mt_fx_kv_get(mt_fx *fx, const char *table, const char *key, const char **
     }
     const void *v;
     mt_err rc;
-    if (fx->rec && !fx->rec->ov && !fx->savepoint && fx->txn == fx->base && fx->kv_cur) {
-        /* Buffered: found through the cursor, which stays at the key for its write. */
+    if (fx->rec && !fx->rec->ov) {
+        /* Buffered, before any savepoint: through the cursor, which stays at the key. */
         rc = *fx->kv_cur ? MT_OK : mt_store_cursor_open(fx->base, MT_DB_KV, fx->kv_cur);
         if (rc == MT_OK) {
             rc = mt_store_cursor_find(*fx->kv_cur, k, kl, &v, len);

@@ -119,13 +119,11 @@ static mt_err log_cursor_at(mt_txn *t, uint64_t from, mt_cursor **c, const void 
     return mt_store_cursor_seek(*c, start, 8, k, kl, v, vl);
 }
 
-mt_err mt_log_stream_head(mt_txn *t, const char *subject, bool *exists, uint64_t *version)
+/* What a lookup of a subject's head (rc, its value) says: *exists, *version. */
+static mt_err head_value(mt_err rc, const void *v, size_t vl, bool *exists, uint64_t *version)
 {
     *exists = false;
     *version = 0;
-    const void *v;
-    size_t vl;
-    mt_err rc = mt_store_get(t, MT_DB_HEADS, subject, strlen(subject), &v, &vl);
     if (rc == MT_ENOTFOUND) {
         return MT_OK;
     }
@@ -138,6 +136,14 @@ mt_err mt_log_stream_head(mt_txn *t, const char *subject, bool *exists, uint64_t
     *exists = true;
     *version = mt_get_be64(v);
     return MT_OK;
+}
+
+mt_err mt_log_stream_head(mt_txn *t, const char *subject, bool *exists, uint64_t *version)
+{
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_HEADS, subject, strlen(subject), &v, &vl);
+    return head_value(rc, v, vl, exists, version);
 }
 
 mt_err mt_log_find_id(mt_txn *t, const char *source, const char *id, uint64_t *seq)
@@ -263,16 +269,10 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
         size_t sl = subject ? strlen(subject) : 0;
         if (subject) {
             rc = mt_store_cursor_find(heads, subject, sl, &v, &vl);
-            if (rc == MT_OK && vl != 8) {
-                rc = MT_EIO;
-            }
-            if (rc == MT_OK) {
-                exists = true;
-                head = mt_get_be64(v);
-            } else if (rc != MT_ENOTFOUND) {
+            rc = head_value(rc, v, vl, &exists, &head);
+            if (rc) {
                 break;
             }
-            rc = MT_OK;
         }
         if (!checked) {
             checked = true;

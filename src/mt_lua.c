@@ -862,7 +862,8 @@ mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *t
     return MT_ELUA;
 }
 
-int mt_lua__next(lua_State *L)
+/* next(t, k) without metamethods. */
+static int l_raw_next(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
@@ -871,6 +872,23 @@ int mt_lua__next(lua_State *L)
     }
     lua_pushnil(L);
     return 1;
+}
+
+int mt_lua__fill_then_set(lua_State *L, void (*fill)(lua_State *L, int t))
+{
+    fill(L, 1);
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+int mt_lua__fill_then_pairs(lua_State *L, void (*fill)(lua_State *L, int t))
+{
+    fill(L, 1);
+    lua_pushcfunction(L, l_raw_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
 }
 
 /* ---- handlers ---- */

@@ -217,19 +217,12 @@ static int l_index(lua_State *L)
 /* __newindex(t, k, v): only for keys the table lacks, which may be unread attributes. */
 static int l_newindex(lua_State *L)
 {
-    complete(L, 1);
-    lua_settop(L, 3);
-    lua_rawset(L, 1);
-    return 0;
+    return mt_lua__fill_then_set(L, complete);
 }
 
 static int l_pairs(lua_State *L)
 {
-    complete(L, 1);
-    lua_pushcfunction(L, mt_lua__next);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    return 3;
+    return mt_lua__fill_then_pairs(L, complete);
 }
 
 static int l_complete(lua_State *L)

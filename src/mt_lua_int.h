@@ -20,9 +20,12 @@ int mt_lua__open_json(lua_State *L);
 size_t mt_lua__mem_limit(lua_State *L);
 
 /*
- * next(t, k) without metamethods: what the __pairs of the tables filled
- * when first read (the event's, its data's) returns once they are full.
+ * __newindex(t, k, v) and __pairs(t) of the tables filled when first read
+ * (the event's, its data's): 'fill' puts in t (at the given index)
+ * everything not yet there and makes it plain (raising on memory); then the
+ * key is set, or t is iterated, without metamethods.
  */
-int mt_lua__next(lua_State *L);
+int mt_lua__fill_then_set(lua_State *L, void (*fill)(lua_State *L, int t));
+int mt_lua__fill_then_pairs(lua_State *L, void (*fill)(lua_State *L, int t));
 
 #endif

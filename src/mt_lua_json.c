@@ -645,19 +645,12 @@ static int l_lazy_index(lua_State *L)
 /* __newindex(t, k, v): only for keys the table lacks, which may be members not yet read. */
 static int l_lazy_newindex(lua_State *L)
 {
-    lazy_complete(L, 1);
-    lua_settop(L, 3);
-    lua_rawset(L, 1);
-    return 0;
+    return mt_lua__fill_then_set(L, lazy_complete);
 }
 
 static int l_lazy_pairs(lua_State *L)
 {
-    lazy_complete(L, 1);
-    lua_pushcfunction(L, mt_lua__next);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    return 3;
+    return mt_lua__fill_then_pairs(L, lazy_complete);
 }
 
 /* Pushes the state's lazy object metatable, making it the first time. [-0, +1] */

@@ -1392,38 +1392,24 @@ static void redo_add(mt_store *s, uint8_t op, mt_db db, const void *key, size_t 
     mt_buf_add(&s->redo, val, vlen);
 }
 
-mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
-                    size_t vlen, unsigned flags)
+/*
+ * Puts key -> v with LMDB's 'flags', through cursor 'c' when not NULL:
+ * poisons the transaction on an error, records the redo when written.
+ * MT_EEXISTS for MDB_NOOVERWRITE on a key that is there: nothing written,
+ * v then points at the value there.
+ */
+static mt_err put_mdb(mt_txn *t, MDB_cursor *c, mt_db db, const void *key, size_t klen,
+                      MDB_val *v, unsigned flags)
 {
     mt_assert(t->write && db < MT_DB_COUNT);
     if (t->poisoned) {
         return t->poisoned;
     }
-    MDB_val k = {klen, (void *) key}, v = {vlen, (void *) val};
-    int rc = mdb_put(t->txn, t->s->dbi[db], &k, &v, (flags & MT_STORE_APPEND) ? MDB_APPEND : 0);
-    if (rc) {
-        t->poisoned = map_mdb(rc, db_names[db]);
-        return t->poisoned;
-    }
-    redo_add(t->s, REDO_PUT, db, key, klen, val, vlen);
-    return MT_OK;
-}
-
-mt_err mt_store_put_new(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
-                        size_t vlen, const void **old, size_t *oldlen)
-{
-    mt_assert(t->write && db < MT_DB_COUNT);
-    *old = NULL;
-    *oldlen = 0;
-    if (t->poisoned) {
-        return t->poisoned;
-    }
-    MDB_val k = {klen, (void *) key}, v = {vlen, (void *) val};
-    int rc = mdb_put(t->txn, t->s->dbi[db], &k, &v, MDB_NOOVERWRITE);
+    MDB_val k = {klen, (void *) key};
+    const void *val = v->mv_data;
+    size_t vlen = v->mv_size;
+    int rc = c ? mdb_cursor_put(c, &k, v, flags) : mdb_put(t->txn, t->s->dbi[db], &k, v, flags);
     if (rc == MDB_KEYEXIST) {
-        /* Nothing was written; LMDB points v at the value there. */
-        *old = v.mv_data;
-        *oldlen = v.mv_size;
         return MT_EEXISTS;
     }
     if (rc) {
@@ -1432,6 +1418,23 @@ mt_err mt_store_put_new(mt_txn *t, mt_db db, const void *key, size_t klen, const
     }
     redo_add(t->s, REDO_PUT, db, key, klen, val, vlen);
     return MT_OK;
+}
+
+mt_err mt_store_put(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
+                    size_t vlen, unsigned flags)
+{
+    MDB_val v = {vlen, (void *) val};
+    return put_mdb(t, NULL, db, key, klen, &v, (flags & MT_STORE_APPEND) ? MDB_APPEND : 0);
+}
+
+mt_err mt_store_put_new(mt_txn *t, mt_db db, const void *key, size_t klen, const void *val,
+                        size_t vlen, const void **old, size_t *oldlen)
+{
+    MDB_val v = {vlen, (void *) val};
+    mt_err rc = put_mdb(t, NULL, db, key, klen, &v, MDB_NOOVERWRITE);
+    *old = rc == MT_EEXISTS ? v.mv_data : NULL;
+    *oldlen = rc == MT_EEXISTS ? v.mv_size : 0;
+    return rc;
 }
 
 mt_err mt_store_savepoint(mt_txn *t, mt_txn **out)
@@ -1572,19 +1575,8 @@ mt_err mt_store_cursor_find(mt_cursor *c, const void *key, size_t klen, const vo
 mt_err mt_store_cursor_put(mt_cursor *c, const void *key, size_t klen, const void *val,
                            size_t vlen, unsigned flags)
 {
-    mt_txn *t = c->t;
-    mt_assert(t->write);
-    if (t->poisoned) {
-        return t->poisoned;
-    }
-    MDB_val k = {klen, (void *) key}, v = {vlen, (void *) val};
-    int rc = mdb_cursor_put(c->c, &k, &v, (flags & MT_STORE_CURRENT) ? MDB_CURRENT : 0);
-    if (rc) {
-        t->poisoned = map_mdb(rc, db_names[c->db]);
-        return t->poisoned;
-    }
-    redo_add(t->s, REDO_PUT, c->db, key, klen, val, vlen);
-    return MT_OK;
+    MDB_val v = {vlen, (void *) val};
+    return put_mdb(c->t, c->c, c->db, key, klen, &v, (flags & MT_STORE_CURRENT) ? MDB_CURRENT : 0);
 }
 
 mt_err mt_store_cursor_last(mt_cursor *c, const void **k, size_t *kl, const void **v,

@@ -76,7 +76,7 @@ typedef struct dispatch_out {
     bool appended;        /* handlers emitted events */
     int64_t next_due_us;  /* earliest retry, 0 = none */
     mt_spec_round *round; /* in: the workers' results for this job, or NULL */
-    mt_cursor *kv_cur;    /* the job's cursor on the kv tables, lent to each run */
+    mt_cursor *kv_cur;    /* during the job: its cursor on the kv tables, lent to each run */
 } dispatch_out;
 
 struct sub_rt {
