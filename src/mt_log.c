@@ -388,6 +388,13 @@ static int visit_record(const void *v, size_t vl, uint64_t seq, mt_log_visit_fn 
     return visit(&ev, arg);
 }
 
+/* Ends a walk of the log: closes its cursor; what a read returns (-1 on a store error). */
+static int walk_end(mt_cursor *c, mt_err rc, int stop)
+{
+    mt_store_cursor_close(c);
+    return rc != MT_OK && rc != MT_ENOTFOUND ? -1 : stop;
+}
+
 int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit, void *arg)
 {
     if (after == UINT64_MAX || limit == 0) {
@@ -404,11 +411,7 @@ int mt_log_read(mt_txn *t, uint64_t after, uint64_t limit, mt_log_visit_fn visit
             rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
         }
     }
-    mt_store_cursor_close(c);
-    if (rc != MT_OK && rc != MT_ENOTFOUND) {
-        return -1;
-    }
-    return stop;
+    return walk_end(c, rc, stop);
 }
 
 /*
@@ -457,11 +460,7 @@ static int read_stream_tail(mt_txn *t, const char *subject, uint64_t from, uint6
             rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
         }
     }
-    mt_store_cursor_close(c);
-    if (rc != MT_OK && rc != MT_ENOTFOUND) {
-        return -1;
-    }
-    return stop;
+    return walk_end(c, rc, stop);
 }
 
 int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t limit,
@@ -500,10 +499,7 @@ int mt_log_read_stream(mt_txn *t, const char *subject, uint64_t from, uint64_t l
             rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
         }
     }
-    mt_store_cursor_close(c);
-    if (rc != MT_OK && rc != MT_ENOTFOUND) {
-        return -1;
-    }
+    stop = walk_end(c, rc, stop);
     if (stop || n == limit) {
         return stop;
     }
