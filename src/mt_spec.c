@@ -122,7 +122,7 @@ static void run_round(worker *w, bool reset)
         w->ov = mt_fx_overlay_new();
     }
     round_ctx rc = {w, NULL, w->ov};
-    if (mt_store_read_begin(sp->store, &rc.snap) != MT_OK) {
+    if (mt_store_read_begin_latest(sp->store, &rc.snap) != MT_OK) {
         return; /* nothing run ahead: the writer runs everything */
     }
     w->end = sp->plan(rc.snap, w->k, sp->n, sp->cur->base, sp->cur->span, sp->plan_arg, run_one,

@@ -48,6 +48,26 @@ typedef struct job {
     struct job *next;
 } job;
 
+/*
+ * A read snapshot of a durable state (fsync durability): one LMDB read
+ * transaction that every mt_store_read_begin() shares until a newer state
+ * is durable. MDB_NOTLS keeps its reader slot across reset and renew, so a
+ * pooled one is renewed without LMDB's reader-table lock.
+ */
+typedef struct read_snap {
+    MDB_txn *txn;
+    unsigned refs;          /* readers, + 1 while it is the store's current one */
+    struct read_snap *next; /* in the pool */
+} read_snap;
+
+/* A group the writer finished, waiting for the write-ahead sync that makes it durable. */
+typedef struct pending {
+    job *jobs;
+    uint64_t group; /* its group id; 0 if it committed nothing */
+    read_snap *sn;  /* the state just after its commit, or NULL */
+    struct pending *next;
+} pending;
+
 /* A checkpoint, prepared by the writer and made durable by the checkpoint thread. */
 typedef struct ckpt_req {
     uint64_t n;                /* its number since open, from 1 (thread checkpoints only) */
@@ -98,6 +118,17 @@ struct mt_store {
     mt_store_ckpt_hook ckpt_hook;
     void *ckpt_hook_arg;
     char *hold_dir;            /* owned; the MOONTIDE_TEST_CHECKPOINT_HOLD test hook */
+    pthread_t sync_thread; /* syncs the write-ahead file while the writer goes on */
+    bool sync_started;
+    pthread_cond_t sync_work_cv;   /* a group was handed to the sync thread, or it must exit */
+    pending *sync_q, *sync_q_tail; /* groups handed over, in commit order */
+    bool sync_exit;                /* the sync thread must exit once the queue is empty */
+    mt_err failed;                 /* a write-ahead sync failed: every later job fails with it */
+    read_snap *durable;            /* what readers see (fsync only); holds a reference */
+    read_snap *snap_pool;          /* reset snapshots for reuse */
+    unsigned snap_pooled;
+    mt_store_sync_hook sync_hook;
+    void *sync_hook_arg;
 
     /* writer thread only */
     mt_buf redo;               /* the current group's redo operations (fsync durability) */
@@ -114,6 +145,7 @@ struct mt_store {
 struct mt_txn {
     mt_store *s;
     MDB_txn *txn;
+    read_snap *sn; /* for a read of the durable state: the snapshot it shares */
     bool write;
     mt_err poisoned;           /* first error; every later write call fails with it */
     mt_txn *parent;            /* for a savepoint: the transaction it belongs to */
@@ -699,6 +731,9 @@ static mt_err recover(mt_store *s)
 
 static void *writer_main(void *arg);
 
+static read_snap *snap_take(mt_store *s);
+static void snap_unref(mt_store *s, read_snap *sn);
+static void *sync_main(void *arg);
 mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
 {
     *out = NULL;
@@ -714,6 +749,7 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
     pthread_cond_init(&s->ckpt_cv, NULL);
     pthread_cond_init(&s->ckpt_done_cv, NULL);
     mt_buf_init(&s->redo);
+    pthread_cond_init(&s->sync_work_cv, NULL);
     const char *hold = getenv(HOLD_ENV);
     if (hold && *hold) {
         s->hold_dir = mt_xstrdup(hold);
@@ -780,6 +816,17 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
                                              : CHECKPOINT_INTERVAL_US;
         rc = recover(s);
     }
+    if (rc == MT_OK && s->wal) {
+        s->durable = snap_take(s);
+        if (!s->durable) {
+            rc = MT_EIO;
+        } else if (pthread_create(&s->sync_thread, NULL, sync_main, s)) {
+            mt_error("store: cannot start the sync thread");
+            rc = MT_EIO;
+        } else {
+            s->sync_started = true;
+        }
+    }
     if (rc == MT_OK) {
         if (pthread_create(&s->ckpt_thread, NULL, ckpt_main, s)) {
             mt_error("store: cannot start the checkpoint thread");
@@ -815,7 +862,26 @@ void mt_store_close(mt_store *s)
         pthread_cond_broadcast(&s->work_cv);
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->writer, NULL);
+    }
+    if (s->sync_started) {
+        /* It finishes every group the writer handed over before it exits. */
+        pthread_mutex_lock(&s->mu);
+        s->sync_exit = true;
+        pthread_cond_signal(&s->sync_work_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->sync_thread, NULL);
+    }
+    if (s->writer_started) {
         mt_store_complete(s);
+    }
+    if (s->durable) {
+        mt_assert(s->durable->refs == 1); /* every reader has ended */
+        snap_unref(s, s->durable);
+    }
+    for (read_snap *sn = s->snap_pool, *next; sn; sn = next) {
+        next = sn->next;
+        mdb_txn_abort(sn->txn);
+        free(sn);
     }
     if (s->ckpt_started) {
         /* The writer waited for every checkpoint it started: the thread is idle. */
@@ -841,9 +907,203 @@ void mt_store_close(mt_store *s)
     pthread_cond_destroy(&s->sync_cv);
     pthread_cond_destroy(&s->ckpt_cv);
     pthread_cond_destroy(&s->ckpt_done_cv);
+    pthread_cond_destroy(&s->sync_work_cv);
     free(s->hold_dir);
     free(s->dir);
     free(s);
+}
+
+/* ---- the durable state and the sync thread (fsync durability) ---- */
+
+#define SNAP_POOL_MAX 8
+
+/*
+ * A snapshot of the last committed state, with one reference (any thread
+ * but the writer's own transaction must be committed). NULL if LMDB cannot
+ * give a read transaction (logged).
+ */
+static read_snap *snap_take(mt_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    read_snap *sn = s->snap_pool;
+    if (sn) {
+        s->snap_pool = sn->next;
+        s->snap_pooled--;
+    }
+    pthread_mutex_unlock(&s->mu);
+    int mrc;
+    if (sn) {
+        mrc = mdb_txn_renew(sn->txn);
+        if (mrc) {
+            mdb_txn_abort(sn->txn);
+            free(sn);
+            sn = NULL;
+        }
+    }
+    if (!sn) {
+        sn = mt_xcalloc(1, sizeof *sn);
+        mrc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &sn->txn);
+        if (mrc) {
+            mt_error("store: cannot begin a read snapshot: %s", mdb_strerror(mrc));
+            free(sn);
+            return NULL;
+        }
+    }
+    sn->refs = 1;
+    sn->next = NULL;
+    return sn;
+}
+
+/* mu held: drops a reference; the last one resets the snapshot into the pool. */
+static void snap_unref(mt_store *s, read_snap *sn)
+{
+    if (!sn || --sn->refs > 0) {
+        return;
+    }
+    if (s->snap_pooled < SNAP_POOL_MAX) {
+        mdb_txn_reset(sn->txn);
+        sn->next = s->snap_pool;
+        s->snap_pool = sn;
+        s->snap_pooled++;
+    } else {
+        mdb_txn_abort(sn->txn);
+        free(sn);
+    }
+}
+
+/*
+ * mu held: the jobs of a finished group go to their callers: the
+ * synchronous ones are marked finished, the others queued for
+ * mt_store_complete() and the loop woken.
+ */
+static void finish_jobs(mt_store *s, job *jobs)
+{
+    bool wake = false;
+    for (job *j = jobs, *next; j; j = next) {
+        next = j->next;
+        j->next = NULL;
+        s->stats.jobs++;
+        if (j->sync) {
+            j->finished = true;
+            continue;
+        }
+        if (s->done_tail) {
+            s->done_tail->next = j;
+        } else {
+            s->done = j;
+        }
+        s->done_tail = j;
+        wake = true;
+    }
+    pthread_cond_broadcast(&s->sync_cv);
+    /*
+     * Called with the lock held, so that once mt_store_set_notify has
+     * replaced it no call of the old one is still running: the engine
+     * frees the wake-up event right after detaching it at shutdown.
+     */
+    if (wake && s->notify) {
+        s->notify(s->notify_arg);
+    }
+}
+
+/*
+ * Writer thread: hands a finished group to the sync thread (fsync), which
+ * finishes its jobs once its write-ahead record is synced, after those of
+ * every group before it: a group that committed nothing (duplicates, say)
+ * may answer with what an earlier one wrote. 'group' is its id if it
+ * committed, else 0. A snapshot still queued is dropped: the sync that
+ * takes this group covers the group before it too.
+ */
+static void hand_to_sync(mt_store *s, job *jobs, uint64_t group)
+{
+    pending *p = mt_xcalloc(1, sizeof *p);
+    p->jobs = jobs;
+    p->group = group;
+    p->sn = group ? snap_take(s) : NULL;
+    pthread_mutex_lock(&s->mu);
+    if (s->sync_q_tail) {
+        if (p->sn) {
+            for (pending *q = s->sync_q; q; q = q->next) {
+                snap_unref(s, q->sn);
+                q->sn = NULL;
+            }
+        }
+        s->sync_q_tail->next = p;
+    } else {
+        s->sync_q = p;
+    }
+    s->sync_q_tail = p;
+    pthread_cond_signal(&s->sync_work_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/*
+ * The sync thread: takes every group handed over, makes them durable with
+ * one fdatasync of the write-ahead file (their records were written before
+ * they were handed over), then lets readers see the newest of them and
+ * finishes their jobs. A failed sync fails its groups' jobs and leaves the
+ * store failed: after a failed fdatasync the kernel may have dropped the
+ * pages it could not write, so no later sync can vouch for them, and every
+ * later job fails with the same error; readers keep the last durable state.
+ */
+static void *sync_main(void *arg)
+{
+    mt_store *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->sync_q && !s->sync_exit) {
+            pthread_cond_wait(&s->sync_work_cv, &s->mu);
+        }
+        pending *batch = s->sync_q;
+        if (!batch) {
+            break;
+        }
+        s->sync_q = s->sync_q_tail = NULL;
+        mt_err rc = s->failed;
+        mt_store_sync_hook hook = s->sync_hook;
+        void *hook_arg = s->sync_hook_arg;
+        pthread_mutex_unlock(&s->mu);
+        uint64_t last = 0;
+        for (pending *p = batch; p; p = p->next) {
+            last = p->group ? p->group : last;
+        }
+        bool synced = false;
+        if (rc == MT_OK && last) {
+            if (hook) {
+                rc = hook(last, hook_arg);
+            }
+            if (rc == MT_OK) {
+                rc = mt_wal_sync(s->wal);
+            }
+            synced = true;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->stats.syncs += synced;
+        if (rc && !s->failed) {
+            s->failed = rc;
+            mt_error("store: the write-ahead sync of group %llu failed; the store refuses "
+                     "every write from now on (restart the engine: recovery keeps what was "
+                     "durable)",
+                     (unsigned long long) last);
+        }
+        for (pending *p = batch, *next; p; p = next) {
+            next = p->next;
+            if (p->sn && rc == MT_OK) {
+                /* The newest group with a snapshot: hand_to_sync dropped older ones. */
+                snap_unref(s, s->durable);
+                s->durable = p->sn;
+            } else {
+                snap_unref(s, p->sn);
+            }
+            for (job *j = p->jobs; rc && j; j = j->next) {
+                j->rc = j->rc ? j->rc : rc;
+            }
+            finish_jobs(s, p->jobs);
+            free(p);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
 }
 
 /* ---- the writer ---- */
@@ -870,7 +1130,7 @@ static mt_err run_nested(mt_store *s, MDB_txn *parent, job *first, bool share, u
     s->nested++;
     size_t mark = s->redo.len;
     uint64_t writes = s->writes;
-    mt_txn t = {s, child, true, MT_OK, NULL, 0, 0};
+    mt_txn t = {.s = s, .txn = child, .write = true};
     int n = 0;
     for (job *j = first; rc == MT_OK && j; j = j->next) {
         size_t before = s->redo.len;
@@ -1018,9 +1278,7 @@ static job *run_group(mt_store *s, job *jobs)
     rc = put_group_id(s, parent, group);
     if (rc == MT_OK && s->wal) {
         rc = wal_append(s, group);
-        if (rc == MT_OK) {
-            rc = mt_wal_sync(s->wal);
-        }
+        /* Synced by the sync thread, while the writer goes on (hand_to_sync). */
         if (rc == MT_ETOOBIG) {
             mt_error("store: a group of %zu bytes does not fit the write-ahead file",
                      s->redo.len);
@@ -1183,9 +1441,18 @@ static void *writer_main(void *arg)
             }
             last->next = NULL;
         }
+        mt_err failed = s->failed;
         pthread_mutex_unlock(&s->mu);
 
-        job *rest = jobs ? run_group(s, jobs) : NULL;
+        uint64_t before = s->group;
+        job *rest = NULL;
+        if (jobs && failed) {
+            for (job *j = jobs; j; j = j->next) {
+                j->rc = failed;
+            }
+        } else if (jobs) {
+            rest = run_group(s, jobs);
+        }
         pthread_mutex_lock(&s->mu);
         ckpt_observe(s);
         bool due = checkpoint_due(s);
@@ -1195,37 +1462,17 @@ static void *writer_main(void *arg)
             ckpt_start(s);
         }
 
+        if (jobs && s->wal) {
+            hand_to_sync(s, jobs, s->group != before ? s->group : 0);
+        }
         pthread_mutex_lock(&s->mu);
         if (rest) {
             requeue(s, rest, s->cut_for_publishes);
         }
-        bool wake = false;
         s->stats.groups += jobs != NULL;
         s->stats.nested = s->nested;
-        for (job *j = jobs, *next; j; j = next) {
-            next = j->next;
-            j->next = NULL;
-            s->stats.jobs++;
-            if (j->sync) {
-                j->finished = true;
-                continue;
-            }
-            if (s->done_tail) {
-                s->done_tail->next = j;
-            } else {
-                s->done = j;
-            }
-            s->done_tail = j;
-            wake = true;
-        }
-        pthread_cond_broadcast(&s->sync_cv);
-        /*
-         * Called with the lock held, so that once mt_store_set_notify has
-         * replaced it no call of the old one is still running: the engine
-         * frees the wake-up event right after detaching it at shutdown.
-         */
-        if (wake && s->notify) {
-            s->notify(s->notify_arg);
+        if (jobs && !s->wal) {
+            finish_jobs(s, jobs);
         }
     }
     bool asked = s->ckpt_asked;
@@ -1333,7 +1580,7 @@ void mt_store_complete(mt_store *s)
 
 /* ---- transactions ---- */
 
-mt_err mt_store_read_begin(mt_store *s, mt_txn **out)
+mt_err mt_store_read_begin_latest(mt_store *s, mt_txn **out)
 {
     *out = NULL;
     mt_txn *t = mt_xcalloc(1, sizeof *t);
@@ -1347,13 +1594,35 @@ mt_err mt_store_read_begin(mt_store *s, mt_txn **out)
     return MT_OK;
 }
 
+mt_err mt_store_read_begin(mt_store *s, mt_txn **out)
+{
+    if (!s->wal) {
+        return mt_store_read_begin_latest(s, out);
+    }
+    mt_txn *t = mt_xcalloc(1, sizeof *t);
+    t->s = s;
+    pthread_mutex_lock(&s->mu);
+    t->sn = s->durable;
+    t->sn->refs++;
+    pthread_mutex_unlock(&s->mu);
+    t->txn = t->sn->txn;
+    *out = t;
+    return MT_OK;
+}
+
 void mt_store_read_end(mt_txn *t)
 {
     if (!t) {
         return;
     }
     mt_assert(!t->write);
+    if (t->sn) {
+        pthread_mutex_lock(&t->s->mu);
+        snap_unref(t->s, t->sn);
+        pthread_mutex_unlock(&t->s->mu);
+    } else {
     mdb_txn_abort(t->txn);
+    }
     free(t);
 }
 
@@ -1650,6 +1919,14 @@ void mt_store_set_checkpoint_hook(mt_store *s, mt_store_ckpt_hook hook, void *ar
     pthread_mutex_lock(&s->mu);
     s->ckpt_hook = hook;
     s->ckpt_hook_arg = arg;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void mt_store_set_sync_hook(mt_store *s, mt_store_sync_hook hook, void *arg)
+{
+    pthread_mutex_lock(&s->mu);
+    s->sync_hook = hook;
+    s->sync_hook_arg = arg;
     pthread_mutex_unlock(&s->mu);
 }
 

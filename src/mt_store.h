@@ -144,10 +144,23 @@ void mt_store_complete(mt_store *s);
 /* ---- reading and writing inside a transaction ---- */
 
 /*
- * Begins a read-only transaction (any thread). Sets *out. MT_EIO on
- * failure. End it with mt_store_read_end().
+ * Begins a read-only transaction of the durable state: with fsync
+ * durability, the state after the last group whose write-ahead record is
+ * synced, which every reader shares until a newer one is; a group's jobs
+ * are finished only once it is, so a job's caller reads what it wrote.
+ * Without a write-ahead file, the last committed state. For the loop
+ * thread and single-threaded callers: readers that run at once on other
+ * threads use mt_store_read_begin_latest(). Sets *out; MT_EIO on failure.
+ * End it with mt_store_read_end().
  */
 mt_err mt_store_read_begin(mt_store *s, mt_txn **out);
+
+/*
+ * Begins a read-only transaction of its own (any thread) on the last
+ * committed state, which may not be durable yet: only for work whose
+ * results the writer checks again before anything depends on them.
+ */
+mt_err mt_store_read_begin_latest(mt_store *s, mt_txn **out);
 void mt_store_read_end(mt_txn *t);
 
 /*
@@ -259,6 +272,15 @@ typedef enum mt_store_ckpt_stage {
 typedef void (*mt_store_ckpt_hook)(mt_store_ckpt_stage stage, uint64_t n, void *arg);
 void mt_store_set_checkpoint_hook(mt_store *s, mt_store_ckpt_hook hook, void *arg);
 
+/*
+ * Test hook: called on the sync thread before each write-ahead sync, with
+ * the last group it makes durable. It may block (holding every group from
+ * that one on unfinished and unseen by readers while the writer goes on);
+ * an error it returns is taken as the sync's failure.
+ */
+typedef mt_err (*mt_store_sync_hook)(uint64_t group, void *arg);
+void mt_store_set_sync_hook(mt_store *s, mt_store_sync_hook hook, void *arg);
+
 /* ---- introspection ---- */
 
 typedef struct mt_store_stats {
@@ -267,6 +289,7 @@ typedef struct mt_store_stats {
     uint64_t groups;        /* group commits since open */
     uint64_t jobs;          /* jobs run since open */
     uint64_t nested;        /* nested transactions the jobs ran in (repeatable jobs share) */
+    uint64_t syncs;         /* write-ahead syncs (one may make several groups durable) */
     uint64_t checkpoints;   /* durable checkpoints since open, the one at open included */
 } mt_store_stats;
 

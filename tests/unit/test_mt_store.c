@@ -10,6 +10,10 @@
  * Crashes are real: a child process opens the store, reports each
  * acknowledged write on a pipe, and is killed with SIGKILL; the test then
  * opens the store and checks every acknowledged write.
+ *
+ * The write-ahead sync runs on a thread of its own too: a group is seen by
+ * readers and finished only once it is durable, while the writer goes on,
+ * and a failed sync stops every later write.
  */
 #include "mt_test.h"
 #include <poll.h>
@@ -415,6 +419,186 @@ static void test_store_kill9_during_a_checkpoint_keeps_every_acknowledged_write(
     }
 }
 
+/* ---- a hook that holds (or fails) the write-ahead sync of the next group ---- */
+
+typedef struct sync_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool armed;     /* the next sync is held (or failed) */
+    mt_err fail;    /* returned for it instead of holding, if set */
+    bool held;      /* the sync thread is waiting in the hook */
+    bool released;
+    uint64_t group; /* the group it was called with */
+} sync_gate;
+
+static mt_err sync_gate_hook(uint64_t group, void *arg)
+{
+    sync_gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    mt_err rc = MT_OK;
+    if (g->armed) {
+        g->armed = false;
+        g->group = group;
+        rc = g->fail;
+        if (!rc) {
+            g->held = true;
+            pthread_cond_broadcast(&g->cv);
+            while (!g->released) {
+                pthread_cond_wait(&g->cv, &g->mu);
+            }
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+static void sync_gate_arm(sync_gate *g, mt_err fail)
+{
+    pthread_mutex_lock(&g->mu);
+    g->armed = true;
+    g->fail = fail;
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Whether key i is in the last committed state, durable or not. */
+static bool committed(mt_store *s, int i)
+{
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin_latest(s, &t), MT_OK);
+    char key[16];
+    make_key(key, i);
+    const void *v;
+    size_t n;
+    mt_err rc = mt_store_get(t, MT_DB_KV, key, strlen(key), &v, &n);
+    mt_store_read_end(t);
+    return rc == MT_OK;
+}
+
+typedef struct put_async {
+    put_job j;
+    int *order; /* where its done callback writes its key, in turn */
+    int *n;
+    mt_err rc;
+} put_async;
+
+static void put_done(mt_err rc, void *arg)
+{
+    put_async *p = arg;
+    p->rc = rc;
+    p->order[(*p->n)++] = p->j.i;
+}
+
+/* Runs done callbacks until 'want' have run (20 s at most: a hang, not a speed, fails). */
+static void complete_until(mt_store *s, int *n, int want)
+{
+    int64_t deadline = mt_mono_us() + 20 * 1000000LL;
+    while (*n < want && mt_mono_us() < deadline) {
+        mt_store_complete(s);
+        usleep(1000);
+    }
+    assert_int_equal(*n, want);
+}
+
+/*
+ * The writer commits a group and goes on to the next while the sync thread
+ * makes it durable; readers (mt_store_read_begin) and the jobs' callers see
+ * a group only once its write-ahead record is synced.
+ */
+static void test_store_a_group_is_seen_and_finished_once_its_sync_is_done(void **state)
+{
+    mt_store *s = open_store(*state);
+    sync_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    mt_store_set_sync_hook(s, sync_gate_hook, &g);
+    assert_int_equal(put(s, 0, 100), MT_OK);
+    mt_txn *before;
+    assert_int_equal(mt_store_read_begin(s, &before), MT_OK);
+
+    int order[2], n = 0;
+    put_async a = {{1, 100}, order, &n, MT_EINVAL}, b = {{2, 100}, order, &n, MT_EINVAL};
+    sync_gate_arm(&g, MT_OK);
+    assert_int_equal(mt_store_submit(s, run_put, put_done, &a), MT_OK);
+    pthread_mutex_lock(&g.mu);
+    while (!g.held) {
+        pthread_cond_wait(&g.cv, &g.mu);
+    }
+    pthread_mutex_unlock(&g.mu);
+    /* Held: key 1 is committed, but neither readers nor its caller see it. */
+    assert_true(committed(s, 1));
+    assert_false(has_value(s, 1, 100));
+    assert_true(has_value(s, 0, 100));
+    mt_store_complete(s);
+    assert_int_equal(n, 0);
+
+    /* The writer does not wait for that sync: the next job commits meanwhile. */
+    assert_int_equal(mt_store_submit(s, run_put, put_done, &b), MT_OK);
+    int64_t deadline = mt_mono_us() + 20 * 1000000LL;
+    while (!committed(s, 2) && mt_mono_us() < deadline) {
+        usleep(1000);
+    }
+    assert_true(committed(s, 2));
+    assert_false(has_value(s, 2, 100));
+    mt_store_complete(s);
+    assert_int_equal(n, 0);
+
+    pthread_mutex_lock(&g.mu);
+    g.released = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    complete_until(s, &n, 2);
+    assert_int_equal(a.rc, MT_OK);
+    assert_int_equal(b.rc, MT_OK);
+    assert_int_equal(order[0], 1);
+    assert_int_equal(order[1], 2);
+    assert_true(has_value(s, 1, 100));
+    assert_true(has_value(s, 2, 100));
+    mt_store_stats st;
+    mt_store_get_stats(s, &st);
+    assert_true(st.syncs >= 3); /* key 0's, key 1's held one, and key 2's after it */
+
+    /* A read begun before keeps its state. */
+    const void *v;
+    size_t vl;
+    assert_int_equal(mt_store_get(before, MT_DB_KV, "k000001", 7, &v, &vl), MT_ENOTFOUND);
+    mt_store_read_end(before);
+    mt_store_set_sync_hook(s, NULL, NULL);
+    mt_store_close(s);
+
+    s = open_store(*state);
+    for (int i = 0; i < 3; i++) {
+        assert_true(has_value(s, i, 100));
+    }
+    mt_store_close(s);
+}
+
+/*
+ * A failed write-ahead sync fails its group, is never taken back by a later
+ * sync that succeeds, and fails every later write; readers keep the last
+ * durable state. A restart starts afresh from what was durable.
+ */
+static void test_store_a_failed_sync_fails_its_group_and_every_later_write(void **state)
+{
+    mt_store *s = open_store(*state);
+    sync_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    mt_store_set_sync_hook(s, sync_gate_hook, &g);
+    assert_int_equal(put(s, 0, 100), MT_OK);
+    sync_gate_arm(&g, MT_EIO);
+    assert_int_equal(put(s, 1, 100), MT_EIO);
+    assert_true(g.group > 0);
+    assert_false(has_value(s, 1, 100));
+    assert_int_equal(put(s, 2, 100), MT_EIO);
+    assert_false(committed(s, 2)); /* refused, not run */
+    assert_true(has_value(s, 0, 100));
+    mt_store_set_sync_hook(s, NULL, NULL);
+    mt_store_close(s);
+
+    s = open_store(*state);
+    assert_true(has_value(s, 0, 100));
+    assert_false(has_value(s, 2, 100));
+    assert_int_equal(put(s, 3, 100), MT_OK);
+    assert_true(has_value(s, 3, 100));
+    mt_store_close(s);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
@@ -423,6 +607,8 @@ int main(void)
         T(test_store_checkpoint_on_request_is_durable_even_when_idle),
         T(test_store_commits_start_a_checkpoint_after_the_interval),
         T(test_store_kill9_during_a_checkpoint_keeps_every_acknowledged_write),
+        T(test_store_a_group_is_seen_and_finished_once_its_sync_is_done),
+        T(test_store_a_failed_sync_fails_its_group_and_every_later_write),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
