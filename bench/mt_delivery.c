@@ -1709,6 +1709,7 @@ typedef struct live_probe {
 typedef struct thread_cpu {
     long tid;
     double cpu0, cpu1;         /* at the start and end of the span; -1 = not seen then */
+    char name[16];             /* the thread's name (/proc/PID/task/TID/comm) */
 } thread_cpu;
 
 static struct live {
@@ -1963,7 +1964,15 @@ static void threads_read(long pid, bool end)
             if (lv.nthr == LIVE_MAX_THREADS) {
                 continue;
             }
-            lv.thr[lv.nthr++] = (thread_cpu){tid, -1, -1};
+            lv.thr[lv.nthr++] = (thread_cpu){tid, -1, -1, ""};
+            snprintf(path, sizeof path, "/proc/%ld/task/%ld/comm", pid, tid);
+            f = fopen(path, "r");
+            if (f) {
+                if (fgets(lv.thr[i].name, sizeof lv.thr[i].name, f)) {
+                    lv.thr[i].name[strcspn(lv.thr[i].name, "\n")] = '\0';
+                }
+                fclose(f);
+            }
         }
         if (end) {
             lv.thr[i].cpu1 = s;
@@ -1981,17 +1990,17 @@ static int cmp_thread(const void *a, const void *b)
 }
 
 /*
- * "loop 45 ckpt 2 writer 80 w 30 31": each engine thread's CPU over the span
- * in percent of one core. The engine's threads are unnamed, so they are
- * told apart by creation order: the main thread runs the loop, the store
- * starts the checkpoint thread and then the writer, and a subscription with
- * workers starts its worker threads ('w') when it is made.
+ * "loop 45 ckpt 2 sync 9 writer 80 w 30 31": each engine thread's CPU over
+ * the span in percent of one core, told apart by the names the engine gives
+ * them (the main thread runs the loop; 'w' are a subscription's workers).
  */
 static void threads_format(char *out, size_t outlen, long pid, double secs)
 {
+    static const char *const labels[][2] = {
+        {"checkpoint", "ckpt "}, {"sync", "sync "}, {"writer", "writer "}, {"worker", "w "},
+    };
     qsort(lv.thr, lv.nthr, sizeof lv.thr[0], cmp_thread);
     size_t off = 0;
-    int other = 0;
     out[0] = '\0';
     for (size_t i = 0; i < lv.nthr && off < outlen; i++) {
         const thread_cpu *t = &lv.thr[i];
@@ -1999,15 +2008,11 @@ static void threads_format(char *out, size_t outlen, long pid, double secs)
             continue; /* ended inside the span */
         }
         double pct = 100 * (t->cpu1 - (t->cpu0 < 0 ? 0 : t->cpu0)) / secs;
-        const char *label = "";
-        if (t->tid == pid) {
-            label = "loop ";
-        } else if (other++ == 0) {
-            label = "ckpt ";
-        } else if (other == 2) {
-            label = "writer ";
-        } else if (other == 3) {
-            label = "w ";
+        const char *label = t->tid == pid ? "loop " : "";
+        for (size_t k = 0; !*label && k < sizeof labels / sizeof labels[0]; k++) {
+            if (strcmp(t->name, labels[k][0]) == 0) {
+                label = labels[k][1];
+            }
         }
         off += (size_t) snprintf(out + off, outlen - off, "%s%s%.0f", off ? " " : "", label, pct);
     }
@@ -2018,7 +2023,7 @@ static void print_live_header(void)
     printf("%-16s %6s %6s %4s %6s %8s %10s %10s %10s %7s %-6s %7s %7s %4s %4s %3s  %s\n", "case",
            "rate", "pub/s", "subs", "probes", "receipts", "p50_ms", "p99_ms", "max_ms",
            "lag_end", "kept", "pub_p50", "pub_p99", "eng%", "tool", "err",
-           "threads% (loop ckpt writer workers)");
+           "threads% (loop ckpt sync writer workers)");
 }
 
 /* A percentile, '>' in front when it is a lower bound (a receipt that never came). */

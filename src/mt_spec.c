@@ -133,6 +133,7 @@ static void run_round(worker *w, bool reset)
 static void *worker_main(void *arg)
 {
     worker *w = arg;
+    pthread_setname_np(pthread_self(), "worker");
     mt_spec *sp = w->sp;
     pthread_mutex_lock(&sp->mu);
     for (;;) {

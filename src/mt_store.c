@@ -533,6 +533,7 @@ static void ckpt_finish(mt_store *s, ckpt_req *req, mt_err rc, bool counted)
 static void *ckpt_main(void *arg)
 {
     mt_store *s = arg;
+    pthread_setname_np(pthread_self(), "checkpoint");
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->ckpt_req && !s->ckpt_exit) {
@@ -1049,6 +1050,7 @@ static void hand_to_sync(mt_store *s, job *jobs, uint64_t group)
 static void *sync_main(void *arg)
 {
     mt_store *s = arg;
+    pthread_setname_np(pthread_self(), "sync");
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->sync_q && !s->sync_exit) {
@@ -1404,6 +1406,7 @@ static void requeue(mt_store *s, job *rest, bool publishes_first)
 static void *writer_main(void *arg)
 {
     mt_store *s = arg;
+    pthread_setname_np(pthread_self(), "writer");
     pthread_mutex_lock(&s->mu);
     for (;;) {
         ckpt_observe(s);
