@@ -2,7 +2,7 @@
 """What an append costs the engine's threads: N events are published to a
 fresh engine (durability fsync) in batches of 500 over two connections, as
 fast as it answers, and the table gives the time taken and the CPU seconds
-of the loop, checkpoint and writer threads over it. The events have ids in
+of the loop, checkpoint, sync and writer threads over it. The events have ids in
 no order (as UUIDs come) or in order (--ordered-ids), over 1,000 subjects.
 The bodies are made before the clock starts, so the client's cost is the
 HTTP exchange alone; it runs on the same machine and is not counted.
@@ -44,13 +44,15 @@ def bodies(n, ordered):
 
 
 def thread_cpu(pid):
-    """CPU seconds of each thread of 'pid', in creation order (tid)."""
+    """CPU seconds of each thread of 'pid' by name: the main thread is "loop"."""
     hz = os.sysconf("SC_CLK_TCK")
     cpu = {}
     for t in os.listdir("/proc/%d/task" % pid):
         with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        cpu[int(t)] = (int(fields[11]) + int(fields[12])) / hz
+        with open("/proc/%d/task/%s/comm" % (pid, t)) as f:
+            name = "loop" if int(t) == pid else f.read().strip()
+        cpu[name] = cpu.get(name, 0) + (int(fields[11]) + int(fields[12])) / hz
     return cpu
 
 
@@ -92,10 +94,10 @@ def run(moontide, n, ordered, tmp, callgrind):
             if line.rstrip().endswith("]") and ":mt_log_append [" in line:
                 append = int(line.split()[0].replace(",", ""))
         return append / n, callgrind_total(out) / n
-    # The main thread runs the loop; the store starts the checkpoint thread, then the writer.
-    tids = sorted(c1)
-    used = [c1[t] - c0.get(t, 0) for t in tids]
-    return secs, used[0], used[1] if len(used) > 1 else 0, used[2] if len(used) > 2 else 0
+    # The engine names its threads: writer, sync, checkpoint.
+    used = {t: c1[t] - c0.get(t, 0) for t in c1}
+    return secs, used.get("loop", 0), used.get("checkpoint", 0), used.get("sync", 0), \
+        used.get("writer", 0)
 
 
 def main():
@@ -115,13 +117,13 @@ def main():
             per_append, per_all = run(a.moontide, a.events, a.ordered_ids, tmp, True)
             print("%10d %10s %16.0f %16.0f" % (a.events, ids, per_append, per_all))
             return
-        print("%6s %10s %10s %8s %10s %8s %8s %8s %12s" % (
-            "round", "events", "ids", "secs", "events/s", "loop s", "ckpt s", "writer s",
-            "writer us/ev"))
+        print("%6s %10s %10s %8s %10s %8s %8s %8s %8s %12s" % (
+            "round", "events", "ids", "secs", "events/s", "loop s", "ckpt s", "sync s",
+            "writer s", "writer us/ev"))
         for r in range(a.rounds):
-            secs, loop, ckpt, writer = run(a.moontide, a.events, a.ordered_ids, tmp, False)
-            print("%6d %10d %10s %8.2f %10.0f %8.2f %8.2f %8.2f %12.2f" % (
-                r + 1, a.events, ids, secs, a.events / secs, loop, ckpt, writer,
+            secs, loop, ckpt, sync, writer = run(a.moontide, a.events, a.ordered_ids, tmp, False)
+            print("%6d %10d %10s %8.2f %10.0f %8.2f %8.2f %8.2f %8.2f %12.2f" % (
+                r + 1, a.events, ids, secs, a.events / secs, loop, ckpt, sync, writer,
                 1e6 * writer / a.events), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
