@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "mt_datacache.h"
@@ -183,6 +184,248 @@ mt_err mt_log_get(mt_txn *t, uint64_t seq, mt_event *ev)
     return MT_OK;
 }
 
+/* ---- the stream index, brought up to date in slices ---- */
+
+/*
+ * The window being indexed, while it is: meta key, value 'to' then the
+ * entries already indexed (u64 BE each). The window is (mark, to].
+ */
+#define WINDOW_KEY "log.streams.window"
+
+static mt_err window_get(mt_txn *t, bool *present, uint64_t *to, uint64_t *done)
+{
+    *present = false;
+    *to = *done = 0;
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_META, WINDOW_KEY, strlen(WINDOW_KEY), &v, &vl);
+    if (rc == MT_ENOTFOUND) {
+        return MT_OK;
+    }
+    if (rc) {
+        return rc;
+    }
+    if (vl != 16) {
+        mt_error("log: the stream index window is %zu bytes, not 16", vl);
+        return MT_EIO;
+    }
+    *present = true;
+    *to = mt_get_be64(v);
+    *done = mt_get_be64((const uint8_t *) v + 8);
+    return MT_OK;
+}
+
+static mt_err window_put(mt_txn *t, uint64_t to, uint64_t done)
+{
+    uint8_t v[16];
+    mt_put_be64(v, to);
+    mt_put_be64(v + 8, done);
+    return mt_store_put(t, MT_DB_META, WINDOW_KEY, strlen(WINDOW_KEY), v, 16, 0);
+}
+
+/*
+ * The window's entries in key order, kept by the writer thread between
+ * slices (per thread, and so per store: a store has one writer). They
+ * depend on the log's records (from, to] alone, which do not change once
+ * committed; a window whose start was undone is never found in the store
+ * again, and each start makes them anew.
+ */
+typedef struct window_cache {
+    uint64_t from, to;  /* the window (from, to]; to == 0: none */
+    mt_buf buf;         /* entries: 2-byte key length, key, 8-byte sequence */
+    size_t *off;        /* the entries' offsets in buf, in key order */
+    size_t n, cap;
+} window_cache;
+
+static pthread_key_t window_key;
+static pthread_once_t window_once = PTHREAD_ONCE_INIT;
+
+static void window_cache_free(void *p)
+{
+    window_cache *w = p;
+    mt_buf_free(&w->buf);
+    free(w->off);
+    free(w);
+}
+
+static void window_key_make(void)
+{
+    if (pthread_key_create(&window_key, window_cache_free) != 0) {
+        abort();
+    }
+}
+
+static window_cache *window_cache_get(void)
+{
+    pthread_once(&window_once, window_key_make);
+    window_cache *w = pthread_getspecific(window_key);
+    if (!w) {
+        w = mt_xcalloc(1, sizeof *w);
+        mt_buf_init(&w->buf);
+        pthread_setspecific(window_key, w);
+    }
+    return w;
+}
+
+static const uint8_t *window_entries; /* for the comparison: the buffer being sorted */
+
+static int entry_cmp(const void *a, const void *b)
+{
+    const uint8_t *x = window_entries + *(const size_t *) a;
+    const uint8_t *y = window_entries + *(const size_t *) b;
+    size_t xl = (size_t) x[0] << 8 | x[1], yl = (size_t) y[0] << 8 | y[1];
+    int c = memcmp(x + 2, y + 2, xl < yl ? xl : yl);
+    return c ? c : (xl > yl) - (xl < yl);
+}
+
+/* Reads the entries of the log's records (from, to] into w, in key order. */
+static mt_err window_cache_fill(mt_txn *t, window_cache *w, uint64_t from, uint64_t to)
+{
+    w->from = w->to = 0;
+    w->buf.len = 0;
+    w->n = 0;
+    mt_cursor *c;
+    const void *k, *v;
+    size_t kl, vl;
+    mt_err rc = log_cursor_at(t, from + 1, &c, &k, &kl, &v, &vl);
+    for (; rc == MT_OK && kl == 8 && mt_get_be64(k) <= to;
+         rc = mt_store_cursor_next(c, &k, &kl, &v, &vl)) {
+        const char *subject;
+        uint64_t version;
+        if (mt_event_record_subject(v, vl, &subject, &version) ||
+            (subject && strlen(subject) > MT_EVENT_MAX_SUBJECT)) {
+            mt_error("log: record at sequence %llu is corrupt",
+                     (unsigned long long) mt_get_be64(k));
+            rc = MT_EIO;
+            break;
+        }
+        if (!subject) {
+            continue;
+        }
+        uint8_t key[2 + MT_EVENT_MAX_SUBJECT + 16]; /* length, key */
+        size_t n = stream_key(key + 2, subject, version);
+        key[0] = (uint8_t) (n >> 8);
+        key[1] = (uint8_t) n;
+        if (w->n == w->cap) {
+            w->cap = w->cap ? w->cap * 2 : 4096;
+            w->off = mt_xrealloc(w->off, w->cap * sizeof *w->off);
+        }
+        w->off[w->n++] = w->buf.len;
+        mt_buf_add(&w->buf, key, 2 + n);
+        mt_buf_add(&w->buf, k, 8);
+    }
+    mt_store_cursor_close(c);
+    if (rc != MT_OK && rc != MT_ENOTFOUND) {
+        return rc;
+    }
+    window_entries = (const uint8_t *) w->buf.data;
+    qsort(w->off, w->n, sizeof *w->off, entry_cmp);
+    w->from = from;
+    w->to = to;
+    return MT_OK;
+}
+
+/*
+ * One step of the stream index: indexes the next 'slice' entries of the
+ * window (mark, to] in key order; or, when none is open and 'start'
+ * allows it, opens a window up to the log's head 'head' (reading and
+ * sorting its entries, and with a 'slice' of SIZE_MAX indexing them all);
+ * when the window is done, moves the mark to its end. A subject's entries in the window are indexed
+ * in version order, so the index holds each subject's versions from 0 on
+ * without a gap wherever a slice ends, which is all a stream read needs
+ * (mt_log_read_stream takes the rest from the log beyond the mark). Sets
+ * *more when a window remains open.
+ */
+static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, bool start, size_t slice,
+                         bool *more)
+{
+    *more = false;
+    bool open;
+    uint64_t to, done;
+    mt_err rc = window_get(t, &open, &to, &done);
+    if (rc) {
+        return rc;
+    }
+    if (!open) {
+        if (!start || head <= mark) {
+            return MT_OK;
+        }
+        to = head;
+        done = 0;
+    }
+    window_cache *w = window_cache_get();
+    if (!open || w->from != mark || w->to != to) {
+        rc = window_cache_fill(t, w, mark, to);
+        if (rc) {
+            w->from = w->to = 0;
+            return rc;
+        }
+    }
+    if (!open && slice != SIZE_MAX) {
+        /* Reading and sorting the window is this append's share; the slices follow. */
+        *more = true;
+        return window_put(t, to, 0);
+    }
+    if (done > w->n) {
+        mt_error("log: the stream index window has %llu entries done of %zu",
+                 (unsigned long long) done, w->n);
+        return MT_EIO;
+    }
+    size_t end = w->n - done > slice ? (size_t) done + slice : w->n;
+    for (size_t i = (size_t) done; i < end && rc == MT_OK; i++) {
+        const uint8_t *p = (const uint8_t *) w->buf.data + w->off[i];
+        size_t n = (size_t) p[0] << 8 | p[1];
+        rc = mt_store_put(t, MT_DB_STREAMS, p + 2, n, p + 2 + n, 8, 0);
+    }
+    if (rc) {
+        return rc;
+    }
+    if (end < w->n) {
+        *more = true;
+        return window_put(t, to, end);
+    }
+    rc = indexed_put(t, to);
+    if (rc == MT_OK && open) {
+        rc = mt_store_del(t, MT_DB_META, WINDOW_KEY, strlen(WINDOW_KEY));
+    }
+    return rc;
+}
+
+/*
+ * After an append: a window open takes its next slice; else once
+ * MT_LOG_INDEX_EVERY events lie beyond the mark, a window opens on them.
+ * Past twice that, the open window is finished at once, so that what a
+ * stream read walks stays bounded.
+ */
+static mt_err index_after_append(mt_txn *t, uint64_t mark, uint64_t head)
+{
+    bool more;
+    size_t slice = head - mark >= 2 * (uint64_t) MT_LOG_INDEX_EVERY ? SIZE_MAX : MT_LOG_INDEX_SLICE;
+    return index_step(t, mark, head, head - mark >= MT_LOG_INDEX_EVERY, slice, &more);
+}
+
+mt_err mt_log_index_streams(mt_txn *t)
+{
+    bool marked;
+    uint64_t mark, head;
+    mt_err rc = indexed_get(t, &marked, &mark);
+    if (rc == MT_OK) {
+        rc = mt_log_head(t, &head);
+    }
+    if (rc || !marked || head <= mark) {
+        return rc; /* without a mark, every event is indexed */
+    }
+    /* The open window to its end, then everything after it. */
+    bool more = true;
+    for (int round = 0; rc == MT_OK && round < 2; round++) {
+        rc = index_step(t, mark, head, true, SIZE_MAX, &more);
+        if (rc == MT_OK) {
+            rc = indexed_get(t, &marked, &mark);
+        }
+    }
+    return rc;
+}
+
 static bool expect_holds(const mt_expect *e, bool exists, uint64_t version)
 {
     switch (e->kind) {
@@ -313,68 +556,9 @@ mt_err mt_log_append(mt_txn *t, mt_event_batch *b, const mt_expect *expect,
     }
     mt_store_cursor_close(heads);
     free(evs);
-    if (rc == MT_OK && seq - indexed >= MT_LOG_INDEX_EVERY) {
-        rc = mt_log_index_streams(t);
-    }
-    return rc;
-}
-
-mt_err mt_log_index_streams(mt_txn *t)
-{
-    bool marked;
-    uint64_t indexed, head;
-    mt_err rc = indexed_get(t, &marked, &indexed);
     if (rc == MT_OK) {
-        rc = mt_log_head(t, &head);
+        rc = index_after_append(t, indexed, seq);
     }
-    if (rc || !marked || head <= indexed) {
-        return rc; /* without a mark, every event is indexed */
-    }
-    /*
-     * Read first, write after: each entry (key, then the 8-byte sequence) is
-     * copied out of the map before any put. In log order, not key order:
-     * sorted puts measured no faster.
-     */
-    mt_buf entries;
-    mt_buf_init(&entries);
-    mt_cursor *c;
-    const void *k, *v;
-    size_t kl, vl;
-    rc = log_cursor_at(t, indexed + 1, &c, &k, &kl, &v, &vl);
-    if (rc == MT_OK || rc == MT_ENOTFOUND) {
-        mt_err mv = rc;
-        for (; mv == MT_OK; mv = mt_store_cursor_next(c, &k, &kl, &v, &vl)) {
-            const char *subject;
-            uint64_t version;
-            if (kl != 8 || mt_event_record_subject(v, vl, &subject, &version) ||
-                (subject && strlen(subject) > MT_EVENT_MAX_SUBJECT)) {
-                mt_error("log: record at sequence %llu is corrupt",
-                         (unsigned long long) (kl == 8 ? mt_get_be64(k) : 0));
-                mv = MT_EIO;
-                break;
-            }
-            if (subject) {
-                uint8_t key[2 + MT_EVENT_MAX_SUBJECT + 16]; /* length, key */
-                size_t n = stream_key(key + 2, subject, version);
-                key[0] = (uint8_t) (n >> 8);
-                key[1] = (uint8_t) n;
-                mt_buf_add(&entries, key, 2 + n);
-                mt_buf_add(&entries, k, 8);
-            }
-        }
-        mt_store_cursor_close(c);
-        rc = mv == MT_ENOTFOUND ? MT_OK : mv;
-    }
-    for (size_t off = 0; off < entries.len && rc == MT_OK;) {
-        const uint8_t *p = (const uint8_t *) entries.data + off;
-        size_t n = (size_t) p[0] << 8 | p[1];
-        rc = mt_store_put(t, MT_DB_STREAMS, p + 2, n, p + 2 + n, 8, 0);
-        off += 2 + n + 8;
-    }
-    if (rc == MT_OK) {
-        rc = indexed_put(t, head);
-    }
-    mt_buf_free(&entries);
     return rc;
 }
 

@@ -11,17 +11,23 @@
  * call works from the transaction it is given.
  *
  * The stream index (MT_DB_STREAMS) is brought up to date in bulk, not per
- * event: an append leaves it alone until MT_LOG_INDEX_EVERY events are
- * beyond it, then indexes them all in its transaction. Per
- * event, a subject's entry lands on that subject's leaf of the B-tree, so
- * with many subjects each event dirtied a page of its own in every commit;
- * in bulk, the events of one subject share it. The mark (MT_LOG_INDEXED_KEY,
- * u64 BE) says up to which sequence every event is indexed; a stream read
- * takes what lies beyond it from the log itself (at most
- * MT_LOG_INDEX_EVERY - 1 events, walked only when the subject's head is
- * past what the index holds). Mark and entries change in one transaction,
- * so every snapshot reads a whole stream. A store without the mark indexed
- * every event as it came; the first append there sets the mark at its head.
+ * event. Per event, a subject's entry lands on that subject's leaf of the
+ * B-tree, so with many subjects each event dirtied a page of its own in
+ * every commit; in bulk, the events of one subject share it. The mark
+ * (MT_LOG_INDEXED_KEY, u64 BE) says up to which sequence every event is
+ * indexed. Once MT_LOG_INDEX_EVERY events lie beyond it, an append opens a
+ * window on them (reading and sorting their entries by key), and each
+ * append after it indexes the next MT_LOG_INDEX_SLICE of them, so that no
+ * append carries the whole step; the last slice moves the mark. A window
+ * still open when twice MT_LOG_INDEX_EVERY events lie beyond the mark is
+ * finished at once. A subject's entries go in in version order, so the
+ * index holds each subject's versions from 0 on without a gap at every
+ * point, and a stream read takes what the index does not give from the
+ * log beyond the mark (fewer than 2 * MT_LOG_INDEX_EVERY events plus one
+ * append's, walked only when the subject's head is past what the index
+ * gave). Mark, window and entries change in one transaction, so every
+ * snapshot reads a whole stream. A store without the mark indexed every
+ * event as it came; the first append there sets the mark at its head.
  */
 #ifndef MT_LOG_H
 #define MT_LOG_H
@@ -33,8 +39,10 @@
 
 /* The meta key of the stream index's mark. */
 #define MT_LOG_INDEXED_KEY "log.streams.indexed"
-/* An append that leaves this many events beyond the stream index indexes them. */
+/* Once this many events lie beyond the stream index, a window opens on them. */
 #define MT_LOG_INDEX_EVERY 4096
+/* Index entries an append adds to an open window, at most. */
+#define MT_LOG_INDEX_SLICE 1024
 
 /* An expected version, as in EventStoreDB. */
 typedef enum mt_expect_kind {

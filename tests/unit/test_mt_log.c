@@ -866,44 +866,182 @@ static void test_log_stream_index_of_a_store_without_the_mark(void **state)
     mt_store_close(s);
 }
 
-static void test_log_stream_index_catches_up_every_so_many_events(void **state)
+/* Appends events n0 .. n(to-1) on subjects s(i % 7), in batches; the event i = to - 1 may go alone. */
+static void append_numbered(mt_store *s, int from, int to, bool last_alone)
 {
-    mt_store *s = open_store(state);
     mt_event_batch b;
     mt_event_batch_init(&b);
     append_job j;
-    int appended = 0, batches = 0;
-    while (appended < MT_LOG_INDEX_EVERY - 1) {
+    for (int i = from; i < to; i++) {
         char id[32], subject[16];
-        snprintf(id, sizeof id, "n%d", appended);
-        snprintf(subject, sizeof subject, "s%d", appended % 7);
+        snprintf(id, sizeof id, "n%d", i);
+        snprintf(subject, sizeof subject, "s%d", i % 7);
         add_event(&b, "/src", id, subject);
-        appended++;
-        if (b.count == MAX_BATCH || appended == MT_LOG_INDEX_EVERY - 1) {
+        if (b.count == MAX_BATCH || i == to - 1 || (last_alone && i == to - 2)) {
             assert_int_equal(append_batch(s, &b, NULL, &j), MT_OK);
             mt_event_batch_free(&b);
             mt_event_batch_init(&b);
-            batches++;
         }
     }
-    assert_true(batches > 1);
-    /* One short of the threshold: still nothing indexed. */
-    assert_int_equal(stream_index_entries(s), 0);
-    append_one(s, "/src", "last", "s0");
-    assert_int_equal(stream_index_entries(s), MT_LOG_INDEX_EVERY);
+    mt_event_batch_free(&b);
+}
+
+/* The u64 value of a meta key; 0 if absent. */
+static uint64_t meta_u64(mt_store *s, const char *key)
+{
+    mt_txn *t;
+    assert_int_equal(mt_store_read_begin(s, &t), MT_OK);
+    const void *v;
+    size_t vl;
+    uint64_t x = 0;
+    if (mt_store_get(t, MT_DB_META, key, strlen(key), &v, &vl) == MT_OK) {
+        assert_true(vl >= 8);
+        x = mt_get_be64(v);
+    }
+    mt_store_read_end(t);
+    return x;
+}
+
+/*
+ * Every stream of append_numbered's events 0 .. n-1 reads whole and in
+ * order (up to MAX_GOT events each), whatever part of it is indexed.
+ */
+static void check_numbered_streams(mt_store *s, int n)
+{
     got *g = malloc(sizeof *g);
     assert_non_null(g);
-    int s3 = 0; /* events on s3 among the first MT_LOG_INDEX_EVERY - 1 */
-    for (int i = 0; i < MT_LOG_INDEX_EVERY - 1; i++) {
-        s3 += i % 7 == 3;
-    }
-    assert_int_equal(read_stream(s, "s3", 0, MAX_GOT, g), s3 < MAX_GOT ? s3 : MAX_GOT);
-    for (int i = 0; i < g->n; i++) {
-        assert_int_equal(g->ev[i].sv, (uint64_t) i);
-        assert_int_equal(g->ev[i].seq, (uint64_t) (3 + 7 * i + 1));
+    for (int k = 0; k < 7; k++) {
+        char subject[16];
+        snprintf(subject, sizeof subject, "s%d", k);
+        int want = n / 7 + (k < n % 7);
+        /* From the front, and from a version near the end (past what a slice may hold). */
+        uint64_t froms[] = {0, want > 5 ? (uint64_t) want - 5 : 0};
+        for (int f = 0; f < 2; f++) {
+            int got_n = read_stream(s, subject, froms[f], MAX_GOT - 1, g);
+            int expect = want - (int) froms[f];
+            assert_int_equal(got_n, expect < MAX_GOT - 1 ? expect : MAX_GOT - 1);
+            for (int i = 0; i < g->n; i++) {
+                uint64_t sv = froms[f] + (uint64_t) i;
+                assert_int_equal(g->ev[i].sv, sv);
+                assert_int_equal(g->ev[i].seq, (uint64_t) (k + 7 * (int) sv + 1));
+            }
+        }
     }
     free(g);
+}
+
+/* An append of more events than an append_job holds results for. */
+typedef struct big_append {
+    mt_event_batch *b;
+    mt_log_result *results;
+} big_append;
+
+static mt_err run_big_append(mt_txn *t, void *arg)
+{
+    big_append *j = arg;
+    int64_t current;
+    return mt_log_append(t, j->b, NULL, j->results, &current);
+}
+
+static mt_err run_append_then_fail(mt_txn *t, void *arg)
+{
+    append_job *j = arg;
+    j->log_rc = mt_log_append(t, j->b, NULL, j->results, &j->current);
+    return j->log_rc ? j->log_rc : MT_EINVAL;
+}
+
+/*
+ * Once MT_LOG_INDEX_EVERY events lie beyond the stream index, an append
+ * opens a window on them and the appends after it index them a slice
+ * (MT_LOG_INDEX_SLICE entries) each, in key order; the mark moves when the
+ * last slice is in, and streams read whole at every step.
+ * A window whose start is undone starts again from what the log then
+ * holds; one left open by a restart goes on; and one that falls twice
+ * MT_LOG_INDEX_EVERY behind is finished at once.
+ */
+static void test_log_stream_index_is_built_a_slice_per_append(void **state)
+{
+    enum { EVERY = MT_LOG_INDEX_EVERY, SLICE = MT_LOG_INDEX_SLICE };
+    mt_store *s = open_store(state);
+    append_numbered(s, 0, EVERY - 1, false);
+    assert_int_equal(stream_index_entries(s), 0); /* one short of the threshold */
+
+    /* The append that reaches it opens a window and is undone: nothing of it stays. */
+    mt_event_batch b;
+    mt_event_batch_init(&b);
+    add_event(&b, "/src", "ghost", "ghost");
+    append_job j = {.b = &b};
+    assert_int_equal(mt_store_write(s, run_append_then_fail, &j), MT_EINVAL);
+    assert_int_equal(j.log_rc, MT_OK);
     mt_event_batch_free(&b);
+    assert_int_equal(stream_index_entries(s), 0);
+    assert_int_equal(meta_u64(s, "log.streams.window"), 0);
+
+    /* Another event in its place: the window opens on what the log holds now. */
+    int n = EVERY;
+    append_numbered(s, EVERY - 1, n, false);
+    assert_int_equal(stream_index_entries(s), 0);
+    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), 0);
+    assert_int_equal(meta_u64(s, "log.streams.window"), EVERY);
+    got *g = malloc(sizeof *g);
+    assert_non_null(g);
+    assert_int_equal(read_stream(s, "ghost", 0, 10, g), 0);
+    free(g);
+    check_numbered_streams(s, n);
+
+    /* A restart leaves the window open; the next appends take a slice each. */
+    mt_store_close(s);
+    s = open_store(state);
+    for (int k = 1; k <= EVERY / SLICE; k++) {
+        append_numbered(s, n, n + 1, false);
+        n++;
+        assert_int_equal(stream_index_entries(s), k * SLICE);
+        check_numbered_streams(s, n);
+    }
+    /* The last slice moved the mark to the window's end and closed it. */
+    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), EVERY);
+    assert_int_equal(meta_u64(s, "log.streams.window"), 0);
+
+    /* The next window opens; one append then takes the log twice EVERY past the mark. */
+    append_numbered(s, n, 2 * EVERY, false);
+    n = 2 * EVERY;
+    assert_int_equal(meta_u64(s, "log.streams.window"), (uint64_t) n);
+    assert_int_equal(stream_index_entries(s), EVERY);
+    big_append j2 = {.b = &b};
+    mt_event_batch_init(&b);
+    for (int i = n; i < 3 * EVERY; i++) {
+        char id[32], subject[16];
+        snprintf(id, sizeof id, "n%d", i);
+        snprintf(subject, sizeof subject, "s%d", i % 7);
+        add_event(&b, "/src", id, subject);
+    }
+    j2.results = calloc((size_t) b.count, sizeof *j2.results);
+    assert_non_null(j2.results);
+    assert_int_equal(mt_store_write(s, run_big_append, &j2), MT_OK);
+    free(j2.results);
+    mt_event_batch_free(&b);
+    n = 3 * EVERY;
+    /* That append finished the open window at once, and opened none. */
+    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), 2 * EVERY);
+    assert_int_equal(meta_u64(s, "log.streams.window"), 0);
+    assert_int_equal(stream_index_entries(s), 2 * EVERY);
+    check_numbered_streams(s, n);
+    /* The next append opens a window on everything past the mark. */
+    append_numbered(s, n, n + 1, false);
+    n++;
+    assert_int_equal(meta_u64(s, "log.streams.window"), (uint64_t) n);
+    assert_int_equal(stream_index_entries(s), 2 * EVERY);
+    append_numbered(s, n, n + 1, false);
+    n++;
+    assert_int_equal(stream_index_entries(s), 2 * EVERY + SLICE);
+    check_numbered_streams(s, n);
+
+    /* mt_log_index_streams brings all of it in. */
+    index_streams(s);
+    assert_int_equal(stream_index_entries(s), n);
+    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), (uint64_t) n);
+    assert_int_equal(meta_u64(s, "log.streams.window"), 0);
+    check_numbered_streams(s, n);
     mt_store_close(s);
 }
 
@@ -2125,7 +2263,7 @@ int main(void)
         T(test_log_read_stream_stays_in_its_subject),
         T(test_log_read_stream_reads_the_unindexed_tail_alone),
         T(test_log_stream_index_of_a_store_without_the_mark),
-        T(test_log_stream_index_catches_up_every_so_many_events),
+        T(test_log_stream_index_is_built_a_slice_per_append),
         T(test_log_get_reads_one_event),
         T(test_log_survives_close_and_reopen),
         T(test_log_replays_the_write_ahead_file_after_lmdb_lost_its_commits),
