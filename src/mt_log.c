@@ -51,35 +51,54 @@ static size_t id_key(uint8_t *k, const char *source, const char *id)
     return a + 1 + b;
 }
 
-/* The stream index's mark; *present false in a store without one. */
-static mt_err indexed_get(mt_txn *t, bool *present, uint64_t *seq)
+/*
+ * Reads the 'n' big-endian u64s of meta key 'key' (named 'what' in the
+ * log); *present false, and zeros, when the key is absent.
+ */
+static mt_err meta_get(mt_txn *t, const char *key, const char *what, uint64_t *out, size_t n,
+                       bool *present)
 {
     *present = false;
-    *seq = 0;
+    memset(out, 0, n * sizeof *out);
     const void *v;
     size_t vl;
-    mt_err rc = mt_store_get(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY), &v,
-                             &vl);
+    mt_err rc = mt_store_get(t, MT_DB_META, key, strlen(key), &v, &vl);
     if (rc == MT_ENOTFOUND) {
         return MT_OK;
     }
     if (rc) {
         return rc;
     }
-    if (vl != 8) {
-        mt_error("log: the stream index mark is %zu bytes, not 8", vl);
+    if (vl != 8 * n) {
+        mt_error("log: the stream index %s is %zu bytes, not %zu", what, vl, 8 * n);
         return MT_EIO;
     }
     *present = true;
-    *seq = mt_get_be64(v);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = mt_get_be64((const uint8_t *) v + 8 * i);
+    }
     return MT_OK;
+}
+
+static mt_err meta_put(mt_txn *t, const char *key, const uint64_t *in, size_t n)
+{
+    uint8_t v[16];
+    mt_assert(n <= 2);
+    for (size_t i = 0; i < n; i++) {
+        mt_put_be64(v + 8 * i, in[i]);
+    }
+    return mt_store_put(t, MT_DB_META, key, strlen(key), v, 8 * n, 0);
+}
+
+/* The stream index's mark; *present false in a store without one. */
+static mt_err indexed_get(mt_txn *t, bool *present, uint64_t *seq)
+{
+    return meta_get(t, MT_LOG_INDEXED_KEY, "mark", seq, 1, present);
 }
 
 static mt_err indexed_put(mt_txn *t, uint64_t seq)
 {
-    uint8_t v[8];
-    mt_put_be64(v, seq);
-    return mt_store_put(t, MT_DB_META, MT_LOG_INDEXED_KEY, strlen(MT_LOG_INDEXED_KEY), v, 8, 0);
+    return meta_put(t, MT_LOG_INDEXED_KEY, &seq, 1);
 }
 
 mt_err mt_log_head(mt_txn *t, uint64_t *seq)
@@ -194,33 +213,17 @@ mt_err mt_log_get(mt_txn *t, uint64_t seq, mt_event *ev)
 
 static mt_err window_get(mt_txn *t, bool *present, uint64_t *to, uint64_t *done)
 {
-    *present = false;
-    *to = *done = 0;
-    const void *v;
-    size_t vl;
-    mt_err rc = mt_store_get(t, MT_DB_META, WINDOW_KEY, strlen(WINDOW_KEY), &v, &vl);
-    if (rc == MT_ENOTFOUND) {
-        return MT_OK;
-    }
-    if (rc) {
-        return rc;
-    }
-    if (vl != 16) {
-        mt_error("log: the stream index window is %zu bytes, not 16", vl);
-        return MT_EIO;
-    }
-    *present = true;
-    *to = mt_get_be64(v);
-    *done = mt_get_be64((const uint8_t *) v + 8);
-    return MT_OK;
+    uint64_t w[2];
+    mt_err rc = meta_get(t, WINDOW_KEY, "window", w, 2, present);
+    *to = w[0];
+    *done = w[1];
+    return rc;
 }
 
 static mt_err window_put(mt_txn *t, uint64_t to, uint64_t done)
 {
-    uint8_t v[16];
-    mt_put_be64(v, to);
-    mt_put_be64(v + 8, done);
-    return mt_store_put(t, MT_DB_META, WINDOW_KEY, strlen(WINDOW_KEY), v, 16, 0);
+    uint64_t w[2] = {to, done};
+    return meta_put(t, WINDOW_KEY, w, 2);
 }
 
 /*

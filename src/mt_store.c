@@ -919,9 +919,9 @@ void mt_store_close(mt_store *s)
 #define SNAP_POOL_MAX 8
 
 /*
- * A snapshot of the last committed state, with one reference (any thread
- * but the writer's own transaction must be committed). NULL if LMDB cannot
- * give a read transaction (logged).
+ * A snapshot of the last committed state, with one reference: taken at
+ * open and by the writer right after each commit, before its next group
+ * begins. NULL if LMDB cannot give a read transaction (logged).
  */
 static read_snap *snap_take(mt_store *s)
 {

@@ -3,7 +3,8 @@
  * group-commit writer.
  *
  * One environment holds every database (mt_db). Reads use read-only
- * transactions from any thread (the environment is opened MDB_NOTLS).
+ * transactions (the environment is opened MDB_NOTLS): with fsync
+ * durability, a snapshot of the last durable group that readers share.
  * Every write goes through the writer thread: callers submit jobs; the
  * writer gathers whatever jobs are waiting into one LMDB write transaction,
  * runs each in a nested transaction of its own (a failing job is undone
@@ -11,8 +12,12 @@
  *
  *   durability fsync:  every put/del of a job is also recorded as a redo
  *     operation; the group's redo record goes to the write-ahead file
- *     (mt_wal), which is fdatasync'ed once; then the LMDB transaction is
- *     committed without LMDB's own syncs (MDB_NOSYNC). Checkpoints (a
+ *     (mt_wal) and the LMDB transaction is committed without LMDB's own
+ *     syncs (MDB_NOSYNC); the writer goes on with the next group while a
+ *     sync thread fdatasyncs the write-ahead file once for every group
+ *     committed since its last sync, then moves readers to the newest of
+ *     them and finishes their jobs. A failed sync fails every later write.
+ *     Checkpoints (a
  *     quarter of the write-ahead ring in use, LMDB's file grown by 32 MiB,
  *     30 s, on request, and at close) run on a checkpoint thread of their
  *     own while the writer goes on: the writer notes the write-ahead

@@ -80,16 +80,22 @@ static mt_err put(mt_store *s, int i, size_t size)
     return mt_store_write(s, run_put, &j);
 }
 
+/* Key i's value in t. */
+static mt_err get_key(mt_txn *t, int i, const void **v, size_t *n)
+{
+    char key[16];
+    make_key(key, i);
+    return mt_store_get(t, MT_DB_KV, key, strlen(key), v, n);
+}
+
 /* Whether key i holds its value of 'size' bytes (false if absent; a wrong value fails). */
 static bool has_value(mt_store *s, int i, size_t size)
 {
     mt_txn *t;
     assert_int_equal(mt_store_read_begin(s, &t), MT_OK);
-    char key[16];
-    make_key(key, i);
     const void *v;
     size_t n;
-    mt_err rc = mt_store_get(t, MT_DB_KV, key, strlen(key), &v, &n);
+    mt_err rc = get_key(t, i, &v, &n);
     bool ok = false;
     if (rc == MT_OK) {
         uint8_t *want = malloc(size ? size : 1);
@@ -465,11 +471,9 @@ static bool committed(mt_store *s, int i)
 {
     mt_txn *t;
     assert_int_equal(mt_store_read_begin_latest(s, &t), MT_OK);
-    char key[16];
-    make_key(key, i);
     const void *v;
     size_t n;
-    mt_err rc = mt_store_get(t, MT_DB_KV, key, strlen(key), &v, &n);
+    mt_err rc = get_key(t, i, &v, &n);
     mt_store_read_end(t);
     return rc == MT_OK;
 }
