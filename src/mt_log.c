@@ -321,8 +321,10 @@ static mt_err window_cache_fill(mt_txn *t, window_cache *w, uint64_t from, uint6
     if (rc != MT_OK && rc != MT_ENOTFOUND) {
         return rc;
     }
-    window_entries = (const uint8_t *) w->buf.data;
-    qsort(w->off, w->n, sizeof *w->off, entry_cmp);
+    if (w->n > 0) { /* none when no event of the window has a subject */
+        window_entries = (const uint8_t *) w->buf.data;
+        qsort(w->off, w->n, sizeof *w->off, entry_cmp);
+    }
     w->from = from;
     w->to = to;
     return MT_OK;

@@ -1457,6 +1457,9 @@ static void *writer_main(void *arg)
             rest = run_group(s, jobs);
         }
         pthread_mutex_lock(&s->mu);
+        /* Counted before its jobs are finished, so a caller that was answered sees the group. */
+        s->stats.groups += jobs != NULL;
+        s->stats.nested = s->nested;
         ckpt_observe(s);
         bool due = checkpoint_due(s);
         pthread_mutex_unlock(&s->mu);
@@ -1472,8 +1475,6 @@ static void *writer_main(void *arg)
         if (rest) {
             requeue(s, rest, s->cut_for_publishes);
         }
-        s->stats.groups += jobs != NULL;
-        s->stats.nested = s->nested;
         if (jobs && !s->wal) {
             finish_jobs(s, jobs);
         }

@@ -1036,10 +1036,33 @@ static void test_log_stream_index_is_built_a_slice_per_append(void **state)
     assert_int_equal(stream_index_entries(s), 2 * EVERY + SLICE);
     check_numbered_streams(s, n);
 
+    /* A window of events without a subject has no entries: it opens and closes all the same. */
+    append_numbered(s, n, n + SLICE, false);
+    n += SLICE;
+    index_streams(s);
+    int indexed = n;
+    for (int i = 0; i < EVERY; i += MAX_BATCH) {
+        mt_event_batch_init(&b);
+        for (int k = 0; k < MAX_BATCH; k++) {
+            char id[32];
+            snprintf(id, sizeof id, "x%d", i + k);
+            add_event(&b, "/src", id, NULL);
+        }
+        append_job jx;
+        assert_int_equal(append_batch(s, &b, NULL, &jx), MT_OK);
+        mt_event_batch_free(&b);
+    }
+    assert_int_equal(meta_u64(s, "log.streams.window"), (uint64_t) (indexed + EVERY));
+    append_one(s, "/src", "after-x", NULL);
+    assert_int_equal(meta_u64(s, "log.streams.window"), 0);
+    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), (uint64_t) (indexed + EVERY));
+    assert_int_equal(stream_index_entries(s), indexed);
+    check_numbered_streams(s, n);
+
     /* mt_log_index_streams brings all of it in. */
     index_streams(s);
     assert_int_equal(stream_index_entries(s), n);
-    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), (uint64_t) n);
+    assert_int_equal(meta_u64(s, MT_LOG_INDEXED_KEY), (uint64_t) n + EVERY + 1);
     assert_int_equal(meta_u64(s, "log.streams.window"), 0);
     check_numbered_streams(s, n);
     mt_store_close(s);
