@@ -332,19 +332,17 @@ static mt_err window_cache_fill(mt_txn *t, window_cache *w, uint64_t from, uint6
 
 /*
  * One step of the stream index: indexes the next 'slice' entries of the
- * window (mark, to] in key order; or, when none is open and 'start'
- * allows it, opens a window up to the log's head 'head' (reading and
- * sorting its entries, and with a 'slice' of SIZE_MAX indexing them all);
- * when the window is done, moves the mark to its end. A subject's entries in the window are indexed
- * in version order, so the index holds each subject's versions from 0 on
- * without a gap wherever a slice ends, which is all a stream read needs
- * (mt_log_read_stream takes the rest from the log beyond the mark). Sets
- * *more when a window remains open.
+ * window (mark, to] in key order; or, when none is open, opens a window
+ * up to the log's head 'head' (reading and sorting its entries, and with a
+ * 'slice' of SIZE_MAX indexing them all); when the window is done, moves
+ * the mark to its end. A subject's entries
+ * in the window are indexed in version order, so the index holds each
+ * subject's versions from 0 on without a gap wherever a slice ends, which
+ * is all a stream read needs (mt_log_read_stream takes the rest from the
+ * log beyond the mark).
  */
-static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, bool start, size_t slice,
-                         bool *more)
+static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, size_t slice)
 {
-    *more = false;
     bool open;
     uint64_t to, done;
     mt_err rc = window_get(t, &open, &to, &done);
@@ -352,7 +350,7 @@ static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, bool start, si
         return rc;
     }
     if (!open) {
-        if (!start || head <= mark) {
+        if (head <= mark) {
             return MT_OK;
         }
         to = head;
@@ -362,13 +360,11 @@ static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, bool start, si
     if (!open || w->from != mark || w->to != to) {
         rc = window_cache_fill(t, w, mark, to);
         if (rc) {
-            w->from = w->to = 0;
             return rc;
         }
     }
     if (!open && slice != SIZE_MAX) {
         /* Reading and sorting the window is this append's share; the slices follow. */
-        *more = true;
         return window_put(t, to, 0);
     }
     if (done > w->n) {
@@ -386,7 +382,6 @@ static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, bool start, si
         return rc;
     }
     if (end < w->n) {
-        *more = true;
         return window_put(t, to, end);
     }
     rc = indexed_put(t, to);
@@ -397,16 +392,20 @@ static mt_err index_step(mt_txn *t, uint64_t mark, uint64_t head, bool start, si
 }
 
 /*
- * After an append: a window open takes its next slice; else once
- * MT_LOG_INDEX_EVERY events lie beyond the mark, a window opens on them.
- * Past twice that, the open window is finished at once, so that what a
- * stream read walks stays bounded.
+ * After an append: once MT_LOG_INDEX_EVERY events lie beyond the mark, a
+ * window opens on them, and each append after that takes its next slice.
+ * A window is open only while that many lie beyond the mark (it opens
+ * there, and the mark stays until it closes), so the appends before need
+ * not look for one. Past twice that, the open window is finished at once,
+ * so that what a stream read walks stays bounded.
  */
 static mt_err index_after_append(mt_txn *t, uint64_t mark, uint64_t head)
 {
-    bool more;
+    if (head - mark < MT_LOG_INDEX_EVERY) {
+        return MT_OK;
+    }
     size_t slice = head - mark >= 2 * (uint64_t) MT_LOG_INDEX_EVERY ? SIZE_MAX : MT_LOG_INDEX_SLICE;
-    return index_step(t, mark, head, head - mark >= MT_LOG_INDEX_EVERY, slice, &more);
+    return index_step(t, mark, head, slice);
 }
 
 mt_err mt_log_index_streams(mt_txn *t)
@@ -421,9 +420,8 @@ mt_err mt_log_index_streams(mt_txn *t)
         return rc; /* without a mark, every event is indexed */
     }
     /* The open window to its end, then everything after it. */
-    bool more = true;
     for (int round = 0; rc == MT_OK && round < 2; round++) {
-        rc = index_step(t, mark, head, true, SIZE_MAX, &more);
+        rc = index_step(t, mark, head, SIZE_MAX);
         if (rc == MT_OK) {
             rc = indexed_get(t, &marked, &mark);
         }

@@ -122,6 +122,7 @@ struct mt_store {
     bool sync_started;
     pthread_cond_t sync_work_cv;   /* a group was handed to the sync thread, or it must exit */
     pending *sync_q, *sync_q_tail; /* groups handed over, in commit order */
+    unsigned sync_inflight;        /* groups handed over and not yet finished */
     bool sync_exit;                /* the sync thread must exit once the queue is empty */
     mt_err failed;                 /* a write-ahead sync failed: every later job fails with it */
     read_snap *durable;            /* what readers see (fsync only); holds a reference */
@@ -735,6 +736,7 @@ static void *writer_main(void *arg);
 static read_snap *snap_take(mt_store *s);
 static void snap_unref(mt_store *s, read_snap *sn);
 static void *sync_main(void *arg);
+
 mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
 {
     *out = NULL;
@@ -1011,17 +1013,25 @@ static void finish_jobs(mt_store *s, job *jobs)
  * Writer thread: hands a finished group to the sync thread (fsync), which
  * finishes its jobs once its write-ahead record is synced, after those of
  * every group before it: a group that committed nothing (duplicates, say)
- * may answer with what an earlier one wrote. 'group' is its id if it
- * committed, else 0. A snapshot still queued is dropped: the sync that
- * takes this group covers the group before it too.
+ * may answer with what an earlier one wrote, so it waits too, unless no
+ * group does. 'group' is its id if it committed, else 0. A snapshot still
+ * queued is dropped: the sync that takes this group covers the group
+ * before it too.
  */
 static void hand_to_sync(mt_store *s, job *jobs, uint64_t group)
 {
+    read_snap *sn = group ? snap_take(s) : NULL;
+    pthread_mutex_lock(&s->mu);
+    if (!group && s->sync_inflight == 0) {
+        finish_jobs(s, jobs);
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     pending *p = mt_xcalloc(1, sizeof *p);
     p->jobs = jobs;
     p->group = group;
-    p->sn = group ? snap_take(s) : NULL;
-    pthread_mutex_lock(&s->mu);
+    p->sn = sn;
+    s->sync_inflight++;
     if (s->sync_q_tail) {
         if (p->sn) {
             for (pending *q = s->sync_q; q; q = q->next) {
@@ -1101,6 +1111,7 @@ static void *sync_main(void *arg)
                 j->rc = j->rc ? j->rc : rc;
             }
             finish_jobs(s, p->jobs);
+            s->sync_inflight--;
             free(p);
         }
     }
@@ -1625,7 +1636,7 @@ void mt_store_read_end(mt_txn *t)
         snap_unref(t->s, t->sn);
         pthread_mutex_unlock(&t->s->mu);
     } else {
-    mdb_txn_abort(t->txn);
+        mdb_txn_abort(t->txn);
     }
     free(t);
 }

@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "mt_store.h"
@@ -492,6 +493,25 @@ static void put_done(mt_err rc, void *arg)
     p->order[(*p->n)++] = p->j.i;
 }
 
+/* A job that writes nothing: notes that it ran; its done callback counts. */
+typedef struct nothing_job {
+    atomic_int ran;
+    int done;
+} nothing_job;
+
+static mt_err run_nothing(mt_txn *t, void *arg)
+{
+    (void) t;
+    atomic_store(&((nothing_job *) arg)->ran, 1);
+    return MT_OK;
+}
+
+static void nothing_done_cb(mt_err rc, void *arg)
+{
+    assert_int_equal(rc, MT_OK);
+    ((nothing_job *) arg)->done++;
+}
+
 /* Runs done callbacks until 'want' have run (20 s at most: a hang, not a speed, fails). */
 static void complete_until(mt_store *s, int *n, int want)
 {
@@ -533,6 +553,18 @@ static void test_store_a_group_is_seen_and_finished_once_its_sync_is_done(void *
     mt_store_complete(s);
     assert_int_equal(n, 0);
 
+    /* A job that writes nothing waits behind it too: it may answer with what that wrote. */
+    nothing_job nothing = {0};
+    assert_int_equal(mt_store_submit(s, run_nothing, nothing_done_cb, &nothing), MT_OK);
+    int64_t ran_by = mt_mono_us() + 20 * 1000000LL;
+    while (!atomic_load(&nothing.ran) && mt_mono_us() < ran_by) {
+        usleep(1000);
+    }
+    assert_true(atomic_load(&nothing.ran)); /* in a group of its own, which wrote nothing */
+    usleep(20 * 1000); /* time to be answered, were it answered before the held group */
+    mt_store_complete(s);
+    assert_int_equal(nothing.done, 0);
+
     /* The writer does not wait for that sync: the next job commits meanwhile. */
     assert_int_equal(mt_store_submit(s, run_put, put_done, &b), MT_OK);
     int64_t deadline = mt_mono_us() + 20 * 1000000LL;
@@ -543,12 +575,14 @@ static void test_store_a_group_is_seen_and_finished_once_its_sync_is_done(void *
     assert_false(has_value(s, 2, 100));
     mt_store_complete(s);
     assert_int_equal(n, 0);
+    assert_int_equal(nothing.done, 0);
 
     pthread_mutex_lock(&g.mu);
     g.released = true;
     pthread_cond_broadcast(&g.cv);
     pthread_mutex_unlock(&g.mu);
     complete_until(s, &n, 2);
+    assert_int_equal(nothing.done, 1);
     assert_int_equal(a.rc, MT_OK);
     assert_int_equal(b.rc, MT_OK);
     assert_int_equal(order[0], 1);
