@@ -2,9 +2,10 @@
  * mt_lua_event.c - the `event` table a handler gets, with its attributes
  * read when first used (mt_lua_event.h says what the handler sees).
  *
- * The table holds, under a light-userdata key of this file, a userdata with
- * a copy of the event's string attributes and its numbers (a 96-byte header
- * and the strings, so most fit the state's small-block allocator); its metatable
+ * The table holds the subject and, under a light-userdata key of this
+ * file, a userdata with a copy of the event's string attributes and its
+ * numbers (a 96-byte header and the strings, so most fit the state's
+ * small-block allocator); its metatable
  * (one per state, in the registry) has:
  *   __index     puts the attribute asked for in the table and returns it;
  *               the first name that is not a CloudEvents or engine
@@ -282,6 +283,14 @@ void mt_lua_event_push(lua_State *L, const mt_event *ev, uint32_t attempt)
         off += len[i];
     }
     lua_rawsetp(L, -2, &copy_key);
+    /* Nearly every handler reads the subject: put at once it costs about
+     * 800 instructions, through __index about 1,500. */
+    if (ev->attr[MT_ATTR_SUBJECT]) {
+        lua_pushliteral(L, "subject");
+        lua_pushlstring(L, ev->attr[MT_ATTR_SUBJECT], len[MT_ATTR_SUBJECT] - 1);
+        lua_rawset(L, -3);
+        le->put |= 1u << (F_ATTR + MT_ATTR_SUBJECT);
+    }
     push_metatable(L);
     lua_setmetatable(L, -2);
 }

@@ -4,13 +4,15 @@
  *
  * A handler run used to start by putting every attribute of the event in a
  * fresh table: a dozen strings made and interned, most of which a handler
- * never looks at. The table now starts with `data` only; the event's
+ * never looks at. The table now starts with `data` and `subject` only
+ * (the one attribute nearly every handler reads); the event's other
  * attributes wait in a copy beside it and enter the table the first time
  * the handler reads them (`__index`). Whatever the handler does, it sees
  * what the eager table showed: pairs(), the JSON encoder, an assignment
  * (of nil too) and setmetatable() first put every attribute in the table,
  * which is then a plain table; an event kept past its run keeps its copy.
- * Only next() and rawget() on a table not yet completed see less.
+ * Only next() and rawget() on a table not yet completed see less (the
+ * subject and what the handler has read).
  */
 #ifndef MT_LUA_EVENT_H
 #define MT_LUA_EVENT_H

@@ -913,6 +913,7 @@ static void test_lua_event_table_holds_every_attribute(void **state)
         "  return table.concat(out, ' ')\n"
         "end\n"
         "return function(event, ctx)\n"
+        "  local early = rawget(event, 'subject')\n"
         "  local mode = event.subject\n"
         "  if mode == 'attrs' then error(show(event), 0) end\n"
         "  if mode == 'pairs' then\n"
@@ -931,6 +932,13 @@ static void test_lua_event_table_holds_every_attribute(void **state)
         "    local before = tostring(getmetatable(event))\n"
         "    setmetatable(event, {__index = function(_, k) return 'no ' .. k end})\n"
         "    error(before .. ' ' .. event.id .. ' ' .. event.color .. ' ' .. event.nope, 0)\n"
+        "  end\n"
+        "  if mode == 'raw' then\n"
+        "    error(tostring(early) .. ' ' .. tostring(rawget(event, 'id')), 0)\n"
+        "  end\n"
+        "  if mode == 'gone' then\n"
+        "    event.subject = nil\n"
+        "    error(tostring(event.subject) .. ' ' .. tostring(rawget(event, 'subject')), 0)\n"
         "  end\n"
         "  if mode == 'keep' then kept = event; error('kept', 0) end\n"
         "  if mode == 'kept' then error(show(kept), 0) end\n"
@@ -991,6 +999,14 @@ static void test_lua_event_table_holds_every_attribute(void **state)
     const char *assigned = handler_said(r, h, &ev);
     assert_non_null(strstr(assigned, " id=nil source=nil type=changed subject=assign "));
     assert_non_null(strstr(assigned, " extra=true was=/s"));
+
+    /* The subject is in the table from the start (handlers nearly always
+     * read it); the other attributes enter when first read. A subject
+     * removed stays removed. */
+    strcpy(subject, "raw");
+    assert_string_equal(handler_said(r, h, &ev), "raw nil");
+    strcpy(subject, "gone");
+    assert_string_equal(handler_said(r, h, &ev), "nil nil");
 
     /* The metatable that reads attributes is the engine's: a handler's own replaces it whole. */
     strcpy(subject, "meta");
