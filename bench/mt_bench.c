@@ -5,6 +5,23 @@
  *       A pre-allocated, zero-filled 64 MiB file; N times: pwrite 256 bytes
  *       at the next offset, then fdatasync. The floor for one durable write
  *       on this disk (what the engine's write-ahead file does per group).
+ *   mt_bench sync-floor --dir D --writeback MBPS [--seconds S] [--record BYTES] [--grow]
+ *       What a write-ahead sync costs while LMDB's pages are written out
+ *       beside it, the way a checkpoint does. One thread does what the
+ *       engine's sync thread does: pwrite a record (default 4 KiB) at the
+ *       next offset of a zero-filled 64 MiB file, fdatasync, and again,
+ *       for S seconds (default 10). Another writes MBPS MiB/s of 4 KiB
+ *       pages at random offsets of a pre-written 1 GiB file (a commit's
+ *       copied pages land all over LMDB's file once it reuses free pages),
+ *       a millisecond's worth at a time, and once a second writes the file
+ *       out as a checkpoint does: sync_file_range over pieces of 1/256 of
+ *       it (at least 1 MiB), each finished before the next, then
+ *       fdatasync. Prints one row (sync-floor-header): the syncs'
+ *       percentiles, how many took over 5 and 10 ms and how long the
+ *       slow ones (> 5 ms) lasted per second, the page rate reached, and
+ *       the checkpoints' mean and longest time. With --grow the pages are
+ *       appended to a file that starts empty instead (a young engine's
+ *       data file grows), and the row is named sync-growMBPS.
  *   mt_bench lmdb --dir D --per-txn K [--events N]
  *       Raw LMDB with its default flags (LMDB syncs on every commit), map
  *       1 GiB: N appends (MDB_APPEND, key u64 BE sequence, ~300-byte
@@ -28,13 +45,16 @@
  * 0 only if the run had no error.
  *
  * This is a tool, not part of the engine: it uses lmdb.h directly for its
- * baseline and evhttp as a client, and is single-threaded.
+ * baseline and evhttp as a client, and is single-threaded but for the
+ * page writer of sync-floor.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -235,6 +255,200 @@ static int cmd_fsync(int argc, char **argv)
     print_row("fsync", s.n, &s, secs, errors);
     free(s.v);
     return errors ? 1 : 0;
+}
+
+/* ---- the write-ahead sync beside a checkpoint's writeback ---- */
+
+#define FLOOR_PAGE 4096
+#define FLOOR_PAGES_FILE (1u << 30)
+
+typedef struct floor_bg {
+    int fd;
+    uint64_t mbps;
+    bool grow;            /* append pages to a file that starts empty */
+    atomic_bool stop;
+    uint64_t pages;       /* written */
+    samples ckpt;         /* each checkpoint's writeback + fdatasync */
+    uint64_t errors;
+} floor_bg;
+
+static void sleep_until(uint64_t t)
+{
+    uint64_t now = now_ns();
+    if (t > now) {
+        struct timespec ts = {(time_t) ((t - now) / 1000000000u), (long) ((t - now) % 1000000000u)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void *floor_writer(void *arg)
+{
+    floor_bg *bg = arg;
+    static char page[FLOOR_PAGE];
+    memset(page, 'p', sizeof page);
+    uint64_t rnd = 0x9e3779b97f4a7c15u, npages = FLOOR_PAGES_FILE / FLOOR_PAGE;
+    /* Pages per millisecond, the fraction carried over. */
+    double per_ms = (double) bg->mbps * (1 << 20) / FLOOR_PAGE / 1000.0, owed = 0;
+    uint64_t t0 = now_ns(), tick = 0, last_ckpt = t0;
+    off_t piece = FLOOR_PAGES_FILE / 256 > (1 << 20) ? FLOOR_PAGES_FILE / 256 : (1 << 20);
+    while (!atomic_load(&bg->stop)) {
+        owed += per_ms;
+        for (; owed >= 1; owed -= 1) {
+            rnd ^= rnd << 13, rnd ^= rnd >> 7, rnd ^= rnd << 17;
+            uint64_t pg = bg->grow ? bg->pages % npages : rnd % npages;
+            if (pwrite(bg->fd, page, sizeof page, (off_t) (pg * FLOOR_PAGE)) !=
+                (ssize_t) sizeof page) {
+                bg->errors++;
+            }
+            bg->pages++;
+        }
+        if (now_ns() - last_ckpt >= 1000000000u) {
+            uint64_t a = now_ns();
+            for (off_t off = 0; off < (off_t) FLOOR_PAGES_FILE; off += piece) {
+                if (sync_file_range(bg->fd, off, piece,
+                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                        SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+                    bg->errors++;
+                }
+            }
+            if (fdatasync(bg->fd)) {
+                bg->errors++;
+            }
+            last_ckpt = now_ns();
+            samples_add(&bg->ckpt, last_ckpt - a);
+        }
+        sleep_until(t0 + ++tick * 1000000u);
+        if (now_ns() > t0 + (tick + 100) * 1000000u) {
+            tick = (now_ns() - t0) / 1000000u; /* fell behind (a checkpoint): do not burst */
+        }
+    }
+    return NULL;
+}
+
+/* A file of 'size' bytes written through (so later writes allocate nothing) and synced. */
+static int floor_file(const char *dir, const char *name, uint64_t size, char fill)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        die("open %s: %s", path, strerror(errno));
+    }
+    static char buf[1 << 20];
+    memset(buf, fill, sizeof buf);
+    for (uint64_t off = 0; off < size; off += sizeof buf) {
+        if (pwrite(fd, buf, sizeof buf, (off_t) off) != (ssize_t) sizeof buf) {
+            die("fill %s: %s", path, strerror(errno));
+        }
+    }
+    if (fsync(fd)) {
+        die("fsync %s: %s", path, strerror(errno));
+    }
+    unlink(path); /* the open descriptor keeps it until the run ends */
+    return fd;
+}
+
+static void print_floor_header(void)
+{
+    printf("%-14s %6s %7s %7s %7s %7s %7s %5s %5s %9s %8s %9s %8s %6s\n", "case", "MiB/s",
+           "syncs", "p50_ms", "p99_ms", "p999_ms", "max_ms", ">5ms", ">10ms", "slow_ms/s",
+           "pages/s", "ckpt_avg", "ckpt_max", "errors");
+}
+
+static int cmd_sync_floor(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"dir", required_argument, NULL, 'd'},
+        {"writeback", required_argument, NULL, 'w'},
+        {"seconds", required_argument, NULL, 's'},
+        {"record", required_argument, NULL, 'r'},
+        {"grow", no_argument, NULL, 'g'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *dir = NULL;
+    uint64_t mbps = UINT64_MAX, secs = 10, record = 4096;
+    bool grow = false;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': dir = optarg; break;
+        case 'w': mbps = parse_u64("writeback", optarg, 0, 4096); break;
+        case 's': secs = parse_u64("seconds", optarg, 1, 3600); break;
+        case 'r': record = parse_u64("record", optarg, 1, 1 << 20); break;
+        case 'g': grow = true; break;
+        default:
+            die("usage: mt_bench sync-floor --dir D --writeback MBPS [--seconds S] "
+                "[--record BYTES] [--grow]");
+        }
+    }
+    if (!dir || mbps == UINT64_MAX) {
+        die("sync-floor: --dir and --writeback are required");
+    }
+    make_dir(dir);
+    int wal = floor_file(dir, "wal.dat", FSYNC_FILE_SIZE, 0);
+    floor_bg bg = {.fd = -1, .mbps = mbps, .grow = grow};
+    atomic_init(&bg.stop, false);
+    pthread_t th;
+    if (mbps > 0) {
+        bg.fd = floor_file(dir, "pages.dat", grow ? 0 : FLOOR_PAGES_FILE, 'x');
+        if (pthread_create(&th, NULL, floor_writer, &bg)) {
+            die("pthread_create failed");
+        }
+    }
+    char *rec = malloc(record);
+    if (!rec) {
+        die("out of memory");
+    }
+    memset(rec, 'r', record);
+    samples s = {0};
+    uint64_t errors = 0, off = 0, slow = 0, over5 = 0, over10 = 0;
+    uint64_t t0 = now_ns(), end = t0 + secs * 1000000000u;
+    while (now_ns() < end) {
+        uint64_t a = now_ns();
+        if (pwrite(wal, rec, record, (off_t) off) != (ssize_t) record || fdatasync(wal)) {
+            fprintf(stderr, "mt_bench sync-floor: %s\n", strerror(errno));
+            errors++;
+            continue;
+        }
+        uint64_t d = now_ns() - a;
+        samples_add(&s, d);
+        if (d > 5000000u) {
+            over5++;
+            slow += d;
+        }
+        over10 += d > 10000000u;
+        off += record;
+        if (off + record > FSYNC_FILE_SIZE) {
+            off = 0;
+        }
+    }
+    double took = (double) (now_ns() - t0) / 1e9;
+    if (mbps > 0) {
+        atomic_store(&bg.stop, true);
+        pthread_join(th, NULL);
+        close(bg.fd);
+    }
+    close(wal);
+    qsort(s.v, s.n, sizeof *s.v, cmp_u64);
+    double ck_sum = 0, ck_max = 0;
+    for (size_t i = 0; i < bg.ckpt.n; i++) {
+        double ms = (double) bg.ckpt.v[i] / 1e6;
+        ck_sum += ms;
+        ck_max = ms > ck_max ? ms : ck_max;
+    }
+    char name[32];
+    snprintf(name, sizeof name, "sync-%s%" PRIu64, grow ? "grow" : "wb", mbps);
+    printf("%-14s %6" PRIu64 " %7zu %7.3f %7.3f %7.3f %7.2f %5" PRIu64 " %5" PRIu64
+           " %9.1f %8.0f %9.1f %8.1f %6" PRIu64 "\n",
+           name, mbps, s.n, pct_ms(&s, 50), pct_ms(&s, 99), pct_ms(&s, 99.9),
+           s.n ? (double) s.v[s.n - 1] / 1e6 : 0, over5, over10, (double) slow / 1e6 / took,
+           (double) bg.pages / took, bg.ckpt.n ? ck_sum / (double) bg.ckpt.n : 0, ck_max,
+           errors + bg.errors);
+    fflush(stdout);
+    free(rec);
+    free(s.v);
+    free(bg.ckpt.v);
+    return errors + bg.errors ? 1 : 0;
 }
 
 /* ---- LMDB baseline ---- */
@@ -586,7 +800,8 @@ static int cmd_http(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        die("usage: mt_bench fsync|lmdb|http|header [OPTIONS] (see the top of bench/mt_bench.c)");
+        die("usage: mt_bench fsync|sync-floor|lmdb|http|header|sync-floor-header [OPTIONS] (see the "
+            "top of bench/mt_bench.c)");
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "header") == 0) {
@@ -595,6 +810,13 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "fsync") == 0) {
         return cmd_fsync(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "sync-floor-header") == 0) {
+        print_floor_header();
+        return 0;
+    }
+    if (strcmp(cmd, "sync-floor") == 0) {
+        return cmd_sync_floor(argc - 1, argv + 1);
     }
     if (strcmp(cmd, "lmdb") == 0) {
         return cmd_lmdb(argc - 1, argv + 1);
