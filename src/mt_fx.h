@@ -87,9 +87,10 @@ void mt_fx_init_buffered(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event
 
 /*
  * Buffered mode: kv reads go through *slot, a cursor on the kv tables of
- * the same transaction that the caller keeps for many runs (opened here
- * into *slot if NULL) and closes before the transaction ends; opening one
- * per run costs about what it saves. Call before any kv read.
+ * the same transaction that the caller keeps for many runs (NULL at
+ * first: the first kv read opens it into *slot) and closes before the
+ * transaction ends; opening one per run costs about what it saves. Call
+ * before any kv read.
  */
 void mt_fx_lend_cursor(mt_fx *fx, mt_cursor **slot);
 

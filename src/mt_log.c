@@ -270,12 +270,11 @@ static window_cache *window_cache_get(void)
     return w;
 }
 
-static const uint8_t *window_entries; /* for the comparison: the buffer being sorted */
-
-static int entry_cmp(const void *a, const void *b)
+/* Orders two entries' offsets in 'buf' (the window's entries) by key. */
+static int entry_cmp(const void *a, const void *b, void *buf)
 {
-    const uint8_t *x = window_entries + *(const size_t *) a;
-    const uint8_t *y = window_entries + *(const size_t *) b;
+    const uint8_t *x = (const uint8_t *) buf + *(const size_t *) a;
+    const uint8_t *y = (const uint8_t *) buf + *(const size_t *) b;
     size_t xl = (size_t) x[0] << 8 | x[1], yl = (size_t) y[0] << 8 | y[1];
     int c = memcmp(x + 2, y + 2, xl < yl ? xl : yl);
     return c ? c : (xl > yl) - (xl < yl);
@@ -322,8 +321,7 @@ static mt_err window_cache_fill(mt_txn *t, window_cache *w, uint64_t from, uint6
         return rc;
     }
     if (w->n > 0) { /* none when no event of the window has a subject */
-        window_entries = (const uint8_t *) w->buf.data;
-        qsort(w->off, w->n, sizeof *w->off, entry_cmp);
+        qsort_r(w->off, w->n, sizeof *w->off, entry_cmp, w->buf.data);
     }
     w->from = from;
     w->to = to;

@@ -17,10 +17,10 @@
  *     sync thread fdatasyncs the write-ahead file once for every group
  *     committed since its last sync, then moves readers to the newest of
  *     them and finishes their jobs. A failed sync fails every later write.
- *     Checkpoints (a
- *     quarter of the write-ahead ring in use, LMDB's file grown by 32 MiB,
- *     30 s, on request, and at close) run on a checkpoint thread of their
- *     own while the writer goes on: the writer notes the write-ahead
+ *     Checkpoints (a quarter of the write-ahead ring in use, LMDB's file
+ *     grown by 32 MiB, 1 s after the last one if there were commits, on
+ *     request, and at close) run on a checkpoint thread of their own while
+ *     the writer goes on: the writer notes the write-ahead
  *     position, LMDB's meta pages and a pinned read transaction at its last
  *     commit; the checkpoint thread syncs LMDB's data file, records the
  *     meta pages and the position in the write-ahead header, and only then
