@@ -12,6 +12,7 @@
 #include "moontide.h"
 #include "mt_client.h"
 #include "mt_datacache.h"
+#include "mt_watch.h"
 #include "mt_diag.h"
 #include "mt_http.h"
 #include "mt_loop.h"
@@ -229,13 +230,19 @@ static int cmd_run(int argc, char **argv)
         goto out;
     }
     mt_loop_attach_store(loop, store);
+    char why[1024];
+    rc = mt_watch_start(e->data_dir, why, sizeof why);
+    if (rc) {
+        fprintf(stderr, "moontide run: %s\n", why);
+        code = rc == MT_EIO ? MT_EXIT_IOERR : MT_EXIT_DATAERR;
+        goto out;
+    }
     mt_http_opts ho = {e->listen_host, e->listen_port, e->max_body};
     rc = mt_http_open(loop, store, &ho, &http);
     if (rc) {
         code = MT_EXIT_UNAVAILABLE;
         goto out;
     }
-    char why[1024];
     rc = mt_subs_open(loop, store, topo, mt_lua_sub_runner(), &subs, why, sizeof why);
     if (rc) {
         fprintf(stderr, "moontide run: %s\n", why);
@@ -282,6 +289,7 @@ out:
         mt_http_detach_store(http);
     }
     mt_store_close(store);
+    mt_watch_stop(); /* no handler runs after the store's writer stopped */
     mt_datacache_reap(); /* what the writer let go last */
     mt_webhooks_close(hooks);
     mt_subs_close(subs);

@@ -22,6 +22,7 @@
 #include "mt_lua_handler.h"
 #include "mt_sub.h"
 #include "mt_util.h"
+#include "mt_watch.h"
 
 #define SCAN_MAX 10000
 
@@ -35,6 +36,7 @@ typedef struct handler {
     char *dir;                 /* owned: the handler's directory (require path) */
     fx_box *box;               /* lives in the Lua state (userdata) */
     int ctx_ref;               /* registry ref of the ctx table */
+    uint64_t limit_ms;         /* limits.time: the watchdog's (mt_watch.h) */
     bool cache_user;           /* counted in mt_datacache_use */
 } handler;
 
@@ -478,6 +480,7 @@ static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_
     *out = NULL;
     handler *h = mt_xcalloc(1, sizeof *h);
     h->name = mt_xstrdup(conf->name);
+    h->limit_ms = conf->max_time_ms;
     char *tmp = mt_xstrdup(conf->handler);
     h->dir = mt_xstrdup(dirname(tmp));
     free(tmp);
@@ -596,7 +599,9 @@ static mt_err handler_invoke(void *p, const mt_event *ev, uint32_t attempt, mt_f
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
     h->box->fx = fx;
+    mt_watch_enter(h->name, ev, attempt, h->limit_ms);
     mt_err rc = mt_lua_call(h->lu, 2, 0, error, traceback);
+    mt_watch_leave();
     h->box->fx = NULL;
     lua_settop(L, top);
     return rc;

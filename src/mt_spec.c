@@ -5,6 +5,7 @@
 #include <string.h>
 #include "mt_diag.h"
 #include "mt_spec.h"
+#include "mt_watch.h"
 
 #define OVERLAY_MAX 65536    /* keys a worker's overlay holds before it starts afresh */
 
@@ -87,6 +88,9 @@ static bool run_one(const mt_event *ev, void *arg)
     mt_spec_round *round = sp->cur;
     if (ev->sequence <= round->base || ev->sequence > round->base + round->span) {
         return false;
+    }
+    if (mt_watch_noted(sp->conf->name, ev)) {
+        return true; /* no result: the writer dead-letters it (mt_watch_take) */
     }
     mt_spec_result *r = mt_xcalloc(1, sizeof *r);
     r->seq = ev->sequence;

@@ -11,6 +11,7 @@
 #include "mt_sub.h"
 #include "mt_topic.h"
 #include "mt_util.h"
+#include "mt_watch.h"
 #include <openssl/rand.h>
 
 /*
@@ -542,6 +543,11 @@ static mt_err apply_ahead(sub_rt *s, mt_spec_result *ahead, mt_fx *fx, attempt_r
 static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t attempt,
                           attempt_result *r, dispatch_out *out)
 {
+    if (mt_watch_take(s->conf->name, ev, &r->error)) {
+        /* It got stuck on this event before the restart: it would again. */
+        r->rejected = true;
+        return MT_OK;
+    }
     /* Buffered: a failure leaves nothing to undo, and most runs need no savepoint. */
     mt_fx fx;
     mt_fx_init_buffered(&fx, t, s->conf->name, ev);

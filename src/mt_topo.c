@@ -674,9 +674,22 @@ static void limits_memory(loader *ld, const yaml_node_t *v)
              &ld->sub->max_memory);
 }
 
+static void limits_time(loader *ld, const yaml_node_t *v)
+{
+    uint64_t ms = ld->sub->max_time_ms;
+    const char *path = sub_path(ld, "limits.time");
+    get_duration(ld, v, path, &ms);
+    if (ms < 1000 || ms > 3600 * 1000) {
+        err_expected(ld, v, path, "a duration from 1s to 1h");
+        return;
+    }
+    ld->sub->max_time_ms = ms;
+}
+
 static const key_spec limits_keys[] = {
     {"instructions", limits_instructions, false},
     {"memory", limits_memory, false},
+    {"time", limits_time, false},
     {NULL, NULL, false},
 };
 
@@ -880,6 +893,7 @@ static void sub_defaults(mt_sub_conf *c)
     c->max_backoff_ms = 30000;
     c->max_instructions = 10000000;
     c->max_memory = 16 * MIB;
+    c->max_time_ms = 30 * 1000;
     c->lease_ms = 30000;
     c->webhook_concurrency = 4;
 }

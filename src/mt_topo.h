@@ -98,6 +98,7 @@ typedef struct mt_sub_conf {
     uint64_t max_backoff_ms; /* cap of the exponential backoff */
     uint64_t max_instructions; /* Lua instruction budget per invocation */
     uint64_t max_memory;     /* Lua memory limit, bytes */
+    uint64_t max_time_ms;    /* a run past it ends the process (mt_watch.h) */
     bool pull;               /* deliver: pull, or a webhook (events are leased; no handler) */
     char *webhook_url;       /* owned; deliver: { webhook: { url, secret } }, else NULL */
     char *webhook_secret;    /* owned; "whsec_<base64>", or NULL for unsigned */

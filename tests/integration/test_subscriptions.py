@@ -272,4 +272,71 @@ def test_ecommerce_example_topology_runs_its_handlers():
         assert dlq[0]["reason"].startswith("rejected: order.placed needs"), dlq
 
 
+def test_a_handler_stuck_in_a_c_function_stops_the_engine_and_is_dead_lettered_after():
+    # string.find with a backtracking pattern runs inside one C call: the
+    # instruction budget never gets a say, and the writer would hang. The
+    # watchdog stops the engine after limits.time; the restart dead-letters
+    # that message without running it, and everything else flows.
+    stuck_handler_case("")
+
+
+def test_a_handler_stuck_on_a_worker_thread_is_dealt_with_the_same_way():
+    stuck_handler_case("    workers: 2\n")
+
+
+def stuck_handler_case(extra):
+    cfg = config("  poison:\n    topics: [\"job.run\"]\n    handler: tests/lua/handlers/poison.lua\n"
+                 "    retry: { max_attempts: 3, backoff: 10ms, max_backoff: 20ms }\n"
+                 "    limits: { time: 1s }\n" + extra)
+    e = Engine(config=cfg).start()
+    try:
+        for i in range(10):
+            e.publish(mtlib.event("good%d" % i, subject="good%d" % (i % 4), type_="job.run",
+                                  data={"kind": "ok", "amount": i}))
+        wait_for(lambda: len(table(e, "ok")) == 10, what="the first good events")
+        stuck = mtlib.event("bad-backtrack", subject="bad", type_="job.run",
+                            data={"kind": "backtrack", "amount": 1})
+        try:
+            e.publish(stuck, conn=e.conn(timeout=60))
+        except (OSError, ValueError):
+            pass  # the handler may run in the append's own group: no answer then
+        rc = e.proc.wait(60)
+        e.kill()
+        assert rc == 75, (rc, e.stderr_lines[-5:])
+        err = [l for l in e.stderr_lines if "limits.time" in l]
+        assert err and "'poison'" in err[0] and "exit status 75" in err[0], e.stderr_lines[-5:]
+        note = os.path.join(e.data_dir, "stuck.json")
+        with open(note) as f:
+            noted = json.load(f)
+        assert [(n["subscription"], n["source"], n["id"]) for n in noted] == \
+            [("poison", "/test", stuck["id"])], noted
+
+        e.start()
+        assert not os.path.exists(note)
+        assert any("got stuck" in l and "bad-backtrack" in l for l in e.stderr_lines), e.stderr_lines
+        st, _ = e.publish(stuck)  # the publisher's retry, if it had no answer
+        assert st in (200, 201), st
+        for i in range(10, 20):
+            e.publish(mtlib.event("good%d" % i, subject="good%d" % (i % 4), type_="job.run",
+                                  data={"kind": "ok", "amount": i}))
+        ok = wait_for(lambda: len(table(e, "ok")) == 20 and table(e, "ok"), what="all good events")
+        assert sorted(ok.values()) == sorted(2 * i for i in range(20))
+        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 1 and json.loads(b))(
+            e.request("GET", "/subscriptions/poison/dlq")[2]), what="one dead letter")
+        assert dlq[0]["subject"] == "bad" and "limits.time (1000 ms)" in dlq[0]["reason"], dlq
+        assert len(dlq[0]["errors"]) == 1, dlq  # not retried: it would get stuck again
+        assert e.stop() == 0
+
+        # A note that is not what the engine writes stops the start, naming the file.
+        with open(note, "w") as f:
+            f.write("[{\"subscription\": 1}]")
+        try:
+            e.start(timeout=10)
+            raise AssertionError("started with a malformed stuck.json")
+        except mtlib.EngineError as x:
+            assert "stuck.json" in str(x), x
+    finally:
+        e.cleanup()
+
+
 mtlib.main(globals())

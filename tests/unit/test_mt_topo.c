@@ -282,7 +282,7 @@ static void test_topo_reads_a_subscription_with_defaults_and_every_key(void **st
              "    ordering: strict\n"
              "    workers: 2\n"
              "    retry: { max_attempts: 3, backoff: 50ms, max_backoff: 2s }\n"
-             "    limits: { instructions: 5000, memory: 1MiB }\n",
+             "    limits: { instructions: 5000, memory: 1MiB, time: 2m }\n",
              handler, handler);
     char *path = mt_test_write_file(dir, "subs.yaml", text);
     mt_topo *t;
@@ -302,6 +302,7 @@ static void test_topo_reads_a_subscription_with_defaults_and_every_key(void **st
     assert_int_equal(a->max_backoff_ms, 30000);
     assert_int_equal(a->max_instructions, 10000000);
     assert_int_equal(a->max_memory, 16u << 20);
+    assert_int_equal(a->max_time_ms, 30000);
     assert_string_equal(b->name, "payments");
     assert_int_equal(b->ntopics, 3);
     assert_string_equal(b->topics[2], "payment.#");
@@ -316,6 +317,7 @@ static void test_topo_reads_a_subscription_with_defaults_and_every_key(void **st
     assert_int_equal(b->max_backoff_ms, 2000);
     assert_int_equal(b->max_instructions, 5000);
     assert_int_equal(b->max_memory, 1u << 20);
+    assert_int_equal(b->max_time_ms, 120000);
     mt_topo_free(t);
     free(handler);
     free(path);
@@ -332,7 +334,8 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "    handler: /nonexistent/h.lua\n"
                   "    ordering: sideways\n"
                   "    filter: { exactly: { type: a } }\n"
-                  "    retry: { max_attempts: 0 }\n",
+                  "    retry: { max_attempts: 0 }\n"
+                  "    limits: { time: 500ms }\n",
                   "4:14: error: 'subscriptions.s1.topics': 'order.*x' is not a topic pattern "
                   "('.'-separated words; '*' and '#' only as whole words)",
                   "5:14: error: 'subscriptions.s1.handler': cannot read '/nonexistent/h.lua': "
@@ -342,7 +345,9 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "7:13: error: 'subscriptions.s1.filter': filter: unknown dialect 'exactly' "
                   "(expected exact, prefix, suffix, all, any or not)",
                   "8:28: error: 'subscriptions.s1.retry.max_attempts' must be a whole number "
-                  "from 1 to 1000 (got '0')");
+                  "from 1 to 1000 (got '0')",
+                  "9:21: error: 'subscriptions.s1.limits.time' must be a duration from 1s to 1h "
+                  "(got '500ms')");
     EXPECT_ERRORS(state,
                   "version: 1\n"
                   "subscriptions:\n"

@@ -8,6 +8,9 @@ return function(event, ctx)
     for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end
   elseif d.kind == "pcall_loop" then
     pcall(function() while true do end end)
+  elseif d.kind == "backtrack" then
+    -- One call of a C function: no instruction count stops it, only limits.time.
+    string.rep("a", 3000):find(string.rep("a*", 12) .. "b")
   elseif d.kind == "reject" then
     ctx.reject("not for us")
   end

@@ -1,0 +1,379 @@
+/*
+ * mt_watch.c - the watchdog of handler runs (mt_watch.h).
+ *
+ * Each thread that runs handlers gets a slot, registered on its first run
+ * and kept until mt_watch_stop. A slot's fields change under its own
+ * mutex, which nobody else takes but the watchdog, four times a second: an
+ * uncontended lock and unlock per run, against a run's several thousand
+ * instructions. The watchdog reads the subscription's name only while the
+ * run is still in progress, so the name is alive (mt_watch_enter).
+ */
+#include "mt_watch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mt_diag.h"
+#include "mt_util.h"
+
+#define TICK_MS 250
+
+typedef struct slot {
+    pthread_mutex_t mu;
+    bool active;          /* a run is in progress */
+    uint64_t gen;         /* runs begun */
+    const char *sub;      /* valid while active */
+    const mt_event *ev;   /* valid while active */
+    uint64_t seq;
+    uint32_t attempt;
+    uint64_t limit_ms;
+    uint64_t seen_gen;    /* the watchdog's: the run it saw last ... */
+    int64_t seen_us;      /* ... and when it first saw it (monotonic) */
+    struct slot *next;
+} slot;
+
+typedef struct note {
+    char *sub;            /* owned */
+    char *source;         /* owned: the event's source ... */
+    char *id;             /* owned: ... and id */
+    uint64_t seq;
+    uint32_t attempt;
+    uint64_t limit_ms;
+} note;
+
+static struct {
+    pthread_mutex_t mu;   /* slots, notes, stop */
+    pthread_cond_t cv;
+    slot *slots;
+    note *notes;
+    int nnotes;
+    char *dir;            /* owned */
+    bool stop;
+    pthread_t thread;
+} W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, NULL, false, 0};
+
+static atomic_bool watching;  /* mt_watch_start ran */
+static atomic_int pending;    /* W.nnotes, read without the mutex */
+static __thread slot *mine;
+
+static void *thread_main(void *arg);
+
+static void notes_add(const char *sub, const char *source, const char *id, uint64_t seq,
+                      uint32_t attempt, uint64_t limit_ms)
+{
+    W.notes = mt_xrealloc(W.notes, (size_t) (W.nnotes + 1) * sizeof *W.notes);
+    W.notes[W.nnotes++] =
+        (note){mt_xstrdup(sub), mt_xstrdup(source), mt_xstrdup(id), seq, attempt, limit_ms};
+    atomic_store(&pending, W.nnotes);
+}
+
+static void notes_free(void)
+{
+    for (int i = 0; i < W.nnotes; i++) {
+        free(W.notes[i].sub);
+        free(W.notes[i].source);
+        free(W.notes[i].id);
+    }
+    free(W.notes);
+    W.notes = NULL;
+    W.nnotes = 0;
+    atomic_store(&pending, 0);
+}
+
+/* Reads what the last process wrote; its notes join W.notes. */
+static mt_err load_notes(const char *path, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *a = json_load_file(path, 0, &je);
+    if (!a) {
+        if (access(path, F_OK) != 0 && errno == ENOENT) {
+            return MT_OK;
+        }
+        snprintf(err, errlen, "%s:%d: %s", path, je.line, je.text);
+        return MT_EINVAL;
+    }
+    size_t i;
+    json_t *n;
+    mt_err rc = json_is_array(a) ? MT_OK : MT_EINVAL;
+    json_array_foreach(a, i, n) {
+        json_t *sub = json_object_get(n, "subscription"), *seq = json_object_get(n, "sequence");
+        json_t *src = json_object_get(n, "source"), *id = json_object_get(n, "id");
+        json_t *att = json_object_get(n, "attempt"), *lim = json_object_get(n, "limit_ms");
+        if (!json_is_string(sub) || !json_is_string(src) || !json_is_string(id) ||
+            !json_is_integer(seq) || !json_is_integer(att) || !json_is_integer(lim)) {
+            rc = MT_EINVAL;
+            break;
+        }
+        notes_add(json_string_value(sub), json_string_value(src), json_string_value(id),
+                  (uint64_t) json_integer_value(seq),
+                  (uint32_t) json_integer_value(att), (uint64_t) json_integer_value(lim));
+    }
+    json_decref(a);
+    if (rc) {
+        snprintf(err, errlen,
+                 "%s: not a list of {subscription, sequence, source, id, attempt, limit_ms}; "
+                 "remove it to start (its handlers would then run those events again)",
+                 path);
+    }
+    return rc;
+}
+
+mt_err mt_watch_start(const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, MT_WATCH_FILE);
+    pthread_mutex_lock(&W.mu);
+    mt_err rc = load_notes(path, err, errlen);
+    pthread_mutex_unlock(&W.mu);
+    if (rc) {
+        return rc;
+    }
+    if (unlink(path) != 0 && errno != ENOENT) {
+        snprintf(err, errlen, "%s: cannot remove it: %s", path, strerror(errno));
+        return MT_EIO;
+    }
+    for (int i = 0; i < W.nnotes; i++) {
+        const note *n = &W.notes[i];
+        const char *fields[] = {"subscription", n->sub, "source", n->source, "id", n->id, NULL};
+        mt_diag_emit(MT_DIAG_WARN, fields,
+                     "the handler of subscription '%s' got stuck on the event with source "
+                     "'%s' and id '%s' before the restart: that message goes to the "
+                     "dead-letter queue without running it",
+                     n->sub, n->source, n->id);
+    }
+    W.dir = mt_xstrdup(dir);
+    W.stop = false;
+    atomic_store(&watching, true);
+    if (pthread_create(&W.thread, NULL, thread_main, NULL) != 0) {
+        atomic_store(&watching, false);
+        snprintf(err, errlen, "cannot start the watchdog thread");
+        return MT_ENOMEM;
+    }
+    return MT_OK;
+}
+
+void mt_watch_stop(void)
+{
+    if (!atomic_load(&watching)) {
+        return;
+    }
+    pthread_mutex_lock(&W.mu);
+    W.stop = true;
+    pthread_cond_signal(&W.cv);
+    pthread_mutex_unlock(&W.mu);
+    pthread_join(W.thread, NULL);
+    atomic_store(&watching, false);
+    pthread_mutex_lock(&W.mu);
+    for (slot *s = W.slots, *next; s; s = next) {
+        next = s->next;
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+    }
+    W.slots = NULL;
+    notes_free();
+    free(W.dir);
+    W.dir = NULL;
+    pthread_mutex_unlock(&W.mu);
+    mine = NULL;
+}
+
+void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint64_t limit_ms)
+{
+    if (!atomic_load_explicit(&watching, memory_order_relaxed)) {
+        return;
+    }
+    if (!mine) {
+        slot *s = mt_xcalloc(1, sizeof *s);
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_mutex_lock(&W.mu);
+        s->next = W.slots;
+        W.slots = s;
+        pthread_mutex_unlock(&W.mu);
+        mine = s;
+    }
+    pthread_mutex_lock(&mine->mu);
+    mine->active = true;
+    mine->gen++;
+    mine->sub = sub;
+    mine->ev = ev;
+    mine->seq = ev->sequence;
+    mine->attempt = attempt;
+    mine->limit_ms = limit_ms;
+    pthread_mutex_unlock(&mine->mu);
+}
+
+void mt_watch_leave(void)
+{
+    if (mine) {
+        pthread_mutex_lock(&mine->mu);
+        mine->active = false;
+        pthread_mutex_unlock(&mine->mu);
+    }
+}
+
+static void drop_note(int i)
+{
+    free(W.notes[i].sub);
+    free(W.notes[i].source);
+    free(W.notes[i].id);
+    W.notes[i] = W.notes[--W.nnotes];
+    atomic_store(&pending, W.nnotes);
+}
+
+static const char *attr(const mt_event *ev, int a)
+{
+    return ev->attr[a] ? ev->attr[a] : "";
+}
+
+/* The note of 'sub' on 'ev' (-1 if none). */
+static int find_note(const char *sub, const mt_event *ev)
+{
+    for (int i = 0; i < W.nnotes; i++) {
+        const note *n = &W.notes[i];
+        if (strcmp(n->id, attr(ev, MT_ATTR_ID)) == 0 &&
+            strcmp(n->source, attr(ev, MT_ATTR_SOURCE)) == 0 && strcmp(n->sub, sub) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+bool mt_watch_take(const char *sub, const mt_event *ev, mt_buf *why)
+{
+    if (atomic_load_explicit(&pending, memory_order_relaxed) == 0) {
+        return false;
+    }
+    pthread_mutex_lock(&W.mu);
+    int i = find_note(sub, ev);
+    if (i >= 0) {
+        note n = W.notes[i];
+        if (why) {
+            mt_buf_addf(why,
+                        "the handler ran longer than limits.time (%llu ms) on attempt %u "
+                        "without returning, stuck in a C function (string.find with a "
+                        "pattern that backtracks, say); the engine restarted and sent the "
+                        "message here without running it again",
+                        (unsigned long long) n.limit_ms, n.attempt);
+        }
+        drop_note(i);
+    }
+    pthread_mutex_unlock(&W.mu);
+    return i >= 0;
+}
+
+bool mt_watch_noted(const char *sub, const mt_event *ev)
+{
+    if (atomic_load_explicit(&pending, memory_order_relaxed) == 0) {
+        return false;
+    }
+    pthread_mutex_lock(&W.mu);
+    bool found = find_note(sub, ev) >= 0;
+    pthread_mutex_unlock(&W.mu);
+    return found;
+}
+
+/* Writes every note to DIR/stuck.json durably (a new file, then renamed). */
+static bool write_notes(void)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < W.nnotes; i++) {
+        json_t *n = json_object();
+        json_object_set_new(n, "subscription", json_string(W.notes[i].sub));
+        json_object_set_new(n, "sequence", json_integer((json_int_t) W.notes[i].seq));
+        json_object_set_new(n, "source", json_string(W.notes[i].source));
+        json_object_set_new(n, "id", json_string(W.notes[i].id));
+        json_object_set_new(n, "attempt", json_integer(W.notes[i].attempt));
+        json_object_set_new(n, "limit_ms", json_integer((json_int_t) W.notes[i].limit_ms));
+        json_array_append_new(a, n);
+    }
+    char *text = json_dumps(a, JSON_INDENT(2));
+    json_decref(a);
+    char tmp[4096], path[4096];
+    snprintf(tmp, sizeof tmp, "%s/%s.new", W.dir, MT_WATCH_FILE);
+    snprintf(path, sizeof path, "%s/%s", W.dir, MT_WATCH_FILE);
+    bool ok = false;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0 && text) {
+        size_t len = strlen(text);
+        ok = write(fd, text, len) == (ssize_t) len && fsync(fd) == 0;
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    free(text);
+    ok = ok && rename(tmp, path) == 0;
+    int dfd = open(W.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ok = fsync(dfd) == 0 && ok;
+        close(dfd);
+    }
+    return ok;
+}
+
+/* Called with W.mu held: notes and logs every run past its limit; true if there was one. */
+static bool look(int64_t now)
+{
+    bool stuck = false;
+    for (slot *s = W.slots; s; s = s->next) {
+        pthread_mutex_lock(&s->mu);
+        if (s->active && s->seen_gen != s->gen) {
+            s->seen_gen = s->gen;
+            s->seen_us = now;
+        } else if (s->active && now - s->seen_us >= (int64_t) s->limit_ms * 1000) {
+            /* It began before it was first seen: it has run at least this long. */
+            stuck = true;
+            char seq[24], ms[24];
+            snprintf(seq, sizeof seq, "%llu", (unsigned long long) s->seq);
+            snprintf(ms, sizeof ms, "%llu", (unsigned long long) s->limit_ms);
+            const char *fields[] = {"subscription", s->sub, "sequence", seq, "limit_ms", ms, NULL};
+            mt_diag_emit(MT_DIAG_ERROR, fields,
+                         "the handler of subscription '%s' has run on event %s longer than "
+                         "limits.time (%s ms) without returning: it is stuck in a C function "
+                         "(string.find with a pattern that backtracks, say), which nothing "
+                         "can interrupt. The engine stops now (exit status %d); start it "
+                         "again and that message goes to the dead-letter queue",
+                         s->sub, seq, ms, MT_WATCH_EXIT);
+            if (find_note(s->sub, s->ev) < 0) {
+                notes_add(s->sub, attr(s->ev, MT_ATTR_SOURCE), attr(s->ev, MT_ATTR_ID), s->seq,
+                          s->attempt, s->limit_ms);
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    return stuck;
+}
+
+static void *thread_main(void *arg)
+{
+    (void) arg;
+    pthread_setname_np(pthread_self(), "watchdog");
+    pthread_mutex_lock(&W.mu);
+    while (!W.stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += TICK_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&W.cv, &W.mu, &ts);
+        if (!W.stop && look(mt_mono_us())) {
+            if (!write_notes()) {
+                mt_error("cannot write %s/%s: after the restart the handler will run on "
+                         "that event again",
+                         W.dir, MT_WATCH_FILE);
+            }
+            _exit(MT_WATCH_EXIT);
+        }
+    }
+    pthread_mutex_unlock(&W.mu);
+    return NULL;
+}
