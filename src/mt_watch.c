@@ -2,11 +2,16 @@
  * mt_watch.c - the watchdog of handler runs (mt_watch.h).
  *
  * Each thread that runs handlers gets a slot, registered on its first run
- * and kept until mt_watch_stop. A slot's fields change under its own
- * mutex, which nobody else takes but the watchdog, four times a second: an
- * uncontended lock and unlock per run, against a run's several thousand
- * instructions. The watchdog reads the subscription's name only while the
- * run is still in progress, so the name is alive (mt_watch_enter).
+ * and kept until mt_watch_stop. A run costs its thread plain stores and one
+ * exchange: 'state' counts the runs begun and ended (odd while one is in
+ * progress), published with release after the other fields. The watchdog
+ * reads them four times a second. Before it reads the name and the event
+ * (alive only while the run is), it claims the run: a compare-and-swap
+ * sets CLAIMED on the state it saw, under the slot's mutex. A run that ends
+ * after that finds the bit in mt_watch_leave and waits on the mutex, which
+ * the watchdog holds until the process ends; one that ended before makes
+ * the swap fail. Per run of the fan-out handler benchmark (callgrind,
+ * 15,560 instructions without the watchdog): a mutex cost 256, this 48.
  */
 #include "mt_watch.h"
 
@@ -26,16 +31,16 @@
 
 #define TICK_MS 250
 
+#define CLAIMED (UINT64_C(1) << 63)
+
 typedef struct slot {
-    pthread_mutex_t mu;
-    bool active;          /* a run is in progress */
-    uint64_t gen;         /* runs begun */
-    const char *sub;      /* valid while active */
-    const mt_event *ev;   /* valid while active */
-    uint64_t seq;
-    uint32_t attempt;
-    uint64_t limit_ms;
-    uint64_t seen_gen;    /* the watchdog's: the run it saw last ... */
+    pthread_mutex_t mu;   /* held by the watchdog while it reads a claimed run */
+    _Atomic uint64_t state; /* runs begun + runs ended: odd while one is in progress */
+    _Atomic(const char *) sub;      /* valid while the run is in progress */
+    _Atomic(const mt_event *) ev;   /* likewise */
+    _Atomic uint64_t limit_ms;
+    _Atomic uint32_t attempt;
+    uint64_t seen;        /* the watchdog's: the state it saw last ... */
     int64_t seen_us;      /* ... and when it first saw it (monotonic) */
     struct slot *next;
 } slot;
@@ -199,22 +204,24 @@ void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint6
         pthread_mutex_unlock(&W.mu);
         mine = s;
     }
-    pthread_mutex_lock(&mine->mu);
-    mine->active = true;
-    mine->gen++;
-    mine->sub = sub;
-    mine->ev = ev;
-    mine->seq = ev->sequence;
-    mine->attempt = attempt;
-    mine->limit_ms = limit_ms;
-    pthread_mutex_unlock(&mine->mu);
+    atomic_store_explicit(&mine->sub, sub, memory_order_relaxed);
+    atomic_store_explicit(&mine->ev, ev, memory_order_relaxed);
+    atomic_store_explicit(&mine->attempt, attempt, memory_order_relaxed);
+    atomic_store_explicit(&mine->limit_ms, limit_ms, memory_order_relaxed);
+    uint64_t st = atomic_load_explicit(&mine->state, memory_order_relaxed);
+    atomic_store_explicit(&mine->state, st + 1, memory_order_release);
 }
 
 void mt_watch_leave(void)
 {
-    if (mine) {
+    if (!mine) {
+        return;
+    }
+    uint64_t st = atomic_load_explicit(&mine->state, memory_order_relaxed);
+    st = atomic_exchange_explicit(&mine->state, (st & ~CLAIMED) + 1, memory_order_acq_rel);
+    if (st & CLAIMED) {
+        /* The watchdog is reading this run and ends the process: wait for it. */
         pthread_mutex_lock(&mine->mu);
-        mine->active = false;
         pthread_mutex_unlock(&mine->mu);
     }
 }
@@ -323,30 +330,46 @@ static bool look(int64_t now)
 {
     bool stuck = false;
     for (slot *s = W.slots; s; s = s->next) {
-        pthread_mutex_lock(&s->mu);
-        if (s->active && s->seen_gen != s->gen) {
-            s->seen_gen = s->gen;
+        uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+        if (!(st & 1)) {
+            continue;
+        }
+        if (s->seen != st) {
+            s->seen = st;
             s->seen_us = now;
-        } else if (s->active && now - s->seen_us >= (int64_t) s->limit_ms * 1000) {
-            /* It began before it was first seen: it has run at least this long. */
+            continue;
+        }
+        uint64_t limit_ms = atomic_load_explicit(&s->limit_ms, memory_order_relaxed);
+        if (now - s->seen_us < (int64_t) limit_ms * 1000) {
+            continue;
+        }
+        /* It began before it was first seen: it has run at least this long. */
+        pthread_mutex_lock(&s->mu); /* not unlocked: the process ends (thread_main) */
+        if (!atomic_compare_exchange_strong(&s->state, &st, st | CLAIMED)) {
+            pthread_mutex_unlock(&s->mu); /* it just returned */
+            continue;
+        }
+        {
+            const char *sub = atomic_load_explicit(&s->sub, memory_order_relaxed);
+            const mt_event *ev = atomic_load_explicit(&s->ev, memory_order_relaxed);
+            uint32_t attempt = atomic_load_explicit(&s->attempt, memory_order_relaxed);
             stuck = true;
             char seq[24], ms[24];
-            snprintf(seq, sizeof seq, "%llu", (unsigned long long) s->seq);
-            snprintf(ms, sizeof ms, "%llu", (unsigned long long) s->limit_ms);
-            const char *fields[] = {"subscription", s->sub, "sequence", seq, "limit_ms", ms, NULL};
+            snprintf(seq, sizeof seq, "%llu", (unsigned long long) ev->sequence);
+            snprintf(ms, sizeof ms, "%llu", (unsigned long long) limit_ms);
+            const char *fields[] = {"subscription", sub, "sequence", seq, "limit_ms", ms, NULL};
             mt_diag_emit(MT_DIAG_ERROR, fields,
                          "the handler of subscription '%s' has run on event %s longer than "
                          "limits.time (%s ms) without returning: it is stuck in a C function "
                          "(string.find with a pattern that backtracks, say), which nothing "
                          "can interrupt. The engine stops now (exit status %d); start it "
                          "again and that message goes to the dead-letter queue",
-                         s->sub, seq, ms, MT_WATCH_EXIT);
-            if (find_note(s->sub, s->ev) < 0) {
-                notes_add(s->sub, attr(s->ev, MT_ATTR_SOURCE), attr(s->ev, MT_ATTR_ID), s->seq,
-                          s->attempt, s->limit_ms);
+                         sub, seq, ms, MT_WATCH_EXIT);
+            if (find_note(sub, ev) < 0) {
+                notes_add(sub, attr(ev, MT_ATTR_SOURCE), attr(ev, MT_ATTR_ID), ev->sequence,
+                          attempt, limit_ms);
             }
         }
-        pthread_mutex_unlock(&s->mu);
     }
     return stuck;
 }
