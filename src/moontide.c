@@ -289,10 +289,10 @@ out:
         mt_http_detach_store(http);
     }
     mt_store_close(store);
-    mt_watch_stop(); /* no handler runs after the store's writer stopped */
     mt_datacache_reap(); /* what the writer let go last */
     mt_webhooks_close(hooks);
     mt_subs_close(subs);
+    mt_watch_stop(); /* the writer and the workers threads are gone */
     if (http) {
         mt_loop_run_for(loop, 200);
         mt_http_close(http);

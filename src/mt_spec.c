@@ -162,6 +162,7 @@ static void *worker_main(void *arg)
         }
     }
     pthread_mutex_unlock(&sp->mu);
+    mt_watch_forget();
     return NULL;
 }
 

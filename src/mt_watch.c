@@ -40,6 +40,7 @@ typedef struct slot {
     _Atomic(const mt_event *) ev;   /* likewise */
     _Atomic uint64_t limit_ms;
     _Atomic uint32_t attempt;
+    bool taken;           /* a thread has it (under W.mu) */
     uint64_t seen;        /* the watchdog's: the state it saw last ... */
     int64_t seen_us;      /* ... and when it first saw it (monotonic) */
     struct slot *next;
@@ -196,11 +197,18 @@ void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint6
         return;
     }
     if (!mine) {
-        slot *s = mt_xcalloc(1, sizeof *s);
-        pthread_mutex_init(&s->mu, NULL);
         pthread_mutex_lock(&W.mu);
-        s->next = W.slots;
-        W.slots = s;
+        slot *s = W.slots;
+        while (s && s->taken) {
+            s = s->next;
+        }
+        if (!s) {
+            s = mt_xcalloc(1, sizeof *s);
+            pthread_mutex_init(&s->mu, NULL);
+            s->next = W.slots;
+            W.slots = s;
+        }
+        s->taken = true;
         pthread_mutex_unlock(&W.mu);
         mine = s;
     }
@@ -241,6 +249,16 @@ static const char *attr(const mt_event *ev, int a)
 }
 
 /* The note of 'sub' on 'ev' (-1 if none). */
+void mt_watch_forget(void)
+{
+    if (mine && atomic_load(&watching)) {
+        pthread_mutex_lock(&W.mu);
+        mine->taken = false;
+        pthread_mutex_unlock(&W.mu);
+    }
+    mine = NULL;
+}
+
 static int find_note(const char *sub, const mt_event *ev)
 {
     for (int i = 0; i < W.nnotes; i++) {

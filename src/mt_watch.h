@@ -42,7 +42,7 @@
  */
 mt_err mt_watch_start(const char *dir, char *err, size_t errlen);
 
-/* Stops the watchdog thread and forgets every note. */
+/* Stops the watchdog thread and forgets every note, once no thread runs handlers. */
 void mt_watch_stop(void);
 
 /*
@@ -54,6 +54,9 @@ void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint6
 
 /* The run begun by mt_watch_enter on this thread has returned. */
 void mt_watch_leave(void);
+
+/* The calling thread runs no more handlers: its slot may serve another thread. */
+void mt_watch_forget(void);
 
 /*
  * True if the handler of 'sub' got stuck on 'ev' before the last restart:
