@@ -499,7 +499,18 @@ static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_
         handler_close(h);
         return MT_ELUA;
     }
+    mt_buf why;
+    mt_buf_init(&why);
+    if (mt_watch_take_load(conf->name, &why)) {
+        snprintf(err, errlen, "%s", mt_buf_cstr(&why));
+        mt_buf_free(&why);
+        handler_close(h);
+        return MT_ELUA;
+    }
+    mt_buf_free(&why);
+    mt_watch_enter_load(h->name, conf->handler, h->limit_ms);
     rc = mt_lua_load_file(h->lu, conf->handler, err, errlen);
+    mt_watch_leave();
     if (rc) {
         handler_close(h);
         return rc;

@@ -37,7 +37,8 @@ typedef struct slot {
     pthread_mutex_t mu;   /* held by the watchdog while it reads a claimed run */
     _Atomic uint64_t state; /* runs begun + runs ended: odd while one is in progress */
     _Atomic(const char *) sub;      /* valid while the run is in progress */
-    _Atomic(const mt_event *) ev;   /* likewise */
+    _Atomic(const mt_event *) ev;   /* likewise; NULL while loading a handler file */
+    _Atomic(const char *) file;     /* the file loading, while ev is NULL */
     _Atomic uint64_t limit_ms;
     _Atomic uint32_t attempt;
     bool taken;           /* a thread has it (under W.mu) */
@@ -48,7 +49,8 @@ typedef struct slot {
 
 typedef struct note {
     char *sub;            /* owned */
-    char *source;         /* owned: the event's source ... */
+    char *file;           /* owned: the handler file whose loading got stuck, or NULL */
+    char *source;         /* owned: else the event's source ... */
     char *id;             /* owned: ... and id */
     uint64_t seq;
     uint32_t attempt;
@@ -72,12 +74,12 @@ static __thread slot *mine;
 
 static void *thread_main(void *arg);
 
-static void notes_add(const char *sub, const char *source, const char *id, uint64_t seq,
-                      uint32_t attempt, uint64_t limit_ms)
+static void notes_add(const char *sub, const char *file, const char *source, const char *id,
+                      uint64_t seq, uint32_t attempt, uint64_t limit_ms)
 {
     W.notes = mt_xrealloc(W.notes, (size_t) (W.nnotes + 1) * sizeof *W.notes);
-    W.notes[W.nnotes++] =
-        (note){mt_xstrdup(sub), mt_xstrdup(source), mt_xstrdup(id), seq, attempt, limit_ms};
+    W.notes[W.nnotes++] = (note){mt_xstrdup(sub), file ? mt_xstrdup(file) : NULL,
+                                 mt_xstrdup(source), mt_xstrdup(id), seq, attempt, limit_ms};
     atomic_store(&pending, W.nnotes);
 }
 
@@ -85,6 +87,7 @@ static void notes_free(void)
 {
     for (int i = 0; i < W.nnotes; i++) {
         free(W.notes[i].sub);
+        free(W.notes[i].file);
         free(W.notes[i].source);
         free(W.notes[i].id);
     }
@@ -113,20 +116,22 @@ static mt_err load_notes(const char *path, char *err, size_t errlen)
         json_t *sub = json_object_get(n, "subscription"), *seq = json_object_get(n, "sequence");
         json_t *src = json_object_get(n, "source"), *id = json_object_get(n, "id");
         json_t *att = json_object_get(n, "attempt"), *lim = json_object_get(n, "limit_ms");
+        json_t *file = json_object_get(n, "file");
         if (!json_is_string(sub) || !json_is_string(src) || !json_is_string(id) ||
-            !json_is_integer(seq) || !json_is_integer(att) || !json_is_integer(lim)) {
+            !json_is_integer(seq) || !json_is_integer(att) || !json_is_integer(lim) ||
+            (file && !json_is_string(file))) {
             rc = MT_EINVAL;
             break;
         }
-        notes_add(json_string_value(sub), json_string_value(src), json_string_value(id),
-                  (uint64_t) json_integer_value(seq),
+        notes_add(json_string_value(sub), json_string_value(file), json_string_value(src),
+                  json_string_value(id), (uint64_t) json_integer_value(seq),
                   (uint32_t) json_integer_value(att), (uint64_t) json_integer_value(lim));
     }
     json_decref(a);
     if (rc) {
         snprintf(err, errlen,
-                 "%s: not a list of {subscription, sequence, source, id, attempt, limit_ms}; "
-                 "remove it to start (its handlers would then run those events again)",
+                 "%s: not a list of {subscription, [file], sequence, source, id, attempt, "
+                 "limit_ms}; remove it to start (its handlers would then run those events again)",
                  path);
     }
     return rc;
@@ -148,6 +153,9 @@ mt_err mt_watch_start(const char *dir, char *err, size_t errlen)
     }
     for (int i = 0; i < W.nnotes; i++) {
         const note *n = &W.notes[i];
+        if (n->file) {
+            continue; /* the handler's loading says why it fails (mt_watch_take_load) */
+        }
         const char *fields[] = {"subscription", n->sub, "source", n->source, "id", n->id, NULL};
         mt_diag_emit(MT_DIAG_WARN, fields,
                      "the handler of subscription '%s' got stuck on the event with source "
@@ -191,7 +199,9 @@ void mt_watch_stop(void)
     mine = NULL;
 }
 
-void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint64_t limit_ms)
+/* Either ev or file is NULL. */
+static void enter(const char *sub, const mt_event *ev, const char *file, uint32_t attempt,
+                  uint64_t limit_ms)
 {
     if (!atomic_load_explicit(&watching, memory_order_relaxed)) {
         return;
@@ -214,10 +224,21 @@ void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint6
     }
     atomic_store_explicit(&mine->sub, sub, memory_order_relaxed);
     atomic_store_explicit(&mine->ev, ev, memory_order_relaxed);
+    atomic_store_explicit(&mine->file, file, memory_order_relaxed);
     atomic_store_explicit(&mine->attempt, attempt, memory_order_relaxed);
     atomic_store_explicit(&mine->limit_ms, limit_ms, memory_order_relaxed);
     uint64_t st = atomic_load_explicit(&mine->state, memory_order_relaxed);
     atomic_store_explicit(&mine->state, st + 1, memory_order_release);
+}
+
+void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint64_t limit_ms)
+{
+    enter(sub, ev, NULL, attempt, limit_ms);
+}
+
+void mt_watch_enter_load(const char *sub, const char *file, uint64_t limit_ms)
+{
+    enter(sub, NULL, file, 0, limit_ms);
 }
 
 void mt_watch_leave(void)
@@ -263,7 +284,7 @@ static int find_note(const char *sub, const mt_event *ev)
 {
     for (int i = 0; i < W.nnotes; i++) {
         const note *n = &W.notes[i];
-        if (strcmp(n->id, attr(ev, MT_ATTR_ID)) == 0 &&
+        if (!n->file && strcmp(n->id, attr(ev, MT_ATTR_ID)) == 0 &&
             strcmp(n->source, attr(ev, MT_ATTR_SOURCE)) == 0 && strcmp(n->sub, sub) == 0) {
             return i;
         }
@@ -294,6 +315,29 @@ bool mt_watch_take(const char *sub, const mt_event *ev, mt_buf *why)
     return i >= 0;
 }
 
+bool mt_watch_take_load(const char *sub, mt_buf *why)
+{
+    if (atomic_load_explicit(&pending, memory_order_relaxed) == 0) {
+        return false;
+    }
+    pthread_mutex_lock(&W.mu);
+    int i = 0;
+    while (i < W.nnotes && !(W.notes[i].file && strcmp(W.notes[i].sub, sub) == 0)) {
+        i++;
+    }
+    bool found = i < W.nnotes;
+    if (found) {
+        mt_buf_addf(why,
+                    "loading %s took longer than limits.time (%llu ms) before the restart: its "
+                    "top-level code got stuck in a C function (string.find with a pattern "
+                    "that backtracks, say). Not loaded again; fix it and start again",
+                    W.notes[i].file, (unsigned long long) W.notes[i].limit_ms);
+        drop_note(i);
+    }
+    pthread_mutex_unlock(&W.mu);
+    return found;
+}
+
 bool mt_watch_noted(const char *sub, const mt_event *ev)
 {
     if (atomic_load_explicit(&pending, memory_order_relaxed) == 0) {
@@ -312,6 +356,9 @@ static bool write_notes(void)
     for (int i = 0; i < W.nnotes; i++) {
         json_t *n = json_object();
         json_object_set_new(n, "subscription", json_string(W.notes[i].sub));
+        if (W.notes[i].file) {
+            json_object_set_new(n, "file", json_string(W.notes[i].file));
+        }
         json_object_set_new(n, "sequence", json_integer((json_int_t) W.notes[i].seq));
         json_object_set_new(n, "source", json_string(W.notes[i].source));
         json_object_set_new(n, "id", json_string(W.notes[i].id));
@@ -367,14 +414,27 @@ static bool look(int64_t now)
             pthread_mutex_unlock(&s->mu); /* it just returned */
             continue;
         }
+        stuck = true;
+        const char *sub = atomic_load_explicit(&s->sub, memory_order_relaxed);
+        const mt_event *ev = atomic_load_explicit(&s->ev, memory_order_relaxed);
+        const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
+        char ms[24];
+        snprintf(ms, sizeof ms, "%llu", (unsigned long long) limit_ms);
+        if (!ev) {
+            const char *fields[] = {"subscription", sub, "file", file, "limit_ms", ms, NULL};
+            mt_diag_emit(MT_DIAG_ERROR, fields,
+                         "loading the handler of subscription '%s' (%s) has taken longer than "
+                         "limits.time (%s ms): its top-level code is stuck in a C function, "
+                         "which nothing can interrupt. The engine stops now (exit status %d); "
+                         "the next start refuses to load that file once",
+                         sub, file, ms, MT_WATCH_EXIT);
+            notes_add(sub, file, "", "", 0, 0, limit_ms);
+            continue;
+        }
         {
-            const char *sub = atomic_load_explicit(&s->sub, memory_order_relaxed);
-            const mt_event *ev = atomic_load_explicit(&s->ev, memory_order_relaxed);
             uint32_t attempt = atomic_load_explicit(&s->attempt, memory_order_relaxed);
-            stuck = true;
-            char seq[24], ms[24];
+            char seq[24];
             snprintf(seq, sizeof seq, "%llu", (unsigned long long) ev->sequence);
-            snprintf(ms, sizeof ms, "%llu", (unsigned long long) limit_ms);
             const char *fields[] = {"subscription", sub, "sequence", seq, "limit_ms", ms, NULL};
             mt_diag_emit(MT_DIAG_ERROR, fields,
                          "the handler of subscription '%s' has run on event %s longer than "
@@ -384,8 +444,8 @@ static bool look(int64_t now)
                          "again and that message goes to the dead-letter queue",
                          sub, seq, ms, MT_WATCH_EXIT);
             if (find_note(sub, ev) < 0) {
-                notes_add(sub, attr(ev, MT_ATTR_SOURCE), attr(ev, MT_ATTR_ID), ev->sequence,
-                          attempt, limit_ms);
+                notes_add(sub, NULL, attr(ev, MT_ATTR_SOURCE), attr(ev, MT_ATTR_ID),
+                          ev->sequence, attempt, limit_ms);
             }
         }
     }

@@ -52,7 +52,14 @@ void mt_watch_stop(void);
  */
 void mt_watch_enter(const char *sub, const mt_event *ev, uint32_t attempt, uint64_t limit_ms);
 
-/* The run begun by mt_watch_enter on this thread has returned. */
+/*
+ * As mt_watch_enter, for loading the handler file 'file' (its top-level
+ * code runs). Past the limit the note names the file, and at the next
+ * start mt_watch_take_load refuses to load it once.
+ */
+void mt_watch_enter_load(const char *sub, const char *file, uint64_t limit_ms);
+
+/* The run begun by mt_watch_enter or mt_watch_enter_load on this thread has returned. */
 void mt_watch_leave(void);
 
 /* The calling thread runs no more handlers: its slot may serve another thread. */
@@ -67,6 +74,13 @@ void mt_watch_forget(void);
  * publisher's retry (same source and id) may get another sequence.
  */
 bool mt_watch_take(const char *sub, const mt_event *ev, mt_buf *why);
+
+/*
+ * True if loading the handler of 'sub' got stuck before the last restart:
+ * 'why' gets the reason (the caller fails the load with it), and the note
+ * is used up (the next start tries again).
+ */
+bool mt_watch_take_load(const char *sub, mt_buf *why);
 
 /* As mt_watch_take, but leaves the note for the writer to take. */
 bool mt_watch_noted(const char *sub, const mt_event *ev);

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -337,6 +338,26 @@ def stuck_handler_case(extra):
             assert "stuck.json" in str(x), x
     finally:
         e.cleanup()
+
+
+def test_a_handler_file_stuck_loading_stops_the_engine_and_is_refused_once():
+    cfg = config("  slow:\n    topics: [\"job.run\"]\n    handler: tests/lua/handlers/stuck_load.lua\n"
+                 "    limits: { time: 1s }\n")
+    d = tempfile.mkdtemp(prefix="moontide-it-")
+    try:
+        def run():
+            p = subprocess.run([mtlib.MOONTIDE, "run", "-c", cfg, "--data-dir", d,
+                                "--listen", "127.0.0.1:0"], cwd=mtlib.SRCDIR,
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            return p.returncode, p.stderr.decode()
+        rc, err = run()
+        assert rc == 75 and "loading the handler of subscription 'slow'" in err, (rc, err)
+        assert os.path.exists(os.path.join(d, "stuck.json"))
+        rc, err = run()  # refused once, with the reason, instead of hanging again
+        assert rc == 78 and "stuck_load.lua took longer than limits.time (1000 ms)" in err, (rc, err)
+        assert not os.path.exists(os.path.join(d, "stuck.json"))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 mtlib.main(globals())
