@@ -1,8 +1,8 @@
 /*
  * mt_watch.c - the watchdog of handler runs (mt_watch.h).
  *
- * Each thread that runs handlers gets a slot, registered on its first run
- * and kept until mt_watch_stop. A run costs its thread plain stores and one
+ * Each thread that runs handlers gets a slot on its first run, and gives
+ * it back when it ends (mt_watch_forget). A run costs its thread plain stores and one
  * exchange: 'state' counts the runs begun and ended (odd while one is in
  * progress), published with release after the other fields. The watchdog
  * reads them four times a second. Before it reads the name and the event
@@ -106,7 +106,10 @@ static mt_err load_notes(const char *path, char *err, size_t errlen)
         if (access(path, F_OK) != 0 && errno == ENOENT) {
             return MT_OK;
         }
-        snprintf(err, errlen, "%s:%d: %s", path, je.line, je.text);
+        snprintf(err, errlen,
+                 "%s:%d: %s; remove it to start (its handlers would then run those events "
+                 "again)",
+                 path, je.line, je.text);
         return MT_EINVAL;
     }
     size_t i;
@@ -129,6 +132,7 @@ static mt_err load_notes(const char *path, char *err, size_t errlen)
     }
     json_decref(a);
     if (rc) {
+        notes_free();
         snprintf(err, errlen,
                  "%s: not a list of {subscription, [file], sequence, source, id, attempt, "
                  "limit_ms}; remove it to start (its handlers would then run those events again)",
@@ -149,6 +153,9 @@ mt_err mt_watch_start(const char *dir, char *err, size_t errlen)
     }
     if (unlink(path) != 0 && errno != ENOENT) {
         snprintf(err, errlen, "%s: cannot remove it: %s", path, strerror(errno));
+        pthread_mutex_lock(&W.mu);
+        notes_free();
+        pthread_mutex_unlock(&W.mu);
         return MT_EIO;
     }
     for (int i = 0; i < W.nnotes; i++) {
@@ -168,6 +175,11 @@ mt_err mt_watch_start(const char *dir, char *err, size_t errlen)
     atomic_store(&watching, true);
     if (pthread_create(&W.thread, NULL, thread_main, NULL) != 0) {
         atomic_store(&watching, false);
+        pthread_mutex_lock(&W.mu);
+        notes_free();
+        free(W.dir);
+        W.dir = NULL;
+        pthread_mutex_unlock(&W.mu);
         snprintf(err, errlen, "cannot start the watchdog thread");
         return MT_ENOMEM;
     }

@@ -330,7 +330,7 @@ def stuck_handler_case(extra):
 
         # A note that is not what the engine writes stops the start, naming the file.
         with open(note, "w") as f:
-            f.write("[{\"subscription\": 1}]")
+            json.dump(noted + [{"subscription": 1}], f)
         try:
             e.start(timeout=10)
             raise AssertionError("started with a malformed stuck.json")
