@@ -270,6 +270,7 @@ void mt_watch_leave(void)
 static void drop_note(int i)
 {
     free(W.notes[i].sub);
+    free(W.notes[i].file);
     free(W.notes[i].source);
     free(W.notes[i].id);
     W.notes[i] = W.notes[--W.nnotes];
