@@ -55,9 +55,14 @@
  *       order, as most publishers make them). Each event's data
  *       holds its number "k" and its request's CLOCK_REALTIME send time
  *       "pubns"; every K-th (default 100) also "probe": true. The handler
- *       (bench/handlers/probe_*.lua) emits a receipt {k, pubns} for each
- *       probe in the transaction that commits its effects; end-to-end =
- *       receipt parsed - pubns, over the probes sent in the measured span.
+ *       (bench/handlers/probe_*.lua) emits a receipt {k, pubns, appended}
+ *       for each probe in the transaction that commits its effects;
+ *       end-to-end = receipt parsed - pubns, over the probes sent in the
+ *       measured span. A line on stderr splits it in three stages by the
+ *       engine's recordedtime of the event ("appended": when its append ran
+ *       on the writer) and of the receipt (when the handler ran): publish ->
+ *       append, append -> handler, handler -> received (the receipt's
+ *       commit, sync and SSE hop).
  *       After it, each subscription's lag is read (GET /subscriptions), and
  *       every accepted probe's receipt must arrive from every subscription,
  *       once, within --drain seconds (default 10). A run whose subscriptions
@@ -1734,6 +1739,9 @@ static struct live {
     uint64_t receipts;         /* distinct receipts, all subscriptions */
     uint64_t strays;           /* receipts of other subscriptions (ignored) */
     samples lat;               /* receipts of probes sent inside the span */
+    samples st_append;         /* their stages: publish -> the append ran (recordedtime), */
+    samples st_handler;        /* -> the handler ran (the receipt's recordedtime), */
+    samples st_received;       /* -> the receipt arrived (its commit, sync and SSE) */
     int64_t bound_min;         /* the least lower bound added for a missing receipt; 0 = none */
     /* engine threads */
     thread_cpu thr[LIVE_MAX_THREADS];
@@ -1848,10 +1856,35 @@ static void live_fill(void)
     }
 }
 
+/* "YYYY-MM-DDTHH:MM:SS.ffffffZ", as the engine writes times, to microseconds; -1 if not. */
+static int64_t time_us(const char *s)
+{
+    struct tm tm = {0};
+    int us = 0, n = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%6d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &us, &n) != 7 ||
+        n != 26 || s[n] != 'Z') {
+        return -1;
+    }
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t) timegm(&tm) * 1000000 + us;
+}
+
+/* The time after 'key' ("\"name\":\"") in the receipt's text, or -1. */
+static int64_t receipt_time(const sse_cli *c, const char *key)
+{
+    size_t kl = strlen(key);
+    const char *p = memmem(c->text, c->len, key, kl);
+    return p && (size_t) (c->text + c->len - (p + kl)) > 27 ? time_us(p + kl) : -1;
+}
+
 /*
- * A receipt: {"k":K,"pubns":T} emitted by subscription NAME (its source is
- * /moontide/subscriptions/NAME) in the transaction that committed the
- * handler's effects for event K.
+ * A receipt: {"k":K,"pubns":T,"appended":A} emitted by subscription NAME
+ * (its source is /moontide/subscriptions/NAME) in the transaction that
+ * committed the handler's effects for event K; A is event K's
+ * recordedtime, when its append ran, and the receipt's own recordedtime is
+ * when the handler ran.
  */
 static void live_on_receipt(sse_cli *c, uint64_t seq, int64_t pubns, int64_t now)
 {
@@ -1891,6 +1924,13 @@ static void live_on_receipt(sse_cli *c, uint64_t seq, int64_t pubns, int64_t now
     lv.receipts++;
     if (p->pubns >= lv.win0 && p->pubns < lv.win1) {
         samples_add(&lv.lat, now - p->pubns);
+        int64_t appended = receipt_time(c, "\"appended\":\""),
+                handled = receipt_time(c, "\"recordedtime\":\"");
+        if (appended >= 0 && handled >= 0) {
+            samples_add(&lv.st_append, appended * 1000 - p->pubns);
+            samples_add(&lv.st_handler, (handled - appended) * 1000);
+            samples_add(&lv.st_received, now - handled * 1000);
+        }
     }
 }
 
@@ -1998,6 +2038,7 @@ static void threads_format(char *out, size_t outlen, long pid, double secs)
 {
     static const char *const labels[][2] = {
         {"checkpoint", "ckpt "}, {"sync", "sync "}, {"writer", "writer "}, {"worker", "w "},
+        {"watchdog", "watchdog "},
     };
     qsort(lv.thr, lv.nthr, sizeof lv.thr[0], cmp_thread);
     size_t off = 0;
@@ -2216,6 +2257,18 @@ static int cmd_live(int argc, char **argv)
 
     qsort(lv.lat.v, lv.lat.n, sizeof *lv.lat.v, cmp_i64);
     qsort(lv.pub_lat.v, lv.pub_lat.n, sizeof *lv.pub_lat.v, cmp_i64);
+    samples *stages[] = {&lv.st_append, &lv.st_handler, &lv.st_received};
+    if (lv.st_append.n) {
+        fprintf(stderr, "mt_delivery live %s: the %zu receipts in the span by stage, "
+                        "p50/p99/max ms:", row_name, lv.st_append.n);
+        const char *names[] = {"publish->append", "append->handler", "handler->received"};
+        for (int i = 0; i < 3; i++) {
+            qsort(stages[i]->v, stages[i]->n, sizeof *stages[i]->v, cmp_i64);
+            fprintf(stderr, "%s %s %.2f/%.2f/%.2f", i ? "," : "", names[i],
+                    pct_ms(stages[i], 50), pct_ms(stages[i], 99), pct_ms(stages[i], 100));
+        }
+        fputc('\n', stderr);
+    }
     char p50[32], p99[32], mx[32], ec[16] = "-", tc[16] = "-", thr[256] = "-";
     char pp50[32] = "-", pp99[32] = "-";
     if (lv.pub_lat.n) {
