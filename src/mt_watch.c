@@ -343,7 +343,7 @@ bool mt_watch_take_load(const char *sub, mt_buf *why)
         mt_buf_addf(why,
                     "loading %s took longer than limits.time (%llu ms) before the restart: its "
                     "top-level code got stuck in a C function (string.find with a pattern "
-                    "that backtracks, say). Not loaded again; fix it and start again",
+                    "that backtracks, say). Not loaded this once: fix the file and load it again",
                     W.notes[i].file, (unsigned long long) W.notes[i].limit_ms);
         drop_note(i);
     }
