@@ -12,7 +12,6 @@
 #include "moontide.h"
 #include "mt_client.h"
 #include "mt_datacache.h"
-#include "mt_watch.h"
 #include "mt_diag.h"
 #include "mt_http.h"
 #include "mt_loop.h"
@@ -22,6 +21,7 @@
 #include "mt_store.h"
 #include "mt_sub.h"
 #include "mt_topo.h"
+#include "mt_watch.h"
 #include "mt_webhook.h"
 
 
@@ -292,7 +292,7 @@ out:
     mt_datacache_reap(); /* what the writer let go last */
     mt_webhooks_close(hooks);
     mt_subs_close(subs);
-    mt_watch_stop(); /* the writer and the workers threads are gone */
+    mt_watch_stop(); /* the writer and the worker threads are gone */
     if (http) {
         mt_loop_run_for(loop, 200);
         mt_http_close(http);
