@@ -31,11 +31,22 @@ void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fm
     if ((int) level < atomic_load(&min_level)) {
         return;
     }
-    char msg[2048];
-    va_list ap;
+    /* Most lines fit the stack; a handler's may not (mt_fx cuts those at 16 KiB). */
+    char small[2048], *msg = small;
+    va_list ap, again;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_copy(again, ap);
+    int len = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
+    if (len >= (int) sizeof small) {
+        msg = malloc((size_t) len + 1);
+        if (msg) {
+            vsnprintf(msg, (size_t) len + 1, fmt, again);
+        } else {
+            msg = small; /* cut, and perhaps not UTF-8 then: said so below */
+        }
+    }
+    va_end(again);
 
     char ts[40];
     mt_time_format_us(mt_now_us(), ts, sizeof ts);
@@ -48,6 +59,9 @@ void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fm
         m = json_string("(message was not valid UTF-8)");
     }
     json_object_set_new(o, "msg", m);
+    if (msg != small) {
+        free(msg);
+    }
     for (; fields && fields[0] && fields[1]; fields += 2) {
         json_t *v = json_string(fields[1]);
         if (v) {

@@ -8,6 +8,8 @@
 #include "mt_mem.h"
 #include "mt_util.h"
 
+static void log_line(mt_fx *fx, mt_diag_level level, const char *msg);
+
 /* Binds 'fx' to a transaction (record mode: a snapshot) and a trigger. */
 static void fx_init(mt_fx *fx, mt_txn *txn, const char *sub, const mt_event *trigger)
 {
@@ -409,8 +411,9 @@ mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes)
     size_t i;
     json_t *l;
     json_array_foreach(e->logs, i, l) {
-        mt_fx_log(fx, (mt_diag_level) json_integer_value(json_array_get(l, 0)),
-                  json_string_value(json_array_get(l, 1)));
+        /* Cut and counted when recorded. */
+        log_line(fx, (mt_diag_level) json_integer_value(json_array_get(l, 0)),
+                 json_string_value(json_array_get(l, 1)));
     }
     return MT_OK;
 }
@@ -439,7 +442,8 @@ static mt_err needs_txn(mt_fx *fx, char *err, size_t errlen, const char *what)
     return MT_EUNAVAIL;
 }
 
-void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
+/* One line, kept or written now. */
+static void log_line(mt_fx *fx, mt_diag_level level, const char *msg)
 {
     if (fx->rec && fx->rec->ov) {
         json_t *m = json_string(msg);
@@ -455,6 +459,40 @@ void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
     const char *fields[] = {"subscription", fx->sub, "sequence", seq, "correlationid", corr,
                             "causationid", fx->trigger->attr[MT_ATTR_ID], NULL};
     mt_diag_emit(level, fields, "%s", msg);
+}
+
+void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
+{
+    if (fx->log_lines > MT_FX_LOG_LINES) {
+        return; /* dropped; the line that said so went out */
+    }
+    size_t len = strlen(msg);
+    if (fx->log_lines == MT_FX_LOG_LINES || fx->log_bytes + len > MT_FX_LOG_BYTES) {
+        fx->log_lines = MT_FX_LOG_LINES + 1;
+        char note[160];
+        snprintf(note, sizeof note,
+                 "this run logged %u lines or %u KiB, the most one run may: the rest of its "
+                 "lines are dropped",
+                 MT_FX_LOG_LINES, MT_FX_LOG_BYTES >> 10);
+        log_line(fx, MT_DIAG_WARN, note);
+        return;
+    }
+    fx->log_lines++;
+    fx->log_bytes += len;
+    if (len <= MT_FX_LOG_LINE_MAX) {
+        log_line(fx, level, msg);
+        return;
+    }
+    size_t keep = MT_FX_LOG_LINE_MAX;
+    while (keep > 0 && ((unsigned char) msg[keep] & 0xC0) == 0x80) {
+        keep--; /* not inside a UTF-8 character */
+    }
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_add(&b, msg, keep);
+    mt_buf_addf(&b, " ... (%zu more bytes cut)", len - keep);
+    log_line(fx, level, mt_buf_cstr(&b));
+    mt_buf_free(&b);
 }
 
 void mt_fx_free(mt_fx *fx)

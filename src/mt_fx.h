@@ -43,6 +43,16 @@
 #define MT_FX_MAX_EMITTED (64u << 20)
 /* So do its kv writes: at most this many bytes of keys and values, overwrites counted again. */
 #define MT_FX_MAX_WRITTEN (64u << 20)
+/*
+ * A run's log lines (ctx.log, print): each cut to MT_FX_LOG_LINE_MAX bytes,
+ * and past MT_FX_LOG_LINES lines or MT_FX_LOG_BYTES bytes the rest are
+ * dropped, after one line that says so. A handler logging in a loop would
+ * otherwise write gigabytes within its instruction budget (to stderr, or,
+ * on a worker, kept in memory outside the Lua state's limit).
+ */
+#define MT_FX_LOG_LINE_MAX (16u << 10)
+#define MT_FX_LOG_LINES 1000
+#define MT_FX_LOG_BYTES (256u << 10)
 
 typedef struct mt_fx_rec mt_fx_rec;
 typedef struct mt_fx_overlay mt_fx_overlay;
@@ -53,6 +63,8 @@ typedef struct mt_fx {
     const char *sub;          /* borrowed: subscription name */
     const mt_event *trigger;  /* borrowed: the event being handled */
     int emitted;              /* events emitted so far by this invocation */
+    uint32_t log_lines;       /* lines logged so far (MT_FX_LOG_LINES) ... */
+    size_t log_bytes;         /* ... and their bytes (MT_FX_LOG_BYTES) */
     char *reject;             /* owned; set by mt_fx_reject: dead-letter at once */
     char *reply_to;           /* unused until request/reply; NULL */
     mt_fx_rec *rec;           /* owned; record or buffered mode */
@@ -132,7 +144,10 @@ mt_err mt_fx_effects_validate(const mt_fx_effects *e, mt_txn *txn);
  */
 mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes);
 
-/* ctx.log: at once in direct mode; in record mode kept for mt_fx_effects_apply. */
+/*
+ * ctx.log: at once in direct and buffered mode; in record mode kept for
+ * mt_fx_effects_apply. Within the limits above (MT_FX_LOG_*).
+ */
 void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg);
 
 /*

@@ -348,9 +348,9 @@ static int l_ctx_kv(lua_State *L)
 static void log_at(lua_State *L, mt_diag_level level)
 {
     mt_fx *fx = current_fx(L);
+    int n = lua_gettop(L); /* before luaL_buffinit, which may push a placeholder */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    int n = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
         luaL_tolstring(L, i, NULL);
         luaL_addvalue(&b);
@@ -453,9 +453,14 @@ static int build_ctx(lua_State *L)
 
 /* ---- the runner ---- */
 
+/* print(): inside a run it is one of the run's log lines (mt_fx_log, with its limits). */
 static void handler_log(void *arg, mt_diag_level level, const char *msg)
 {
     handler *h = arg;
+    if (h->box && h->box->fx) {
+        mt_fx_log(h->box->fx, level, msg);
+        return;
+    }
     const char *fields[] = {"subscription", h->name, NULL};
     mt_diag_emit(level, fields, "%s", msg);
 }

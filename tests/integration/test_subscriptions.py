@@ -360,4 +360,37 @@ def test_a_handler_file_stuck_loading_stops_the_engine_and_is_refused_once():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_a_run_logs_at_most_a_thousand_lines_each_cut_to_16_kib():
+    chatty_case("")
+
+
+def test_a_run_on_a_worker_logs_within_the_same_limits():
+    chatty_case("    workers: 2\n")
+
+
+def chatty_case(extra):
+    cfg = config("  chatty:\n    topics: [\"talk\"]\n    handler: tests/lua/handlers/chatty.lua\n" + extra)
+    with Engine(config=cfg) as e:
+        for kind in ("loop", "print", "long"):
+            e.publish(mtlib.event("t-" + kind, subject=kind, type_="talk", data={"kind": kind}))
+        wait_for(lambda: len(table(e, "chatty")) == 3, what="the three runs")
+        msgs = []
+        for line in list(e.stderr_lines):
+            try:
+                o = json.loads(line)
+            except ValueError:
+                continue
+            if o.get("subscription") == "chatty" and "sequence" in o:
+                msgs.append(o["msg"])
+        # Exactly the arguments, space-separated (print: tab-separated), nothing after.
+        assert [m for m in msgs if m.startswith("line ")] == ["line %d" % i for i in range(1, 1001)]
+        assert [m for m in msgs if m.startswith("p\t")] == ["p\t%d" % i for i in range(1, 1001)]
+        dropped = [m for m in msgs if "the rest of its lines are dropped" in m]
+        assert len(dropped) == 2, dropped
+        long = [m for m in msgs if m.startswith("\u00e9")]
+        assert len(long) == 1, len(long)
+        head, _, tail = long[0].partition(" ... ")
+        assert head == "\u00e9" * 8192 and tail == "(23616 more bytes cut)", tail
+
+
 mtlib.main(globals())
