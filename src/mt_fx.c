@@ -836,8 +836,11 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
     }
     if (deliverafter_us) {
         mt_time_format_us(deliverafter_us, ts, sizeof ts);
-        mt_err trc = mt_event_set_attr(&ev, MT_ATTR_DELIVERAFTER, ts, msg, sizeof msg);
-        mt_assert(trc == MT_OK); /* the engine's own format */
+        if (mt_event_set_attr(&ev, MT_ATTR_DELIVERAFTER, ts, msg, sizeof msg)) {
+            snprintf(err, errlen, "emit: %s", msg);
+            json_decref(value);
+            return MT_EINVAL;
+        }
     }
     json_t *parsed = value;
     if (!data) {

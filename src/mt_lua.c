@@ -258,6 +258,54 @@ static int l_lua_setmetatable(lua_State *L)
     return 1;
 }
 
+/*
+ * True if the error just caught (status st, its object on top) is the
+ * memory limit: Lua's own memory error, or that one raised again by an
+ * inner pcall below.
+ */
+static bool caught_memory(lua_State *L, int st)
+{
+    return st == LUA_ERRMEM ||
+           (st != LUA_OK && mt_lua_from_state(L)->mem_failed &&
+            lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), LUA_MEMERRMSG) == 0);
+}
+
+/*
+ * pcall(f, ...) as Lua's, except that the memory limit passes through:
+ * like the instruction budget, it fails the run, so a handler cannot catch
+ * it and commit what it did. (No coroutines in the sandbox: no yields to
+ * carry across.) [-n, +r]
+ */
+static int l_lua_pcall(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    if (caught_memory(L, st)) {
+        return lua_error(L);
+    }
+    lua_pushboolean(L, st == LUA_OK);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
+/* xpcall(f, msgh, ...), the same way. [-n, +r] */
+static int l_lua_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_replace(L, 1); /* msgh, f, args..., f */
+    lua_replace(L, 2); /* msgh, f, args... */
+    int st = lua_pcall(L, n - 2, LUA_MULTRET, 1);
+    if (caught_memory(L, st)) {
+        return lua_error(L);
+    }
+    lua_pushboolean(L, st == LUA_OK);
+    lua_replace(L, 1);
+    return lua_gettop(L);
+}
+
 /* print(...): to the log callback at info level, never to stdout. [-n, +0] */
 static int l_lua_print(lua_State *L)
 {
@@ -571,6 +619,10 @@ static int l_lua_setup(lua_State *L)
     lua_setfield(L, -2, "setmetatable");
     lua_pushcfunction(L, l_lua_print);
     lua_setfield(L, -2, "print");
+    lua_pushcfunction(L, l_lua_pcall);
+    lua_setfield(L, -2, "pcall");
+    lua_pushcfunction(L, l_lua_xpcall);
+    lua_setfield(L, -2, "xpcall");
     lua_pushcfunction(L, l_lua_require);
     lua_setfield(L, -2, "require");
     lua_getfield(L, -1, LUA_STRLIBNAME);
@@ -838,9 +890,8 @@ mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *t
     if (lu->exhausted) {
         len = (size_t) snprintf(msg, sizeof msg, "instruction budget of %" PRIu64 " exceeded",
                                 lu->budget);
-    } else if (st == LUA_ERRMEM || (lu->mem_failed && lua_type(L, -1) == LUA_TSTRING &&
-                                    strcmp(lua_tostring(L, -1), LUA_MEMERRMSG) == 0)) {
-        /* the second case: the memory error was caught and raised again */
+    } else if (caught_memory(L, st)) {
+        /* also when pcall raised it again (LUA_ERRRUN then) */
         len = (size_t) snprintf(msg, sizeof msg, "memory limit of %zu bytes exceeded", lu->limit);
     } else if (lua_type(L, -1) == LUA_TSTRING) {
         text = lua_tolstring(L, -1, &len);

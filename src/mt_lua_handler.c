@@ -117,14 +117,42 @@ static char *to_json_text(lua_State *L, int idx, const char *what)
  * data at i + 1, opts at i + 2; 'at' is the embargo (0 = none). Pushes the
  * new event's sequence or raises.
  */
+/*
+ * Argument idx as a string for 'what' (a name in messages), or raises: not
+ * a string (numbers are not taken for names), or with a NUL byte, which
+ * the engine's C strings would cut the name at.
+ */
+static const char *name_arg(lua_State *L, int idx, const char *what)
+{
+    if (lua_type(L, idx) != LUA_TSTRING) {
+        luaL_error(L, "%s must be a string, not %s", what, luaL_typename(L, idx));
+    }
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (memchr(s, 0, len)) {
+        luaL_error(L, "%s must not contain a NUL byte", what);
+    }
+    return s;
+}
+
 static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *what)
 {
-    const char *type = luaL_checkstring(L, i);
+    const char *type = name_arg(L, i, "the event type");
     const char *subject = NULL;
-    if (lua_istable(L, i + 2)) {
-        /* Left on the stack: a number converted by lua_tostring must stay alive. */
-        lua_getfield(L, i + 2, "subject");
-        subject = lua_tostring(L, -1);
+    if (!lua_isnoneornil(L, i + 2)) {
+        luaL_checktype(L, i + 2, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, i + 2)) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "subject") != 0) {
+                return luaL_error(L, "emit options: unknown option '%s' (there is: subject)",
+                                  luaL_tolstring(L, -1, NULL));
+            }
+        }
+        lua_getfield(L, i + 2, "subject"); /* stays on the stack while 'subject' is used */
+        if (!lua_isnil(L, -1)) {
+            subject = name_arg(L, lua_gettop(L), "emit options: subject");
+        }
     }
     json_t *value = NULL;
     char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_value(L, i + 1, what, &value);
@@ -146,6 +174,20 @@ static int l_ctx_emit(lua_State *L)
     return emit_at(L, current_fx(L), 1, 0, "ctx.emit data");
 }
 
+#define SCHEDULE_MAX_US INT64_C(253402300799999999) /* 9999-12-31T23:59:59.999999Z */
+
+/* The event's time + ms, or raises if that is past the last time an event can carry. */
+static int64_t schedule_after(lua_State *L, mt_fx *fx, uint64_t ms)
+{
+    int64_t now = mt_fx_now_us(fx);
+    if (now > SCHEDULE_MAX_US || ms > (uint64_t) (SCHEDULE_MAX_US - now) / 1000) {
+        char n[24];
+        snprintf(n, sizeof n, "%llu", (unsigned long long) ms);
+        luaL_error(L, "ctx.schedule: %s ms after the event's time is past the year 9999", n);
+    }
+    return now + (int64_t) ms * 1000;
+}
+
 /*
  * ctx.schedule(when, type, data, opts) -> sequence: like emit, embargoed
  * until 'when': a delay in milliseconds (a number) or a duration string
@@ -159,18 +201,19 @@ static int l_ctx_schedule(lua_State *L)
     if (lua_type(L, 1) == LUA_TNUMBER) {
         lua_Integer ms = luaL_checkinteger(L, 1);
         luaL_argcheck(L, ms >= 0, 1, "a delay must not be negative");
-        at = mt_fx_now_us(fx) + (int64_t) ms * 1000;
+        at = schedule_after(L, fx, (uint64_t) ms);
     } else {
         const char *w = luaL_checkstring(L, 1);
         uint64_t ms;
         if (mt_parse_duration(w, &ms) == MT_OK) {
-            at = mt_fx_now_us(fx) + (int64_t) ms * 1000;
+            at = schedule_after(L, fx, ms);
         } else if (mt_time_parse(w, &at) != MT_OK) {
             return luaL_error(L, "ctx.schedule: '%s' is neither a duration nor an RFC 3339 time",
                               w);
         }
     }
-    return emit_at(L, fx, 2, at ? at : 1, "ctx.schedule data");
+    /* A time already past (before 1970 too) delivers at once. */
+    return emit_at(L, fx, 2, at > 0 ? at : 1, "ctx.schedule data");
 }
 
 /* ctx.reply(data) -> sequence: answers the event's requester.  [-1, +1] */
@@ -212,16 +255,48 @@ static const char *kv_table_name(lua_State *L)
     return name;
 }
 
-/* Raises what a kv write's error 'rc' means. */
+/*
+ * Argument idx as a kv key (what: "get", "put", "del"), or raises naming
+ * what is wrong with it: empty, a NUL byte (keys are C strings in the
+ * engine), or longer than MT_FX_MAX_KEY.
+ */
+static const char *kv_key(lua_State *L, int idx, const char *what)
+{
+    size_t len;
+    const char *key = luaL_checklstring(L, idx, &len);
+    if (len == 0) {
+        luaL_error(L, "kv %s: the key is empty", what);
+    } else if (memchr(key, 0, len)) {
+        luaL_error(L, "kv %s: the key contains a NUL byte", what);
+    } else if (len > MT_FX_MAX_KEY) {
+        luaL_error(L, "kv %s: the key is %d bytes, more than %d", what, (int) len,
+                   MT_FX_MAX_KEY);
+    }
+    return key;
+}
+
+/* 'key' cut for a message: at most 64 bytes, not inside a UTF-8 character. */
+static const char *key_shown(const char *key, char *out, size_t outlen)
+{
+    size_t len = strlen(key), keep = len > 64 ? 64 : len;
+    while (keep < len && keep > 0 && ((unsigned char) key[keep] & 0xC0) == 0x80) {
+        keep--;
+    }
+    snprintf(out, outlen, "%.*s%s", (int) keep, key, keep < len ? "..." : "");
+    return out;
+}
+
+/* Raises what a kv write's error 'rc' means (the key was checked by kv_key). */
 static int kv_error(lua_State *L, const char *what, const char *key, mt_err rc)
 {
+    char k[80];
+    key_shown(key, k, sizeof k);
     if (rc == MT_ETOOBIG) {
-        return luaL_error(L, "kv %s '%s': the writes of one run would take more than %u MiB", what,
-                          key, MT_FX_MAX_WRITTEN >> 20);
+        return luaL_error(L, "kv %s '%s': the writes of one run would take more than %d MiB",
+                          what, k, (int) (MT_FX_MAX_WRITTEN >> 20));
     }
-    return luaL_error(L, "kv %s '%s': %s", what, key,
-                      rc == MT_EINVAL ? "table or key empty or too long, or value over 1 MiB"
-                                      : mt_err_str(rc));
+    return luaL_error(L, "kv %s '%s': %s", what, k,
+                      rc == MT_EINVAL ? "the value is more than 1 MiB of JSON" : mt_err_str(rc));
 }
 
 /* t:get(key) -> value or nil.  [-2, +1] */
@@ -229,7 +304,7 @@ static int l_kv_get(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
     const char *table = kv_table_name(L);
-    const char *key = luaL_checkstring(L, 2);
+    const char *key = kv_key(L, 2, "get");
     const char *json;
     size_t len;
     mt_err rc = mt_fx_kv_get(fx, table, key, &json, &len);
@@ -237,12 +312,12 @@ static int l_kv_get(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
+    char k[80], err[256];
     if (rc) {
-        return luaL_error(L, "kv get '%s': %s", key, mt_err_str(rc));
+        return luaL_error(L, "kv get '%s': %s", key_shown(key, k, sizeof k), mt_err_str(rc));
     }
-    char err[256];
     if (mt_lua_push_json_text(L, json, len, err, sizeof err)) {
-        return luaL_error(L, "kv get '%s': %s", key, err);
+        return luaL_error(L, "kv get '%s': %s", key_shown(key, k, sizeof k), err);
     }
     return 1;
 }
@@ -252,7 +327,7 @@ static int l_kv_put(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
     const char *table = kv_table_name(L);
-    const char *key = luaL_checkstring(L, 2);
+    const char *key = kv_key(L, 2, "put");
     luaL_checkany(L, 3);
     char *text = to_json_text(L, 3, "kv put");
     mt_err rc = mt_fx_kv_put(fx, table, key, text, strlen(text));
@@ -268,7 +343,7 @@ static int l_kv_del(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
     const char *table = kv_table_name(L);
-    const char *key = luaL_checkstring(L, 2);
+    const char *key = kv_key(L, 2, "del");
     mt_err rc = mt_fx_kv_del(fx, table, key);
     if (rc) {
         return kv_error(L, "del", key, rc);
@@ -307,7 +382,11 @@ static int l_kv_scan(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
     const char *table = kv_table_name(L);
-    const char *prefix = luaL_optstring(L, 2, "");
+    size_t plen = 0;
+    const char *prefix = luaL_optlstring(L, 2, "", &plen);
+    if (memchr(prefix, 0, plen)) {
+        return luaL_error(L, "kv scan: the prefix contains a NUL byte");
+    }
     lua_newtable(L);
     scan_state st = {L, 0, ""};
     mt_err rc = mt_fx_kv_scan(fx, table, prefix, SCAN_MAX, scan_visit, &st);
@@ -321,9 +400,11 @@ static int l_kv_scan(lua_State *L)
 static int l_ctx_kv(lua_State *L)
 {
     current_fx(L);
-    const char *name = luaL_checkstring(L, 1);
-    if (!*name || strlen(name) > MT_FX_MAX_TABLE) {
-        return luaL_error(L, "ctx.kv: table name must be 1 to %d bytes", MT_FX_MAX_TABLE);
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    if (len == 0 || len > MT_FX_MAX_TABLE || memchr(name, 0, len)) {
+        return luaL_error(L, "ctx.kv: a table name must be 1 to %d bytes without NUL",
+                          MT_FX_MAX_TABLE);
     }
     /* One object per name while it is in use (the cache's values are weak):
      * a handler calls ctx.kv on every event. The object is a userdata, so

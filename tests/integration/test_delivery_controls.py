@@ -183,6 +183,29 @@ def test_ctx_schedule_embargoes_an_emitted_event_from_the_trigger_time():
         assert got >= t0 + 1.5, "delivered %.3f s early" % (t0 + 1.5 - got)
 
 
+def test_ctx_schedule_past_the_year_9999_is_an_error_in_the_handler():
+    # Such a time once failed an assertion: the engine stopped, and stopped
+    # again at every start, since the event was stored.
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    cfg = os.path.join(d, "topology.yaml")
+    with open(cfg, "w") as f:
+        f.write("version: 1\nsubscriptions:\n"
+                "  far:\n    topics: [\"order.placed\"]\n    handler: tests/lua/handlers/schedule_far.lua\n")
+    with Engine(config=cfg) as e:
+        e.publish(mtlib.event("o1", subject="order-1", type_="order.placed"))
+
+        def far():
+            st, _, body = e.request("GET", "/tables/far?prefix=")
+            return json.loads(body) if st == 200 and len(json.loads(body)) == 4 else None
+        got = wait_for(far, what="the four schedules tried")
+        for i in ("1", "2", "3"):
+            assert "past the year 9999" in got[i], got
+        assert got["4"] == "ok", got  # a time already past: delivered at once
+        late = wait_for(lambda: [ev for ev in e.read_all() if ev["type"] == "t.far"],
+                        what="the one scheduled event")
+        assert len(late) == 1 and late[0]["data"] == {"i": 4}, late
+
+
 def test_a_processing_window_that_opens_during_the_test():
     # The window opens 3 s from now (Europe/Paris time) and stays open an hour.
     import zoneinfo

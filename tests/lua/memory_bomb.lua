@@ -17,6 +17,25 @@ return function(kind)
         -- catches the memory error, then raises it again as a plain error
         local _, err = pcall(string.rep, "x", 1 << 30)
         error(err, 0)
+    elseif kind == "swallowed" then
+        -- catches it and returns as if nothing happened: the run fails all the same
+        local ok = pcall(function() local t = {} for i = 1, 1e9 do t[i] = ("x"):rep(100) .. i end end)
+        return "survived " .. tostring(ok)
+    elseif kind == "xswallowed" then
+        local ok = xpcall(function() return pcall(string.rep, "x", 1 << 30) end,
+                          function(m) return m end)
+        return "survived " .. tostring(ok)
+    elseif kind == "pcall" then
+        -- pcall and xpcall still work as Lua's for other errors
+        local ok, err = pcall(error, { code = 7 })
+        assert(not ok and err.code == 7)
+        local a, b, c = pcall(function(x, y) return x + y, "two" end, 1, 2)
+        assert(a == true and b == 3 and c == "two")
+        ok, err = xpcall(function(x) error("bad " .. x, 0) end, function(m) return "handled: " .. m end, "arg")
+        assert(not ok and err == "handled: bad arg", err)
+        a, b = xpcall(function(...) return select("#", ...) end, print, nil, nil)
+        assert(a == true and b == 2)
+        assert(not pcall(xpcall, function() end))
     end
     return "ok"
 end

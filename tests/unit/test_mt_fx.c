@@ -742,6 +742,80 @@ static void test_fx_lua_kv_objects_and_integers(void **state)
     mt_store_close(s);
 }
 
+/* Runs the handler once on st->ev; it must succeed (its asserts are the test). */
+static mt_err lua_ok_job(mt_txn *t, void *arg)
+{
+    lua_step *st = arg;
+    mt_fx fx;
+    mt_fx_init_buffered(&fx, t, "sub", st->ev);
+    mt_buf error, tb;
+    mt_buf_init(&error);
+    mt_buf_init(&tb);
+    mt_err rc = st->r->invoke(st->h, st->ev, 1, &fx, &error, &tb);
+    if (rc) {
+        print_error("handler failed: %s\n%s\n", mt_buf_cstr(&error), mt_buf_cstr(&tb));
+    }
+    assert_int_equal(rc, MT_OK);
+    assert_int_equal(mt_fx_finish(&fx, true), MT_OK);
+    mt_fx_free(&fx);
+    mt_buf_free(&error);
+    mt_buf_free(&tb);
+    return MT_OK;
+}
+
+/*
+ * Names the engine keeps as C strings (kv keys and tables, event types
+ * and subjects) are refused with a NUL byte in them, which would cut them
+ * short ("a\0b" and "a\0c" were one key); a wrong key or option says what
+ * is wrong with it.
+ */
+static void test_fx_lua_names_with_nul_and_bad_options_are_errors(void **state)
+{
+    mt_sub_conf *conf = mt_test_lua_sub(
+        *state, "sub",
+        "local function fails(want, f, ...)\n"
+        "  local ok, err = pcall(f, ...)\n"
+        "  assert(not ok, 'no error for ' .. want)\n"
+        "  assert(tostring(err):find(want, 1, true), tostring(err))\n"
+        "end\n"
+        "return function(event, ctx)\n"
+        "  local t = ctx.kv('tbl')\n"
+        "  fails('kv put: the key contains a NUL byte', t.put, t, 'a\\0b', 1)\n"
+        "  fails('kv get: the key contains a NUL byte', t.get, t, 'a\\0b')\n"
+        "  fails('kv del: the key is empty', t.del, t, '')\n"
+        "  fails('kv put: the key is 401 bytes, more than 400', t.put, t, ('k'):rep(401), 1)\n"
+        "  fails('kv scan: the prefix contains a NUL byte', t.scan, t, 'a\\0')\n"
+        "  fails('without NUL', ctx.kv, 'a\\0b')\n"
+        "  local big = ('k'):rep(300)\n"
+        "  local ok, err = pcall(t.put, t, big, ('x'):rep(2 * 1024 * 1024))\n"
+        "  assert(not ok and tostring(err):find(\"kv put '\" .. ('k'):rep(64) .. \"...': the value \"\n"
+        "         .. 'is more than 1 MiB of JSON', 1, true), tostring(err))\n"
+        "  fails('the event type must not contain a NUL byte', ctx.emit, 'x\\0y', {})\n"
+        "  fails('the event type must be a string, not number', ctx.emit, 5, {})\n"
+        "  fails(\"emit options: unknown option 'subjet' (there is: subject)\",\n"
+        "        ctx.emit, 'x.y', {}, {subjet = 'a'})\n"
+        "  fails('emit options: subject must be a string, not table', ctx.emit, 'x.y', {},\n"
+        "        {subject = {}})\n"
+        "  fails('emit options: subject must not contain a NUL byte', ctx.emit, 'x.y', {},\n"
+        "        {subject = 'a\\0b'})\n"
+        "  fails('bad argument #3', ctx.emit, 'x.y', {}, 'notatable')\n"
+        "  t:put('a', 1)\n"
+        "  ctx.emit('x.y', {}, {subject = 'a'})\n"
+        "end\n");
+    lua_step st = {mt_lua_sub_runner(), NULL, NULL};
+    char err[256];
+    assert_int_equal(st.r->open(conf, &st.h, err, sizeof err), MT_OK);
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    st.ev = &ev;
+    assert_int_equal(mt_store_write(s, lua_ok_job, &st), MT_OK);
+    st.r->close(st.h);
+    mt_sub_conf_free(conf);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
 /* ---- a dispatch job primed when an append is queued ---- */
 
 /* A job that holds the writer until released, so that what comes next queues behind it. */
@@ -1037,6 +1111,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fx_emitted_events_wait_with_the_writes_for_the_outcome,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_record_mode_notes_reads_and_validates_them,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_lua_names_with_nul_and_bad_options_are_errors,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_lua_kv_objects_and_integers, mt_test_setup_dir,
                                         mt_test_teardown_dir),

@@ -291,7 +291,9 @@ static void test_lua_budget_is_per_call(void **state)
 static void test_lua_memory_limit_stops_a_bomb_and_the_state_serves_on(void **state)
 {
     (void) state;
-    static const char *const kinds[] = {"string", "table", "rep", "caught", "string"};
+    static const char *const kinds[] = {"string",    "table",      "rep",
+                                        "caught",    "swallowed",  "xswallowed",
+                                        "string"};
     mt_lua *lu = new_lua_with(4 * MIB, 100000000, NULL, NULL);
     lua_State *L = mt_lua_state(lu);
     load_fixture(lu, "memory_bomb.lua");
@@ -309,6 +311,13 @@ static void test_lua_memory_limit_stops_a_bomb_and_the_state_serves_on(void **st
         assert_string_equal(lua_tostring(L, -1), "ok");
         lua_pop(L, 1);
     }
+    mt_buf err;
+    mt_buf_init(&err);
+    if (call_handler(lu, "pcall", &err, NULL) != MT_OK) {
+        print_error("pcall: %s\n", mt_buf_cstr(&err));
+        fail();
+    }
+    mt_buf_free(&err);
     mt_lua_free(lu);
 }
 
