@@ -812,8 +812,15 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
      */
     const mt_event *tr = fx->trigger;
     char id[MT_EVENT_MAX_ID + 1], source[MT_EVENT_MAX_SOURCE + 1], ts[40];
-    snprintf(id, sizeof id, "%.64s:%llu:%d", fx->sub, (unsigned long long) tr->sequence,
-             fx->emitted);
+    if (fx->incarnation) {
+        /* A subscription made again: '~' is in no subscription name. */
+        snprintf(id, sizeof id, "%.64s~%llu:%llu:%d", fx->sub,
+                 (unsigned long long) fx->incarnation, (unsigned long long) tr->sequence,
+                 fx->emitted);
+    } else {
+        snprintf(id, sizeof id, "%.64s:%llu:%d", fx->sub, (unsigned long long) tr->sequence,
+                 fx->emitted);
+    }
     snprintf(source, sizeof source, "/moontide/subscriptions/%.64s", fx->sub);
     const char *subj = subject ? subject : tr->attr[MT_ATTR_SUBJECT];
     char msg[512];

@@ -63,6 +63,7 @@ typedef struct mt_fx {
     const char *sub;          /* borrowed: subscription name */
     const mt_event *trigger;  /* borrowed: the event being handled */
     int emitted;              /* events emitted so far by this invocation */
+    uint64_t incarnation;     /* of the subscription's name: in emitted ids when not 0 */
     uint32_t log_lines;       /* lines logged so far (MT_FX_LOG_LINES) ... */
     size_t log_bytes;         /* ... and their bytes (MT_FX_LOG_BYTES) */
     char *reject;             /* owned; set by mt_fx_reject: dead-letter at once */

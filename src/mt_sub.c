@@ -89,6 +89,8 @@ struct sub_rt {
     bool deleting;               /* a DELETE's writer job is in flight: invisible, idle */
     sub_rt *next_retired;
     void *handler;               /* from the runner; used on the writer thread only */
+    uint64_t incarnation;        /* of its name (incarnation_get); writer thread only */
+    bool incarnation_read;       /* ... once read */
     mt_filter *filter;           /* NULL = none */
     int inflight;                /* dispatch jobs queued or running (DISPATCH_INFLIGHT at most) */
     uint64_t submitted_after;    /* subs->appends_queued when the last dispatch job was queued */
@@ -551,6 +553,7 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
     /* Buffered: a failure leaves nothing to undo, and most runs need no savepoint. */
     mt_fx fx;
     mt_fx_init_buffered(&fx, t, s->conf->name, ev);
+    fx.incarnation = s->incarnation;
     mt_fx_lend_cursor(&fx, &out->kv_cur);
     mt_err hrc = MT_OK;
     bool used = false;
@@ -1066,6 +1069,40 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     return rc;
 }
 
+/*
+ * A name's incarnation: 0 until a subscription of that name is deleted (or
+ * a new one finds the state of an earlier one, from the topology file),
+ * then one more each time. Emitted ids carry it past 0 (mt_fx.h), so a
+ * subscription made again, which starts afresh, does not have its emits
+ * taken for its predecessor's: the log keeps every id it has seen.
+ */
+#define INCARNATION_KEY "sub.incarnation/"
+
+static mt_err incarnation_get(mt_txn *t, const char *name, uint64_t *out)
+{
+    char k[sizeof INCARNATION_KEY + 64];
+    int kl = snprintf(k, sizeof k, INCARNATION_KEY "%s", name);
+    const void *v;
+    size_t vl;
+    mt_err rc = mt_store_get(t, MT_DB_META, k, (size_t) kl, &v, &vl);
+    *out = rc == MT_OK && vl == 8 ? mt_get_be64(v) : 0;
+    return rc == MT_ENOTFOUND ? MT_OK : rc;
+}
+
+static mt_err incarnation_next(mt_txn *t, const char *name)
+{
+    uint64_t n;
+    mt_err rc = incarnation_get(t, name, &n);
+    if (rc) {
+        return rc;
+    }
+    char k[sizeof INCARNATION_KEY + 64];
+    int kl = snprintf(k, sizeof k, INCARNATION_KEY "%s", name);
+    uint8_t v[8];
+    mt_put_be64(v, n + 1);
+    return mt_store_put(t, MT_DB_META, k, (size_t) kl, v, 8, 0);
+}
+
 static mt_err dispatch_body(mt_txn *t, dispatch_job *dj);
 
 static mt_err dispatch_run(mt_txn *t, void *arg)
@@ -1085,8 +1122,15 @@ static mt_err dispatch_body(mt_txn *t, dispatch_job *dj)
     mt_spec_round *round = out->round;
     memset(out, 0, sizeof *out);
     out->round = round;
+    mt_err rc = MT_OK;
+    if (!s->incarnation_read) {
+        rc = incarnation_get(t, c->name, &s->incarnation);
+        s->incarnation_read = rc == MT_OK;
+    }
     sub_state st;
-    mt_err rc = load_state(t, c->name, &st);
+    if (rc == MT_OK) {
+        rc = load_state(t, c->name, &st);
+    }
     if (rc == MT_OK && !st.exists) {
         rc = initial_cursor(t, c, &st.cursor);
     }
@@ -2601,14 +2645,27 @@ static mt_err def_run(mt_txn *t, void *arg)
     def_job *j = arg;
     if (!j->def) {
         mt_err rc = mt_store_del(t, MT_DB_SUBDEFS, j->name, strlen(j->name));
-        return rc && rc != MT_ENOTFOUND ? rc : clear_state(t, j->name);
+        if (rc == MT_OK || rc == MT_ENOTFOUND) {
+            rc = incarnation_next(t, j->name);
+        }
+        return rc ? rc : clear_state(t, j->name);
     }
     mt_err rc = mt_store_put(t, MT_DB_SUBDEFS, j->name, strlen(j->name), j->def, strlen(j->def), 0);
     if (rc == MT_OK && j->created) {
         /* A new subscription starts afresh, whatever an earlier one of that name left. */
         sub_state st;
+        rc = load_state(t, j->name, &st);
+        if (rc == MT_OK && st.exists) {
+            rc = incarnation_next(t, j->name); /* one from the topology file was here */
+        }
         memset(&st, 0, sizeof st);
-        rc = clear_state(t, j->name);
+        if (rc == MT_OK) {
+            rc = incarnation_get(t, j->name, &j->fresh->incarnation);
+            j->fresh->incarnation_read = true;
+        }
+        if (rc == MT_OK) {
+            rc = clear_state(t, j->name);
+        }
         if (rc == MT_OK) {
             rc = initial_cursor(t, j->fresh->conf, &st.cursor);
         }

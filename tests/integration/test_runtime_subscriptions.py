@@ -123,6 +123,39 @@ def test_delete_removes_the_subscription_and_its_state_for_good():
         e.cleanup()
 
 
+def test_a_subscription_made_again_emits_events_of_its_own():
+    # Emitted ids are derived from the name, the trigger and the position;
+    # the log keeps every id it has seen, so a subscription deleted and made
+    # again under the same name, which starts afresh, once had its emits
+    # answered with its predecessor's events and appended nothing.
+    e = Engine()
+    try:
+        e.start()
+        emitter = handler_file("""
+return function(event, ctx)
+  ctx.emit("out.made", { by = ctx.kv("cfg"):get("who") or "first" })
+end
+""")
+        st, _ = put(e, "again", {"topics": ["in.#"], "handler": emitter})
+        assert st == 201
+        e.publish(mtlib.event("a", type_="in.x"))
+        outs = lambda: [ev for ev in e.read_all() if ev["type"] == "out.made"]
+        first = mtlib.wait_for(lambda: len(outs()) == 1 and outs(), what="the first emit")
+        assert first[0]["id"] == "again:1:0", first
+        assert e.request("DELETE", "/subscriptions/again")[0] == 204
+        st, _ = put(e, "again", {"topics": ["in.#"], "handler": emitter})
+        assert st == 201
+        both = mtlib.wait_for(lambda: len(outs()) == 2 and outs(), what="the second one's emit")
+        assert both[1]["id"] == "again~1:1:0" and both[1]["causationid"] == "e-a", both
+        e.stop()
+        e.start()  # the incarnation is read back after a restart
+        e.publish(mtlib.event("b", type_="in.x"))
+        three = mtlib.wait_for(lambda: len(outs()) == 3 and outs(), what="an emit after the restart")
+        assert three[2]["id"].startswith("again~1:"), three
+    finally:
+        e.cleanup()
+
+
 def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
     """A definition made over HTTP whose handler file is gone at start does
     not run, but it still exists: a PUT replaces it and keeps its position
