@@ -2461,6 +2461,7 @@ static mt_err lease_run(mt_txn *t, void *arg)
         uint8_t k[KEY_MAX];
         size_t kl = 0;
         mt_parked rec;
+        mt_parked_init(&rec); /* freed below also when no lease was looked up */
         mt_err f = seq ? find_lease(s, t, seq, lane, k, &kl, &rec) : MT_ENOTFOUND;
         char have[64] = "";
         if (f == MT_OK && rec.state == MT_PARK_LEASED) {

@@ -72,6 +72,16 @@ def test_an_expired_lease_is_redelivered_and_old_tokens_are_refused():
         assert st == 200 and ans["count"] == 1, ans
         st, ans = post(e, "/subscriptions/work/ack", {"leases": [again[0]["lease"], "42-00"]})
         assert st == 409 and ans["count"] == 1 and ans["unknown"] == ["42-00"], ans
+        # Tokens that do not parse, alone, with a lease out: once a crash (an
+        # uninitialised record freed), now unknown like any other.
+        e.publish(mtlib.event("y", type_="job.run"))
+        st, out = post(e, "/subscriptions/work/pull?max=10&wait=5s")
+        assert st == 200 and len(out) == 1, out
+        for op in ("ack", "nack", "extend"):
+            st, ans = post(e, "/subscriptions/work/" + op, {"leases": ["nope", ""]})
+            assert st == 409 and ans["count"] == 0 and ans["unknown"] == ["nope", ""], (op, ans)
+        st, ans = post(e, "/subscriptions/work/ack", {"leases": [out[0]["lease"]]})
+        assert st == 200 and ans["count"] == 1, ans
 
 
 def test_nack_with_delay_then_dead_letter_after_max_attempts():
