@@ -1107,6 +1107,13 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
     if (!query_u64(req, q, "sequence", 0, UINT64_MAX, &seq)) {
         return;
     }
+    if (seq == 0 && evhttp_find_header(q, "sequence")) {
+        /* 0 means "every dead letter" to what follows: it must not be asked for by name. */
+        reply_error(req, 400, "invalid query parameter",
+                    "'sequence' names an event: a whole number from 1, got '%.64s'",
+                    evhttp_find_header(q, "sequence"));
+        return;
+    }
     if (strcmp(rest, "/dlq") == 0 && (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD)) {
         if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after) ||
             !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {

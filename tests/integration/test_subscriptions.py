@@ -150,6 +150,11 @@ def test_failing_handler_dead_letters_with_traceback_and_redrive_after_fix():
         with open(handler, "w") as f:
             f.write("return function(e, ctx) ctx.kv('fixed'):put(e.subject, e.data.total) end\n")
         e.start()
+        # sequence=0 names no event: once it redrove (or purged) them all.
+        for method, path in (("POST", "/dlq/redrive"), ("DELETE", "/dlq")):
+            st, _, body = e.request(method, "/subscriptions/orders" + path + "?sequence=0")
+            assert st == 400 and b"'sequence'" in body, (method, st, body)
+        assert len(json.loads(e.request("GET", "/subscriptions/orders/dlq")[2])) == 3
         st, _, body = e.request("POST", "/subscriptions/orders/dlq/redrive")
         assert st == 200 and json.loads(body)["count"] == 3, (st, body)
         fixed = wait_for(lambda: len(table(e, "fixed")) == 3 and table(e, "fixed"), what="redrive")
