@@ -467,7 +467,8 @@ void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
         return; /* dropped; the line that said so went out */
     }
     size_t len = strlen(msg);
-    if (fx->log_lines == MT_FX_LOG_LINES || fx->log_bytes + len > MT_FX_LOG_BYTES) {
+    size_t shown = len < MT_FX_LOG_LINE_MAX ? len : MT_FX_LOG_LINE_MAX; /* what counts */
+    if (fx->log_lines == MT_FX_LOG_LINES || fx->log_bytes + shown > MT_FX_LOG_BYTES) {
         fx->log_lines = MT_FX_LOG_LINES + 1;
         char note[160];
         snprintf(note, sizeof note,
@@ -478,7 +479,7 @@ void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
         return;
     }
     fx->log_lines++;
-    fx->log_bytes += len;
+    fx->log_bytes += shown;
     if (len <= MT_FX_LOG_LINE_MAX) {
         log_line(fx, level, msg);
         return;
