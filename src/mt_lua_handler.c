@@ -113,11 +113,6 @@ static char *to_json_text(lua_State *L, int idx, const char *what)
 }
 
 /*
- * The shared body of ctx.emit and ctx.schedule: type at stack index 'i',
- * data at i + 1, opts at i + 2; 'at' is the embargo (0 = none). Pushes the
- * new event's sequence or raises.
- */
-/*
  * Argument idx as a string for 'what' (a name in messages), or raises: not
  * a string (numbers are not taken for names), or with a NUL byte, which
  * the engine's C strings would cut the name at.
@@ -135,6 +130,11 @@ static const char *name_arg(lua_State *L, int idx, const char *what)
     return s;
 }
 
+/*
+ * The shared body of ctx.emit and ctx.schedule: type at stack index 'i',
+ * data at i + 1, opts at i + 2; 'at' is the embargo (0 = none). Pushes the
+ * new event's sequence or raises.
+ */
 static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *what)
 {
     const char *type = name_arg(L, i, "the event type");
