@@ -843,6 +843,15 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
             rc = fail(&d, names[i], "is not a header attribute in binary mode");
             break;
         }
+        for (int k = 0; k < i && rc == MT_OK; k++) {
+            if (strcmp(names[k], names[i]) == 0) {
+                /* as in structured mode: which one would be meant? */
+                rc = fail(&d, names[i], "header appears twice");
+            }
+        }
+        if (rc) {
+            break;
+        }
         json_t *v = json_string(values[i]);
         if (!v) {
             rc = fail(&d, names[i], "header value is not valid UTF-8");

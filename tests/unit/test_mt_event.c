@@ -1534,6 +1534,10 @@ static void test_event_binary_refusals(void **state)
     binary_error(&missing, NULL, NULL, "source: required attribute is missing", false);
     binary_in nospec = {{"id", "source", "type"}, {"b1", "/s", "t"}, 3};
     binary_error(&nospec, NULL, NULL, "specversion: required attribute is missing", false);
+    binary_in twice = {{"specversion", "id", "source", "type", "id"},
+                       {"1.0", "b1", "/s", "t", "b2"},
+                       5};
+    binary_error(&twice, NULL, NULL, "id: header appears twice", false);
 
     static const struct {
         const char *name;
