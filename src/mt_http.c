@@ -1868,6 +1868,12 @@ static void route(struct evhttp_request *req, void *arg)
         reply_error(req, 400, "bad request", "the query string is malformed");
         return;
     }
+    if (query && strstr(query, "%00")) {
+        /* Decoded, the value would end at it: prefix=a%00b would read as prefix=a. */
+        evhttp_clear_headers(&q);
+        reply_error(req, 400, "bad request", "the query string holds a NUL byte (%%00)");
+        return;
+    }
     if (strcmp(path, "/events") == 0) {
         if (cmd == EVHTTP_REQ_POST) {
             handle_publish(h, req);

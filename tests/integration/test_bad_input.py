@@ -482,6 +482,9 @@ def test_malformed_query_parameters_are_named():
             expect_error(e, 400, "GET", "/streams/seed?" + q, detail="'%s'" % name)
         # A query string that does not parse at all.
         expect_error(e, 400, "GET", "/events?after")
+        # A NUL byte: decoded, prefix=s%00x would have read as prefix=s.
+        for path in ("/tables/t?prefix=s%00x", "/events?after=1%00", "/streams/seed?from=%00"):
+            expect_error(e, 400, "GET", path, detail="NUL")
         # A subject that is not a valid name.
         expect_error(e, 400, "GET", "/streams/a%00b", detail="subject")
         expect_error(e, 400, "GET", "/streams/" + "s" * 401, detail="subject")
