@@ -26,6 +26,57 @@ int mt_diag_level_parse(const char *s)
     return -1;
 }
 
+/* The length of the valid UTF-8 sequence at p (at most n bytes), 0 if there is none. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+                                : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (len == 0 || len > n) {
+        return 0;
+    }
+    unsigned cp = len == 1 ? c : c & (0x7F >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    static const unsigned least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0) {
+        return 0; /* overlong, out of range, a surrogate, or NUL (jansson's C strings) */
+    }
+    return len;
+}
+
+json_t *mt_diag_text(const char *s, size_t n)
+{
+    json_t *v = memchr(s, 0, n) ? NULL : json_stringn(s, n);
+    if (v) {
+        return v;
+    }
+    char *out = malloc(3 * n + 1); /* a byte becomes at most the 3 of U+FFFD */
+    if (!out) {
+        return NULL;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_seq((const unsigned char *) s + i, n - i);
+        if (len) {
+            memcpy(out + o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    v = json_stringn(out, o);
+    free(out);
+    return v;
+}
+
 void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fmt, ...)
 {
     if ((int) level < atomic_load(&min_level)) {
@@ -53,11 +104,8 @@ void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fm
     json_t *o = json_object();
     json_object_set_new(o, "ts", json_string(ts));
     json_object_set_new(o, "level", json_string(level_names[level]));
-    /* msg may carry bytes from outside that are not UTF-8: keep them visible. */
-    json_t *m = json_string(msg);
-    if (!m) {
-        m = json_string("(message was not valid UTF-8)");
-    }
+    /* msg may carry bytes from outside that are not UTF-8: keep the rest visible. */
+    json_t *m = mt_diag_text(msg, strlen(msg));
     json_object_set_new(o, "msg", m);
     if (msg != small) {
         free(msg);

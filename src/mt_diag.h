@@ -7,6 +7,8 @@
  */
 #ifndef MT_DIAG_H
 #define MT_DIAG_H
+#include <jansson.h>
+#include <stddef.h>
 
 typedef enum mt_diag_level {
     MT_DIAG_DEBUG = 0,
@@ -27,6 +29,14 @@ int mt_diag_level_parse(const char *s);
  */
 void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/*
+ * The n bytes at s as a JSON string for a message that came from outside
+ * (a handler's error, a log line): each byte that is not part of valid
+ * UTF-8, and each NUL (which C strings downstream would stop at), becomes
+ * U+FFFD, so the rest stays readable. NULL only when out of memory.
+ */
+json_t *mt_diag_text(const char *s, size_t n);
 
 #define mt_debug(...) do { mt_diag_emit(MT_DIAG_DEBUG, NULL, __VA_ARGS__); } while (0)
 #define mt_info(...) do { mt_diag_emit(MT_DIAG_INFO, NULL, __VA_ARGS__); } while (0)

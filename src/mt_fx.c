@@ -446,9 +446,8 @@ static mt_err needs_txn(mt_fx *fx, char *err, size_t errlen, const char *what)
 static void log_line(mt_fx *fx, mt_diag_level level, const char *msg)
 {
     if (fx->rec && fx->rec->ov) {
-        json_t *m = json_string(msg);
-        json_array_append_new(fx->rec->logs, json_pack("[io]", (int) level,
-                                                       m ? m : json_string("(not UTF-8)")));
+        json_array_append_new(fx->rec->logs,
+                              json_pack("[io]", (int) level, mt_diag_text(msg, strlen(msg))));
         return;
     }
     char seq[24];

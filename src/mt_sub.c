@@ -601,10 +601,9 @@ static json_t *error_entry(uint32_t attempt, attempt_result *r)
     json_t *e = json_object();
     json_object_set_new(e, "attempt", json_integer(attempt));
     json_object_set_new(e, "time", json_string(ts));
-    json_t *msg = json_stringn(mt_buf_cstr(&r->error), r->error.len);
-    json_object_set_new(e, "error", msg ? msg : json_string("(not UTF-8)"));
+    json_object_set_new(e, "error", mt_diag_text(mt_buf_cstr(&r->error), r->error.len));
     if (r->traceback.len) {
-        json_t *tb = json_stringn(mt_buf_cstr(&r->traceback), r->traceback.len);
+        json_t *tb = mt_diag_text(mt_buf_cstr(&r->traceback), r->traceback.len);
         if (tb) {
             json_object_set_new(e, "traceback", tb);
         }
@@ -627,7 +626,7 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, const mt_par
     if (ev->attr[MT_ATTR_SUBJECT]) {
         json_object_set_new(d, "subject", json_string(ev->attr[MT_ATTR_SUBJECT]));
     }
-    json_object_set_new(d, "reason", json_string(reason));
+    json_object_set_new(d, "reason", mt_diag_text(reason, strlen(reason)));
     json_object_set_new(d, "attempts", json_integer((json_int_t) rec->attempts));
     json_object_set_new(d, "errors", mt_parked_errors(rec));
     json_object_set_new(d, "deadlettered", json_string(ts));
@@ -1802,8 +1801,7 @@ static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
     json_t *le = NULL;
     if (st.last_error[0]) {
         /* Handlers' messages may hold bytes that are not UTF-8. */
-        le = json_string(st.last_error);
-        le = le ? le : json_string("(not UTF-8)");
+        le = mt_diag_text(st.last_error, strlen(st.last_error));
     }
     json_object_set_new(o, "last_error", le ? le : json_null());
     return o;

@@ -4,6 +4,7 @@
  * and the out-param reset on error that the header promises.
  */
 #include <time.h>
+#include "mt_diag.h"
 #include "mt_test.h"
 #include "mt_util.h"
 
@@ -505,10 +506,38 @@ static void test_util_be64_is_big_endian_and_round_trips(void **state)
     assert_true(memcmp(lo, hi, 8) < 0);
 }
 
+/* Messages from outside keep what is readable: each byte that is not UTF-8 becomes U+FFFD. */
+static void test_diag_text_replaces_only_the_bytes_that_are_not_utf8(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *in;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        {"plain", 5, "plain"},
+        {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"},
+        {"bad\xffutf8", 8, "bad\xef\xbf\xbdutf8"},
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},             /* overlong */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* a surrogate */
+        {"x\xe2\x82", 3, "x\xef\xbf\xbd\xef\xbf\xbd"},             /* cut short */
+        {"a\0b", 3, "a\xef\xbf\xbd" "b"},                             /* NUL */
+        {"\xf4\x90\x80\x80", 4,
+         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* past U+10FFFF */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *v = mt_diag_text(cases[i].in, cases[i].n);
+        assert_non_null(v);
+        assert_string_equal(json_string_value(v), cases[i].want);
+        json_decref(v);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_util_parse_u64_accepts_whole_decimal_strings_only),
+        cmocka_unit_test(test_diag_text_replaces_only_the_bytes_that_are_not_utf8),
         cmocka_unit_test(test_util_parse_i64_allows_one_leading_minus),
         cmocka_unit_test(test_util_parse_size_binary_and_decimal_units),
         cmocka_unit_test(test_util_parse_size_refuses_overflow),
