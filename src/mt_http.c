@@ -195,8 +195,8 @@ static void reply_error_extra(struct evhttp_request *req, int code, const char *
     va_end(ap);
     json_t *o = json_object();
     json_object_set_new(o, "error", json_string(error));
-    json_t *d = json_string(detail);
-    json_object_set_new(o, "detail", d ? d : json_string("(detail was not valid UTF-8)"));
+    /* The detail may quote bytes of the request that are not UTF-8: the rest stays. */
+    json_object_set_new(o, "detail", mt_diag_text(detail, strlen(detail)));
     if (extra) {
         json_object_update(o, extra);
         json_decref(extra);

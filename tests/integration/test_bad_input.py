@@ -487,6 +487,9 @@ def test_malformed_query_parameters_are_named():
             expect_error(e, 400, "GET", path, detail="NUL")
         # A subject that is not a valid name.
         expect_error(e, 400, "GET", "/streams/a%00b", detail="subject")
+        # Bytes that are not UTF-8, quoted in the answer as U+FFFD with the rest kept.
+        ans = expect_error(e, 404, "GET", "/streams/caf%E9")
+        assert ans["detail"] == "no events with subject 'caf\ufffd'", ans
         expect_error(e, 400, "GET", "/streams/" + "s" * 401, detail="subject")
 
 
