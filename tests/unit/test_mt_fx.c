@@ -717,6 +717,23 @@ static mt_err lua_kv_job(mt_txn *t, void *arg)
     return MT_OK;
 }
 
+/* Opens conf's handler, runs 'job' with it on one trigger in a store of its own, closes all. */
+static void run_lua_job(void **state, mt_sub_conf *conf, mt_store_job_fn job)
+{
+    lua_step st = {mt_lua_sub_runner(), NULL, NULL};
+    char err[256];
+    assert_int_equal(st.r->open(conf, &st.h, err, sizeof err), MT_OK);
+    mt_store *s = open_store(*state);
+    mt_event_batch b;
+    mt_event ev = trigger(&b);
+    st.ev = &ev;
+    assert_int_equal(mt_store_write(s, job, &st), MT_OK);
+    st.r->close(st.h);
+    mt_sub_conf_free(conf);
+    mt_event_batch_free(&b);
+    mt_store_close(s);
+}
+
 static void test_fx_lua_kv_objects_and_integers(void **state)
 {
     mt_sub_conf *conf = mt_test_lua_sub(
@@ -735,18 +752,7 @@ static void test_fx_lua_kv_objects_and_integers(void **state)
         "  end\n"
         "  ctx.kv('other'):put('k', 1)\n"
         "end\n");
-    lua_step st = {mt_lua_sub_runner(), NULL, NULL};
-    char err[256];
-    assert_int_equal(st.r->open(conf, &st.h, err, sizeof err), MT_OK);
-    mt_store *s = open_store(*state);
-    mt_event_batch b;
-    mt_event ev = trigger(&b);
-    st.ev = &ev;
-    assert_int_equal(mt_store_write(s, lua_kv_job, &st), MT_OK);
-    st.r->close(st.h);
-    mt_sub_conf_free(conf);
-    mt_event_batch_free(&b);
-    mt_store_close(s);
+    run_lua_job(state, conf, lua_kv_job);
 }
 
 /*
@@ -788,18 +794,7 @@ static void test_fx_lua_names_with_nul_and_bad_options_are_errors(void **state)
         "  t:put('a', 1)\n"
         "  ctx.emit('x.y', {}, {subject = 'a'})\n"
         "end\n");
-    lua_step st = {mt_lua_sub_runner(), NULL, NULL};
-    char err[256];
-    assert_int_equal(st.r->open(conf, &st.h, err, sizeof err), MT_OK);
-    mt_store *s = open_store(*state);
-    mt_event_batch b;
-    mt_event ev = trigger(&b);
-    st.ev = &ev;
-    assert_int_equal(mt_store_write(s, lua_ok_job, &st), MT_OK);
-    st.r->close(st.h);
-    mt_sub_conf_free(conf);
-    mt_event_batch_free(&b);
-    mt_store_close(s);
+    run_lua_job(state, conf, lua_ok_job);
 }
 
 /* ---- a dispatch job primed when an append is queued ---- */
