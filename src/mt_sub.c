@@ -37,6 +37,7 @@
 #define MAX_LANE MT_LANE_MAX
 #define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
 #define ERRORS_KEPT 10         /* attempt errors kept per message */
+#define ERROR_TEXT_MAX 4096    /* bytes of an error kept (a traceback: twice that) */
 
 typedef struct sub_rt sub_rt;
 
@@ -594,6 +595,30 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
     return MT_OK;
 }
 
+/*
+ * An attempt's error or traceback as kept in its parked record: at most
+ * 'max' bytes (not inside a UTF-8 character), then how much was cut. A
+ * handler's error(("E"):rep(1e7)) would otherwise be stored whole, for
+ * every attempt kept, and written again at each attempt.
+ */
+static json_t *kept_text(const char *p, size_t len, size_t max)
+{
+    if (len <= max) {
+        return mt_diag_text(p, len);
+    }
+    size_t keep = max;
+    while (keep > 0 && ((unsigned char) p[keep] & 0xC0) == 0x80) {
+        keep--;
+    }
+    mt_buf cut;
+    mt_buf_init(&cut);
+    mt_buf_add(&cut, p, keep);
+    mt_buf_addf(&cut, " ... (%zu more bytes cut)", len - keep);
+    json_t *v = mt_diag_text(mt_buf_cstr(&cut), cut.len);
+    mt_buf_free(&cut);
+    return v;
+}
+
 static json_t *error_entry(uint32_t attempt, attempt_result *r)
 {
     char ts[40];
@@ -601,9 +626,11 @@ static json_t *error_entry(uint32_t attempt, attempt_result *r)
     json_t *e = json_object();
     json_object_set_new(e, "attempt", json_integer(attempt));
     json_object_set_new(e, "time", json_string(ts));
-    json_object_set_new(e, "error", mt_diag_text(mt_buf_cstr(&r->error), r->error.len));
+    json_object_set_new(e, "error",
+                        kept_text(mt_buf_cstr(&r->error), r->error.len, ERROR_TEXT_MAX));
     if (r->traceback.len) {
-        json_t *tb = mt_diag_text(mt_buf_cstr(&r->traceback), r->traceback.len);
+        json_t *tb =
+            kept_text(mt_buf_cstr(&r->traceback), r->traceback.len, ERROR_TEXT_MAX * 2);
         if (tb) {
             json_object_set_new(e, "traceback", tb);
         }
@@ -626,7 +653,7 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, const mt_par
     if (ev->attr[MT_ATTR_SUBJECT]) {
         json_object_set_new(d, "subject", json_string(ev->attr[MT_ATTR_SUBJECT]));
     }
-    json_object_set_new(d, "reason", mt_diag_text(reason, strlen(reason)));
+    json_object_set_new(d, "reason", kept_text(reason, strlen(reason), ERROR_TEXT_MAX));
     json_object_set_new(d, "attempts", json_integer((json_int_t) rec->attempts));
     json_object_set_new(d, "errors", mt_parked_errors(rec));
     json_object_set_new(d, "deadlettered", json_string(ts));

@@ -194,6 +194,26 @@ def test_poison_messages_are_isolated_and_others_keep_flowing():
         assert len(by_subject["bad-reject"]["errors"]) == 1  # no retries for a rejection
 
 
+def test_a_huge_error_is_kept_cut_in_the_dead_letter():
+    # Kept whole, a 100 KB error was stored for every attempt kept and
+    # written again at each one.
+    cfg = config("  poison:\n    topics: [\"job.run\"]\n    handler: tests/lua/handlers/poison.lua\n"
+                 "    retry: { max_attempts: 2, backoff: 10ms, max_backoff: 20ms }\n")
+    with Engine(config=cfg) as e:
+        for kind in ("huge", "huge_reject"):
+            e.publish(mtlib.event(kind, subject=kind, type_="job.run", data={"kind": kind}))
+        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 2 and json.loads(b))(
+            e.request("GET", "/subscriptions/poison/dlq")[2]), what="2 dead letters")
+        by = {d["subject"]: d for d in dlq}
+        errs = by["huge"]["errors"]
+        assert len(errs) == 2 and by["huge"]["reason"] == "retries exhausted", by["huge"]
+        for err in errs:
+            assert err["error"] == "E" * 4096 + " ... (95904 more bytes cut)", err["error"][-40:]
+        rej = by["huge_reject"]
+        assert rej["reason"].startswith("rejected: RRR") and len(rej["reason"]) < 4200, len(rej["reason"])
+        assert rej["reason"].endswith("more bytes cut)"), rej["reason"][-40:]
+
+
 def test_emitted_events_carry_causation_and_reach_other_subscriptions():
     cfg = config("  emitter:\n    topics: [\"order.placed\"]\n    handler: tests/lua/handlers/emitter.lua\n"
                  "  counter:\n    topics: [\"order.confirmed\"]\n    handler: tests/lua/handlers/count.lua\n")

@@ -11,6 +11,10 @@ return function(event, ctx)
   elseif d.kind == "backtrack" then
     -- One call of a C function: no instruction count stops it, only limits.time.
     string.rep("a", 3000):find(string.rep("a*", 12) .. "b")
+  elseif d.kind == "huge" then
+    error(string.rep("E", 100000), 0)
+  elseif d.kind == "huge_reject" then
+    ctx.reject(string.rep("R", 100000))
   elseif d.kind == "reject" then
     ctx.reject("not for us")
   end
