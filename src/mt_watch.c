@@ -34,42 +34,42 @@
 #define CLAIMED (UINT64_C(1) << 63)
 
 typedef struct slot {
-    pthread_mutex_t mu;   /* held by the watchdog while it reads a claimed run */
-    _Atomic uint64_t state; /* runs begun + runs ended: odd while one is in progress */
-    _Atomic(const char *) sub;      /* valid while the run is in progress */
-    _Atomic(const mt_event *) ev;   /* likewise; NULL while loading a handler file */
-    _Atomic(const char *) file;     /* the file loading, while ev is NULL */
+    pthread_mutex_t mu;           /* held by the watchdog while it reads a claimed run */
+    _Atomic uint64_t state;       /* runs begun + runs ended: odd while one is in progress */
+    _Atomic(const char *) sub;    /* valid while the run is in progress */
+    _Atomic(const mt_event *) ev; /* likewise; NULL while loading a handler file */
+    _Atomic(const char *) file;   /* the file loading, while ev is NULL */
     _Atomic uint64_t limit_ms;
     _Atomic uint32_t attempt;
-    bool taken;           /* a thread has it (under W.mu) */
-    uint64_t seen;        /* the watchdog's: the state it saw last ... */
-    int64_t seen_us;      /* ... and when it first saw it (monotonic) */
+    bool taken;      /* a thread has it (under W.mu) */
+    uint64_t seen;   /* the watchdog's: the state it saw last ... */
+    int64_t seen_us; /* ... and when it first saw it (monotonic) */
     struct slot *next;
 } slot;
 
 typedef struct note {
-    char *sub;            /* owned */
-    char *file;           /* owned: the handler file whose loading got stuck, or NULL */
-    char *source;         /* owned: else the event's source ... */
-    char *id;             /* owned: ... and id */
+    char *sub;    /* owned */
+    char *file;   /* owned: the handler file whose loading got stuck, or NULL */
+    char *source; /* owned: else the event's source ... */
+    char *id;     /* owned: ... and id */
     uint64_t seq;
     uint32_t attempt;
     uint64_t limit_ms;
 } note;
 
 static struct {
-    pthread_mutex_t mu;   /* slots, notes, stop */
+    pthread_mutex_t mu; /* slots, notes, stop */
     pthread_cond_t cv;
     slot *slots;
     note *notes;
     int nnotes;
-    char *dir;            /* owned */
+    char *dir; /* owned */
     bool stop;
     pthread_t thread;
 } W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, NULL, false, 0};
 
-static atomic_bool watching;  /* mt_watch_start ran */
-static atomic_int pending;    /* W.nnotes, read without the mutex */
+static atomic_bool watching; /* mt_watch_start ran */
+static atomic_int pending;   /* W.nnotes, read without the mutex */
 static __thread slot *mine;
 
 static void *thread_main(void *arg);
@@ -78,8 +78,13 @@ static void notes_add(const char *sub, const char *file, const char *source, con
                       uint64_t seq, uint32_t attempt, uint64_t limit_ms)
 {
     W.notes = mt_xrealloc(W.notes, (size_t) (W.nnotes + 1) * sizeof *W.notes);
-    W.notes[W.nnotes++] = (note){mt_xstrdup(sub), file ? mt_xstrdup(file) : NULL,
-                                 mt_xstrdup(source), mt_xstrdup(id), seq, attempt, limit_ms};
+    W.notes[W.nnotes++] = (note){mt_xstrdup(sub),
+                                 file ? mt_xstrdup(file) : NULL,
+                                 mt_xstrdup(source),
+                                 mt_xstrdup(id),
+                                 seq,
+                                 attempt,
+                                 limit_ms};
     atomic_store(&pending, W.nnotes);
 }
 
@@ -115,7 +120,8 @@ static mt_err load_notes(const char *path, char *err, size_t errlen)
     size_t i;
     json_t *n;
     mt_err rc = json_is_array(a) ? MT_OK : MT_EINVAL;
-    json_array_foreach(a, i, n) {
+    json_array_foreach(a, i, n)
+    {
         json_t *sub = json_object_get(n, "subscription"), *seq = json_object_get(n, "sequence");
         json_t *src = json_object_get(n, "source"), *id = json_object_get(n, "id");
         json_t *att = json_object_get(n, "attempt"), *lim = json_object_get(n, "limit_ms");
@@ -457,8 +463,8 @@ static bool look(int64_t now)
                          "again and that message goes to the dead-letter queue",
                          sub, seq, ms, MT_WATCH_EXIT);
             if (find_note(sub, ev) < 0) {
-                notes_add(sub, NULL, attr(ev, MT_ATTR_SOURCE), attr(ev, MT_ATTR_ID),
-                          ev->sequence, attempt, limit_ms);
+                notes_add(sub, NULL, attr(ev, MT_ATTR_SOURCE), attr(ev, MT_ATTR_ID), ev->sequence,
+                          attempt, limit_ms);
             }
         }
     }
