@@ -49,6 +49,18 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
     return len;
 }
 
+size_t mt_diag_cut_at(const char *s, size_t n, size_t max)
+{
+    if (n <= max) {
+        return n;
+    }
+    size_t keep = max;
+    while (keep > 0 && ((unsigned char) s[keep] & 0xC0) == 0x80) {
+        keep--; /* s[keep], the first byte cut, continues a character */
+    }
+    return keep;
+}
+
 json_t *mt_diag_text(const char *s, size_t n)
 {
     json_t *v = memchr(s, 0, n) ? NULL : json_stringn(s, n);

@@ -38,6 +38,12 @@ void mt_diag_emit(mt_diag_level level, const char *const *fields, const char *fm
  */
 json_t *mt_diag_text(const char *s, size_t n);
 
+/*
+ * How many of the n bytes at s to keep to show at most max of them
+ * without cutting a UTF-8 character: n if n <= max.
+ */
+size_t mt_diag_cut_at(const char *s, size_t n, size_t max);
+
 #define mt_debug(...) do { mt_diag_emit(MT_DIAG_DEBUG, NULL, __VA_ARGS__); } while (0)
 #define mt_info(...) do { mt_diag_emit(MT_DIAG_INFO, NULL, __VA_ARGS__); } while (0)
 #define mt_warn(...) do { mt_diag_emit(MT_DIAG_WARN, NULL, __VA_ARGS__); } while (0)

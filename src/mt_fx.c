@@ -483,10 +483,7 @@ void mt_fx_log(mt_fx *fx, mt_diag_level level, const char *msg)
         log_line(fx, level, msg);
         return;
     }
-    size_t keep = MT_FX_LOG_LINE_MAX;
-    while (keep > 0 && ((unsigned char) msg[keep] & 0xC0) == 0x80) {
-        keep--; /* not inside a UTF-8 character */
-    }
+    size_t keep = mt_diag_cut_at(msg, len, MT_FX_LOG_LINE_MAX);
     mt_buf b;
     mt_buf_init(&b);
     mt_buf_add(&b, msg, keep);

@@ -278,10 +278,7 @@ static const char *kv_key(lua_State *L, int idx, const char *what)
 /* 'key' cut for a message: at most 64 bytes, not inside a UTF-8 character. */
 static const char *key_shown(const char *key, char *out, size_t outlen)
 {
-    size_t len = strlen(key), keep = len > 64 ? 64 : len;
-    while (keep < len && keep > 0 && ((unsigned char) key[keep] & 0xC0) == 0x80) {
-        keep--;
-    }
+    size_t len = strlen(key), keep = mt_diag_cut_at(key, len, 64);
     snprintf(out, outlen, "%.*s%s", (int) keep, key, keep < len ? "..." : "");
     return out;
 }

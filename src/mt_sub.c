@@ -603,12 +603,9 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
  */
 static json_t *kept_text(const char *p, size_t len, size_t max)
 {
-    if (len <= max) {
+    size_t keep = mt_diag_cut_at(p, len, max);
+    if (keep == len) {
         return mt_diag_text(p, len);
-    }
-    size_t keep = max;
-    while (keep > 0 && ((unsigned char) p[keep] & 0xC0) == 0x80) {
-        keep--;
     }
     mt_buf cut;
     mt_buf_init(&cut);
