@@ -36,6 +36,7 @@ typedef struct loader {
     mt_topo *topo;          /* filled in as keys are read; discarded if any error */
     mt_sub_conf *sub;       /* the subscription being read */
     bool files_may_be_gone; /* a handler file that cannot be read is not an error */
+    bool over_http;         /* a definition made over HTTP: handler paths stay in the project */
     char path_buf[160];     /* "subscriptions.NAME.key" for messages */
 } loader;
 
@@ -546,11 +547,39 @@ static void sub_filter(loader *ld, const yaml_node_t *v)
     json_decref(spec);
 }
 
+/*
+ * Whether path 'p' names a file under the working directory by its words
+ * alone: relative, and no word is "..". Subscriptions made over HTTP may
+ * only run the project's own files; the topology file, written by whoever
+ * runs the engine, may name any.
+ */
+static bool inside_project(const char *p)
+{
+    if (p[0] == '/') {
+        return false;
+    }
+    for (const char *w = p; *w;) {
+        size_t n = strcspn(w, "/");
+        if (n == 2 && w[0] == '.' && w[1] == '.') {
+            return false;
+        }
+        w += n;
+        w += *w == '/';
+    }
+    return true;
+}
+
 static void sub_handler(loader *ld, const yaml_node_t *v)
 {
     const char *path = sub_path(ld, "handler");
     const char *h = scalar_text(ld, v, path, "the path of a Lua handler");
     if (!h) {
+        return;
+    }
+    if (ld->over_http && !inside_project(h)) {
+        err_node(ld, v, "'%s': '%.200s' is outside the engine's working directory: a subscription "
+                 "made over HTTP names its handler by a relative path without '..' "
+                 "(handlers/NAME.lua)", path, h);
         return;
     }
     if (!ld->files_may_be_gone && access(h, R_OK) != 0) {
@@ -1242,7 +1271,7 @@ static mt_err parse_sub(const char *name, const char *text, size_t len, const ch
     c->name = mt_xstrdup(name);
     mt_topo *t = mt_topo_new_default();
     loader ld = {.path = origin, .doc = NULL, .errs = errs, .topo = t,
-                 .files_may_be_gone = files_may_be_gone};
+                 .files_may_be_gone = files_may_be_gone, .over_http = true};
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) {
         fprintf(stderr, "moontide: out of memory parsing %s\n", origin);

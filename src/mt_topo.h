@@ -163,7 +163,9 @@ mt_err mt_topo_parse_listen(const char *s, char **host, uint16_t *port);
 /*
  * Parses the definition of subscription 'name' from 'text' (a JSON object,
  * or the same in YAML: the fields a subscription has under
- * `subscriptions:`), with the same checks as mt_topo_load. Errors are
+ * `subscriptions:`), with the same checks as mt_topo_load, and one more
+ * for a definition made over HTTP: the handler path must be relative with
+ * no ".." word, so it names a file of the project. Errors are
  * "ORIGIN:LINE:COL: error: message". On success sets *out (free with
  * mt_sub_conf_free); else MT_ECONFIG with every problem in 'errs'.
  */

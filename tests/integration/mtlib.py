@@ -33,8 +33,10 @@ class Skip(Exception):
 class Engine:
     """One `moontide run` process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, data_dir=None, config=None, args=(), env=None, preexec_fn=None):
+    def __init__(self, data_dir=None, config=None, args=(), env=None, preexec_fn=None,
+                 cwd=None):
         self.own_dir = data_dir is None
+        self.cwd = cwd or SRCDIR  # where relative handler paths resolve
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="moontide-it-")
         self.config = config
         self.args = list(args)
@@ -55,7 +57,7 @@ class Engine:
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=env, cwd=SRCDIR,
+                                     stderr=subprocess.PIPE, env=env, cwd=self.cwd,
                                      preexec_fn=self.preexec_fn)
         ready = threading.Event()
 

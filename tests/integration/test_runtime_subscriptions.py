@@ -4,11 +4,11 @@ survive restarts, and the topology file's own subscriptions win at start."""
 import http.server
 import json
 import os
+import shutil
 import tempfile
 import threading
 
 import mtlib
-from mtlib import Engine
 
 COUNTER = """
 return function(event, ctx)
@@ -18,12 +18,23 @@ end
 """
 
 
+# The engines of this module run in a project directory of their own: over
+# HTTP a subscription may only name a handler file under the engine's working
+# directory, by a relative path.
+PROJECT = tempfile.mkdtemp(prefix="moontide-project-")
+
+
 def handler_file(text=COUNTER):
-    d = tempfile.mkdtemp(prefix="moontide-h-")
-    path = os.path.join(d, "counter.lua")
-    with open(path, "w") as f:
+    """Writes a handler into the project; its path relative to the project."""
+    d = tempfile.mkdtemp(prefix="h-", dir=PROJECT)
+    path = os.path.join(os.path.basename(d), "counter.lua")
+    with open(os.path.join(PROJECT, path), "w") as f:
         f.write(text)
     return path
+
+
+def Engine(**kw):
+    return mtlib.Engine(cwd=PROJECT, **kw)
 
 
 def put(e, name, definition, raw=None, headers=None):
@@ -175,7 +186,7 @@ def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
         mtlib.wait_for(lambda: status(e, "keeper")[1]["dlq"] == 2, what="keeper's dead letters")
         mtlib.wait_for(lambda: status(e, "gone")[1]["dlq"] == 1, what="gone's dead letter")
         e.stop()
-        os.remove(fail)
+        os.remove(os.path.join(PROJECT, fail))
         e.start()
         for name in ("keeper", "gone"):
             assert any("'%s' (made over HTTP) is not started" % name in l
@@ -240,8 +251,22 @@ def test_bad_definitions_get_clear_errors_and_change_nothing():
         assert st == 400, b
         assert b["errors"][0].startswith("request:1:1: error: missing required key 'topics'"), b
         assert b["errors"][1].startswith("request:3:11: error: 'subscriptions.s.lease'"), b
-        st, b = put(e, "s", {"topics": ["a.b"], "handler": "/nonexistent/h.lua"})
-        assert st == 400 and "cannot read '/nonexistent/h.lua'" in b["detail"], b
+        st, b = put(e, "s", {"topics": ["a.b"], "handler": "nonexistent/h.lua"})
+        assert st == 400 and "cannot read 'nonexistent/h.lua'" in b["detail"], b
+        # Only the project's own files: not a file elsewhere on the host, even one
+        # that exists and reads, and not one reached with "..".
+        outside = os.path.join(os.path.dirname(PROJECT), "outside.lua")
+        with open(outside, "w") as f:
+            f.write(COUNTER)
+        try:
+            for path in (outside, "../outside.lua", handler_file() + "/../../../outside.lua"):
+                st, b = put(e, "s", {"topics": ["a.b"], "handler": path})
+                assert st == 400 and b["detail"] == (
+                    "request:1:32: error: 'subscriptions.s.handler': '%s' is outside the "
+                    "engine's working directory: a subscription made over HTTP names its "
+                    "handler by a relative path without '..' (handlers/NAME.lua)" % path), b
+        finally:
+            os.remove(outside)
         broken = handler_file("return function(event, ctx) end end")
         st, b = put(e, "s", {"topics": ["a.b"], "handler": broken})
         assert st == 400 and "counter.lua" in b["detail"], b
@@ -322,4 +347,7 @@ def test_a_webhook_made_at_runtime_delivers_and_stops_when_deleted():
 
 
 if __name__ == "__main__":
-    mtlib.main(globals())
+    try:
+        mtlib.main(globals())
+    finally:
+        shutil.rmtree(PROJECT, ignore_errors=True)

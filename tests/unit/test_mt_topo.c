@@ -413,28 +413,61 @@ static void test_topo_parse_sub_from_json(void **state)
     assert_true(mt_topo_valid_sub_name("a.b-c_1", 7));
 }
 
+/* Over HTTP a handler is a file of the project: absolute paths and ".." words are refused. */
+static void test_topo_parse_sub_keeps_handlers_in_the_project(void **state)
+{
+    (void) state;
+    static const char *const refused[] = {"/etc/hostname", "../x.lua", "handlers/../../x.lua",
+                                          "a/..", "..", "handlers//../../x.lua"};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        char def[200];
+        snprintf(def, sizeof def, "{\"topics\":[\"k.#\"],\"handler\":\"%s\"}", refused[i]);
+        mt_sub_conf *c = NULL;
+        mt_topo_errs errs = {0};
+        assert_int_equal(mt_topo_parse_sub("k", def, strlen(def), "request", &c, &errs),
+                         MT_ECONFIG);
+        assert_int_equal(errs.count, 1);
+        char want[300];
+        snprintf(want, sizeof want, "'subscriptions.k.handler': '%s' is outside the engine's "
+                 "working directory", refused[i]);
+        assert_non_null(strstr(errs.lines[0], want));
+        mt_topo_errs_free(&errs);
+        /* a stored definition too: one made before this check was kept */
+        assert_int_equal(mt_topo_parse_stored_sub("k", def, strlen(def), "stored", &c, &errs),
+                         MT_ECONFIG);
+        mt_topo_errs_free(&errs);
+    }
+    /* ".." inside a word is a name like any other */
+    const char *odd = "{\"topics\":[\"k.#\"],\"handler\":\"handlers/..h.lua\"}";
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_parse_stored_sub("k", odd, strlen(odd), "stored", &c, &errs), MT_OK);
+    assert_string_equal(c->handler, "handlers/..h.lua");
+    mt_sub_conf_free(c);
+}
+
 /* A stored definition is read for what it declares, even with its handler file gone. */
 static void test_topo_parse_stored_sub_allows_a_missing_handler(void **state)
 {
     (void) state;
-    const char *def = "{\"topics\":[\"k.#\"],\"handler\":\"/nonexistent/h.lua\","
+    const char *def = "{\"topics\":[\"k.#\"],\"handler\":\"nonexistent/h.lua\","
                       "\"ordering\":\"strict\"}";
     mt_sub_conf *c = NULL;
     mt_topo_errs errs = {0};
     assert_int_equal(mt_topo_parse_sub("k", def, strlen(def), "request", &c, &errs), MT_ECONFIG);
     assert_null(c);
     assert_int_equal(errs.count, 1);
-    assert_non_null(strstr(errs.lines[0], "cannot read '/nonexistent/h.lua'"));
+    assert_non_null(strstr(errs.lines[0], "cannot read 'nonexistent/h.lua'"));
     mt_topo_errs_free(&errs);
 
     assert_int_equal(mt_topo_parse_stored_sub("k", def, strlen(def), "stored", &c, &errs), MT_OK);
     assert_int_equal(errs.count, 0);
-    assert_string_equal(c->handler, "/nonexistent/h.lua");
+    assert_string_equal(c->handler, "nonexistent/h.lua");
     assert_int_equal(c->ordering, MT_ORDER_STRICT);
     mt_sub_conf_free(c);
 
     /* Every other check still holds. */
-    const char *bad = "{\"topics\":[\"k.#\"],\"handler\":\"/nonexistent/h.lua\",\"colour\":1}";
+    const char *bad = "{\"topics\":[\"k.#\"],\"handler\":\"nonexistent/h.lua\",\"colour\":1}";
     assert_int_equal(mt_topo_parse_stored_sub("k", bad, strlen(bad), "stored", &c, &errs),
                      MT_ECONFIG);
     assert_int_equal(errs.count, 1);
@@ -847,6 +880,7 @@ int main(void)
         T(test_topo_errs_are_appended_and_reusable),
         cmocka_unit_test(test_topo_listen_parsing),
         cmocka_unit_test(test_topo_parse_sub_from_json),
+        cmocka_unit_test(test_topo_parse_sub_keeps_handlers_in_the_project),
         cmocka_unit_test(test_topo_parse_stored_sub_allows_a_missing_handler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
