@@ -870,5 +870,5 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
 void mt_fx_reject(mt_fx *fx, const char *reason)
 {
     free(fx->reject);
-    fx->reject = mt_xstrdup(reason && *reason ? reason : "rejected");
+    fx->reject = mt_xstrdup(reason && *reason ? reason : "no reason given");
 }

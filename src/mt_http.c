@@ -214,17 +214,17 @@ static void reply_error_extra(struct evhttp_request *req, int code, const char *
  * when it is present and malformed or above 'max'.
  */
 static bool query_u64(struct evhttp_request *req, struct evkeyvalq *q, const char *name,
-                      uint64_t def, uint64_t max, uint64_t *out)
+                      uint64_t def, uint64_t min, uint64_t max, uint64_t *out)
 {
     const char *v = evhttp_find_header(q, name);
     *out = def;
     if (!v) {
         return true;
     }
-    if (mt_parse_u64(v, out) || *out > max) {
+    if (mt_parse_u64(v, out) || *out < min || *out > max) {
         reply_error(req, 400, "invalid query parameter",
-                    "'%s' must be a whole number from 0 to %llu, got '%.64s'", name,
-                    (unsigned long long) max, v);
+                    "'%s' must be a whole number from %llu to %llu, got '%.64s'", name,
+                    (unsigned long long) min, (unsigned long long) max, v);
         return false;
     }
     return true;
@@ -360,13 +360,10 @@ static void wake_waiters(mt_http *h, uint64_t head)
 static void handle_read_events(mt_http *h, struct evhttp_request *req, struct evkeyvalq *q)
 {
     uint64_t after, limit, wait_ms;
-    if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after) ||
-        !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit) ||
+    if (!query_u64(req, q, "after", 0, 0, UINT64_MAX - 1, &after) ||
+        !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, 1, READ_LIMIT_MAX, &limit) ||
         !query_wait(req, q, &wait_ms)) {
         return;
-    }
-    if (limit == 0) {
-        limit = READ_LIMIT_DEFAULT;
     }
     read_out o;
     uint64_t head;
@@ -399,12 +396,9 @@ static void handle_read_stream(mt_http *h, struct evhttp_request *req, const cha
                                struct evkeyvalq *q)
 {
     uint64_t from, limit;
-    if (!query_u64(req, q, "from", 0, UINT64_MAX, &from) ||
-        !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {
+    if (!query_u64(req, q, "from", 0, 0, UINT64_MAX, &from) ||
+        !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, 1, READ_LIMIT_MAX, &limit)) {
         return;
-    }
-    if (limit == 0) {
-        limit = READ_LIMIT_DEFAULT;
     }
     size_t n = 0;
     char *subject = evhttp_uridecode(raw_subject, 0, &n);
@@ -1104,19 +1098,13 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
         return;
     }
     uint64_t seq, after, limit;
-    if (!query_u64(req, q, "sequence", 0, UINT64_MAX, &seq)) {
-        return;
-    }
-    if (seq == 0 && evhttp_find_header(q, "sequence")) {
-        /* 0 means "every dead letter" to what follows: it must not be asked for by name. */
-        reply_error(req, 400, "invalid query parameter",
-                    "'sequence' names an event: a whole number from 1, got '%.64s'",
-                    evhttp_find_header(q, "sequence"));
+    /* 0 means "every dead letter" to what follows: it must not be asked for by name. */
+    if (!query_u64(req, q, "sequence", 0, 1, UINT64_MAX, &seq)) {
         return;
     }
     if (strcmp(rest, "/dlq") == 0 && (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD)) {
-        if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after) ||
-            !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {
+        if (!query_u64(req, q, "after", 0, 0, UINT64_MAX - 1, &after) ||
+            !query_u64(req, q, "limit", READ_LIMIT_DEFAULT, 1, READ_LIMIT_MAX, &limit)) {
             return;
         }
         mt_txn *t;
@@ -1147,7 +1135,7 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
                         "subscription '%.64s' delivers to a handler; declare deliver: pull", name);
             return;
         }
-        if (!query_u64(req, q, "max", 10, 1000, &max) || !query_wait(req, q, &wait_ms)) {
+        if (!query_u64(req, q, "max", 10, 1, 1000, &max) || !query_wait(req, q, &wait_ms)) {
             return;
         }
         pull_req *p = mt_xcalloc(1, sizeof *p);
@@ -1248,9 +1236,9 @@ static void handle_tables(mt_http *h, struct evhttp_request *req, const char *pa
     if (*rest == '\0' || strcmp(rest, "/") == 0) {
         uint64_t limit;
         const char *prefix = evhttp_find_header(q, "prefix");
-        if (query_u64(req, q, "limit", READ_LIMIT_DEFAULT, READ_LIMIT_MAX, &limit)) {
+        if (query_u64(req, q, "limit", READ_LIMIT_DEFAULT, 1, READ_LIMIT_MAX, &limit)) {
             json_t *o;
-            mt_err rc = mt_subs_table_scan(t, table, prefix ? prefix : "", limit ? limit : READ_LIMIT_DEFAULT, &o);
+            mt_err rc = mt_subs_table_scan(t, table, prefix ? prefix : "", limit, &o);
             if (rc == MT_EINVAL) {
                 reply_error(req, 400, "invalid table", "table or prefix too long");
             } else if (rc) {
@@ -1753,7 +1741,7 @@ static void handle_subscribe(mt_http *h, struct evhttp_request *req, struct evke
         return;
         }
     } else if (evhttp_find_header(q, "after")) {
-        if (!query_u64(req, q, "after", 0, UINT64_MAX - 1, &after)) {
+        if (!query_u64(req, q, "after", 0, 0, UINT64_MAX - 1, &after)) {
             sse_discard(c);
         return;
         }

@@ -457,7 +457,7 @@ static int l_ctx_now(lua_State *L)
 static int l_ctx_reject(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
-    mt_fx_reject(fx, luaL_optstring(L, 1, "rejected"));
+    mt_fx_reject(fx, luaL_optstring(L, 1, "no reason given"));
     return luaL_error(L, "rejected: %s", fx->reject);
 }
 

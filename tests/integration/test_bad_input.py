@@ -480,6 +480,10 @@ def test_malformed_query_parameters_are_named():
         for q, name in (("from=abc", "from"), ("from=-1", "from"), ("limit=-1", "limit"),
                         ("limit=10001", "limit")):
             expect_error(e, 400, "GET", "/streams/seed?" + q, detail="'%s'" % name)
+        # limit=0 asks for nothing; it once meant "the default" without a word.
+        for path in ("/events?limit=0", "/streams/seed?limit=0", "/tables/t?limit=0"):
+            ans = expect_error(e, 400, "GET", path, detail="'limit'")
+            assert ans["detail"] == "'limit' must be a whole number from 1 to 10000, got '0'", ans
         # A query string that does not parse at all.
         expect_error(e, 400, "GET", "/events?after")
         # A NUL byte: decoded, prefix=s%00x would have read as prefix=s.

@@ -184,6 +184,8 @@ def test_a_paused_pull_subscription_hands_out_nothing_until_resumed():
 def test_bad_pull_requests():
     with Engine(config=config()) as e:
         assert post(e, "/subscriptions/work/pull?max=0x")[0] == 400
+        st, body = post(e, "/subscriptions/work/pull?max=0")
+        assert st == 400 and "'max' must be a whole number from 1 to 1000" in str(body), body
         assert post(e, "/subscriptions/work/ack", {"leases": "abc"})[0] == 400
         assert post(e, "/subscriptions/work/ack", {"leases": []})[0] == 400
         assert post(e, "/subscriptions/work/ack", {"leases": ["1-00"], "delay": "1s"})[0] == 400

@@ -175,7 +175,8 @@ def test_poison_messages_are_isolated_and_others_keep_flowing():
                  "    limits: { instructions: 200000, memory: 2MiB }\n")
     with Engine(config=cfg) as e:
         bad = {"loop": "instruction budget", "bomb": "memory limit", "pcall_loop": "instruction budget",
-               "malformed": "attempt to", "reject": "not for us"}
+               "malformed": "attempt to", "reject": "not for us",
+               "reject_bare": "rejected: no reason given"}
         for kind in bad:
             data = {"kind": kind, "amount": "abc"} if kind == "malformed" else {"kind": kind, "amount": 1}
             e.publish(mtlib.event("bad-" + kind, subject="bad-" + kind, type_="job.run", data=data))
@@ -184,14 +185,15 @@ def test_poison_messages_are_isolated_and_others_keep_flowing():
                                   data={"kind": "ok", "amount": i}))
         ok = wait_for(lambda: len(table(e, "ok")) == 20 and table(e, "ok"), what="good events")
         assert sorted(ok.values()) == sorted(2 * i for i in range(20))
-        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 5 and json.loads(b))(
-            e.request("GET", "/subscriptions/poison/dlq")[2]), what="5 dead letters")
+        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 6 and json.loads(b))(
+            e.request("GET", "/subscriptions/poison/dlq")[2]), what="6 dead letters")
         by_subject = {d["subject"]: d for d in dlq}
         for kind, text in bad.items():
             d = by_subject["bad-" + kind]
             assert text in d["errors"][-1]["error"], (kind, d)
         assert by_subject["bad-reject"]["reason"].startswith("rejected"), by_subject["bad-reject"]
         assert len(by_subject["bad-reject"]["errors"]) == 1  # no retries for a rejection
+        assert by_subject["bad-reject_bare"]["reason"] == "rejected: no reason given"
 
 
 def test_a_huge_error_is_kept_cut_in_the_dead_letter():

@@ -17,6 +17,8 @@ return function(event, ctx)
     ctx.reject(string.rep("R", 100000))
   elseif d.kind == "reject" then
     ctx.reject("not for us")
+  elseif d.kind == "reject_bare" then
+    ctx.reject()
   end
   -- A malformed payload: amount must be a number.
   local total = d.amount * 2
