@@ -3018,9 +3018,18 @@ mt_err mt_subs_table_scan(mt_txn *t, const char *table, const char *prefix, uint
             break;
         }
         json_t *v = json_loadb(cv, cvl, JSON_DECODE_ANY, NULL);
-        if (v) {
-            json_object_setn_new(o, (const char *) ck + a + 1, ckl - a - 1, v);
+        const char *key = (const char *) ck + a + 1;
+        size_t key_len = ckl - a - 1;
+        if (v && json_object_setn(o, key, key_len, v) != 0) {
+            /* A key that is not UTF-8 (Lua strings are bytes) is listed with
+             * U+FFFD for each stray byte rather than left out. */
+            json_t *shown = mt_diag_text(key, key_len);
+            if (shown) {
+                json_object_setn(o, json_string_value(shown), json_string_length(shown), v);
+            }
+            json_decref(shown);
         }
+        json_decref(v);
         rc = mt_store_cursor_next(c, &ck, &ckl, &cv, &cvl);
     }
     mt_store_cursor_close(c);

@@ -216,6 +216,32 @@ def test_a_huge_error_is_kept_cut_in_the_dead_letter():
         assert rej["reason"].endswith("more bytes cut)"), rej["reason"][-40:]
 
 
+def test_a_table_lists_keys_that_are_not_utf8():
+    # Lua strings are bytes, so a key may be any; JSON keys may not. Such a
+    # key was left out of the listing, which then held fewer than asked for.
+    d = tempfile.mkdtemp(prefix="moontide-h-")
+    handler = os.path.join(d, "h.lua")
+    with open(handler, "w") as f:
+        f.write("return function(e, ctx)\n"
+                "  local t = ctx.kv('bytes')\n"
+                "  t:put('caf\\233', 1)\n"
+                "  t:put('ok', 2)\n"
+                "  t:put('z\\255', t:get('caf\\233') + 2)\n"
+                "end\n")
+    cfg = config("  b:\n    topics: [\"b.x\"]\n    handler: %s\n" % handler)
+    try:
+        with Engine(config=cfg) as e:
+            e.publish(mtlib.event("b1", type_="b.x"))
+            wait_for(lambda: status(e, "b")["handled"] == 1, what="one handled")
+            assert table(e, "bytes") == {"caf\ufffd": 1, "ok": 2, "z\ufffd": 3}, table(e, "bytes")
+            st, _, body = e.request("GET", "/tables/bytes?limit=2")
+            assert st == 200 and json.loads(body) == {"caf\ufffd": 1, "ok": 2}, body
+            st, _, body = e.request("GET", "/tables/bytes/caf%E9")
+            assert st == 200 and json.loads(body) == 1, (st, body)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_emitted_events_carry_causation_and_reach_other_subscriptions():
     cfg = config("  emitter:\n    topics: [\"order.placed\"]\n    handler: tests/lua/handlers/emitter.lua\n"
                  "  counter:\n    topics: [\"order.confirmed\"]\n    handler: tests/lua/handlers/count.lua\n")
