@@ -55,9 +55,11 @@ static const char usage_run[] =
     "SIGTERM or SIGINT drains: accepted events are committed and answered, then exit 0.\n";
 
 static const char usage_check[] =
-    "usage: moontide check [-c FILE]\n"
+    "usage: moontide check [-c FILE | FILE]\n"
     "\n"
     "Validates a topology file and prints every error as FILE:LINE:COL: error: message.\n"
+    "Compiles every handler with the rest of the file; then, if all is well, loads\n"
+    "each one as `run` does (its top-level code runs under the subscription's limits).\n"
     "Exits 0 if valid, 78 if not.\n";
 
 /* Prints every error line and returns the exit code for a failed load. */
@@ -71,6 +73,11 @@ static int report_topo_errors(mt_err rc, mt_topo_errs *errs)
     return MT_EXIT_CONFIG;
 }
 
+static bool compile_handler(const char *path, char *err, size_t errlen)
+{
+    return mt_lua_check_file(path, err, errlen) == MT_OK;
+}
+
 static int cmd_check(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -79,30 +86,50 @@ static int cmd_check(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *path = MT_DEFAULT_CONFIG;
+    bool given = false;
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': path = optarg; break;
+        case 'c':
+            path = optarg;
+            given = true;
+            break;
         case 'h': fputs(usage_check, stdout); return MT_EXIT_OK;
         default: fputs(usage_check, stderr); return MT_EXIT_USAGE;
         }
     }
     if (optind < argc) {
+        if (given || optind + 1 < argc) {
+            fprintf(stderr, "moontide check: give one topology file, as -c FILE or as FILE\n");
+            fputs(usage_check, stderr);
+            return MT_EXIT_USAGE;
+        }
         path = argv[optind];
     }
     mt_topo *t;
     mt_topo_errs errs = {0};
-    mt_err rc = mt_topo_load(path, &t, &errs);
+    mt_err rc = mt_topo_load_compiling(path, compile_handler, &t, &errs);
     if (rc) {
         return report_topo_errors(rc, &errs);
     }
+    /* Compiled, each handler is now loaded as `run` loads it: its top-level
+     * code runs, under the subscription's limits, and must return one. */
     int bad = 0;
+    const mt_sub_runner *lua = mt_lua_sub_runner();
     for (int i = 0; i < t->nsubs; i++) {
+        const mt_sub_conf *s = &t->subs[i];
+        if (!s->handler) {
+            continue; /* pull and webhook subscriptions run nothing here */
+        }
         char err[1024];
-        if (mt_lua_check_file(t->subs[i].handler, err, sizeof err)) {
-            fprintf(stderr, "%s\n", err);
+        void *h;
+        if (lua->open(s, &h, err, sizeof err)) {
+            fprintf(stderr, "%s:%d:%d: error: 'subscriptions.%s.handler': %s\n", path,
+                    s->handler_line, s->handler_col, s->name, err);
             bad++;
+        } else {
+            lua->close(h);
         }
     }
     mt_topo_free(t);

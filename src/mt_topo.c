@@ -37,6 +37,7 @@ typedef struct loader {
     mt_sub_conf *sub;       /* the subscription being read */
     bool files_may_be_gone; /* a handler file that cannot be read is not an error */
     bool over_http;         /* a definition made over HTTP: handler paths stay in the project */
+    mt_topo_compile_fn compile; /* handlers are compiled as read (check) */
     char path_buf[160];     /* "subscriptions.NAME.key" for messages */
 } loader;
 
@@ -586,7 +587,14 @@ static void sub_handler(loader *ld, const yaml_node_t *v)
         err_node(ld, v, "'%s': cannot read '%.200s': %s", path, h, strerror(errno));
         return;
     }
+    char why[1024];
+    if (ld->compile && !ld->compile(h, why, sizeof why)) {
+        err_node(ld, v, "'%s': %s", path, why);
+        return;
+    }
     set_str(&ld->sub->handler, h);
+    ld->sub->handler_line = (int) v->start_mark.line + 1;
+    ld->sub->handler_col = (int) v->start_mark.column + 1;
 }
 
 static void sub_start(loader *ld, const yaml_node_t *v)
@@ -1221,6 +1229,12 @@ static void parse_buffer(loader *ld, mt_buf *b)
 
 mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs)
 {
+    return mt_topo_load_compiling(path, NULL, out, errs);
+}
+
+mt_err mt_topo_load_compiling(const char *path, mt_topo_compile_fn compile, mt_topo **out,
+                              mt_topo_errs *errs)
+{
     mt_assert(out);
     *out = NULL;
     mt_assert(path && errs);
@@ -1236,7 +1250,7 @@ mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs)
 
     mt_topo *t = mt_topo_new_default();
     t->path = mt_xstrdup(path);
-    loader ld = {.path = path, .doc = NULL, .errs = errs, .topo = t};
+    loader ld = {.path = path, .doc = NULL, .errs = errs, .topo = t, .compile = compile};
     parse_buffer(&ld, &b);
     mt_buf_free(&b);
 

@@ -88,6 +88,8 @@ typedef struct mt_sub_conf {
     int ntopics;
     char *filter_json;       /* owned; the filter as JSON text, NULL = none */
     char *handler;           /* owned; path of the Lua handler */
+    int handler_line;        /* where the file named it, from 1 (0: not from a file) */
+    int handler_col;
     mt_start start;
     uint64_t start_sequence; /* with MT_START_SEQUENCE */
     int64_t start_time_us;   /* with MT_START_TIME */
@@ -150,6 +152,20 @@ mt_topo *mt_topo_new_default(void);
  * out of it aborts, as mt_x* allocations do.
  */
 mt_err mt_topo_load(const char *path, mt_topo **out, mt_topo_errs *errs);
+
+/*
+ * Compiles the handler file at 'path'; false with the reason in err if it
+ * does not compile.
+ */
+typedef bool (*mt_topo_compile_fn)(const char *path, char *err, size_t errlen);
+
+/*
+ * mt_topo_load for `moontide check`: also compiles each subscription's
+ * handler as it is read, and reports a handler that does not compile at its
+ * `handler:` line, with every other error of the file.
+ */
+mt_err mt_topo_load_compiling(const char *path, mt_topo_compile_fn compile, mt_topo **out,
+                              mt_topo_errs *errs);
 
 /*
  * Parses "host:port" (host may be a name, an IPv4 address, or "[v6]").

@@ -280,6 +280,39 @@ def test_subscription_routes_and_check_command():
     rc, out, err = mtlib.run_cli("check", "-c", cfg2)
     assert rc == 78 and bad + ":2:" in err, (rc, err)
 
+    # Pull and webhook subscriptions have no handler to look at (check aborted).
+    cfg3 = config("  p:\n    topics: [\"a.b\"]\n    deliver: pull\n"
+                  "  w:\n    topics: [\"a.b\"]\n"
+                  "    deliver: { webhook: { url: \"http://127.0.0.1:9/h\" } }\n")
+    rc, out, err = mtlib.run_cli("check", "-c", cfg3)
+    assert rc == 0 and out.strip() == cfg3 + ": ok", (rc, out, err)
+
+    # A handler that does not compile is reported with the file's other errors,
+    # at its handler line; one that compiles but does not load, as `run` would.
+    d = tempfile.mkdtemp()
+    notfn, loaderr = os.path.join(d, "notfn.lua"), os.path.join(d, "loaderr.lua")
+    with open(notfn, "w") as f:
+        f.write("return 42\n")
+    with open(loaderr, "w") as f:
+        f.write("error('boom at load')\n")
+    cfg4 = config("  broken:\n    topics: [\"a..b\"]\n    handler: %s\n" % bad)
+    rc, out, err = mtlib.run_cli("check", "-c", cfg4)
+    lines = err.strip().split("\n")
+    assert rc == 78 and len(lines) == 2, (rc, err)
+    assert lines[0].startswith(cfg4 + ":6:14: error: 'subscriptions.broken.topics'"), lines
+    assert lines[1] == cfg4 + ":7:14: error: 'subscriptions.broken.handler': " + bad + \
+        ":2: unexpected symbol near '='", lines
+    cfg5 = config("  n:\n    topics: [\"a.b\"]\n    handler: %s\n"
+                  "  l:\n    topics: [\"a.b\"]\n    handler: %s\n" % (notfn, loaderr))
+    rc, out, err = mtlib.run_cli("check", "-c", cfg5)
+    assert rc == 78 and err.split("\n")[:2] == [
+        cfg5 + ":7:14: error: 'subscriptions.n.handler': " + notfn + ": a handler must return "
+        "a function or a table with a 'handle' function (got number)",
+        cfg5 + ":10:14: error: 'subscriptions.l.handler': " + loaderr + ":1: boom at load"], err
+    # One file, given once.
+    rc, out, err = mtlib.run_cli("check", "-c", cfg5, cfg)
+    assert rc == 64 and "one topology file" in err, (rc, err)
+
 
 def test_a_long_blocked_lane_drains_in_order_after_its_head_succeeds():
     # More events wait behind the failed head than one dispatch job runs (512).
