@@ -12,6 +12,7 @@
 #include "mt_topic.h"
 #include "mt_topo.h"
 #include "mt_util.h"
+#include "mt_webhook.h"
 
 /*
  * A topology file is read whole before parsing; anything bigger than this is
@@ -833,9 +834,12 @@ static void sub_on_expiry(loader *ld, const yaml_node_t *v)
 static void webhook_url(loader *ld, const yaml_node_t *v)
 {
     const char *u = scalar_text(ld, v, sub_path(ld, "deliver.webhook.url"), "an http:// URL");
+    char why[160];
     if (u && strncmp(u, "http://", 7) != 0) {
         err_node(ld, v, "'%s' must be an http:// URL (got '%.100s')",
                  sub_path(ld, "deliver.webhook.url"), u);
+    } else if (u && mt_webhook_check_url(u, why, sizeof why)) {
+        err_node(ld, v, "'%s': %s", sub_path(ld, "deliver.webhook.url"), why);
     } else if (u) {
         set_str(&ld->sub->webhook_url, u);
     }
@@ -845,7 +849,8 @@ static void webhook_secret(loader *ld, const yaml_node_t *v)
 {
     const char *sec = scalar_text(ld, v, sub_path(ld, "deliver.webhook.secret"),
                                   "a secret of the form whsec_<base64>");
-    if (sec && (strncmp(sec, "whsec_", 6) != 0 || strlen(sec) < 10)) {
+    unsigned char key[256];
+    if (sec && mt_webhook_secret_key(sec, key, sizeof key) < 0) {
         err_node(ld, v, "'%s' must look like whsec_<base64>", sub_path(ld, "deliver.webhook.secret"));
     } else if (sec) {
         set_str(&ld->sub->webhook_secret, sec);

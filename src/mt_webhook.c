@@ -309,21 +309,70 @@ static void hook_reap(hook *hk)
     hook_free(hk);
 }
 
+/* 'url' parsed, or NULL with why in err: http, a host, a port from 1 if given. */
+static struct evhttp_uri *parse_url(const char *url, char *err, size_t errlen)
+{
+    struct evhttp_uri *u = evhttp_uri_parse(url);
+    if (!u) {
+        snprintf(err, errlen, "cannot parse '%.100s' as a URL", url);
+        return NULL;
+    }
+    const char *scheme = evhttp_uri_get_scheme(u), *host = evhttp_uri_get_host(u);
+    if (!scheme || strcmp(scheme, "http") != 0) {
+        snprintf(err, errlen, "'%.100s' is not an http:// URL", url);
+    } else if (!host || !*host) {
+        snprintf(err, errlen, "'%.100s' names no host", url);
+    } else if (evhttp_uri_get_port(u) == 0) {
+        snprintf(err, errlen, "'%.100s' names port 0", url);
+    } else {
+        return u;
+    }
+    evhttp_uri_free(u);
+    return NULL;
+}
+
+mt_err mt_webhook_check_url(const char *url, char *err, size_t errlen)
+{
+    struct evhttp_uri *u = parse_url(url, err, errlen);
+    if (!u) {
+        return MT_EINVAL;
+    }
+    evhttp_uri_free(u);
+    return MT_OK;
+}
+
+int mt_webhook_secret_key(const char *secret, unsigned char *key, size_t cap)
+{
+    if (strncmp(secret, "whsec_", 6) != 0) {
+        return -1;
+    }
+    const char *b64 = secret + 6;
+    size_t n = strlen(b64);
+    if (n == 0 || n % 4 || n / 4 * 3 > cap) {
+        return -1;
+    }
+    int k = EVP_DecodeBlock(key, (const unsigned char *) b64, (int) n);
+    while (k > 0 && n > 0 && b64[n - 1] == '=') {
+        n--;
+        k--;
+    }
+    return k > 0 ? k : -1;
+}
+
 static mt_err hook_new(mt_webhooks *w, const mt_sub_conf *c, char *err, size_t errlen)
 {
     hook *hk = mt_xcalloc(1, sizeof *hk);
     hk->w = w;
     hk->conf = mt_sub_conf_copy(c);
     c = hk->conf;
-    struct evhttp_uri *u = evhttp_uri_parse(c->webhook_url);
-    const char *host = u ? evhttp_uri_get_host(u) : NULL;
-    if (!host) {
-        snprintf(err, errlen, "webhook '%s': cannot parse url '%s'", c->name, c->webhook_url);
-        evhttp_uri_free(u);
+    char why[160];
+    struct evhttp_uri *u = parse_url(c->webhook_url, why, sizeof why);
+    if (!u) {
+        snprintf(err, errlen, "webhook '%s': %s", c->name, why);
         hook_free(hk);
         return MT_ECONFIG;
     }
-    hk->host = mt_xstrdup(host);
+    hk->host = mt_xstrdup(evhttp_uri_get_host(u));
     hk->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
     const char *path = evhttp_uri_get_path(u);
     const char *query = evhttp_uri_get_query(u);
@@ -331,19 +380,11 @@ static mt_err hook_new(mt_webhooks *w, const mt_sub_conf *c, char *err, size_t e
                             query ? query : "");
     evhttp_uri_free(u);
     if (c->webhook_secret) {
-        const char *b64 = c->webhook_secret + 6;
-        size_t n = strlen(b64);
-        int k = n % 4 || n / 4 * 3 > sizeof hk->key
-                    ? -1
-                    : EVP_DecodeBlock(hk->key, (const unsigned char *) b64, (int) n);
+        int k = mt_webhook_secret_key(c->webhook_secret, hk->key, sizeof hk->key);
         if (k < 0) {
             snprintf(err, errlen, "webhook '%s': the secret is not whsec_<base64>", c->name);
             hook_free(hk);
             return MT_ECONFIG;
-        }
-        while (n > 0 && b64[n - 1] == '=') {
-            n--;
-            k--;
         }
         hk->keylen = k;
     }

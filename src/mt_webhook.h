@@ -47,4 +47,17 @@ void mt_webhooks_stop(mt_webhooks *w);
 /* Frees everything. Call after the store is closed. NULL does nothing. */
 void mt_webhooks_close(mt_webhooks *w);
 
+/*
+ * Whether 'url' is one a webhook can POST to: http, a host, a port from 1
+ * to 65535 if given. MT_EINVAL with why in err if not.
+ */
+mt_err mt_webhook_check_url(const char *url, char *err, size_t errlen);
+
+/*
+ * Decodes a secret of the form whsec_<base64> into key (cap bytes): the
+ * key's length (at least 1), or -1 if the secret is not of that form or
+ * its key is longer than cap.
+ */
+int mt_webhook_secret_key(const char *secret, unsigned char *key, size_t cap);
+
 #endif

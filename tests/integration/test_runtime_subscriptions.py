@@ -270,6 +270,18 @@ def test_bad_definitions_get_clear_errors_and_change_nothing():
         broken = handler_file("return function(event, ctx) end end")
         st, b = put(e, "s", {"topics": ["a.b"], "handler": broken})
         assert st == 400 and "counter.lua" in b["detail"], b
+        # A webhook that could never be called is refused, not stored: a URL
+        # libevent cannot parse crashed the engine, then every start after.
+        for url, why in (("http://127.0.0.1:99999/x", "cannot parse"),
+                         ("http://exa mple.com/x", "cannot parse"),
+                         ("http://[::1/x", "cannot parse"), ("http:///ok", "names no host"),
+                         ("http://h:0/x", "port 0")):
+            st, b = put(e, "s", {"topics": ["a.b"], "deliver": {"webhook": {"url": url}}})
+            assert st == 400 and why in b["detail"] and "deliver.webhook.url" in b["detail"], b
+        for secret in ("whsec_!!!!!!!!", "whsec_abcde", "whsec_", "secret"):
+            st, b = put(e, "s", {"topics": ["a.b"], "deliver": {"webhook": {
+                "url": "http://127.0.0.1:9/h", "secret": secret}}})
+            assert st == 400 and "whsec_<base64>" in b["detail"], b
         st, b = put(e, "bad%20name", {"topics": ["a.b"], "deliver": "pull"})
         assert st == 400 and "subscription name" in b["detail"], b
         st, b = put(e, "s", {"topics": ["a.b"], "deliver": "pull"},
