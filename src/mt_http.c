@@ -1197,6 +1197,7 @@ static void handle_lease_op(mt_http *h, struct evhttp_request *req, const char *
     json_t *body = len ? json_loadb((const char *) evbuffer_pullup(in, -1), len, 0, &e) : NULL;
     json_t *leases = json_object_get(body, "leases");
     const char *delay = json_string_value(json_object_get(body, "delay"));
+    json_t *error = json_object_get(body, "error");
     uint64_t delay_ms = 0;
     size_t i;
     json_t *v;
@@ -1210,9 +1211,12 @@ static void handle_lease_op(mt_http *h, struct evhttp_request *req, const char *
                     "expected {\"leases\": [\"token\", ...]} with 1 to 10000 tokens");
     } else if (delay && (op != MT_LEASE_NACK || mt_parse_duration(delay, &delay_ms))) {
         reply_error(req, 400, "malformed body", "'delay' is a duration, and only for nack");
+    } else if (error && (op != MT_LEASE_NACK || !json_is_string(error))) {
+        reply_error(req, 400, "malformed body", "'error' is a string, and only for nack");
     } else if (!mt_subs_is_pull(h->subs, name)) {
         reply_error(req, 409, "not a pull subscription", "subscription '%.64s' is not pull", name);
-    } else if (mt_subs_lease_op(h->subs, name, op, leases, delay_ms, lease_answer, req)) {
+    } else if (mt_subs_lease_op(h->subs, name, op, leases, delay_ms, json_string_value(error),
+                                lease_answer, req)) {
         reply_error(req, 503, "shutting down", "the engine is stopping");
     }
     json_decref(body);

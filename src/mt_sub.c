@@ -432,7 +432,7 @@ static mt_err requeue_next(sub_rt *s, mt_txn *t, const char *lane)
     return rc;
 }
 
-static int64_t backoff_us(const mt_sub_conf *c, uint32_t attempts)
+int64_t mt_sub_backoff_us(const mt_sub_conf *c, uint32_t attempts)
 {
     uint64_t d = c->backoff_ms;
     for (uint32_t i = 1; i < attempts && d < c->max_backoff_ms; i++) {
@@ -616,15 +616,21 @@ static json_t *kept_text(const char *p, size_t len, size_t max)
     return v;
 }
 
-static json_t *error_entry(uint32_t attempt, attempt_result *r)
+/* An attempt's entry in a parked record's errors: attempt, time, error. */
+static json_t *text_entry(uint32_t attempt, const char *error, size_t len)
 {
     char ts[40];
     mt_time_format_us(mt_now_us(), ts, sizeof ts);
     json_t *e = json_object();
     json_object_set_new(e, "attempt", json_integer(attempt));
     json_object_set_new(e, "time", json_string(ts));
-    json_object_set_new(e, "error",
-                        kept_text(mt_buf_cstr(&r->error), r->error.len, ERROR_TEXT_MAX));
+    json_object_set_new(e, "error", kept_text(error, len, ERROR_TEXT_MAX));
+    return e;
+}
+
+static json_t *error_entry(uint32_t attempt, attempt_result *r)
+{
+    json_t *e = text_entry(attempt, mt_buf_cstr(&r->error), r->error.len);
     if (r->traceback.len) {
         json_t *tb =
             kept_text(mt_buf_cstr(&r->traceback), r->traceback.len, ERROR_TEXT_MAX * 2);
@@ -728,7 +734,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
             }
             *freed = true;
         } else {
-            int64_t due = mt_now_us() + backoff_us(c, attempt);
+            int64_t due = mt_now_us() + mt_sub_backoff_us(c, attempt);
             p->state = MT_PARK_RETRY;
             p->due_us = due;
             snprintf(p->lane, sizeof p->lane, "%s", lane);
@@ -2430,8 +2436,10 @@ typedef struct lease_job {
     mt_lease_op op;
     json_t *tokens;           /* owned array of strings */
     uint64_t delay_ms;
+    char *error;              /* owned: why a nack's attempt failed, or NULL */
     json_t *unknown;          /* tokens that match no live lease */
     uint64_t count;
+    bool noted;               /* a nack's error went into the state's last_error */
     mt_pull_done_fn done;
     void *arg;
 } lease_job;
@@ -2521,6 +2529,16 @@ static mt_err lease_run(mt_txn *t, void *arg)
             if (j->op == MT_LEASE_NACK) {
                 rec.state = MT_PARK_RETRY;
                 rec.lease = 0;
+                if (j->error) {
+                    size_t n = strlen(j->error);
+                    mt_parked_add_error(&rec, text_entry(rec.attempts, j->error, n),
+                                        ERRORS_KEPT);
+                    snprintf(st.last_error, sizeof st.last_error, "sequence %llu: %.*s",
+                             (unsigned long long) seq,
+                             (int) mt_diag_cut_at(j->error, n, sizeof st.last_error - 32),
+                             j->error);
+                    j->noted = true;
+                }
             }
             rc = parked_put(t, k, kl, &rec);
             skl = sched_key(sk, name, ndue, seq);
@@ -2531,7 +2549,7 @@ static mt_err lease_run(mt_txn *t, void *arg)
         mt_parked_free(&rec);
         j->count += rc == MT_OK;
     }
-    if (rc == MT_OK && j->op == MT_LEASE_ACK && j->count) {
+    if (rc == MT_OK && ((j->op == MT_LEASE_ACK && j->count) || j->noted)) {
         rc = save_state(t, name, &st);
     }
     return rc;
@@ -2550,12 +2568,13 @@ static void lease_done(mt_err rc, void *arg)
     json_decref(o);
     json_decref(j->tokens);
     json_decref(j->unknown);
+    free(j->error);
     sub_release(j->s);
     free(j);
 }
 
 mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const json_t *tokens,
-                        uint64_t delay_ms, mt_pull_done_fn done, void *arg)
+                        uint64_t delay_ms, const char *error, mt_pull_done_fn done, void *arg)
 {
     sub_rt *s = find(subs, name);
     if (!s) {
@@ -2565,11 +2584,14 @@ mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const j
         return MT_EINVAL;
     }
     lease_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (lease_job){s, op, json_deep_copy(tokens), delay_ms, json_array(), 0, done, arg};
+    *j = (lease_job){.s = s, .op = op, .tokens = json_deep_copy(tokens), .delay_ms = delay_ms,
+                     .error = op == MT_LEASE_NACK && error ? mt_xstrdup(error) : NULL,
+                     .unknown = json_array(), .done = done, .arg = arg};
     mt_err rc = sub_submit(s, lease_run, lease_done, j);
     if (rc) {
         json_decref(j->tokens);
         json_decref(j->unknown);
+        free(j->error);
         free(j);
     }
     return rc;

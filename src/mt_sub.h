@@ -185,15 +185,25 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
 mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_fn done,
                     void *arg);
 
+/*
+ * The delay before retry 'attempts' + 1 of a message of 'c', in µs: the
+ * backoff doubled per attempt up to max_backoff, half of it fixed and half
+ * random so that many messages' retries spread out.
+ */
+int64_t mt_sub_backoff_us(const mt_sub_conf *c, uint32_t attempts);
+
 typedef enum mt_lease_op { MT_LEASE_ACK, MT_LEASE_NACK, MT_LEASE_EXTEND } mt_lease_op;
 
 /*
  * Acknowledges, nacks (redelivered after delay_ms) or extends (by the
  * subscription's lease) the given lease tokens (a JSON array of strings).
+ * A nack's 'error' (NULL for none) is kept as that attempt's error, as a
+ * handler's is, and becomes the subscription's last error.
  * 'done' gets {"count": N, "unknown": [tokens that match no live lease]}.
  */
 mt_err mt_subs_lease_op(mt_subs *subs, const char *name, mt_lease_op op, const json_t *tokens,
-                        uint64_t delay_ms, mt_pull_done_fn done, void *arg);
+                        uint64_t delay_ms, const char *error, mt_pull_done_fn done,
+                        void *arg);
 
 /* Whether 'name' is a pull subscription. */
 bool mt_subs_is_pull(mt_subs *subs, const char *name);

@@ -646,15 +646,25 @@ static void get_uint(loader *ld, const yaml_node_t *v, const char *path, uint64_
     *out = n;
 }
 
-static void get_duration(loader *ld, const yaml_node_t *v, const char *path, uint64_t *ms)
+#define HOUR_MS (3600 * 1000ULL)
+
+/*
+ * A duration from min to max ms into *ms; 'range' says so in words ("from
+ * 0 to 1h"). Every duration has a bound: one of 2^64 ms once passed the
+ * check and wrapped when the engine counted it in microseconds.
+ */
+static void get_duration(loader *ld, const yaml_node_t *v, const char *path, uint64_t min,
+                         uint64_t max, const char *range, uint64_t *ms)
 {
-    const char *s = scalar_text(ld, v, path, "a duration such as 200ms, 30s or 5m");
+    char expect[96];
+    snprintf(expect, sizeof expect, "a duration %s, such as 200ms, 30s or 5m", range);
+    const char *s = scalar_text(ld, v, path, expect);
     uint64_t d;
     if (!s) {
         return;
     }
-    if (mt_parse_duration(s, &d)) {
-        err_expected(ld, v, path, "a duration such as 200ms, 30s or 5m");
+    if (mt_parse_duration(s, &d) || d < min || d > max) {
+        err_expected(ld, v, path, expect);
         return;
     }
     *ms = d;
@@ -676,12 +686,14 @@ static void retry_max_attempts(loader *ld, const yaml_node_t *v)
 
 static void retry_backoff(loader *ld, const yaml_node_t *v)
 {
-    get_duration(ld, v, sub_path(ld, "retry.backoff"), &ld->sub->backoff_ms);
+    get_duration(ld, v, sub_path(ld, "retry.backoff"), 0, HOUR_MS, "from 0 to 1h",
+                 &ld->sub->backoff_ms);
 }
 
 static void retry_max_backoff(loader *ld, const yaml_node_t *v)
 {
-    get_duration(ld, v, sub_path(ld, "retry.max_backoff"), &ld->sub->max_backoff_ms);
+    get_duration(ld, v, sub_path(ld, "retry.max_backoff"), 0, 24 * HOUR_MS, "from 0 to 24h",
+                 &ld->sub->max_backoff_ms);
 }
 
 static const key_spec retry_keys[] = {
@@ -716,11 +728,7 @@ static void limits_time(loader *ld, const yaml_node_t *v)
 {
     uint64_t ms = ld->sub->max_time_ms;
     const char *path = sub_path(ld, "limits.time");
-    get_duration(ld, v, path, &ms);
-    if (ms < 1000 || ms > 3600 * 1000) {
-        err_expected(ld, v, path, "a duration from 1s to 1h");
-        return;
-    }
+    get_duration(ld, v, path, 1000, HOUR_MS, "from 1s to 1h", &ms);
     ld->sub->max_time_ms = ms;
 }
 
@@ -819,7 +827,8 @@ static void sub_window(loader *ld, const yaml_node_t *v)
 
 static void sub_ttl(loader *ld, const yaml_node_t *v)
 {
-    get_duration(ld, v, sub_path(ld, "ttl"), &ld->sub->ttl_ms);
+    get_duration(ld, v, sub_path(ld, "ttl"), 1, 3650 * 24 * HOUR_MS, "from 1ms to 3650d",
+                 &ld->sub->ttl_ms);
 }
 
 static void sub_on_expiry(loader *ld, const yaml_node_t *v)
@@ -901,10 +910,8 @@ static void sub_deliver(loader *ld, const yaml_node_t *v)
 
 static void sub_lease(loader *ld, const yaml_node_t *v)
 {
-    get_duration(ld, v, sub_path(ld, "lease"), &ld->sub->lease_ms);
-    if (ld->sub->lease_ms == 0) {
-        err_node(ld, v, "'%s' must be longer than 0", sub_path(ld, "lease"));
-    }
+    get_duration(ld, v, sub_path(ld, "lease"), 1, 12 * HOUR_MS, "from 1ms to 12h",
+                 &ld->sub->lease_ms);
 }
 
 static const key_spec sub_keys[] = {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "mt_diag.h"
 #include "mt_mem.h"
 #include "mt_util.h"
@@ -24,6 +25,8 @@ typedef struct slot {
     bool busy;
     char token[64];            /* the lease being delivered */
     uint32_t attempt;
+    struct evhttp_request *req; /* the POST in flight, or NULL */
+    struct event *deadline;    /* ends the POST before its lease would */
 } slot;
 
 struct hook {
@@ -53,6 +56,7 @@ struct mt_webhooks {
 
 static void hook_fill(hook *hk);
 static void hook_reap(hook *hk);
+static uint64_t deadline_ms(const mt_sub_conf *c);
 
 /* ---- settling leases ---- */
 
@@ -72,11 +76,12 @@ static void settled(mt_err rc, json_t *result, void *arg)
     hook_fill(sl->hk);
 }
 
-static void settle_lease(slot *sl, mt_lease_op op, uint64_t delay_ms)
+/* Settles the slot's lease; a nack's 'error' (or NULL) says why the attempt failed. */
+static void settle_lease(slot *sl, mt_lease_op op, uint64_t delay_ms, const char *error)
 {
     json_t *tokens = json_pack("[s]", sl->token);
     mt_err rc = mt_subs_lease_op(sl->hk->w->subs, sl->hk->conf->name, op, tokens, delay_ms,
-                                 settled, sl);
+                                 error, settled, sl);
     json_decref(tokens);
     if (rc) {
         /* The subscription is gone (or the engine stops): its lease expires on its own. */
@@ -111,11 +116,32 @@ static void paused(mt_err rc, uint64_t count, void *arg)
 
 static uint64_t backoff_ms(const mt_sub_conf *c, uint32_t attempt)
 {
-    uint64_t d = c->backoff_ms;
-    for (uint32_t i = 1; i < attempt && d < c->max_backoff_ms; i++) {
-        d *= 2;
+    return (uint64_t) mt_sub_backoff_us(c, attempt) / 1000;
+}
+
+/*
+ * Retry-After as delay-seconds or an HTTP date, in ms from now, at most an
+ * hour (a date in the past is 0); false if absent or neither.
+ */
+static bool retry_after_ms(const char *ra, uint64_t *ms)
+{
+    uint64_t secs;
+    if (!ra) {
+        return false;
     }
-    return d > c->max_backoff_ms ? c->max_backoff_ms : d;
+    if (mt_parse_u64(ra, &secs) == MT_OK) {
+        *ms = (secs > 3600 ? 3600 : secs) * 1000;
+        return true;
+    }
+    struct tm tm = {0};
+    const char *end = strptime(ra, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (!end || *end) {
+        return false;
+    }
+    int64_t at_us = (int64_t) timegm(&tm) * 1000000, now = mt_now_us();
+    int64_t d = at_us > now ? (at_us - now) / 1000 : 0;
+    *ms = (uint64_t) (d > 3600 * 1000 ? 3600 * 1000 : d);
+    return true;
 }
 
 static void on_response(struct evhttp_request *req, void *arg)
@@ -123,14 +149,25 @@ static void on_response(struct evhttp_request *req, void *arg)
     slot *sl = arg;
     hook *hk = sl->hk;
     int status = req ? evhttp_request_get_response_code(req) : 0;
+    sl->req = NULL;
+    evtimer_del(sl->deadline);
     if (hk->w->stopping) {
         sl->busy = false;
         return;
     }
     /* A retired hook still settles what it sent: the lease belongs to the subscription. */
     if (status >= 200 && status < 300) {
-        settle_lease(sl, MT_LEASE_ACK, 0);
+        settle_lease(sl, MT_LEASE_ACK, 0, NULL);
         return;
+    }
+    char why[200];
+    if (status == 0) {
+        snprintf(why, sizeof why, "POST %s:%d%s: no answer (connection failed, closed or timed "
+                 "out after %d s without data)", hk->host, hk->port, hk->path, TIMEOUT_S);
+    } else {
+        const char *line = evhttp_request_get_response_code_line(req);
+        snprintf(why, sizeof why, "POST %s:%d%s: answered %d %s", hk->host, hk->port, hk->path,
+                 status, line ? line : "");
     }
     uint64_t delay = backoff_ms(hk->conf, sl->attempt);
     if (status == 410) {
@@ -148,19 +185,42 @@ static void on_response(struct evhttp_request *req, void *arg)
                 free(p);
             }
         }
-        settle_lease(sl, MT_LEASE_NACK, 0);
+        settle_lease(sl, MT_LEASE_NACK, 0, why);
         return;
     }
     const char *ra = req ? evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After")
                          : NULL;
-    uint64_t secs;
-    if (ra && mt_parse_u64(ra, &secs) == MT_OK && secs <= 3600) {
-        delay = secs * 1000;
+    retry_after_ms(ra, &delay);
+    settle_lease(sl, MT_LEASE_NACK, delay, why);
+}
+
+/*
+ * The POST outlived most of its lease: end it before the lease expires,
+ * or the event would be leased to another slot while this one is still
+ * being delivered.
+ */
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    slot *sl = arg;
+    hook *hk = sl->hk;
+    if (!sl->req) {
+        return;
     }
-    settle_lease(sl, MT_LEASE_NACK, delay);
+    evhttp_cancel_request(sl->req); /* on_response is not called; the connection is reset */
+    sl->req = NULL;
+    char why[200];
+    snprintf(why, sizeof why, "POST %s:%d%s: no answer within %llu ms (nine tenths of the lease)",
+             hk->host, hk->port, hk->path, (unsigned long long) deadline_ms(hk->conf));
+    settle_lease(sl, MT_LEASE_NACK, backoff_ms(hk->conf, sl->attempt), why);
 }
 
 /* ---- sending ---- */
+
+/* How long a POST may take: nine tenths of the lease, which it must not outlive. */
+static uint64_t deadline_ms(const mt_sub_conf *c)
+{
+    return c->lease_ms - c->lease_ms / 10;
+}
 
 static void sign(hook *hk, const char *id, const char *ts, const char *body, size_t len,
                  char *out, size_t outlen)
@@ -206,8 +266,14 @@ static void send_one(slot *sl, json_t *item)
                  json_string_length(raw));
     sl->busy = true;
     if (evhttp_make_request(sl->conn, req, EVHTTP_REQ_POST, hk->path) != 0) {
-        settle_lease(sl, MT_LEASE_NACK, backoff_ms(hk->conf, sl->attempt));
+        settle_lease(sl, MT_LEASE_NACK, backoff_ms(hk->conf, sl->attempt),
+                     "cannot send the POST (out of memory?)");
+        return;
     }
+    sl->req = req;
+    uint64_t ms = deadline_ms(hk->conf);
+    struct timeval tv = {(time_t) (ms / 1000), (suseconds_t) (ms % 1000) * 1000};
+    evtimer_add(sl->deadline, &tv);
 }
 
 static void on_pulled(mt_err rc, json_t *result, void *arg)
@@ -280,6 +346,9 @@ static void hook_free(hook *hk)
     for (int s = 0; hk->slots && s < hk->conf->webhook_concurrency; s++) {
         if (hk->slots[s].conn) {
             evhttp_connection_free(hk->slots[s].conn);
+        }
+        if (hk->slots[s].deadline) {
+            event_free(hk->slots[s].deadline);
         }
     }
     free(hk->slots);
@@ -394,6 +463,7 @@ static mt_err hook_new(mt_webhooks *w, const mt_sub_conf *c, char *err, size_t e
         hk->slots[s].hk = hk;
         hk->slots[s].conn = evhttp_connection_base_new(base, NULL, hk->host, (uint16_t) hk->port);
         evhttp_connection_set_timeout(hk->slots[s].conn, TIMEOUT_S);
+        hk->slots[s].deadline = evtimer_new(base, on_deadline, &hk->slots[s]);
     }
     hk->timer = event_new(base, -1, EV_PERSIST, on_poll, hk);
     hk->due = evtimer_new(base, on_poll, hk);

@@ -95,11 +95,17 @@ def test_nack_with_delay_then_dead_letter_after_max_attempts():
         time.sleep(1.1)
         st, items = post(e, "/subscriptions/work/pull?wait=2s")
         assert len(items) == 1 and items[0]["attempt"] == 2, items
-        post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]]})
+        st, ans = post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]],
+                                                         "error": "price missing"})
+        assert st == 200 and ans["count"] == 1, ans
         st, items = post(e, "/subscriptions/work/pull?wait=300ms")
         assert items == [], items  # two attempts used up
         dlq = json.loads(e.request("GET", "/subscriptions/work/dlq")[2])
         assert len(dlq) == 1 and dlq[0]["reason"] == "retries exhausted", dlq
+        # A nack's error is that attempt's; one without says nothing.
+        assert [(x["attempt"], x["error"]) for x in dlq[0]["errors"]] == [(2, "price missing")], dlq
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["last_error"].endswith(": price missing"), s
         # Redriven, it can be pulled and acknowledged again.
         assert post(e, "/subscriptions/work/dlq/redrive")[0] == 200
         st, items = post(e, "/subscriptions/work/pull?wait=2s")
@@ -184,6 +190,10 @@ def test_a_paused_pull_subscription_hands_out_nothing_until_resumed():
 def test_bad_pull_requests():
     with Engine(config=config()) as e:
         assert post(e, "/subscriptions/work/pull?max=0x")[0] == 400
+        for op, body in (("ack", {"leases": ["1-00"], "error": "x"}),
+                         ("nack", {"leases": ["1-00"], "error": 5})):
+            st, ans = post(e, "/subscriptions/work/" + op, body)
+            assert st == 400 and "'error' is a string, and only for nack" in ans["detail"], ans
         st, body = post(e, "/subscriptions/work/pull?max=0")
         assert st == 400 and "'max' must be a whole number from 1 to 1000" in str(body), body
         assert post(e, "/subscriptions/work/ack", {"leases": "abc"})[0] == 400

@@ -162,6 +162,88 @@ def test_unreachable_endpoint_dead_letters_after_max_attempts():
         dlq = wait_for(lambda: json.loads(e.request("GET", "/subscriptions/hook/dlq")[2]),
                        timeout=60, what="the dead letter")
         assert dlq[0]["reason"] == "retries exhausted", dlq
+        # Each attempt says why it failed (the list was empty).
+        errs = dlq[0]["errors"]
+        assert [x["attempt"] for x in errs] == [1, 2, 3, 4, 5], errs
+        assert all("/hooks/orders: no answer (connection failed" in x["error"] for x in errs), errs
+        s = json.loads(e.request("GET", "/subscriptions/hook")[2])
+        assert "no answer" in s["last_error"], s
+
+
+def test_a_failed_answer_is_kept_as_the_attempts_error():
+    r = Receiver(lambda wid, attempt: (500 if attempt == 1 else 422, {}))
+    try:
+        with Engine(config=config(r.port, "")) as e:
+            e.publish(mtlib.event("f", type_="order.placed"))
+            dlq = wait_for(lambda: json.loads(e.request("GET", "/subscriptions/hook/dlq")[2]),
+                           timeout=60, what="the dead letter")
+            errs = [x["error"] for x in dlq[0]["errors"]]
+            assert errs[0].endswith("/hooks/orders: answered 500 Internal Server Error"), errs
+            assert errs[1].endswith("/hooks/orders: answered 422 Unprocessable Entity"), errs
+    finally:
+        r.close()
+
+
+def test_a_post_that_outlives_its_lease_is_ended_not_sent_twice_at_once():
+    # The receiver answers A only after 2 s, with a lease of 1 s. The lease
+    # used to expire under the POST: A went out again while the first was in
+    # flight, its 200s settled nothing, and B was sent before A was done.
+    # Now each POST ends at nine tenths of the lease and counts as a failed
+    # attempt, so A is dead-lettered saying so, and only then B goes out.
+    def behaviour(wid, attempt):
+        if wid == a_id[0]:
+            time.sleep(2)
+        return 204, {}
+
+    a_id = [None]
+    r = Receiver(behaviour)
+    try:
+        cfg = config(r.port, "    lease: 1s\n")
+        with open(cfg) as f:
+            text = f.read().replace("max_attempts: 5", "max_attempts: 2")
+        with open(cfg, "w") as f:
+            f.write(text)
+        with Engine(config=cfg) as e:
+            e.request("POST", "/subscriptions/hook/pause")
+            st, ans = e.publish(mtlib.event("a", subject="s", type_="order.placed"))
+            a_id[0] = "hook-" + ans["events"][0]["sequence"]
+            e.publish(mtlib.event("b", subject="s", type_="order.placed"))
+            e.request("POST", "/subscriptions/hook/resume")
+            s = wait_for(lambda: (lambda s: s["handled"] == 1 and s)(
+                json.loads(e.request("GET", "/subscriptions/hook")[2])), what="b delivered")
+            assert s["dlq"] == 1, s
+            dlq = json.loads(e.request("GET", "/subscriptions/hook/dlq")[2])
+            errs = [x["error"] for x in dlq[0]["errors"]]
+            assert len(errs) == 2 and all(
+                x.endswith("/hooks/orders: no answer within 900 ms (nine tenths of the lease)")
+                for x in errs), errs
+            with r.lock:
+                ids = [c[1]["id"] for c in r.calls]
+            assert ids == ["e-a", "e-a", "e-b"], ids
+    finally:
+        r.close()
+
+
+def test_retry_after_as_a_date_is_honoured():
+    def behaviour(wid, attempt):
+        times.append(time.monotonic())
+        if attempt == 1:
+            at = time.gmtime(time.time() + 3)
+            return 503, {"Retry-After": time.strftime("%a, %d %b %Y %H:%M:%S GMT", at)}
+        return 204, {}
+
+    times = []
+    r = Receiver(behaviour)
+    try:
+        with Engine(config=config(r.port)) as e:
+            e.publish(mtlib.event("d", type_="order.placed"))
+            wait_for(lambda: json.loads(e.request("GET", "/subscriptions/hook")[2])["handled"] == 1,
+                     what="the delivery")
+            # The date is whole seconds 3 s ahead: at least 2 s, where the
+            # backoff alone (50 ms) would have retried at once.
+            assert len(times) == 2 and times[1] - times[0] >= 2.0, times
+    finally:
+        r.close()
 
 
 mtlib.main(globals())

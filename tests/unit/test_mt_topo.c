@@ -346,8 +346,26 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "(expected exact, prefix, suffix, all, any or not)",
                   "8:28: error: 'subscriptions.s1.retry.max_attempts' must be a whole number "
                   "from 1 to 1000 (got '0')",
-                  "9:21: error: 'subscriptions.s1.limits.time' must be a duration from 1s to 1h "
-                  "(got '500ms')");
+                  "9:21: error: 'subscriptions.s1.limits.time' must be a duration from 1s to 1h, "
+                  "such as 200ms, 30s or 5m (got '500ms')");
+    /* Every duration has a bound: 2^64 ms passed and then wrapped in µs. */
+    EXPECT_ERRORS(state,
+                  "version: 1\n"
+                  "subscriptions:\n"
+                  "  s1:\n"
+                  "    topics: [\"a\"]\n"
+                  "    deliver: pull\n"
+                  "    lease: 2562047789h\n"
+                  "    ttl: 18446744073709551615ms\n"
+                  "    retry: { backoff: 2h, max_backoff: 25h }\n",
+                  "6:12: error: 'subscriptions.s1.lease' must be a duration from 1ms to 12h, "
+                  "such as 200ms, 30s or 5m (got '2562047789h')",
+                  "7:10: error: 'subscriptions.s1.ttl' must be a duration from 1ms to 3650d, "
+                  "such as 200ms, 30s or 5m (got '18446744073709551615ms')",
+                  "8:23: error: 'subscriptions.s1.retry.backoff' must be a duration from 0 to 1h, "
+                  "such as 200ms, 30s or 5m (got '2h')",
+                  "8:40: error: 'subscriptions.s1.retry.max_backoff' must be a duration from 0 "
+                  "to 24h, such as 200ms, 30s or 5m (got '25h')");
     EXPECT_ERRORS(state,
                   "version: 1\n"
                   "subscriptions:\n"
