@@ -30,6 +30,10 @@
 /* ---- error collection ---- */
 
 /* State of one mt_topo_load() call. */
+#define JSON_NODES_MAX 10000 /* values in one filter, aliases expanded */
+#define NEST_MAX 64          /* collections in collections, in any YAML read */
+#define MAPPING_MAX 10000    /* keys in one mapping (subscriptions included) */
+
 typedef struct loader {
     const char *path;
     yaml_document_t *doc;
@@ -39,6 +43,7 @@ typedef struct loader {
     bool files_may_be_gone; /* a handler file that cannot be read is not an error */
     bool over_http;         /* a definition made over HTTP: handler paths stay in the project */
     mt_topo_compile_fn compile; /* handlers are compiled as read (check) */
+    int json_left;          /* nodes yaml_to_json may still make */
     char path_buf[160];     /* "subscriptions.NAME.key" for messages */
 } loader;
 
@@ -234,6 +239,12 @@ static void walk_mapping(loader *ld, const yaml_node_t *map, const char *where,
                          const key_spec *specs)
 {
     mt_assert(map->type == YAML_MAPPING_NODE);
+    /* Duplicates are found by comparing each key with those before it. */
+    size_t npairs = (size_t) (map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    if (npairs > MAPPING_MAX) {
+        err_node(ld, map, "a mapping of %zu keys %s; at most %d", npairs, where, MAPPING_MAX);
+        return;
+    }
     int first_err = ld->errs->count;
     size_t nspecs = 0;
     while (specs[nspecs].name) {
@@ -484,11 +495,19 @@ static void sub_topics(loader *ld, const yaml_node_t *v)
 }
 
 /* YAML to JSON: mappings become objects, sequences arrays, scalars strings. */
+/*
+ * Node n as JSON, or NULL: nested deeper than 32, a key that is not a
+ * string, or more than JSON_NODES_MAX nodes in all (ld->json_left counts
+ * down). An alias is expanded where it is used, so ten aliases of ten
+ * aliases of ... grow tenfold a level: the count stops a file of a few
+ * hundred bytes from asking for gigabytes.
+ */
 static json_t *yaml_to_json(loader *ld, const yaml_node_t *n, int depth)
 {
-    if (depth > 32) {
+    if (depth > 32 || ld->json_left == 0) {
         return NULL;
     }
+    ld->json_left--;
     if (n->type == YAML_SCALAR_NODE) {
         return json_stringn((const char *) n->data.scalar.value, n->data.scalar.length);
     }
@@ -533,7 +552,13 @@ static void sub_filter(loader *ld, const yaml_node_t *v)
         err_expected(ld, v, path, "a filter mapping (exact, prefix, suffix, all, any, not)");
         return;
     }
+    ld->json_left = JSON_NODES_MAX;
     json_t *spec = yaml_to_json(ld, v, 0);
+    if (!spec && ld->json_left == 0) {
+        err_node(ld, v, "'%s' has more than %d values once its aliases are expanded", path,
+                 JSON_NODES_MAX);
+        return;
+    }
     if (!spec) {
         err_node(ld, v, "'%s' is nested too deeply or has a key that is not a string", path);
         return;
@@ -1193,6 +1218,41 @@ mt_topo *mt_topo_new_default(void)
 }
 
 /* Parses the buffer's single YAML document into ld->topo, reporting problems. */
+/*
+ * Whether the YAML in 'input' nests collections deeper than NEST_MAX,
+ * told by its events before any document is built: libyaml's scanner
+ * takes time in proportion to the depth for every token, so a 200 KB file
+ * of '[' kept it busy for minutes. Where it is too deep goes in *at. A
+ * syntax error ends the look (false): the load that follows reports it.
+ */
+static bool nested_too_deep(const unsigned char *input, size_t len, yaml_mark_t *at)
+{
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) {
+        fprintf(stderr, "moontide: out of memory parsing YAML\n");
+        abort();
+    }
+    yaml_parser_set_input_string(&parser, input, len);
+    int depth = 0;
+    bool deep = false, done = false;
+    while (!done && !deep) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            break;
+        }
+        if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+            deep = ++depth > NEST_MAX;
+            *at = ev.start_mark;
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        done = ev.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return deep;
+}
+
 static void parse_buffer(loader *ld, mt_buf *b)
 {
     yaml_parser_t parser;
@@ -1202,6 +1262,12 @@ static void parse_buffer(loader *ld, mt_buf *b)
     }
     /* mt_buf_cstr: an empty file has no buffer yet, and libyaml wants one. */
     const unsigned char *input = (const unsigned char *) mt_buf_cstr(b);
+    yaml_mark_t deep_at;
+    if (nested_too_deep(input, b->len, &deep_at)) {
+        err_at(ld, -1, deep_at, "nested deeper than %d levels", NEST_MAX);
+        yaml_parser_delete(&parser);
+        return;
+    }
     yaml_parser_set_input_string(&parser, input, b->len);
 
     yaml_document_t doc;
@@ -1305,7 +1371,10 @@ static mt_err parse_sub(const char *name, const char *text, size_t len, const ch
     }
     yaml_parser_set_input_string(&parser, (const unsigned char *) text, len);
     yaml_document_t doc;
-    if (!yaml_parser_load(&parser, &doc)) {
+    yaml_mark_t deep_at;
+    if (nested_too_deep((const unsigned char *) text, len, &deep_at)) {
+        err_at(&ld, -1, deep_at, "nested deeper than %d levels", NEST_MAX);
+    } else if (!yaml_parser_load(&parser, &doc)) {
         mt_buf b = {(char *) text, len, len};
         err_syntax(&ld, &parser, &b);
     } else {

@@ -4,6 +4,7 @@
  */
 #include "mt_test.h"
 #include <sys/stat.h>
+#include "mt_mem.h"
 #include "mt_topo.h"
 
 #define KIB (1ULL << 10)
@@ -372,6 +373,60 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "  s1:\n"
                   "    handler: /etc/hostname\n",
                   "4:5: error: missing required key 'topics' in subscription 's1'");
+}
+
+/*
+ * Files small enough to pass the size cap that once cost unbounded memory or
+ * time: aliases of aliases expanded in a filter (ten times a level: eight
+ * levels asked for 10^8 values), collections nested thousands deep (libyaml
+ * spends time in proportion to the depth on every token), and mappings of
+ * tens of thousands of keys (each compared with those before it).
+ */
+static void test_topo_small_files_with_huge_expansions_are_refused(void **state)
+{
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_buf_adds(&b, "version: 1\nsubscriptions:\n  s1:\n    topics: [\"a\"]\n    deliver: pull\n"
+                    "    filter: {any: [&l0 {exact: {subject: \"x\"}}");
+    for (int level = 1; level <= 8; level++) {
+        mt_buf_addf(&b, ", &l%d {any: [", level);
+        for (int k = 0; k < 10; k++) {
+            mt_buf_addf(&b, "%s*l%d", k ? ", " : "", level - 1);
+        }
+        mt_buf_adds(&b, "]}");
+    }
+    mt_buf_adds(&b, "]}\n");
+    EXPECT_ERRORS(state, mt_buf_cstr(&b),
+                  "6:13: error: 'subscriptions.s1.filter' has more than 10000 values once its "
+                  "aliases are expanded");
+
+    b.len = 0;
+    mt_buf_adds(&b, "version: 1\nengine: ");
+    for (int i = 0; i < 100000; i++) {
+        mt_buf_adds(&b, "[");
+    }
+    EXPECT_ERRORS(state, mt_buf_cstr(&b), "2:72: error: nested deeper than 64 levels");
+
+    b.len = 0;
+    mt_buf_adds(&b, "version: 1\nengine:\n");
+    for (int i = 0; i < 40000; i++) {
+        mt_buf_addf(&b, "  k%d: 1\n", i);
+    }
+    EXPECT_ERRORS(state, mt_buf_cstr(&b),
+                  "3:3: error: a mapping of 40000 keys in engine; at most 10000");
+    mt_buf_free(&b);
+
+    /* A definition over HTTP is read by the same parser. */
+    char def[400] = "{\"topics\": ";
+    for (int i = 0; i < 70; i++) {
+        strcat(def, "[");
+    }
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_parse_sub("k", def, strlen(def), "request", &c, &errs), MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    assert_string_equal(errs.lines[0], "request:1:75: error: nested deeper than 64 levels");
+    mt_topo_errs_free(&errs);
 }
 
 /* One subscription from a JSON definition: the same checks, located in the request. */
@@ -897,6 +952,7 @@ int main(void)
         T(test_topo_huge_file_is_refused),
         T(test_topo_errs_are_appended_and_reusable),
         cmocka_unit_test(test_topo_listen_parsing),
+        T(test_topo_small_files_with_huge_expansions_are_refused),
         cmocka_unit_test(test_topo_parse_sub_from_json),
         cmocka_unit_test(test_topo_parse_sub_keeps_handlers_in_the_project),
         cmocka_unit_test(test_topo_parse_stored_sub_allows_a_missing_handler),
