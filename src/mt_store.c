@@ -689,10 +689,20 @@ static mt_err restore_checkpoint(mt_store *s)
     char *path = mt_xasprintf("%s/data.mdb", s->dir);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     mt_err rc = MT_OK;
+    struct stat fs;
     if (fd < 0) {
         mt_error("store: '%s' is missing but the write-ahead file has a checkpoint: "
                  "refusing to start on a partial data directory", path);
         rc = MT_EIO;
+    } else if (fstat(fd, &fs) == 0 && (uint64_t) fs.st_size < len) {
+        /* Writing the snapshot would overwrite what is left of it, and it
+         * cannot be a data file the checkpoint was made from. */
+        mt_error("store: '%s' holds %lld bytes, less than the %zu bytes of LMDB's meta pages the "
+                 "write-ahead file's checkpoint restores: the data directory is damaged (a "
+                 "truncated file); not starting, and the file is left as it is",
+                 path, (long long) fs.st_size, len);
+        rc = MT_EIO;
+        close(fd);
     } else {
         if (pwrite(fd, snap, len, 0) != (ssize_t) len || fdatasync(fd)) {
             mt_error("store: cannot restore the checkpoint into '%s': %s", path, strerror(errno));

@@ -101,6 +101,21 @@ def test_a_truncated_data_file_is_refused_with_a_clear_error():
         assert "the data directory is damaged" in p.stderr and "data.mdb" in p.stderr, \
             p.stderr[-2000:]
 
+        # Shorter than LMDB's two meta pages: refused too, and left as it was
+        # (the checkpoint's meta pages were written over it first).
+        for size in (0, 100, PAGE):
+            with open(whole, "rb") as f:
+                head = f.read(size)
+            with open(data, "wb") as f:
+                f.write(head)
+            p = subprocess.run([mtlib.MOONTIDE, "run", "--data-dir", e.data_dir, "--listen",
+                                "127.0.0.1:0"], capture_output=True, text=True, timeout=60,
+                               cwd=mtlib.SRCDIR)
+            assert p.returncode == 74, (size, p.returncode, p.stderr[-2000:])
+            assert "the data directory is damaged" in p.stderr, p.stderr[-2000:]
+            with open(data, "rb") as f:
+                assert f.read() == head, "data.mdb of %d bytes was written to" % size
+
         shutil.copyfile(whole, data)
         e.start()
         assert read_ids(e) == before
