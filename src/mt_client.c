@@ -340,6 +340,7 @@ static int exit_code_for_status(int status)
 {
     switch (status) {
     case 400:
+    case 404:
     case 409:
     case 413:
     case 415:
@@ -1317,7 +1318,7 @@ int mt_client_dlq(int argc, char **argv)
     const char *url = default_url();
     int ch;
     optind = 0;
-    while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'u': url = optarg; break;
         case 'h': return usage(dlq_usage, true);
@@ -1333,6 +1334,9 @@ int mt_client_dlq(int argc, char **argv)
     uint64_t seq = 0;
     if (nargs == 3 && !parse_number("SEQUENCE", args[2], &seq)) {
         return MT_EXIT_USAGE;
+    }
+    if (nargs == 3 && seq == 0) {
+        return usage_error(dlq_usage, "SEQUENCE is an event's sequence, from 1");
     }
     bool list = strcmp(action, "list") == 0, show = strcmp(action, "show") == 0;
     bool redrive = strcmp(action, "redrive") == 0, purge = strcmp(action, "purge") == 0;
@@ -1354,9 +1358,13 @@ int mt_client_dlq(int argc, char **argv)
         path = mt_xasprintf("/subscriptions/%s/dlq?after=%llu&limit=1", name,
                             (unsigned long long) (seq - 1));
     } else {
+        /* Without a SEQUENCE, every dead letter: no sequence in the query. */
         method = redrive ? EVHTTP_REQ_POST : EVHTTP_REQ_DELETE;
-        path = mt_xasprintf("/subscriptions/%s/dlq%s?sequence=%llu", name,
-                            redrive ? "/redrive" : "", (unsigned long long) seq);
+        char one[40] = "";
+        if (seq) {
+            snprintf(one, sizeof one, "?sequence=%llu", (unsigned long long) seq);
+        }
+        path = mt_xasprintf("/subscriptions/%s/dlq%s%s", name, redrive ? "/redrive" : "", one);
     }
     free(name);
     client c;

@@ -144,7 +144,13 @@ def test_failing_handler_dead_letters_with_traceback_and_redrive_after_fix():
         rc, out, err = mtlib.run_cli("dlq", "show", "orders", "999", env=env)
         assert rc == 65, (rc, err)
         rc, out, err = mtlib.run_cli("dlq", "list", "nope", env=env)
-        assert rc != 0 and "404" in err, (rc, err)
+        assert rc == 65 and "404" in err, (rc, err)
+        # --url where the usage line shows it; 0 names no event.
+        rc, out, err = mtlib.run_cli("dlq", "show", "orders", seq, "--url", e.url())
+        assert rc == 0 and json.loads(out)["sequence"] == seq, (rc, out, err)
+        for action in ("show", "redrive", "purge"):
+            rc, out, err = mtlib.run_cli("dlq", action, "orders", "0", env=env)
+            assert rc == 64 and "from 1" in err, (action, rc, err)
         assert e.stop() == 0
         # The fix: a handler that works, then redrive.
         with open(handler, "w") as f:
@@ -155,8 +161,8 @@ def test_failing_handler_dead_letters_with_traceback_and_redrive_after_fix():
             st, _, body = e.request(method, "/subscriptions/orders" + path + "?sequence=0")
             assert st == 400 and b"'sequence'" in body, (method, st, body)
         assert len(json.loads(e.request("GET", "/subscriptions/orders/dlq")[2])) == 3
-        st, _, body = e.request("POST", "/subscriptions/orders/dlq/redrive")
-        assert st == 200 and json.loads(body)["count"] == 3, (st, body)
+        rc, out, err = mtlib.run_cli("dlq", "redrive", "orders", "--url", e.url())
+        assert rc == 0 and out == "redrove 3 dead letter(s)\n", (rc, out, err)
         fixed = wait_for(lambda: len(table(e, "fixed")) == 3 and table(e, "fixed"), what="redrive")
         assert fixed == {"order-0": 0, "order-1": 1, "order-2": 2}, fixed
         st, _, body = e.request("GET", "/subscriptions/orders/dlq")
