@@ -201,6 +201,10 @@ static int cmd_run(int argc, char **argv)
         fprintf(stderr, "moontide run: unexpected argument '%s'\n", argv[optind]);
         return MT_EXIT_USAGE;
     }
+    if (data_dir && !*data_dir) {
+        fprintf(stderr, "moontide run: --data-dir must not be empty\n");
+        return MT_EXIT_USAGE;
+    }
     mt_topo *topo;
     if (path || access(MT_DEFAULT_CONFIG, R_OK) == 0) {
         mt_topo_errs errs = {0};
