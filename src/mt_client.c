@@ -920,8 +920,8 @@ static int publish_stdin(client *c, const publish_opts *o)
         } else {
             rc = send_events(c, CT_EVENT, o->expected_version, line, len);
             if (rc != MT_EXIT_OK) {
-                fprintf(stderr, "moontide: stdin:%lu: not published; earlier lines were\n",
-                        lineno);
+                fprintf(stderr, "moontide: stdin:%lu: not published%s\n", lineno,
+                        lineno > 1 ? "; earlier lines were" : "");
             }
         }
         json_decref(ev);

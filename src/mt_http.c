@@ -1950,6 +1950,9 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
     uint64_t hard = opts->max_body * 2 > opts->max_body + 65536 ? opts->max_body * 2
                                                                  : opts->max_body + 65536;
     evhttp_set_max_body_size(h->http, (ev_ssize_t) hard);
+    /* A body over that is read to its end and dropped before the 413: cut
+     * off while sending, a client saw a broken pipe instead of the answer. */
+    evhttp_set_flags(h->http, EVHTTP_SERVER_LINGERING_CLOSE);
     evhttp_set_max_headers_size(h->http, 64 * 1024);
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |

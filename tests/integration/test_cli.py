@@ -113,6 +113,12 @@ def test_publish_rejects_malformed_input_with_65():
         rc, out, err = run_cli("publish", "-", input=(good + "{not json\n").encode(), env=env)
         assert rc == 65 and "stdin:2" in err, (rc, err)
         assert len(e.read_all()) == 1  # the line before the bad one stays published
+        # One event of 2.2 MB, over twice the default max_body: the engine's
+        # 413, not "cannot reach engine: Broken pipe" (exit 69).
+        big = json.dumps(mtlib.event("big", subject="s", data={"pad": "x" * 2200000})) + "\n"
+        rc, out, err = run_cli("publish", "-", input=big.encode(), env=env)
+        assert rc == 65 and "413" in err, (rc, err)
+        assert len(e.read_all()) == 1
 
 
 def test_cli_against_no_engine_exits_69():
