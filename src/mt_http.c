@@ -1739,15 +1739,15 @@ static void handle_subscribe(mt_http *h, struct evhttp_request *req, struct evke
     const char *last = evhttp_find_header(evhttp_request_get_input_headers(req), "Last-Event-ID");
     uint64_t after;
     if (last) {
-        if (mt_parse_u64(last, &after)) {
+        if (mt_parse_u64(last, &after) || after == UINT64_MAX) {
             reply_error(req, 400, "invalid Last-Event-ID", "expected a sequence, got '%.64s'", last);
             sse_discard(c);
-        return;
+            return;
         }
     } else if (evhttp_find_header(q, "after")) {
         if (!query_u64(req, q, "after", 0, 0, UINT64_MAX - 1, &after)) {
             sse_discard(c);
-        return;
+            return;
         }
     } else {
         mt_txn *t;
