@@ -1015,7 +1015,10 @@ static int parse_read(int argc, char **argv, read_opts *o)
             from = true;
             break;
         case OPT_LIMIT:
-            ok = parse_number("--limit", optarg, &o->limit) && o->limit > 0;
+            ok = parse_number("--limit", optarg, &o->limit);
+            if (ok && o->limit == 0) {
+                return usage_error(read_usage, "--limit must be 1 or more");
+            }
             break;
         case 'h':
             return usage(read_usage, true);

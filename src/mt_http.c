@@ -1960,6 +1960,20 @@ mt_err mt_http_open(mt_loop *loop, mt_store *store, const mt_http_opts *opts, mt
                                             EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     evhttp_set_timeout(h->http, 120);
     evhttp_set_gencb(h->http, route, h);
+    /* Resolved here first: evhttp's own failure to resolve leaves errno stale. */
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                    .ai_flags = EVUTIL_AI_PASSIVE}, *ai = NULL;
+    int gai = evutil_getaddrinfo(opts->host, NULL, &hints, &ai);
+    if (ai) {
+        evutil_freeaddrinfo(ai);
+    }
+    if (gai != 0) {
+        mt_error("http: cannot listen on %s:%u: cannot resolve '%s': %s", opts->host, opts->port,
+                 opts->host, evutil_gai_strerror(gai));
+        evhttp_free(h->http);
+        free(h);
+        return MT_EUNAVAIL;
+    }
     h->sock = evhttp_bind_socket_with_handle(h->http, opts->host, opts->port);
     if (!h->sock) {
         mt_error("http: cannot listen on %s:%u: %s", opts->host, opts->port,

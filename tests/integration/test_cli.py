@@ -29,6 +29,8 @@ def test_usage_errors_exit_64():
     assert run_cli("run", "--no-such-flag")[0] == 64
     assert run_cli("publish", "--type", "a.b")[0] == 64  # --source missing
     assert run_cli("read", "--from", "3")[0] == 64       # --from needs --stream
+    rc, _, err = run_cli("read", "--limit", "0")       # once the usage without a reason
+    assert rc == 64 and "--limit must be 1 or more" in err, (rc, err)
     rc, _, err = run_cli("run", "--data-dir", "")      # once a silent exit 74
     assert rc == 64 and "--data-dir must not be empty" in err, (rc, err)
 
