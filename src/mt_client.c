@@ -108,7 +108,9 @@ static bool parse_url(client *c, const char *url)
     const char *scheme = u ? evhttp_uri_get_scheme(u) : NULL;
     const char *host = u ? evhttp_uri_get_host(u) : NULL;
     if (!scheme || strcasecmp(scheme, "http") != 0 || !host || !*host) {
-        fprintf(stderr, "moontide: invalid --url '%s': expected http://HOST[:PORT]\n", url);
+        const char *env = getenv("MOONTIDE_URL");
+        fprintf(stderr, "moontide: invalid %s '%s': expected http://HOST[:PORT]\n",
+                env && strcmp(env, url) == 0 ? "$MOONTIDE_URL" : "--url", url);
         if (u) {
             evhttp_uri_free(u);
         }
