@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "mt_diag.h"
 #include "mt_event.h"
 #include "mt_util.h"
 
@@ -327,6 +328,22 @@ static bool valid_type(const char *t)
 }
 
 /*
+ * v as quoted in a message, in buf: at most cap - 1 bytes (whole UTF-8
+ * characters), each control character as '?', so that one error stays one
+ * line in logs and dead letters.
+ */
+static const char *shown(const char *v, char *buf, size_t cap)
+{
+    size_t n = mt_diag_cut_at(v, strlen(v), cap - 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char) v[i];
+        buf[i] = c < 0x20 || c == 0x7f ? '?' : (char) c;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/*
  * The checks of a string attribute's value, shared by the parsers and
  * mt_event_set_attr: sets *us for the time attributes; on a bad value
  * writes what is wrong (without the attribute's name) to msg.
@@ -345,18 +362,20 @@ static mt_err check_string_attr(mt_event_attr a, const char *v, int64_t *us, cha
         snprintf(msg, msglen, "must not be empty");
         return MT_EINVAL;
     }
+    char q[128];
     if (a == MT_ATTR_TYPE && !valid_type(v)) {
         snprintf(msg, msglen,
-                 "'%s' is not a dot-separated name (no empty words, spaces, '*' or '#')", v);
+                 "'%s' is not a dot-separated name (no empty words, spaces, '*' or '#')",
+                 shown(v, q, sizeof q));
         return MT_EINVAL;
     }
     if ((a == MT_ATTR_TIME || a == MT_ATTR_EXPIRYTIME || a == MT_ATTR_DELIVERAFTER) &&
         mt_time_parse(v, us)) {
-        snprintf(msg, msglen, "'%s' is not an RFC 3339 timestamp", v);
+        snprintf(msg, msglen, "'%s' is not an RFC 3339 timestamp", shown(v, q, sizeof q));
         return MT_EINVAL;
     }
     if (a == MT_ATTR_REPLYTO && !valid_type(v)) {
-        snprintf(msg, msglen, "'%s' is not a topic name", v);
+        snprintf(msg, msglen, "'%s' is not a topic name", shown(v, q, sizeof q));
         return MT_EINVAL;
     }
     return MT_OK;

@@ -135,26 +135,33 @@ static const char *name_arg(lua_State *L, int idx, const char *what)
  * data at i + 1, opts at i + 2; 'at' is the embargo (0 = none). Pushes the
  * new event's sequence or raises.
  */
-static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *what)
+static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *fn)
 {
-    const char *type = name_arg(L, i, "the event type");
+    char what[48];
+    snprintf(what, sizeof what, "%s: the event type", fn);
+    const char *type = name_arg(L, i, what);
     const char *subject = NULL;
     if (!lua_isnoneornil(L, i + 2)) {
-        luaL_checktype(L, i + 2, LUA_TTABLE);
+        if (!lua_istable(L, i + 2)) {
+            return luaL_error(L, "%s: the options must be a table, not %s", fn,
+                              luaL_typename(L, i + 2));
+        }
         lua_pushnil(L);
         while (lua_next(L, i + 2)) {
             lua_pop(L, 1);
             if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "subject") != 0) {
-                return luaL_error(L, "emit options: unknown option '%s' (there is: subject)",
+                return luaL_error(L, "%s options: unknown option '%s' (there is: subject)", fn,
                                   luaL_tolstring(L, -1, NULL));
             }
         }
         lua_getfield(L, i + 2, "subject"); /* stays on the stack while 'subject' is used */
         if (!lua_isnil(L, -1)) {
-            subject = name_arg(L, lua_gettop(L), "emit options: subject");
+            snprintf(what, sizeof what, "%s options: subject", fn);
+            subject = name_arg(L, lua_gettop(L), what);
         }
     }
     json_t *value = NULL;
+    snprintf(what, sizeof what, "%s data", fn);
     char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_value(L, i + 1, what, &value);
     uint64_t seq;
     char err[512];
@@ -171,7 +178,7 @@ static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *what)
 /* ctx.emit(type, data, opts) -> sequence.  [-3, +1] */
 static int l_ctx_emit(lua_State *L)
 {
-    return emit_at(L, current_fx(L), 1, 0, "ctx.emit data");
+    return emit_at(L, current_fx(L), 1, 0, "ctx.emit");
 }
 
 #define SCHEDULE_MAX_US INT64_C(253402300799999999) /* 9999-12-31T23:59:59.999999Z */
@@ -213,7 +220,7 @@ static int l_ctx_schedule(lua_State *L)
         }
     }
     /* A time already past (before 1970 too) delivers at once. */
-    return emit_at(L, fx, 2, at > 0 ? at : 1, "ctx.schedule data");
+    return emit_at(L, fx, 2, at > 0 ? at : 1, "ctx.schedule");
 }
 
 /* ctx.reply(data) -> sequence: answers the event's requester.  [-1, +1] */

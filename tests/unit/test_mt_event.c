@@ -780,7 +780,7 @@ static void test_event_structured_type_must_be_a_dotted_name(void **state)
                  bad[i]);
         snprintf(want, sizeof want, "type: '%s' is not a dot-separated name "
                  "(no empty words, spaces, '*' or '#')",
-                 strcmp(bad[i], "a\\tb") == 0 ? "a\tb" : bad[i]);
+                 strcmp(bad[i], "a\\tb") == 0 ? "a?b" : bad[i]); /* quoted on one line */
         const err_case c = {json, want};
         expect_errors(mt_event_parse_structured, &c, 1);
     }
