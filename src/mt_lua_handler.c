@@ -119,6 +119,9 @@ static char *to_json_text(lua_State *L, int idx, const char *what)
  */
 static const char *name_arg(lua_State *L, int idx, const char *what)
 {
+    if (lua_isnone(L, idx)) {
+        luaL_error(L, "%s is missing", what);
+    }
     if (lua_type(L, idx) != LUA_TSTRING) {
         luaL_error(L, "%s must be a string, not %s", what, luaL_typename(L, idx));
     }
@@ -219,8 +222,9 @@ static int l_ctx_schedule(lua_State *L)
                               w);
         }
     }
-    /* A time already past (before 1970 too) delivers at once. */
-    return emit_at(L, fx, 2, at > 0 ? at : 1, "ctx.schedule");
+    /* A time already past (before 1970 too) delivers at once, and is kept as
+     * given; only the first microsecond of 1970 moves by one (0 means "none"). */
+    return emit_at(L, fx, 2, at != 0 ? at : 1, "ctx.schedule");
 }
 
 /* ctx.reply(data) -> sequence: answers the event's requester.  [-1, +1] */
@@ -456,7 +460,9 @@ static int l_log_error(lua_State *L) { log_at(L, MT_DIAG_ERROR); return 0; }
 static int l_ctx_now(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
-    lua_pushinteger(L, (lua_Integer) (mt_fx_now_us(fx) / 1000));
+    int64_t us = mt_fx_now_us(fx);
+    /* Rounded down, before 1970 too, as the schedule counts from it. */
+    lua_pushinteger(L, (lua_Integer) (us / 1000 - (us % 1000 < 0)));
     return 1;
 }
 

@@ -717,8 +717,12 @@ static mt_err lua_kv_job(mt_txn *t, void *arg)
     return MT_OK;
 }
 
-/* Opens conf's handler, runs 'job' with it on one trigger in a store of its own, closes all. */
-static void run_lua_job(void **state, mt_sub_conf *conf, mt_store_job_fn job)
+/*
+ * Opens conf's handler, runs 'job' with it on one trigger recorded at
+ * 'recorded_us' (it has no time of its own) in a store of its own, closes all.
+ */
+static void run_lua_job_at(void **state, mt_sub_conf *conf, mt_store_job_fn job,
+                           int64_t recorded_us)
 {
     lua_step st = {mt_lua_sub_runner(), NULL, NULL};
     char err[256];
@@ -726,12 +730,37 @@ static void run_lua_job(void **state, mt_sub_conf *conf, mt_store_job_fn job)
     mt_store *s = open_store(*state);
     mt_event_batch b;
     mt_event ev = trigger(&b);
+    ev.recordedtime_us = recorded_us;
     st.ev = &ev;
     assert_int_equal(mt_store_write(s, job, &st), MT_OK);
     st.r->close(st.h);
     mt_sub_conf_free(conf);
     mt_event_batch_free(&b);
     mt_store_close(s);
+}
+
+static void run_lua_job(void **state, mt_sub_conf *conf, mt_store_job_fn job)
+{
+    run_lua_job_at(state, conf, job, 0);
+}
+
+/* ctx.now() is the trigger's time in whole ms, rounded down before 1970 too. */
+static void test_fx_lua_now_is_the_triggers_time_rounded_down(void **state)
+{
+    static const struct {
+        int64_t us;
+        const char *want;
+    } cases[] = {{1767323045654321LL, "1767323045654"}, {0, "0"}, {-500, "-1"}, {-1000, "-1"},
+                 {-1001, "-2"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char lua[200];
+        snprintf(lua, sizeof lua,
+                 "return function(event, ctx)\n"
+                 "  assert(ctx.now() == %s, 'ctx.now() is ' .. ctx.now())\n"
+                 "  ctx.kv('tbl'):put('k', 1)\n"
+                 "end\n", cases[i].want);
+        run_lua_job_at(state, mt_test_lua_sub(*state, "sub", lua), lua_ok_job, cases[i].us);
+    }
 }
 
 static void test_fx_lua_kv_objects_and_integers(void **state)
@@ -792,7 +821,7 @@ static void test_fx_lua_names_with_nul_and_bad_options_are_errors(void **state)
         "        {subject = 'a\\0b'})\n"
         "  fails('ctx.emit: the options must be a table, not string', ctx.emit, 'x.y', {},\n"
         "        'notatable')\n"
-        "  fails('ctx.schedule: the event type must be a string, not nil', ctx.schedule, 10)\n"
+        "  fails('ctx.schedule: the event type is missing', ctx.schedule, 10)\n"
         "  fails(\"emit: type: 'a?b' is not a dot-separated name\", ctx.emit, 'a\\nb', {})\n"
         "  t:put('a', 1)\n"
         "  ctx.emit('x.y', {}, {subject = 'a'})\n"
@@ -1100,6 +1129,8 @@ int main(void)
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_lua_kv_objects_and_integers, mt_test_setup_dir,
                                         mt_test_teardown_dir),
+        cmocka_unit_test_setup_teardown(test_fx_lua_now_is_the_triggers_time_rounded_down,
+                                        mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_a_primed_dispatch_commits_with_the_append,
                                         mt_test_setup_dir, mt_test_teardown_dir),
         cmocka_unit_test_setup_teardown(test_fx_a_json_state_record_of_before_is_read,
