@@ -508,6 +508,49 @@ static void push_value(lua_State *L, const json_t *j, int depth)
     }
 }
 
+/* Digits, from 15 to 17, that write d so that it reads back exactly. */
+static int real_digits(double d)
+{
+    for (int p = 15; p < 17; p++) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%.*g", p, d);
+        if (strtod(buf, NULL) == d) {
+            return p;
+        }
+    }
+    return 17;
+}
+
+static int max_real_digits(const json_t *j, int depth)
+{
+    int most = 0;
+    if (json_is_real(j)) {
+        return real_digits(json_real_value(j));
+    }
+    if (depth > MT_LUA_JSON_MAX_DEPTH) {
+        return 17;
+    }
+    if (json_is_array(j)) {
+        for (size_t i = 0; i < json_array_size(j) && most < 17; i++) {
+            int p = max_real_digits(json_array_get(j, i), depth + 1);
+            most = p > most ? p : most;
+        }
+    } else if (json_is_object(j)) {
+        for (void *it = json_object_iter((json_t *) j); it && most < 17;
+             it = json_object_iter_next((json_t *) j, it)) {
+            int p = max_real_digits(json_object_iter_value(it), depth + 1);
+            most = p > most ? p : most;
+        }
+    }
+    return most;
+}
+
+size_t mt_json_real_precision(const json_t *j)
+{
+    int p = max_real_digits(j, 0);
+    return JSON_REAL_PRECISION(p ? p : 17);
+}
+
 /* [-1, +1]: the json_t as a light userdata, its Lua value */
 static int l_json_push(lua_State *L)
 {
@@ -856,7 +899,8 @@ static int l_json_encode(lua_State *L)
     if (mt_lua_to_json(L, 1, slot, err, sizeof err)) {
         return luaL_error(L, "moontide.json.encode: %s", err);
     }
-    const size_t flags = JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY;
+    const size_t flags =
+        JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | mt_json_real_precision(*slot);
     size_t n = json_dumpb(*slot, NULL, 0, flags);
     if (n == 0) {
         return luaL_error(L, "moontide.json.encode: out of memory");

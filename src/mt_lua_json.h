@@ -88,4 +88,11 @@ mt_err mt_lua_json_complete(lua_State *L, int idx);
  */
 mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t errlen);
 
+/*
+ * The JSON_REAL_PRECISION flag to dump 'j' with: the fewest digits, from 15
+ * to 17, that give every real in it back exactly, so that 0.1 is written
+ * "0.1" and not "0.10000000000000001" (jansson's default of 17 digits).
+ */
+size_t mt_json_real_precision(const json_t *j);
+
 #endif

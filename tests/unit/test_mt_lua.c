@@ -661,6 +661,14 @@ static void test_lua_json_types_in_lua(void **state)
         " and json.decode('9223372036854775807') == math.maxinteger",
         "return json.decode('-9223372036854775808') == math.mininteger",
         "return math.type(json.decode('2.0')) == 'float' and json.encode(2.0) == '2.0'",
+        /* the fewest digits that read back exactly (17 wrote 0.10000000000000001) */
+        "return json.encode(0.1) == '0.1' and json.encode({ 0.1, 1.5 }) == '[0.1,1.5]'",
+        "return json.encode(0.1 + 0.2) == '0.30000000000000004'"
+        " and json.decode(json.encode(0.1 + 0.2)) == 0.1 + 0.2",
+        /* one precision for the whole text: the most any of its reals needs */
+        "return json.encode({ a = 0.1, b = 1 / 3 }) == '{\"a\":0.1,\"b\":0.3333333333333333}'"
+        " and json.encode({ 0.1, 0.1 + 0.2 }) == '[0.10000000000000001,0.30000000000000004]'"
+        " and json.encode(1e300) == '1e300'",
         "return json.decode('[null]')[1] == json.null and #json.decode('[null, null]') == 2",
         "return json.decode('{\"a\":null}').a == json.null",
         "return tostring(json.null) == 'null'",
