@@ -32,6 +32,7 @@
 #define SHARED_MAX_JOBS 256 /* repeatable jobs run in one nested transaction, at most */
 #define GROUP_CUT_US 10000  /* a group this old ends at its next job if publishes wait */
 #define HOLD_ENV "MOONTIDE_TEST_CHECKPOINT_HOLD"
+#define REPLAY_HOLD_ENV "MOONTIDE_TEST_REPLAY_HOLD"
 
 static const char *const db_names[MT_DB_COUNT] = {
     "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv", "subdefs",
@@ -346,6 +347,30 @@ typedef struct replay_state {
     uint64_t replayed;  /* groups applied again */
 } replay_state;
 
+/*
+ * The MOONTIDE_TEST_REPLAY_HOLD=PATH:N test hook: once N groups are
+ * replayed at open, creates PATH and waits until it is removed, so that a
+ * test can kill the engine in the middle of a recovery.
+ */
+static void replay_hold(uint64_t replayed)
+{
+    const char *hold = getenv(REPLAY_HOLD_ENV);
+    const char *colon = hold ? strrchr(hold, ':') : NULL;
+    if (!colon || strtoull(colon + 1, NULL, 10) != replayed) {
+        return;
+    }
+    char *path = mt_xstrndup(hold, (size_t) (colon - hold));
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        close(fd);
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        while (access(path, F_OK) == 0) {
+            nanosleep(&ts, NULL);
+        }
+    }
+    free(path);
+}
+
 static mt_err replay_group(uint64_t group, const void *payload, size_t len, void *arg)
 {
     replay_state *r = arg;
@@ -373,6 +398,7 @@ static mt_err replay_group(uint64_t group, const void *payload, size_t len, void
     if (rc == MT_OK) {
         r->applied = group;
         r->replayed++;
+        replay_hold(r->replayed);
     }
     return rc;
 }
@@ -714,31 +740,40 @@ static mt_err restore_checkpoint(mt_store *s)
     return rc;
 }
 
+/*
+ * Replays the write-ahead groups after the checkpoint, then makes a
+ * checkpoint of the result. The read transaction 'pin' holds the
+ * checkpoint's tree until then, as the checkpoint's pin does at run time:
+ * each replayed group commits, and without it LMDB would reuse the pages
+ * the groups free, which are that tree's. Killed mid-replay, the next
+ * start restores the checkpoint's meta pages again, over a tree that must
+ * be whole (it was not: every start after such a kill failed).
+ */
 static mt_err recover(mt_store *s)
 {
-    MDB_txn *txn;
-    mt_err rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "recovery begin");
+    MDB_txn *pin;
+    mt_err rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &pin), "recovery begin");
     if (rc) {
         return rc;
     }
     MDB_val k = {9, "wal.group"}, v;
     replay_state r = {s, 0, 0};
-    if (mdb_get(txn, s->dbi[MT_DB_META], &k, &v) == MDB_SUCCESS && v.mv_size == 8) {
+    if (mdb_get(pin, s->dbi[MT_DB_META], &k, &v) == MDB_SUCCESS && v.mv_size == 8) {
         r.applied = mt_get_be64(v.mv_data);
     }
-    mdb_txn_abort(txn);
     if (s->wal) {
         rc = mt_wal_replay(s->wal, replay_group, &r);
-        if (rc) {
-            return rc;
-        }
-        if (r.replayed) {
+        if (rc == MT_OK && r.replayed) {
             mt_info("store: replayed %llu group(s) from the write-ahead file",
                     (unsigned long long) r.replayed);
         }
     }
-    s->group = r.applied;
-    return checkpoint_now(s);
+    if (rc == MT_OK) {
+        s->group = r.applied;
+        rc = checkpoint_now(s);
+    }
+    mdb_txn_abort(pin);
+    return rc;
 }
 
 static void *writer_main(void *arg);

@@ -72,6 +72,54 @@ def test_meta_page_ahead_of_its_data_is_recovered_from_the_checkpoint():
         e.cleanup()
 
 
+def test_killed_while_replaying_the_write_ahead_file_it_still_recovers():
+    """A start after a crash replays the groups after the last checkpoint,
+    each in a transaction of its own, and only then makes a checkpoint. A
+    second crash in the middle of that replay once left the directory
+    unable to start for good: the replayed groups had reused pages of the
+    checkpoint's tree, to which the next start rolls back. Recovery is held
+    (MOONTIDE_TEST_REPLAY_HOLD) half way through and killed there; the start
+    after it must bring back every acknowledged event."""
+    hold = tempfile.mkdtemp(prefix="moontide-it-hold-")
+    e = Engine(env={"MOONTIDE_TEST_CHECKPOINT_HOLD": hold})  # no checkpoint after the start
+    try:
+        e.start()
+        pad = "p" * 2000
+        for i in range(300):
+            st, _ = e.publish_batch([mtlib.event("r%d-%d" % (i, k), subject="s%d" % (k % 7),
+                                                 data={"pad": pad}) for k in range(5)])
+            assert st == 201
+        before = read_ids(e)
+        assert len(before) == 1500
+        e.kill()
+        assert not os.path.exists(os.path.join(hold, "1-synced")), "a checkpoint got past its hold"
+        shutil.rmtree(hold, ignore_errors=True)
+
+        # Recovery, held after 150 of the groups, and killed there.
+        mark = os.path.join(tempfile.mkdtemp(prefix="moontide-it-replay-"), "held")
+        env = dict(os.environ, MOONTIDE_TEST_REPLAY_HOLD=mark + ":150")
+        p = subprocess.Popen([mtlib.MOONTIDE, "run", "--data-dir", e.data_dir, "--listen",
+                              "127.0.0.1:0"], env=env, cwd=mtlib.SRCDIR,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            mtlib.wait_for(lambda: os.path.exists(mark) or p.poll() is not None,
+                           what="recovery to reach its hold")
+            assert p.poll() is None, "exited %d before the hold" % p.returncode
+        finally:
+            p.kill()
+            p.wait()
+
+        e.env = None
+        e.start()
+        assert read_ids(e) == before
+        st, body = e.publish(mtlib.event("after", subject="s0"))
+        assert st == 201 and body["events"][0]["sequence"] == "1501", body
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
 def test_a_truncated_data_file_is_refused_with_a_clear_error():
     """No power cut leaves LMDB's file shorter than its meta page says (a
     checkpoint syncs the pages before it is recorded), but a damaged disk or
