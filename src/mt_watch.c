@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,12 +106,17 @@ static void notes_free(void)
 /* Reads what the last process wrote; its notes join W.notes. */
 static mt_err load_notes(const char *path, char *err, size_t errlen)
 {
+    struct stat st;
+    if (stat(path, &st) != 0 && errno == ENOENT) {
+        return MT_OK;
+    }
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s is not a regular file; remove it to start", path);
+        return MT_EINVAL;
+    }
     json_error_t je;
     json_t *a = json_load_file(path, 0, &je);
     if (!a) {
-        if (access(path, F_OK) != 0 && errno == ENOENT) {
-            return MT_OK;
-        }
         snprintf(err, errlen,
                  "%s:%d: %s; remove it to start (its handlers would then run those events "
                  "again)",

@@ -430,6 +430,14 @@ def stuck_handler_case(extra):
             raise AssertionError("started with a malformed stuck.json")
         except mtlib.EngineError as x:
             assert "stuck.json" in str(x), x
+        # So does one that is not a file (jansson's words were "'[' or '{' expected").
+        os.unlink(note)
+        os.mkdir(note)
+        try:
+            e.start(timeout=10)
+            raise AssertionError("started with a directory for stuck.json")
+        except mtlib.EngineError as x:
+            assert "stuck.json is not a regular file; remove it to start" in str(x), x
     finally:
         e.cleanup()
 
