@@ -1217,7 +1217,6 @@ mt_topo *mt_topo_new_default(void)
     return t;
 }
 
-/* Parses the buffer's single YAML document into ld->topo, reporting problems. */
 /*
  * Whether the YAML in 'input' nests collections deeper than NEST_MAX,
  * told by its events before any document is built: libyaml's scanner
@@ -1253,6 +1252,7 @@ static bool nested_too_deep(const unsigned char *input, size_t len, yaml_mark_t 
     return deep;
 }
 
+/* Parses the buffer's single YAML document into ld->topo, reporting problems. */
 static void parse_buffer(loader *ld, mt_buf *b)
 {
     yaml_parser_t parser;
