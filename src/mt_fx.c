@@ -690,6 +690,18 @@ mt_err mt_fx_kv_scan(mt_fx *fx, const char *table, const char *prefix, size_t li
     return rc == MT_ENOTFOUND ? MT_OK : rc;
 }
 
+size_t mt_fx_pending_bytes(const mt_fx *fx)
+{
+    size_t n = (size_t) fx->emitted * 512; /* an event's record and index entries */
+    if (fx->rec) {
+        n += fx->rec->written + (size_t) fx->rec->npend * 64;
+    }
+    if (fx->emits) {
+        n += fx->emits->buf.len;
+    }
+    return n;
+}
+
 int64_t mt_fx_now_us(const mt_fx *fx)
 {
     int64_t us = fx->trigger->recordedtime_us;

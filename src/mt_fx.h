@@ -88,6 +88,13 @@ typedef struct mt_fx {
 void mt_fx_free(mt_fx *fx);
 
 /*
+ * About how many bytes of write-ahead record the run's effects so far will
+ * take once written: its kv keys and values and emitted events, with some
+ * for each write's framing (an estimate from above, for limits).
+ */
+size_t mt_fx_pending_bytes(const mt_fx *fx);
+
+/*
  * Buffered mode, on the writer: kv writes and emitted events wait in fx
  * (reads see the writes) and reach 'txn' only in mt_fx_finish, so a failed
  * invocation leaves nothing to undo and needs no savepoint. An emit is told

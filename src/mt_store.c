@@ -134,6 +134,8 @@ struct mt_store {
 
     /* writer thread only */
     mt_buf redo;               /* the current group's redo operations (fsync durability) */
+    size_t job_redo;           /* redo.len when the running job began */
+    uint64_t job_redo_max;     /* the most redo one job may write (the ring, less a header) */
     uint64_t writes;           /* puts and deletes in the current group */
     uint64_t nested;           /* nested transactions begun (writer thread; stats.nested) */
     uint64_t group;            /* last group id committed */
@@ -776,6 +778,59 @@ static mt_err recover(mt_store *s)
     return rc;
 }
 
+/*
+ * Makes the write-ahead file 'size' bytes if it is another size (it keeps
+ * the size it was made with, and engine.wal_size would otherwise be
+ * ignored on an existing data directory). Right after recovery it holds
+ * nothing the checkpoint just made does not, so a new file is made beside
+ * it, a checkpoint of the same state recorded in it, and it is renamed over
+ * the old one. A crash before the rename leaves the old file, whose
+ * checkpoint is of that same state; after it, the new one. A failure
+ * leaves the old file in use, with a warning.
+ */
+static void resize_wal(mt_store *s, uint64_t size)
+{
+    if (size < (1u << 20)) {
+        return; /* none asked for (mt_wal_open refuses less) */
+    }
+    char *path = mt_xasprintf("%s/wal", s->dir), *fresh = mt_xasprintf("%s/wal.new", s->dir);
+    unlink(fresh); /* left by a start that stopped here */
+    struct stat st;
+    if (stat(path, &st) == 0 && (uint64_t) st.st_size != size) {
+        mt_wal *w, *old = s->wal;
+        mt_err rc = mt_wal_open(fresh, size, &w);
+        if (rc == MT_OK) {
+            s->wal = w;
+            rc = checkpoint_now(s);
+            if (rc == MT_OK && rename(fresh, path) != 0) {
+                mt_error("store: cannot rename '%s' to '%s': %s", fresh, path, strerror(errno));
+                rc = MT_EIO;
+            }
+            if (rc == MT_OK) {
+                int dfd = open(s->dir, O_RDONLY | O_CLOEXEC);
+                if (dfd >= 0) {
+                    fsync(dfd);
+                    close(dfd);
+                }
+                mt_wal_close(old);
+                mt_info("store: the write-ahead file is now %llu bytes (engine.wal_size; it "
+                        "was %llu)", (unsigned long long) size, (unsigned long long) st.st_size);
+            } else {
+                s->wal = old;
+                mt_wal_close(w);
+                unlink(fresh);
+            }
+        }
+        if (rc) {
+            mt_warn("store: cannot make the write-ahead file %llu bytes (engine.wal_size): %s; "
+                    "it stays %llu bytes", (unsigned long long) size, mt_err_str(rc),
+                    (unsigned long long) st.st_size);
+        }
+    }
+    free(path);
+    free(fresh);
+}
+
 static void *writer_main(void *arg);
 
 static read_snap *snap_take(mt_store *s);
@@ -865,6 +920,7 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
         rc = recover(s);
     }
     if (rc == MT_OK && s->wal) {
+        resize_wal(s, opts->wal_size);
         s->durable = snap_take(s);
         if (!s->durable) {
             rc = MT_EIO;
@@ -1164,6 +1220,17 @@ static void *sync_main(void *arg)
     return NULL;
 }
 
+size_t mt_txn_job_bytes(const mt_txn *t)
+{
+    const mt_store *s = t->s;
+    return s->wal && s->redo.len > s->job_redo ? s->redo.len - s->job_redo : 0;
+}
+
+uint64_t mt_txn_job_max(const mt_txn *t)
+{
+    return t->s->wal ? t->s->job_redo_max : UINT64_MAX;
+}
+
 /* ---- the writer ---- */
 
 /*
@@ -1192,6 +1259,8 @@ static mt_err run_nested(mt_store *s, MDB_txn *parent, job *first, bool share, u
     int n = 0;
     for (job *j = first; rc == MT_OK && j; j = j->next) {
         size_t before = s->redo.len;
+        s->job_redo = before;
+        s->job_redo_max = one_max;
         rc = j->run(&t, j->arg);
         if (rc == MT_OK && t.poisoned) {
             rc = t.poisoned;

@@ -266,6 +266,16 @@ typedef enum mt_store_ckpt_stage {
 } mt_store_ckpt_stage;
 
 /*
+ * In a job on the writer: the bytes of write-ahead record its writes have
+ * taken so far, and the most one job may take (its group's record must
+ * fit the write-ahead file; UINT64_MAX with durability nosync). A job
+ * over it fails with MT_ETOOBIG, so a job that may write much (a dispatch
+ * job running many handlers) stops taking work well before.
+ */
+size_t mt_txn_job_bytes(const mt_txn *t);
+uint64_t mt_txn_job_max(const mt_txn *t);
+
+/*
  * For tests: 'hook' runs on the checkpoint thread at each stage of every
  * checkpoint made there ('n' counts them from 1 since open; the checkpoint
  * at open is not one of them), and may block to hold the checkpoint at that

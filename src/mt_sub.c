@@ -576,12 +576,23 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
         return hrc;
     }
     bool ok = hrc == MT_OK && !fx.reject;
-    mt_err rc = mt_fx_finish(&fx, ok);
+    /* Effects that would not fit the write-ahead file never will: failing
+     * the job (MT_ETOOBIG) retried it, whole, every second. */
+    size_t bytes = ok ? mt_fx_pending_bytes(&fx) : 0;
+    bool too_big = ok && bytes > mt_txn_job_max(t) / 2;
+    mt_err rc = mt_fx_finish(&fx, ok && !too_big);
     if (rc) {
         mt_fx_free(&fx);
         return rc;
     }
-    if (ok) {
+    if (too_big) {
+        r->rejected = true;
+        mt_buf_addf(&r->error,
+                    "its effects take about %zu bytes of the write-ahead file, more than half "
+                    "of the %llu one write may take (engine.wal_size); not retried: they would "
+                    "not fit again",
+                    bytes, (unsigned long long) mt_txn_job_max(t));
+    } else if (ok) {
         r->ok = true;
         out->appended |= fx.emitted > 0;
     } else if (fx.reject) {
@@ -885,13 +896,25 @@ static bool matches(sub_rt *s, const mt_event *ev, type_memo *memo)
     return !s->filter || (mt_filter_eval(s->filter, ev, &m) == MT_OK && m);
 }
 
+/*
+ * Whether this dispatch job has written enough: a quarter of what one job
+ * may put in the write-ahead file. One more run may add up to half of it
+ * (deliver refuses more), so the job stays within it: a backlog of large
+ * runs was once packed into one job too large for the file, refused, and
+ * tried again, whole, every second.
+ */
+static bool job_full(mt_txn *t)
+{
+    return mt_txn_job_bytes(t) > mt_txn_job_max(t) / 4;
+}
+
 /* Runs the retries that are due (in due order). */
 static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, int *budget)
 {
     const char *name = s->conf->name;
     int64_t now = mt_now_us();
     for (;;) {
-        if (*budget <= 0) {
+        if (*budget <= 0 || job_full(t)) {
             out->more = true;
             return MT_OK;
         }
@@ -1043,10 +1066,14 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     scan_batch *b = mt_xmalloc(sizeof *b);
     mt_buf_init(&b->records);
     mt_err rc = MT_OK;
-    bool stopped = false;
+    bool stopped = false, full = false;
     for (;;) {
         rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
         for (int i = 0; rc == MT_OK && i < b->n; i++) {
+            if (job_full(t)) {
+                stopped = full = true; /* the cursor stays before this event */
+                break;
+            }
             const mt_event *ev = &b->ev[i];
             uint64_t seq = ev->sequence;
             char lane[MAX_LANE + 1];
@@ -1079,6 +1106,7 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
             st->cursor = seq;
         }
         if (rc || stopped) {
+            out->more |= full;
             break;
         }
         if (b->last) {

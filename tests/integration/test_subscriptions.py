@@ -248,6 +248,70 @@ def test_a_table_lists_keys_that_are_not_utf8():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
+    # A backlog of runs that each write 100 KB was packed into one dispatch
+    # job too large for a 1 MiB write-ahead file: refused, retried whole
+    # every second, for ever. A run whose own effects could never fit was
+    # retried the same way and held back every other subject.
+    d = tempfile.mkdtemp(prefix="moontide-h-")
+    handler = os.path.join(d, "h.lua")
+    with open(handler, "w") as f:
+        f.write("return function(e, ctx)\n"
+                "  local t = ctx.kv('big')\n"
+                "  for i = 1, e.data.parts do t:put(e.id .. '/' .. i, ('x'):rep(200000)) end\n"
+                "end\n")
+    cfg = config("  big:\n    topics: [\"big.x\"]\n    handler: %s\n" % handler,
+                 extra_engine="  wal_size: 1MiB\n")
+    try:
+        with Engine(config=cfg) as e:
+            assert e.request("POST", "/subscriptions/big/pause")[0] == 200
+            for i in range(30):
+                e.publish(mtlib.event("b%d" % i, subject="s%d" % (i % 3), type_="big.x",
+                                      data={"parts": 1}))
+            e.publish(mtlib.event("huge", subject="h", type_="big.x", data={"parts": 3}))
+            assert e.request("POST", "/subscriptions/big/resume")[0] == 200
+            s = wait_for(lambda: (lambda s: s["position"] == 31 and s)(status(e, "big")),
+                         timeout=60, what="all 31 events taken")
+            assert s["handled"] == 30 and s["dlq"] == 1, s
+            dlq = json.loads(e.request("GET", "/subscriptions/big/dlq")[2])
+            assert dlq[0]["subject"] == "h" and len(dlq[0]["errors"]) == 1, dlq
+            assert "of the write-ahead file, more than half" in dlq[0]["reason"], dlq
+            assert len(table(e, "big")) == 30
+            assert not any("does not fit the write-ahead file" in l for l in e.stderr_lines)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_new_wal_size_applies_to_an_existing_data_directory():
+    # The write-ahead file kept the size it was made with, silently.
+    cfg1 = config("  c:\n    topics: [\"c.x\"]\n    deliver: pull\n",
+                  extra_engine="  wal_size: 1MiB\n")
+    e = Engine(config=cfg1)
+    try:
+        e.start()
+        for i in range(20):
+            e.publish(mtlib.event("w%d" % i, subject="s", type_="c.x"))
+        before = e.read_all()
+        wal = os.path.join(e.data_dir, "wal")
+        assert os.path.getsize(wal) == 1 << 20
+        e.kill()  # the next start recovers from the file, then makes it anew
+        e.config = config("  c:\n    topics: [\"c.x\"]\n    deliver: pull\n",
+                          extra_engine="  wal_size: 2MiB\n")
+        e.start()
+        assert os.path.getsize(wal) == 2 << 20
+        assert not os.path.exists(wal + ".new")
+        assert any("the write-ahead file is now 2097152 bytes" in l for l in e.stderr_lines)
+        assert e.read_all() == before
+        st, _ = e.publish(mtlib.event("after", subject="s", type_="c.x"))
+        assert st == 201
+        assert e.stop() == 0
+        e.start()  # and it stays so
+        assert os.path.getsize(wal) == 2 << 20 and len(e.read_all()) == 21
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
 def test_emitted_events_carry_causation_and_reach_other_subscriptions():
     cfg = config("  emitter:\n    topics: [\"order.placed\"]\n    handler: tests/lua/handlers/emitter.lua\n"
                  "  counter:\n    topics: [\"order.confirmed\"]\n    handler: tests/lua/handlers/count.lua\n")
