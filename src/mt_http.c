@@ -1171,7 +1171,8 @@ static void lease_answer(mt_err rc, json_t *result, void *arg)
 {
     struct evhttp_request *req = arg;
     if (rc) {
-        reply_error(req, rc == MT_ECLOSED ? 503 : 500, "lease operation failed", "%s",
+        reply_error(req, rc == MT_EFULL ? 507 : rc == MT_ECLOSED ? 503 : 500,
+                    "lease operation failed", "%s",
                     mt_err_str(rc));
         return;
     }
