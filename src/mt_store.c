@@ -350,9 +350,27 @@ typedef struct replay_state {
 } replay_state;
 
 /*
+ * The test hooks' wait: creates 'path' and returns once something else
+ * (a test) removes it. The test may instead kill the process meanwhile.
+ */
+static void hold_at(const char *path, const char *hook)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        mt_error("store: %s: cannot create '%s': %s", hook, path, strerror(errno));
+        return;
+    }
+    close(fd);
+    struct timespec ts = {0, 5 * 1000 * 1000};
+    while (access(path, F_OK) == 0) {
+        nanosleep(&ts, NULL);
+    }
+}
+
+/*
  * The MOONTIDE_TEST_REPLAY_HOLD=PATH:N test hook: once N groups are
- * replayed at open, creates PATH and waits until it is removed, so that a
- * test can kill the engine in the middle of a recovery.
+ * replayed at open, holds there (hold_at PATH), so that a test can kill
+ * the engine in the middle of a recovery.
  */
 static void replay_hold(uint64_t replayed)
 {
@@ -362,14 +380,7 @@ static void replay_hold(uint64_t replayed)
         return;
     }
     char *path = mt_xstrndup(hold, (size_t) (colon - hold));
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        close(fd);
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        while (access(path, F_OK) == 0) {
-            nanosleep(&ts, NULL);
-        }
-    }
+    hold_at(path, REPLAY_HOLD_ENV);
     free(path);
 }
 
@@ -686,16 +697,7 @@ static void hold_at_file(mt_store_ckpt_stage stage, uint64_t n, void *arg)
     static const char *const names[] = {"syncing", "synced", "recorded"};
     char *path = mt_xasprintf("%s/%llu-%s", (const char *) arg, (unsigned long long) n,
                               names[stage]);
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        close(fd);
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        while (access(path, F_OK) == 0) {
-            nanosleep(&ts, NULL);
-        }
-    } else {
-        mt_error("store: %s: cannot create '%s': %s", HOLD_ENV, path, strerror(errno));
-    }
+    hold_at(path, HOLD_ENV);
     free(path);
 }
 
