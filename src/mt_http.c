@@ -116,6 +116,7 @@ struct waiter {
     uint64_t after;
     uint64_t limit;
     struct event *timer;
+    struct event *gone;       /* the client's socket readable: it may have closed */
     waiter *prev, *next;
 };
 
@@ -326,7 +327,31 @@ static void waiter_free(waiter *w)
         w->next->prev = w->prev;
     }
     event_free(w->timer);
+    if (w->gone) {
+        event_free(w->gone);
+    }
     free(w);
+}
+
+/*
+ * The socket of a waiting request became readable. libevent does not look
+ * at a connection whose request has no answer started, so a client that
+ * closed one held its descriptor until the wait ended (up to 60 s): with a
+ * low open-file limit, abandoned long polls locked everyone out. At the end
+ * of the stream the connection goes; anything else (a pipelined request)
+ * is left for libevent, and no longer watched.
+ */
+static void on_waiter_gone(evutil_socket_t fd, short what, void *arg)
+{
+    waiter *w = arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
+        return; /* not re-armed: libevent reads what follows once it answers */
+    }
+    struct evhttp_connection *evcon = evhttp_request_get_connection(w->req);
+    waiter_free(w);
+    evhttp_connection_free(evcon);
 }
 
 /* Answers a waiter with whatever is there now (possibly nothing) and frees it. */
@@ -377,10 +402,17 @@ static void handle_read_events(mt_http *h, struct evhttp_request *req, struct ev
         w->req = req;
         w->after = after;
         w->limit = limit;
-        w->timer = evtimer_new(evhttp_connection_get_base(evhttp_request_get_connection(req)),
-                               on_wait_timeout, w);
+        struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+        struct event_base *base = evhttp_connection_get_base(evcon);
+        w->timer = evtimer_new(base, on_wait_timeout, w);
         struct timeval tv = {(time_t) (wait_ms / 1000), (suseconds_t) (wait_ms % 1000) * 1000};
         evtimer_add(w->timer, &tv);
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+        if (fd >= 0) {
+            w->gone = event_new(base, fd, EV_READ, on_waiter_gone, w);
+            event_add(w->gone, NULL);
+        }
         w->next = h->waiters;
         if (h->waiters) {
             h->waiters->prev = w;
