@@ -423,15 +423,21 @@ static mt_err read_meta_pages(mt_store *s, uint8_t **out, size_t *len)
     *len = 0;
     char *path = mt_xasprintf("%s/data.mdb", s->dir);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int err = fd < 0 ? errno : 0;
     free(path);
     size_t n = 2 * (size_t) s->psize;
     uint8_t *buf = mt_xmalloc(n);
     ssize_t got = fd >= 0 ? pread(fd, buf, n, 0) : -1;
+    if (fd >= 0 && got < 0) {
+        err = errno;
+    }
     if (fd >= 0) {
         close(fd);
     }
     if (got != (ssize_t) n) {
-        mt_error("store: cannot read the meta pages of '%s/data.mdb'", s->dir);
+        /* Out of descriptors, say ("Too many open files"): the log says which. */
+        mt_error("store: cannot read the meta pages of '%s/data.mdb': %s", s->dir,
+                 got < 0 ? strerror(err) : "the file is shorter");
         free(buf);
         return MT_EIO;
     }
