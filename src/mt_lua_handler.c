@@ -632,6 +632,7 @@ typedef struct event_args {
     uint32_t attempt;
     mt_buf *error;
     bool ok;
+    bool malformed; /* the data can never be given to a handler */
 } event_args;
 
 /*
@@ -654,6 +655,7 @@ static int build_event(lua_State *L)
         }
         if (rc) {
             mt_buf_addf(a->error, "malformed payload: %s", err);
+            a->malformed = rc == MT_EINVAL; /* nesting; not memory, which may pass later */
             return 0;
         }
     } else if (ev->data_kind != MT_DATA_NONE) {
@@ -669,22 +671,26 @@ static int build_event(lua_State *L)
     return 1;
 }
 
-/* Pushes the event table. Returns false (nothing pushed) with a message if it cannot be built. */
-static bool push_event(lua_State *L, const mt_event *ev, uint32_t attempt, mt_buf *error)
+/*
+ * Pushes the event table. Otherwise pushes nothing and writes why: MT_EINVAL
+ * for data that can never be given to a handler (JSON nested deeper than
+ * Lua values may be), MT_ELUA if the table could not be built (memory).
+ */
+static mt_err push_event(lua_State *L, const mt_event *ev, uint32_t attempt, mt_buf *error)
 {
-    event_args a = {ev, attempt, error, false};
+    event_args a = {ev, attempt, error, false, false};
     lua_pushcfunction(L, build_event);
     lua_pushlightuserdata(L, &a);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
         mt_buf_addf(error, "cannot build the event: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
-        return false;
+        return MT_ELUA;
     }
     if (!a.ok) {
         lua_pop(L, 1);
-        return false;
+        return a.malformed ? MT_EINVAL : MT_ELUA;
     }
-    return true;
+    return MT_OK;
 }
 
 static mt_err handler_invoke(void *p, const mt_event *ev, uint32_t attempt, mt_fx *fx,
@@ -701,9 +707,10 @@ static mt_err handler_invoke(void *p, const mt_event *ev, uint32_t attempt, mt_f
         mt_buf_adds(error, "no handler loaded");
         return MT_ELUA;
     }
-    if (!push_event(L, ev, attempt, error)) {
+    mt_err prc = push_event(L, ev, attempt, error);
+    if (prc) {
         lua_settop(L, top);
-        return MT_ELUA;
+        return prc;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
     h->box->fx = fx;

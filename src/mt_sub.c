@@ -599,6 +599,11 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
         r->rejected = true;
         mt_buf_free(&r->error);
         mt_buf_addf(&r->error, "rejected: %s", fx.reject);
+    } else if (hrc == MT_EINVAL) {
+        r->rejected = true; /* its data can never be given to the handler: no retries */
+        if (r->error.len == 0) {
+            mt_buf_adds(&r->error, "the event cannot be given to the handler");
+        }
     } else if (r->error.len == 0) {
         mt_buf_adds(&r->error, mt_err_str(hrc));
     }

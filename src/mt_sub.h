@@ -49,7 +49,9 @@ typedef struct mt_sub_runner {
     /*
      * Runs the handler on 'ev' (attempt from 1) with its effects going to
      * 'fx'. Returns MT_OK, or an error with the message in 'error' and the
-     * traceback (if any) in 'traceback'. A rejection is MT_OK with fx->reject set.
+     * traceback (if any) in 'traceback': MT_EINVAL when the event can never
+     * be given to the handler (it is dead-lettered without retries). A
+     * rejection is MT_OK with fx->reject set.
      */
     mt_err (*invoke)(void *handler, const mt_event *ev, uint32_t attempt, mt_fx *fx,
                      mt_buf *error, mt_buf *traceback);

@@ -186,13 +186,19 @@ def test_poison_messages_are_isolated_and_others_keep_flowing():
         for kind in bad:
             data = {"kind": kind, "amount": "abc"} if kind == "malformed" else {"kind": kind, "amount": 1}
             e.publish(mtlib.event("bad-" + kind, subject="bad-" + kind, type_="job.run", data=data))
+        # Data nested deeper than Lua values may be: it can never reach the
+        # handler, so it is dead-lettered at once (it was retried).
+        deep = [1]
+        for _ in range(150):
+            deep = [deep]
+        e.publish(mtlib.event("bad-deep", subject="bad-deep", type_="job.run", data=deep))
         for i in range(20):
             e.publish(mtlib.event("good%d" % i, subject="good%d" % (i % 4), type_="job.run",
                                   data={"kind": "ok", "amount": i}))
         ok = wait_for(lambda: len(table(e, "ok")) == 20 and table(e, "ok"), what="good events")
         assert sorted(ok.values()) == sorted(2 * i for i in range(20))
-        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 6 and json.loads(b))(
-            e.request("GET", "/subscriptions/poison/dlq")[2]), what="6 dead letters")
+        dlq = wait_for(lambda: (lambda b: len(json.loads(b)) == 7 and json.loads(b))(
+            e.request("GET", "/subscriptions/poison/dlq")[2]), what="7 dead letters")
         by_subject = {d["subject"]: d for d in dlq}
         for kind, text in bad.items():
             d = by_subject["bad-" + kind]
@@ -200,6 +206,8 @@ def test_poison_messages_are_isolated_and_others_keep_flowing():
         assert by_subject["bad-reject"]["reason"].startswith("rejected"), by_subject["bad-reject"]
         assert len(by_subject["bad-reject"]["errors"]) == 1  # no retries for a rejection
         assert by_subject["bad-reject_bare"]["reason"] == "rejected: no reason given"
+        d = by_subject["bad-deep"]
+        assert len(d["errors"]) == 1 and "nesting deeper than 128 levels" in d["reason"], d
 
 
 def test_a_huge_error_is_kept_cut_in_the_dead_letter():

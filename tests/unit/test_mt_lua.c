@@ -899,8 +899,36 @@ static void test_lua_handlers_each_see_the_events_own_data(void **state)
     assert_string_equal(handler_saw(r, h1, 7, big), "saw 3 0 3000");
     assert_string_equal(handler_saw(r, h2, 7, big), "saw 3 0 3000");
 
-    const char *bad = handler_saw(r, h1, 8, "{\"a\":");
-    assert_non_null(strstr(bad, "malformed payload: line 1 column"));
+    /* Data that can never be given to the handler: MT_EINVAL (no retries). */
+    mt_event ev;
+    mt_event_init(&ev);
+    ev.attr[MT_ATTR_ID] = "e";
+    ev.attr[MT_ATTR_SOURCE] = "/s";
+    ev.attr[MT_ATTR_TYPE] = "t.x";
+    ev.sequence = 8;
+    ev.data_kind = MT_DATA_JSON;
+    static const char *const bad[] = {"{\"a\":", NULL};
+    char deep[400] = "";
+    for (int i = 0; i < 150; i++) {
+        strcat(deep, "[");
+    }
+    for (int i = 0; i < 150; i++) {
+        strcat(deep, "]");
+    }
+    const char *want[] = {"malformed payload: line 1 column",
+                          "malformed payload: nesting deeper than 128 levels"};
+    for (int i = 0; i < 2; i++) {
+        ev.data = (const uint8_t *) (i == 0 ? bad[0] : deep);
+        ev.data_len = strlen((const char *) ev.data);
+        ev.sequence = 8 + (uint64_t) i;
+        mt_buf error, tb;
+        mt_buf_init(&error);
+        mt_buf_init(&tb);
+        assert_int_equal(r->invoke(h1, &ev, 1, NULL, &error, &tb), MT_EINVAL);
+        assert_non_null(strstr(mt_buf_cstr(&error), want[i]));
+        mt_buf_free(&error);
+        mt_buf_free(&tb);
+    }
     r->close(h1);
     r->close(h2);
     mt_sub_conf_free(conf);
