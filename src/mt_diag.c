@@ -26,29 +26,6 @@ int mt_diag_level_parse(const char *s)
     return -1;
 }
 
-/* The length of the valid UTF-8 sequence at p (at most n bytes), 0 if there is none. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    unsigned c = p[0];
-    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-                                : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (len == 0 || len > n) {
-        return 0;
-    }
-    unsigned cp = len == 1 ? c : c & (0x7F >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80) {
-            return 0;
-        }
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    static const unsigned least[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0) {
-        return 0; /* overlong, out of range, a surrogate, or NUL (jansson's C strings) */
-    }
-    return len;
-}
-
 size_t mt_diag_cut_at(const char *s, size_t n, size_t max)
 {
     if (n <= max) {
@@ -73,7 +50,7 @@ json_t *mt_diag_text(const char *s, size_t n)
     }
     size_t o = 0;
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_seq((const unsigned char *) s + i, n - i);
+        size_t len = s[i] ? mt_utf8_len(s + i, n - i) : 0; /* NUL too: C strings downstream */
         if (len) {
             memcpy(out + o, s + i, len);
             o += len;

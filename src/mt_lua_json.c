@@ -42,43 +42,6 @@ bool mt_lua_is_null(lua_State *L, int idx)
     return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &null_tag;
 }
 
-/* Strict UTF-8, as jansson checks it: no overlong forms, surrogates or values past U+10FFFF. */
-static bool utf8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *) s, *end = p + n;
-    while (p < end) {
-        unsigned c = *p;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        size_t len;
-        unsigned cp, min;
-        if ((c & 0xe0) == 0xc0) {
-            len = 2, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if ((size_t) (end - p) < len) {
-            return false;
-        }
-        for (size_t i = 1; i < len; i++) {
-            if ((p[i] & 0xc0) != 0x80) {
-                return false;
-            }
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-            return false;
-        }
-        p += len;
-    }
-    return true;
-}
 
 /* ---- Lua to JSON ---- */
 
@@ -244,7 +207,7 @@ static mt_err enc_object(enc *e, int idx, size_t nkeys, json_t **out)
         size_t klen;
         const char *k = lua_tolstring(L, -2, &klen); /* a string: the caller checked */
         mt_assert(count < nkeys);
-        if (!utf8_valid(k, klen)) {
+        if (!mt_utf8_valid(k, klen)) {
             lua_pop(L, 2);
             rc = fail(e, MT_EINVAL, "object key is not valid UTF-8");
             goto done;
@@ -410,7 +373,7 @@ static mt_err enc_value(enc *e, int idx, json_t **out)
     case LUA_TSTRING: {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
-        if (!utf8_valid(s, n)) {
+        if (!mt_utf8_valid(s, n)) {
             return fail(e, MT_EINVAL, "string is not valid UTF-8");
         }
         *out = json_stringn_nocheck(s, n);

@@ -37,6 +37,48 @@ static int parse_digits(const char *s, uint64_t *out)
     return n;
 }
 
+size_t mt_utf8_len(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *) s;
+    unsigned c = p[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+                                : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (len == 0 || len > n) {
+        return 0;
+    }
+    if (len == 1) {
+        return 1;
+    }
+    unsigned cp = c & (0x7F >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    static const unsigned least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+        return 0; /* overlong, out of range, or a surrogate */
+    }
+    return len;
+}
+
+bool mt_utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        if ((unsigned char) s[i] < 0x80) {
+            i++; /* most text: no call */
+            continue;
+        }
+        size_t len = mt_utf8_len(s + i, n - i);
+        if (len == 0) {
+            return false;
+        }
+        i += len;
+    }
+    return true;
+}
+
 mt_err mt_parse_u64(const char *s, uint64_t *out)
 {
     *out = 0;

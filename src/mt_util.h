@@ -12,6 +12,16 @@
 
 /* Microseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t mt_now_us(void);
+/*
+ * The length (1 to 4) of the UTF-8 character that starts the n bytes at s,
+ * strict as jansson checks it (no overlong forms, surrogates or values past
+ * U+10FFFF; NUL is a character); 0 if they do not start with one.
+ */
+size_t mt_utf8_len(const char *s, size_t n);
+
+/* Whether the n bytes at s are UTF-8 throughout (mt_utf8_len). */
+bool mt_utf8_valid(const char *s, size_t n);
+
 /* Monotonic microseconds, for durations and deadlines. */
 int64_t mt_mono_us(void);
 

@@ -506,7 +506,10 @@ static void test_util_be64_is_big_endian_and_round_trips(void **state)
     assert_true(memcmp(lo, hi, 8) < 0);
 }
 
-/* Messages from outside keep what is readable: each byte that is not UTF-8 becomes U+FFFD. */
+/*
+ * Messages from outside keep what is readable: each byte that is not UTF-8
+ * becomes U+FFFD. The same decoding (mt_utf8_len) says what is UTF-8.
+ */
 static void test_diag_text_replaces_only_the_bytes_that_are_not_utf8(void **state)
 {
     (void) state;
@@ -526,6 +529,9 @@ static void test_diag_text_replaces_only_the_bytes_that_are_not_utf8(void **stat
          "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* past U+10FFFF */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* mt_utf8_valid, which the JSON encoder uses, agrees; NUL is a character to it */
+        bool valid = strcmp(cases[i].in, cases[i].want) == 0 || cases[i].in[1] == '\0';
+        assert_int_equal(mt_utf8_valid(cases[i].in, cases[i].n), valid);
         json_t *v = mt_diag_text(cases[i].in, cases[i].n);
         assert_non_null(v);
         assert_string_equal(json_string_value(v), cases[i].want);
