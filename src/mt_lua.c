@@ -807,9 +807,11 @@ static void push_error_text(lua_State *L, mt_lua *lu, int idx)
     }
     if (t == LUA_TTABLE) {
         json_t *j;
-        if (mt_lua_to_json(L, idx, &j, NULL, 0) == MT_OK) {
+        size_t reals;
+        if (mt_lua_to_json(L, idx, &j, &reals, NULL, 0) == MT_OK) {
             capped_text text = {.len = 0};
-            int bad = json_dump_callback(j, capped_dump, &text, JSON_COMPACT | JSON_SORT_KEYS);
+            int bad = json_dump_callback(j, capped_dump, &text,
+                                         JSON_COMPACT | JSON_SORT_KEYS | reals);
             json_decref(j);
             if (!bad) {
                 /* the JSON is released before anything here can raise */

@@ -91,11 +91,11 @@ static char *to_json_value(lua_State *L, int idx, const char *what, json_t **val
     }
     json_t *j;
     char err[256];
-    if (mt_lua_to_json(L, idx, &j, err, sizeof err)) {
+    size_t reals;
+    if (mt_lua_to_json(L, idx, &j, &reals, err, sizeof err)) {
         luaL_error(L, "%s: %s", what, err);
     }
-    char *text =
-        json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS | mt_json_real_precision(j));
+    char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS | reals);
     if (!text) {
         json_decref(j);
         luaL_error(L, "%s: cannot encode", what);

@@ -60,7 +60,22 @@ typedef struct enc {
     size_t plen;
     char *err;
     size_t errlen;
+    int digits;                              /* the most any real needs (real_digits), 0 */
+    bool want_digits;
 } enc;
+
+/* Digits, from 15 to 17, that write d so that it reads back exactly. */
+static int real_digits(double d)
+{
+    for (int p = 15; p < 17; p++) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%.*g", p, d);
+        if (strtod(buf, NULL) == d) {
+            return p;
+        }
+    }
+    return 17;
+}
 
 typedef struct member {
     const char *key; /* borrowed from the table's key, which stays put while we encode */
@@ -367,6 +382,10 @@ static mt_err enc_value(enc *e, int idx, json_t **out)
             if (isinf(d)) {
                 return fail(e, MT_EINVAL, "cannot encode %s", d > 0 ? "inf" : "-inf");
             }
+            if (e->want_digits) {
+                int p = real_digits(d);
+                e->digits = p > e->digits ? p : e->digits;
+            }
             *out = json_real(d);
         }
         break;
@@ -391,7 +410,8 @@ static mt_err enc_value(enc *e, int idx, json_t **out)
     return *out ? MT_OK : fail(e, MT_ENOMEM, "out of memory");
 }
 
-mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t errlen)
+mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, size_t *real_flag, char *err,
+                      size_t errlen)
 {
     *out = NULL;
     if (errlen) {
@@ -399,6 +419,7 @@ mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t err
     }
     enc ctx = {0};
     enc *e = &ctx;
+    e->want_digits = real_flag != NULL;
     e->L = L;
     e->err = err;
     e->errlen = errlen;
@@ -417,6 +438,9 @@ mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t err
         rc = enc_value(e, idx, out);
     }
     lua_settop(L, top);
+    if (real_flag) {
+        *real_flag = e->digits ? JSON_REAL_PRECISION(e->digits) : 0;
+    }
     return rc;
 }
 
@@ -471,48 +495,7 @@ static void push_value(lua_State *L, const json_t *j, int depth)
     }
 }
 
-/* Digits, from 15 to 17, that write d so that it reads back exactly. */
-static int real_digits(double d)
-{
-    for (int p = 15; p < 17; p++) {
-        char buf[32];
-        snprintf(buf, sizeof buf, "%.*g", p, d);
-        if (strtod(buf, NULL) == d) {
-            return p;
-        }
-    }
-    return 17;
-}
 
-static int max_real_digits(const json_t *j, int depth)
-{
-    int most = 0;
-    if (json_is_real(j)) {
-        return real_digits(json_real_value(j));
-    }
-    if (depth > MT_LUA_JSON_MAX_DEPTH) {
-        return 17;
-    }
-    if (json_is_array(j)) {
-        for (size_t i = 0; i < json_array_size(j) && most < 17; i++) {
-            int p = max_real_digits(json_array_get(j, i), depth + 1);
-            most = p > most ? p : most;
-        }
-    } else if (json_is_object(j)) {
-        for (void *it = json_object_iter((json_t *) j); it && most < 17;
-             it = json_object_iter_next((json_t *) j, it)) {
-            int p = max_real_digits(json_object_iter_value(it), depth + 1);
-            most = p > most ? p : most;
-        }
-    }
-    return most;
-}
-
-size_t mt_json_real_precision(const json_t *j)
-{
-    int p = max_real_digits(j, 0);
-    return JSON_REAL_PRECISION(p ? p : 17);
-}
 
 /* [-1, +1]: the json_t as a light userdata, its Lua value */
 static int l_json_push(lua_State *L)
@@ -859,11 +842,11 @@ static int l_json_encode(lua_State *L)
     *slot = NULL;
     luaL_setmetatable(L, "moontide.json.scratch");
     char err[320];
-    if (mt_lua_to_json(L, 1, slot, err, sizeof err)) {
+    size_t reals;
+    if (mt_lua_to_json(L, 1, slot, &reals, err, sizeof err)) {
         return luaL_error(L, "moontide.json.encode: %s", err);
     }
-    const size_t flags =
-        JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | mt_json_real_precision(*slot);
+    const size_t flags = JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | reals;
     size_t n = json_dumpb(*slot, NULL, 0, flags);
     if (n == 0) {
         return luaL_error(L, "moontide.json.encode: out of memory");

@@ -85,14 +85,12 @@ mt_err mt_lua_json_complete(lua_State *L, int idx);
  * userdata, NaN or infinity, invalid UTF-8, cycles, nesting over
  * MT_LUA_JSON_MAX_DEPTH, and tables mixing or skipping keys ("$.a: sparse
  * array: key 5 in a table of 2 keys"); MT_ENOMEM if jansson runs out.
+ * With 'real_flag', sets it to the JSON_REAL_PRECISION flag to dump *out
+ * with: the fewest digits, 15 to 17, that give every real back exactly, so
+ * 0.1 is written "0.1" and not "0.10000000000000001" (jansson's default of
+ * 17); 0 if there is no real.
  */
-mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, char *err, size_t errlen);
-
-/*
- * The JSON_REAL_PRECISION flag to dump 'j' with: the fewest digits, from 15
- * to 17, that give every real in it back exactly, so that 0.1 is written
- * "0.1" and not "0.10000000000000001" (jansson's default of 17 digits).
- */
-size_t mt_json_real_precision(const json_t *j);
+mt_err mt_lua_to_json(lua_State *L, int idx, json_t **out, size_t *real_flag, char *err,
+                      size_t errlen);
 
 #endif

@@ -617,7 +617,7 @@ static void test_lua_json_round_trips_exactly(void **state)
 
         assert_int_equal(mt_lua_push_json(L, want), MT_OK);
         json_t *got = NULL;
-        assert_int_equal(mt_lua_to_json(L, -1, &got, err, sizeof err), MT_OK);
+        assert_int_equal(mt_lua_to_json(L, -1, &got, NULL, err, sizeof err), MT_OK);
         lua_pop(L, 1);
         if (!json_equal(want, got)) {
             char *g = json_dumps(got, JSON_ENCODE_ANY);
@@ -628,7 +628,7 @@ static void test_lua_json_round_trips_exactly(void **state)
         json_decref(got);
 
         assert_int_equal(mt_lua_push_json_text(L, text, strlen(text), err, sizeof err), MT_OK);
-        assert_int_equal(mt_lua_to_json(L, -1, &got, err, sizeof err), MT_OK);
+        assert_int_equal(mt_lua_to_json(L, -1, &got, NULL, err, sizeof err), MT_OK);
         lua_pop(L, 1);
         assert_true(json_equal(want, got));
         json_decref(got);
@@ -734,7 +734,7 @@ static void test_lua_to_json_refuses_what_json_cannot_hold(void **state)
         assert_int_equal(run(lu, cases[i].code, NULL), MT_OK);
         json_t *j = (json_t *) &j;
         char err[320];
-        mt_err rc = mt_lua_to_json(L, -1, &j, err, sizeof err);
+        mt_err rc = mt_lua_to_json(L, -1, &j, NULL, err, sizeof err);
         if (rc != MT_EINVAL || strcmp(err, cases[i].want) != 0) {
             print_error("%s: rc %s '%s' (want '%s')\n", cases[i].code, mt_err_str(rc), err,
                         cases[i].want);
@@ -755,11 +755,11 @@ static void test_lua_json_nesting_limit_is_128_both_ways(void **state)
     char err[320];
     json_t *j;
     assert_int_equal(run(lu, "local t = {} for i = 1, 127 do t = { t } end return t", NULL), MT_OK);
-    assert_int_equal(mt_lua_to_json(L, -1, &j, err, sizeof err), MT_OK);
+    assert_int_equal(mt_lua_to_json(L, -1, &j, NULL, err, sizeof err), MT_OK);
     json_decref(j);
     lua_pop(L, 1);
     assert_int_equal(run(lu, "local t = {} for i = 1, 128 do t = { t } end return t", NULL), MT_OK);
-    assert_int_equal(mt_lua_to_json(L, -1, &j, err, sizeof err), MT_EINVAL);
+    assert_int_equal(mt_lua_to_json(L, -1, &j, NULL, err, sizeof err), MT_EINVAL);
     assert_non_null(strstr(err, "nesting deeper than 128 levels"));
     lua_pop(L, 1);
 
@@ -818,7 +818,7 @@ static void test_lua_null_helpers(void **state)
     mt_lua_push_null(L);
     assert_true(mt_lua_is_null(L, -1));
     json_t *j;
-    assert_int_equal(mt_lua_to_json(L, -1, &j, NULL, 0), MT_OK);
+    assert_int_equal(mt_lua_to_json(L, -1, &j, NULL, NULL, 0), MT_OK);
     assert_true(json_is_null(j));
     json_decref(j);
     lua_pushnil(L);
