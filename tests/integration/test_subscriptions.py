@@ -31,6 +31,14 @@ def status(e, name):
     return json.loads(body)
 
 
+def handler_file(text):
+    """Writes a handler to a directory of its own; its path."""
+    path = os.path.join(tempfile.mkdtemp(prefix="moontide-h-"), "h.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def table(e, name, prefix=""):
     st, _, body = e.request("GET", "/tables/%s?prefix=%s&limit=10000" % (name, prefix))
     assert st == 200, (st, body)
@@ -233,15 +241,12 @@ def test_a_huge_error_is_kept_cut_in_the_dead_letter():
 def test_a_table_lists_keys_that_are_not_utf8():
     # Lua strings are bytes, so a key may be any; JSON keys may not. Such a
     # key was left out of the listing, which then held fewer than asked for.
-    d = tempfile.mkdtemp(prefix="moontide-h-")
-    handler = os.path.join(d, "h.lua")
-    with open(handler, "w") as f:
-        f.write("return function(e, ctx)\n"
-                "  local t = ctx.kv('bytes')\n"
-                "  t:put('caf\\233', 1)\n"
-                "  t:put('ok', 2)\n"
-                "  t:put('z\\255', t:get('caf\\233') + 2)\n"
-                "end\n")
+    handler = handler_file("return function(e, ctx)\n"
+                           "  local t = ctx.kv('bytes')\n"
+                           "  t:put('caf\\233', 1)\n"
+                           "  t:put('ok', 2)\n"
+                           "  t:put('z\\255', t:get('caf\\233') + 2)\n"
+                           "end\n")
     cfg = config("  b:\n    topics: [\"b.x\"]\n    handler: %s\n" % handler)
     try:
         with Engine(config=cfg) as e:
@@ -253,21 +258,19 @@ def test_a_table_lists_keys_that_are_not_utf8():
             st, _, body = e.request("GET", "/tables/bytes/caf%E9")
             assert st == 200 and json.loads(body) == 1, (st, body)
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
 def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
-    # A backlog of runs that each write 100 KB was packed into one dispatch
+    # A backlog of runs that each write 200 KB was packed into one dispatch
     # job too large for a 1 MiB write-ahead file: refused, retried whole
-    # every second, for ever. A run whose own effects could never fit was
-    # retried the same way and held back every other subject.
-    d = tempfile.mkdtemp(prefix="moontide-h-")
-    handler = os.path.join(d, "h.lua")
-    with open(handler, "w") as f:
-        f.write("return function(e, ctx)\n"
-                "  local t = ctx.kv('big')\n"
-                "  for i = 1, e.data.parts do t:put(e.id .. '/' .. i, ('x'):rep(200000)) end\n"
-                "end\n")
+    # every second, for ever. A run whose own effects could never fit (600
+    # KB) was retried the same way and held back every other subject.
+    handler = handler_file(
+        "return function(e, ctx)\n"
+        "  local t = ctx.kv('big')\n"
+        "  for i = 1, e.data.parts do t:put(e.id .. '/' .. i, ('x'):rep(200000)) end\n"
+        "end\n")
     cfg = config("  big:\n    topics: [\"big.x\"]\n    handler: %s\n" % handler,
                  extra_engine="  wal_size: 1MiB\n")
     try:
@@ -287,7 +290,7 @@ def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
             assert len(table(e, "big")) == 30
             assert not any("does not fit the write-ahead file" in l for l in e.stderr_lines)
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
 def test_a_new_wal_size_applies_to_an_existing_data_directory():
