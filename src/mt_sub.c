@@ -79,6 +79,7 @@ typedef struct dispatch_out {
     int64_t next_due_us;  /* earliest retry, 0 = none */
     mt_spec_round *round; /* in: the workers' results for this job, or NULL */
     mt_cursor *kv_cur;    /* during the job: its cursor on the kv tables, lent to each run */
+    uint64_t write_max;   /* during the job: what its writes may take (mt_txn_job_max) */
 } dispatch_out;
 
 struct sub_rt {
@@ -579,7 +580,7 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
     /* Effects that would not fit the write-ahead file never will: failing
      * the job (MT_ETOOBIG) retried it, whole, every second. */
     size_t bytes = ok ? mt_fx_pending_bytes(&fx) : 0;
-    bool too_big = ok && bytes > mt_txn_job_max(t) / 2;
+    bool too_big = ok && bytes > out->write_max / 2;
     mt_err rc = mt_fx_finish(&fx, ok && !too_big);
     if (rc) {
         mt_fx_free(&fx);
@@ -591,7 +592,7 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
                     "its effects take about %zu bytes of the write-ahead file, more than half "
                     "of the %llu one write may take (engine.wal_size); not retried: they would "
                     "not fit again",
-                    bytes, (unsigned long long) mt_txn_job_max(t));
+                    bytes, (unsigned long long) out->write_max);
     } else if (ok) {
         r->ok = true;
         out->appended |= fx.emitted > 0;
@@ -908,9 +909,9 @@ static bool matches(sub_rt *s, const mt_event *ev, type_memo *memo)
  * runs was once packed into one job too large for the file, refused, and
  * tried again, whole, every second.
  */
-static bool job_full(mt_txn *t)
+static bool job_full(mt_txn *t, const dispatch_out *out)
 {
-    return mt_txn_job_bytes(t) > mt_txn_job_max(t) / 4;
+    return mt_txn_job_bytes(t) > out->write_max / 4;
 }
 
 /* Runs the retries that are due (in due order). */
@@ -919,7 +920,7 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
     const char *name = s->conf->name;
     int64_t now = mt_now_us();
     for (;;) {
-        if (*budget <= 0 || job_full(t)) {
+        if (*budget <= 0 || job_full(t, out)) {
             out->more = true;
             return MT_OK;
         }
@@ -1075,7 +1076,7 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     for (;;) {
         rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
         for (int i = 0; rc == MT_OK && i < b->n; i++) {
-            if (job_full(t)) {
+            if (job_full(t, out)) {
                 stopped = full = true; /* the cursor stays before this event */
                 break;
             }
@@ -1184,6 +1185,7 @@ static mt_err dispatch_body(mt_txn *t, dispatch_job *dj)
     mt_spec_round *round = out->round;
     memset(out, 0, sizeof *out);
     out->round = round;
+    out->write_max = mt_txn_job_max(t);
     mt_err rc = MT_OK;
     if (!s->incarnation_read) {
         rc = incarnation_get(t, c->name, &s->incarnation);
