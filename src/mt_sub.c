@@ -38,6 +38,7 @@
 #define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
 #define ERRORS_KEPT 10         /* attempt errors kept per message */
 #define ERROR_TEXT_MAX 4096    /* bytes of an error kept (a traceback: twice that) */
+#define STALL_LOG_US (60 * 1000000LL) /* a dispatch failing in a row is logged this often */
 
 typedef struct sub_rt sub_rt;
 
@@ -99,6 +100,9 @@ struct sub_rt {
     int job_budget;              /* handler runs the next dispatch job may do */
     bool again;                  /* a kick came while as many as allowed were in flight */
     struct event *timer;         /* fires at the next retry */
+    mt_err stalled;              /* why the last dispatch job failed, MT_OK if it did not */
+    int64_t stalled_since_us;    /* ... since when (the first failure of a row) */
+    int64_t stalled_logged_us;   /* ... and when that was last logged */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
     bool spec_running;           /* a round is running */
     mt_spec_round *round_ready;  /* a finished round waiting for the next dispatch job */
@@ -1260,13 +1264,32 @@ static mt_err sub_submit(sub_rt *s, mt_store_job_fn run, mt_store_done_fn done, 
 static void dispatch_settle(sub_rt *s, const dispatch_out *out, mt_err rc)
 {
     mt_subs *subs = s->subs;
+    const char *const tags[] = {"subscription", s->conf->name, NULL};
+    int64_t now = mt_now_us();
     if (rc) {
-        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", s->conf->name, NULL},
-                     "subscription '%s': dispatch failed: %s; retrying in 1s", s->conf->name,
-                     mt_err_str(rc));
+        /*
+         * A full store fails every job alike: one line when it starts or
+         * changes, then one a minute, and appends wait for the timer
+         * (submit) instead of each failing a job of its own.
+         */
+        if (rc != s->stalled) {
+            s->stalled_since_us = now;
+        }
+        if (rc != s->stalled || now - s->stalled_logged_us >= STALL_LOG_US) {
+            mt_diag_emit(MT_DIAG_ERROR, tags,
+                         "subscription '%s': dispatch failed: %s; retrying every second",
+                         s->conf->name, mt_err_str(rc));
+            s->stalled_logged_us = now;
+        }
+        s->stalled = rc;
         struct timeval tv = {1, 0};
         evtimer_add(s->timer, &tv);
         return;
+    }
+    if (s->stalled) {
+        mt_diag_emit(MT_DIAG_INFO, tags, "subscription '%s': dispatching again after %lld s",
+                     s->conf->name, (long long) ((now - s->stalled_since_us) / 1000000));
+        s->stalled = MT_OK;
     }
     if (out->appended) {
         /* Emitted events may be for other subscriptions, or long polls. */
@@ -1461,6 +1484,9 @@ static void submit(sub_rt *s)
         struct timeval tv = {wait, 0};
         evtimer_add(s->timer, &tv);
         return;
+    }
+    if (s->stalled && evtimer_pending(s->timer, NULL)) {
+        return; /* the last job failed: the retry timer submits the next */
     }
     if (s->spec) {
         /* Workers run ahead, also while a dispatch job applies their last round. */
@@ -1904,6 +1930,14 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
     json_t *o = stored_status(t, s->conf->name, head);
     json_object_set_new(o, "running", json_true());
     json_object_set_new(o, "in_flight", json_boolean(s->inflight > 0));
+    if (s->stalled) {
+        /* Not in the store: a full store cannot take it. */
+        char why[160];
+        snprintf(why, sizeof why, "dispatch failing for %lld s: %s; retried every second",
+                 (long long) ((mt_now_us() - s->stalled_since_us) / 1000000),
+                 mt_err_str(s->stalled));
+        json_object_set_new(o, "last_error", json_string(why));
+    }
     json_t *topics = json_array();
     for (int i = 0; i < s->conf->ntopics; i++) {
         json_array_append_new(topics, json_string(s->conf->topics[i]));

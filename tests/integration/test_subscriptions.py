@@ -293,6 +293,42 @@ def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
+def test_a_subscription_stuck_on_a_full_store_says_why():
+    # Runs that each keep 200 KB fill a 2 MiB store while small events still
+    # fit: each dispatch job then fails. The status said nothing (last_error
+    # null) and every append logged a failure of its own.
+    handler = handler_file("return function(e, ctx)\n"
+                           "  ctx.kv('hog'):put(e.id, ('x'):rep(200000))\n"
+                           "end\n")
+    sub = "  hog:\n    topics: [\"hog.x\"]\n    handler: %s\n" % handler
+    d = tempfile.mkdtemp(prefix="moontide-it-stall-")
+    acked = 0
+    try:
+        e = Engine(data_dir=d, config=config(sub, extra_engine="  map_size: 2MiB\n")).start()
+        try:
+            for i in range(40):
+                st, _ = e.publish(mtlib.event("h%d" % i, subject="s", type_="hog.x"))
+                assert st in (201, 507), st
+                acked += st == 201
+            s = wait_for(lambda: (lambda s: s["last_error"] and s)(status(e, "hog")),
+                         what="the stall in the status")
+            assert "store full" in s["last_error"] and s["position"] < acked, s
+            assert table(e, "hog"), "no run fitted before the store was full"
+            lines = [l for l in e.stderr_lines if "dispatch failed" in l]
+            assert len(lines) == 1 and "store full" in lines[0], lines
+        finally:
+            assert e.stop() == 0, e.stderr_lines[-10:]
+        # With room, every acknowledged event is handled and the error is gone.
+        with Engine(data_dir=d, config=config(sub, extra_engine="  map_size: 64MiB\n")) as e:
+            s = wait_for(lambda: (lambda s: s["handled"] == acked and s)(status(e, "hog")),
+                         what="every acknowledged event handled")
+            assert s["position"] == acked and s["last_error"] is None, s
+            assert len(table(e, "hog")) == acked
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
 def test_a_new_wal_size_applies_to_an_existing_data_directory():
     # The write-ahead file kept the size it was made with, silently.
     cfg1 = config("  c:\n    topics: [\"c.x\"]\n    deliver: pull\n",
