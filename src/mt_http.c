@@ -140,6 +140,7 @@ struct reply_waiter {
     char *id;                 /* owned: the request's id */
     uint64_t after;           /* log position checked so far */
     struct event *timer;
+    struct event *gone;       /* the client's socket readable: it may have closed */
     reply_waiter *prev, *next;
 };
 
@@ -334,24 +335,46 @@ static void waiter_free(waiter *w)
 }
 
 /*
- * The socket of a waiting request became readable. libevent does not look
- * at a connection whose request has no answer started, so a client that
- * closed one held its descriptor until the wait ended (up to 60 s): with a
- * low open-file limit, abandoned long polls locked everyone out. At the end
- * of the stream the connection goes; anything else (a pipelined request)
- * is left for libevent, and no longer watched.
+ * Watches the socket of a request that waits with no answer started:
+ * libevent does not look at such a connection, so a client that closed it
+ * held its descriptor until the wait ended (up to 60 s), and with a low
+ * open-file limit abandoned waits locked everyone out. 'cb' runs once when
+ * the socket becomes readable and should ask client_gone. NULL if the
+ * request has no socket.
  */
+static struct event *watch_gone(struct evhttp_request *req, event_callback_fn cb, void *arg)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0) {
+        return NULL;
+    }
+    struct event *ev = event_new(evhttp_connection_get_base(evcon), fd, EV_READ, cb, arg);
+    event_add(ev, NULL);
+    return ev;
+}
+
+/*
+ * Whether the client of a watched socket has gone: the end of the stream or
+ * an error. Anything else (a pipelined request) is left for libevent, which
+ * reads what follows once it answers; the watch is not re-armed.
+ */
+static bool client_gone(evutil_socket_t fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return !(n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)));
+}
+
 static void on_waiter_gone(evutil_socket_t fd, short what, void *arg)
 {
     waiter *w = arg;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
-        return; /* not re-armed: libevent reads what follows once it answers */
+    if (client_gone(fd)) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(w->req);
+        waiter_free(w);
+        evhttp_connection_free(evcon);
     }
-    struct evhttp_connection *evcon = evhttp_request_get_connection(w->req);
-    waiter_free(w);
-    evhttp_connection_free(evcon);
 }
 
 /* Answers a waiter with whatever is there now (possibly nothing) and frees it. */
@@ -407,12 +430,7 @@ static void handle_read_events(mt_http *h, struct evhttp_request *req, struct ev
         w->timer = evtimer_new(base, on_wait_timeout, w);
         struct timeval tv = {(time_t) (wait_ms / 1000), (suseconds_t) (wait_ms % 1000) * 1000};
         evtimer_add(w->timer, &tv);
-        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-        if (fd >= 0) {
-            w->gone = event_new(base, fd, EV_READ, on_waiter_gone, w);
-            event_add(w->gone, NULL);
-        }
+        w->gone = watch_gone(req, on_waiter_gone, w);
         w->next = h->waiters;
         if (h->waiters) {
             h->waiters->prev = w;
@@ -502,6 +520,9 @@ static void reply_waiter_free(reply_waiter *w)
         w->next->prev = w->prev;
     }
     event_free(w->timer);
+    if (w->gone) {
+        event_free(w->gone);
+    }
     free(w->topic);
     free(w->id);
     free(w);
@@ -514,6 +535,16 @@ static void on_reply_timeout(evutil_socket_t fd, short what, void *arg)
                 "no event of type '%.200s' with correlationid '%.200s' arrived in time", w->topic,
                 w->id);
     reply_waiter_free(w);
+}
+
+static void on_reply_waiter_gone(evutil_socket_t fd, short what, void *arg)
+{
+    reply_waiter *w = arg;
+    if (client_gone(fd)) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(w->req);
+        reply_waiter_free(w);
+        evhttp_connection_free(evcon);
+    }
 }
 
 typedef struct reply_search {
@@ -586,6 +617,7 @@ static void reply_wait(append_job *j)
     struct timeval tv = {(time_t) (j->reply_wait_ms / 1000),
                          (suseconds_t) (j->reply_wait_ms % 1000) * 1000};
     evtimer_add(w->timer, &tv);
+    w->gone = watch_gone(w->req, on_reply_waiter_gone, w);
     w->next = h->replies;
     if (h->replies) {
         h->replies->prev = w;
@@ -997,6 +1029,8 @@ struct pull_req {
     uint32_t max;
     int64_t deadline_us;      /* monotonic; 0 = answer at once */
     struct event *timer;      /* set while waiting between two looks */
+    struct event *gone;       /* the client's socket readable: it may have closed */
+    bool client_gone;         /* ... and it had, while a look was on the writer */
     pull_req *prev, *next;    /* in h->pulls while waiting */
 };
 
@@ -1022,6 +1056,9 @@ static void pull_req_free(pull_req *p)
     if (p->timer) {
         event_free(p->timer);
     }
+    if (p->gone) {
+        event_free(p->gone);
+    }
     free(p->name);
     free(p);
 }
@@ -1044,9 +1081,35 @@ static void on_pull_timer(evutil_socket_t fd, short what, void *arg)
     pull_submit(p);
 }
 
+/* Frees a pull whose client has gone, with its connection. */
+static void pull_drop(pull_req *p)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
+    pull_req_free(p);
+    evhttp_connection_free(evcon);
+}
+
+static void on_pull_gone(evutil_socket_t fd, short what, void *arg)
+{
+    pull_req *p = arg;
+    if (!client_gone(fd)) {
+        return;
+    }
+    if (p->timer && evtimer_pending(p->timer, NULL)) {
+        pull_drop(p); /* waiting between two looks */
+    } else {
+        p->client_gone = true; /* a look is on the writer: pull_answer drops it */
+    }
+}
+
 static void pull_answer(mt_err rc, json_t *result, void *arg)
 {
     pull_req *p = arg;
+    if (p->client_gone) {
+        /* What it leased goes back when the leases expire, as for any client that dies. */
+        pull_drop(p);
+        return;
+    }
     if (rc) {
         reply_error(p->req, rc == MT_ECLOSED ? 503 : 500, "pull failed", "%s", mt_err_str(rc));
         pull_req_free(p);
@@ -1071,6 +1134,9 @@ static void pull_answer(mt_err rc, json_t *result, void *arg)
         }
         struct timeval tv = {0, (suseconds_t) wait};
         evtimer_add(p->timer, &tv);
+        if (!p->gone) {
+            p->gone = watch_gone(p->req, on_pull_gone, p);
+        }
         p->next = p->h->pulls;
         if (p->h->pulls) {
             p->h->pulls->prev = p;
@@ -1171,8 +1237,11 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
             return;
         }
         pull_req *p = mt_xcalloc(1, sizeof *p);
-        *p = (pull_req){h, req, mt_xstrdup(name), (uint32_t) (max ? max : 1),
-                        mt_mono_us() + (int64_t) wait_ms * 1000, NULL, NULL, NULL};
+        *p = (pull_req){.h = h,
+                        .req = req,
+                        .name = mt_xstrdup(name),
+                        .max = (uint32_t) (max ? max : 1),
+                        .deadline_us = mt_mono_us() + (int64_t) wait_ms * 1000};
         pull_submit(p);
     } else if ((strcmp(rest, "/ack") == 0 || strcmp(rest, "/nack") == 0 ||
                 strcmp(rest, "/extend") == 0) && cmd == EVHTTP_REQ_POST) {

@@ -4,6 +4,7 @@ answers with ctx.reply), or answers 504 when the timeout passes."""
 import json
 import os
 import tempfile
+import socket
 import threading
 
 import mtlib
@@ -66,6 +67,34 @@ def test_timeout_and_bad_requests():
         # A handler reply to an event without replyto is an error in the handler.
         st, _ = e.publish(mtlib.event("n5", type_="quote.requested", data={"qty": 1}))
         assert st == 201
+
+
+
+
+def test_an_abandoned_request_gives_its_connection_back():
+    # A caller that gave up on its reply held the engine's descriptor until
+    # the timeout (up to 60 s).
+    with Engine(config=config()) as e:
+        fds = lambda: len(os.listdir("/proc/%d/fd" % e.proc.pid))
+        base = fds()
+        socks = []
+        for i in range(20):
+            body = json.dumps(mtlib.event("gone-%d" % i, type_="nobody.listens",
+                                          replyto="never.answered")).encode()
+            s = socket.create_connection(("127.0.0.1", e.port))
+            s.sendall(b"POST /events?wait=reply&timeout=60s HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/cloudevents+json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            socks.append(s)
+        mtlib.wait_for(lambda: fds() >= base + 15, what="the requests waiting")
+        mtlib.wait_for(lambda: len(e.read_all()) == 20, what="the requests stored")
+        for s in socks:
+            s.close()
+        mtlib.wait_for(lambda: fds() <= base + 1, timeout=30, what="the descriptors back")
+        # A caller that stays still gets its reply.
+        st, rep = ask(e, mtlib.event("q-after", type_="quote.requested", replyto="quote.given",
+                                     data={"qty": 2, "item": "bolt"}))
+        assert st == 200 and rep["data"] == {"price": 14, "item": "bolt"}, rep
 
 
 mtlib.main(globals())
