@@ -416,28 +416,24 @@ static mt_err replay_group(uint64_t group, const void *payload, size_t len, void
     return rc;
 }
 
-/* Reads LMDB's two meta pages (pages 0 and 1 of data.mdb) into a new buffer. */
+/*
+ * Reads LMDB's two meta pages (pages 0 and 1 of data.mdb) into a new buffer,
+ * through LMDB's own descriptor: opening the file for each checkpoint made
+ * every checkpoint, and so every write after it, fail once the engine was
+ * out of descriptors.
+ */
 static mt_err read_meta_pages(mt_store *s, uint8_t **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
-    char *path = mt_xasprintf("%s/data.mdb", s->dir);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int err = fd < 0 ? errno : 0;
-    free(path);
+    mdb_filehandle_t fd;
     size_t n = 2 * (size_t) s->psize;
     uint8_t *buf = mt_xmalloc(n);
-    ssize_t got = fd >= 0 ? pread(fd, buf, n, 0) : -1;
-    if (fd >= 0 && got < 0) {
-        err = errno;
-    }
-    if (fd >= 0) {
-        close(fd);
-    }
+    int mrc = mdb_env_get_fd(s->env, &fd);
+    ssize_t got = mrc == 0 ? pread(fd, buf, n, 0) : -1;
     if (got != (ssize_t) n) {
-        /* Out of descriptors, say ("Too many open files"): the log says which. */
         mt_error("store: cannot read the meta pages of '%s/data.mdb': %s", s->dir,
-                 got < 0 ? strerror(err) : "the file is shorter");
+                 mrc ? mdb_strerror(mrc) : got < 0 ? strerror(errno) : "the file is shorter");
         free(buf);
         return MT_EIO;
     }

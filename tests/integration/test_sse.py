@@ -177,6 +177,32 @@ def test_sigterm_just_after_running_out_of_descriptors_exits_cleanly():
         e.cleanup()
 
 
+def test_out_of_descriptors_checkpoints_go_on_and_writes_are_kept():
+    # Each checkpoint opened data.mdb to read its meta pages: out of
+    # descriptors, every checkpoint failed, the write-ahead file filled up
+    # and the stop's last checkpoint failed too.
+    import resource
+    e = Engine(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))).start()
+    try:
+        conn = e.conn()   # the publisher's connection, open before the others come
+        assert e.publish(mtlib.event("fd-first"), conn=conn)[0] == 201
+        socks = [socket.create_connection(("127.0.0.1", e.port)) for _ in range(80)]
+        mtlib.wait_for(lambda: any("cannot accept" in l for l in e.stderr_lines), timeout=10,
+                       what="the engine out of descriptors")
+        for i in range(4):
+            st, ans = e.publish(mtlib.event("fd-%d" % i), conn=conn)
+            assert st == 201, (st, ans)
+            time.sleep(0.5)
+        conn.close()
+        assert e.stop() == 0, e.stderr_lines[-5:]
+        for s in socks:
+            s.close()
+        bad = [l for l in e.stderr_lines if "checkpoint" in l or "meta pages" in l]
+        assert not bad, bad
+    finally:
+        e.cleanup()
+
+
 def test_large_events_the_ring_does_not_keep_arrive_in_order():
     with Engine() as e:
         c, r = open_stream(e, "topic=big.%23")
