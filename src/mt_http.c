@@ -670,6 +670,10 @@ static void append_done(mt_err rc, void *arg)
     } else if (rc) {
         reply_error(req, 500, "storage error", "append failed (%s); nothing was appended",
                     mt_err_str(rc));
+    } else if (j->reply_wait_ms && h->draining) {
+        /* Appended as the engine stops (mt_store_close runs the last jobs). */
+        reply_error(req, 503, "shutting down",
+                    "the engine is stopping before the reply arrived; the request was stored");
     } else if (j->reply_wait_ms) {
         reply_wait(j);
         mt_http_appended(h);
