@@ -35,6 +35,7 @@ typedef struct reply_waiter reply_waiter;
 typedef struct pull_req pull_req;
 
 #define SSE_MAX_TOPICS 16
+#define NACK_DELAY_MAX_MS (24 * 3600 * 1000ull) /* as retry.max_backoff */
 #define SSE_BUFFER_MAX (1u << 20)   /* unsent bytes per client before it is paused */
 #define SSE_HEARTBEAT_S 15
 #define SSE_PAGE 500                /* events read per pump */
@@ -1315,8 +1316,10 @@ static void handle_lease_op(mt_http *h, struct evhttp_request *req, const char *
     if (!ok) {
         reply_error(req, 400, "malformed body",
                     "expected {\"leases\": [\"token\", ...]} with 1 to 10000 tokens");
-    } else if (delay && (op != MT_LEASE_NACK || mt_parse_duration(delay, &delay_ms))) {
-        reply_error(req, 400, "malformed body", "'delay' is a duration, and only for nack");
+    } else if (delay && (op != MT_LEASE_NACK || mt_parse_duration(delay, &delay_ms) ||
+                         delay_ms > NACK_DELAY_MAX_MS)) {
+        reply_error(req, 400, "malformed body",
+                    "'delay' is a duration from 0 to 24h, and only for nack");
     } else if (error && (op != MT_LEASE_NACK || !json_is_string(error))) {
         reply_error(req, 400, "malformed body", "'error' is a string, and only for nack");
     } else if (!mt_subs_is_pull(h->subs, name)) {

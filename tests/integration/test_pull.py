@@ -68,6 +68,14 @@ def test_an_expired_lease_is_redelivered_and_old_tokens_are_refused():
         assert len(again) == 1 and again[0]["event"]["id"] == "e-x" and again[0]["attempt"] == 2, again
         st, ans = post(e, "/subscriptions/work/ack", {"leases": [first[0]["lease"]]})
         assert st == 409 and ans["unknown"] == [first[0]["lease"]], ans
+        # A late ack of an expired lease that was not handed out again counts.
+        time.sleep(0.5)
+        st, ans = post(e, "/subscriptions/work/ack", {"leases": [again[0]["lease"]]})
+        assert st == 200 and ans["count"] == 1, ans
+        assert post(e, "/subscriptions/work/pull?max=10&wait=500ms") == (200, [])
+        e.publish(mtlib.event("x2", type_="job.run"))
+        st, again = post(e, "/subscriptions/work/pull?max=10&wait=5s")
+        assert st == 200 and len(again) == 1, again
         st, ans = post(e, "/subscriptions/work/extend", {"leases": [again[0]["lease"]]})
         assert st == 200 and ans["count"] == 1, ans
         st, ans = post(e, "/subscriptions/work/ack", {"leases": [again[0]["lease"], "42-00"]})
@@ -228,6 +236,12 @@ def test_bad_pull_requests():
         assert post(e, "/subscriptions/work/ack", {"leases": "abc"})[0] == 400
         assert post(e, "/subscriptions/work/ack", {"leases": []})[0] == 400
         assert post(e, "/subscriptions/work/ack", {"leases": ["1-00"], "delay": "1s"})[0] == 400
+        # Delays past 24h overflowed into "now": the message came straight back.
+        for d in ("25h", "106751991167d", "18446744073709551615ms"):
+            st, ans = post(e, "/subscriptions/work/nack", {"leases": ["1-00"], "delay": d})
+            assert st == 400 and "from 0 to 24h" in ans["detail"], (d, ans)
+        st, ans = post(e, "/subscriptions/work/nack", {"leases": ["1-00"], "delay": "24h"})
+        assert st == 409 and ans["unknown"] == ["1-00"], ans
         assert post(e, "/subscriptions/nope/pull")[0] == 404
         assert e.request("GET", "/subscriptions/work/pull")[0] == 405
 
