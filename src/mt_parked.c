@@ -6,6 +6,7 @@
 
 #define FORMAT 1
 #define FIXED 24
+#define REDRIVEN 0x80 /* in the state byte */
 
 void mt_parked_init(mt_parked *p)
 {
@@ -25,7 +26,7 @@ void mt_parked_encode(const mt_parked *p, mt_buf *out)
     mt_buf_reserve(out, FIXED + ll + el);
     uint8_t *b = (uint8_t *) out->data + out->len;
     b[0] = FORMAT;
-    b[1] = (uint8_t) p->state;
+    b[1] = (uint8_t) ((unsigned) p->state | (p->redriven ? REDRIVEN : 0));
     mt_put_be32(b + 2, p->attempts);
     mt_put_be64(b + 6, (uint64_t) p->due_us);
     mt_put_be64(b + 14, p->lease);
@@ -73,14 +74,15 @@ mt_err mt_parked_decode(const void *v, size_t len, mt_parked *p)
     if (len > 0 && b[0] == '{') {
         return decode_json(v, len, p);
     }
-    if (len < FIXED || b[0] != FORMAT || b[1] > MT_PARK_LEASED) {
+    if (len < FIXED || b[0] != FORMAT || (b[1] & ~REDRIVEN) > MT_PARK_LEASED) {
         return MT_EIO;
     }
     size_t ll = ((size_t) b[22] << 8) | b[23];
     if (ll > MT_LANE_MAX || FIXED + ll > len) {
         return MT_EIO;
     }
-    p->state = (mt_park_state) b[1];
+    p->state = (mt_park_state) (b[1] & ~REDRIVEN);
+    p->redriven = (b[1] & REDRIVEN) != 0;
     p->attempts = mt_get_be32(b + 2);
     p->due_us = (int64_t) mt_get_be64(b + 6);
     p->lease = mt_get_be64(b + 14);

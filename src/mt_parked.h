@@ -12,7 +12,7 @@
  *
  * Layout (big-endian):
  *   0   1  format (1)
- *   1   1  state (mt_park_state)
+ *   1   1  state (mt_park_state), with bit 7 set if redriven
  *   2   4  attempts
  *   6   8  due time, microseconds since the epoch (0 = none)
  *   14  8  lease nonce (when leased)
@@ -25,6 +25,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include "mt_err.h"
 #include "mt_mem.h"
@@ -44,6 +45,7 @@ typedef struct mt_parked {
     uint32_t attempts;
     int64_t due_us;
     uint64_t lease;             /* the lease token's nonce, when leased */
+    bool redriven;              /* back from the dead-letter queue: its expiry no longer applies */
     char lane[MT_LANE_MAX + 1];
     char *errors;               /* owned: JSON array text, or NULL for none */
 } mt_parked;

@@ -383,6 +383,7 @@ static mt_err schedule_head(sub_rt *s, mt_txn *t, const char *lane, uint64_t seq
     if (rec) {
         r.attempts = rec->attempts;
         r.errors = rec->errors; /* borrowed for the write */
+        r.redriven = rec->redriven;
     }
     r.state = MT_PARK_RETRY;
     r.due_us = due;
@@ -705,7 +706,7 @@ static mt_err deliver(sub_rt *s, mt_txn *t, const mt_event *ev, const char *lane
     uint8_t k[KEY_MAX];
     size_t kl = parked_key(k, c->name, lane, ev->sequence);
     *freed = false;
-    if (expired(c, ev, mt_now_us())) {
+    if (!(rec && rec->redriven) && expired(c, ev, mt_now_us())) {
         /* Never delivered: counted, and dead-lettered if the subscription asks. */
         st->expired++;
         *freed = true;
@@ -2068,7 +2069,11 @@ static mt_err dlq_run(mt_txn *t, void *arg)
                 }
             }
             if (rc == MT_OK) {
-                rc = schedule_head(j->s, t, lane, seq, NULL, mt_now_us());
+                /* Asked for by hand: delivered even if its ttl or expirytime has passed. */
+                mt_parked back;
+                mt_parked_init(&back);
+                back.redriven = true;
+                rc = schedule_head(j->s, t, lane, seq, &back, mt_now_us());
             }
         }
         if (rc) {
@@ -2374,7 +2379,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
             } else {
                 snprintf(lane, sizeof lane, "#%llu", (unsigned long long) ev.sequence);
             }
-            if (expired(c, &ev, now)) {
+            if (!rec.redriven && expired(c, &ev, now)) {
                 st.expired++;
                 rc = pull_retire(s, t, &ev, &rec, lane, "expired", c->expiry_dead_letter, &st);
             } else if (rec.attempts >= c->max_attempts) {

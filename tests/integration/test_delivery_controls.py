@@ -61,6 +61,35 @@ def test_ttl_with_dead_letter_on_expiry():
         # A fresh event still flows.
         e.publish(mtlib.event("now", type_="t.x"))
         wait_for(lambda: "e-now" in seen(e), what="a fresh event")
+        # Redriven by hand, they are delivered although their ttl has passed:
+        # they expired again at once, and with on_expiry: drop were gone.
+        st, _, body = e.request("POST", "/subscriptions/rec/dlq/redrive")
+        assert st == 200 and json.loads(body)["count"] == 3, body
+        wait_for(lambda: len(seen(e)) == 4, what="the redriven events")
+        assert status(e)["expired"] == 3 and status(e)["dlq"] == 0, status(e)
+
+
+def test_a_redriven_pull_message_is_handed_out_past_its_ttl():
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    path = os.path.join(d, "topology.yaml")
+    with open(path, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  work:\n    topics: [\"t.#\"]\n    deliver: pull\n"
+                "    ttl: 300ms\n    retry: { max_attempts: 1 }\n")
+    with Engine(config=path) as e:
+        post = lambda p, b=None: (lambda r: (r[0], json.loads(r[2])))(e.request("POST", p, b))
+        e.publish(mtlib.event("p", type_="t.x"))
+        st, items = post("/subscriptions/work/pull?wait=5s")
+        assert st == 200 and len(items) == 1, items
+        assert post("/subscriptions/work/nack", {"leases": [items[0]["lease"]]})[0] == 200
+        # The next look dead-letters it (one attempt allowed).
+        assert post("/subscriptions/work/pull?wait=200ms") == (200, [])
+        assert json.loads(e.request("GET", "/subscriptions/work")[2])["dlq"] == 1
+        time.sleep(0.5)  # past the ttl
+        assert post("/subscriptions/work/dlq/redrive") == (200, {"count": 1})
+        st, items = post("/subscriptions/work/pull?wait=5s")
+        assert st == 200 and [i["event"]["id"] for i in items] == ["e-p"], items
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["expired"] == 0 and s["dlq"] == 0, s
 
 
 def test_deliverafter_holds_an_event_until_its_time_across_a_restart():

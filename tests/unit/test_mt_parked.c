@@ -44,6 +44,12 @@ static void test_parked_round_trips_every_field(void **state)
     assert_true(q.lease == 0xfedcba9876543210ULL);
     assert_string_equal(q.lane, p.lane);
     assert_string_equal(q.errors, p.errors);
+    assert_false(q.redriven);
+    mt_parked_free(&q);
+    p.redriven = true; /* kept in the state byte's top bit */
+    q = round_trip(&p, &len);
+    assert_true(q.redriven);
+    assert_int_equal(q.state, MT_PARK_LEASED);
     mt_parked_free(&q);
     mt_parked_free(&p);
 
