@@ -2298,6 +2298,12 @@ static mt_err pull_run(mt_txn *t, void *arg)
         return MT_OK; /* paused: nothing is handed out; leases still settle */
     }
     int64_t now = mt_now_us();
+    int closed_for = rc == MT_OK ? until_window(c) : 0;
+    if (closed_for > 0) {
+        /* Outside its window: nothing is handed out (webhooks included); leases still settle. */
+        j->next_due_us = now + (int64_t) closed_for * 1000000;
+        return st.exists ? MT_OK : save_state(t, c->name, &st);
+    }
     uint8_t pfx[KEY_MAX];
     size_t pl = name_prefix(pfx, c->name);
     bool any_parked = true;
