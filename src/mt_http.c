@@ -931,7 +931,8 @@ static void def_answer(mt_err rc, json_t *result, void *arg)
     } else {
         mt_txn *t;
         json_t *o = NULL;
-        if (mt_store_read_begin(d->h->store, &t) == MT_OK) {
+        /* Done as the engine stops (the store detached): the name is all there is to say. */
+        if (d->h->store && d->h->subs && mt_store_read_begin(d->h->store, &t) == MT_OK) {
             mt_subs_status(d->h->subs, t, d->name, &o);
             mt_store_read_end(t);
         }

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 
 import mtlib
 
@@ -235,6 +236,29 @@ def test_a_stored_definition_that_did_not_load_keeps_its_state_until_deleted():
         assert status(e, "keeper")[1]["dlq"] == 0
     finally:
         e.cleanup()
+
+
+def test_a_put_in_flight_when_the_engine_stops_is_answered_and_the_stop_is_clean():
+    # The PUT's writer job ended while the store closed, after the HTTP side
+    # had let go of it: its answer read the status from a NULL store (SIGSEGV).
+    import signal
+    import socket
+    for i in range(12):
+        e = Engine().start()
+        try:
+            body = json.dumps({"topics": ["a.#"], "deliver": "pull"}).encode()
+            s = socket.create_connection(("127.0.0.1", e.port))
+            s.sendall(b"PUT /subscriptions/x%d HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (i, len(body), body))
+            time.sleep((i % 6) * 0.0005)
+            e.proc.send_signal(signal.SIGTERM)
+            rc = e.proc.wait(60)
+            s.close()
+            assert rc == 0, (i, rc, e.stderr_lines[-5:])
+            e.proc = None
+        finally:
+            e.cleanup()
 
 
 def test_bad_definitions_get_clear_errors_and_change_nothing():
