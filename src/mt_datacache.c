@@ -66,11 +66,12 @@ static void let_go_flush(data_cache *c)
     b->n = c->let_go_n;
     memcpy(b->v, c->let_go, (size_t) b->n * sizeof b->v[0]);
     c->let_go_n = 0;
+    /* Counted before it is published: once unlocked, the reaper may free it. */
+    atomic_fetch_add_explicit(&let_go_held, b->n, memory_order_relaxed);
     pthread_mutex_lock(&let_go_mu);
     b->next = let_go_list;
     let_go_list = b;
     pthread_mutex_unlock(&let_go_mu);
-    atomic_fetch_add_explicit(&let_go_held, b->n, memory_order_relaxed);
 }
 
 static pthread_key_t data_cache_key;
