@@ -2197,6 +2197,7 @@ typedef struct pull_job {
     uint64_t nonce;           /* random, drawn per job: the lease tokens' second half */
     mt_pull_done_fn done;
     void *arg;
+    int closed_for;           /* seconds until the window opens (loop thread: mt_seconds_of_day) */
 } pull_job;
 
 /* Leases 'ev' (parked record 'rec', updated here) to the pull job 'j'. */
@@ -2298,10 +2299,9 @@ static mt_err pull_run(mt_txn *t, void *arg)
         return MT_OK; /* paused: nothing is handed out; leases still settle */
     }
     int64_t now = mt_now_us();
-    int closed_for = rc == MT_OK ? until_window(c) : 0;
-    if (closed_for > 0) {
+    if (rc == MT_OK && j->closed_for > 0) {
         /* Outside its window: nothing is handed out (webhooks included); leases still settle. */
-        j->next_due_us = now + (int64_t) closed_for * 1000000;
+        j->next_due_us = now + (int64_t) j->closed_for * 1000000;
         return st.exists ? MT_OK : save_state(t, c->name, &st);
     }
     uint8_t pfx[KEY_MAX];
@@ -2502,7 +2502,12 @@ mt_err mt_subs_pull(mt_subs *subs, const char *name, uint32_t max, mt_pull_done_
         return MT_EINVAL;
     }
     pull_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (pull_job){s, max, json_array(), 0, 0, done, arg};
+    *j = (pull_job){.s = s,
+                    .max = max,
+                    .out = json_array(),
+                    .done = done,
+                    .arg = arg,
+                    .closed_for = until_window(s->conf)};
     mt_err rc = sub_submit(s, pull_run, pull_done, j);
     if (rc) {
         json_decref(j->out);
