@@ -38,6 +38,8 @@
 #define KEY_MAX (64 + 1 + MAX_LANE + 1 + 8 + 8)
 #define ERRORS_KEPT 10         /* attempt errors kept per message */
 #define ERROR_TEXT_MAX 4096    /* bytes of an error kept (a traceback: twice that) */
+#define QUEUE_DUE_END 10      /* time-index due times below this are priority queue places */
+#define PROMOTE_MAX 512       /* due waiters moved into the priority queue per job */
 #define STALL_LOG_US (60 * 1000000LL) /* a dispatch failing in a row is logged this often */
 
 typedef struct sub_rt sub_rt;
@@ -364,7 +366,8 @@ static bool lane_ordered(const char *lane)
  * The due time that queues a message by priority in the time index: 9 -
  * priority microseconds after the epoch, far in the past, so queued
  * messages come out highest priority first, in log order within one
- * priority, and ahead of retries (whose due times are real).
+ * priority. Retries, embargoes and leases wait at real due times and join
+ * the queue when they fall due (promote_due).
  */
 static int64_t queue_due(const mt_event *ev)
 {
@@ -920,10 +923,84 @@ static bool job_full(mt_txn *t, const dispatch_out *out)
 }
 
 /* Runs the retries that are due (in due order). */
+/*
+ * With priority: what waits at a real due time (a retry, an embargo, an
+ * expired lease) and has fallen due joins the queue at its event's
+ * priority, at most PROMOTE_MAX per job. Left where it was, it sorted after
+ * every queued message, so under a steady inflow a due retry of priority 9
+ * waited for every queued message of any priority, its subject held back
+ * meanwhile.
+ */
+static mt_err promote_due(sub_rt *s, mt_txn *t, int64_t now)
+{
+    const char *name = s->conf->name;
+    uint8_t sk[KEY_MAX], pk[KEY_MAX];
+    size_t pl = name_prefix(sk, name);
+    size_t from_len = sched_key(sk, name, QUEUE_DUE_END, 0);
+    uint8_t from[KEY_MAX];
+    memcpy(from, sk, from_len);
+    for (int n = 0; n < PROMOTE_MAX; n++) {
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        mt_err rc = mt_store_first_with_prefix(t, MT_DB_SCHED, from, from_len, pl, &ck, &ckl, &cv,
+                                               &cvl);
+        if (rc == MT_ENOTFOUND) {
+            return MT_OK;
+        }
+        if (rc) {
+            return rc;
+        }
+        if (ckl != pl + 16 || cvl > sizeof pk || cvl < 8) {
+            return MT_EIO;
+        }
+        if ((int64_t) mt_get_be64((const uint8_t *) ck + pl) > now) {
+            return MT_OK;
+        }
+        size_t skl = ckl, pkl = cvl;
+        memcpy(sk, ck, ckl);
+        memcpy(pk, cv, cvl);
+        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
+        mt_parked rec;
+        if (rc == MT_OK) {
+            rc = parked_load(t, pk, pkl, &rec);
+            if (rc == MT_ENOTFOUND) {
+                continue; /* a stale index entry, now gone */
+            }
+        }
+        if (rc) {
+            return rc;
+        }
+        uint64_t seq = mt_get_be64(pk + pkl - 8);
+        mt_event ev;
+        void *buf;
+        rc = load_event(t, seq, &ev, &buf);
+        if (rc == MT_OK) {
+            rec.due_us = queue_due(&ev);
+            free(buf);
+            rc = parked_put(t, pk, pkl, &rec);
+        }
+        if (rc == MT_OK) {
+            skl = sched_key(sk, name, rec.due_us, seq);
+            rc = mt_store_put(t, MT_DB_SCHED, sk, skl, pk, pkl, 0);
+        }
+        mt_parked_free(&rec);
+        if (rc) {
+            return rc;
+        }
+    }
+    return MT_OK;
+}
+
 static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, int *budget)
 {
     const char *name = s->conf->name;
     int64_t now = mt_now_us();
+    if (s->conf->priority) {
+        mt_err rc = promote_due(s, t, now);
+        if (rc) {
+            return rc;
+        }
+    }
     for (;;) {
         if (*budget <= 0 || job_full(t, out)) {
             out->more = true;
@@ -2341,6 +2418,9 @@ static mt_err pull_run(mt_txn *t, void *arg)
             }
         }
         mt_store_cursor_close(cur);
+    }
+    if (rc == MT_OK && c->priority) {
+        rc = promote_due(s, t, now);
     }
     /* First what is queued or came back: expired leases, nacks whose delay passed. */
     while (rc == MT_OK && json_array_size(j->out) < j->max) {

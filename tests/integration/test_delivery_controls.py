@@ -194,6 +194,46 @@ def test_priority_on_a_handler_subscription_runs_the_highest_first():
         assert order() == want, order()
 
 
+def test_with_priority_a_message_that_falls_due_joins_the_queue_at_its_priority():
+    # A retry, an embargo or an expired lease waits at a real due time; the
+    # queue sorted before every real time, so once due such a message of
+    # priority 9 waited for every queued message of any priority.
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    cfg = os.path.join(d, "topology.yaml")
+    with open(cfg, "w") as f:
+        f.write("version: 1\nsubscriptions:\n  prio:\n    topics: [\"t.#\"]\n"
+                "    handler: tests/lua/handlers/order.lua\n    priority: true\n"
+                "  work:\n    topics: [\"t.#\"]\n    deliver: pull\n    priority: true\n")
+    with Engine(config=cfg) as e:
+        # The embargoed message is taken in (it waits at its real due time),
+        # then the subscriptions pause while 300 of priority 0 come.
+        due = time.time() + 2.0
+        e.publish(mtlib.event("late", subject="a", type_="t.x", priority=9,
+                              deliverafter=rfc3339(due)))
+        wait_for(lambda: json.loads(e.request("GET", "/subscriptions/prio")[2])["position"] == 1,
+                 what="the embargoed event taken in")
+        st, _, body = e.request("POST", "/subscriptions/work/pull?max=5")
+        assert st == 200 and json.loads(body) == [], body
+        for name in ("prio", "work"):
+            assert e.request("POST", "/subscriptions/%s/pause" % name)[0] == 200
+        low = [mtlib.event("low%d" % i, subject="s%d" % (i % 50), type_="t.x", priority=0)
+               for i in range(300)]
+        for i in range(0, 300, 100):
+            assert e.publish_batch(low[i:i + 100])[0] == 201
+        time.sleep(max(0, due - time.time()) + 0.3)  # the embargo has passed
+        for name in ("prio", "work"):
+            assert e.request("POST", "/subscriptions/%s/resume" % name)[0] == 200
+
+        def order():
+            st, _, body = e.request("GET", "/tables/order/all")
+            return json.loads(body) if st == 200 else []
+        wait_for(lambda: len(order()) == 301, what="every event handled")
+        assert order()[0] == "e-late", order()[:5]
+        st, _, body = e.request("POST", "/subscriptions/work/pull?max=5")
+        assert st == 200, body
+        assert json.loads(body)[0]["event"]["id"] == "e-late", body
+
+
 def test_ctx_schedule_embargoes_an_emitted_event_from_the_trigger_time():
     d = tempfile.mkdtemp(prefix="moontide-cfg-")
     cfg = os.path.join(d, "topology.yaml")
