@@ -140,6 +140,7 @@ struct reply_waiter {
     char *topic;              /* owned: the request's replyto */
     char *id;                 /* owned: the request's id */
     uint64_t after;           /* log position checked so far */
+    uint64_t sequence;        /* the request's */
     struct event *timer;
     struct event *gone;       /* the client's socket readable: it may have closed */
     reply_waiter *prev, *next;
@@ -554,12 +555,40 @@ typedef struct reply_search {
     uint64_t last;
 } reply_search;
 
+/*
+ * Whether 'ev', emitted by a handler (source /moontide/subscriptions/NAME,
+ * id NAME[~K]:SEQ:N, mt_fx), was emitted for another trigger than log
+ * sequence 'seq'. A correlation id is only the request's id, which another
+ * source may use too: two such requests both took the first one's reply.
+ */
+static bool emitted_for_another(const mt_event *ev, uint64_t seq)
+{
+    static const char pfx[] = "/moontide/subscriptions/";
+    if (strncmp(ev->attr[MT_ATTR_SOURCE], pfx, sizeof pfx - 1) != 0) {
+        return false; /* published by a service: the correlation id is all there is */
+    }
+    const char *id = ev->attr[MT_ATTR_ID];
+    const char *last = strrchr(id, ':');
+    const char *p = last;
+    while (p > id && p[-1] != ':') {
+        p--;
+    }
+    if (!last || p == id) {
+        return false;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(p, &end, 10);
+    return end == last && errno == 0 && n != seq;
+}
+
 static int reply_visit(const mt_event *ev, void *arg)
 {
     reply_search *r = arg;
     r->last = ev->sequence;
     const char *corr = ev->attr[MT_ATTR_CORRELATIONID];
-    if (corr && strcmp(ev->attr[MT_ATTR_TYPE], r->w->topic) == 0 && strcmp(corr, r->w->id) == 0) {
+    if (corr && strcmp(ev->attr[MT_ATTR_TYPE], r->w->topic) == 0 && strcmp(corr, r->w->id) == 0 &&
+        !emitted_for_another(ev, r->w->sequence)) {
         mt_event_to_json(ev, &r->found);
         return 1;
     }
@@ -613,6 +642,7 @@ static void reply_wait(append_job *j)
     w->topic = mt_xstrdup(ev.attr[MT_ATTR_REPLYTO]);
     w->id = mt_xstrdup(ev.attr[MT_ATTR_ID]);
     w->after = j->results[0].sequence;
+    w->sequence = j->results[0].sequence;
     w->timer = evtimer_new(evhttp_connection_get_base(evhttp_request_get_connection(j->req)),
                            on_reply_timeout, w);
     struct timeval tv = {(time_t) (j->reply_wait_ms / 1000),

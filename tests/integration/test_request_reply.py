@@ -73,6 +73,23 @@ def test_timeout_and_bad_requests():
 
 
 
+def test_a_reply_goes_to_its_own_request_when_two_share_an_id():
+    # Events are (source, id); a correlation id is only the id. Two requests
+    # of one id from two sources both took the first reply.
+    with Engine(config=config()) as e:
+        out = {}
+        b = mtlib.event("same", source="/b", type_="quote.requested", replyto="quote.given",
+                        data={"qty": 1, "item": "b", "silent": True})
+        t = threading.Thread(target=lambda: out.update(b=ask(e, b, timeout="2s")))
+        t.start()
+        mtlib.wait_for(lambda: len(e.read_all()) == 1, what="b's request stored")
+        st, rep = ask(e, mtlib.event("same", source="/a", type_="quote.requested",
+                                     replyto="quote.given", data={"qty": 2, "item": "a"}))
+        assert st == 200 and rep["data"] == {"price": 14, "item": "a"}, rep
+        t.join(30)
+        assert out["b"][0] == 504, out["b"]
+
+
 def test_an_abandoned_request_gives_its_connection_back():
     # A caller that gave up on its reply held the engine's descriptor until
     # the timeout (up to 60 s).
