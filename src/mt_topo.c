@@ -653,13 +653,29 @@ static void sub_ordering(loader *ld, const yaml_node_t *v)
 }
 
 /* Sets *out from a whole number in [min, max]. */
+/*
+ * Like scalar_text, for a number or a boolean: a quoted scalar is a string
+ * in YAML, and in JSON (a definition over HTTP), so "2" is not 2.
+ */
+static const char *plain_text(loader *ld, const yaml_node_t *n, const char *path,
+                              const char *expect)
+{
+    if (n->type == YAML_SCALAR_NODE && n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+        char *got = describe(n);
+        err_node(ld, n, "'%s' must be %s, not a quoted string (got %s)", path, expect, got);
+        free(got);
+        return NULL;
+    }
+    return scalar_text(ld, n, path, expect);
+}
+
 static void get_uint(loader *ld, const yaml_node_t *v, const char *path, uint64_t min,
                      uint64_t max, uint64_t *out)
 {
     char expect[96];
     snprintf(expect, sizeof expect, "a whole number from %llu to %llu", (unsigned long long) min,
              (unsigned long long) max);
-    const char *s = scalar_text(ld, v, path, expect);
+    const char *s = plain_text(ld, v, path, expect);
     uint64_t n;
     if (!s) {
         return;
@@ -684,11 +700,12 @@ static void get_duration(loader *ld, const yaml_node_t *v, const char *path, uin
     char expect[96];
     snprintf(expect, sizeof expect, "a duration %s, such as 200ms, 30s or 5m", range);
     const char *s = scalar_text(ld, v, path, expect);
-    uint64_t d;
+    uint64_t d = 0;
     if (!s) {
         return;
     }
-    if (mt_parse_duration(s, &d) || d < min || d > max) {
+    /* A bare 0 needs no unit: the range says "from 0". */
+    if ((strcmp(s, "0") != 0 && mt_parse_duration(s, &d)) || d < min || d > max) {
         err_expected(ld, v, path, expect);
         return;
     }
@@ -834,6 +851,9 @@ static const key_spec window_keys[] = {
 static void sub_priority(loader *ld, const yaml_node_t *v)
 {
     static const char *const names[] = {"false", "true", NULL};
+    if (!plain_text(ld, v, sub_path(ld, "priority"), "true or false")) {
+        return;
+    }
     int i = get_choice(ld, v, sub_path(ld, "priority"), names);
     if (i >= 0) {
         ld->sub->priority = i == 1;

@@ -470,6 +470,26 @@ static void test_topo_parse_sub_from_json(void **state)
                                           "subscription 'jobs'"));
     mt_topo_errs_free(&errs);
 
+    /* In JSON as in YAML a quoted number or boolean is a string; a bare 0 is a duration. */
+    const char *typed = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"workers\": \"2\",\n"
+                        " \"priority\": \"true\", \"retry\": {\"max_attempts\": \"5\", "
+                        "\"backoff\": 0}}";
+    assert_int_equal(mt_topo_parse_sub("jobs", typed, strlen(typed), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 3);
+    assert_string_equal(errs.lines[0], "request:1:49: error: 'subscriptions.jobs.workers' must be "
+                        "a whole number from 1 to 64, not a quoted string (got '2')");
+    assert_string_equal(errs.lines[1], "request:2:14: error: 'subscriptions.jobs.priority' must be "
+                        "true or false, not a quoted string (got 'true')");
+    assert_string_equal(errs.lines[2], "request:2:48: error: 'subscriptions.jobs.retry."
+                        "max_attempts' must be a whole number from 1 to 1000, not a quoted "
+                        "string (got '5')");
+    mt_topo_errs_free(&errs);
+    const char *zero = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"retry\": {\"backoff\": 0}}";
+    assert_int_equal(mt_topo_parse_sub("jobs", zero, strlen(zero), "request", &c, &errs), MT_OK);
+    assert_int_equal(c->backoff_ms, 0);
+    mt_sub_conf_free(c);
+
     const char *list = "[1, 2]";
     assert_int_equal(mt_topo_parse_sub("jobs", list, strlen(list), "request", &c, &errs),
                      MT_ECONFIG);
