@@ -233,17 +233,36 @@ static int l_lua_load(lua_State *L)
  * A __gc field added later has no effect (Lua marks objects only here).
  * [-2, +1]
  */
+static int l_raw_next(lua_State *L);
+
+/* Completes an event table or a lazily decoded object at 'idx' (anything else stays). */
+static void complete_lazy(lua_State *L, int idx)
+{
+    if (!mt_lua_event_complete(L, idx)) {
+        luaL_error(L, "not enough memory");
+    }
+    mt_err rc = mt_lua_json_complete(L, idx);
+    if (rc) {
+        rc == MT_ENOMEM ? luaL_error(L, "not enough memory")
+                        : luaL_error(L, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+    }
+}
+
+/*
+ * next(t, k), seeing what pairs sees: a table read lazily (the event, its
+ * data) is completed first. Lua's own next showed only what had been read,
+ * and the key under which the event keeps its copy.
+ */
+static int l_lua_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    complete_lazy(L, 1);
+    return l_raw_next(L);
+}
+
 static int l_lua_setmetatable(lua_State *L)
 {
-    if (!mt_lua_event_complete(L, 1)) {
-        return luaL_error(L, "not enough memory");
-    }
-    mt_err rc = mt_lua_json_complete(L, 1);
-    if (rc) {
-        return rc == MT_ENOMEM ? luaL_error(L, "not enough memory")
-                               : luaL_error(L, "nesting deeper than %d levels",
-                                            MT_LUA_JSON_MAX_DEPTH);
-    }
+    complete_lazy(L, 1);
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL) {
@@ -617,6 +636,8 @@ static int l_lua_setup(lua_State *L)
     lua_getfield(L, -1, "setmetatable");
     lua_pushcclosure(L, l_lua_setmetatable, 1);
     lua_setfield(L, -2, "setmetatable");
+    lua_pushcfunction(L, l_lua_next);
+    lua_setfield(L, -2, "next");
     lua_pushcfunction(L, l_lua_print);
     lua_setfield(L, -2, "print");
     lua_pushcfunction(L, l_lua_pcall);

@@ -9,10 +9,10 @@
  * attributes wait in a copy beside it and enter the table the first time
  * the handler reads them (`__index`). Whatever the handler does, it sees
  * what the eager table showed: pairs(), the JSON encoder, an assignment
- * (of nil too) and setmetatable() first put every attribute in the table,
- * which is then a plain table; an event kept past its run keeps its copy.
- * Only next() and rawget() on a table not yet completed see less (the
- * subject and what the handler has read).
+ * (of nil too), setmetatable() and the sandbox's next() first put every
+ * attribute in the table, which is then a plain table; an event kept past
+ * its run keeps its copy. Only rawget() on a table not yet completed sees
+ * less (the subject and what the handler has read).
  */
 #ifndef MT_LUA_EVENT_H
 #define MT_LUA_EVENT_H

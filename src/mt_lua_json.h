@@ -56,10 +56,10 @@ mt_err mt_lua_push_json_msg(lua_State *L, const json_t *j, char *err, size_t err
  * attributes do (mt_lua_event.h); smaller data costs less converted at
  * once. The table holds a reference to 'j' meanwhile. pairs(), the JSON
  * encoder, json.object/json.array, an assignment to a key the table lacks
- * and setmetatable() first put every member in, after which it is a plain
- * object (the object marker as its metatable). A member read for the first
- * time is converted then, and a nesting or memory error raises there. Only
- * next() and rawget() on a table not yet complete see less, and
+ * setmetatable() and the sandbox's next() first put every member in, after
+ * which it is a plain object (the object marker as its metatable). A member
+ * read for the first time is converted then, and a nesting or memory error
+ * raises there. Only rawget() on a table not yet complete sees less, and
  * getmetatable() gives false. Runs protected.
  */
 mt_err mt_lua_push_json_data(lua_State *L, const json_t *j, size_t text_len, char *err,

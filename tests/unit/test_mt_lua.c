@@ -968,6 +968,12 @@ static void test_lua_event_table_holds_every_attribute(void **state)
         "    error(table.concat(keys, ' '), 0)\n"
         "  end\n"
         "  if mode == 'json' then error(json.encode(event), 0) end\n"
+        "  if mode == 'next' then\n"
+        "    local keys, k = {}, next(event)\n"
+        "    while k ~= nil do keys[#keys + 1] = type(k) .. ':' .. tostring(k); k = next(event, k) end\n"
+        "    table.sort(keys)\n"
+        "    error(table.concat(keys, ' '), 0)\n"
+        "  end\n"
         "  if mode == 'assign' then\n"
         "    event.id = nil; event.type = 'changed'; event.extra = true\n"
         "    local s = event.source; event.source = nil\n"
@@ -1030,6 +1036,15 @@ static void test_lua_event_table_holds_every_attribute(void **state)
                         "datacontenttype=string id=string n=number priority=number "
                         "recordedtime=string sequence=number source=string specversion=string "
                         "streamversion=number subject=string time=string type=string");
+
+    /* next() sees what pairs() sees: it showed the attributes read so far and
+     * the light userdata key under which the event keeps its copy. */
+    strcpy(subject, "next");
+    assert_string_equal(handler_said(r, h, &ev),
+                        "string:attempt string:color string:correlationid string:data "
+                        "string:datacontenttype string:id string:n string:priority "
+                        "string:recordedtime string:sequence string:source string:specversion "
+                        "string:streamversion string:subject string:time string:type");
 
     strcpy(subject, "json");
     assert_string_equal(handler_said(r, h, &ev),
