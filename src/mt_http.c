@@ -551,35 +551,43 @@ static void on_reply_waiter_gone(evutil_socket_t fd, short what, void *arg)
 
 typedef struct reply_search {
     reply_waiter *w;
+    mt_txn *t;
     mt_buf found;             /* the reply as JSON, once found */
     uint64_t last;
 } reply_search;
 
 /*
  * Whether 'ev', emitted by a handler (source /moontide/subscriptions/NAME,
- * id NAME[~K]:SEQ:N, mt_fx), was emitted for another trigger than log
- * sequence 'seq'. A correlation id is only the request's id, which another
- * source may use too: two such requests both took the first one's reply.
+ * id NAME[~K]:SEQ:N, mt_fx), answers another request of the same id: its
+ * trigger, log sequence SEQ, is an event of that id other than the
+ * request (sequence 'seq'). A correlation id is only the request's id,
+ * which another source may use too: two such requests both took the first
+ * one's reply. A reply further down a chain of handlers (its trigger an
+ * event the request's handler emitted) still answers.
  */
-static bool emitted_for_another(const mt_event *ev, uint64_t seq)
+static bool answers_another(mt_txn *t, const mt_event *ev, const char *id, uint64_t seq)
 {
     static const char pfx[] = "/moontide/subscriptions/";
     if (strncmp(ev->attr[MT_ATTR_SOURCE], pfx, sizeof pfx - 1) != 0) {
         return false; /* published by a service: the correlation id is all there is */
     }
-    const char *id = ev->attr[MT_ATTR_ID];
-    const char *last = strrchr(id, ':');
+    const char *eid = ev->attr[MT_ATTR_ID];
+    const char *last = strrchr(eid, ':');
     const char *p = last;
-    while (p > id && p[-1] != ':') {
+    while (p > eid && p[-1] != ':') {
         p--;
     }
-    if (!last || p == id) {
+    if (!last || p == eid) {
         return false;
     }
     char *end;
     errno = 0;
-    unsigned long long n = strtoull(p, &end, 10);
-    return end == last && errno == 0 && n != seq;
+    unsigned long long trigger = strtoull(p, &end, 10);
+    if (end != last || errno || trigger == seq) {
+        return false;
+    }
+    mt_event tr;
+    return mt_log_get(t, trigger, &tr) == MT_OK && strcmp(tr.attr[MT_ATTR_ID], id) == 0;
 }
 
 static int reply_visit(const mt_event *ev, void *arg)
@@ -588,7 +596,7 @@ static int reply_visit(const mt_event *ev, void *arg)
     r->last = ev->sequence;
     const char *corr = ev->attr[MT_ATTR_CORRELATIONID];
     if (corr && strcmp(ev->attr[MT_ATTR_TYPE], r->w->topic) == 0 && strcmp(corr, r->w->id) == 0 &&
-        !emitted_for_another(ev, r->w->sequence)) {
+        !answers_another(r->t, ev, r->w->id, r->w->sequence)) {
         mt_event_to_json(ev, &r->found);
         return 1;
     }
@@ -603,7 +611,7 @@ static void reply_check(reply_waiter *w)
     if (!h->store || mt_store_read_begin(h->store, &t)) {
         return;
     }
-    reply_search r = {w, {0}, w->after};
+    reply_search r = {w, t, {0}, w->after};
     mt_buf_init(&r.found);
     int rc;
     do {
@@ -1141,11 +1149,12 @@ static void on_pull_gone(evutil_socket_t fd, short what, void *arg)
 static void pull_answer(mt_err rc, json_t *result, void *arg)
 {
     pull_req *p = arg;
-    if (p->client_gone) {
-        /* What it leased goes back when the leases expire, as for any client that dies. */
-        pull_drop(p);
+    if (p->client_gone && (rc || json_array_size(json_object_get(result, "items")) == 0)) {
+        pull_drop(p); /* nothing to hand over: no need to wait on */
         return;
     }
+    /* Items leased to a client that has gone are written (a half-closed one reads them;
+     * otherwise the write fails and evhttp frees the connection) and come back with their leases. */
     if (rc) {
         reply_error(p->req, rc == MT_ECLOSED ? 503 : 500, "pull failed", "%s", mt_err_str(rc));
         pull_req_free(p);

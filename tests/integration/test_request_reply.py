@@ -90,6 +90,30 @@ def test_a_reply_goes_to_its_own_request_when_two_share_an_id():
         assert out["b"][0] == 504, out["b"]
 
 
+def test_a_reply_from_further_down_a_chain_of_handlers_answers():
+    # The request's handler emits a step; another handler answers the step
+    # with the reply type. The step inherits the request's correlationid.
+    d = tempfile.mkdtemp(prefix="moontide-cfg-")
+    try:
+        for name, body in (("step.lua", "return function(e, ctx) ctx.emit('quote.step', e.data) end\n"),
+                           ("answer.lua", "return function(e, ctx)\n"
+                            "  ctx.emit('quote.given', {price = e.data.qty * 3})\nend\n")):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(body)
+        cfg = os.path.join(d, "topology.yaml")
+        with open(cfg, "w") as f:
+            f.write("version: 1\nsubscriptions:\n"
+                    "  first:\n    topics: [\"quote.requested\"]\n    handler: %s/step.lua\n"
+                    "  second:\n    topics: [\"quote.step\"]\n    handler: %s/answer.lua\n" % (d, d))
+        with Engine(config=cfg) as e:
+            st, rep = ask(e, mtlib.event("chain", type_="quote.requested", replyto="quote.given",
+                                         data={"qty": 5}))
+            assert st == 200 and rep["data"] == {"price": 15}, rep
+            assert rep["correlationid"] == "e-chain" and rep["source"].endswith("/second"), rep
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_an_abandoned_request_gives_its_connection_back():
     # A caller that gave up on its reply held the engine's descriptor until
     # the timeout (up to 60 s).
