@@ -31,6 +31,7 @@
 #define GROUP_MAX_JOBS 4096
 #define SHARED_MAX_JOBS 256 /* repeatable jobs run in one nested transaction, at most */
 #define GROUP_CUT_US 10000  /* a group this old ends at its next job if publishes wait */
+#define REDO_KEEP (4u << 20) /* a group record buffer larger than this is let go before the next */
 #define HOLD_ENV "MOONTIDE_TEST_CHECKPOINT_HOLD"
 #define REPLAY_HOLD_ENV "MOONTIDE_TEST_REPLAY_HOLD"
 
@@ -1427,6 +1428,11 @@ static job *run_group(mt_store *s, job *jobs)
     if (rc == MT_OK) {
         s->group = group;
         s->dirty = true;
+    }
+    if (s->redo.cap > REDO_KEEP) {
+        /* A large group's record (a purge of a million dead letters: 30 MB) is not kept for ever. */
+        mt_buf_free(&s->redo);
+        mt_buf_init(&s->redo);
     }
     for (job *j = jobs; j; j = j->next) {
         if (j->rc == MT_OK) {
