@@ -960,6 +960,49 @@ static bool job_full(mt_txn *t, const dispatch_out *out)
 
 /* Runs the retries that are due (in due order). */
 /*
+ * Takes the first entry of the time index at or after key 'from'
+ * (from_len bytes, its first pl the subscription's name prefix) if it is
+ * due by 'now': removes it and loads the parked record it points to into
+ * *rec (the caller frees it) and that record's key into pk (KEY_MAX bytes).
+ * Stale entries (no record) are removed and skipped. MT_ENOTFOUND when
+ * nothing is due; *next_due is then the next entry's due time, 0 if none.
+ */
+static mt_err take_due(mt_txn *t, const uint8_t *from, size_t from_len, size_t pl, int64_t now,
+                       uint8_t *pk, size_t *pkl, mt_parked *rec, int64_t *next_due)
+{
+    *next_due = 0;
+    for (;;) {
+        const void *ck, *cv;
+        size_t ckl, cvl;
+        mt_err rc = mt_store_first_with_prefix(t, MT_DB_SCHED, from, from_len, pl, &ck, &ckl, &cv,
+                                               &cvl);
+        if (rc) {
+            return rc;
+        }
+        if (ckl != pl + 16 || cvl > KEY_MAX || cvl < 8) {
+            return MT_EIO;
+        }
+        int64_t due = (int64_t) mt_get_be64((const uint8_t *) ck + pl);
+        if (due > now) {
+            *next_due = due;
+            return MT_ENOTFOUND;
+        }
+        uint8_t sk[KEY_MAX];
+        size_t skl = ckl;
+        memcpy(sk, ck, ckl);
+        memcpy(pk, cv, cvl);
+        *pkl = cvl;
+        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
+        if (rc == MT_OK) {
+            rc = parked_load(t, pk, *pkl, rec);
+        }
+        if (rc != MT_ENOTFOUND) {
+            return rc; /* else a stale index entry, now gone */
+        }
+    }
+}
+
+/*
  * With priority: what waits at a real due time (a retry, an embargo, an
  * expired lease) and has fallen due joins the queue at its event's
  * priority, at most PROMOTE_MAX per job. Left where it was, it sorted after
@@ -970,38 +1013,16 @@ static bool job_full(mt_txn *t, const dispatch_out *out)
 static mt_err promote_due(sub_rt *s, mt_txn *t, int64_t now)
 {
     const char *name = s->conf->name;
-    uint8_t sk[KEY_MAX], pk[KEY_MAX];
-    size_t pl = name_prefix(sk, name);
-    size_t from_len = sched_key(sk, name, QUEUE_DUE_END, 0);
-    uint8_t from[KEY_MAX];
-    memcpy(from, sk, from_len);
+    uint8_t from[KEY_MAX], pk[KEY_MAX], sk[KEY_MAX];
+    size_t pl = name_prefix(from, name);
+    size_t from_len = sched_key(from, name, QUEUE_DUE_END, 0);
     for (int n = 0; n < PROMOTE_MAX; n++) {
-        const void *ck, *cv;
-        size_t ckl, cvl;
-        mt_err rc = mt_store_first_with_prefix(t, MT_DB_SCHED, from, from_len, pl, &ck, &ckl, &cv,
-                                               &cvl);
+        mt_parked rec;
+        size_t pkl;
+        int64_t next;
+        mt_err rc = take_due(t, from, from_len, pl, now, pk, &pkl, &rec, &next);
         if (rc == MT_ENOTFOUND) {
             return MT_OK;
-        }
-        if (rc) {
-            return rc;
-        }
-        if (ckl != pl + 16 || cvl > sizeof pk || cvl < 8) {
-            return MT_EIO;
-        }
-        if ((int64_t) mt_get_be64((const uint8_t *) ck + pl) > now) {
-            return MT_OK;
-        }
-        size_t skl = ckl, pkl = cvl;
-        memcpy(sk, ck, ckl);
-        memcpy(pk, cv, cvl);
-        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
-        mt_parked rec;
-        if (rc == MT_OK) {
-            rc = parked_load(t, pk, pkl, &rec);
-            if (rc == MT_ENOTFOUND) {
-                continue; /* a stale index entry, now gone */
-            }
         }
         if (rc) {
             return rc;
@@ -1016,7 +1037,7 @@ static mt_err promote_due(sub_rt *s, mt_txn *t, int64_t now)
             rc = parked_put(t, pk, pkl, &rec);
         }
         if (rc == MT_OK) {
-            skl = sched_key(sk, name, rec.due_us, seq);
+            size_t skl = sched_key(sk, name, rec.due_us, seq);
             rc = mt_store_put(t, MT_DB_SCHED, sk, skl, pk, pkl, 0);
         }
         mt_parked_free(&rec);
@@ -1042,40 +1063,16 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
             out->more = true;
             return MT_OK;
         }
-        uint8_t pfx[KEY_MAX];
-        size_t pl = name_prefix(pfx, name);
-        const void *ck, *cv;
-        size_t ckl, cvl;
-        mt_err rc = mt_store_first_with_prefix(t, MT_DB_SCHED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
-        bool found = rc == MT_OK && ckl == pl + 16;
-        int64_t due = found ? (int64_t) mt_get_be64((const uint8_t *) ck + pl) : 0;
-        uint8_t sk[KEY_MAX], pk[KEY_MAX];
-        size_t skl = 0, pkl = 0;
-        if (found) {
-            memcpy(sk, ck, ckl);
-            skl = ckl;
-            pkl = cvl < sizeof pk ? cvl : 0;
-            memcpy(pk, cv, pkl);
-        }
-        if (rc && rc != MT_ENOTFOUND) {
-            return rc;
-        }
-        if (!found) {
-            return MT_OK;
-        }
-        if (due > now) {
-            if (!out->next_due_us || due < out->next_due_us) {
+        uint8_t pfx[KEY_MAX], pk[KEY_MAX];
+        size_t pl = name_prefix(pfx, name), pkl;
+        mt_parked rec;
+        int64_t due;
+        mt_err rc = take_due(t, pfx, pl, pl, now, pk, &pkl, &rec, &due);
+        if (rc == MT_ENOTFOUND) {
+            if (due && (!out->next_due_us || due < out->next_due_us)) {
                 out->next_due_us = due;
             }
             return MT_OK;
-        }
-        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
-        mt_parked rec;
-        if (rc == MT_OK) {
-            rc = parked_load(t, pk, pkl, &rec);
-            if (rc == MT_ENOTFOUND) {
-                continue; /* a stale index entry */
-            }
         }
         if (rc) {
             return rc;
@@ -2482,33 +2479,14 @@ static mt_err pull_run(mt_txn *t, void *arg)
     }
     /* First what is queued or came back: expired leases, nacks whose delay passed. */
     while (rc == MT_OK && json_array_size(j->out) < j->max) {
-        const void *ck, *cv;
-        size_t ckl, cvl;
-        mt_err f = mt_store_first_with_prefix(t, MT_DB_SCHED, pfx, pl, pl, &ck, &ckl, &cv, &cvl);
-        if (f == MT_OK && (int64_t) mt_get_be64((const uint8_t *) ck + pl) > now) {
-            /* The next embargo, lease expiry or nack delay: a waiting puller looks again then. */
-            j->next_due_us = (int64_t) mt_get_be64((const uint8_t *) ck + pl);
-            break;
-        }
-        if (f == MT_ENOTFOUND) {
-            break;
-        }
-        if (f) {
-            rc = f;
-            break;
-        }
-        uint8_t sk[KEY_MAX], pk[KEY_MAX];
-        size_t skl = ckl, pkl = cvl < sizeof pk ? cvl : 0;
-        memcpy(sk, ck, ckl);
-        memcpy(pk, cv, pkl);
-        rc = mt_store_del(t, MT_DB_SCHED, sk, skl);
+        uint8_t pk[KEY_MAX];
+        size_t pkl;
         mt_parked rec;
-        if (rc == MT_OK) {
-            rc = parked_load(t, pk, pkl, &rec);
-            if (rc == MT_ENOTFOUND) {
-                rc = MT_OK;
-                continue; /* a stale index entry */
-            }
+        rc = take_due(t, pfx, pl, pl, now, pk, &pkl, &rec, &j->next_due_us);
+        if (rc == MT_ENOTFOUND) {
+            /* The next embargo, lease expiry or nack delay: a waiting puller looks again then. */
+            rc = MT_OK;
+            break;
         }
         if (rc) {
             break;

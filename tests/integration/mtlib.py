@@ -200,6 +200,27 @@ def topology(body):
     return path
 
 
+def abandon_waits(e, requests, stored=None):
+    """Sends each raw HTTP request (bytes) on a connection of its own, waits
+    until the engine holds them (and 'stored()' is true, if given), closes
+    the connections and waits until the engine has given their descriptors
+    back: a wait whose client went must not hold one until it ends."""
+    import socket
+    fds = lambda: len(os.listdir("/proc/%d/fd" % e.proc.pid))
+    base = fds()
+    socks = []
+    for raw in requests:
+        s = socket.create_connection(("127.0.0.1", e.port))
+        s.sendall(raw)
+        socks.append(s)
+    wait_for(lambda: fds() >= base + len(requests) * 3 // 4, what="the requests waiting")
+    if stored:
+        wait_for(stored, what="the requests stored")
+    for s in socks:
+        s.close()
+    wait_for(lambda: fds() <= base + 1, timeout=30, what="the descriptors back")
+
+
 def run_cli(*args, input=None, env=None, timeout=60):
     """Runs `moontide ARGS`; returns (exit code, stdout, stderr) as text."""
     e = dict(os.environ)

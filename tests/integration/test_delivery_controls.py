@@ -70,11 +70,8 @@ def test_ttl_with_dead_letter_on_expiry():
 
 
 def test_a_redriven_pull_message_is_handed_out_past_its_ttl():
-    d = tempfile.mkdtemp(prefix="moontide-cfg-")
-    path = os.path.join(d, "topology.yaml")
-    with open(path, "w") as f:
-        f.write("version: 1\nsubscriptions:\n  work:\n    topics: [\"t.#\"]\n    deliver: pull\n"
-                "    ttl: 300ms\n    retry: { max_attempts: 1 }\n")
+    path = mtlib.topology("subscriptions:\n  work:\n    topics: [\"t.#\"]\n    deliver: pull\n"
+                          "    ttl: 300ms\n    retry: { max_attempts: 1 }\n")
     with Engine(config=path) as e:
         post = lambda p, b=None: (lambda r: (r[0], json.loads(r[2])))(e.request("POST", p, b))
         e.publish(mtlib.event("p", type_="t.x"))
@@ -198,12 +195,9 @@ def test_with_priority_a_message_that_falls_due_joins_the_queue_at_its_priority(
     # A retry, an embargo or an expired lease waits at a real due time; the
     # queue sorted before every real time, so once due such a message of
     # priority 9 waited for every queued message of any priority.
-    d = tempfile.mkdtemp(prefix="moontide-cfg-")
-    cfg = os.path.join(d, "topology.yaml")
-    with open(cfg, "w") as f:
-        f.write("version: 1\nsubscriptions:\n  prio:\n    topics: [\"t.#\"]\n"
-                "    handler: tests/lua/handlers/order.lua\n    priority: true\n"
-                "  work:\n    topics: [\"t.#\"]\n    deliver: pull\n    priority: true\n")
+    cfg = mtlib.topology("subscriptions:\n  prio:\n    topics: [\"t.#\"]\n"
+                         "    handler: tests/lua/handlers/order.lua\n    priority: true\n"
+                         "  work:\n    topics: [\"t.#\"]\n    deliver: pull\n    priority: true\n")
     with Engine(config=cfg) as e:
         # The embargoed message is taken in (it waits at its real due time),
         # then the subscriptions pause while 300 of priority 0 come.
@@ -303,14 +297,10 @@ def test_a_window_holds_pull_consumers_too():
     now = datetime.datetime.now(zoneinfo.ZoneInfo("Europe/Paris"))
     hm = lambda t: t.strftime("%H:%M")
     h = datetime.timedelta(hours=1)
-    d = tempfile.mkdtemp(prefix="moontide-cfg-")
-    path = os.path.join(d, "topology.yaml")
-    with open(path, "w") as f:
-        f.write("version: 1\nsubscriptions:\n")
-        for name, (a, b) in (("closed", (now + h, now + 2 * h)), ("open", (now - h, now + h))):
-            f.write("  %s:\n    topics: [\"t.#\"]\n    deliver: pull\n"
-                    "    window: { from: \"%s\", to: \"%s\", tz: Europe/Paris }\n"
-                    % (name, hm(a), hm(b)))
+    path = mtlib.topology("subscriptions:\n" + "".join(
+        "  %s:\n    topics: [\"t.#\"]\n    deliver: pull\n"
+        "    window: { from: \"%s\", to: \"%s\", tz: Europe/Paris }\n" % (name, hm(a), hm(b))
+        for name, (a, b) in (("closed", (now + h, now + 2 * h)), ("open", (now - h, now + h)))))
     with Engine(config=path) as e:
         pull = lambda n, w: json.loads(e.request("POST", "/subscriptions/%s/pull?wait=%s" % (n, w))[2])
         e.publish(mtlib.event("w1", type_="t.x"))

@@ -611,20 +611,10 @@ def test_an_abandoned_long_poll_gives_its_connection_back_at_once():
     # A client that closes a waiting poll: its descriptor was held until the
     # wait ended (up to 60 s), so abandoned polls could use up the engine's
     # open-file limit and lock everyone out.
-    import socket
     with Engine() as e:
-        fds = lambda: len(os.listdir("/proc/%d/fd" % e.proc.pid))
         head = int(json.loads(e.request("GET", "/healthz")[2])["head"])
-        base = fds()
-        socks = []
-        for _ in range(20):
-            s = socket.create_connection(("127.0.0.1", e.port))
-            s.sendall(b"GET /events?after=%d&wait=60s HTTP/1.1\r\nHost: x\r\n\r\n" % head)
-            socks.append(s)
-        mtlib.wait_for(lambda: fds() >= base + 15, what="the polls waiting")
-        for s in socks:
-            s.close()
-        mtlib.wait_for(lambda: fds() <= base + 1, timeout=30, what="the polls' descriptors back")
+        mtlib.abandon_waits(e, [b"GET /events?after=%d&wait=60s HTTP/1.1\r\nHost: x\r\n\r\n"
+                                % head] * 20)
         # A poll that stays is still answered by a publish.
         out = {}
         t = threading.Thread(target=_long_poll, args=(e, "/events?after=%d&wait=30s" % head, out))

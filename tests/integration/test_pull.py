@@ -198,20 +198,9 @@ def test_a_paused_pull_subscription_hands_out_nothing_until_resumed():
 def test_an_abandoned_pull_gives_its_connection_back():
     # A client that closed a waiting pull held its descriptor until the wait
     # ended (up to 60 s): abandoned pulls could use up the open-file limit.
-    import socket
     with Engine(config=config("    lease: 1s\n")) as e:
-        fds = lambda: len(os.listdir("/proc/%d/fd" % e.proc.pid))
-        base = fds()
-        socks = []
-        for _ in range(20):
-            s = socket.create_connection(("127.0.0.1", e.port))
-            s.sendall(b"POST /subscriptions/work/pull?max=1&wait=60s HTTP/1.1\r\n"
-                      b"Host: x\r\nContent-Length: 0\r\n\r\n")
-            socks.append(s)
-        mtlib.wait_for(lambda: fds() >= base + 15, what="the pulls waiting")
-        for s in socks:
-            s.close()
-        mtlib.wait_for(lambda: fds() <= base + 1, timeout=30, what="the pulls' descriptors back")
+        mtlib.abandon_waits(e, [b"POST /subscriptions/work/pull?max=1&wait=60s HTTP/1.1\r\n"
+                                b"Host: x\r\nContent-Length: 0\r\n\r\n"] * 20)
         # A pull that stays still gets the next event, leased once.
         out = {}
         t = threading.Thread(target=lambda: out.update(
