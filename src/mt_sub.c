@@ -684,13 +684,12 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name);
  * Counting on every status read walked every dead letter on the loop
  * thread: 160-570 ms with a million of them.
  */
-static mt_err dlq_count_known(mt_txn *t, const char *name, sub_state *st)
+static void dlq_count_known(mt_txn *t, const char *name, sub_state *st)
 {
     if (!st->dlq_known) {
         st->dlq = count_prefix(t, MT_DB_DLQ, name);
         st->dlq_known = true;
     }
-    return MT_OK;
 }
 
 /* Writes the dead letter for 'ev' with the attempts and errors of 'rec'. */
@@ -716,11 +715,9 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, const mt_par
     size_t kl = dlq_key(k, s->conf->name, ev->sequence);
     const void *old;
     size_t oldl;
-    mt_err rc = dlq_count_known(t, s->conf->name, st);
-    bool again = rc == MT_OK && mt_store_get(t, MT_DB_DLQ, k, kl, &old, &oldl) == MT_OK;
-    if (rc == MT_OK) {
-        rc = put_json(t, MT_DB_DLQ, k, kl, d);
-    }
+    dlq_count_known(t, s->conf->name, st);
+    bool again = mt_store_get(t, MT_DB_DLQ, k, kl, &old, &oldl) == MT_OK;
+    mt_err rc = put_json(t, MT_DB_DLQ, k, kl, d);
     if (rc == MT_OK && !again) {
         st->dlq++;
     }
@@ -958,7 +955,6 @@ static bool job_full(mt_txn *t, const dispatch_out *out)
     return mt_txn_job_bytes(t) > out->write_max / 4;
 }
 
-/* Runs the retries that are due (in due order). */
 /*
  * Takes the first entry of the time index at or after key 'from'
  * (from_len bytes, its first pl the subscription's name prefix) if it is
@@ -1048,6 +1044,7 @@ static mt_err promote_due(sub_rt *s, mt_txn *t, int64_t now)
     return MT_OK;
 }
 
+/* Runs the retries that are due (in due order). */
 static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, int *budget)
 {
     const char *name = s->conf->name;
@@ -2150,9 +2147,7 @@ static mt_err dlq_run(mt_txn *t, void *arg)
     sub_state st;
     mt_err rc = load_state(t, name, &st);
     if (rc == MT_OK) {
-        rc = dlq_count_known(t, name, &st);
-    }
-    if (rc == MT_OK) {
+        dlq_count_known(t, name, &st);
         rc = dlq_take(t, j);
     }
     if (rc == MT_OK && j->count && st.exists) {
