@@ -40,6 +40,7 @@
 #define ERROR_TEXT_MAX 4096    /* bytes of an error kept (a traceback: twice that) */
 #define QUEUE_DUE_END 10      /* time-index due times below this are priority queue places */
 #define PROMOTE_MAX 512       /* due waiters moved into the priority queue per job */
+#define DLQ_PER_JOB 10000     /* dead letters purged or redriven per writer job */
 #define STALL_LOG_US (60 * 1000000LL) /* a dispatch failing in a row is logged this often */
 
 typedef struct sub_rt sub_rt;
@@ -2132,7 +2133,9 @@ typedef struct dlq_job {
     sub_rt *s;
     uint64_t seq;      /* 0 = all */
     bool redrive;      /* else purge */
-    uint64_t count;
+    uint64_t count;    /* taken by this run of the job */
+    uint64_t total;    /* ... and by the runs before it */
+    bool more;         /* stopped at DLQ_PER_JOB or its write bound: run again */
     void (*done)(mt_err rc, uint64_t count, void *arg);
     void *arg;
 } dlq_job;
@@ -2161,9 +2164,14 @@ static mt_err dlq_take(mt_txn *t, dlq_job *j)
 {
     const char *name = j->s->conf->name;
     j->count = 0;
+    j->more = false;
     uint8_t k[KEY_MAX];
     size_t pl = name_prefix(k, name);
     for (;;) {
+        if (j->count >= DLQ_PER_JOB || mt_txn_job_bytes(t) > mt_txn_job_max(t) / 4) {
+            j->more = true;
+            return MT_OK;
+        }
         size_t kl = dlq_key(k, name, j->seq ? j->seq : 0);
         const void *ck, *cv;
         size_t ckl, cvl;
@@ -2213,14 +2221,29 @@ static mt_err dlq_take(mt_txn *t, dlq_job *j)
     }
 }
 
+/*
+ * A purge or redrive of every dead letter runs in jobs of DLQ_PER_JOB at
+ * most: in one job, a million of them held the writer (and every publish)
+ * for 1.3 s, and more than the write-ahead file takes (about 2.4 million
+ * with 64 MiB) failed whole with "too big".
+ */
 static void dlq_done(mt_err rc, void *arg)
 {
     dlq_job *j = arg;
+    sub_rt *s = j->s;
     if (rc == MT_OK && j->redrive && j->count) {
-        submit(j->s);
+        submit(s);
     }
-    j->done(rc, j->count, j->arg);
-    sub_release(j->s);
+    j->total += rc == MT_OK ? j->count : 0;
+    if (rc == MT_OK && j->more) {
+        rc = sub_submit(s, dlq_run, dlq_done, j);
+        if (rc == MT_OK) {
+            sub_release(s); /* the next run holds its own reference */
+            return;
+        }
+    }
+    j->done(rc, j->total, j->arg);
+    sub_release(s);
     free(j);
 }
 

@@ -335,6 +335,28 @@ def test_a_subscription_stuck_on_a_full_store_says_why():
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
+def test_a_dead_letter_queue_larger_than_the_write_ahead_file_is_purged():
+    # Purging every dead letter was one writer job: 50,000 of them were more
+    # than a 1 MiB write-ahead file takes, and the purge failed whole (500
+    # "too big"); a million held every publish for over a second.
+    handler = handler_file("return function(e, ctx) error('no') end\n")
+    cfg = config("  f:\n    topics: [\"f.x\"]\n    handler: %s\n    retry: { max_attempts: 1 }\n"
+                 % handler, extra_engine="  wal_size: 1MiB\n")
+    try:
+        with Engine(config=cfg) as e:
+            for b in range(100):
+                st, _ = e.publish_batch([mtlib.event("d%d" % (b * 500 + i), type_="f.x",
+                                                     subject="s%d" % i) for i in range(500)])
+                assert st == 201, st
+            wait_for(lambda: status(e, "f")["dlq"] == 50000, timeout=120, what="50,000 dead letters")
+            st, _, body = e.request("DELETE", "/subscriptions/f/dlq")
+            assert st == 200 and json.loads(body) == {"count": 50000}, (st, body)
+            assert status(e, "f")["dlq"] == 0
+            assert json.loads(e.request("GET", "/subscriptions/f/dlq")[2]) == []
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
 def test_a_new_wal_size_applies_to_an_existing_data_directory():
     # The write-ahead file kept the size it was made with, silently.
     cfg1 = config("  c:\n    topics: [\"c.x\"]\n    deliver: pull\n",
