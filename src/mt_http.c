@@ -1328,7 +1328,8 @@ static void lease_answer(mt_err rc, json_t *result, void *arg)
         json_object_set(extra, "unknown", unknown);
         json_object_set(extra, "count", json_object_get(result, "count"));
         reply_error_extra(req, 409, "unknown lease", extra,
-                          "%zu lease token(s) expired, were already settled, or never existed",
+                          "%zu lease token(s) were handed out again, already settled, or never "
+                          "existed",
                           json_array_size(unknown));
         return;
     }

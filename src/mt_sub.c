@@ -3068,6 +3068,28 @@ static const char *kind_of(const mt_sub_conf *c)
 
 static const char *const order_names[] = {"subject", "strict", "none"};
 
+/* What a replacement may not change: how a subscription delivers, its ordering, its priority. */
+typedef struct fixed_props {
+    const char *kind;
+    mt_ordering ordering;
+    bool priority;
+} fixed_props;
+
+/* The fixed properties of a stored definition that no longer reads (mt_topo_stored_fixed). */
+static bool stored_fixed(mt_subs *subs, const char *name, fixed_props *out)
+{
+    mt_txn *t;
+    if (mt_store_read_begin(subs->store, &t)) {
+        return false;
+    }
+    const void *v;
+    size_t vl;
+    bool ok = mt_store_get(t, MT_DB_SUBDEFS, name, strlen(name), &v, &vl) == MT_OK &&
+              mt_topo_stored_fixed(v, vl, &out->kind, &out->ordering, &out->priority);
+    mt_store_read_end(t);
+    return ok;
+}
+
 mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len,
                    mt_topo_errs *errs, mt_pull_done_fn done, void *arg)
 {
@@ -3132,20 +3154,25 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
         }
     }
     const mt_sub_conf *prev = old ? old->conf : stored;
-    if (dormant && !prev) {
+    fixed_props was = {0};
+    bool have = prev || (dormant && stored_fixed(subs, name, &was));
+    if (prev) {
+        was = (fixed_props){kind_of(prev), prev->ordering, prev->priority};
+    }
+    if (dormant && !have) {
         add_err(errs, "subscription '%s' has a stored definition that no longer reads, with its "
                 "state; DELETE the subscription to drop both, then PUT it again", name);
         rc = MT_EEXISTS;
-    } else if (prev && strcmp(kind_of(prev), kind_of(conf)) != 0) {
+    } else if (have && strcmp(was.kind, kind_of(conf)) != 0) {
         add_err(errs, "subscription '%s' delivers by %s; delivery cannot change to %s (DELETE "
-                "the subscription and PUT it again)", name, kind_of(prev), kind_of(conf));
+                "the subscription and PUT it again)", name, was.kind, kind_of(conf));
         rc = MT_EEXISTS;
-    } else if (prev && prev->ordering != conf->ordering) {
+    } else if (have && was.ordering != conf->ordering) {
         add_err(errs, "subscription '%s' has ordering %s; ordering cannot change to %s (DELETE "
-                "the subscription and PUT it again)", name, order_names[prev->ordering],
+                "the subscription and PUT it again)", name, order_names[was.ordering],
                 order_names[conf->ordering]);
         rc = MT_EEXISTS;
-    } else if (prev && prev->priority != conf->priority) {
+    } else if (have && was.priority != conf->priority) {
         add_err(errs, "subscription '%s': priority cannot change on an existing subscription "
                 "(DELETE the subscription and PUT it again)", name);
         rc = MT_EEXISTS;

@@ -1004,6 +1004,40 @@ static bool has_key(loader *ld, const yaml_node_t *map, const char *name)
     return false;
 }
 
+bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_ordering *ordering,
+                          bool *priority)
+{
+    static const char *const orders[] = {"subject", "strict", "none"};
+    json_t *def = json_loadb(json, len, 0, NULL);
+    json_t *deliver = json_object_get(def, "deliver");
+    json_t *ord = json_object_get(def, "ordering");
+    json_t *prio = json_object_get(def, "priority");
+    const char *d = json_string_value(deliver);
+    const char *o = json_string_value(ord);
+    const char *p = json_string_value(prio);
+    if (!deliver || (d && strcmp(d, "lua") == 0)) {
+        *kind = "lua";
+    } else if (d && strcmp(d, "pull") == 0) {
+        *kind = "pull";
+    } else {
+        *kind = json_object_get(deliver, "webhook") ? "webhook" : NULL;
+    }
+    int found = -1;
+    for (int i = 0; i < 3 && found < 0; i++) {
+        if (!ord || (o && strcmp(o, orders[i]) == 0)) {
+            found = i;
+        }
+    }
+    *ordering = found < 0 ? MT_ORDER_SUBJECT : (mt_ordering) found;
+    /* Also the quoted "true" and "false" an older engine took. */
+    bool prio_ok = !prio || json_is_boolean(prio) ||
+                   (p && (strcmp(p, "true") == 0 || strcmp(p, "false") == 0));
+    *priority = json_is_true(prio) || (p && strcmp(p, "true") == 0);
+    bool ok = json_is_object(def) && *kind && found >= 0 && prio_ok;
+    json_decref(def);
+    return ok;
+}
+
 bool mt_topo_valid_sub_name(const char *s, size_t n)
 {
     if (n == 0 || n > 64) {

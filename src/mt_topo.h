@@ -196,6 +196,15 @@ mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const c
 mt_err mt_topo_parse_stored_sub(const char *name, const char *text, size_t len,
                                 const char *origin, mt_sub_conf **out, mt_topo_errs *errs);
 
+/*
+ * What a replacement may not change, read leniently from the JSON of a
+ * stored definition that no longer parses (an older engine took, say,
+ * "workers": "2"): its delivery ("lua", "pull" or "webhook"), ordering and
+ * priority. False if even they cannot be told.
+ */
+bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_ordering *ordering,
+                          bool *priority);
+
 /* Whether 'name' (n bytes) is a valid subscription name: 1 to 64 of [A-Za-z0-9_.-]. */
 bool mt_topo_valid_sub_name(const char *name, size_t n);
 

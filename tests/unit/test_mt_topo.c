@@ -506,6 +506,38 @@ static void test_topo_parse_sub_from_json(void **state)
     assert_true(mt_topo_valid_sub_name("a.b-c_1", 7));
 }
 
+/*
+ * A stored definition an older engine took and this one refuses ("workers":
+ * "2"): what a PUT may not change is still read from it, so the PUT can
+ * replace it and keep the subscription's state.
+ */
+static void test_topo_stored_fixed_reads_what_a_put_may_not_change(void **state)
+{
+    (void) state;
+    const char *kind = NULL;
+    mt_ordering o = MT_ORDER_NONE;
+    bool prio = false;
+    const char *old = "{\"topics\":[\"a\"],\"workers\":\"2\",\"priority\":\"true\"}";
+    assert_true(mt_topo_stored_fixed(old, strlen(old), &kind, &o, &prio));
+    assert_string_equal(kind, "lua");
+    assert_int_equal(o, MT_ORDER_SUBJECT);
+    assert_true(prio);
+    const char *pull = "{\"deliver\":\"pull\",\"ordering\":\"strict\",\"priority\":false}";
+    assert_true(mt_topo_stored_fixed(pull, strlen(pull), &kind, &o, &prio));
+    assert_string_equal(kind, "pull");
+    assert_int_equal(o, MT_ORDER_STRICT);
+    assert_false(prio);
+    const char *hook = "{\"deliver\":{\"webhook\":{\"url\":\"http://x/\"}},\"ordering\":\"none\"}";
+    assert_true(mt_topo_stored_fixed(hook, strlen(hook), &kind, &o, &prio));
+    assert_string_equal(kind, "webhook");
+    assert_int_equal(o, MT_ORDER_NONE);
+    static const char *const unknown[] = {"{\"ordering\":\"sideways\"}", "{\"deliver\":\"smoke\"}",
+                                          "{\"priority\":\"maybe\"}", "[1]", "not json"};
+    for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
+        assert_false(mt_topo_stored_fixed(unknown[i], strlen(unknown[i]), &kind, &o, &prio));
+    }
+}
+
 /* Over HTTP a handler is a file of the project: absolute paths and ".." words are refused. */
 static void test_topo_parse_sub_keeps_handlers_in_the_project(void **state)
 {
@@ -950,6 +982,7 @@ int main(void)
         T(test_topo_empty_engine_section_means_defaults),
         cmocka_unit_test(test_topo_reads_every_engine_key),
         T(test_topo_accepts_quoted_and_flow_values),
+        T(test_topo_stored_fixed_reads_what_a_put_may_not_change),
         cmocka_unit_test(test_topo_loads_shipped_default_config),
         cmocka_unit_test(test_topo_reports_every_error_in_one_pass),
         T(test_topo_unknown_key_names_line_and_column),
