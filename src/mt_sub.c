@@ -2136,6 +2136,7 @@ typedef struct dlq_job {
     uint64_t count;    /* taken by this run of the job */
     uint64_t total;    /* ... and by the runs before it */
     bool more;         /* stopped at DLQ_PER_JOB or its write bound: run again */
+    uint64_t upto;     /* the log head when the first run began: later events are not taken */
     void (*done)(mt_err rc, uint64_t count, void *arg);
     void *arg;
 } dlq_job;
@@ -2149,6 +2150,10 @@ static mt_err dlq_run(mt_txn *t, void *arg)
     const char *name = j->s->conf->name;
     sub_state st;
     mt_err rc = load_state(t, name, &st);
+    if (rc == MT_OK && !j->upto) {
+        /* Dead letters of events appended after it began wait for another purge: it ends. */
+        rc = mt_log_head(t, &j->upto);
+    }
     if (rc == MT_OK) {
         dlq_count_known(t, name, &st);
         rc = dlq_take(t, j);
@@ -2181,7 +2186,7 @@ static mt_err dlq_take(mt_txn *t, dlq_job *j)
         if (rc && rc != MT_ENOTFOUND) {
             return rc;
         }
-        if (!found || (j->seq && seq != j->seq)) {
+        if (!found || (j->seq && seq != j->seq) || seq > j->upto) {
             return MT_OK;
         }
         kl = dlq_key(k, name, seq);
