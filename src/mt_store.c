@@ -812,11 +812,7 @@ static void resize_wal(mt_store *s, uint64_t size)
                 rc = MT_EIO;
             }
             if (rc == MT_OK) {
-                int dfd = open(s->dir, O_RDONLY | O_CLOEXEC);
-                if (dfd >= 0) {
-                    fsync(dfd);
-                    close(dfd);
-                }
+                mt_sync_dir(s->dir);
                 mt_wal_close(old);
                 mt_info("store: the write-ahead file is now %llu bytes (engine.wal_size; it "
                         "was %llu)", (unsigned long long) size, (unsigned long long) st.st_size);

@@ -25,6 +25,9 @@ bool mt_utf8_valid(const char *s, size_t n);
 /* Monotonic microseconds, for durations and deadlines. */
 int64_t mt_mono_us(void);
 
+/* fsyncs directory 'dir', so that a name made or renamed in it is durable. */
+bool mt_sync_dir(const char *dir);
+
 /*
  * Parses a whole decimal string into *out (0 on error). Rejects signs, spaces,
  * empty strings, trailing bytes and overflow: MT_EINVAL.

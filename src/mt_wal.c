@@ -200,11 +200,7 @@ static mt_err create_file(mt_wal *w)
     if (rc == MT_OK) {
         /* Make the new name itself durable. */
         char *dir = mt_xstrdup(w->path);
-        int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
+        mt_sync_dir(dirname(dir));
         free(dir);
     } else {
         unlink(tmp);

@@ -407,12 +407,7 @@ static bool write_notes(void)
     }
     free(text);
     ok = ok && rename(tmp, path) == 0;
-    int dfd = open(W.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        ok = fsync(dfd) == 0 && ok;
-        close(dfd);
-    }
-    return ok;
+    return mt_sync_dir(W.dir) && ok;
 }
 
 /* Called with W.mu held: notes and logs every run past its limit; true if there was one. */
