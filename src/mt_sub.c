@@ -3071,7 +3071,6 @@ static const char *kind_of(const mt_sub_conf *c)
     return c->webhook_url ? "webhook" : c->pull ? "pull" : "lua";
 }
 
-static const char *const order_names[] = {"subject", "strict", "none"};
 
 /* What a replacement may not change: how a subscription delivers, its ordering, its priority. */
 typedef struct fixed_props {
@@ -3174,8 +3173,8 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
         rc = MT_EEXISTS;
     } else if (have && was.ordering != conf->ordering) {
         add_err(errs, "subscription '%s' has ordering %s; ordering cannot change to %s (DELETE "
-                "the subscription and PUT it again)", name, order_names[was.ordering],
-                order_names[conf->ordering]);
+                "the subscription and PUT it again)", name, mt_ordering_name(was.ordering),
+                mt_ordering_name(conf->ordering));
         rc = MT_EEXISTS;
     } else if (have && was.priority != conf->priority) {
         add_err(errs, "subscription '%s': priority cannot change on an existing subscription "

@@ -29,11 +29,11 @@
 
 /* ---- error collection ---- */
 
-/* State of one mt_topo_load() call. */
 #define JSON_NODES_MAX 10000 /* values in one filter, aliases expanded */
 #define NEST_MAX 64          /* collections in collections, in any YAML read */
 #define MAPPING_MAX 10000    /* keys in one mapping (subscriptions included) */
 
+/* State of one mt_topo_load() call. */
 typedef struct loader {
     const char *path;
     yaml_document_t *doc;
@@ -494,9 +494,9 @@ static void sub_topics(loader *ld, const yaml_node_t *v)
     }
 }
 
-/* YAML to JSON: mappings become objects, sequences arrays, scalars strings. */
 /*
- * Node n as JSON, or NULL: nested deeper than 32, a key that is not a
+ * Node n as JSON (mappings become objects, sequences arrays, scalars
+ * strings), or NULL: nested deeper than 32, a key that is not a
  * string, or more than JSON_NODES_MAX nodes in all (ld->json_left counts
  * down). An alias is expanded where it is used, so ten aliases of ten
  * aliases of ... grow tenfold a level: the count stops a file of a few
@@ -643,16 +643,22 @@ static void sub_start(loader *ld, const yaml_node_t *v)
     }
 }
 
+/* mt_ordering's names, in its order. */
+static const char *const ordering_names[] = {"subject", "strict", "none", NULL};
+
+const char *mt_ordering_name(mt_ordering o)
+{
+    return ordering_names[o];
+}
+
 static void sub_ordering(loader *ld, const yaml_node_t *v)
 {
-    static const char *const names[] = {"subject", "strict", "none", NULL};
-    int i = get_choice(ld, v, sub_path(ld, "ordering"), names);
+    int i = get_choice(ld, v, sub_path(ld, "ordering"), ordering_names);
     if (i >= 0) {
         ld->sub->ordering = (mt_ordering) i;
     }
 }
 
-/* Sets *out from a whole number in [min, max]. */
 /*
  * Like scalar_text, for a number or a boolean: a quoted scalar is a string
  * in YAML, and in JSON (a definition over HTTP), so "2" is not 2.
@@ -669,6 +675,7 @@ static const char *plain_text(loader *ld, const yaml_node_t *n, const char *path
     return scalar_text(ld, n, path, expect);
 }
 
+/* Sets *out from a whole number in [min, max]. */
 static void get_uint(loader *ld, const yaml_node_t *v, const char *path, uint64_t min,
                      uint64_t max, uint64_t *out)
 {
@@ -1007,7 +1014,6 @@ static bool has_key(loader *ld, const yaml_node_t *map, const char *name)
 bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_ordering *ordering,
                           bool *priority)
 {
-    static const char *const orders[] = {"subject", "strict", "none"};
     json_t *def = json_loadb(json, len, 0, NULL);
     json_t *deliver = json_object_get(def, "deliver");
     json_t *ord = json_object_get(def, "ordering");
@@ -1023,8 +1029,8 @@ bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_or
         *kind = json_object_get(deliver, "webhook") ? "webhook" : NULL;
     }
     int found = -1;
-    for (int i = 0; i < 3 && found < 0; i++) {
-        if (!ord || (o && strcmp(o, orders[i]) == 0)) {
+    for (int i = 0; ordering_names[i] && found < 0; i++) {
+        if (!ord || (o && strcmp(o, ordering_names[i]) == 0)) {
             found = i;
         }
     }

@@ -54,6 +54,9 @@ typedef enum mt_ordering {
     MT_ORDER_NONE            /* no order; a failure holds back nothing */
 } mt_ordering;
 
+/* The name of an ordering, as the topology writes it: "subject", "strict" or "none". */
+const char *mt_ordering_name(mt_ordering o);
+
 typedef enum mt_start {
     MT_START_BEGINNING = 0,  /* the whole log */
     MT_START_END,            /* only events appended after the subscription is created */
