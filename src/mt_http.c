@@ -1256,7 +1256,7 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
             return;
         }
         json_t *a;
-        mt_err rc = mt_subs_dlq_list(h->subs, t, name, after, limit ? limit : READ_LIMIT_DEFAULT, &a);
+        mt_err rc = mt_subs_dlq_list(h->subs, t, name, after, limit, &a);
         mt_store_read_end(t);
         if (rc) {
             reply_error(req, 500, "storage error", "%s", mt_err_str(rc));
@@ -1285,7 +1285,7 @@ static void handle_dlq(mt_http *h, struct evhttp_request *req, const char *name,
         *p = (pull_req){.h = h,
                         .req = req,
                         .name = mt_xstrdup(name),
-                        .max = (uint32_t) (max ? max : 1),
+                        .max = (uint32_t) max,
                         .deadline_us = mt_mono_us() + (int64_t) wait_ms * 1000};
         pull_submit(p);
     } else if ((strcmp(rest, "/ack") == 0 || strcmp(rest, "/nack") == 0 ||

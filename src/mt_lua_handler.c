@@ -74,7 +74,8 @@ static mt_fx *current_fx(lua_State *L)
  * *value gets the jansson value the text was made from (the caller's), or
  * NULL for an integer, written without one.
  */
-static char *to_json_value(lua_State *L, int idx, const char *what, json_t **value)
+static char *to_json_value(lua_State *L, int idx, const char *fn, const char *part,
+                           json_t **value)
 {
     *value = NULL;
     if (lua_isinteger(L, idx)) {
@@ -93,43 +94,44 @@ static char *to_json_value(lua_State *L, int idx, const char *what, json_t **val
     char err[256];
     size_t reals;
     if (mt_lua_to_json(L, idx, &j, &reals, err, sizeof err)) {
-        luaL_error(L, "%s: %s", what, err);
+        luaL_error(L, "%s%s: %s", fn, part, err);
     }
     char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS | reals);
     if (!text) {
         json_decref(j);
-        luaL_error(L, "%s: cannot encode", what);
+        luaL_error(L, "%s%s: cannot encode", fn, part);
     }
     *value = j;
     return text;
 }
 
 /* to_json_value without the value. */
-static char *to_json_text(lua_State *L, int idx, const char *what)
+static char *to_json_text(lua_State *L, int idx, const char *fn, const char *part)
 {
     json_t *value;
-    char *text = to_json_value(L, idx, what, &value);
+    char *text = to_json_value(L, idx, fn, part, &value);
     json_decref(value);
     return text;
 }
 
 /*
- * Argument idx as a string for 'what' (a name in messages), or raises: not
+ * Argument idx as a string for fn + part (its name in messages, put
+ * together only for one: emits are many), or raises: not
  * a string (numbers are not taken for names), or with a NUL byte, which
  * the engine's C strings would cut the name at.
  */
-static const char *name_arg(lua_State *L, int idx, const char *what)
+static const char *name_arg(lua_State *L, int idx, const char *fn, const char *part)
 {
     if (lua_isnone(L, idx)) {
-        luaL_error(L, "%s is missing", what);
+        luaL_error(L, "%s%s is missing", fn, part);
     }
     if (lua_type(L, idx) != LUA_TSTRING) {
-        luaL_error(L, "%s must be a string, not %s", what, luaL_typename(L, idx));
+        luaL_error(L, "%s%s must be a string, not %s", fn, part, luaL_typename(L, idx));
     }
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
     if (memchr(s, 0, len)) {
-        luaL_error(L, "%s must not contain a NUL byte", what);
+        luaL_error(L, "%s%s must not contain a NUL byte", fn, part);
     }
     return s;
 }
@@ -141,9 +143,7 @@ static const char *name_arg(lua_State *L, int idx, const char *what)
  */
 static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *fn)
 {
-    char what[48];
-    snprintf(what, sizeof what, "%s: the event type", fn);
-    const char *type = name_arg(L, i, what);
+    const char *type = name_arg(L, i, fn, ": the event type");
     const char *subject = NULL;
     if (!lua_isnoneornil(L, i + 2)) {
         if (!lua_istable(L, i + 2)) {
@@ -160,13 +160,11 @@ static int emit_at(lua_State *L, mt_fx *fx, int i, int64_t at, const char *fn)
         }
         lua_getfield(L, i + 2, "subject"); /* stays on the stack while 'subject' is used */
         if (!lua_isnil(L, -1)) {
-            snprintf(what, sizeof what, "%s options: subject", fn);
-            subject = name_arg(L, lua_gettop(L), what);
+            subject = name_arg(L, lua_gettop(L), fn, " options: subject");
         }
     }
     json_t *value = NULL;
-    snprintf(what, sizeof what, "%s data", fn);
-    char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_value(L, i + 1, what, &value);
+    char *data = lua_isnoneornil(L, i + 1) ? NULL : to_json_value(L, i + 1, fn, " data", &value);
     uint64_t seq;
     char err[512];
     mt_err rc = mt_fx_emit_value(fx, type, data, data ? strlen(data) : 0, value, subject, at,
@@ -232,7 +230,7 @@ static int l_ctx_schedule(lua_State *L)
 static int l_ctx_reply(lua_State *L)
 {
     mt_fx *fx = current_fx(L);
-    char *data = lua_isnoneornil(L, 1) ? NULL : to_json_text(L, 1, "ctx.reply data");
+    char *data = lua_isnoneornil(L, 1) ? NULL : to_json_text(L, 1, "ctx.reply", " data");
     uint64_t seq;
     char err[512];
     mt_err rc = mt_fx_reply(fx, data, data ? strlen(data) : 0, &seq, err, sizeof err);
@@ -338,7 +336,7 @@ static int l_kv_put(lua_State *L)
     const char *table = kv_table_name(L);
     const char *key = kv_key(L, 2, "put");
     luaL_checkany(L, 3);
-    char *text = to_json_text(L, 3, "kv put");
+    char *text = to_json_text(L, 3, "kv put", "");
     mt_err rc = mt_fx_kv_put(fx, table, key, text, strlen(text));
     free(text);
     if (rc) {
