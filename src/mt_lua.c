@@ -227,12 +227,6 @@ static int l_lua_load(lua_State *L)
     return lua_gettop(L);
 }
 
-/*
- * setmetatable(t, mt), refusing __gc: a finalizer runs whenever the
- * collector gets to it, possibly outside any call and so outside the budget.
- * A __gc field added later has no effect (Lua marks objects only here).
- * [-2, +1]
- */
 static int l_raw_next(lua_State *L);
 
 /* Completes an event table or a lazily decoded object at 'idx' (anything else stays). */
@@ -242,9 +236,10 @@ static void complete_lazy(lua_State *L, int idx)
         luaL_error(L, "not enough memory");
     }
     mt_err rc = mt_lua_json_complete(L, idx);
-    if (rc) {
-        rc == MT_ENOMEM ? luaL_error(L, "not enough memory")
-                        : luaL_error(L, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
+    if (rc == MT_ENOMEM) {
+        luaL_error(L, "not enough memory");
+    } else if (rc) {
+        luaL_error(L, "nesting deeper than %d levels", MT_LUA_JSON_MAX_DEPTH);
     }
 }
 
@@ -260,6 +255,12 @@ static int l_lua_next(lua_State *L)
     return l_raw_next(L);
 }
 
+/*
+ * setmetatable(t, mt), refusing __gc: a finalizer runs whenever the
+ * collector gets to it, possibly outside any call and so outside the budget.
+ * A __gc field added later has no effect (Lua marks objects only here).
+ * [-2, +1]
+ */
 static int l_lua_setmetatable(lua_State *L)
 {
     complete_lazy(L, 1);

@@ -42,7 +42,6 @@ bool mt_lua_is_null(lua_State *L, int idx)
     return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &null_tag;
 }
 
-
 /* ---- Lua to JSON ---- */
 
 /*
