@@ -95,6 +95,26 @@ mt_err mt_parked_decode(const void *v, size_t len, mt_parked *p)
     return MT_OK;
 }
 
+mt_err mt_parked_peek(const void *v, size_t len, mt_park_state *state, uint32_t *attempts)
+{
+    const uint8_t *b = v;
+    if (len > 0 && b[0] == '{') {
+        mt_parked p;
+        mt_parked_init(&p);
+        mt_err rc = decode_json(v, len, &p);
+        *state = p.state;
+        *attempts = p.attempts;
+        mt_parked_free(&p);
+        return rc;
+    }
+    if (len < FIXED || b[0] != FORMAT || (b[1] & ~REDRIVEN) > MT_PARK_LEASED) {
+        return MT_EIO;
+    }
+    *state = (mt_park_state) (b[1] & ~REDRIVEN);
+    *attempts = mt_get_be32(b + 2);
+    return MT_OK;
+}
+
 json_t *mt_parked_errors(const mt_parked *p)
 {
     json_t *a = p->errors ? json_loads(p->errors, 0, NULL) : NULL;

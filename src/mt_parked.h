@@ -63,6 +63,13 @@ void mt_parked_encode(const mt_parked *p, mt_buf *out);
  */
 mt_err mt_parked_decode(const void *v, size_t len, mt_parked *p);
 
+/*
+ * Reads only the state and attempts of a stored record, allocating nothing
+ * for the binary layout (the earlier JSON layout is decoded whole).
+ * MT_EIO if it is neither.
+ */
+mt_err mt_parked_peek(const void *v, size_t len, mt_park_state *state, uint32_t *attempts);
+
 /* Adds 'entry' (reference stolen) to the errors, keeping the last 'keep'. */
 void mt_parked_add_error(mt_parked *p, json_t *entry, size_t keep);
 

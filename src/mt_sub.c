@@ -677,7 +677,8 @@ static json_t *error_entry(uint32_t attempt, attempt_result *r)
     return e;
 }
 
-static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name);
+static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
+                             bool (*only)(const void *v, size_t vl));
 
 /*
  * Makes st's dead-letter count known: a state saved before it was kept
@@ -688,7 +689,7 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name);
 static void dlq_count_known(mt_txn *t, const char *name, sub_state *st)
 {
     if (!st->dlq_known) {
-        st->dlq = count_prefix(t, MT_DB_DLQ, name);
+        st->dlq = count_prefix(t, MT_DB_DLQ, name, NULL);
         st->dlq_known = true;
     }
 }
@@ -1960,8 +1961,9 @@ bool mt_subs_has(mt_subs *subs, const char *name)
     return find(subs, name) != NULL;
 }
 
-/* Counts keys in 'db' that start with 'name NUL'. */
-static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name)
+/* Counts keys in 'db' that start with 'name NUL' (and whose values 'only' takes, if given). */
+static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
+                             bool (*only)(const void *v, size_t vl))
 {
     uint8_t pfx[KEY_MAX];
     size_t pl = name_prefix(pfx, name);
@@ -1974,11 +1976,25 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name)
     size_t kl, vl;
     mt_err rc = mt_store_cursor_seek(c, pfx, pl, &k, &kl, &v, &vl);
     while (rc == MT_OK && kl >= pl && memcmp(k, pfx, pl) == 0) {
-        n++;
+        n += !only || only(v, vl);
         rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
     }
     mt_store_cursor_close(c);
     return n;
+}
+
+/*
+ * Whether a parked message failed and waits for another attempt (a retry's
+ * backoff, a nack's delay, an expired lease). Messages parked for other
+ * reasons are not retrying: those blocked behind their lane's head, held
+ * back until their time, leased, or queued by priority.
+ */
+static bool retrying(const void *v, size_t vl)
+{
+    mt_park_state state;
+    uint32_t attempts;
+    return mt_parked_peek(v, vl, &state, &attempts) == MT_OK && state == MT_PARK_RETRY &&
+           attempts > 0;
 }
 
 /* The status fields kept in the store for subscription 'name'. */
@@ -1996,9 +2012,10 @@ static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
     json_object_set_new(o, "dead_lettered", json_integer((json_int_t) st.dead));
     json_object_set_new(o, "expired", json_integer((json_int_t) st.expired));
     json_object_set_new(o, "paused", json_boolean(st.paused));
-    json_object_set_new(o, "retrying", json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, name)));
+    json_object_set_new(o, "retrying",
+                        json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, name, retrying)));
     json_object_set_new(o, "dlq", json_integer((json_int_t) (st.dlq_known ? st.dlq
-                                                                         : count_prefix(t, MT_DB_DLQ, name))));
+                                                                         : count_prefix(t, MT_DB_DLQ, name, NULL))));
     json_t *le = NULL;
     if (st.last_error[0]) {
         /* Handlers' messages may hold bytes that are not UTF-8. */

@@ -143,6 +143,24 @@ def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
         assert s["retried"] == 0 and s["retrying"] == 0 and s["handled"] == len(prios), s
 
 
+def test_retrying_counts_only_messages_that_failed_not_queued_blocked_or_leased():
+    with Engine(config=config("    priority: true\n    ordering: subject\n")) as e:
+        # Two events on subject a (the second waits behind the first), eight
+        # more on subjects of their own: the priority scan queues them all.
+        for i in range(2):
+            e.publish(mtlib.event("a%d" % i, subject="a", type_="job.run"))
+        for i in range(8):
+            e.publish(mtlib.event("q%d" % i, subject="q%d" % i, type_="job.run"))
+        st, items = post(e, "/subscriptions/work/pull?max=2")
+        assert st == 200 and [i["event"]["id"] for i in items] == ["e-a0", "e-q0"], items
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["retrying"] == 0, s  # 7 queued, 1 blocked, 2 leased: none failed
+        st, ans = post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]], "delay": "1h"})
+        assert st == 200 and ans["count"] == 1, ans
+        s = json.loads(e.request("GET", "/subscriptions/work")[2])
+        assert s["retrying"] == 1, s
+
+
 def test_one_subject_is_out_one_event_at_a_time_in_order_and_other_subjects_flow():
     with Engine(config=config("    lease: 30s\n")) as e:
         for i in range(3):

@@ -1,8 +1,9 @@
 /*
  * test_mt_parked.c - parked message records: the binary layout round-trips
  * every field (the longest lane, large numbers, errors), records of the
- * earlier JSON layout are read, damaged records are refused, the error list
- * keeps only the last attempts, and lease tokens have their fixed form.
+ * earlier JSON layout are read (whole, or only their state and attempts),
+ * damaged records are refused, the error list keeps only the last attempts,
+ * and lease tokens have their fixed form.
  */
 #include "mt_test.h"
 #include <jansson.h>
@@ -51,6 +52,17 @@ static void test_parked_round_trips_every_field(void **state)
     assert_true(q.redriven);
     assert_int_equal(q.state, MT_PARK_LEASED);
     mt_parked_free(&q);
+    /* The state and attempts alone, the redriven bit aside. */
+    mt_buf b;
+    mt_buf_init(&b);
+    mt_parked_encode(&p, &b);
+    mt_park_state st;
+    uint32_t attempts;
+    assert_int_equal(mt_parked_peek(b.data, b.len, &st, &attempts), MT_OK);
+    assert_int_equal(st, MT_PARK_LEASED);
+    assert_int_equal(attempts, 4000000000u);
+    assert_int_equal(mt_parked_peek(b.data, 23, &st, &attempts), MT_EIO);
+    mt_buf_free(&b);
     mt_parked_free(&p);
 
     /* The strict lane is empty; no errors is no errors. */
@@ -98,6 +110,12 @@ static void test_parked_reads_records_of_the_json_layout(void **state)
     assert_int_equal(p.state, MT_PARK_RETRY);
     assert_int_equal(p.due_us, 5);
     mt_parked_free(&p);
+    mt_park_state st;
+    uint32_t attempts;
+    assert_int_equal(mt_parked_peek(retry, strlen(retry), &st, &attempts), MT_OK);
+    assert_int_equal(st, MT_PARK_RETRY);
+    assert_int_equal(attempts, 1);
+    assert_int_equal(mt_parked_peek("{\"a\":", 5, &st, &attempts), MT_EIO);
 }
 
 static void test_parked_refuses_damaged_records(void **state)
