@@ -1985,7 +1985,7 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
 
 /*
  * Whether a parked message failed and waits for another attempt (a retry's
- * backoff, a nack's delay, an expired lease). Messages parked for other
+ * backoff, a nack's delay). Messages parked for other
  * reasons are not retrying: those blocked behind their lane's head, held
  * back until their time, leased, or queued by priority.
  */
