@@ -344,6 +344,12 @@ mt_fx_effects *mt_fx_record_end(mt_fx *fx, bool keep)
     mt_assert(r);
     fx->rec = NULL;
     if (r->replay_impossible) {
+        /*
+         * It runs again on the writer, which will most likely write what it
+         * wrote up to here: the worker's next runs read that (a counter
+         * after an emit), and the writer checks every value read anyway.
+         */
+        merge_keys(r->ov->kv, r->writes);
         rec_free(r);
         return NULL;
     }

@@ -135,7 +135,9 @@ void mt_fx_init_record(mt_fx *fx, mt_txn *snapshot, mt_fx_overlay *ov, const cha
  * Ends a record-mode invocation. With 'keep' (it succeeded) its writes
  * become visible through the overlay to the worker's next invocations.
  * Returns what it did (free with mt_fx_effects_free), or NULL if it cannot
- * be replayed and must run on the writer.
+ * be replayed and must run on the writer; its writes up to the effect that
+ * stopped it still go into the overlay, as the writer's run will most
+ * likely make them.
  */
 mt_fx_effects *mt_fx_record_end(mt_fx *fx, bool keep);
 void mt_fx_effects_free(mt_fx_effects *e);

@@ -110,9 +110,12 @@ struct sub_rt {
     bool spec_running;           /* a round is running */
     mt_spec_round *round_ready;  /* a finished round waiting for the next dispatch job */
     uint64_t spec_end;           /* the last sequence a round covered */
-    uint64_t rerun_seen;         /* ahead_rerun when the last job ended */
+    uint64_t spec_upto;          /* the head when a round was last asked for (UINT64_MAX: failed) */
+    uint64_t spec_from;          /* where the last round started */
+    uint64_t conflicts_seen;     /* ahead_conflicts when the last job ended */
     _Atomic uint64_t ahead_used; /* results of the workers applied by the writer */
     _Atomic uint64_t ahead_rerun; /* results the writer ran again (a read changed, an emit) */
+    _Atomic uint64_t ahead_conflicts; /* ... of which a value read had changed */
 };
 
 /* ---- keys ---- */
@@ -543,6 +546,7 @@ static mt_err apply_ahead(sub_rt *s, mt_spec_result *ahead, mt_fx *fx, attempt_r
     mt_err rc = mt_fx_effects_validate(ahead->effects, fx->base);
     if (rc == MT_ECONFLICT) {
         s->ahead_rerun++;
+        s->ahead_conflicts++;
         return MT_OK;
     }
     bool ok = ahead->rc == MT_OK && !ahead->reject;
@@ -1104,13 +1108,15 @@ static mt_err run_due(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out, in
 typedef struct dispatch_job {
     sub_rt *s;
     int budget;           /* handler runs this job may do */
+    uint64_t upto;        /* the last new event it may take (with workers: the rounds' end) */
     dispatch_out out;
 } dispatch_job;
 
 /*
- * The events of the log after 'after' that S takes, at most 'max' of them
- * (fewer if their records pass SCAN_BYTES_MAX, or *scans_left log entries
- * are looked at first), copied out of the map by one cursor walk: a
+ * The events of the log after 'after' and up to 'upto' that S takes, at
+ * most 'max' of them (fewer if their records pass SCAN_BYTES_MAX, or
+ * *scans_left log entries are looked at first), copied out of the map by
+ * one cursor walk: a
  * handler's emit writes to the log, which would move what a cursor points
  * at.
  */
@@ -1122,10 +1128,11 @@ typedef struct scan_batch {
     int n;
     uint64_t last;             /* the last log entry looked at (0: none) */
     bool more;                 /* stopped at a limit, not at the log's end */
+    bool past_upto;            /* stopped before an event after 'upto' */
 } scan_batch;
 
-static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int max, int *scans_left,
-                       scan_batch *b)
+static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, uint64_t upto, int max,
+                       int *scans_left, scan_batch *b)
 {
     mt_cursor *cur;
     mt_err rc = mt_store_cursor_open(t, MT_DB_LOG, &cur);
@@ -1135,6 +1142,7 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int max, int *scans
     b->n = 0;
     b->last = 0;
     b->more = false;
+    b->past_upto = false;
     b->records.len = 0;
     uint8_t start[8];
     mt_put_be64(start, after + 1);
@@ -1145,6 +1153,10 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int max, int *scans
     while (crc == MT_OK) {
         if (b->n >= max || *scans_left <= 0 || b->records.len >= SCAN_BYTES_MAX) {
             b->more = true;
+            break;
+        }
+        if (kl == 8 && mt_get_be64(k) > upto) {
+            b->past_upto = true;
             break;
         }
         --*scans_left;
@@ -1171,12 +1183,12 @@ static mt_err scan_log(sub_rt *s, mt_txn *t, uint64_t after, int max, int *scans
 }
 
 /*
- * Takes up to 'budget' events after st->cursor, SCAN_CHUNK at a time, and
- * delivers them in log order: each is parked behind a busy lane,
+ * Takes up to 'budget' events after st->cursor (and up to 'upto'),
+ * SCAN_CHUNK at a time, and delivers them in log order: each is parked behind a busy lane,
  * embargoed, queued by priority, or run. st->cursor follows.
  */
 static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out *out,
-                               int budget, bool any_parked)
+                               int budget, uint64_t upto, bool any_parked)
 {
     const mt_sub_conf *c = s->conf;
     /* A priority subscription only queues here (run_due delivers), and queues
@@ -1188,7 +1200,8 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
     mt_err rc = MT_OK;
     bool stopped = false, full = false;
     for (;;) {
-        rc = scan_log(s, t, st->cursor, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left, b);
+        rc = scan_log(s, t, st->cursor, upto, left < SCAN_CHUNK ? left : SCAN_CHUNK, &scans_left,
+                      b);
         for (int i = 0; rc == MT_OK && i < b->n; i++) {
             if (job_full(t, out)) {
                 stopped = full = true; /* the cursor stays before this event */
@@ -1233,6 +1246,10 @@ static mt_err scan_and_deliver(sub_rt *s, mt_txn *t, sub_state *st, dispatch_out
             st->cursor = b->last;
         }
         left -= b->n;
+        if (b->past_upto) {
+            out->more = true; /* the next round runs them, in the next job */
+            break;
+        }
         if (!b->more) {
             break; /* the log's end */
         }
@@ -1335,7 +1352,7 @@ static mt_err dispatch_body(mt_txn *t, dispatch_job *dj)
         any_parked = f != MT_ENOTFOUND;
     }
     if (rc == MT_OK && !strict_blocked && budget > 0) {
-        rc = scan_and_deliver(s, t, &st, out, budget, any_parked);
+        rc = scan_and_deliver(s, t, &st, out, budget, dj->upto, any_parked);
     }
     if (rc == MT_OK && c->priority) {
         rc = run_due(s, t, &st, out, &budget);
@@ -1433,9 +1450,14 @@ static void dispatch_done(mt_err rc, void *arg)
         s->job_budget = EVENTS_PER_JOB;
     }
     mt_spec_round_free(dj->out.round);
-    if (s->spec && s->ahead_rerun != s->rerun_seen) {
-        /* Some overlay was wrong (a key another subject wrote, a run that failed here). */
-        s->rerun_seen = s->ahead_rerun;
+    if (s->spec && s->ahead_conflicts != s->conflicts_seen) {
+        /*
+         * Some overlay was wrong (a key another subject wrote, a run that
+         * failed here). A run again for an emit says nothing of the kind:
+         * dropping the overlays then had the next round read what the
+         * writer had not yet applied, and conflict, and so on.
+         */
+        s->conflicts_seen = s->ahead_conflicts;
         mt_spec_reset(s->spec);
     }
     dispatch_settle(s, &dj->out, rc);
@@ -1556,10 +1578,13 @@ static bool spec_begin(sub_rt *s)
     }
     mt_store_read_end(t);
     uint64_t from = st.cursor > s->spec_end ? st.cursor : s->spec_end;
+    /* Without a round, what a job may take: a later event starts one. */
+    s->spec_upto = rc ? UINT64_MAX : head;
     if (rc || st.paused || head <= from) {
         return false;
     }
     uint64_t span = head - from < SCANS_PER_JOB ? head - from : SCANS_PER_JOB;
+    s->spec_from = from;
     s->spec_running = true;
     s->refs++;
     mt_spec_start(s->spec, from, span, spec_plan, s, spec_done, s);
@@ -1612,6 +1637,19 @@ static void submit(sub_rt *s)
     dj->s = s;
     dj->budget = s->job_budget;
     dj->out.round = s->round_ready;
+    /*
+     * With workers, new events wait for the round that runs them: a job
+     * that took events past its round would run those on the writer, and
+     * the next round would run them again for nothing. A job without a
+     * round takes only what was there when none was needed (their append
+     * starts one for the events after). If the round could not start, or
+     * covered nothing (its snapshot failed), the writer takes what there is.
+     */
+    const mt_spec_round *r = dj->out.round;
+    dj->upto = !s->spec                              ? UINT64_MAX
+               : !r                                  ? s->spec_upto
+               : mt_spec_round_end(r) > s->spec_from ? s->spec_end
+                                                     : UINT64_MAX;
     s->round_ready = NULL;
     if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
         s->inflight++;

@@ -115,6 +115,36 @@ def test_emits_and_logs_from_workers_happen_once():
         assert len(logs) == 300, len(logs)
 
 
+def test_events_published_while_it_runs_are_run_ahead_and_emits_alone_run_again():
+    # Published while the subscription runs, not behind a pause: each new
+    # event waits for a round of the workers, whatever the machine's speed.
+    # Only the runs that emit run again; one that does says nothing about
+    # the workers' other results, which stay good.
+    cfg = config("  counter:\n    topics: [\"count.#\"]\n"
+                 "    handler: tests/lua/handlers/count_notify.lua\n    workers: 2\n")
+    with Engine(config=cfg) as e:
+        want = {}
+        n = 3000
+        notify = 0
+        conn = e.conn()
+        for b in range(n // 100):
+            batch = []
+            for k in range(100):
+                i = b * 100 + k
+                subj = "s%d" % (i % 30)
+                want[subj] = want.get(subj, 0) + 1
+                notify += i % 7 == 0  # on every subject, between events that do not emit
+                batch.append(mtlib.event("c%d" % i, subject=subj, type_="count.it",
+                                         data={"notify": i % 7 == 0}))
+            assert e.publish_batch(batch, conn=conn)[0] == 201
+        wait_for(lambda: status(e, "counter")["handled"] == n, what="every event handled")
+        assert table(e, "counts") == want
+        s = status(e, "counter")
+        assert s["run_again"] == notify and s["run_ahead"] == n - notify, s
+        notices = [ev for ev in e.read_all() if ev["type"] == "notice.counted"]
+        assert len(notices) == notify
+
+
 def test_bad_workers_values_are_configuration_errors():
     cfg = config("  w:\n    topics: [\"a\"]\n    handler: tests/lua/handlers/count.lua\n"
                  "    workers: 0\n")
