@@ -136,6 +136,8 @@ def main():
             ("d-kv-w2", [("kv", "bench/handlers/kv.lua", 2)]),
             ("e-kv-w3", [("kv", "bench/handlers/kv.lua", 3)]),
             ("f-emit", [("emit", "bench/handlers/emit.lua")]),
+            ("g-cpu", [("cpu", "bench/handlers/cpu.lua")]),
+            ("h-cpu-w2", [("cpu", "bench/handlers/cpu.lua", 2)]),
         ]
         if a.cases:
             wanted = a.cases.split(",")

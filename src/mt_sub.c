@@ -31,6 +31,7 @@
  * publishing. With workers one, as a round belongs to one job.
  */
 #define DISPATCH_INFLIGHT 2
+#define SPEC_READY_MAX 3       /* workers' rounds done and waiting for the writer */
 #define SCANS_PER_JOB 8192     /* log entries looked at per job */
 #define SCAN_BYTES_MAX (4u << 20) /* event records copied out of the log at a time */
 #define SCAN_CHUNK 256         /* events copied out of the log at a time */
@@ -108,10 +109,12 @@ struct sub_rt {
     int64_t stalled_logged_us;   /* ... and when that was last logged */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
     bool spec_running;           /* a round is running */
-    mt_spec_round *round_ready;  /* a finished round waiting for the next dispatch job */
+    mt_spec_round *ready[SPEC_READY_MAX]; /* finished rounds waiting for dispatch jobs, oldest first */
+    uint64_t ready_from[SPEC_READY_MAX];  /* ... where each started */
+    int nready;
     uint64_t spec_end;           /* the last sequence a round covered */
     uint64_t spec_upto;          /* the head when a round was last asked for (UINT64_MAX: failed) */
-    uint64_t spec_from;          /* where the last round started */
+    uint64_t spec_from;          /* where the round running started */
     uint64_t conflicts_seen;     /* ahead_conflicts when the last job ended */
     _Atomic uint64_t ahead_used; /* results of the workers applied by the writer */
     _Atomic uint64_t ahead_rerun; /* results the writer ran again (a read changed, an emit) */
@@ -1543,8 +1546,9 @@ static void spec_done(mt_spec_round *round, void *arg)
 {
     sub_rt *s = arg;
     s->spec_running = false;
-    mt_assert(!s->round_ready);
-    s->round_ready = round;
+    mt_assert(s->nready < SPEC_READY_MAX);
+    s->ready_from[s->nready] = s->spec_from;
+    s->ready[s->nready++] = round;
     if (mt_spec_round_end(round) > s->spec_end) {
         s->spec_end = mt_spec_round_end(round);
     }
@@ -1554,13 +1558,13 @@ static void spec_done(mt_spec_round *round, void *arg)
 
 /*
  * Starts a round over the events after both the subscription's position
- * and the last round, if there are any, it is not paused, and no round is
- * running or waiting. It may run while a dispatch job applies the round
- * before. Returns whether one started.
+ * and the last round, if there are any, it is not paused, no round is
+ * running and fewer than SPEC_READY_MAX wait. It may run while a dispatch
+ * job applies a round before. Returns whether one started.
  */
 static bool spec_begin(sub_rt *s)
 {
-    if (s->spec_running || s->round_ready) {
+    if (s->spec_running || s->nready == SPEC_READY_MAX) {
         return false;
     }
     mt_txn *t;
@@ -1627,8 +1631,7 @@ static void submit(sub_rt *s)
         /* Workers run ahead, also while a dispatch job applies their last round. */
         spec_begin(s);
     }
-    if (s->inflight >= (s->spec ? 1 : DISPATCH_INFLIGHT) ||
-        (s->spec_running && !s->round_ready)) {
+    if (s->inflight >= (s->spec ? 1 : DISPATCH_INFLIGHT) || (s->spec_running && !s->nready)) {
         /* The job in flight, or the round running, comes back here when done. */
         s->again = true;
         return;
@@ -1636,7 +1639,6 @@ static void submit(sub_rt *s)
     dispatch_job *dj = mt_xcalloc(1, sizeof *dj);
     dj->s = s;
     dj->budget = s->job_budget;
-    dj->out.round = s->round_ready;
     /*
      * With workers, new events wait for the round that runs them: a job
      * that took events past its round would run those on the writer, and
@@ -1645,12 +1647,15 @@ static void submit(sub_rt *s)
      * starts one for the events after). If the round could not start, or
      * covered nothing (its snapshot failed), the writer takes what there is.
      */
-    const mt_spec_round *r = dj->out.round;
-    dj->upto = !s->spec                              ? UINT64_MAX
-               : !r                                  ? s->spec_upto
-               : mt_spec_round_end(r) > s->spec_from ? s->spec_end
-                                                     : UINT64_MAX;
-    s->round_ready = NULL;
+    dj->upto = s->spec ? s->spec_upto : UINT64_MAX;
+    if (s->nready) {
+        mt_spec_round *r = s->ready[0];
+        dj->out.round = r;
+        dj->upto = mt_spec_round_end(r) > s->ready_from[0] ? mt_spec_round_end(r) : UINT64_MAX;
+        s->nready--;
+        memmove(s->ready, s->ready + 1, (size_t) s->nready * sizeof *s->ready);
+        memmove(s->ready_from, s->ready_from + 1, (size_t) s->nready * sizeof *s->ready_from);
+    }
     if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
         s->inflight++;
         s->submitted_after = s->subs->appends_queued;
@@ -1665,7 +1670,9 @@ static void submit(sub_rt *s)
 static void sub_free(sub_rt *s)
 {
     mt_spec_close(s->spec);
-    mt_spec_round_free(s->round_ready);
+    for (int i = 0; i < s->nready; i++) {
+        mt_spec_round_free(s->ready[i]);
+    }
     if (s->timer) {
         event_free(s->timer);
     }
