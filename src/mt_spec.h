@@ -42,6 +42,8 @@ typedef struct mt_spec_round mt_spec_round;
 /* One invocation run ahead. */
 typedef struct mt_spec_result {
     uint64_t seq;
+    int worker;               /* the worker that ran it, which frees it */
+    bool taken;               /* by mt_spec_take */
     mt_err rc;                /* the handler's outcome (MT_OK, MT_ELUA ...) */
     char *reject;             /* owned; ctx.reject's reason, or NULL */
     mt_buf error, traceback;
@@ -88,12 +90,17 @@ void mt_spec_start(mt_spec *sp, uint64_t base, uint64_t span, mt_spec_plan_fn pl
 uint64_t mt_spec_round_end(const mt_spec_round *r);
 
 /*
- * Takes a finished round's result for 'seq' (the caller frees it with
- * mt_spec_result_free), or NULL. Any thread that owns the round (the
- * writer, in the dispatch job it was handed to).
+ * Takes a finished round's result for 'seq' once, or NULL. It stays the
+ * round's: valid until mt_spec_round_free. Any thread that owns the round
+ * (the writer, in the dispatch job it was handed to).
  */
 mt_spec_result *mt_spec_take(mt_spec_round *r, uint64_t seq);
-void mt_spec_result_free(mt_spec_result *r);
+
+/*
+ * Lets go of a round (NULL does nothing): its results go back to the
+ * workers that made them, to be freed on their threads. Before
+ * mt_spec_close.
+ */
 void mt_spec_round_free(mt_spec_round *r);
 
 /* The workers forget their overlays before their next round. Loop thread. */

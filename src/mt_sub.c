@@ -588,7 +588,6 @@ static mt_err run_attempt(sub_rt *s, mt_txn *t, const mt_event *ev, uint32_t att
     mt_spec_result *ahead = attempt == 1 ? mt_spec_take(out->round, ev->sequence) : NULL;
     if (ahead) {
         mt_err rc = apply_ahead(s, ahead, &fx, r, &hrc, &used);
-        mt_spec_result_free(ahead);
         if (rc) {
             mt_fx_free(&fx);
             return rc;
@@ -1669,10 +1668,10 @@ static void submit(sub_rt *s)
 
 static void sub_free(sub_rt *s)
 {
-    mt_spec_close(s->spec);
     for (int i = 0; i < s->nready; i++) {
         mt_spec_round_free(s->ready[i]);
     }
+    mt_spec_close(s->spec);
     if (s->timer) {
         event_free(s->timer);
     }
