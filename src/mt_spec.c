@@ -17,6 +17,7 @@ typedef struct worker {
     void *handler;            /* this worker's own handler instance */
     uint64_t round;           /* the last round it ran */
     mt_fx_overlay *ov;        /* its writes of earlier rounds, until reset */
+    mt_txn *snap;             /* its read transaction, paused between rounds */
     uint64_t reset;           /* the last reset it saw */
     uint64_t end;             /* the last sequence its plan considered this round */
     /*
@@ -161,13 +162,13 @@ static void run_round(worker *w, bool reset)
     if (!w->ov) {
         w->ov = mt_fx_overlay_new();
     }
-    round_ctx rc = {w, NULL, w->ov};
-    if (mt_store_read_begin_latest(sp->store, &rc.snap) != MT_OK) {
+    if (mt_store_read_renew(sp->store, &w->snap) != MT_OK) {
         return; /* nothing run ahead: the writer runs everything */
     }
+    round_ctx rc = {w, w->snap, w->ov};
     w->end = sp->plan(rc.snap, w->k, sp->n, sp->cur->base, sp->cur->span, sp->plan_arg, run_one,
                       &rc);
-    mt_store_read_end(rc.snap);
+    mt_store_read_pause(w->snap);
 }
 
 static void *worker_main(void *arg)
@@ -201,6 +202,8 @@ static void *worker_main(void *arg)
         }
     }
     pthread_mutex_unlock(&sp->mu);
+    mt_store_read_end(w->snap); /* before the store closes, which waits for this thread */
+    w->snap = NULL;
     mt_watch_forget();
     return NULL;
 }

@@ -1729,6 +1729,26 @@ mt_err mt_store_read_begin_latest(mt_store *s, mt_txn **out)
     return MT_OK;
 }
 
+mt_err mt_store_read_renew(mt_store *s, mt_txn **t)
+{
+    if (!*t) {
+        return mt_store_read_begin_latest(s, t);
+    }
+    mt_assert(!(*t)->sn && !(*t)->write);
+    mt_err rc = map_mdb(mdb_txn_renew((*t)->txn), "read renew");
+    if (rc) {
+        mt_store_read_end(*t);
+        *t = NULL;
+    }
+    return rc;
+}
+
+void mt_store_read_pause(mt_txn *t)
+{
+    mt_assert(!t->sn && !t->write);
+    mdb_txn_reset(t->txn);
+}
+
 mt_err mt_store_read_begin(mt_store *s, mt_txn **out)
 {
     if (!s->wal) {

@@ -169,6 +169,17 @@ mt_err mt_store_read_begin_latest(mt_store *s, mt_txn **out);
 void mt_store_read_end(mt_txn *t);
 
 /*
+ * For a thread that reads the latest state again and again (a worker's
+ * rounds): renews *t, a transaction of mt_store_read_begin_latest that
+ * mt_store_read_pause let go of, on the last committed state; begins one
+ * if *t is NULL. Beginning allocates and frees LMDB's transaction each
+ * time. On failure *t is ended and NULL. mt_store_read_end ends a paused
+ * one too.
+ */
+mt_err mt_store_read_renew(mt_store *s, mt_txn **t);
+void mt_store_read_pause(mt_txn *t);
+
+/*
  * Looks up 'key'. On success *val points into the map and is valid until
  * the transaction ends. MT_ENOTFOUND if absent; MT_EIO otherwise.
  */

@@ -13,7 +13,8 @@
  *
  * The write-ahead sync runs on a thread of its own too: a group is seen by
  * readers and finished only once it is durable, while the writer goes on,
- * and a failed sync stops every later write.
+ * and a failed sync stops every later write. A worker's read of the latest
+ * state, paused between its rounds, renews on what was committed since.
  */
 #include "mt_test.h"
 #include <poll.h>
@@ -637,6 +638,30 @@ static void test_store_a_failed_sync_fails_its_group_and_every_later_write(void 
     mt_store_close(s);
 }
 
+/* A paused read lets go of its snapshot; renewed, it sees what was committed since. */
+static void test_store_a_paused_read_renews_on_the_latest_state(void **state)
+{
+    mt_store *s = open_store(*state);
+    assert_int_equal(put(s, 1, 10), MT_OK);
+    mt_txn *t = NULL;
+    assert_int_equal(mt_store_read_renew(s, &t), MT_OK); /* NULL: a new one */
+    assert_non_null(t);
+    const void *v;
+    size_t n;
+    assert_int_equal(get_key(t, 1, &v, &n), MT_OK);
+    assert_int_equal(get_key(t, 2, &v, &n), MT_ENOTFOUND);
+    mt_store_read_pause(t);
+    assert_int_equal(put(s, 2, 20), MT_OK);
+    mt_txn *same = t;
+    assert_int_equal(mt_store_read_renew(s, &t), MT_OK);
+    assert_ptr_equal(t, same);
+    assert_int_equal(get_key(t, 2, &v, &n), MT_OK);
+    assert_int_equal(n, 20);
+    mt_store_read_pause(t);
+    mt_store_read_end(t); /* a paused one ends too */
+    mt_store_close(s);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, mt_test_setup_dir, mt_test_teardown_dir)
@@ -647,6 +672,7 @@ int main(void)
         T(test_store_kill9_during_a_checkpoint_keeps_every_acknowledged_write),
         T(test_store_a_group_is_seen_and_finished_once_its_sync_is_done),
         T(test_store_a_failed_sync_fails_its_group_and_every_later_write),
+        T(test_store_a_paused_read_renews_on_the_latest_state),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
