@@ -109,7 +109,7 @@ struct sub_rt {
     int64_t stalled_logged_us;   /* ... and when that was last logged */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
     bool spec_running;           /* a round is running */
-    mt_spec_round *ready[SPEC_READY_MAX]; /* finished rounds waiting for dispatch jobs, oldest first */
+    mt_spec_round *ready[SPEC_READY_MAX]; /* finished rounds waiting for jobs, oldest first */
     uint64_t ready_from[SPEC_READY_MAX];  /* ... where each started */
     int nready;
     uint64_t spec_end;           /* the last sequence a round covered */
@@ -2058,8 +2058,8 @@ static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
     json_object_set_new(o, "paused", json_boolean(st.paused));
     json_object_set_new(o, "retrying",
                         json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, name, retrying)));
-    json_object_set_new(o, "dlq", json_integer((json_int_t) (st.dlq_known ? st.dlq
-                                                                         : count_prefix(t, MT_DB_DLQ, name, NULL))));
+    uint64_t dlq = st.dlq_known ? st.dlq : count_prefix(t, MT_DB_DLQ, name, NULL);
+    json_object_set_new(o, "dlq", json_integer((json_int_t) dlq));
     json_t *le = NULL;
     if (st.last_error[0]) {
         /* Handlers' messages may hold bytes that are not UTF-8. */

@@ -155,7 +155,8 @@ def test_retrying_counts_only_messages_that_failed_not_queued_blocked_or_leased(
         assert st == 200 and [i["event"]["id"] for i in items] == ["e-a0", "e-q0"], items
         s = json.loads(e.request("GET", "/subscriptions/work")[2])
         assert s["retrying"] == 0, s  # 7 queued, 1 blocked, 2 leased: none failed
-        st, ans = post(e, "/subscriptions/work/nack", {"leases": [items[0]["lease"]], "delay": "1h"})
+        st, ans = post(e, "/subscriptions/work/nack",
+                       {"leases": [items[0]["lease"]], "delay": "1h"})
         assert st == 200 and ans["count"] == 1, ans
         s = json.loads(e.request("GET", "/subscriptions/work")[2])
         assert s["retrying"] == 1, s
