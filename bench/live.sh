@@ -32,6 +32,9 @@
 #   b-kv        one subscription, one kv read and write per event (probe_kv.lua)
 #   c-fanout4   four subscriptions with the kv handler, each gets every event
 #   d-kv-w2     the kv handler with `workers: 2`
+#   e-cpu       one subscription whose handler also computes (about 60 us of
+#               Lua per event, probe_cpu.lua)
+#   f-cpu-w2    the same with `workers: 2`: what workers are for
 #
 # Environment:
 #   BENCH_DIR     where the temporary directory goes (default: the repo's
@@ -60,7 +63,7 @@ LIVE_RATES=${LIVE_RATES:-1000 5000 20000 50000}
 LIVE_BASE_RATES=${LIVE_BASE_RATES:-20000 50000}
 LIVE_DRAIN=${LIVE_DRAIN:-8}
 LIVE_EVERY=${LIVE_EVERY:-100}
-LIVE_CASES=${LIVE_CASES:-pub-only pub-uuid pub-sse a-empty b-kv c-fanout4 d-kv-w2}
+LIVE_CASES=${LIVE_CASES:-pub-only pub-uuid pub-sse a-empty b-kv c-fanout4 d-kv-w2 e-cpu f-cpu-w2}
 LOAD_START=$(cut -d ' ' -f 1-3 /proc/loadavg) # the machine is shared: say how busy it was
 
 # shellcheck source=bench/lib.sh
@@ -101,6 +104,8 @@ for c in $LIVE_CASES; do
         b-kv) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_kv.lua ;;
         c-fanout4) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_kv.lua --subs 4 ;;
         d-kv-w2) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_kv.lua --workers 2 ;;
+        e-cpu) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_cpu.lua ;;
+        f-cpu-w2) run --name "$c-$r" --rate "$r" --handler bench/handlers/probe_cpu.lua --workers 2 ;;
         *)
             echo "live.sh: unknown case '$c'" >&2
             exit 1
