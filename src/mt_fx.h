@@ -18,7 +18,9 @@
  * mt_fx_effects_apply writes the effects as if the handler ran there and
  * then: the same inputs give the same outcome. What cannot be replayed that
  * way (an emit, whose sequence the handler sees; a kv scan) marks the
- * invocation to be run again on the writer.
+ * invocation to be run again on the writer. An emit there returns 0 and
+ * the run goes on, so that its later kv writes reach the overlay; a scan
+ * raises.
  *
  * kv: tables of JSON values. A key in MT_DB_KV is "table NUL key".
  * emit: appends an event to the log with ids derived from the subscription,

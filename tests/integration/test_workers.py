@@ -133,16 +133,18 @@ def test_events_published_while_it_runs_are_run_ahead_and_emits_alone_run_again(
                 i = b * 100 + k
                 subj = "s%d" % (i % 30)
                 want[subj] = want.get(subj, 0) + 1
-                notify += i % 7 == 0  # on every subject, between events that do not emit
+                # On every subject, between events that do not emit; some
+                # emit before they count, some after.
+                notify += i % 7 == 0 or i % 11 == 0
                 batch.append(mtlib.event("c%d" % i, subject=subj, type_="count.it",
-                                         data={"notify": i % 7 == 0}))
+                                         data={"notify": i % 7 == 0, "early": i % 11 == 0}))
             assert e.publish_batch(batch, conn=conn)[0] == 201
         wait_for(lambda: status(e, "counter")["handled"] == n, what="every event handled")
         assert table(e, "counts") == want
         s = status(e, "counter")
         assert s["run_again"] == notify and s["run_ahead"] == n - notify, s
         notices = [ev for ev in e.read_all() if ev["type"] == "notice.counted"]
-        assert len(notices) == notify
+        assert len(notices) == sum((i % 7 == 0) + (i % 11 == 0) for i in range(n))
 
 
 def test_bad_workers_values_are_configuration_errors():
