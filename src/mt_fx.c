@@ -52,6 +52,7 @@ struct mt_fx_rec {
 
 struct mt_fx_effects {
     json_t *reads, *writes, *logs;
+    size_t written;           /* the recording's 'written' */
 };
 
 mt_fx_overlay *mt_fx_overlay_new(void)
@@ -360,6 +361,7 @@ mt_fx_effects *mt_fx_record_end(mt_fx *fx, bool keep)
     e->reads = r->reads;
     e->writes = r->writes;
     e->logs = r->logs;
+    e->written = r->written;
     free(r);
     return e;
 }
@@ -407,6 +409,8 @@ mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes)
         if (fx->rec) {
             pend_spill(fx->rec);
             merge_keys(fx->rec->writes, e->writes);
+            /* Counted as if written here: what a run may write is checked on the writer. */
+            fx->rec->written += e->written + json_object_size(e->writes) * 64;
         } else {
             mt_err rc = write_all(fx->txn, e->writes);
             if (rc) {

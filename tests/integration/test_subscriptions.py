@@ -264,18 +264,14 @@ def test_a_table_lists_keys_that_are_not_utf8():
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
-def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
-    # A backlog of runs that each write 200 KB was packed into one dispatch
-    # job too large for a 1 MiB write-ahead file: refused, retried whole
-    # every second, for ever. A run whose own effects could never fit (600
-    # KB) was retried the same way and held back every other subject.
+def runs_larger_than_the_write_ahead_file(workers):
     handler = handler_file(
         "return function(e, ctx)\n"
         "  local t = ctx.kv('big')\n"
         "  for i = 1, e.data.parts do t:put(e.id .. '/' .. i, ('x'):rep(200000)) end\n"
         "end\n")
-    cfg = config("  big:\n    topics: [\"big.x\"]\n    handler: %s\n" % handler,
-                 extra_engine="  wal_size: 1MiB\n")
+    cfg = config("  big:\n    topics: [\"big.x\"]\n    handler: %s\n    workers: %d\n"
+                 % (handler, workers), extra_engine="  wal_size: 1MiB\n")
     try:
         with Engine(config=cfg) as e:
             assert e.request("POST", "/subscriptions/big/pause")[0] == 200
@@ -291,6 +287,47 @@ def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
             assert dlq[0]["subject"] == "h" and len(dlq[0]["errors"]) == 1, dlq
             assert "of the write-ahead file, more than half" in dlq[0]["reason"], dlq
             assert len(table(e, "big")) == 30
+            assert not any("does not fit the write-ahead file" in l for l in e.stderr_lines)
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+def test_runs_larger_than_the_write_ahead_file_allows_neither_stall_nor_block():
+    # A backlog of runs that each write 200 KB was packed into one dispatch
+    # job too large for a 1 MiB write-ahead file: refused, retried whole
+    # every second, for ever. A run whose own effects could never fit (600
+    # KB) was retried the same way and held back every other subject.
+    runs_larger_than_the_write_ahead_file(1)
+
+
+def test_runs_larger_than_the_write_ahead_file_with_workers_alike():
+    runs_larger_than_the_write_ahead_file(2)
+    # A worker's result was applied without its size: a 600 KB run was
+    # committed, and one larger than a whole write failed its dispatch job.
+    handler = handler_file(
+        "return function(e, ctx)\n"
+        "  local t = ctx.kv('big')\n"
+        "  for i = 1, e.data.parts do t:put(e.id .. '/' .. i, ('x'):rep(e.data.size)) end\n"
+        "end\n")
+    cfg = config("  big:\n    topics: [\"big.x\"]\n    handler: %s\n    workers: 2\n"
+                 % handler, extra_engine="  wal_size: 1MiB\n")
+    try:
+        with Engine(config=cfg) as e:
+            assert e.request("POST", "/subscriptions/big/pause")[0] == 200
+            e.publish(mtlib.event("half", subject="h", type_="big.x",
+                                  data={"parts": 3, "size": 200000}))
+            e.publish(mtlib.event("whole", subject="w", type_="big.x",
+                                  data={"parts": 3, "size": 400000}))
+            e.publish(mtlib.event("small", subject="s", type_="big.x",
+                                  data={"parts": 1, "size": 10}))
+            assert e.request("POST", "/subscriptions/big/resume")[0] == 200
+            s = wait_for(lambda: (lambda s: s["position"] == 3 and s)(status(e, "big")),
+                         timeout=60, what="all 3 events taken")
+            assert s["handled"] == 1 and s["dlq"] == 2, s
+            dlq = json.loads(e.request("GET", "/subscriptions/big/dlq")[2])
+            assert [d["subject"] for d in dlq] == ["h", "w"], dlq
+            assert all("of the write-ahead file, more than half" in d["reason"] for d in dlq), dlq
+            assert list(table(e, "big")) == ["e-small/1"]
             assert not any("does not fit the write-ahead file" in l for l in e.stderr_lines)
     finally:
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
