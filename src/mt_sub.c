@@ -3196,6 +3196,11 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
     mt_sub_conf *conf;
     rc = mt_topo_parse_sub(name, yaml, strlen(yaml), "request", &conf, errs);
     free(yaml);
+    if (rc == MT_OK && conf->pull && conf->workers > 1) {
+        add_err(errs, "request: error: %s", mt_topo_workers_unused(name));
+        mt_sub_conf_free(conf);
+        rc = MT_ECONFIG;
+    }
     if (rc) {
         json_decref(body);
         return rc;

@@ -1044,6 +1044,14 @@ bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_or
     return ok;
 }
 
+const char *mt_topo_workers_unused(const char *name)
+{
+    static _Thread_local char msg[160];
+    snprintf(msg, sizeof msg, "subscription '%s': workers runs handlers; a pull or webhook "
+             "subscription has none (its consumers are its workers)", name);
+    return msg;
+}
+
 bool mt_topo_valid_sub_name(const char *s, size_t n)
 {
     if (n == 0 || n > 64) {
@@ -1073,6 +1081,10 @@ static void read_sub(loader *ld, mt_sub_conf *c, const yaml_node_t *body)
     if (c->max_backoff_ms < c->backoff_ms) {
         err_node(ld, body, "subscription '%s': retry.max_backoff is shorter than "
                  "retry.backoff", c->name);
+    }
+    if (c->pull && c->workers > 1 && !ld->over_http) {
+        /* Over HTTP the caller says so: a definition an older engine stored still loads. */
+        err_node(ld, body, "%s", mt_topo_workers_unused(c->name));
     }
     ld->sub = NULL;
 }

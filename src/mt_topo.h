@@ -192,6 +192,13 @@ mt_err mt_topo_parse_sub(const char *name, const char *text, size_t len, const c
                          mt_sub_conf **out, mt_topo_errs *errs);
 
 /*
+ * Why `workers` above 1 is refused for a pull or webhook subscription (it
+ * runs nothing): in topology files at once, over HTTP by the PUT (a
+ * definition an older engine stored with it still loads). Per thread.
+ */
+const char *mt_topo_workers_unused(const char *name);
+
+/*
  * mt_topo_parse_sub for a definition stored earlier, to learn what it
  * declares even when its handler file is gone: a handler that cannot be
  * read is not an error here.

@@ -152,6 +152,21 @@ def test_bad_workers_values_are_configuration_errors():
                  "    workers: 0\n")
     rc, out, err = mtlib.run_cli("check", "-c", cfg)
     assert rc == 78 and "workers" in err, (rc, err)
+    # A pull or webhook subscription runs no handler: workers would do nothing.
+    for deliver in ("pull", "{ webhook: { url: \"http://127.0.0.1:9/x\" } }"):
+        cfg = config("  w:\n    topics: [\"a\"]\n    deliver: %s\n    workers: 2\n" % deliver)
+        rc, out, err = mtlib.run_cli("check", "-c", cfg)
+        assert rc == 78 and "workers runs handlers; a pull or webhook subscription" in err, \
+            (rc, err)
+        assert "topology.yaml:4:5: error" in err, err  # where its settings start
+    with Engine() as e:
+        for deliver in ("pull", {"webhook": {"url": "http://127.0.0.1:9/x"}}):
+            st, _, body = e.request("PUT", "/subscriptions/w",
+                                    {"topics": ["a"], "deliver": deliver, "workers": 2})
+            assert st == 400 and "workers runs handlers" in json.loads(body)["detail"], body
+        st, _, body = e.request("PUT", "/subscriptions/w",
+                                {"topics": ["a"], "deliver": "pull", "workers": 1})
+        assert st == 201, body
 
 
 if __name__ == "__main__":
