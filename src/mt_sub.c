@@ -83,6 +83,7 @@ typedef struct dispatch_out {
     bool appended;        /* handlers emitted events */
     int64_t next_due_us;  /* earliest retry, 0 = none */
     mt_spec_round *round; /* in: the workers' results for this job, or NULL */
+    uint64_t cursor;      /* the subscription's position when the job ended */
     mt_cursor *kv_cur;    /* during the job: its cursor on the kv tables, lent to each run */
     uint64_t write_max;   /* during the job: what its writes may take (mt_txn_job_max) */
 } dispatch_out;
@@ -109,8 +110,9 @@ struct sub_rt {
     int64_t stalled_logged_us;   /* ... and when that was last logged */
     mt_spec *spec;               /* workers > 1: handlers run ahead on worker threads */
     bool spec_running;           /* a round is running */
-    mt_spec_round *ready[SPEC_READY_MAX]; /* finished rounds waiting for jobs, oldest first */
-    uint64_t ready_from[SPEC_READY_MAX];  /* ... where each started */
+    /* Finished rounds waiting for jobs, oldest first (one more: a round a job left unfinished). */
+    mt_spec_round *ready[SPEC_READY_MAX + 1];
+    uint64_t ready_from[SPEC_READY_MAX + 1]; /* ... where each started */
     int nready;
     uint64_t spec_end;           /* the last sequence a round covered */
     uint64_t spec_upto;          /* the head when a round was last asked for (UINT64_MAX: failed) */
@@ -1111,6 +1113,7 @@ typedef struct dispatch_job {
     sub_rt *s;
     int budget;           /* handler runs this job may do */
     uint64_t upto;        /* the last new event it may take (with workers: the rounds' end) */
+    uint64_t round_from;  /* where its round started */
     dispatch_out out;
 } dispatch_job;
 
@@ -1331,6 +1334,7 @@ static mt_err dispatch_body(mt_txn *t, dispatch_job *dj)
     if (rc == MT_OK && !st.exists) {
         rc = initial_cursor(t, c, &st.cursor);
     }
+    out->cursor = st.cursor;
     if (rc == MT_OK && st.paused) {
         return st.exists ? MT_OK : save_state(t, c->name, &st);
     }
@@ -1362,6 +1366,7 @@ static mt_err dispatch_body(mt_txn *t, dispatch_job *dj)
     if (rc == MT_OK && (!st.exists || memcmp(&before, &st, sizeof st) != 0)) {
         rc = save_state(t, c->name, &st);
     }
+    out->cursor = st.cursor;
     return rc;
 }
 
@@ -1451,7 +1456,21 @@ static void dispatch_done(mt_err rc, void *arg)
     } else {
         s->job_budget = EVENTS_PER_JOB;
     }
-    mt_spec_round_free(dj->out.round);
+    mt_spec_round *r = dj->out.round;
+    if (rc == MT_OK && r && dj->out.cursor < mt_spec_round_end(r) && !s->subs->closing) {
+        /*
+         * The job stopped within its round (it wrote what one job may, a
+         * strict subscription's message failed, a pause): the next job
+         * applies the rest rather than the writer running it again.
+         */
+        memmove(s->ready + 1, s->ready, (size_t) s->nready * sizeof *s->ready);
+        memmove(s->ready_from + 1, s->ready_from, (size_t) s->nready * sizeof *s->ready_from);
+        s->ready[0] = r;
+        s->ready_from[0] = dj->round_from;
+        s->nready++;
+    } else {
+        mt_spec_round_free(r);
+    }
     if (s->spec && s->ahead_conflicts != s->conflicts_seen) {
         /*
          * Some overlay was wrong (a key another subject wrote, a run that
@@ -1545,7 +1564,7 @@ static void spec_done(mt_spec_round *round, void *arg)
 {
     sub_rt *s = arg;
     s->spec_running = false;
-    mt_assert(s->nready < SPEC_READY_MAX);
+    mt_assert(s->nready <= SPEC_READY_MAX); /* room for one a job gave back */
     s->ready_from[s->nready] = s->spec_from;
     s->ready[s->nready++] = round;
     if (mt_spec_round_end(round) > s->spec_end) {
@@ -1563,7 +1582,7 @@ static void spec_done(mt_spec_round *round, void *arg)
  */
 static bool spec_begin(sub_rt *s)
 {
-    if (s->spec_running || s->nready == SPEC_READY_MAX) {
+    if (s->spec_running || s->nready >= SPEC_READY_MAX) {
         return false;
     }
     mt_txn *t;
@@ -1650,6 +1669,7 @@ static void submit(sub_rt *s)
     if (s->nready) {
         mt_spec_round *r = s->ready[0];
         dj->out.round = r;
+        dj->round_from = s->ready_from[0];
         dj->upto = mt_spec_round_end(r) > s->ready_from[0] ? mt_spec_round_end(r) : UINT64_MAX;
         s->nready--;
         memmove(s->ready, s->ready + 1, (size_t) s->nready * sizeof *s->ready);
