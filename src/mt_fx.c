@@ -349,8 +349,11 @@ mt_fx_effects *mt_fx_record_end(mt_fx *fx, bool keep)
          * It runs again on the writer, which will most likely write what it
          * wrote up to here: the worker's next runs read that (a counter
          * after an emit), and the writer checks every value read anyway.
+         * Not a run that failed: the store never gets its writes.
          */
-        merge_keys(r->ov->kv, r->writes);
+        if (keep) {
+            merge_keys(r->ov->kv, r->writes);
+        }
         rec_free(r);
         return NULL;
     }
@@ -410,7 +413,7 @@ mt_err mt_fx_effects_apply(const mt_fx_effects *e, mt_fx *fx, bool writes)
             pend_spill(fx->rec);
             merge_keys(fx->rec->writes, e->writes);
             /* Counted as if written here: what a run may write is checked on the writer. */
-            fx->rec->written += e->written + json_object_size(e->writes) * 64;
+            fx->rec->written += e->written;
         } else {
             mt_err rc = write_all(fx->txn, e->writes);
             if (rc) {
@@ -704,7 +707,9 @@ size_t mt_fx_pending_bytes(const mt_fx *fx)
 {
     size_t n = (size_t) fx->emitted * 512; /* an event's record and index entries */
     if (fx->rec) {
-        n += fx->rec->written + (size_t) fx->rec->npend * 64;
+        /* Each key's overhead, whether its write waits in 'pend' or in 'writes'. */
+        size_t keys = fx->rec->writes ? json_object_size(fx->rec->writes) : (size_t) fx->rec->npend;
+        n += fx->rec->written + keys * 64;
     }
     if (fx->emits) {
         n += fx->emits->buf.len;

@@ -110,6 +110,11 @@ uint64_t mt_spec_round_end(const mt_spec_round *r)
     return r->end;
 }
 
+bool mt_spec_round_covered(const mt_spec_round *r)
+{
+    return r->end > r->base;
+}
+
 typedef struct round_ctx {
     worker *w;
     mt_txn *snap;

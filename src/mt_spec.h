@@ -89,6 +89,9 @@ void mt_spec_start(mt_spec *sp, uint64_t base, uint64_t span, mt_spec_plan_fn pl
 /* The last sequence a finished round covered. */
 uint64_t mt_spec_round_end(const mt_spec_round *r);
 
+/* Whether it looked at any event (its snapshot may have failed). */
+bool mt_spec_round_covered(const mt_spec_round *r);
+
 /*
  * Takes a finished round's result for 'seq' once, or NULL. It stays the
  * round's: valid until mt_spec_round_free. Any thread that owns the round

@@ -112,11 +112,10 @@ struct sub_rt {
     bool spec_running;           /* a round is running */
     /* Finished rounds waiting for jobs, oldest first (one more: a round a job left unfinished). */
     mt_spec_round *ready[SPEC_READY_MAX + 1];
-    uint64_t ready_from[SPEC_READY_MAX + 1]; /* ... where each started */
     int nready;
     uint64_t spec_end;           /* the last sequence a round covered */
     uint64_t spec_upto;          /* the head when a round was last asked for (UINT64_MAX: failed) */
-    uint64_t spec_from;          /* where the round running started */
+    bool spec_reset;             /* overlays dropped: no round until those waiting are applied */
     uint64_t conflicts_seen;     /* ahead_conflicts when the last job ended */
     _Atomic uint64_t ahead_used; /* results of the workers applied by the writer */
     _Atomic uint64_t ahead_rerun; /* results the writer ran again (a read changed, an emit) */
@@ -1113,7 +1112,6 @@ typedef struct dispatch_job {
     sub_rt *s;
     int budget;           /* handler runs this job may do */
     uint64_t upto;        /* the last new event it may take (with workers: the rounds' end) */
-    uint64_t round_from;  /* where its round started */
     dispatch_out out;
 } dispatch_job;
 
@@ -1464,9 +1462,7 @@ static void dispatch_done(mt_err rc, void *arg)
          * applies the rest rather than the writer running it again.
          */
         memmove(s->ready + 1, s->ready, (size_t) s->nready * sizeof *s->ready);
-        memmove(s->ready_from + 1, s->ready_from, (size_t) s->nready * sizeof *s->ready_from);
         s->ready[0] = r;
-        s->ready_from[0] = dj->round_from;
         s->nready++;
     } else {
         mt_spec_round_free(r);
@@ -1480,6 +1476,7 @@ static void dispatch_done(mt_err rc, void *arg)
          */
         s->conflicts_seen = s->ahead_conflicts;
         mt_spec_reset(s->spec);
+        s->spec_reset = true;
     }
     dispatch_settle(s, &dj->out, rc);
     free(dj);
@@ -1565,7 +1562,6 @@ static void spec_done(mt_spec_round *round, void *arg)
     sub_rt *s = arg;
     s->spec_running = false;
     mt_assert(s->nready <= SPEC_READY_MAX); /* room for one a job gave back */
-    s->ready_from[s->nready] = s->spec_from;
     s->ready[s->nready++] = round;
     if (mt_spec_round_end(round) > s->spec_end) {
         s->spec_end = mt_spec_round_end(round);
@@ -1582,11 +1578,18 @@ static void spec_done(mt_spec_round *round, void *arg)
  */
 static bool spec_begin(sub_rt *s)
 {
-    if (s->spec_running || s->nready >= SPEC_READY_MAX) {
+    if (s->spec_running || s->nready >= SPEC_READY_MAX ||
+        (s->spec_reset && (s->nready || s->inflight))) {
+        /*
+         * After the overlays were dropped, a round would read from its
+         * snapshot what the rounds still waiting write: it would conflict,
+         * drop them again, and so on while there is a backlog.
+         */
         return false;
     }
     mt_txn *t;
     if (mt_store_read_begin(s->subs->store, &t)) {
+        s->spec_upto = UINT64_MAX; /* the writer takes what there is */
         return false;
     }
     sub_state st;
@@ -1606,8 +1609,8 @@ static bool spec_begin(sub_rt *s)
         return false;
     }
     uint64_t span = head - from < SCANS_PER_JOB ? head - from : SCANS_PER_JOB;
-    s->spec_from = from;
     s->spec_running = true;
+    s->spec_reset = false;
     s->refs++;
     mt_spec_start(s->spec, from, span, spec_plan, s, spec_done, s);
     return true;
@@ -1669,11 +1672,9 @@ static void submit(sub_rt *s)
     if (s->nready) {
         mt_spec_round *r = s->ready[0];
         dj->out.round = r;
-        dj->round_from = s->ready_from[0];
-        dj->upto = mt_spec_round_end(r) > s->ready_from[0] ? mt_spec_round_end(r) : UINT64_MAX;
+        dj->upto = mt_spec_round_covered(r) ? mt_spec_round_end(r) : UINT64_MAX;
         s->nready--;
         memmove(s->ready, s->ready + 1, (size_t) s->nready * sizeof *s->ready);
-        memmove(s->ready_from, s->ready_from + 1, (size_t) s->nready * sizeof *s->ready_from);
     }
     if (sub_submit(s, dispatch_run, dispatch_done, dj) == MT_OK) {
         s->inflight++;

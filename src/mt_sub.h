@@ -118,7 +118,7 @@ void mt_subs_each(mt_subs *subs, void (*fn)(const mt_sub_conf *conf, void *arg),
 /*
  * Status of one subscription ('name') or of all (name NULL: a JSON array)
  * as a new JSON value: position, head, lag, handled, retried, dead_lettered,
- * retrying (messages parked), dlq (entries now), last_error. MT_ENOTFOUND.
+ * retrying (messages that failed and wait for another attempt), dlq (entries now), last_error. MT_ENOTFOUND.
  */
 mt_err mt_subs_status(mt_subs *subs, mt_txn *t, const char *name, json_t **out);
 

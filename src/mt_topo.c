@@ -1046,7 +1046,7 @@ bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_or
 
 const char *mt_topo_workers_unused(const char *name)
 {
-    static _Thread_local char msg[160];
+    static _Thread_local char msg[256];
     snprintf(msg, sizeof msg, "subscription '%s': workers runs handlers; a pull or webhook "
              "subscription has none (its consumers are its workers)", name);
     return msg;

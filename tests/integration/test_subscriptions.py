@@ -334,6 +334,26 @@ def test_runs_larger_than_the_write_ahead_file_with_workers_alike():
             assert not any("does not fit the write-ahead file" in l for l in e.stderr_lines)
     finally:
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+    # Many small keys: each key's overhead counts alike on the writer (past
+    # 64 keys it used not to) and for a worker's result.
+    many = handler_file(
+        "return function(e, ctx)\n"
+        "  local t = ctx.kv('many')\n"
+        "  for i = 1, 3000 do t:put(tostring(i), ('x'):rep(140)) end\n"
+        "end\n")
+    try:
+        for w in (1, 2):
+            cfg = config("  many:\n    topics: [\"m.x\"]\n    handler: %s\n    workers: %d\n"
+                         % (many, w), extra_engine="  wal_size: 1MiB\n")
+            with Engine(config=cfg) as e:
+                assert e.request("POST", "/subscriptions/many/pause")[0] == 200
+                e.publish(mtlib.event("m", subject="m", type_="m.x"))
+                assert e.request("POST", "/subscriptions/many/resume")[0] == 200
+                s = wait_for(lambda: (lambda s: s["position"] == 1 and s)(status(e, "many")),
+                             timeout=60, what="the event taken")
+                assert s["handled"] == 0 and s["dlq"] == 1, (w, s)
+    finally:
+        shutil.rmtree(os.path.dirname(many), ignore_errors=True)
 
 
 def test_a_subscription_stuck_on_a_full_store_says_why():
