@@ -2437,6 +2437,22 @@ typedef struct pull_job {
     int closed_for;           /* seconds until the window opens (loop thread: mt_seconds_of_day) */
 } pull_job;
 
+/*
+ * A message still leased when it falls due is one whose lease expired with
+ * neither an ack nor a nack: that attempt failed, and its dead letter says
+ * so beside the errors the nacks gave. (Its token stayed good until now.)
+ */
+static void lease_ran_out(const mt_sub_conf *c, mt_parked *rec)
+{
+    if (rec->state != MT_PARK_LEASED) {
+        return;
+    }
+    char why[96];
+    int n = snprintf(why, sizeof why, "the lease of %llu ms ran out without an ack or a nack",
+                     (unsigned long long) c->lease_ms);
+    mt_parked_add_error(rec, text_entry(rec->attempts, why, (size_t) n), ERRORS_KEPT);
+}
+
 /* Leases 'ev' (parked record 'rec', updated here) to the pull job 'j'. */
 static mt_err lease(sub_rt *s, mt_txn *t, const mt_event *ev, mt_parked *rec, const char *lane,
                     pull_job *j)
@@ -2599,6 +2615,7 @@ static mt_err pull_run(mt_txn *t, void *arg)
         char lane[MAX_LANE + 1];
         mt_event ev;
         void *buf;
+        lease_ran_out(c, &rec);
         rc = load_event(t, mt_get_be64(pk + pkl - 8), &ev, &buf);
         if (rc == MT_OK) {
             if (rec.lane[0] || (c->ordering == MT_ORDER_STRICT && !c->priority)) {

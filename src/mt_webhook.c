@@ -39,6 +39,7 @@ struct hook {
     int keylen;                /* 0 = unsigned */
     slot *slots;               /* owned, conf->webhook_concurrency */
     bool pulling;
+    int64_t pulled_at_us;      /* when the pull in flight was asked for: its leases end after */
     bool again;                /* kicked while pulling: pull again after */
     bool gone;                 /* 410: stop delivering */
     bool retired;              /* its subscription changed or went: freed once idle */
@@ -239,7 +240,7 @@ static void sign(hook *hk, const char *id, const char *ts, const char *body, siz
     snprintf(out, outlen, "v1,%s", b64);
 }
 
-static void send_one(slot *sl, json_t *item)
+static void send_one(slot *sl, json_t *item, int64_t deadline_us)
 {
     hook *hk = sl->hk;
     json_t *raw = json_object_get(item, "raw");
@@ -265,14 +266,24 @@ static void send_one(slot *sl, json_t *item)
     evbuffer_add(evhttp_request_get_output_buffer(req), json_string_value(raw),
                  json_string_length(raw));
     sl->busy = true;
+    int64_t left_us = deadline_us - mt_now_us();
+    if (left_us <= 0) {
+        evhttp_request_free(req);
+        char why[160];
+        snprintf(why, sizeof why,
+                 "nine tenths of the lease (%llu ms) passed before the POST could start "
+                 "(the engine is overloaded)",
+                 (unsigned long long) deadline_ms(hk->conf));
+        settle_lease(sl, MT_LEASE_NACK, backoff_ms(hk->conf, sl->attempt), why);
+        return;
+    }
     if (evhttp_make_request(sl->conn, req, EVHTTP_REQ_POST, hk->path) != 0) {
         settle_lease(sl, MT_LEASE_NACK, backoff_ms(hk->conf, sl->attempt),
                      "cannot send the POST (out of memory?)");
         return;
     }
     sl->req = req;
-    uint64_t ms = deadline_ms(hk->conf);
-    struct timeval tv = {(time_t) (ms / 1000), (suseconds_t) (ms % 1000) * 1000};
+    struct timeval tv = {(time_t) (left_us / 1000000), (suseconds_t) (left_us % 1000000)};
     evtimer_add(sl->deadline, &tv);
 }
 
@@ -289,10 +300,17 @@ static void on_pulled(mt_err rc, json_t *result, void *arg)
     if (rc || hk->w->stopping) {
         return;
     }
+    /*
+     * The leases were granted after the pull was asked for, so they last at
+     * least until then + the lease; a POST ends a tenth of the lease before
+     * that, however long the pull took to come back, and its nack reaches
+     * the writer before the webhook's next pull could find the lease expired.
+     */
+    int64_t deadline_us = hk->pulled_at_us + (int64_t) deadline_ms(hk->conf) * 1000;
     size_t i = 0;
     for (int s = 0; s < hk->conf->webhook_concurrency && i < json_array_size(items); s++) {
         if (!hk->slots[s].busy) {
-            send_one(&hk->slots[s], json_array_get(items, i++));
+            send_one(&hk->slots[s], json_array_get(items, i++), deadline_us);
         }
     }
     int64_t due = json_integer_value(json_object_get(result, "next_due_us"));
@@ -322,6 +340,7 @@ static void hook_fill(hook *hk)
     for (int s = 0; s < hk->conf->webhook_concurrency; s++) {
         free_slots += !hk->slots[s].busy;
     }
+    hk->pulled_at_us = mt_now_us();
     if (free_slots && mt_subs_pull(hk->w->subs, hk->conf->name, (uint32_t) free_slots, on_pulled,
                                    hk) == MT_OK) {
         hk->pulling = true;

@@ -124,6 +124,32 @@ def test_nack_with_delay_then_dead_letter_after_max_attempts():
         assert s["retrying"] == 0 and s["dlq"] == 0, s
 
 
+def test_leases_that_run_out_are_failed_attempts_named_in_the_dead_letter():
+    # A consumer that takes a message and never answers: each lease that
+    # runs out is an attempt, and the dead letter says so for each (it used
+    # to list no error at all). With priority the expired lease first
+    # rejoins the queue, another path to the same record.
+    for extra in ("", "    priority: true\n"):
+        cfg = config("    lease: 200ms\n    retry: { max_attempts: 2 }\n" + extra)
+        with Engine(config=cfg) as e:
+            e.publish(mtlib.event("z", subject="s-z", type_="job.run"))
+            for attempt in (1, 2):
+                items = []
+                deadline = time.monotonic() + 20
+                while not items and time.monotonic() < deadline:
+                    st, items = post(e, "/subscriptions/work/pull?wait=1s")
+                assert len(items) == 1 and items[0]["attempt"] == attempt, (extra, items)
+            dlq = []
+            deadline = time.monotonic() + 20
+            while not dlq and time.monotonic() < deadline:
+                assert post(e, "/subscriptions/work/pull?wait=300ms") == (200, [])
+                dlq = json.loads(e.request("GET", "/subscriptions/work/dlq")[2])
+            assert len(dlq) == 1 and dlq[0]["reason"] == "retries exhausted", (extra, dlq)
+            why = "the lease of 200 ms ran out without an ack or a nack"
+            assert [(x["attempt"], x["error"]) for x in dlq[0]["errors"]] == [
+                (1, why), (2, why)], (extra, dlq)
+
+
 def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
     with Engine(config=config("    priority: true\n")) as e:
         prios = [1, 9, 5, 9, 0, 5, None, 9]
