@@ -16,8 +16,11 @@ With --fields K each event's data carries K more string members of 16
 characters (about 25 bytes of JSON each) besides "n": handlers that read
 none of them show what decoding data they do not use costs.
 
+With --keep DIR the callgrind output of each case is copied to
+DIR/CASE.callgrind, for `callgrind_annotate --inclusive=yes`.
+
 usage: bench/handler_bench.py [--events N] [--moontide PATH] [--cases a-empty,b-kv,...]
-                              [--callgrind] [--fields K]"""
+                              [--callgrind] [--fields K] [--keep DIR]"""
 import argparse
 import http.client
 import json
@@ -81,7 +84,7 @@ def callgrind_total(path):
     raise SystemExit("no total in " + path)
 
 
-def run_case(moontide, n, label, subs, tmp, callgrind=False, fields=0):
+def run_case(moontide, n, label, subs, tmp, callgrind=False, fields=0, keep=""):
     data = os.path.join(tmp, label)
     cfg0, cfg1 = os.path.join(tmp, label + "-0.yaml"), os.path.join(tmp, label + "-1.yaml")
     config(cfg0, [])
@@ -113,6 +116,9 @@ def run_case(moontide, n, label, subs, tmp, callgrind=False, fields=0):
     handled = sum(s["handled"] for s in subs_st)
     stop(p)
     if callgrind:
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(out, os.path.join(keep, label + ".callgrind"))
         return handled, callgrind_total(out)
     return handled, secs
 
@@ -126,6 +132,8 @@ def main():
                     help="count instructions under callgrind instead of timing")
     ap.add_argument("--fields", type=int, default=0,
                     help="string members of 16 characters added to each event's data")
+    ap.add_argument("--keep", default="",
+                    help="with --callgrind: copy each case's callgrind output to this directory")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="moontide-hbench-", dir=os.environ.get("BENCH_DIR", TOP))
     try:
@@ -150,7 +158,8 @@ def main():
         else:
             print("%-12s %10s %10s %14s" % ("case", "handled", "secs", "handled/s"))
         for label, subs in cases:
-            handled, m = run_case(a.moontide, a.events, label, subs, tmp, a.callgrind, a.fields)
+            handled, m = run_case(a.moontide, a.events, label, subs, tmp, a.callgrind, a.fields,
+                                 a.keep)
             if a.callgrind:
                 print("%-12s %10d %16d %14.0f" % (label, handled, m, m / handled), flush=True)
             else:
