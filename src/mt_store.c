@@ -34,6 +34,7 @@
 #define REDO_KEEP (4u << 20) /* a group record buffer larger than this is let go before the next */
 #define HOLD_ENV "MOONTIDE_TEST_CHECKPOINT_HOLD"
 #define REPLAY_HOLD_ENV "MOONTIDE_TEST_REPLAY_HOLD"
+#define SYNC_DELAY_ENV "MOONTIDE_TEST_SYNC_DELAY"
 
 static const char *const db_names[MT_DB_COUNT] = {
     "meta", "log", "streams", "heads", "ids", "subs", "parked", "sched", "dlq", "kv", "subdefs",
@@ -695,6 +696,17 @@ static mt_err checkpoint_now(mt_store *s)
  * the file is removed, so a test can crash the engine at a known point of
  * a checkpoint. Not for production: a held checkpoint holds the next ones.
  */
+/* The MOONTIDE_TEST_SYNC_DELAY=MS test hook: every write-ahead sync takes MS longer (a slow disk). */
+static mt_err slow_sync(uint64_t group, void *arg)
+{
+    (void) group;
+    unsigned ms = (unsigned) (uintptr_t) arg;
+    struct timespec ts = {(time_t) (ms / 1000), (long) (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    return MT_OK;
+}
+
 static void hold_at_file(mt_store_ckpt_stage stage, uint64_t n, void *arg)
 {
     static const char *const names[] = {"syncing", "synced", "recorded"};
@@ -860,6 +872,14 @@ mt_err mt_store_open(const mt_store_opts *opts, mt_store **out)
         s->ckpt_hook = hold_at_file;
         s->ckpt_hook_arg = s->hold_dir;
         mt_warn("store: %s is set: checkpoints wait at '%s' (a test hook)", HOLD_ENV, hold);
+    }
+    const char *slow = getenv(SYNC_DELAY_ENV);
+    if (slow && *slow) {
+        unsigned ms = (unsigned) strtoul(slow, NULL, 10) % 60000;
+        s->sync_hook = slow_sync;
+        s->sync_hook_arg = (void *) (uintptr_t) ms;
+        mt_warn("store: %s is set: every write-ahead sync takes %u ms longer (a test hook)",
+                SYNC_DELAY_ENV, ms);
     }
 
     mt_err rc = make_dir(s->dir);
