@@ -1313,6 +1313,53 @@ static const char dlq_usage[] =
     "  purge SUB [SEQ]     delete dead letters (or one)\n"
     "  --url URL           the engine (default $MOONTIDE_URL or " DEFAULT_URL ")\n";
 
+#define DLQ_PAGE 10000
+
+/*
+ * Prints every dead letter, a page at a time: one request stopped at the
+ * first 10,000 and said nothing of the rest.
+ */
+static int dlq_list_all(client *c, const char *name)
+{
+    uint64_t after = 0;
+    reply r;
+    reply_init(&r);
+    int rc = MT_EXIT_OK;
+    for (;;) {
+        char *path = mt_xasprintf("/subscriptions/%s/dlq?after=%llu&limit=%d", name,
+                                  (unsigned long long) after, DLQ_PAGE);
+        request q = {EVHTTP_REQ_GET, path, NULL, NULL, 0, NULL};
+        mt_err err = client_request(c, &q, &r);
+        free(path);
+        if (err) {
+            rc = report_unreachable(c, &r);
+            break;
+        }
+        if (r.status != 200) {
+            rc = report_http_error(&r);
+            break;
+        }
+        json_t *a = json_loadb(mt_buf_cstr(&r.body), r.body.len, 0, NULL);
+        size_t i;
+        json_t *e;
+        json_array_foreach(a, i, e) {
+            const char *sq = json_string_value(json_object_get(e, "sequence"));
+            after = sq ? strtoull(sq, NULL, 10) : after;
+            char *line = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            printf("%s\n", line);
+            free(line);
+        }
+        size_t n = json_array_size(a);
+        json_decref(a);
+        if (n < DLQ_PAGE) {
+            rc = flush_stdout();
+            break;
+        }
+    }
+    reply_free(&r);
+    return rc;
+}
+
 int mt_client_dlq(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1358,8 +1405,16 @@ int mt_client_dlq(int argc, char **argv)
     char *path;
     enum evhttp_cmd_type method = EVHTTP_REQ_GET;
     if (list) {
-        path = mt_xasprintf("/subscriptions/%s/dlq?limit=10000", name);
-    } else if (show) {
+        client c;
+        int rc = client_open(&c, url);
+        if (rc == MT_EXIT_OK) {
+            rc = dlq_list_all(&c, name);
+        }
+        client_close(&c);
+        free(name);
+        return rc;
+    }
+    if (show) {
         path = mt_xasprintf("/subscriptions/%s/dlq?after=%llu&limit=1", name,
                             (unsigned long long) (seq - 1));
     } else {
@@ -1382,24 +1437,23 @@ int mt_client_dlq(int argc, char **argv)
             rc = report_unreachable(&c, &r);
         } else if (r.status != 200) {
             rc = report_http_error(&r);
-        } else if (list || show) {
+        } else if (show) {
             json_t *a = json_loadb(mt_buf_cstr(&r.body), r.body.len, 0, NULL);
             size_t i;
             json_t *e;
             bool found = false;
             json_array_foreach(a, i, e) {
                 const char *s = json_string_value(json_object_get(e, "sequence"));
-                if (show && (!s || strtoull(s, NULL, 10) != seq)) {
+                if (!s || strtoull(s, NULL, 10) != seq) {
                     continue;
                 }
                 found = true;
-                char *line = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER |
-                                               (show ? JSON_INDENT(2) : 0));
+                char *line = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_INDENT(2));
                 printf("%s\n", line);
                 free(line);
             }
             json_decref(a);
-            if (show && !found) {
+            if (!found) {
                 fprintf(stderr, "moontide: no dead letter for sequence %llu in '%s'\n",
                         (unsigned long long) seq, args[1]);
                 rc = MT_EXIT_DATAERR;

@@ -1055,6 +1055,11 @@ refused:
 static void dlq_answer(mt_err rc, uint64_t count, void *arg)
 {
     struct evhttp_request *req = arg;
+    if (rc == MT_ENOTFOUND) {
+        reply_error(req, 404, "dead letter not found",
+                    "the subscription has no dead letter of the sequence asked for");
+        return;
+    }
     if (rc) {
         reply_error(req, rc == MT_EFULL ? 507 : 500, "storage error", "%s", mt_err_str(rc));
         return;

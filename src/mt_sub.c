@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "mt_diag.h"
 #include "mt_filter.h"
 #include "mt_log.h"
@@ -459,6 +460,26 @@ static mt_err requeue_next(sub_rt *s, mt_txn *t, const char *lane)
     return rc;
 }
 
+/*
+ * A random number for jitter: xorshift64 per thread, seeded from OpenSSL's
+ * generator on first use. random() was never seeded, so every engine drew
+ * the same delays, also after a restart, and retries of engines started
+ * together did not spread at all.
+ */
+static uint64_t jitter_draw(void)
+{
+    static _Thread_local uint64_t x;
+    while (x == 0) {
+        if (RAND_bytes((unsigned char *) &x, sizeof x) != 1) {
+            x = (uint64_t) mt_now_us() ^ ((uint64_t) getpid() << 32);
+        }
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
 int64_t mt_sub_backoff_us(const mt_sub_conf *c, uint32_t attempts)
 {
     uint64_t d = c->backoff_ms;
@@ -470,7 +491,7 @@ int64_t mt_sub_backoff_us(const mt_sub_conf *c, uint32_t attempts)
     }
     /* Equal jitter: half fixed, half random, so retries of many messages spread out. */
     uint64_t half = d * 1000 / 2;
-    return (int64_t) (half + (half ? (uint64_t) random() % (half + 1) : 0));
+    return (int64_t) (half + (half ? jitter_draw() % (half + 1) : 0));
 }
 
 /*
@@ -712,6 +733,7 @@ static mt_err dead_letter(sub_rt *s, mt_txn *t, const mt_event *ev, const mt_par
     json_t *d = json_object();
     json_object_set_new(d, "sequence", json_string(seq));
     json_object_set_new(d, "id", json_string(ev->attr[MT_ATTR_ID]));
+    json_object_set_new(d, "source", json_string(ev->attr[MT_ATTR_SOURCE]));
     json_object_set_new(d, "type", json_string(ev->attr[MT_ATTR_TYPE]));
     if (ev->attr[MT_ATTR_SUBJECT]) {
         json_object_set_new(d, "subject", json_string(ev->attr[MT_ATTR_SUBJECT]));
@@ -2219,6 +2241,7 @@ typedef struct dlq_job {
     uint64_t total;    /* ... and by the runs before it */
     bool more;         /* stopped at DLQ_PER_JOB or its write bound: run again */
     uint64_t upto;     /* the log head when the first run began: later events are not taken */
+    uint64_t from;     /* where the next run looks: past every letter already taken */
     void (*done)(mt_err rc, uint64_t count, void *arg);
     void *arg;
 } dlq_job;
@@ -2259,7 +2282,12 @@ static mt_err dlq_take(mt_txn *t, dlq_job *j)
             j->more = true;
             return MT_OK;
         }
-        size_t kl = dlq_key(k, name, j->seq ? j->seq : 0);
+        /*
+         * One pass in sequence order: a redriven event dead-lettered again
+         * while the later runs wait (its letter has the same key) is behind
+         * 'from', and is not redriven a second time by the same request.
+         */
+        size_t kl = dlq_key(k, name, j->seq ? j->seq : j->from);
         const void *ck, *cv;
         size_t ckl, cvl;
         mt_err rc = mt_store_first_with_prefix(t, MT_DB_DLQ, k, kl, pl, &ck, &ckl, &cv, &cvl);
@@ -2268,7 +2296,11 @@ static mt_err dlq_take(mt_txn *t, dlq_job *j)
         if (rc && rc != MT_ENOTFOUND) {
             return rc;
         }
-        if (!found || (j->seq && seq != j->seq) || seq > j->upto) {
+        if (j->seq && (!found || seq != j->seq)) {
+            /* Asked for by sequence: not there is an answer of its own (404), not 0 done. */
+            return j->count ? MT_OK : MT_ENOTFOUND;
+        }
+        if (!found || seq > j->upto) {
             return MT_OK;
         }
         kl = dlq_key(k, name, seq);
@@ -2302,6 +2334,7 @@ static mt_err dlq_take(mt_txn *t, dlq_job *j)
             return rc;
         }
         j->count++;
+        j->from = seq + 1;
         if (j->seq) {
             return MT_OK;
         }
