@@ -50,7 +50,7 @@ struct mt_lua {
     void *log_arg;
     int module_ref; /* registry ref of what the handler file returned, or LUA_NOREF */
     int handle_ref; /* registry ref of the handler function, or LUA_NOREF */
-    mt_buf trace;   /* traceback recorded by the message handler */
+    mt_buf trace;   /* traceback recorded by the message handler, or where memory ran out */
     free_block *small[SMALL_CLASSES]; /* freed small blocks, by class (small_get) */
     size_t small_kept;                /* bytes in 'small' */
 };
@@ -145,6 +145,48 @@ static void *block_resize(mt_lua *lu, void *p, size_t old, size_t n)
     return q;
 }
 
+#define MEM_TRACE_LEVELS 20 /* frames a memory failure's traceback shows at most */
+
+/*
+ * Records in lu->trace where the running call is as an allocation is
+ * refused: Lua raises a memory error without calling the message handler,
+ * so the dead letter had no traceback for it. Only reads the call stack
+ * (lua_getstack, lua_getinfo without 'f' or 'L' push nothing and allocate
+ * nothing in the state), so it is safe inside the allocator; the text is
+ * built in C memory. The last refusal wins: Lua retries once after an
+ * emergency collection, and the refusal that fails the call is the last.
+ */
+static void trace_refusal(mt_lua *lu)
+{
+    lua_State *L = lu->L;
+    mt_buf *b = &lu->trace;
+    b->len = 0;
+    mt_buf_adds(b, "stack traceback:");
+    lua_Debug ar;
+    int level = 0;
+    for (; level < MEM_TRACE_LEVELS && lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sln", &ar)) {
+            break;
+        }
+        mt_buf_addf(b, "\n\t%s:", ar.short_src);
+        if (ar.currentline > 0) {
+            mt_buf_addf(b, "%d:", ar.currentline);
+        }
+        if (ar.name) {
+            mt_buf_addf(b, " in %s '%s'", *ar.namewhat ? ar.namewhat : "function", ar.name);
+        } else if (*ar.what == 'm') {
+            mt_buf_adds(b, " in main chunk");
+        } else if (*ar.what == 'C') {
+            mt_buf_adds(b, " in ?");
+        } else {
+            mt_buf_addf(b, " in function <%s:%d>", ar.short_src, ar.linedefined);
+        }
+    }
+    if (level == MEM_TRACE_LEVELS && lua_getstack(L, level, &ar)) {
+        mt_buf_adds(b, "\n\t...");
+    }
+}
+
 /*
  * Every byte the state holds goes through here, so the limit covers the
  * whole state (the limit counts what Lua asked for; freed small blocks kept
@@ -166,6 +208,9 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize > old && !lu->unlimited &&
         (nsize - old > lu->limit || lu->used > lu->limit - (nsize - old))) {
         lu->mem_failed = true;
+        if (lu->in_call) {
+            trace_refusal(lu);
+        }
         return NULL;
     }
     void *p = block_resize(lu, ptr, old, nsize);
@@ -926,7 +971,7 @@ mt_err mt_lua_call(mt_lua *lu, int nargs, int nresults, mt_buf *error, mt_buf *t
     if (error) {
         mt_buf_add(error, text, len);
     }
-    if (traceback && st == LUA_ERRRUN && lu->trace.len) {
+    if (traceback && (st == LUA_ERRRUN || st == LUA_ERRMEM) && lu->trace.len) {
         mt_buf_add(traceback, lu->trace.data, lu->trace.len);
     }
     lua_settop(L, base - 1);

@@ -214,6 +214,10 @@ def test_poison_messages_are_isolated_and_others_keep_flowing():
         for kind, text in bad.items():
             d = by_subject["bad-" + kind]
             assert text in d["errors"][-1]["error"], (kind, d)
+        # Every failure says where, the memory bomb too (it had no traceback).
+        for kind in ("loop", "bomb", "malformed"):
+            tb = by_subject["bad-" + kind]["errors"][-1].get("traceback", "")
+            assert "stack traceback:" in tb and "poison.lua:" in tb, (kind, tb)
         assert by_subject["bad-reject"]["reason"].startswith("rejected"), by_subject["bad-reject"]
         assert len(by_subject["bad-reject"]["errors"]) == 1  # no retries for a rejection
         assert by_subject["bad-reject_bare"]["reason"] == "rejected: no reason given"

@@ -298,14 +298,28 @@ static void test_lua_memory_limit_stops_a_bomb_and_the_state_serves_on(void **st
     lua_State *L = mt_lua_state(lu);
     load_fixture(lu, "memory_bomb.lua");
     for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
-        mt_buf err;
+        mt_buf err, tb;
         mt_buf_init(&err);
-        assert_int_equal(call_handler(lu, kinds[i], &err, NULL), MT_ELUA);
+        mt_buf_init(&tb);
+        assert_int_equal(call_handler(lu, kinds[i], &err, &tb), MT_ELUA);
         if (strcmp(mt_buf_cstr(&err), "memory limit of 4194304 bytes exceeded") != 0) {
             print_error("kind %s: %s\n", kinds[i], mt_buf_cstr(&err));
             fail();
         }
+        /* Where it ran out, as for any other error (Lua calls no message handler for it). */
+        if (!strstr(mt_buf_cstr(&tb), "stack traceback:") ||
+            !strstr(mt_buf_cstr(&tb), "memory_bomb.lua:")) {
+            print_error("kind %s: traceback '%s'\n", kinds[i], mt_buf_cstr(&tb));
+            fail();
+        }
+        if (strcmp(kinds[i], "string") == 0) {
+            assert_non_null(strstr(mt_buf_cstr(&tb), "memory_bomb.lua:6:"));
+        }
+        if (strcmp(kinds[i], "rep") == 0) {
+            assert_non_null(strstr(mt_buf_cstr(&tb), "[C]: in field 'rep'"));
+        }
         mt_buf_free(&err);
+        mt_buf_free(&tb);
         assert_int_equal(lua_gettop(L), 0);
         assert_int_equal(call_handler(lu, "none", NULL, NULL), MT_OK);
         assert_string_equal(lua_tostring(L, -1), "ok");
