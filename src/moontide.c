@@ -52,7 +52,9 @@ static const char usage_run[] =
     "  -c, --config FILE     topology file\n"
     "      --data-dir DIR    overrides engine.data_dir\n"
     "      --listen H:P      overrides engine.listen (port 0 picks a free port)\n"
-    "SIGTERM or SIGINT drains: accepted events are committed and answered, then exit 0.\n";
+    "SIGTERM or SIGINT drains: accepted events are committed and answered, then exit 0.\n"
+    "SIGHUP loads every handler again from its file (a handler that does not compile\n"
+    "is logged and keeps its running code); the topology file is read only at start.\n";
 
 static const char usage_check[] =
     "usage: moontide check [-c FILE | FILE]\n"
@@ -144,6 +146,13 @@ static int cmd_check(int argc, char **argv)
 static void on_sub_change(const char *name, const mt_sub_conf *conf, void *arg)
 {
     mt_webhooks_update(arg, name, conf);
+}
+
+/* SIGHUP: handlers are loaded again from their files (a fix, then a redrive). */
+static void on_reload(void *arg)
+{
+    mt_info("received SIGHUP: loading handlers again");
+    mt_subs_reload(arg);
 }
 
 /* New events may be there: webhooks lease them at once. */
@@ -292,6 +301,7 @@ static int cmd_run(int argc, char **argv)
     mt_subs_on_kick(subs, on_kick, hooks);
     mt_subs_kick(subs);
     mt_loop_on_stop(loop, NULL, NULL);
+    mt_loop_on_reload(loop, on_reload, subs);
     {
         char port[8];
         snprintf(port, sizeof port, "%u", mt_http_port(http));

@@ -12,9 +12,12 @@ struct mt_loop {
     struct event *wake;        /* activated from the store's writer thread */
     struct event *sig_term;
     struct event *sig_int;
+    struct event *sig_hup;
     mt_store *store;           /* borrowed */
     void (*on_stop)(int sig, void *arg);
     void *stop_arg;
+    void (*on_reload)(void *arg);
+    void *reload_arg;
     bool stopping;
 };
 
@@ -67,6 +70,9 @@ void mt_loop_free(mt_loop *l)
     }
     if (l->sig_int) {
         event_free(l->sig_int);
+    }
+    if (l->sig_hup) {
+        event_free(l->sig_hup);
     }
     event_base_free(l->base);
     free(l);
@@ -133,6 +139,26 @@ void mt_loop_on_stop(mt_loop *l, void (*on_stop)(int sig, void *arg), void *arg)
     l->sig_int = evsignal_new(l->base, SIGINT, on_signal, l);
     event_add(l->sig_term, NULL);
     event_add(l->sig_int, NULL);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void) sig;
+    (void) what;
+    mt_loop *l = arg;
+    if (!l->stopping && l->on_reload) {
+        l->on_reload(l->reload_arg);
+    }
+}
+
+void mt_loop_on_reload(mt_loop *l, void (*on_reload)(void *arg), void *arg)
+{
+    l->on_reload = on_reload;
+    l->reload_arg = arg;
+    if (!l->sig_hup) {
+        l->sig_hup = evsignal_new(l->base, SIGHUP, on_hup, l);
+        event_add(l->sig_hup, NULL);
+    }
 }
 
 int mt_loop_run(mt_loop *l)

@@ -41,6 +41,9 @@ void mt_loop_detach_store(mt_loop *l);
  */
 void mt_loop_on_stop(mt_loop *l, void (*on_stop)(int sig, void *arg), void *arg);
 
+/* On SIGHUP (unless stopping), calls 'on_reload'. Without it SIGHUP ends the process. */
+void mt_loop_on_reload(mt_loop *l, void (*on_reload)(void *arg), void *arg);
+
 /* Runs until stopped. Returns 0, or -1 if the loop failed. */
 int mt_loop_run(mt_loop *l);
 

@@ -705,8 +705,7 @@ static json_t *error_entry(uint32_t attempt, attempt_result *r)
     return e;
 }
 
-static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
-                             bool (*only)(const void *v, size_t vl));
+static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name);
 
 /*
  * Makes st's dead-letter count known: a state saved before it was kept
@@ -717,7 +716,7 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
 static void dlq_count_known(mt_txn *t, const char *name, sub_state *st)
 {
     if (!st->dlq_known) {
-        st->dlq = count_prefix(t, MT_DB_DLQ, name, NULL);
+        st->dlq = count_prefix(t, MT_DB_DLQ, name);
         st->dlq_known = true;
     }
 }
@@ -2049,8 +2048,7 @@ bool mt_subs_has(mt_subs *subs, const char *name)
 }
 
 /* Counts keys in 'db' that start with 'name NUL' (and whose values 'only' takes, if given). */
-static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
-                             bool (*only)(const void *v, size_t vl))
+static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name)
 {
     uint8_t pfx[KEY_MAX];
     size_t pl = name_prefix(pfx, name);
@@ -2063,25 +2061,53 @@ static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name,
     size_t kl, vl;
     mt_err rc = mt_store_cursor_seek(c, pfx, pl, &k, &kl, &v, &vl);
     while (rc == MT_OK && kl >= pl && memcmp(k, pfx, pl) == 0) {
-        n += !only || only(v, vl);
+        n++;
         rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
     }
     mt_store_cursor_close(c);
     return n;
 }
 
+/* A subscription's held messages, by why they are held. */
+typedef struct parked_census {
+    uint64_t retrying; /* failed, waiting for another attempt (a backoff, a nack's delay) */
+    uint64_t leased;   /* out with a pull consumer or a webhook POST */
+    uint64_t waiting;  /* behind their lane's head, until their time, queued by priority */
+} parked_census;
+
 /*
- * Whether a parked message failed and waits for another attempt (a retry's
- * backoff, a nack's delay). Messages parked for other
- * reasons are not retrying: those blocked behind their lane's head, held
- * back until their time, leased, or queued by priority.
+ * Counts 'name's held messages in one pass, reading each record's header
+ * only. Messages held behind a retrying one are past the position, so
+ * `lag` leaves them out; `waiting` is where they show.
  */
-static bool retrying(const void *v, size_t vl)
+static parked_census census(mt_txn *t, const char *name)
 {
-    mt_park_state state;
-    uint32_t attempts;
-    return mt_parked_peek(v, vl, &state, &attempts) == MT_OK && state == MT_PARK_RETRY &&
-           attempts > 0;
+    parked_census n = {0, 0, 0};
+    uint8_t pfx[KEY_MAX];
+    size_t pl = name_prefix(pfx, name);
+    mt_cursor *c;
+    if (mt_store_cursor_open(t, MT_DB_PARKED, &c)) {
+        return n;
+    }
+    const void *k, *v;
+    size_t kl, vl;
+    mt_err rc = mt_store_cursor_seek(c, pfx, pl, &k, &kl, &v, &vl);
+    while (rc == MT_OK && kl >= pl && memcmp(k, pfx, pl) == 0) {
+        mt_park_state state;
+        uint32_t attempts;
+        if (mt_parked_peek(v, vl, &state, &attempts) == MT_OK) {
+            if (state == MT_PARK_RETRY && attempts > 0) {
+                n.retrying++;
+            } else if (state == MT_PARK_LEASED) {
+                n.leased++;
+            } else {
+                n.waiting++;
+            }
+        }
+        rc = mt_store_cursor_next(c, &k, &kl, &v, &vl);
+    }
+    mt_store_cursor_close(c);
+    return n;
 }
 
 /* The status fields kept in the store for subscription 'name'. */
@@ -2099,9 +2125,11 @@ static json_t *stored_status(mt_txn *t, const char *name, uint64_t head)
     json_object_set_new(o, "dead_lettered", json_integer((json_int_t) st.dead));
     json_object_set_new(o, "expired", json_integer((json_int_t) st.expired));
     json_object_set_new(o, "paused", json_boolean(st.paused));
-    json_object_set_new(o, "retrying",
-                        json_integer((json_int_t) count_prefix(t, MT_DB_PARKED, name, retrying)));
-    uint64_t dlq = st.dlq_known ? st.dlq : count_prefix(t, MT_DB_DLQ, name, NULL);
+    parked_census held = census(t, name);
+    json_object_set_new(o, "retrying", json_integer((json_int_t) held.retrying));
+    json_object_set_new(o, "waiting", json_integer((json_int_t) held.waiting));
+    json_object_set_new(o, "leased", json_integer((json_int_t) held.leased));
+    uint64_t dlq = st.dlq_known ? st.dlq : count_prefix(t, MT_DB_DLQ, name);
     json_object_set_new(o, "dlq", json_integer((json_int_t) dlq));
     json_t *le = NULL;
     if (st.last_error[0]) {
@@ -3037,6 +3065,7 @@ typedef struct def_job {
     sub_rt *fresh;            /* put: the subscription that takes over */
     sub_rt *victim;           /* delete: the subscription going (a reference) */
     bool created;
+    bool reload;              /* 'fresh' is the same definition with its handler loaded again */
     mt_pull_done_fn done;
     void *arg;
 } def_job;
@@ -3044,6 +3073,9 @@ typedef struct def_job {
 static mt_err def_run(mt_txn *t, void *arg)
 {
     def_job *j = arg;
+    if (j->reload) {
+        return MT_OK; /* nothing stored changes: the job only orders the swap after earlier ones */
+    }
     if (!j->def) {
         mt_err rc = mt_store_del(t, MT_DB_SUBDEFS, j->name, strlen(j->name));
         if (rc == MT_OK || rc == MT_ENOTFOUND) {
@@ -3086,7 +3118,7 @@ static void def_done(mt_err rc, void *arg)
         dormant_del(subs, j->name); /* replaced or deleted */
     }
     json_t *result = NULL;
-    if (rc == MT_OK && j->def) {
+    if (rc == MT_OK && (j->def || j->reload)) {
         sub_rt *old = find(subs, j->name);
         if (old) {
             registry_retire(subs, old);
@@ -3334,9 +3366,66 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
     fresh->def = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(body);
     def_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (def_job){subs, mt_xstrdup(name), mt_xstrdup(fresh->def), fresh, NULL, !old && !dormant,
-                   done, arg};
+    *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .def = mt_xstrdup(fresh->def),
+                   .fresh = fresh, .created = !old && !dormant, .done = done, .arg = arg};
     return def_submit(subs, j);
+}
+
+static void reloaded(mt_err rc, json_t *result, void *arg)
+{
+    (void) result;
+    char *name = arg;
+    if (rc) {
+        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
+                     "subscription '%s': handler not reloaded: %s", name, mt_err_str(rc));
+    } else {
+        mt_diag_emit(MT_DIAG_INFO, (const char *const[]){"subscription", name, NULL},
+                     "subscription '%s': handler reloaded", name);
+    }
+    free(name);
+}
+
+void mt_subs_reload(mt_subs *subs)
+{
+    if (subs->closing) {
+        return;
+    }
+    int n = 0, failed = 0;
+    for (int i = 0; i < subs->n; i++) {
+        sub_rt *s = subs->subs[i];
+        const char *name = s->conf->name;
+        if (s->conf->pull || s->conf->webhook_url || s->deleting) {
+            continue; /* no handler: nothing to load */
+        }
+        if (pending_index(subs, name) >= 0) {
+            mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", name, NULL},
+                         "subscription '%s': handler not reloaded: a change to it is in "
+                         "progress; send SIGHUP again after it",
+                         name);
+            failed++;
+            continue;
+        }
+        char why[600];
+        sub_rt *fresh = sub_new(subs, mt_sub_conf_copy(s->conf), s->def, why, sizeof why);
+        if (!fresh) {
+            mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
+                         "%s; the handler loaded before goes on running", why);
+            failed++;
+            continue;
+        }
+        char *arg = mt_xstrdup(name);
+        def_job *j = mt_xcalloc(1, sizeof *j);
+        *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .fresh = fresh, .reload = true,
+                       .done = reloaded, .arg = arg};
+        if (def_submit(subs, j) == MT_OK) {
+            n++;
+        } else {
+            free(arg);
+            failed++;
+        }
+    }
+    mt_info("SIGHUP: loading %d handler(s) again%s (the topology file is read only at start)",
+            n, failed ? ", the others keep the code they run (see above)" : "");
 }
 
 mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pull_done_fn done,
@@ -3356,7 +3445,7 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
             return rc;
         }
         def_job *j = mt_xcalloc(1, sizeof *j);
-        *j = (def_job){subs, mt_xstrdup(name), NULL, NULL, NULL, false, done, arg};
+        *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .done = done, .arg = arg};
         return def_submit(subs, j);
     }
     mt_err rc = changeable(subs, name, errs);
@@ -3370,7 +3459,7 @@ mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pu
     s->deleting = true;
     s->refs++;
     def_job *j = mt_xcalloc(1, sizeof *j);
-    *j = (def_job){subs, mt_xstrdup(name), NULL, NULL, s, false, done, arg};
+    *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .victim = s, .done = done, .arg = arg};
     rc = def_submit(subs, j);
     if (rc) {
         s->deleting = false;

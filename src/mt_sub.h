@@ -164,6 +164,15 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
                    mt_topo_errs *errs, mt_pull_done_fn done, void *arg);
 
 /*
+ * Loads every Lua handler subscription's handler again from its file (and
+ * the modules it requires, as they are needed), as SIGHUP asks: each that
+ * compiles takes over from the running one, whose jobs finish first; one
+ * that does not is logged with its error and the running code stays. The
+ * topology file is not read again. Loop thread.
+ */
+void mt_subs_reload(mt_subs *subs);
+
+/*
  * Deletes a subscription made over HTTP, with its position, parked messages
  * and dead letters ('done' gets {"deleted": true}). MT_ENOTFOUND;
  * MT_EEXISTS (reason in errs) for one the topology file declares.

@@ -169,7 +169,7 @@ def test_priority_hands_out_higher_priority_first_in_log_order_within_one():
         assert s["retried"] == 0 and s["retrying"] == 0 and s["handled"] == len(prios), s
 
 
-def test_retrying_counts_only_messages_that_failed_not_queued_blocked_or_leased():
+def test_held_messages_are_counted_as_retrying_waiting_or_leased():
     with Engine(config=config("    priority: true\n    ordering: subject\n")) as e:
         # Two events on subject a (the second waits behind the first), eight
         # more on subjects of their own: the priority scan queues them all.
@@ -180,12 +180,13 @@ def test_retrying_counts_only_messages_that_failed_not_queued_blocked_or_leased(
         st, items = post(e, "/subscriptions/work/pull?max=2")
         assert st == 200 and [i["event"]["id"] for i in items] == ["e-a0", "e-q0"], items
         s = json.loads(e.request("GET", "/subscriptions/work")[2])
-        assert s["retrying"] == 0, s  # 7 queued, 1 blocked, 2 leased: none failed
+        # 7 queued, 1 blocked, 2 leased: none failed
+        assert (s["retrying"], s["waiting"], s["leased"]) == (0, 8, 2), s
         st, ans = post(e, "/subscriptions/work/nack",
                        {"leases": [items[0]["lease"]], "delay": "1h"})
         assert st == 200 and ans["count"] == 1, ans
         s = json.loads(e.request("GET", "/subscriptions/work")[2])
-        assert s["retrying"] == 1, s
+        assert (s["retrying"], s["waiting"], s["leased"]) == (1, 8, 1), s
 
 
 def test_one_subject_is_out_one_event_at_a_time_in_order_and_other_subjects_flow():
