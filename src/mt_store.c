@@ -689,13 +689,6 @@ static mt_err checkpoint_now(mt_store *s)
     return rc;
 }
 
-/*
- * The MOONTIDE_TEST_CHECKPOINT_HOLD=DIR test hook: at each stage of each
- * checkpoint made on the checkpoint thread, creates DIR/N-STAGE (N counts
- * from 1 since open; STAGE is syncing, synced or recorded) and waits until
- * the file is removed, so a test can crash the engine at a known point of
- * a checkpoint. Not for production: a held checkpoint holds the next ones.
- */
 /* The MOONTIDE_TEST_SYNC_DELAY=MS test hook: every write-ahead sync takes MS longer (a slow disk). */
 static mt_err slow_sync(uint64_t group, void *arg)
 {
@@ -707,6 +700,13 @@ static mt_err slow_sync(uint64_t group, void *arg)
     return MT_OK;
 }
 
+/*
+ * The MOONTIDE_TEST_CHECKPOINT_HOLD=DIR test hook: at each stage of each
+ * checkpoint made on the checkpoint thread, creates DIR/N-STAGE (N counts
+ * from 1 since open; STAGE is syncing, synced or recorded) and waits until
+ * the file is removed, so a test can crash the engine at a known point of
+ * a checkpoint. Not for production: a held checkpoint holds the next ones.
+ */
 static void hold_at_file(mt_store_ckpt_stage stage, uint64_t n, void *arg)
 {
     static const char *const names[] = {"syncing", "synced", "recorded"};

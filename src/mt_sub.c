@@ -2047,7 +2047,7 @@ bool mt_subs_has(mt_subs *subs, const char *name)
     return find(subs, name) != NULL;
 }
 
-/* Counts keys in 'db' that start with 'name NUL' (and whose values 'only' takes, if given). */
+/* Counts keys in 'db' that start with 'name NUL'. */
 static uint64_t count_prefix(mt_txn *t, mt_db db, const char *name)
 {
     uint8_t pfx[KEY_MAX];
