@@ -59,19 +59,24 @@ void mt_filter_free(mt_filter *f)
 typedef struct compiler {
     char *err;       /* caller's buffer, errlen bytes; may be NULL when errlen is 0 */
     size_t errlen;
-    char path[512];  /* where we are, "filter.all[1].prefix"; truncated if absurdly deep */
+    char path[512];  /* where we are, "all[1].prefix" ("" at the top); truncated if absurdly deep */
     size_t plen;     /* strlen(path) */
+    const json_t *at; /* the value at fault, once fail() has been called */
+    bool at_key;      /* the fault is the key naming 'at', not 'at' itself */
 } compiler;
 
-static mt_err fail(compiler *c, mt_err rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static mt_err fail(compiler *c, const json_t *at, bool key, mt_err rc, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
-static mt_err fail(compiler *c, mt_err rc, const char *fmt, ...)
+/* Records the error and where it is: 'at', or the key naming 'at' when 'key' is set. */
+static mt_err fail(compiler *c, const json_t *at, bool key, mt_err rc, const char *fmt, ...)
 {
+    c->at = at;
+    c->at_key = key;
     if (c->errlen == 0) {
         return rc;
     }
-    int n = snprintf(c->err, c->errlen, "%s: ", c->path);
+    int n = c->plen ? snprintf(c->err, c->errlen, "%s: ", c->path) : 0;
     if (n >= 0 && (size_t) n < c->errlen) {
         va_list ap;
         va_start(ap, fmt);
@@ -87,12 +92,19 @@ static size_t push(compiler *c, const char *fmt, ...) __attribute__((format(prin
 static size_t push(compiler *c, const char *fmt, ...)
 {
     size_t old = c->plen;
+    if (old > 0 && fmt[0] == '%' && old + 1 < sizeof c->path) {
+        /* A key after something: "exact" then ".subject"; a key at the top stands alone. */
+        c->path[old] = '.';
+        c->path[old + 1] = '\0';
+        old++;
+    }
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->path + old, sizeof c->path - old, fmt, ap);
     va_end(ap);
+    size_t was = c->plen;
     c->plen = strlen(c->path);
-    return old;
+    return was;
 }
 
 static void pop(compiler *c, size_t old)
@@ -147,19 +159,19 @@ static bool valid_attr_name(const char *name, size_t n)
 }
 
 /* Resolves the attribute 'name' (n bytes) into k->src and friends. */
-static mt_err compile_attr(compiler *c, const char *name, size_t n, cond *k)
+static mt_err compile_attr(compiler *c, const char *name, size_t n, const json_t *val, cond *k)
 {
     if (n >= 4 && memcmp(name, "data", 4) == 0 && (n == 4 || name[4] == '.')) {
         if (n <= 5) {
-            return fail(c, MT_EINVAL, "'data' needs a path: data.<key>[.<key>...]");
+            return fail(c, val, true, MT_EINVAL, "'data' needs a path: data.<key>[.<key>...]");
         }
         const char *path = name + 5;
         size_t plen = n - 5;
         if (memchr(path, '\0', plen)) {
-            return fail(c, MT_EINVAL, "the data path holds a NUL byte");
+            return fail(c, val, true, MT_EINVAL, "the data path holds a NUL byte");
         }
         if (path[0] == '.' || path[plen - 1] == '.' || strstr(path, "..")) {
-            return fail(c, MT_EINVAL, "the data path has an empty word");
+            return fail(c, val, true, MT_EINVAL, "the data path has an empty word");
         }
         k->name = trydup(path, plen);
         if (!k->name) {
@@ -175,13 +187,16 @@ static mt_err compile_attr(compiler *c, const char *name, size_t n, cond *k)
         k->src = SRC_DATA;
         return MT_OK;
     }
+    if (memchr(name, '\0', n)) {
+        return fail(c, val, true, MT_EINVAL, "the attribute name holds a NUL byte");
+    }
     if (!valid_attr_name(name, n)) {
-        return fail(c, MT_EINVAL, "not an attribute name (a-z and 0-9, at most 20 bytes) "
+        return fail(c, val, true, MT_EINVAL, "not an attribute name (a-z and 0-9, at most 20 bytes) "
                     "nor data.<path>");
     }
     if (strcmp(name, "sequence") == 0 || strcmp(name, "streamversion") == 0 ||
         strcmp(name, "recordedtime") == 0) {
-        return fail(c, MT_EINVAL, "is assigned by the engine and cannot be filtered on");
+        return fail(c, val, true, MT_EINVAL, "is assigned by the engine and cannot be filtered on");
     }
     if (strcmp(name, "specversion") == 0) {
         k->src = SRC_SPECVERSION;
@@ -211,9 +226,15 @@ static mt_err compile_cond(compiler *c, const char *name, size_t n, const json_t
 {
     memset(k, 0, sizeof *k);
     if (!json_is_string(val)) {
-        return fail(c, MT_EINVAL, "expects a string, not %s", json_kind(val));
+        return fail(c, val, false, MT_EINVAL, "expects a string, not %s", json_kind(val));
     }
-    mt_err rc = compile_attr(c, name, n, k);
+    mt_err rc = compile_attr(c, name, n, val, k);
+    if (!rc && k->src != SRC_DATA && memchr(json_string_value(val), '\0',
+                                            json_string_length(val))) {
+        /* Only JSON data holds strings with NUL: the engine refuses it in attributes. */
+        rc = fail(c, val, false, MT_EINVAL, "holds a NUL byte, which no attribute can hold "
+                  "(only strings in data can)");
+    }
     if (!rc) {
         k->value_len = json_string_length(val);
         k->value = trydup(json_string_value(val), k->value_len);
@@ -229,7 +250,7 @@ static mt_err compile_cond(compiler *c, const char *name, size_t n, const json_t
 static mt_err compile_conds(compiler *c, mt_filter *f, const json_t *v)
 {
     if (!json_is_object(v) || json_object_size(v) == 0) {
-        return fail(c, MT_EINVAL, "expects an object of attribute: string");
+        return fail(c, v, false, MT_EINVAL, "expects an object of attribute: string");
     }
     f->conds = mt_trymalloc(json_object_size(v) * sizeof *f->conds);
     if (!f->conds) {
@@ -243,7 +264,7 @@ static mt_err compile_conds(compiler *c, mt_filter *f, const json_t *v)
 #else
         size_t n = strlen(name);
 #endif
-        size_t old = push(c, ".%s", name);
+        size_t old = push(c, "%s", name);
         mt_err rc = compile_cond(c, name, n, val, &f->conds[f->nconds]);
         pop(c, old);
         if (rc) {
@@ -270,7 +291,7 @@ static mt_err compile_kids(compiler *c, mt_filter *f, const json_t *v, int level
         return rc;
     }
     if (!json_is_array(v) || json_array_size(v) == 0) {
-        return fail(c, MT_EINVAL, "expects a non-empty list of filters");
+        return fail(c, v, false, MT_EINVAL, "expects a non-empty list of filters");
     }
     f->kids = mt_trymalloc(json_array_size(v) * sizeof *f->kids);
     if (!f->kids) {
@@ -292,29 +313,38 @@ static mt_err compile_expr(compiler *c, const json_t *spec, int level, mt_filter
 {
     *out = NULL;
     if (level > MT_FILTER_MAX_DEPTH) {
-        return fail(c, MT_EINVAL, "filters nested more than %d deep", MT_FILTER_MAX_DEPTH);
+        return fail(c, spec, false, MT_EINVAL, "filters nested more than %d deep", MT_FILTER_MAX_DEPTH);
     }
     if (!json_is_object(spec)) {
-        return fail(c, MT_EINVAL, "expects a filter: an object with one of exact, prefix, "
+        return fail(c, spec, false, MT_EINVAL, "expects a filter: an object with one of exact, prefix, "
                     "suffix, all, any or not");
     }
     if (json_object_size(spec) != 1) {
-        return fail(c, MT_EINVAL, "expects exactly one of exact, prefix, suffix, all, any or "
+        return fail(c, spec, false, MT_EINVAL, "expects exactly one of exact, prefix, suffix, all, any or "
                     "not (got %zu keys)", json_object_size(spec));
     }
     void *it = json_object_iter((json_t *) spec);
     const char *name = json_object_iter_key(it);
     const json_t *v = json_object_iter_value(it);
+#if JANSSON_VERSION_HEX >= 0x020e00
+    size_t n = json_object_iter_key_len(it);
+#else
+    size_t n = strlen(name);
+#endif
+    if (memchr(name, '\0', n)) {
+        return fail(c, v, true, MT_EINVAL, "a dialect name cannot hold a NUL byte (expected "
+                    "exact, prefix, suffix, all, any or not)");
+    }
     int k = 0;
     while (k < F_NKINDS && strcmp(dialects[k], name) != 0) {
         k++;
     }
     if (k == F_NKINDS) {
         if (strcmp(name, "sql") == 0) {
-            return fail(c, MT_EINVAL, "the sql dialect is not supported (use exact, prefix, "
+            return fail(c, v, true, MT_EINVAL, "the sql dialect is not supported (use exact, prefix, "
                         "suffix, all, any or not)");
         }
-        return fail(c, MT_EINVAL, "unknown dialect '%.40s' (expected exact, prefix, suffix, "
+        return fail(c, v, true, MT_EINVAL, "unknown dialect '%.40s' (expected exact, prefix, suffix, "
                     "all, any or not)", name);
     }
     mt_filter *f = mt_trymalloc(sizeof *f);
@@ -323,7 +353,7 @@ static mt_err compile_expr(compiler *c, const json_t *spec, int level, mt_filter
     }
     memset(f, 0, sizeof *f);
     f->k = (kind) k;
-    size_t old = push(c, ".%s", name);
+    size_t old = push(c, "%s", name);
     mt_err rc = f->k <= F_SUFFIX ? compile_conds(c, f, v) : compile_kids(c, f, v, level);
     pop(c, old);
     if (rc) {
@@ -336,13 +366,26 @@ static mt_err compile_expr(compiler *c, const json_t *spec, int level, mt_filter
 
 mt_err mt_filter_compile(const json_t *spec, mt_filter **out, char *err, size_t errlen)
 {
+    return mt_filter_compile_at(spec, out, err, errlen, NULL, NULL);
+}
+
+mt_err mt_filter_compile_at(const json_t *spec, mt_filter **out, char *err, size_t errlen,
+                            const json_t **at, bool *at_key)
+{
     mt_assert(out != NULL);
     *out = NULL;
-    compiler c = {.err = err, .errlen = err ? errlen : 0, .path = "filter", .plen = 6};
+    compiler c = {.err = err, .errlen = err ? errlen : 0, .path = "", .plen = 0};
     if (c.errlen) {
         err[0] = '\0';
     }
-    return compile_expr(&c, spec, 1, out);
+    mt_err rc = compile_expr(&c, spec, 1, out);
+    if (at) {
+        *at = rc ? c.at : NULL;
+    }
+    if (at_key) {
+        *at_key = rc && c.at_key;
+    }
+    return rc;
 }
 
 /* ---- evaluation ---- */

@@ -65,12 +65,27 @@ typedef struct mt_filter mt_filter;
  * Compiles 'spec' (not kept; the filter copies what it needs). Sets *out
  * (NULL on error) to a filter the caller frees with mt_filter_free().
  * Returns MT_OK; MT_EINVAL if 'spec' is NULL or not a valid filter, with a
- * message naming the problem and where it is into 'err' (errlen bytes,
- * truncated; err may be NULL when errlen is 0), for example
- *   "filter.all[1].prefix: expects an object of attribute: string";
- * MT_ENOMEM (message "out of memory") if an allocation failed.
+ * message naming the problem and where it is in the filter into 'err'
+ * (errlen bytes, truncated; err may be NULL when errlen is 0), for example
+ *   "all[1].prefix: expects an object of attribute: string"
+ * (a problem with the whole filter has no place: "expects exactly one of
+ * ..."); MT_ENOMEM (message "out of memory") if an allocation failed.
+ *
+ * A NUL byte is refused in a dialect or attribute name, and in a value
+ * for anything but data.<path> (only strings in JSON data can hold one),
+ * since such a condition could never hold.
  */
 mt_err mt_filter_compile(const json_t *spec, mt_filter **out, char *err, size_t errlen);
+
+/*
+ * mt_filter_compile, also telling where in 'spec' the problem is: *at (if
+ * 'at' is not NULL) is the value at fault, a node of 'spec' (NULL on
+ * success, on MT_ENOMEM and for a NULL spec), and *at_key (if not NULL) is
+ * true when the fault is the object key that names *at (an unknown
+ * dialect, a bad attribute name) rather than *at itself.
+ */
+mt_err mt_filter_compile_at(const json_t *spec, mt_filter **out, char *err, size_t errlen,
+                            const json_t **at, bool *at_key);
 
 /*
  * Evaluates 'f' on 'ev' (neither may be NULL). Sets *match. Parses the

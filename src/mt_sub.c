@@ -1763,7 +1763,7 @@ static sub_rt *sub_new(mt_subs *subs, mt_sub_conf *conf, const char *def, char *
         return NULL;
     }
     if (conf->filter_json) {
-        json_t *spec = json_loads(conf->filter_json, 0, NULL);
+        json_t *spec = json_loads(conf->filter_json, JSON_ALLOW_NUL, NULL);
         mt_err rc = mt_filter_compile(spec, &s->filter, why, sizeof why);
         json_decref(spec);
         if (rc) {

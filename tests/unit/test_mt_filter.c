@@ -199,7 +199,7 @@ static void test_filter_depth_limit_counts_levels(void **state)
     order_event(&ev);
     /* MT_FILTER_MAX_DEPTH levels are fine: MT_FILTER_MAX_DEPTH - 1 nots around an exact. */
     char text[1024] = "";
-    char want[1024] = "filter";
+    char want[1024] = "";
     for (int i = 0; i < MT_FILTER_MAX_DEPTH - 1; i++) {
         strcat(text, "{\"not\": ");
     }
@@ -214,7 +214,7 @@ static void test_filter_depth_limit_counts_levels(void **state)
     strcat(deeper, text);
     strcat(deeper, "}");
     for (int i = 0; i < MT_FILTER_MAX_DEPTH; i++) {
-        strcat(want, ".not");
+        strcat(want, i ? ".not" : "not");
     }
     snprintf(want + strlen(want), sizeof want - strlen(want),
              ": filters nested more than %d deep", MT_FILTER_MAX_DEPTH);
@@ -537,61 +537,124 @@ static void test_filter_compile_errors_name_problem_and_path(void **state)
 {
     (void) state;
     static const char *const cases[][2] = {
-        {"[]", "filter: expects a filter: an object with one of exact, prefix, suffix, all, "
+        {"[]", "expects a filter: an object with one of exact, prefix, suffix, all, "
                "any or not"},
-        {"\"exact\"", "filter: expects a filter: an object with one of exact, prefix, suffix, "
+        {"\"exact\"", "expects a filter: an object with one of exact, prefix, suffix, "
                       "all, any or not"},
-        {"{}", "filter: expects exactly one of exact, prefix, suffix, all, any or not "
+        {"{}", "expects exactly one of exact, prefix, suffix, all, any or not "
                "(got 0 keys)"},
         {"{\"exact\": {\"type\": \"a\"}, \"prefix\": {\"type\": \"b\"}}",
-         "filter: expects exactly one of exact, prefix, suffix, all, any or not (got 2 keys)"},
+         "expects exactly one of exact, prefix, suffix, all, any or not (got 2 keys)"},
         {"{\"exactly\": {\"type\": \"a\"}}",
-         "filter: unknown dialect 'exactly' (expected exact, prefix, suffix, all, any or not)"},
+         "unknown dialect 'exactly' (expected exact, prefix, suffix, all, any or not)"},
         {"{\"sql\": \"type = 'a'\"}",
-         "filter: the sql dialect is not supported (use exact, prefix, suffix, all, any or not)"},
+         "the sql dialect is not supported (use exact, prefix, suffix, all, any or not)"},
         {"{\"all\": [{\"exact\": {\"type\": \"a\"}}, {\"prefix\": \"order-\"}]}",
-         "filter.all[1].prefix: expects an object of attribute: string"},
-        {"{\"exact\": {}}", "filter.exact: expects an object of attribute: string"},
-        {"{\"suffix\": [\"x\"]}", "filter.suffix: expects an object of attribute: string"},
-        {"{\"all\": []}", "filter.all: expects a non-empty list of filters"},
+         "all[1].prefix: expects an object of attribute: string"},
+        {"{\"exact\": {}}", "exact: expects an object of attribute: string"},
+        {"{\"suffix\": [\"x\"]}", "suffix: expects an object of attribute: string"},
+        {"{\"all\": []}", "all: expects a non-empty list of filters"},
         {"{\"any\": {\"exact\": {\"type\": \"a\"}}}",
-         "filter.any: expects a non-empty list of filters"},
+         "any: expects a non-empty list of filters"},
         {"{\"not\": [{\"exact\": {\"type\": \"a\"}}]}",
-         "filter.not: expects a filter: an object with one of exact, prefix, suffix, all, any "
+         "not: expects a filter: an object with one of exact, prefix, suffix, all, any "
          "or not"},
         {"{\"any\": [{\"exact\": {\"type\": \"a\"}}, {\"bogus\": 1}]}",
-         "filter.any[1]: unknown dialect 'bogus' (expected exact, prefix, suffix, all, any or "
+         "any[1]: unknown dialect 'bogus' (expected exact, prefix, suffix, all, any or "
          "not)"},
         {"{\"exact\": {\"data.count\": 3}}",
-         "filter.exact.data.count: expects a string, not a number"},
-        {"{\"exact\": {\"type\": null}}", "filter.exact.type: expects a string, not null"},
-        {"{\"prefix\": {\"type\": [\"a\"]}}", "filter.prefix.type: expects a string, not a list"},
+         "exact.data.count: expects a string, not a number"},
+        {"{\"exact\": {\"type\": null}}", "exact.type: expects a string, not null"},
+        {"{\"prefix\": {\"type\": [\"a\"]}}", "prefix.type: expects a string, not a list"},
         {"{\"all\": [{\"any\": [{\"not\": {\"exact\": {\"Subject\": \"x\"}}}]}]}",
-         "filter.all[0].any[0].not.exact.Subject: not an attribute name (a-z and 0-9, at most "
+         "all[0].any[0].not.exact.Subject: not an attribute name (a-z and 0-9, at most "
          "20 bytes) nor data.<path>"},
         {"{\"exact\": {\"\": \"x\"}}",
-         "filter.exact.: not an attribute name (a-z and 0-9, at most 20 bytes) nor data.<path>"},
+         "exact.: not an attribute name (a-z and 0-9, at most 20 bytes) nor data.<path>"},
         {"{\"exact\": {\"averyveryverylongattribute\": \"x\"}}",
-         "filter.exact.averyveryverylongattribute: not an attribute name (a-z and 0-9, at most "
+         "exact.averyveryverylongattribute: not an attribute name (a-z and 0-9, at most "
          "20 bytes) nor data.<path>"},
         {"{\"exact\": {\"data\": \"x\"}}",
-         "filter.exact.data: 'data' needs a path: data.<key>[.<key>...]"},
+         "exact.data: 'data' needs a path: data.<key>[.<key>...]"},
         {"{\"exact\": {\"data.\": \"x\"}}",
-         "filter.exact.data.: 'data' needs a path: data.<key>[.<key>...]"},
-        {"{\"exact\": {\"data.a..b\": \"x\"}}", "filter.exact.data.a..b: the data path has an "
+         "exact.data.: 'data' needs a path: data.<key>[.<key>...]"},
+        {"{\"exact\": {\"data.a..b\": \"x\"}}", "exact.data.a..b: the data path has an "
                                                 "empty word"},
-        {"{\"exact\": {\"data.a.\": \"x\"}}", "filter.exact.data.a.: the data path has an "
+        {"{\"exact\": {\"data.a.\": \"x\"}}", "exact.data.a.: the data path has an "
                                               "empty word"},
-        {"{\"exact\": {\"data..a\": \"x\"}}", "filter.exact.data..a: the data path has an "
+        {"{\"exact\": {\"data..a\": \"x\"}}", "exact.data..a: the data path has an "
                                               "empty word"},
         {"{\"exact\": {\"sequence\": \"1\"}}",
-         "filter.exact.sequence: is assigned by the engine and cannot be filtered on"},
+         "exact.sequence: is assigned by the engine and cannot be filtered on"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         expect_compile_error(cases[i][0], cases[i][1]);
     }
-    expect_compile_error(NULL, "filter: expects a filter: an object with one of exact, prefix, "
+    expect_compile_error(NULL, "expects a filter: an object with one of exact, prefix, "
                                "suffix, all, any or not");
+}
+
+/* A NUL byte in a name, or in a value other than data's, could never match: refused. */
+static void test_filter_nul_is_refused_where_it_could_never_match(void **state)
+{
+    (void) state;
+    /* JSON text cannot put a NUL in a key (jansson refuses it), but a built object can. */
+    json_t *inner = json_pack("{s:s}", "subject", "a");
+    json_t *dialect = json_object();
+    json_object_setn_new(dialect, "exact\0junk", 10, inner);
+    json_t *attr = json_object();
+    json_object_setn_new(attr, "subject\0", 8, json_string("a"));
+    json_t *specs[] = {
+        dialect,
+        json_pack("{s:o}", "exact", attr),
+        json_loads("{\"prefix\": {\"subject\": \"a\\u0000\"}}", JSON_ALLOW_NUL, NULL),
+        json_loads("{\"exact\": {\"tenant\": \"\\u0000\"}}", JSON_ALLOW_NUL, NULL),
+    };
+    static const char *const want[] = {
+        "a dialect name cannot hold a NUL byte (expected exact, prefix, suffix, all, any or "
+        "not)",
+        "exact.subject: the attribute name holds a NUL byte",
+        "prefix.subject: holds a NUL byte, which no attribute can hold (only strings in data "
+        "can)",
+        "exact.tenant: holds a NUL byte, which no attribute can hold (only strings in data can)",
+    };
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        assert_non_null(specs[i]);
+        mt_filter *f = NULL;
+        char err[256];
+        assert_int_equal(mt_filter_compile(specs[i], &f, err, sizeof err), MT_EINVAL);
+        assert_null(f);
+        assert_string_equal(err, want[i]);
+        json_decref(specs[i]);
+    }
+}
+
+/* mt_filter_compile_at names the value at fault, or the key naming it. */
+static void test_filter_compile_at_names_the_node_at_fault(void **state)
+{
+    (void) state;
+    json_t *spec = json_loads("{\"all\": [{\"exact\": {\"type\": \"a\"}}, "
+                              "{\"prefix\": {\"type\": \"b\", \"Bad\": \"c\"}}]}", 0, NULL);
+    assert_non_null(spec);
+    json_t *prefix = json_object_get(json_array_get(json_object_get(spec, "all"), 1), "prefix");
+    mt_filter *f = NULL;
+    const json_t *at = NULL;
+    bool key = false;
+    assert_int_equal(mt_filter_compile_at(spec, &f, NULL, 0, &at, &key), MT_EINVAL);
+    assert_ptr_equal(at, json_object_get(prefix, "Bad"));
+    assert_true(key);
+    json_object_set_new(prefix, "Bad", json_integer(1));
+    json_object_set_new(prefix, "tenant", json_integer(2));
+    assert_int_equal(mt_filter_compile_at(spec, &f, NULL, 0, &at, &key), MT_EINVAL);
+    assert_ptr_equal(at, json_object_get(prefix, "Bad"));
+    assert_false(key);
+    json_object_del(prefix, "Bad");
+    json_object_set_new(prefix, "tenant", json_string("x"));
+    assert_int_equal(mt_filter_compile_at(spec, &f, NULL, 0, &at, &key), MT_OK);
+    assert_null(at);
+    assert_false(key);
+    mt_filter_free(f);
+    json_decref(spec);
 }
 
 static void test_filter_compile_error_buffer_may_be_small_or_absent(void **state)
@@ -605,7 +668,7 @@ static void test_filter_compile_error_buffer_may_be_small_or_absent(void **state
     char small[10];
     memset(small, 'x', sizeof small);
     assert_int_equal(mt_filter_compile(spec, &f, small, sizeof small), MT_EINVAL);
-    assert_string_equal(small, "filter.al");
+    assert_string_equal(small, "all[0].pr");
     json_decref(spec);
 
     /* A valid filter leaves an empty message. */
@@ -672,6 +735,8 @@ int main(void)
         cmocka_unit_test(test_filter_parses_data_at_most_once_per_evaluation),
         cmocka_unit_test(test_filter_evaluates_concurrently),
         cmocka_unit_test(test_filter_compile_errors_name_problem_and_path),
+        cmocka_unit_test(test_filter_nul_is_refused_where_it_could_never_match),
+        cmocka_unit_test(test_filter_compile_at_names_the_node_at_fault),
         cmocka_unit_test(test_filter_compile_error_buffer_may_be_small_or_absent),
         cmocka_unit_test(test_filter_compile_out_of_memory_is_enomem_without_leaks),
         cmocka_unit_test(test_filter_free_null_does_nothing),

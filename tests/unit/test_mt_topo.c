@@ -343,7 +343,7 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "No such file or directory",
                   "6:15: error: 'subscriptions.s1.ordering' must be one of: subject, strict, "
                   "none (got 'sideways')",
-                  "7:13: error: 'subscriptions.s1.filter': filter: unknown dialect 'exactly' "
+                  "7:13: error: 'subscriptions.s1.filter': unknown dialect 'exactly' "
                   "(expected exact, prefix, suffix, all, any or not)",
                   "8:28: error: 'subscriptions.s1.retry.max_attempts' must be a whole number "
                   "from 1 to 1000 (got '0')",
