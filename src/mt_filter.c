@@ -407,7 +407,7 @@ typedef struct text {
     size_t n;
 } text;
 
-#define NUM_TEXT 48 /* holds any integer or real text below */
+#define NUM_TEXT MT_FILTER_TEXT_MAX
 
 /*
  * A double as Python's repr() writes it: the fewest significant digits
@@ -510,6 +510,19 @@ static bool json_text(const json_t *v, char *buf, text *out)
     }
     out->s = buf;
     out->n = strlen(buf);
+    return true;
+}
+
+bool mt_filter_number_text(const json_t *v, char *buf)
+{
+    text t;
+    if (!json_is_number(v) && !json_is_boolean(v)) {
+        return false;
+    }
+    json_text(v, buf, &t);
+    if (t.s != buf) {
+        memcpy(buf, t.s, t.n + 1);
+    }
     return true;
 }
 

@@ -58,6 +58,7 @@
 #include "mt_event.h"
 
 #define MT_FILTER_MAX_DEPTH 16 /* levels of all/any/not, counting the outermost expression */
+#define MT_FILTER_TEXT_MAX 48  /* bytes of the longest text of a number, with its NUL */
 
 typedef struct mt_filter mt_filter;
 
@@ -86,6 +87,13 @@ mt_err mt_filter_compile(const json_t *spec, mt_filter **out, char *err, size_t 
  */
 mt_err mt_filter_compile_at(const json_t *spec, mt_filter **out, char *err, size_t errlen,
                             const json_t **at, bool *at_key);
+
+/*
+ * The text a filter compares for JSON number or boolean 'v', as described
+ * above ("3", "2.5", "1000.0", "true"), into 'buf' (MT_FILTER_TEXT_MAX
+ * bytes, NUL-terminated). False, leaving buf alone, for other values.
+ */
+bool mt_filter_number_text(const json_t *v, char *buf);
 
 /*
  * Evaluates 'f' on 'ev' (neither may be NULL). Sets *match. Parses the

@@ -1,5 +1,6 @@
 #include <ctype.h>
 #include <errno.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,13 @@
 #define NEST_MAX 64          /* collections in collections, in any YAML read */
 #define MAPPING_MAX 10000    /* keys in one mapping (subscriptions included) */
 
+/* A JSON value made by yaml_to_json and the YAML nodes it comes from. */
+typedef struct filter_node {
+    const json_t *json;
+    const yaml_node_t *key;   /* the key naming it, NULL at the top or in a sequence */
+    const yaml_node_t *value;
+} filter_node;
+
 /* State of one mt_topo_load() call. */
 typedef struct loader {
     const char *path;
@@ -44,6 +52,9 @@ typedef struct loader {
     bool over_http;         /* a definition made over HTTP: handler paths stay in the project */
     mt_topo_compile_fn compile; /* handlers are compiled as read (check) */
     int json_left;          /* nodes yaml_to_json may still make */
+    filter_node *fnodes;    /* what yaml_to_json made, to place filter errors */
+    size_t nfnodes, capfnodes;
+    char fpath[512];        /* where yaml_to_json is: "all[1].exact" ("" at the top) */
     char path_buf[160];     /* "subscriptions.NAME.key" for messages */
 } loader;
 
@@ -57,30 +68,51 @@ static void errs_insert(mt_topo_errs *errs, int at, char *line)
 }
 
 /*
- * Adds "FILE:LINE:COL: error: MESSAGE" at index 'at' of the error list (-1 =
- * the end). Errors are added in document order; inserting lets a mapping
- * report a missing key at its own start, ahead of the errors of its children.
+ * Adds "FILE:WHERE: error: MESSAGE" (or "FILE: error: MESSAGE" when 'where'
+ * is empty) at index 'at' of the error list (-1 = the end). Errors are added
+ * in document order; inserting lets a mapping report a missing key at its
+ * own start, ahead of the errors of its children.
  */
-static void __attribute__((format(printf, 4, 5)))
-err_at(loader *ld, int at, yaml_mark_t mark, const char *fmt, ...)
+static void err_add(loader *ld, int at, const char *where, const char *fmt, va_list ap)
 {
-    va_list ap;
-    va_start(ap, fmt);
     va_list ap2;
     va_copy(ap2, ap);
     int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
     mt_assert(n >= 0);
     char *msg = mt_xmalloc((size_t) n + 1);
     vsnprintf(msg, (size_t) n + 1, fmt, ap2);
     va_end(ap2);
-    char *line = mt_xasprintf("%s:%zu:%zu: error: %s", ld->path, mark.line + 1,
-                              mark.column + 1, msg);
+    char *line = where[0] ? mt_xasprintf("%s:%s: error: %s", ld->path, where, msg)
+                          : mt_xasprintf("%s: error: %s", ld->path, msg);
     free(msg);
     errs_insert(ld->errs, at < 0 ? ld->errs->count : at, line);
 }
 
-#define err_node(ld, node, ...) err_at((ld), -1, (node)->start_mark, __VA_ARGS__)
+/* Reports at a position of the text: "LINE:COL", counted from 1. */
+static void __attribute__((format(printf, 4, 5)))
+err_at(loader *ld, int at, yaml_mark_t mark, const char *fmt, ...)
+{
+    char where[48];
+    snprintf(where, sizeof where, "%zu:%zu", mark.line + 1, mark.column + 1);
+    va_list ap;
+    va_start(ap, fmt);
+    err_add(ld, at, where, fmt, ap);
+    va_end(ap);
+}
+
+/* Reports at node 'n', inserting at index 'at' (-1 = the end). */
+static void __attribute__((format(printf, 4, 5)))
+err_node_at(loader *ld, int at, const yaml_node_t *n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char where[48];
+    snprintf(where, sizeof where, "%zu:%zu", n->start_mark.line + 1, n->start_mark.column + 1);
+    err_add(ld, at, where, fmt, ap);
+    va_end(ap);
+}
+
+#define err_node(ld, node, ...) err_node_at((ld), -1, (node), __VA_ARGS__)
 
 /* ---- describing nodes in messages ---- */
 
@@ -98,6 +130,84 @@ static bool is_null(const yaml_node_t *n)
         }
     }
     return false;
+}
+
+/*
+ * What a scalar means, typed as JSON types its values: a YAML plain scalar
+ * is resolved by the YAML 1.2 core schema, a quoted one is always text. A
+ * document built from JSON writes its strings quoted and its numbers,
+ * booleans and nulls plain, so both read alike.
+ */
+typedef enum scalar_type {
+    SCALAR_TEXT,
+    SCALAR_NULL,
+    SCALAR_BOOL,
+    SCALAR_NUMBER,      /* a number JSON can write: 5, -12, 2.50, 1e3 */
+    SCALAR_YAML_NUMBER  /* a number only YAML writes (+5, 05, 0x1F, .5, .inf), or too big */
+} scalar_type;
+
+/* Whether 's' is a number by the YAML 1.2 core schema. */
+static bool yaml_number(const char *s)
+{
+    regex_t re;
+    int rc = regcomp(&re, "^([-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|"
+                     "[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?|"
+                     "[-+]?\\.(inf|Inf|INF)|\\.(nan|NaN|NAN))$", REG_EXTENDED | REG_NOSUB);
+    mt_assert(rc == 0);
+    bool match = regexec(&re, s, 0, NULL, 0) == 0;
+    regfree(&re);
+    return match;
+}
+
+/*
+ * The type of scalar node 'n'. With SCALAR_NUMBER and SCALAR_BOOL, 'text'
+ * (MT_FILTER_TEXT_MAX bytes) gets the value's text as a filter compares
+ * it: as JSON data of that value reads (1e3 is "1000.0", True is "true").
+ */
+static scalar_type scalar_type_of(const yaml_node_t *n, char *text)
+{
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+        return SCALAR_TEXT;
+    }
+    if (is_null(n)) {
+        return SCALAR_NULL;
+    }
+    const char *s = (const char *) n->data.scalar.value;
+    size_t len = n->data.scalar.length;
+    static const char *const bools[] = {"true", "True", "TRUE", "false", "False", "FALSE"};
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++) {
+        if (len == strlen(bools[i]) && memcmp(s, bools[i], len) == 0) {
+            snprintf(text, MT_FILTER_TEXT_MAX, "%s", i < 3 ? "true" : "false");
+            return SCALAR_BOOL;
+        }
+    }
+    if (strlen(s) != len || !strchr("-+.0123456789", s[0])) {
+        return SCALAR_TEXT;
+    }
+    json_t *j = json_loadb(s, len, JSON_DECODE_ANY, NULL);
+    bool number = mt_filter_number_text(j, text);
+    json_decref(j);
+    if (number) {
+        return SCALAR_NUMBER;
+    }
+    return yaml_number(s) ? SCALAR_YAML_NUMBER : SCALAR_TEXT;
+}
+
+/*
+ * Reports a number or boolean where only text is meant (a topic pattern, a
+ * handler path): quoting it says the text is meant. False if 'n' is text.
+ */
+static bool err_not_text(loader *ld, const yaml_node_t *n, const char *path, const char *expect)
+{
+    char text[MT_FILTER_TEXT_MAX];
+    scalar_type t = scalar_type_of(n, text);
+    if (t != SCALAR_BOOL && t != SCALAR_NUMBER && t != SCALAR_YAML_NUMBER) {
+        return false;
+    }
+    err_node(ld, n, "'%s' must be %s: a string, not %s (got %.40s; quote it to mean the text)",
+             path, expect, t == SCALAR_BOOL ? "a boolean" : "a number",
+             (const char *) n->data.scalar.value);
+    return true;
 }
 
 /*
@@ -296,7 +406,7 @@ static void walk_mapping(loader *ld, const yaml_node_t *map, const char *where,
 
     for (size_t i = 0; i < nspecs; i++) {
         if (specs[i].required && !seen[i]) {
-            err_at(ld, first_err, map->start_mark, "missing required key '%s' %s",
+            err_node_at(ld, first_err, map, "missing required key '%s' %s",
                    specs[i].name, where);
         }
     }
@@ -462,6 +572,9 @@ static void sub_topics(loader *ld, const yaml_node_t *v)
     const char *path = sub_path(ld, "topics");
     if (v->type == YAML_SCALAR_NODE && !is_null(v)) {
         /* One pattern may be written without the list brackets. */
+        if (err_not_text(ld, v, path, "a list of topic patterns")) {
+            return;
+        }
         const char *t = scalar_text(ld, v, path, "a list of topic patterns");
         if (t && mt_topic_validate_pattern(t)) {
             err_node(ld, v, "'%s': '%.100s' is not a topic pattern ('.'-separated words; '*' "
@@ -481,6 +594,9 @@ static void sub_topics(loader *ld, const yaml_node_t *v)
     ld->sub->topics = mt_xcalloc((size_t) (top - start), sizeof *ld->sub->topics);
     for (yaml_node_item_t *i = start; i < top; i++) {
         const yaml_node_t *n = yaml_document_get_node(ld->doc, *i);
+        if (err_not_text(ld, n, sub_path(ld, "topics"), "a topic pattern")) {
+            continue;
+        }
         const char *t = scalar_text(ld, n, sub_path(ld, "topics"), "a topic pattern");
         if (!t) {
             continue;
@@ -494,79 +610,171 @@ static void sub_topics(loader *ld, const yaml_node_t *v)
     }
 }
 
-/*
- * Node n as JSON (mappings become objects, sequences arrays, scalars
- * strings), or NULL: nested deeper than 32, a key that is not a
- * string, or more than JSON_NODES_MAX nodes in all (ld->json_left counts
- * down). An alias is expanded where it is used, so ten aliases of ten
- * aliases of ... grow tenfold a level: the count stops a file of a few
- * hundred bytes from asking for gigabytes.
- */
-static json_t *yaml_to_json(loader *ld, const yaml_node_t *n, int depth)
+/* Reports a problem of the filter at 'n', naming where it is in the filter. */
+static void __attribute__((format(printf, 3, 4)))
+err_filter(loader *ld, const yaml_node_t *n, const char *fmt, ...)
 {
-    if (depth > 32 || ld->json_left == 0) {
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[300];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const char *path = sub_path(ld, "filter");
+    if (ld->fpath[0]) {
+        err_node(ld, n, "'%s': %s: %s", path, ld->fpath, msg);
+    } else {
+        err_node(ld, n, "'%s': %s", path, msg);
+    }
+}
+
+/* Appends a step to ld->fpath as push() in mt_filter.c does; returns the old length. */
+static size_t fpath_push(loader *ld, const char *step, size_t n, bool key)
+{
+    size_t old = strlen(ld->fpath);
+    snprintf(ld->fpath + old, sizeof ld->fpath - old, "%s%.*s", key && old ? "." : "",
+             (int) n, step);
+    return old;
+}
+
+/*
+ * Node n, a value of a filter, as JSON for mt_filter_compile: mappings
+ * become objects, sequences arrays, and scalars strings (a number or a
+ * boolean becomes the text it is compared as, see scalar_type_of), or NULL
+ * after reporting why not: a duplicate key or one that is not a string, a
+ * null, a number JSON cannot write, nesting deeper than NEST_MAX, or more
+ * than JSON_NODES_MAX nodes in all (ld->json_left counts down). An alias
+ * is expanded where it is used, so ten aliases of ten aliases of ... grow
+ * tenfold a level: the count stops a file of a few hundred bytes from
+ * asking for gigabytes. Each value made is noted in ld->fnodes with the
+ * nodes it comes from, so the compiler's errors can be placed.
+ */
+static json_t *yaml_to_json(loader *ld, const yaml_node_t *key, const yaml_node_t *n, int depth)
+{
+    if (ld->json_left == 0) {
+        return NULL;
+    }
+    if (depth > NEST_MAX) {
+        err_filter(ld, n, "nested deeper than %d levels", NEST_MAX);
         return NULL;
     }
     ld->json_left--;
+    json_t *r = NULL;
     if (n->type == YAML_SCALAR_NODE) {
-        return json_stringn((const char *) n->data.scalar.value, n->data.scalar.length);
-    }
-    if (n->type == YAML_SEQUENCE_NODE) {
-        json_t *a = json_array();
-        for (yaml_node_item_t *i = n->data.sequence.items.start; i < n->data.sequence.items.top;
-             i++) {
-            json_t *x = yaml_to_json(ld, yaml_document_get_node(ld->doc, *i), depth + 1);
+        char text[MT_FILTER_TEXT_MAX];
+        const char *s = (const char *) n->data.scalar.value;
+        switch (scalar_type_of(n, text)) {
+        case SCALAR_NULL:
+            err_filter(ld, n, "null is not a value here (to match an empty string, write \"\")");
+            return NULL;
+        case SCALAR_YAML_NUMBER:
+            err_filter(ld, n, "%.40s is a number JSON cannot write as it is: quote it (\"%.40s\") "
+                       "to match that text, or write the number as JSON data has it", s, s);
+            return NULL;
+        case SCALAR_BOOL:
+        case SCALAR_NUMBER:
+            r = json_string(text);
+            break;
+        case SCALAR_TEXT:
+            r = json_stringn(s, n->data.scalar.length);
+            break;
+        }
+    } else if (n->type == YAML_SEQUENCE_NODE) {
+        r = json_array();
+        size_t i = 0;
+        for (yaml_node_item_t *it = n->data.sequence.items.start;
+             it < n->data.sequence.items.top; it++, i++) {
+            char step[24];
+            int len = snprintf(step, sizeof step, "[%zu]", i);
+            size_t old = fpath_push(ld, step, (size_t) len, false);
+            json_t *x = yaml_to_json(ld, NULL, yaml_document_get_node(ld->doc, *it), depth + 1);
+            ld->fpath[old] = '\0';
             if (!x) {
-                json_decref(a);
+                json_decref(r);
                 return NULL;
             }
-            json_array_append_new(a, x);
+            json_array_append_new(r, x);
         }
-        return a;
-    }
-    if (n->type == YAML_MAPPING_NODE) {
-        json_t *o = json_object();
+    } else if (n->type == YAML_MAPPING_NODE) {
+        r = json_object();
         for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
              p++) {
             const yaml_node_t *k = yaml_document_get_node(ld->doc, p->key);
-            json_t *x = yaml_to_json(ld, yaml_document_get_node(ld->doc, p->value), depth + 1);
-            if (k->type != YAML_SCALAR_NODE || !x ||
-                json_object_setn_new(o, (const char *) k->data.scalar.value,
-                                     k->data.scalar.length, x)) {
-                json_decref(o);
+            if (k->type != YAML_SCALAR_NODE || is_null(k)) {
+                char *got = describe(k);
+                err_filter(ld, k, "keys must be strings (got %s)", got);
+                free(got);
+                json_decref(r);
+                return NULL;
+            }
+            for (const yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++) {
+                const yaml_node_t *qk = yaml_document_get_node(ld->doc, q->key);
+                if (same_key(qk, k)) {
+                    char *name = quote(k->data.scalar.value, k->data.scalar.length);
+                    err_filter(ld, k, "duplicate key %s (first at line %zu)", name,
+                               qk->start_mark.line + 1);
+                    free(name);
+                    json_decref(r);
+                    return NULL;
+                }
+            }
+            size_t old = fpath_push(ld, (const char *) k->data.scalar.value,
+                                    k->data.scalar.length, true);
+            json_t *x = yaml_to_json(ld, k, yaml_document_get_node(ld->doc, p->value),
+                                     depth + 1);
+            ld->fpath[old] = '\0';
+            if (!x || json_object_setn_new(r, (const char *) k->data.scalar.value,
+                                           k->data.scalar.length, x)) {
+                json_decref(r);
                 return NULL;
             }
         }
-        return o;
     }
-    return NULL;
+    if (!r) {
+        fprintf(stderr, "moontide: out of memory reading a filter\n");
+        abort();
+    }
+    if (ld->nfnodes == ld->capfnodes) {
+        ld->capfnodes = ld->capfnodes ? 2 * ld->capfnodes : 64;
+        ld->fnodes = mt_xrealloc(ld->fnodes, ld->capfnodes * sizeof *ld->fnodes);
+    }
+    ld->fnodes[ld->nfnodes++] = (filter_node){r, key, n};
+    return r;
 }
 
 static void sub_filter(loader *ld, const yaml_node_t *v)
 {
     const char *path = sub_path(ld, "filter");
-    if (is_null(v)) {
-        return;
-    }
     if (v->type != YAML_MAPPING_NODE) {
+        /* Null too: no filter is written by leaving the key out. */
         err_expected(ld, v, path, "a filter mapping (exact, prefix, suffix, all, any, not)");
         return;
     }
     ld->json_left = JSON_NODES_MAX;
-    json_t *spec = yaml_to_json(ld, v, 0);
-    if (!spec && ld->json_left == 0) {
-        err_node(ld, v, "'%s' has more than %d values once its aliases are expanded", path,
-                 JSON_NODES_MAX);
-        return;
-    }
+    ld->fpath[0] = '\0';
+    ld->nfnodes = 0;
+    int nerrs = ld->errs->count;
+    json_t *spec = yaml_to_json(ld, NULL, v, 1);
     if (!spec) {
-        err_node(ld, v, "'%s' is nested too deeply or has a key that is not a string", path);
+        if (ld->errs->count == nerrs) {
+            err_node(ld, v, "'%s' has more than %d values once its aliases are expanded", path,
+                     JSON_NODES_MAX);
+        }
         return;
     }
     mt_filter *f = NULL;
     char err[256];
-    if (mt_filter_compile(spec, &f, err, sizeof err)) {
-        err_node(ld, v, "'%s': %s", path, err);
+    const json_t *at;
+    bool at_key;
+    if (mt_filter_compile_at(spec, &f, err, sizeof err, &at, &at_key)) {
+        /* At the offending node: the value, or the key naming it. */
+        const yaml_node_t *where = v;
+        for (size_t i = 0; i < ld->nfnodes; i++) {
+            if (ld->fnodes[i].json == at) {
+                const filter_node *fn = &ld->fnodes[i];
+                where = at_key && fn->key ? fn->key : fn->value;
+            }
+        }
+        err_node(ld, where, "'%s': %s", sub_path(ld, "filter"), err);
     } else {
         ld->sub->filter_json = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS);
     }
@@ -599,6 +807,9 @@ static bool inside_project(const char *p)
 static void sub_handler(loader *ld, const yaml_node_t *v)
 {
     const char *path = sub_path(ld, "handler");
+    if (err_not_text(ld, v, path, "the path of a Lua handler")) {
+        return;
+    }
     const char *h = scalar_text(ld, v, path, "the path of a Lua handler");
     if (!h) {
         return;
@@ -1403,6 +1614,7 @@ mt_err mt_topo_load_compiling(const char *path, mt_topo_compile_fn compile, mt_t
     loader ld = {.path = path, .doc = NULL, .errs = errs, .topo = t, .compile = compile};
     parse_buffer(&ld, &b);
     mt_buf_free(&b);
+    free(ld.fnodes);
 
     if (errs->count > first_err) {
         mt_topo_free(t);
@@ -1462,6 +1674,7 @@ static mt_err parse_sub(const char *name, const char *text, size_t len, const ch
         yaml_document_delete(&doc);
     }
     yaml_parser_delete(&parser);
+    free(ld.fnodes);
     mt_topo_free(t);
     if (errs->count > first_err) {
         mt_sub_conf_free(c);

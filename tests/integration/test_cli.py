@@ -60,6 +60,37 @@ def test_run_refuses_bad_configuration_with_78():
     assert rc == 78 and path + ":3:11: error:" in err, (rc, err)
 
 
+def test_check_refuses_the_filters_run_refuses_and_run_takes_what_check_passes():
+    """A NUL can never match an attribute nor name a dialect: check says so.
+    In a data string it can, and run starts with the filter check passed."""
+    d = tempfile.mkdtemp()
+    handler = os.path.join(d, "h.lua")
+    with open(handler, "w") as f:
+        f.write("return function(event, ctx) end\n")
+    head = ("version: 1\nsubscriptions:\n  s:\n    topics: [a]\n    handler: %s\n" % handler)
+    for body, where, why in [
+        ('    filter: { "exact\\0junk": { subject: a } }\n', ":6:15: error:",
+         "'subscriptions.s.filter': a dialect name cannot hold a NUL byte"),
+        ('    filter: { exact: { subject: "a\\0b" } }\n', ":6:33: error:",
+         "'subscriptions.s.filter': exact.subject: holds a NUL byte"),
+    ]:
+        path = os.path.join(d, "bad.yaml")
+        with open(path, "w") as f:
+            f.write(head + body)
+        rc, out, err = run_cli("check", "-c", path)
+        assert rc == 78 and err.startswith(path + where) and why in err, (body, rc, err)
+        rc, _, err = run_cli("run", "-c", path, "--data-dir", d, timeout=30)
+        assert rc == 78 and err.startswith(path + where), (body, rc, err)
+    path = os.path.join(d, "ok.yaml")
+    with open(path, "w") as f:
+        f.write(head + '    filter: { exact: { "data.x": "a\\0b" } }\n')
+    rc, out, err = run_cli("check", "-c", path)
+    assert rc == 0, (rc, err)
+    with Engine(config=path) as e:
+        e.publish(mtlib.event("n", type_="a", data={"x": "a\0b"}))
+        assert e.proc.poll() is None
+
+
 def test_publish_read_and_stream_through_the_cli():
     with Engine() as e:
         env = {"MOONTIDE_URL": e.url()}

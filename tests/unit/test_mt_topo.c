@@ -4,6 +4,7 @@
  */
 #include "mt_test.h"
 #include <sys/stat.h>
+#include <jansson.h>
 #include "mt_mem.h"
 #include "mt_topo.h"
 
@@ -343,7 +344,7 @@ static void test_topo_subscription_errors_name_line_and_column(void **state)
                   "No such file or directory",
                   "6:15: error: 'subscriptions.s1.ordering' must be one of: subject, strict, "
                   "none (got 'sideways')",
-                  "7:13: error: 'subscriptions.s1.filter': unknown dialect 'exactly' "
+                  "7:15: error: 'subscriptions.s1.filter': unknown dialect 'exactly' "
                   "(expected exact, prefix, suffix, all, any or not)",
                   "8:28: error: 'subscriptions.s1.retry.max_attempts' must be a whole number "
                   "from 1 to 1000 (got '0')",
@@ -758,6 +759,135 @@ static void test_topo_duplicate_keys_point_at_the_second(void **state)
                   "2:16: error: duplicate key 'x' in engine (first at line 2)");
 }
 
+/* "version: 1" and a pull subscription 's' on topic a whose last key is 'filter'. */
+#define SUB_WITH(filter) \
+    "version: 1\nsubscriptions:\n  s:\n    topics: [a]\n    deliver: pull\n    filter: " filter
+
+/* A duplicate key in a filter is an error, as anywhere else, in flow and block style. */
+static void test_topo_filter_duplicate_keys_are_errors(void **state)
+{
+    EXPECT_ERRORS(state, SUB_WITH("{ exact: { subject: a, subject: b } }\n"),
+                  "6:36: error: 'subscriptions.s.filter': exact: duplicate key 'subject' "
+                  "(first at line 6)");
+    EXPECT_ERRORS(state, SUB_WITH("\n"
+                                  "      any:\n"
+                                  "        - exact:\n"
+                                  "            subject: a\n"
+                                  "            subject: b\n"),
+                  "10:13: error: 'subscriptions.s.filter': any[0].exact: duplicate key "
+                  "'subject' (first at line 9)");
+}
+
+/* Null is no value: not "~", not "", and "filter: ~" is not "no filter". */
+static void test_topo_filter_null_is_an_error_naming_its_path(void **state)
+{
+    static const char *const nulls[] = {"~", "null", "", "NULL"};
+    for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++) {
+        char text[200], want[200];
+        snprintf(text, sizeof text, SUB_WITH("{ exact: { source: x, subject: %s } }\n"),
+                 nulls[i]);
+        snprintf(want, sizeof want, "6:%d: error: 'subscriptions.s.filter': exact.subject: null "
+                 "is not a value here (to match an empty string, write \"\")",
+                 nulls[i][0] ? 44 : 45);
+        EXPECT_ERRORS(state, text, want);
+    }
+    EXPECT_ERRORS(state, SUB_WITH("~\n"),
+                  "6:13: error: 'subscriptions.s.filter' must be a filter mapping (exact, "
+                  "prefix, suffix, all, any, not) (got an empty value)");
+    EXPECT_ERRORS(state, SUB_WITH("{ not: }\n"),
+                  "6:20: error: 'subscriptions.s.filter': not: null is not a value here (to "
+                  "match an empty string, write \"\")");
+}
+
+/* Each filter error is reported at the node at fault, not at the start of the filter. */
+static void test_topo_filter_errors_point_at_the_offending_node(void **state)
+{
+    EXPECT_ERRORS(state, SUB_WITH("\n"
+                                  "      all:\n"
+                                  "        - exact: { subject: a }\n"
+                                  "        - prefix:\n"
+                                  "            type: b\n"
+                                  "            Bad: c\n"),
+                  "11:13: error: 'subscriptions.s.filter': all[1].prefix.Bad: not an attribute "
+                  "name (a-z and 0-9, at most 20 bytes) nor data.<path>");
+    EXPECT_ERRORS(state, SUB_WITH("\n"
+                                  "      any:\n"
+                                  "        - exact: { subject: a }\n"
+                                  "        - exact: { subject: [b] }\n"),
+                  "9:29: error: 'subscriptions.s.filter': any[1].exact.subject: expects a "
+                  "string, not a list");
+    EXPECT_ERRORS(state, SUB_WITH("\n"
+                                  "      not:\n"
+                                  "        exactly: { subject: a }\n"),
+                  "8:9: error: 'subscriptions.s.filter': not: unknown dialect 'exactly' "
+                  "(expected exact, prefix, suffix, all, any or not)");
+    EXPECT_ERRORS(state, SUB_WITH("{ all: [] }\n"),
+                  "6:20: error: 'subscriptions.s.filter': all: expects a non-empty list of "
+                  "filters");
+}
+
+/* A NUL byte: refused where it could never match, kept in a data string, where it can. */
+static void test_topo_filter_nul_is_refused_where_it_cannot_match(void **state)
+{
+    EXPECT_ERRORS(state, SUB_WITH("{ \"exact\\0junk\": { subject: a } }\n"),
+                  "6:15: error: 'subscriptions.s.filter': a dialect name cannot hold a NUL byte "
+                  "(expected exact, prefix, suffix, all, any or not)");
+    EXPECT_ERRORS(state, SUB_WITH("{ exact: { \"subject\\0\": a } }\n"),
+                  "6:24: error: 'subscriptions.s.filter': exact.subject: the attribute name "
+                  "holds a NUL byte");
+    EXPECT_ERRORS(state, SUB_WITH("{ exact: { tenant: \"a\\0b\" } }\n"),
+                  "6:32: error: 'subscriptions.s.filter': exact.tenant: holds a NUL byte, which "
+                  "no attribute can hold (only strings in data can)");
+    mt_topo *t = load_ok(state, SUB_WITH("{ exact: { data.x: \"a\\0b\" } }\n"));
+    json_t *spec = json_loads(t->subs[0].filter_json, JSON_ALLOW_NUL, NULL);
+    json_t *x = json_object_get(json_object_get(spec, "exact"), "data.x");
+    assert_int_equal(json_string_length(x), 3);
+    assert_memory_equal(json_string_value(x), "a\0b", 3);
+    json_decref(spec);
+    mt_topo_free(t);
+}
+
+/*
+ * A number or boolean in a filter stands for the text JSON data of that
+ * value has, in a YAML file and a JSON definition alike; YAML-only numbers
+ * and numbers or booleans where text is meant are errors.
+ */
+static void test_topo_filter_numbers_mean_their_json_text(void **state)
+{
+    static const char want[] = "{\"exact\":{\"data.b\":\"true\",\"data.f\":\"2.5\","
+                               "\"data.n\":\"1000.0\",\"data.s\":\"1e3\",\"priority\":\"5\"}}";
+    mt_topo *t = load_ok(state, SUB_WITH("{ exact: { priority: 5, data.n: 1e3, data.f: 2.50, "
+                                         "data.b: True, data.s: \"1e3\" } }\n"));
+    assert_string_equal(t->subs[0].filter_json, want);
+    mt_topo_free(t);
+    const char *json = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"filter\": {\"exact\": "
+                       "{\"priority\": 5, \"data.n\": 1e3, \"data.f\": 2.50, \"data.b\": true, "
+                       "\"data.s\": \"1e3\"}}}";
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_parse_sub("s", json, strlen(json), "request", &c, &errs), MT_OK);
+    assert_string_equal(c->filter_json, want);
+    mt_sub_conf_free(c);
+
+    static const char *const yaml_only[] = {"+5", "05", "0x1F", "0o17", ".5", "5.", ".inf",
+                                            "-.Inf", ".nan", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof yaml_only / sizeof yaml_only[0]; i++) {
+        char text[200], line[300];
+        snprintf(text, sizeof text, SUB_WITH("{ exact: { data.n: %s } }\n"), yaml_only[i]);
+        snprintf(line, sizeof line, "6:32: error: 'subscriptions.s.filter': exact.data.n: %s is "
+                 "a number JSON cannot write as it is: quote it (\"%s\") to match that text, or "
+                 "write the number as JSON data has it", yaml_only[i], yaml_only[i]);
+        EXPECT_ERRORS(state, text, line);
+    }
+
+    EXPECT_ERRORS(state, "version: 1\nsubscriptions:\n  s:\n    topics: [a, 5, true]\n"
+                         "    deliver: pull\n",
+                  "4:17: error: 'subscriptions.s.topics' must be a topic pattern: a string, not "
+                  "a number (got 5; quote it to mean the text)",
+                  "4:20: error: 'subscriptions.s.topics' must be a topic pattern: a string, not "
+                  "a boolean (got true; quote it to mean the text)");
+}
+
 static void test_topo_missing_version(void **state)
 {
     /* Reported at the top mapping, so it comes before the errors inside it. */
@@ -995,6 +1125,11 @@ int main(void)
         T(test_topo_wrong_type),
         T(test_topo_long_values_are_cut_in_messages),
         T(test_topo_duplicate_keys_point_at_the_second),
+        T(test_topo_filter_duplicate_keys_are_errors),
+        T(test_topo_filter_null_is_an_error_naming_its_path),
+        T(test_topo_filter_errors_point_at_the_offending_node),
+        T(test_topo_filter_nul_is_refused_where_it_cannot_match),
+        T(test_topo_filter_numbers_mean_their_json_text),
         T(test_topo_missing_version),
         T(test_topo_wrong_version),
         T(test_topo_empty_file),
