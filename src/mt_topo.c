@@ -34,6 +34,17 @@
 #define NEST_MAX 64          /* collections in collections, in any YAML read */
 #define MAPPING_MAX 10000    /* keys in one mapping (subscriptions included) */
 
+/*
+ * Where a node of a document built from JSON came from (such a document has
+ * no line and column): its parent collection and the key or index that
+ * holds it there. Indexed by node id - 1.
+ */
+typedef struct json_origin {
+    int parent;      /* node id of the enclosing collection; 0 for the root */
+    int key;         /* node id of the key holding it in a mapping; 0 in a sequence */
+    size_t index;    /* position in a sequence */
+} json_origin;
+
 /* A JSON value made by yaml_to_json and the YAML nodes it comes from. */
 typedef struct filter_node {
     const json_t *json;
@@ -45,6 +56,8 @@ typedef struct filter_node {
 typedef struct loader {
     const char *path;
     yaml_document_t *doc;
+    json_origin *json;      /* the document was built from JSON: where its nodes were */
+    size_t njson, capjson;  /* entries in 'json', and room for */
     mt_topo_errs *errs;
     mt_topo *topo;          /* filled in as keys are read; discarded if any error */
     mt_sub_conf *sub;       /* the subscription being read */
@@ -100,16 +113,66 @@ err_at(loader *ld, int at, yaml_mark_t mark, const char *fmt, ...)
     va_end(ap);
 }
 
+/* One JSON Pointer step (RFC 6901: '~' is written ~0 and '/' ~1) of node 'id'. */
+static void json_step(loader *ld, int id, mt_buf *b)
+{
+    const json_origin *o = &ld->json[id - 1];
+    if (!o->key) {
+        mt_buf_addf(b, "%zu", o->index);
+        return;
+    }
+    const yaml_node_t *k = yaml_document_get_node(ld->doc, o->key);
+    for (size_t i = 0; i < k->data.scalar.length; i++) {
+        char c = (char) k->data.scalar.value[i];
+        mt_buf_adds(b, c == '~' ? "~0" : c == '/' ? "~1" : (char[]){c, '\0'});
+    }
+}
+
+/*
+ * Where node 'n' is, for a message: "LINE:COL" in a YAML text, its JSON
+ * Pointer in a document built from JSON ("/retry/backoff", "" for the
+ * whole), cut at 200 bytes. Caller frees.
+ */
+static char *node_where(loader *ld, const yaml_node_t *n)
+{
+    if (!ld->json) {
+        return mt_xasprintf("%zu:%zu", n->start_mark.line + 1, n->start_mark.column + 1);
+    }
+    int chain[NEST_MAX + 2];
+    int depth = 0;
+    for (int id = (int) (n - ld->doc->nodes.start) + 1; id && depth < NEST_MAX + 2;
+         id = ld->json[id - 1].parent) {
+        chain[depth++] = id;
+    }
+    mt_buf b;
+    mt_buf_init(&b);
+    /* The root has no step: a pointer is the steps below it. */
+    for (int i = depth - 2; i >= 0; i--) {
+        mt_buf_adds(&b, "/");
+        json_step(ld, chain[i], &b);
+    }
+    if (b.len > 200) {
+        b.len = 197;
+        while (b.len > 0 && ((unsigned char) b.data[b.len] & 0xC0) == 0x80) {
+            b.len--;
+        }
+        mt_buf_adds(&b, "...");
+    }
+    char *r = mt_xstrdup(mt_buf_cstr(&b));
+    mt_buf_free(&b);
+    return r;
+}
+
 /* Reports at node 'n', inserting at index 'at' (-1 = the end). */
 static void __attribute__((format(printf, 4, 5)))
 err_node_at(loader *ld, int at, const yaml_node_t *n, const char *fmt, ...)
 {
+    char *where = node_where(ld, n);
     va_list ap;
     va_start(ap, fmt);
-    char where[48];
-    snprintf(where, sizeof where, "%zu:%zu", n->start_mark.line + 1, n->start_mark.column + 1);
     err_add(ld, at, where, fmt, ap);
     va_end(ap);
+    free(where);
 }
 
 #define err_node(ld, node, ...) err_node_at((ld), -1, (node), __VA_ARGS__)
@@ -830,8 +893,10 @@ static void sub_handler(loader *ld, const yaml_node_t *v)
         return;
     }
     set_str(&ld->sub->handler, h);
-    ld->sub->handler_line = (int) v->start_mark.line + 1;
-    ld->sub->handler_col = (int) v->start_mark.column + 1;
+    if (!ld->json) {
+        ld->sub->handler_line = (int) v->start_mark.line + 1;
+        ld->sub->handler_col = (int) v->start_mark.column + 1;
+    }
 }
 
 static void sub_start(loader *ld, const yaml_node_t *v)
@@ -1626,6 +1691,137 @@ mt_err mt_topo_load_compiling(const char *path, mt_topo_compile_fn compile, mt_t
 
 /* ---- one subscription on its own (runtime definitions) ---- */
 
+static void yaml_oom(void)
+{
+    fprintf(stderr, "moontide: out of memory building a definition\n");
+    abort();
+}
+
+/* Notes where node 'id' came from (see json_origin). */
+static void json_note(loader *ld, int id, int parent, int key, size_t index)
+{
+    mt_assert(id > 0 && (size_t) id == ld->njson + 1);
+    if (ld->njson == ld->capjson) {
+        ld->capjson = ld->capjson ? 2 * ld->capjson : 64;
+        ld->json = mt_xrealloc(ld->json, ld->capjson * sizeof *ld->json);
+    }
+    ld->json[id - 1] = (json_origin){parent, key, index};
+    ld->njson = (size_t) id;
+}
+
+/*
+ * Adds JSON value 'v' to 'doc' as the YAML that means the same: a string
+ * as a quoted scalar (so it stays text), a number, boolean or null as a
+ * plain scalar (a number written as a filter compares it), containers
+ * likewise, parent before children. Returns the node's id. A collection
+ * nested deeper than NEST_MAX becomes a null, and *too_deep its id.
+ */
+static int json_add(loader *ld, yaml_document_t *doc, const json_t *v, int parent, int key,
+                    size_t index, int depth, int *too_deep)
+{
+    int id;
+    bool container = json_is_object(v) || json_is_array(v);
+    if (container && depth > NEST_MAX) {
+        id = yaml_document_add_scalar(doc, NULL, (yaml_char_t *) "null", 4,
+                                      YAML_PLAIN_SCALAR_STYLE);
+        if (!id) {
+            yaml_oom();
+        }
+        json_note(ld, id, parent, key, index);
+        if (!*too_deep) {
+            *too_deep = id;
+        }
+        return id;
+    }
+    if (json_is_object(v)) {
+        id = yaml_document_add_mapping(doc, NULL, YAML_FLOW_MAPPING_STYLE);
+        if (!id) {
+            yaml_oom();
+        }
+        json_note(ld, id, parent, key, index);
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *) v, k, x) {
+#if JANSSON_VERSION_HEX >= 0x020e00
+            size_t klen = json_object_iter_key_len(json_object_key_to_iter(k));
+#else
+            size_t klen = strlen(k);
+#endif
+            int kid = yaml_document_add_scalar(doc, NULL, (const yaml_char_t *) k, (int) klen,
+                                               YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+            if (!kid) {
+                yaml_oom();
+            }
+            json_note(ld, kid, id, kid, 0);
+            int vid = json_add(ld, doc, x, id, kid, 0, depth + 1, too_deep);
+            if (!yaml_document_append_mapping_pair(doc, id, kid, vid)) {
+                yaml_oom();
+            }
+        }
+        return id;
+    }
+    if (json_is_array(v)) {
+        id = yaml_document_add_sequence(doc, NULL, YAML_FLOW_SEQUENCE_STYLE);
+        if (!id) {
+            yaml_oom();
+        }
+        json_note(ld, id, parent, key, index);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            int item = json_add(ld, doc, json_array_get(v, i), id, 0, i, depth + 1, too_deep);
+            if (!yaml_document_append_sequence_item(doc, id, item)) {
+                yaml_oom();
+            }
+        }
+        return id;
+    }
+    char text[MT_FILTER_TEXT_MAX];
+    const char *s = text;
+    size_t len;
+    yaml_scalar_style_t style = YAML_PLAIN_SCALAR_STYLE;
+    if (json_is_string(v)) {
+        s = json_string_value(v);
+        len = json_string_length(v);
+        style = YAML_DOUBLE_QUOTED_SCALAR_STYLE;
+    } else if (mt_filter_number_text(v, text)) {
+        len = strlen(text);
+    } else {
+        s = "null";
+        len = 4;
+    }
+    id = yaml_document_add_scalar(doc, NULL, (const yaml_char_t *) s, (int) len, style);
+    if (!id) {
+        yaml_oom();
+    }
+    json_note(ld, id, parent, key, index);
+    return id;
+}
+
+/*
+ * Reads definition 'def', parsed from JSON, into 'c': as a document made
+ * of its values (json_add), with errors placed by JSON Pointer.
+ */
+static void read_json_sub(loader *ld, mt_sub_conf *c, const json_t *def)
+{
+    yaml_document_t doc;
+    if (!yaml_document_initialize(&doc, NULL, NULL, NULL, 1, 1)) {
+        yaml_oom();
+    }
+    int too_deep = 0;
+    json_add(ld, &doc, def, 0, 0, 0, 1, &too_deep);
+    ld->doc = &doc;
+    const yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (too_deep) {
+        err_node(ld, yaml_document_get_node(&doc, too_deep), "nested deeper than %d levels",
+                 NEST_MAX);
+    } else if (root->type != YAML_MAPPING_NODE) {
+        err_node(ld, root, "a subscription definition must be an object with at least 'topics'");
+    } else {
+        read_sub(ld, c, root);
+    }
+    ld->doc = NULL;
+    yaml_document_delete(&doc);
+}
+
 static mt_err parse_sub(const char *name, const char *text, size_t len, const char *origin,
                         bool files_may_be_gone, mt_sub_conf **out, mt_topo_errs *errs)
 {
@@ -1648,32 +1844,50 @@ static mt_err parse_sub(const char *name, const char *text, size_t len, const ch
     mt_topo *t = mt_topo_new_default();
     loader ld = {.path = origin, .doc = NULL, .errs = errs, .topo = t,
                  .files_may_be_gone = files_may_be_gone, .over_http = true};
-    yaml_parser_t parser;
-    if (!yaml_parser_initialize(&parser)) {
-        fprintf(stderr, "moontide: out of memory parsing %s\n", origin);
-        abort();
-    }
-    yaml_parser_set_input_string(&parser, (const unsigned char *) text, len);
-    yaml_document_t doc;
-    yaml_mark_t deep_at;
-    if (nested_too_deep((const unsigned char *) text, len, &deep_at)) {
-        err_at(&ld, -1, deep_at, "nested deeper than %d levels", NEST_MAX);
-    } else if (!yaml_parser_load(&parser, &doc)) {
-        mt_buf b = {(char *) text, len, len};
-        err_syntax(&ld, &parser, &b);
+    /*
+     * JSON (a PUT body, a stored definition) is read by jansson, so it means
+     * exactly what JSON says: YAML would refuse some valid JSON (surrogate
+     * pairs, a raw U+FFFE, keys over 1024 bytes) and alter some (a raw
+     * U+0085). Anything else is YAML.
+     */
+    json_error_t jerr;
+    json_t *def = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+    if (def) {
+        read_json_sub(&ld, c, def);
+        json_decref(def);
+    } else if (json_error_code(&jerr) == json_error_duplicate_key) {
+        yaml_mark_t at = {0, (size_t) (jerr.line > 0 ? jerr.line - 1 : 0),
+                          (size_t) (jerr.column > 0 ? jerr.column - 1 : 0)};
+        err_at(&ld, -1, at, "%s", jerr.text);
     } else {
-        ld.doc = &doc;
-        const yaml_node_t *root = yaml_document_get_root_node(&doc);
-        if (!root || root->type != YAML_MAPPING_NODE) {
-            yaml_mark_t start = {0, 0, 0};
-            err_at(&ld, -1, root ? root->start_mark : start,
-                   "a subscription definition must be an object with at least 'topics'");
-        } else {
-            read_sub(&ld, c, root);
+        yaml_parser_t parser;
+        if (!yaml_parser_initialize(&parser)) {
+            fprintf(stderr, "moontide: out of memory parsing %s\n", origin);
+            abort();
         }
-        yaml_document_delete(&doc);
+        yaml_parser_set_input_string(&parser, (const unsigned char *) text, len);
+        yaml_document_t doc;
+        yaml_mark_t deep_at;
+        if (nested_too_deep((const unsigned char *) text, len, &deep_at)) {
+            err_at(&ld, -1, deep_at, "nested deeper than %d levels", NEST_MAX);
+        } else if (!yaml_parser_load(&parser, &doc)) {
+            mt_buf b = {(char *) text, len, len};
+            err_syntax(&ld, &parser, &b);
+        } else {
+            ld.doc = &doc;
+            const yaml_node_t *root = yaml_document_get_root_node(&doc);
+            if (!root || root->type != YAML_MAPPING_NODE) {
+                yaml_mark_t start = {0, 0, 0};
+                err_at(&ld, -1, root ? root->start_mark : start,
+                       "a subscription definition must be an object with at least 'topics'");
+            } else {
+                read_sub(&ld, c, root);
+            }
+            yaml_document_delete(&doc);
+        }
+        yaml_parser_delete(&parser);
     }
-    yaml_parser_delete(&parser);
+    free(ld.json);
     free(ld.fnodes);
     mt_topo_free(t);
     if (errs->count > first_err) {

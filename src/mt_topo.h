@@ -184,7 +184,11 @@ mt_err mt_topo_parse_listen(const char *s, char **host, uint16_t *port);
  * or the same in YAML: the fields a subscription has under
  * `subscriptions:`), with the same checks as mt_topo_load, and one more
  * for a definition made over HTTP: the handler path must be relative with
- * no ".." word, so it names a file of the project. Errors are
+ * no ".." word, so it names a file of the project. Text that parses as
+ * JSON (jansson; duplicate keys are an error) is read as JSON, with JSON's
+ * types and every string as it is, and its errors are "ORIGIN:POINTER:
+ * error: message" with the JSON Pointer of the value at fault ("ORIGIN:
+ * error: message" for the whole object); other text is YAML, with errors
  * "ORIGIN:LINE:COL: error: message". On success sets *out (free with
  * mt_sub_conf_free); else MT_ECONFIG with every problem in 'errs'.
  */

@@ -268,6 +268,69 @@ def test_a_put_in_flight_when_the_engine_stops_is_answered_and_the_stop_is_clean
             e.cleanup()
 
 
+HITS = """
+return function(event, ctx)
+  local t = ctx.kv("counts")
+  t:put(event.id, (t:get(event.id) or 0) + 1)
+end
+"""
+
+
+def test_json_definitions_mean_what_the_json_says():
+    """A PUT body is read as the JSON it is: null is not "null", a number
+    is not the text "5", and every valid string arrives unchanged."""
+    with Engine() as e:
+        h = handler_file(HITS)
+        for bad, why in [
+            ({"exact": {"subject": None}}, "'subscriptions.s.filter': exact.subject: null is not"),
+            (None, "'subscriptions.s.filter' must be a filter mapping"),
+            ({"all": [{"exact": {"subject": "a"}}, {"prefix": {"subject": 5}}]}, None),
+        ]:
+            st, b = put(e, "s", {"topics": ["t"], "handler": h, "filter": bad})
+            if why is None:
+                assert st == 201, b  # a number stands for its text, "5"
+                assert e.request("DELETE", "/subscriptions/s")[0] in (200, 204)
+                continue
+            assert st == 400 and why in b["detail"], (bad, b)
+        for topics, why in [([5], "not a number (got 5;"), ([True], "not a boolean (got true;"),
+                            (7, "not a number (got 7;")]:
+            st, b = put(e, "s", {"topics": topics, "handler": h})
+            assert st == 400 and b["detail"].startswith("request:/topics") and why in b["detail"], b
+        # Numbers and booleans in a filter stand for the text the same JSON value has as
+        # data: 1e3 is a real, 1000.0, so it matches 1000.0 and not the integer 1000.
+        st, b = put(e, "numbers", None, raw='{"topics": ["t"], "handler": "%s", "filter": {"any": ['
+                    '{"exact": {"priority": 5}}, {"exact": {"data.n": 1e3}}, '
+                    '{"exact": {"data.b": true}}]}}' % h)
+        assert st == 201, b
+        # Python's json.dumps writes U+1F600 as a surrogate pair; the rest go raw.
+        long_key = "k" * 1100
+        subjects = ["\U0001F600", "a\x7fb", "a\x85b", "a\ufffeb"]
+        texts = {"topics": ["t"], "handler": h, "filter": {"any": [
+            {"exact": {"subject": s}} for s in subjects] + [{"exact": {"data." + long_key: "v"}}]}}
+        raw = json.dumps(texts, ensure_ascii=False).replace("\U0001F600", "\\ud83d\\ude00")
+        assert "\\ud83d\\ude00" in raw and "\x85" in raw
+        st, b = put(e, "texts", None, raw=raw)
+        assert st == 201, b
+        misses = [mtlib.event("miss-n", type_="t", data={"n": 1000}),
+                  mtlib.event("miss-p", type_="t", priority=4),
+                  mtlib.event("miss-s", type_="t", subject="a\x85", data={long_key: "w"})]
+        hits = [mtlib.event("hit-n", type_="t", data={"n": 1000.0}),
+                mtlib.event("hit-b", type_="t", data={"b": True}),
+                mtlib.event("hit-bs", type_="t", data={"b": "true"}),
+                mtlib.event("hit-p", type_="t", priority=5),
+                mtlib.event("hit-long", type_="t", data={long_key: "v"})]
+        hits += [mtlib.event("hit-s%d" % i, type_="t", subject=s) for i, s in enumerate(subjects)]
+        for ev in misses + hits:
+            st, b = e.publish(ev)
+            assert st == 201, (ev, b)
+        for ev in hits:
+            mtlib.wait_for(lambda: count(e, ev["id"]), what=ev["id"])
+        want = {ev["id"]: 1 for ev in hits}
+        want.update({ev["id"]: None for ev in misses})
+        got = {ev["id"]: count(e, ev["id"]) for ev in misses + hits}
+        assert got == want, got
+
+
 def test_bad_definitions_get_clear_errors_and_change_nothing():
     cfg = mtlib.topology("subscriptions:\n  declared:\n    topics: [\"a.#\"]\n    deliver: pull\n")
     with Engine(config=cfg) as e:
@@ -277,11 +340,11 @@ def test_bad_definitions_get_clear_errors_and_change_nothing():
         assert st == 400 and "must be a JSON object" in b["detail"], b
         st, b = put(e, "s", {"topics": ["a.b"], "deliver": "pull", "colour": "red"})
         assert st == 400 and "unknown key 'colour'" in b["detail"], b
-        assert b["detail"].startswith("request:1:"), b
+        assert b["detail"].startswith("request:/colour: error:"), b
         st, b = put(e, "s", None, raw='{\n\t"deliver": "pull",\n\t"lease": "soon"\n}')
         assert st == 400, b
-        assert b["errors"][0].startswith("request:1:1: error: missing required key 'topics'"), b
-        assert b["errors"][1].startswith("request:3:11: error: 'subscriptions.s.lease'"), b
+        assert b["errors"][0].startswith("request: error: missing required key 'topics'"), b
+        assert b["errors"][1].startswith("request:/lease: error: 'subscriptions.s.lease'"), b
         st, b = put(e, "s", {"topics": ["a.b"], "handler": "nonexistent/h.lua"})
         assert st == 400 and "cannot read 'nonexistent/h.lua'" in b["detail"], b
         # Only the project's own files: not a file elsewhere on the host, even one
@@ -293,7 +356,7 @@ def test_bad_definitions_get_clear_errors_and_change_nothing():
             for path in (outside, "../outside.lua", handler_file() + "/../../../outside.lua"):
                 st, b = put(e, "s", {"topics": ["a.b"], "handler": path})
                 assert st == 400 and b["detail"] == (
-                    "request:1:32: error: 'subscriptions.s.handler': '%s' is outside the "
+                    "request:/handler: error: 'subscriptions.s.handler': '%s' is outside the "
                     "engine's working directory: a subscription made over HTTP names its "
                     "handler by a relative path without '..' (handlers/NAME.lua)" % path), b
         finally:

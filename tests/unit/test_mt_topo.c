@@ -417,20 +417,29 @@ static void test_topo_small_files_with_huge_expansions_are_refused(void **state)
                   "3:3: error: a mapping of 40000 keys in engine; at most 10000");
     mt_buf_free(&b);
 
-    /* A definition over HTTP is read by the same parser. */
+    /* A definition over HTTP has the same limit, placed by JSON Pointer. */
     char def[400] = "{\"topics\": ";
     for (int i = 0; i < 70; i++) {
         strcat(def, "[");
     }
+    for (int i = 0; i < 70; i++) {
+        strcat(def, "]");
+    }
+    strcat(def, "}");
     mt_sub_conf *c = NULL;
     mt_topo_errs errs = {0};
     assert_int_equal(mt_topo_parse_sub("k", def, strlen(def), "request", &c, &errs), MT_ECONFIG);
     assert_int_equal(errs.count, 1);
-    assert_string_equal(errs.lines[0], "request:1:75: error: nested deeper than 64 levels");
+    char want[400] = "request:/topics";
+    for (int i = 0; i < 63; i++) {
+        strcat(want, "/0");
+    }
+    strcat(want, ": error: nested deeper than 64 levels");
+    assert_string_equal(errs.lines[0], want);
     mt_topo_errs_free(&errs);
 }
 
-/* One subscription from a JSON definition: the same checks, located in the request. */
+/* One subscription from a JSON definition: the same checks, located by JSON Pointer. */
 static void test_topo_parse_sub_from_json(void **state)
 {
     (void) state;
@@ -464,10 +473,10 @@ static void test_topo_parse_sub_from_json(void **state)
                      MT_ECONFIG);
     assert_null(c);
     assert_int_equal(errs.count, 2);
-    assert_string_equal(errs.lines[0], "request:1:13: error: 'subscriptions.jobs.topics': "
+    assert_string_equal(errs.lines[0], "request:/topics/0: error: 'subscriptions.jobs.topics': "
                         "'a.*b' is not a topic pattern ('.'-separated words; '*' and '#' only "
                         "as whole words)");
-    assert_non_null(strstr(errs.lines[1], "request:2:21: error: unknown key 'colour' in "
+    assert_non_null(strstr(errs.lines[1], "request:/colour: error: unknown key 'colour' in "
                                           "subscription 'jobs'"));
     mt_topo_errs_free(&errs);
 
@@ -478,11 +487,11 @@ static void test_topo_parse_sub_from_json(void **state)
     assert_int_equal(mt_topo_parse_sub("jobs", typed, strlen(typed), "request", &c, &errs),
                      MT_ECONFIG);
     assert_int_equal(errs.count, 3);
-    assert_string_equal(errs.lines[0], "request:1:49: error: 'subscriptions.jobs.workers' must be "
+    assert_string_equal(errs.lines[0], "request:/workers: error: 'subscriptions.jobs.workers' must be "
                         "a whole number from 1 to 64, not a quoted string (got '2')");
-    assert_string_equal(errs.lines[1], "request:2:14: error: 'subscriptions.jobs.priority' must be "
+    assert_string_equal(errs.lines[1], "request:/priority: error: 'subscriptions.jobs.priority' must be "
                         "true or false, not a quoted string (got 'true')");
-    assert_string_equal(errs.lines[2], "request:2:48: error: 'subscriptions.jobs.retry."
+    assert_string_equal(errs.lines[2], "request:/retry/max_attempts: error: 'subscriptions.jobs.retry."
                         "max_attempts' must be a whole number from 1 to 1000, not a quoted "
                         "string (got '5')");
     mt_topo_errs_free(&errs);
@@ -495,7 +504,7 @@ static void test_topo_parse_sub_from_json(void **state)
     assert_int_equal(mt_topo_parse_sub("jobs", list, strlen(list), "request", &c, &errs),
                      MT_ECONFIG);
     assert_int_equal(errs.count, 1);
-    assert_string_equal(errs.lines[0], "request:1:1: error: a subscription definition must be "
+    assert_string_equal(errs.lines[0], "request: error: a subscription definition must be "
                         "an object with at least 'topics'");
     mt_topo_errs_free(&errs);
 
@@ -886,6 +895,67 @@ static void test_topo_filter_numbers_mean_their_json_text(void **state)
                   "a number (got 5; quote it to mean the text)",
                   "4:20: error: 'subscriptions.s.topics' must be a topic pattern: a string, not "
                   "a boolean (got true; quote it to mean the text)");
+    const char *topics = "{\"topics\": 7, \"deliver\": \"pull\"}";
+    assert_int_equal(mt_topo_parse_sub("s", topics, strlen(topics), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    assert_string_equal(errs.lines[0], "request:/topics: error: 'subscriptions.s.topics' must be "
+                        "a list of topic patterns: a string, not a number (got 7; quote it to "
+                        "mean the text)");
+    mt_topo_errs_free(&errs);
+}
+
+/*
+ * A JSON definition is read as JSON: escapes YAML does not know (a
+ * surrogate pair), characters YAML refuses or alters (DEL, C1, U+FFFE,
+ * U+0085) and keys over 1024 bytes all reach the filter unchanged; errors
+ * are placed by JSON Pointer.
+ */
+static void test_topo_parse_sub_reads_json_as_json(void **state)
+{
+    (void) state;
+    char key[1200] = "data.";
+    memset(key + 5, 'k', 1100);
+    key[1105] = '\0';
+    char def[2000];
+    snprintf(def, sizeof def, "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"filter\": {\"any\": ["
+             "{\"exact\": {\"subject\": \"\\ud83d\\ude00\"}}, {\"exact\": {\"subject\": "
+             "\"a\x7f\xc2\x80\xc2\x85\xef\xbf\xbe\"}}, {\"exact\": {\"%s\": \"v\"}}]}}", key);
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    mt_err rc = mt_topo_parse_sub("s", def, strlen(def), "request", &c, &errs);
+    print_errs(&errs);
+    assert_int_equal(rc, MT_OK);
+    json_t *spec = json_loads(c->filter_json, 0, NULL);
+    json_t *any = json_object_get(spec, "any");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            json_array_get(any, 0), "exact"), "subject")), "\xf0\x9f\x98\x80");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            json_array_get(any, 1), "exact"), "subject")),
+                        "a\x7f\xc2\x80\xc2\x85\xef\xbf\xbe");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            json_array_get(any, 2), "exact"), key)), "v");
+    json_decref(spec);
+    mt_sub_conf_free(c);
+
+    const char *bad = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"filter\": {\"all\": ["
+                      "{\"exact\": {\"subject\": \"a\"}}, {\"prefix\": {\"a/b~c\": \"x\"}}]}}";
+    assert_int_equal(mt_topo_parse_sub("s", bad, strlen(bad), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    assert_string_equal(errs.lines[0], "request:/filter/all/1/prefix/a~1b~0c: error: "
+                        "'subscriptions.s.filter': all[1].prefix.a/b~c: not an attribute name "
+                        "(a-z and 0-9, at most 20 bytes) nor data.<path>");
+    mt_topo_errs_free(&errs);
+    const char *null = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"filter\": {\"exact\": "
+                       "{\"subject\": null}}}";
+    assert_int_equal(mt_topo_parse_sub("s", null, strlen(null), "request", &c, &errs),
+                     MT_ECONFIG);
+    assert_int_equal(errs.count, 1);
+    assert_string_equal(errs.lines[0], "request:/filter/exact/subject: error: "
+                        "'subscriptions.s.filter': exact.subject: null is not a value here (to "
+                        "match an empty string, write \"\")");
+    mt_topo_errs_free(&errs);
 }
 
 static void test_topo_missing_version(void **state)
@@ -1142,6 +1212,7 @@ int main(void)
         cmocka_unit_test(test_topo_listen_parsing),
         T(test_topo_small_files_with_huge_expansions_are_refused),
         cmocka_unit_test(test_topo_parse_sub_from_json),
+        cmocka_unit_test(test_topo_parse_sub_reads_json_as_json),
         cmocka_unit_test(test_topo_parse_sub_keeps_handlers_in_the_project),
         cmocka_unit_test(test_topo_parse_stored_sub_allows_a_missing_handler),
     };
