@@ -563,18 +563,27 @@ static size_t skip_ws(const char *s, size_t len, size_t pos)
 /*
  * Parses one JSON value at s[*pos] with jansson, advancing *pos past it.
  * Returns the value (new reference), or NULL with the error in the draft:
- * 'name' is the member whose value it is, NULL for a member's name.
+ * 'name' is the member whose value it is, NULL for a member's name. A
+ * NUL (\u0000) is taken only in data: no attribute or name can hold one.
  */
 static json_t *load_value(draft *d, const char *s, size_t len, size_t *pos, const char *name)
 {
     json_error_t e;
-    json_t *v = json_loadb(s + *pos, len - *pos, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, &e);
+    size_t flags = JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY;
+    if (name && strcmp(name, "data") == 0) {
+        flags |= JSON_ALLOW_NUL;
+    }
+    json_t *v = json_loadb(s + *pos, len - *pos, flags, &e);
     if (!v) {
         char prefix[32];
         draft_prefix(d, prefix, sizeof prefix);
-        snprintf(d->err, d->errlen, "%s%.40s: malformed JSON at byte %zu: %s", prefix,
-                 name ? name : d->index < 0 ? "event" : "name",
-                 *pos + (size_t) (e.position > 0 ? e.position : 0), e.text);
+        bool nul = json_error_code(&e) == json_error_null_character;
+        snprintf(d->err, d->errlen, "%s%.40s: %s at byte %zu%s%s", prefix,
+                 name ? name : "an attribute name",
+                 nul ? "a NUL character (\\u0000)" : "malformed JSON",
+                 *pos + (size_t) (e.position > 0 ? e.position : 0),
+                 nul ? ", which only strings in data may hold" : ": ",
+                 nul ? "" : e.text);
         return NULL;
     }
     *pos += (size_t) e.position;
@@ -893,7 +902,7 @@ mt_err mt_event_parse_binary(const char *const *names, const char *const *values
         d.ev.data_len = len;
         if (mt_event_content_type_is_json(content_type)) {
             json_error_t e;
-            json_t *v = json_loadb(body, len, JSON_DECODE_ANY, &e);
+            json_t *v = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
             if (!v) {
                 rc = fail(&d, "data", "malformed JSON at byte %d: %s", e.position, e.text);
             }

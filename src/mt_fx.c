@@ -885,7 +885,7 @@ static mt_err emit_event(mt_fx *fx, const char *type, const char *data, size_t d
         parsed = NULL;
     } else if (!parsed) {
         json_error_t je;
-        parsed = json_loadb(data, data_len, JSON_DECODE_ANY, &je);
+        parsed = json_loadb(data, data_len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
         if (!parsed) {
             snprintf(err, errlen, "emit: data: malformed JSON at byte %d: %s", je.position,
                      je.text);

@@ -2157,7 +2157,7 @@ static json_t *dormant_status(mt_subs *subs, int i, mt_txn *t, uint64_t head)
     size_t vl;
     json_t *def = NULL;
     if (mt_store_get(t, MT_DB_SUBDEFS, name, strlen(name), &v, &vl) == MT_OK) {
-        def = json_loadb(v, vl, 0, NULL);
+        def = json_loadb(v, vl, JSON_ALLOW_NUL, NULL);
     }
     json_t *topics = json_object_get(def, "topics");
     json_object_set_new(o, "topics", json_is_array(topics) ? json_incref(topics) : json_array());
@@ -2192,7 +2192,7 @@ static json_t *status_of(sub_rt *s, mt_txn *t, uint64_t head)
         json_object_set_new(o, "run_again", json_integer((json_int_t) s->ahead_rerun));
     }
     if (s->def) {
-        json_t *def = json_loads(s->def, 0, NULL);
+        json_t *def = json_loads(s->def, JSON_ALLOW_NUL, NULL);
         if (def) {
             json_object_set_new(o, "definition", def);
         }
@@ -3274,7 +3274,7 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
         return rc;
     }
     json_error_t jerr;
-    json_t *body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *body = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!json_is_object(body)) {
         if (body) {
             add_err(errs, "request:1:1: error: a subscription definition must be a JSON object");
@@ -3285,20 +3285,8 @@ mt_err mt_subs_put(mt_subs *subs, const char *name, const char *text, size_t len
         json_decref(body);
         return MT_ECONFIG;
     }
-    /*
-     * JSON is read with the topology's YAML reader, so both are checked
-     * alike. Raw tabs in valid JSON are only whitespace, which YAML wants
-     * as spaces; swapping them keeps every line and column.
-     */
-    char *yaml = mt_xstrndup(text, len);
-    for (char *p = yaml; *p; p++) {
-        if (*p == '\t') {
-            *p = ' ';
-        }
-    }
     mt_sub_conf *conf;
-    rc = mt_topo_parse_sub(name, yaml, strlen(yaml), "request", &conf, errs);
-    free(yaml);
+    rc = mt_topo_parse_sub(name, text, len, "request", &conf, errs);
     if (rc == MT_OK && conf->pull && conf->workers > 1) {
         add_err(errs, "request: error: %s", mt_topo_workers_unused(name));
         mt_sub_conf_free(conf);
@@ -3515,7 +3503,7 @@ mt_err mt_subs_table_scan(mt_txn *t, const char *table, const char *prefix, uint
         if (ckl < kl || memcmp(ck, k, kl) != 0) {
             break;
         }
-        json_t *v = json_loadb(cv, cvl, JSON_DECODE_ANY, NULL);
+        json_t *v = json_loadb(cv, cvl, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         const char *key = (const char *) ck + a + 1;
         size_t key_len = ckl - a - 1;
         if (v && json_object_setn(o, key, key_len, v) != 0) {

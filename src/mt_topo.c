@@ -1290,7 +1290,7 @@ static bool has_key(loader *ld, const yaml_node_t *map, const char *name)
 bool mt_topo_stored_fixed(const char *json, size_t len, const char **kind, mt_ordering *ordering,
                           bool *priority)
 {
-    json_t *def = json_loadb(json, len, 0, NULL);
+    json_t *def = json_loadb(json, len, JSON_ALLOW_NUL, NULL);
     json_t *deliver = json_object_get(def, "deliver");
     json_t *ord = json_object_get(def, "ordering");
     json_t *prio = json_object_get(def, "priority");

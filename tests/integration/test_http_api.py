@@ -220,6 +220,34 @@ def test_data_is_kept_byte_for_byte():
         assert "data" not in evs[8], evs[8]
 
 
+def test_a_nul_character_is_kept_in_data_and_refused_in_attributes():
+    """JSON strings may hold U+0000: data keeps it in every mode and reads it
+    back; an attribute cannot hold it, and the error says where it is."""
+    with fast_engine() as e:
+        nul = b'{"s": "a\\u0000b", "t": ["\\u0000"]}'
+        body = b'{"specversion":"1.0","id":"n1","source":"/nul","type":"t.x","data":' + nul + b"}"
+        st, _, ans = post(e, body, CE)
+        assert st == 201, (st, ans)
+        st, _, ans = binary(e, nul, "application/json",
+                            specversion="1.0", id="n2", source="/nul", type="t.x")
+        assert st == 201, (st, ans)
+        st, _, ans = post(e, b'{"specversion":"1.0","id":"n3","source":"/nul","type":"t.x",'
+                          b'"datacontenttype":"text/plain","data":"x\\u0000y"}', CE)
+        assert st == 201, (st, ans)
+        evs = json.loads(raw_log(e))
+        assert [x["data"] for x in evs] == [{"s": "a\0b", "t": ["\0"]}] * 2 + ["x\0y"], evs
+        for where, body in [
+                ("subject", b'{"specversion":"1.0","id":"n4","source":"/nul","type":"t.x",'
+                            b'"subject":"a\\u0000"}'),
+                ("an attribute name", b'{"specversion":"1.0","id":"n5","source":"/nul","type":"t.x",'
+                         b'"x\\u0000":"1"}')]:
+            st, _, ans = post(e, body, CE)
+            detail = ans["detail"]
+            assert st == 400 and detail.startswith(where + ": a NUL character (\\u0000) at byte"), ans
+            assert "only strings in data may hold" in detail, ans
+        assert len(json.loads(raw_log(e))) == 3
+
+
 def test_structured_text_and_base64_data():
     with fast_engine() as e:
         st, ans = e.publish(event(1, data="line 1\nline \u00e9", datacontenttype="text/plain"))

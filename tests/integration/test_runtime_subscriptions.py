@@ -329,6 +329,25 @@ def test_json_definitions_mean_what_the_json_says():
         want.update({ev["id"]: None for ev in misses})
         got = {ev["id"]: count(e, ev["id"]) for ev in misses + hits}
         assert got == want, got
+        # A NUL can only be in JSON data, so a filter may look for one there
+        # and nowhere else; the definition keeps it across a restart.
+        st, b = put(e, "nul", {"topics": ["t"], "handler": h,
+                               "filter": {"exact": {"subject": "a\u0000b"}}})
+        assert st == 400 and "holds a NUL byte" in b["detail"], b
+        st, b = put(e, "nul", {"topics": ["t"], "handler": h,
+                               "filter": {"exact": {"data.x": "a\u0000b"}}})
+        assert st == 201, b
+        e.stop()
+        e.start()
+        st, b = status(e, "nul")
+        assert st == 200 and b["running"], b
+        assert b["definition"]["filter"] == {"exact": {"data.x": "a\u0000b"}}, b
+        for ev in [mtlib.event("nul-miss", type_="t", data={"x": "a"}),
+                   mtlib.event("nul-hit", type_="t", data={"x": "a\u0000b"})]:
+            st, b = e.publish(ev)
+            assert st == 201, (ev, b)
+        mtlib.wait_for(lambda: count(e, "e-nul-hit") == 1, what="nul-hit")
+        assert count(e, "e-nul-miss") is None
 
 
 def test_bad_definitions_get_clear_errors_and_change_nothing():

@@ -311,10 +311,12 @@ def test_a_huge_error_is_kept_cut_in_the_dead_letter():
 
 def test_a_table_lists_keys_that_are_not_utf8():
     # Lua strings are bytes, so a key may be any; JSON keys may not. Such a
-    # key was left out of the listing, which then held fewer than asked for.
+    # key was left out of the listing, which then held fewer than asked for,
+    # and so was a value holding a NUL.
     handler = handler_file("return function(e, ctx)\n"
                            "  local t = ctx.kv('bytes')\n"
                            "  t:put('caf\\233', 1)\n"
+                           "  t:put('nul', 'a\\0b')\n"
                            "  t:put('ok', 2)\n"
                            "  t:put('z\\255', t:get('caf\\233') + 2)\n"
                            "end\n")
@@ -323,9 +325,10 @@ def test_a_table_lists_keys_that_are_not_utf8():
         with Engine(config=cfg) as e:
             e.publish(mtlib.event("b1", type_="b.x"))
             wait_for(lambda: status(e, "b")["handled"] == 1, what="one handled")
-            assert table(e, "bytes") == {"caf\ufffd": 1, "ok": 2, "z\ufffd": 3}, table(e, "bytes")
-            st, _, body = e.request("GET", "/tables/bytes?limit=2")
-            assert st == 200 and json.loads(body) == {"caf\ufffd": 1, "ok": 2}, body
+            assert table(e, "bytes") == {"caf\ufffd": 1, "nul": "a\0b", "ok": 2, "z\ufffd": 3}, \
+                table(e, "bytes")
+            st, _, body = e.request("GET", "/tables/bytes?limit=3")
+            assert st == 200 and json.loads(body) == {"caf\ufffd": 1, "nul": "a\0b", "ok": 2}, body
             st, _, body = e.request("GET", "/tables/bytes/caf%E9")
             assert st == 200 and json.loads(body) == 1, (st, body)
     finally:

@@ -1132,9 +1132,16 @@ static void test_event_structured_refuses_malformed_json(void **state)
         {"{" CE ",\"data\":tru}", "data: malformed JSON at byte "},
         {"{" CE ",\"subject\":\"unterminated}", "subject: malformed JSON at byte "},
         {"{" CE ",\"subject\":\"\xff\"}", "subject: malformed JSON at byte "},
-        {"{" CE ",\"data\":\"a\\u0000b\"}", "data: malformed JSON at byte "},
+        {"{" CE ",\"subject\":\"a\\u0000b\"}", "subject: a NUL character (\\u0000) at byte "},
+        {"{" CE ",\"data\":{\"a\\u0000b\":1}}", "data: malformed JSON at byte "},
     };
     expect_error_prefixes(mt_event_parse_structured, prefixed, N_CASES(prefixed));
+    /* A string in data may hold a NUL; the data's text is kept as sent. */
+    parsed p;
+    parse_ok(&p, "{" CE ",\"data\":\"a\\u0000b\"}");
+    assert_int_equal(p.ev.data_len, 10);
+    assert_memory_equal(p.ev.data, "\"a\\u0000b\"", 10);
+    parsed_free(&p);
 }
 
 static void test_event_structured_refuses_data_and_data_base64_together(void **state)
