@@ -1046,6 +1046,35 @@ static int l_lua_install(lua_State *L)
     return 0;
 }
 
+/*
+ * The message of a failed load of 'path'. Lua's errors name their place
+ * ("handlers/x.lua:3: boom"); a breach of the budget or the memory limit
+ * does not, so it gets the innermost Lua line of 'trace' ("\tFILE:LINE: in
+ * ...") and the file being loaded: "handlers/x.lua:3: instruction budget
+ * of 100 exceeded while loading handlers/x.lua".
+ */
+static void load_error(const char *path, const char *msg, const char *trace, char *err,
+                       size_t errlen)
+{
+    if (strncmp(msg, path, strlen(path)) == 0 || (strncmp(msg, "instruction budget", 18) != 0 &&
+                                                  strncmp(msg, "memory limit", 12) != 0)) {
+        snprintf(err, errlen, "%s", msg);
+        return;
+    }
+    const char *line = strchr(trace, '\n');
+    while (line && (strncmp(line, "\n\t[C]", 5) == 0 || strncmp(line, "\n\t(", 3) == 0)) {
+        line = strchr(line + 1, '\n');
+    }
+    const char *end = line ? strstr(line, ": in ") : NULL;
+    const char *eol = line ? strchr(line + 1, '\n') : NULL;
+    if (end && (!eol || end < eol)) {
+        snprintf(err, errlen, "%.*s: %s while loading %s", (int) (end - line - 2), line + 2, msg,
+                 path);
+    } else {
+        snprintf(err, errlen, "%s: %s while loading it", path, msg);
+    }
+}
+
 mt_err mt_lua_load_file(mt_lua *lu, const char *path, char *err, size_t errlen)
 {
     mt_assert(lu && path);
@@ -1066,13 +1095,15 @@ mt_err mt_lua_load_file(mt_lua *lu, const char *path, char *err, size_t errlen)
     lua_pushcfunction(L, l_lua_install);
     lua_insert(L, -2);
     lua_pushlightuserdata(L, (void *) path);
-    mt_buf msg;
+    mt_buf msg, trace;
     mt_buf_init(&msg);
-    rc = mt_lua_call(lu, 2, 0, &msg, NULL);
+    mt_buf_init(&trace);
+    rc = mt_lua_call(lu, 2, 0, &msg, &trace);
     if (rc) {
-        snprintf(err, errlen, "%s", mt_buf_cstr(&msg));
+        load_error(path, mt_buf_cstr(&msg), mt_buf_cstr(&trace), err, errlen);
     }
     mt_buf_free(&msg);
+    mt_buf_free(&trace);
     mt_assert(lua_gettop(L) == top);
     return rc;
 }

@@ -447,6 +447,33 @@ static void test_lua_check_file_compiles_without_running(void **state)
     free(path);
 }
 
+/* A budget or memory breach while a file loads names the file and the line. */
+static void test_lua_limits_breached_while_loading_name_the_file(void **state)
+{
+    char *dir = *state;
+    char *loop = mt_test_write_file(dir, "spins.lua", "local n = 0\nwhile true do\n"
+                                    "  n = n + 1\nend\n");
+    char *mod = mt_test_write_file(dir, "hog.lua", "local t = {}\n"
+                                   "for i = 1, 1e9 do t[i] = ('x'):rep(64) .. i end\n");
+    char *user = mt_test_write_file(dir, "user.lua", "require('hog')\nreturn function() end\n");
+    mt_lua *lu = new_lua_with(2 * MIB, 100000, dir, NULL);
+    char err[512], want[1200];
+    assert_int_equal(mt_lua_load_file(lu, loop, err, sizeof err), MT_ELUA);
+    snprintf(want, sizeof want, "%s:3: instruction budget of 100000 exceeded while loading %s",
+             loop, loop);
+    assert_string_equal(err, want);
+    mt_lua_free(lu);
+    lu = new_lua_with(2 * MIB, 100000000, dir, NULL);
+    assert_int_equal(mt_lua_load_file(lu, user, err, sizeof err), MT_ELUA);
+    snprintf(want, sizeof want, "%s:2: memory limit of %d bytes exceeded while loading %s", mod,
+             2 * MIB, user);
+    assert_string_equal(err, want);
+    mt_lua_free(lu);
+    free(loop);
+    free(mod);
+    free(user);
+}
+
 static void test_lua_binary_handler_file_is_refused(void **state)
 {
     char *dir = *state;
@@ -1244,6 +1271,7 @@ int main(void)
         T(test_lua_syntax_error_reads_file_line_message),
         T(test_lua_syntax_error_keeps_a_long_path_whole),
         T(test_lua_check_file_compiles_without_running),
+        T(test_lua_limits_breached_while_loading_name_the_file),
         T(test_lua_binary_handler_file_is_refused),
         T(test_lua_handler_file_must_return_a_handler),
         T(test_lua_table_handler_keeps_its_fields),
