@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,6 +195,12 @@ static int cmd_run(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    /*
+     * A SIGHUP before the loop takes it (a reload sent while the store
+     * opens and the handlers load) would end the process. Nothing needs
+     * loading again then: the files are being read for the first time.
+     */
+    signal(SIGHUP, SIG_IGN);
     const char *path = NULL, *data_dir = NULL, *listen = NULL;
     int c;
     optind = 0;

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import mtlib
@@ -229,6 +230,47 @@ def test_sighup_loads_handlers_again_and_a_redrive_runs_the_fix():
                 assert s["dlq"] == 0 and s["handled"] == 4, s
         finally:
             shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+def test_a_sighup_while_the_engine_starts_does_not_end_it():
+    # A reload sent while the handlers load (a service manager's reload
+    # right after the start) ended the process, as SIGHUP's default does.
+    # The handler's top level takes a while, so the start is seen in progress.
+    handler = handler_file("local n = 0\nfor i = 1, 2e7 do n = n + 1 end\n"
+                           "return function(e, ctx) ctx.kv('v'):put(e.subject, n) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
+                 "    limits: { instructions: 1000000000, time: 600s }\n" % handler)
+    e = Engine(config=cfg)
+    sent = []
+
+    def hup_while_starting():
+        while e.proc is None:
+            time.sleep(0.001)
+        while e.port is None and e.proc.poll() is None:
+            try:
+                with open("/proc/%d/status" % e.proc.pid) as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                return
+            if int(fields["SigIgn"], 16) & 1 or int(fields["SigCgt"], 16) & 1:
+                sent.append(e.port is None)  # handled from here on, and not yet serving
+                e.proc.send_signal(signal.SIGHUP)
+                return
+            time.sleep(0.002)
+
+    t = threading.Thread(target=hup_while_starting)
+    t.start()
+    try:
+        e.start()
+        t.join()
+        assert sent == [True], "SIGHUP was left to end the process while it started"
+        e.publish(mtlib.event("a", subject="s", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s": 20000000}, what="the handler ran")
+        assert e.proc.poll() is None
+    finally:
+        t.join()
+        e.cleanup()
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
 def test_events_held_behind_a_retrying_one_show_as_waiting():
