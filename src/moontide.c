@@ -22,6 +22,7 @@
 #include "mt_store.h"
 #include "mt_sub.h"
 #include "mt_topo.h"
+#include "mt_util.h"
 #include "mt_watch.h"
 #include "mt_webhook.h"
 
@@ -59,10 +60,13 @@ static const char usage_run[] =
 
 static const char usage_check[] =
     "usage: moontide check [-c FILE | FILE]\n"
+    "       moontide check --handler FILE [--instructions N] [--memory SIZE]\n"
     "\n"
     "Validates a topology file and prints every error as FILE:LINE:COL: error: message.\n"
     "Compiles every handler with the rest of the file; then, if all is well, loads\n"
     "each one as `run` does (its top-level code runs under the subscription's limits).\n"
+    "With --handler, loads that one handler file so, under the limits given (default\n"
+    "10000000 instructions, 16MiB), and prints why it does not load as FILE:LINE: message.\n"
     "Exits 0 if valid, 78 if not.\n";
 
 /* Prints every error line and returns the exit code for a failed load. */
@@ -81,15 +85,39 @@ static bool compile_handler(const char *path, char *err, size_t errlen)
     return mt_lua_check_file(path, err, errlen) == MT_OK;
 }
 
+/*
+ * `moontide check --handler FILE`: loads one handler file as `run` does,
+ * under 'conf''s limits. A reload tries each handler so first (mt_trial.h).
+ */
+static int check_handler(const mt_sub_conf *conf)
+{
+    char err[1024];
+    void *h;
+    const mt_sub_runner *lua = mt_lua_sub_runner();
+    if (lua->open(conf, &h, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return MT_EXIT_CONFIG;
+    }
+    lua->close(h);
+    printf("%s: ok\n", conf->handler);
+    return MT_EXIT_OK;
+}
+
 static int cmd_check(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
+        {"handler", required_argument, NULL, 'H'},
+        {"instructions", required_argument, NULL, 'I'},
+        {"memory", required_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *path = MT_DEFAULT_CONFIG;
     bool given = false;
+    mt_sub_conf one = {.name = "check"};
+    mt_sub_conf_defaults(&one);
+    bool limits = false;
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -98,9 +126,37 @@ static int cmd_check(int argc, char **argv)
             path = optarg;
             given = true;
             break;
+        case 'H': one.handler = optarg; break;
+        case 'I':
+            limits = true;
+            if (mt_parse_u64(optarg, &one.max_instructions) || one.max_instructions < 1000 ||
+                one.max_instructions > 10000000000ULL) {
+                fprintf(stderr, "moontide check: --instructions '%s' is not a whole number "
+                        "from 1000 to 10000000000\n", optarg);
+                return MT_EXIT_USAGE;
+            }
+            break;
+        case 'M':
+            limits = true;
+            if (mt_parse_size(optarg, &one.max_memory) || one.max_memory < 256 * 1024 ||
+                one.max_memory > 4ULL * 1024 * 1024 * 1024) {
+                fprintf(stderr, "moontide check: --memory '%s' is not a size from 256KiB to "
+                        "4GiB\n", optarg);
+                return MT_EXIT_USAGE;
+            }
+            break;
         case 'h': fputs(usage_check, stdout); return MT_EXIT_OK;
         default: fputs(usage_check, stderr); return MT_EXIT_USAGE;
         }
+    }
+    if (one.handler || limits) {
+        if (!one.handler || given || optind < argc) {
+            fprintf(stderr, "moontide check: --handler FILE checks one handler file, with "
+                    "--instructions and --memory only\n");
+            fputs(usage_check, stderr);
+            return MT_EXIT_USAGE;
+        }
+        return check_handler(&one);
     }
     if (optind < argc) {
         if (given || optind + 1 < argc) {

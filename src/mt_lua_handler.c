@@ -720,7 +720,12 @@ static mt_err handler_invoke(void *p, const mt_event *ev, uint32_t attempt, mt_f
     return rc;
 }
 
-static const mt_sub_runner lua_runner = {handler_open, handler_invoke, handler_close};
+static const mt_sub_runner lua_runner = {
+    .open = handler_open,
+    .invoke = handler_invoke,
+    .close = handler_close,
+    .trial_load = true,
+};
 
 const mt_sub_runner *mt_lua_sub_runner(void)
 {

@@ -11,6 +11,7 @@
 #include "mt_spec.h"
 #include "mt_sub.h"
 #include "mt_topic.h"
+#include "mt_trial.h"
 #include "mt_util.h"
 #include "mt_watch.h"
 #include <openssl/rand.h>
@@ -56,6 +57,15 @@ typedef struct dormant_def {
     char *why;
 } dormant_def;
 
+/* A reload waiting for its handler's trial load (mt_trial.h). */
+typedef struct reload_trial {
+    mt_subs *subs;
+    char *name;
+    uint64_t serial;             /* of the runtime it reloads */
+    mt_trial *trial;
+    struct reload_trial *next;
+} reload_trial;
+
 struct mt_subs {
     mt_loop *loop;               /* borrowed */
     mt_store *store;             /* borrowed */
@@ -76,6 +86,8 @@ struct mt_subs {
     void (*on_kick)(void *arg);
     void *on_kick_arg;
     uint64_t appends_queued;     /* HTTP appends queued so far (mt_subs_prime) */
+    uint64_t serials;            /* runtimes made so far: each gets the next as its serial */
+    reload_trial *trials;        /* reloads waiting for their handler's trial load */
 };
 
 /* What a dispatch job reports back to the loop thread. */
@@ -91,6 +103,7 @@ typedef struct dispatch_out {
 
 struct sub_rt {
     mt_subs *subs;
+    uint64_t serial;             /* tells this runtime from any other, even of its name */
     mt_sub_conf *conf;           /* owned */
     char *def;                   /* owned: the JSON definition if made over HTTP, else NULL */
     int refs;                    /* jobs in flight that use this subscription */
@@ -1752,6 +1765,7 @@ static sub_rt *sub_new(mt_subs *subs, mt_sub_conf *conf, const char *def, char *
 {
     sub_rt *s = mt_xcalloc(1, sizeof *s);
     s->subs = subs;
+    s->serial = ++subs->serials;
     s->conf = conf;
     s->def = def ? mt_xstrdup(def) : NULL;
     s->job_budget = EVENTS_PER_JOB;
@@ -1951,6 +1965,13 @@ void mt_subs_close(mt_subs *subs)
         return;
     }
     subs->closing = true;
+    while (subs->trials) {
+        reload_trial *r = subs->trials;
+        subs->trials = r->next;
+        mt_trial_cancel(r->trial);
+        free(r->name);
+        free(r);
+    }
     for (int i = 0; i < subs->n; i++) {
         sub_free(subs->subs[i]);
     }
@@ -3373,6 +3394,63 @@ static void reloaded(mt_err rc, json_t *result, void *arg)
     free(name);
 }
 
+/*
+ * Loads the handler of 's' again into a fresh runtime that takes over as a
+ * PUT's does (def_job). False, with the reason logged, if it did not load
+ * or cannot take over.
+ */
+static bool reload_now(mt_subs *subs, sub_rt *s)
+{
+    const char *name = s->conf->name;
+    char why[600];
+    sub_rt *fresh = sub_new(subs, mt_sub_conf_copy(s->conf), s->def, why, sizeof why);
+    if (!fresh) {
+        mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
+                     "%s; the handler loaded before goes on running", why);
+        return false;
+    }
+    char *arg = mt_xstrdup(name);
+    def_job *j = mt_xcalloc(1, sizeof *j);
+    *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .fresh = fresh, .reload = true,
+                   .done = reloaded, .arg = arg};
+    if (def_submit(subs, j) != MT_OK) {
+        free(arg);
+        return false;
+    }
+    return true;
+}
+
+static reload_trial **trial_find(mt_subs *subs, const char *name)
+{
+    reload_trial **p = &subs->trials;
+    while (*p && strcmp((*p)->name, name) != 0) {
+        p = &(*p)->next;
+    }
+    return p;
+}
+
+static void trial_done(mt_err rc, const char *msg, void *arg)
+{
+    reload_trial *r = arg;
+    mt_subs *subs = r->subs;
+    reload_trial **p = trial_find(subs, r->name);
+    mt_assert(*p == r);
+    *p = r->next;
+    const char *const fields[] = {"subscription", r->name, NULL};
+    sub_rt *s = find(subs, r->name);
+    if (!s || s->serial != r->serial || s->deleting || pending_index(subs, r->name) >= 0) {
+        mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': handler not reloaded: the "
+                     "subscription was changed or deleted while its handler was tried", r->name);
+    } else if (rc) {
+        mt_diag_emit(MT_DIAG_ERROR, fields, "subscription '%s': handler not reloaded: %s; the "
+                     "handler loaded before goes on running", r->name, msg);
+    } else {
+        reload_now(subs, s);
+    }
+    free(r->name);
+    free(r);
+}
+
 void mt_subs_reload(mt_subs *subs)
 {
     if (subs->closing) {
@@ -3382,35 +3460,34 @@ void mt_subs_reload(mt_subs *subs)
     for (int i = 0; i < subs->n; i++) {
         sub_rt *s = subs->subs[i];
         const char *name = s->conf->name;
+        const char *const fields[] = {"subscription", name, NULL};
         if (s->conf->pull || s->conf->webhook_url || s->deleting) {
             continue; /* no handler: nothing to load */
         }
-        if (pending_index(subs, name) >= 0) {
-            mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", name, NULL},
-                         "subscription '%s': handler not reloaded: a change to it is in "
-                         "progress; send SIGHUP again after it",
+        if (pending_index(subs, name) >= 0 || *trial_find(subs, name)) {
+            mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': handler not reloaded: a "
+                         "change to it or a reload is in progress; send SIGHUP again after it",
                          name);
             failed++;
             continue;
         }
-        char why[600];
-        sub_rt *fresh = sub_new(subs, mt_sub_conf_copy(s->conf), s->def, why, sizeof why);
-        if (!fresh) {
-            mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
-                         "%s; the handler loaded before goes on running", why);
+        if (!subs->runner->trial_load) {
+            bool ok = reload_now(subs, s);
+            n += ok;
+            failed += !ok;
+            continue;
+        }
+        reload_trial *r = mt_xcalloc(1, sizeof *r);
+        *r = (reload_trial){.subs = subs, .name = mt_xstrdup(name), .serial = s->serial,
+                            .next = subs->trials};
+        if (mt_trial_start(subs->loop, s->conf, trial_done, r, &r->trial)) {
+            free(r->name);
+            free(r);
             failed++;
             continue;
         }
-        char *arg = mt_xstrdup(name);
-        def_job *j = mt_xcalloc(1, sizeof *j);
-        *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .fresh = fresh, .reload = true,
-                       .done = reloaded, .arg = arg};
-        if (def_submit(subs, j) == MT_OK) {
-            n++;
-        } else {
-            free(arg);
-            failed++;
-        }
+        subs->trials = r;
+        n++;
     }
     mt_info("SIGHUP: loading %d handler(s) again%s (the topology file is read only at start)",
             n, failed ? ", the others keep the code they run (see above)" : "");

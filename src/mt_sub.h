@@ -56,6 +56,12 @@ typedef struct mt_sub_runner {
     mt_err (*invoke)(void *handler, const mt_event *ev, uint32_t attempt, mt_fx *fx,
                      mt_buf *error, mt_buf *traceback);
     void (*close)(void *handler);
+    /*
+     * A reload (SIGHUP) first loads each handler in a child process that
+     * `moontide check --handler` runs (mt_trial.h), as 'open' loads it, so
+     * top-level code stuck in a C function cannot stop the engine.
+     */
+    bool trial_load;
 } mt_sub_runner;
 
 /*

@@ -1260,7 +1260,7 @@ static const key_spec sub_keys[] = {
     {NULL, NULL, false},
 };
 
-static void sub_defaults(mt_sub_conf *c)
+void mt_sub_conf_defaults(mt_sub_conf *c)
 {
     c->start = MT_START_BEGINNING;
     c->ordering = MT_ORDER_SUBJECT;
@@ -1397,7 +1397,7 @@ static void section_subscriptions(loader *ld, const yaml_node_t *v)
         t->subs = mt_xrealloc(t->subs, (size_t) (t->nsubs + 1) * sizeof *t->subs);
         mt_sub_conf *c = &t->subs[t->nsubs++];
         memset(c, 0, sizeof *c);
-        sub_defaults(c);
+        mt_sub_conf_defaults(c);
         c->name = mt_xstrndup((const char *) k->data.scalar.value, k->data.scalar.length);
         if (body->type != YAML_MAPPING_NODE) {
             snprintf(ld->path_buf, sizeof ld->path_buf, "subscriptions.%s", c->name);
@@ -1839,7 +1839,7 @@ static mt_err parse_sub(const char *name, const char *text, size_t len, const ch
         return MT_ECONFIG;
     }
     mt_sub_conf *c = mt_xcalloc(1, sizeof *c);
-    sub_defaults(c);
+    mt_sub_conf_defaults(c);
     c->name = mt_xstrdup(name);
     mt_topo *t = mt_topo_new_default();
     loader ld = {.path = origin, .doc = NULL, .errs = errs, .topo = t,

@@ -225,6 +225,9 @@ bool mt_topo_valid_sub_name(const char *name, size_t n);
 /* A deep copy of 'c'; free with mt_sub_conf_free. */
 mt_sub_conf *mt_sub_conf_copy(const mt_sub_conf *c);
 
+/* Sets every key of 'c' that has a default to it (retry, limits, ordering ...). */
+void mt_sub_conf_defaults(mt_sub_conf *c);
+
 /* Frees a conf from mt_topo_parse_sub or mt_sub_conf_copy; NULL does nothing. */
 void mt_sub_conf_free(mt_sub_conf *c);
 

@@ -2,6 +2,7 @@
 publish (flags, file, stdin), read, tail, and run's refusals."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -49,6 +50,38 @@ def test_check_reports_every_error_with_position():
     assert lines[2].startswith(path + ":5:3: error:") and "colour" in lines[2], lines[2]
     rc, out, _ = run_cli("check", "-c", os.path.join(mtlib.SRCDIR, "config", "default.yaml"))
     assert rc == 0 and out.endswith(": ok\n"), out
+
+
+def test_check_loads_one_handler_file_under_the_limits_given():
+    d = tempfile.mkdtemp()
+    files = {"ok.lua": "local n = 0\nfor i = 1, 20000 do n = n + i end\nreturn function() end\n",
+             "syntax.lua": "return function(\n",
+             "number.lua": "return 5\n",
+             "hog.lua": "local t = {}\nfor i = 1, 1e6 do t[i] = ('x'):rep(40) .. i end\n"
+                        "return function() end\n"}
+    for name, text in files.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    path = {name: os.path.join(d, name) for name in files}
+    rc, out, _ = run_cli("check", "--handler", path["ok.lua"])
+    assert rc == 0 and out == path["ok.lua"] + ": ok\n", out
+    rc, _, err = run_cli("check", "--handler", path["ok.lua"], "--instructions", "1000")
+    assert rc == 78 and err == "%s:2: instruction budget of 1000 exceeded while loading %s\n" % (
+        path["ok.lua"], path["ok.lua"]), err
+    rc, _, err = run_cli("check", "--handler", path["syntax.lua"])
+    assert rc == 78 and err.startswith(path["syntax.lua"] + ":2:"), err
+    rc, _, err = run_cli("check", "--handler", path["number.lua"])
+    assert rc == 78 and "must return a function" in err, err
+    rc, _, err = run_cli("check", "--handler", path["hog.lua"], "--memory", "1MiB")
+    assert rc == 78 and err.startswith(path["hog.lua"] + ":2: memory limit of 1048576 bytes"), err
+    rc, _, err = run_cli("check", "--handler", os.path.join(d, "missing.lua"))
+    assert rc == 78 and "missing.lua" in err, err
+    for args in (["--memory", "1MiB"], ["--handler", path["ok.lua"], "-c", path["ok.lua"]],
+                 ["--handler", path["ok.lua"], "--instructions", "5"],
+                 ["--handler", path["ok.lua"], "--memory", "lots"]):
+        rc, _, err = run_cli("check", *args)
+        assert rc == 64 and "moontide check:" in err, (args, rc, err)
+    shutil.rmtree(d)
 
 
 def test_run_refuses_bad_configuration_with_78():

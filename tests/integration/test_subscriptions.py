@@ -232,6 +232,56 @@ def test_sighup_loads_handlers_again_and_a_redrive_runs_the_fix():
             shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
+def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
+    # The top level of a handler can be stuck in one C function, which no
+    # instruction budget stops; at a reload that ended the engine (exit 75)
+    # and the next start refused the file. A reload now loads each handler
+    # first in a child process, killed past limits.time.
+    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n    workers: 2\n"
+                 "    limits: { time: 1s }\n" % handler)
+    try:
+        with Engine(config=cfg) as e:
+            def logged(text):
+                return wait_for(lambda: any(text in line for line in e.stderr_lines),
+                                what="a log line with " + text)
+
+            with open(handler, "w") as f:
+                f.write("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
+                        "return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            logged("its top-level code ran past limits.time (1000 ms) and was stopped")
+            logged("the handler loaded before goes on running")
+            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+            wait_for(lambda: table(e, "v") == {"s1": 1}, what="the old handler still running")
+            with open(handler, "w") as f:
+                f.write("local x = nil .. 'x'\nreturn function() end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            logged("h.lua:1: attempt to concatenate a nil value")
+            with open(handler, "w") as f:
+                f.write("return function(e, ctx) ctx.kv('v'):put(e.subject, 3) end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            logged("subscription 'h': handler reloaded")
+            e.publish(mtlib.event("b", subject="s2", type_="t.x"))
+            wait_for(lambda: table(e, "v") == {"s1": 1, "s2": 3}, what="the fixed handler")
+            assert e.proc.poll() is None
+            stuck = os.path.join(e.data_dir, "stuck.json")
+            assert not os.path.exists(stuck), open(stuck).read()
+            # No trial process is left behind.
+            kids = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open("/proc/%s/stat" % pid) as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == e.proc.pid:
+                    kids.append(stat)
+            assert kids == [], kids
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
 def test_a_sighup_while_the_engine_starts_does_not_end_it():
     # A reload sent while the handlers load (a service manager's reload
     # right after the start) ended the process, as SIGHUP's default does.
