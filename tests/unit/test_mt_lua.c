@@ -465,8 +465,8 @@ static void test_lua_limits_breached_while_loading_name_the_file(void **state)
     mt_lua_free(lu);
     lu = new_lua_with(2 * MIB, 100000000, dir, NULL);
     assert_int_equal(mt_lua_load_file(lu, user, err, sizeof err), MT_ELUA);
-    snprintf(want, sizeof want, "%s:2: memory limit of %d bytes exceeded while loading %s", mod,
-             2 * MIB, user);
+    snprintf(want, sizeof want, "%s:2: memory limit of %zu bytes exceeded while loading %s", mod,
+             (size_t) (2 * MIB), user);
     assert_string_equal(err, want);
     mt_lua_free(lu);
     free(loop);
