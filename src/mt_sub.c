@@ -3471,23 +3471,26 @@ void mt_subs_reload(mt_subs *subs)
             failed++;
             continue;
         }
-        if (!subs->runner->trial_load) {
-            bool ok = reload_now(subs, s);
-            n += ok;
-            failed += !ok;
-            continue;
-        }
-        reload_trial *r = mt_xcalloc(1, sizeof *r);
-        *r = (reload_trial){.subs = subs, .name = mt_xstrdup(name), .serial = s->serial,
-                            .next = subs->trials};
-        if (mt_trial_start(subs->loop, s->conf, trial_done, r, &r->trial)) {
+        if (subs->runner->trial_load) {
+            reload_trial *r = mt_xcalloc(1, sizeof *r);
+            *r = (reload_trial){.subs = subs, .name = mt_xstrdup(name), .serial = s->serial,
+                                .next = subs->trials};
+            char why[300];
+            if (mt_trial_start(subs->loop, s->conf, trial_done, r, &r->trial, why,
+                               sizeof why) == MT_OK) {
+                subs->trials = r;
+                n++;
+                continue;
+            }
             free(r->name);
             free(r);
-            failed++;
-            continue;
+            /* As at start: loaded in the engine, with the watchdog as the last resort. */
+            mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': cannot try the handler in a "
+                         "child process (%s); loading it untried", name, why);
         }
-        subs->trials = r;
-        n++;
+        bool ok = reload_now(subs, s);
+        n += ok;
+        failed += !ok;
     }
     mt_info("SIGHUP: loading %d handler(s) again%s (the topology file is read only at start)",
             n, failed ? ", the others keep the code they run (see above)" : "");

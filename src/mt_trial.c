@@ -8,12 +8,12 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "mt_client.h"
-#include "mt_diag.h"
 #include "mt_mem.h"
 #include "mt_trial.h"
 #include "mt_util.h"
@@ -111,13 +111,12 @@ static void on_child(evutil_socket_t fd, short what, void *arg)
 }
 
 mt_err mt_trial_start(mt_loop *loop, const mt_sub_conf *conf, mt_trial_done_fn done, void *arg,
-                      mt_trial **out)
+                      mt_trial **out, char *err, size_t errlen)
 {
     *out = NULL;
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
-        mt_error("reload: cannot make a pipe for the trial load of %s: %s", conf->handler,
-                 strerror(errno));
+        snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
         return MT_EIO;
     }
     char instructions[24], memory[24];
@@ -143,13 +142,13 @@ mt_err mt_trial_start(mt_loop *loop, const mt_sub_conf *conf, mt_trial_done_fn d
     posix_spawnattr_setsigdefault(&attr, &dfl);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid;
-    int err = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
+    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     close(p[1]);
-    if (err) {
+    if (rc) {
         close(p[0]);
-        mt_error("reload: cannot start the trial load of %s: %s", conf->handler, strerror(err));
+        snprintf(err, errlen, "cannot run /proc/self/exe: %s", strerror(rc));
         return MT_EIO;
     }
     fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_NONBLOCK);

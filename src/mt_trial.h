@@ -36,10 +36,11 @@ typedef void (*mt_trial_done_fn)(mt_err rc, const char *msg, void *arg);
 /*
  * Starts loading the handler of 'conf' (not kept) in a child process.
  * MT_OK and *out (the caller may cancel it with mt_trial_cancel until
- * 'done' is called), or MT_EIO with nothing started and the reason logged.
+ * 'done' is called), or MT_EIO with nothing started and the reason in
+ * 'err' (errlen bytes).
  */
 mt_err mt_trial_start(mt_loop *loop, const mt_sub_conf *conf, mt_trial_done_fn done, void *arg,
-                      mt_trial **out);
+                      mt_trial **out, char *err, size_t errlen);
 
 /* Kills the child and frees the trial without calling 'done'. NULL does nothing. */
 void mt_trial_cancel(mt_trial *t);
