@@ -6,6 +6,7 @@
 #include <string.h>
 #include "mt_filter.h"
 #include "mt_mem.h"
+#include "mt_util.h"
 
 typedef enum kind { F_EXACT, F_PREFIX, F_SUFFIX, F_ALL, F_ANY, F_NOT, F_NKINDS } kind;
 
@@ -259,11 +260,7 @@ static mt_err compile_conds(compiler *c, mt_filter *f, const json_t *v)
     const char *name;
     json_t *val;
     json_object_foreach((json_t *) v, name, val) {
-#if JANSSON_VERSION_HEX >= 0x020e00
-        size_t n = json_object_iter_key_len(json_object_key_to_iter(name));
-#else
-        size_t n = strlen(name);
-#endif
+        size_t n = mt_json_key_len(name);
         size_t old = push(c, "%s", name);
         mt_err rc = compile_cond(c, name, n, val, &f->conds[f->nconds]);
         pop(c, old);
@@ -326,11 +323,7 @@ static mt_err compile_expr(compiler *c, const json_t *spec, int level, mt_filter
     void *it = json_object_iter((json_t *) spec);
     const char *name = json_object_iter_key(it);
     const json_t *v = json_object_iter_value(it);
-#if JANSSON_VERSION_HEX >= 0x020e00
-    size_t n = json_object_iter_key_len(it);
-#else
-    size_t n = strlen(name);
-#endif
+    size_t n = mt_json_key_len(name);
     if (memchr(name, '\0', n)) {
         return fail(c, v, true, MT_EINVAL, "a dialect name cannot hold a NUL byte (expected "
                     "exact, prefix, suffix, all, any or not)");

@@ -1742,11 +1742,7 @@ static int json_add(loader *ld, yaml_document_t *doc, const json_t *v, int paren
         const char *k;
         json_t *x;
         json_object_foreach((json_t *) v, k, x) {
-#if JANSSON_VERSION_HEX >= 0x020e00
-            size_t klen = json_object_iter_key_len(json_object_key_to_iter(k));
-#else
-            size_t klen = strlen(k);
-#endif
+            size_t klen = mt_json_key_len(k);
             int kid = yaml_document_add_scalar(doc, NULL, (const yaml_char_t *) k, (int) klen,
                                                YAML_DOUBLE_QUOTED_SCALAR_STYLE);
             if (!kid) {

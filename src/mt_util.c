@@ -1,5 +1,6 @@
 #include <ctype.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -371,4 +372,13 @@ int mt_seconds_of_day(const char *tz, int64_t us)
     tzset();
     pthread_mutex_unlock(&mu);
     return tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
+}
+
+size_t mt_json_key_len(const char *key)
+{
+#if JANSSON_VERSION_HEX >= 0x020e00
+    return json_object_iter_key_len(json_object_key_to_iter(key));
+#else
+    return strlen(key);
+#endif
 }

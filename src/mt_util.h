@@ -98,4 +98,10 @@ static inline uint64_t mt_get_be64(const uint8_t *p)
     return v;
 }
 
+/*
+ * The length of 'key', a key json_object_foreach gave: keys may hold NUL
+ * bytes, and jansson 2.14 tells their length; before it, none could.
+ */
+size_t mt_json_key_len(const char *key);
+
 #endif
