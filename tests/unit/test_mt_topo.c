@@ -110,6 +110,18 @@ static void assert_defaults(const mt_engine_conf *e)
 
 /* ---- valid files ---- */
 
+/* mt_topo_parse_sub must refuse JSON definition 'def' with exactly the one error 'want'. */
+static void expect_sub_error(const char *def, const char *want)
+{
+    mt_sub_conf *c = NULL;
+    mt_topo_errs errs = {0};
+    assert_int_equal(mt_topo_parse_sub("s", def, strlen(def), "request", &c, &errs), MT_ECONFIG);
+    assert_null(c);
+    assert_int_equal(errs.count, 1);
+    assert_string_equal(errs.lines[0], want);
+    mt_topo_errs_free(&errs);
+}
+
 static void test_topo_new_default_has_every_default(void **state)
 {
     (void) state;
@@ -896,13 +908,9 @@ static void test_topo_filter_numbers_mean_their_json_text(void **state)
                   "4:20: error: 'subscriptions.s.topics' must be a topic pattern: a string, not "
                   "a boolean (got true; quote it to mean the text)");
     const char *topics = "{\"topics\": 7, \"deliver\": \"pull\"}";
-    assert_int_equal(mt_topo_parse_sub("s", topics, strlen(topics), "request", &c, &errs),
-                     MT_ECONFIG);
-    assert_int_equal(errs.count, 1);
-    assert_string_equal(errs.lines[0], "request:/topics: error: 'subscriptions.s.topics' must be "
-                        "a list of topic patterns: a string, not a number (got 7; quote it to "
-                        "mean the text)");
-    mt_topo_errs_free(&errs);
+    expect_sub_error(topics, "request:/topics: error: 'subscriptions.s.topics' must be "
+                     "a list of topic patterns: a string, not a number (got 7; quote it to "
+                     "mean the text)");
 }
 
 /*
@@ -940,22 +948,14 @@ static void test_topo_parse_sub_reads_json_as_json(void **state)
 
     const char *bad = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"filter\": {\"all\": ["
                       "{\"exact\": {\"subject\": \"a\"}}, {\"prefix\": {\"a/b~c\": \"x\"}}]}}";
-    assert_int_equal(mt_topo_parse_sub("s", bad, strlen(bad), "request", &c, &errs),
-                     MT_ECONFIG);
-    assert_int_equal(errs.count, 1);
-    assert_string_equal(errs.lines[0], "request:/filter/all/1/prefix/a~1b~0c: error: "
-                        "'subscriptions.s.filter': all[1].prefix.a/b~c: not an attribute name "
-                        "(a-z and 0-9, at most 20 bytes) nor data.<path>");
-    mt_topo_errs_free(&errs);
+    expect_sub_error(bad, "request:/filter/all/1/prefix/a~1b~0c: error: "
+                     "'subscriptions.s.filter': all[1].prefix.a/b~c: not an attribute name "
+                     "(a-z and 0-9, at most 20 bytes) nor data.<path>");
     const char *null = "{\"topics\": [\"a\"], \"deliver\": \"pull\", \"filter\": {\"exact\": "
                        "{\"subject\": null}}}";
-    assert_int_equal(mt_topo_parse_sub("s", null, strlen(null), "request", &c, &errs),
-                     MT_ECONFIG);
-    assert_int_equal(errs.count, 1);
-    assert_string_equal(errs.lines[0], "request:/filter/exact/subject: error: "
-                        "'subscriptions.s.filter': exact.subject: null is not a value here (to "
-                        "match an empty string, write \"\")");
-    mt_topo_errs_free(&errs);
+    expect_sub_error(null, "request:/filter/exact/subject: error: "
+                     "'subscriptions.s.filter': exact.subject: null is not a value here (to "
+                     "match an empty string, write \"\")");
 }
 
 static void test_topo_missing_version(void **state)
