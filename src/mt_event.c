@@ -575,11 +575,17 @@ static json_t *load_value(draft *d, const char *s, size_t len, size_t *pos, cons
     }
     json_t *v = json_loadb(s + *pos, len - *pos, flags, &e);
     if (!v) {
-        char prefix[32];
+        char prefix[32], where[80];
         draft_prefix(d, prefix, sizeof prefix);
+        if (name) {
+            snprintf(where, sizeof where, "%s%.40s", prefix, name);
+        } else { /* "an attribute name in events[3]" */
+            size_t n = strlen(prefix);
+            snprintf(where, sizeof where, "an attribute name%s%.*s", n ? " in " : "",
+                     n ? (int) n - 1 : 0, prefix);
+        }
         bool nul = json_error_code(&e) == json_error_null_character;
-        snprintf(d->err, d->errlen, "%s%.40s: %s at byte %zu%s%s", prefix,
-                 name ? name : "an attribute name",
+        snprintf(d->err, d->errlen, "%s: %s at byte %zu%s%s", where,
                  nul ? "a NUL character (\\u0000)" : "malformed JSON",
                  *pos + (size_t) (e.position > 0 ? e.position : 0),
                  nul ? ", which only strings in data may hold" : ": ",

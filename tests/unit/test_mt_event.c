@@ -1133,6 +1133,7 @@ static void test_event_structured_refuses_malformed_json(void **state)
         {"{" CE ",\"subject\":\"unterminated}", "subject: malformed JSON at byte "},
         {"{" CE ",\"subject\":\"\xff\"}", "subject: malformed JSON at byte "},
         {"{" CE ",\"subject\":\"a\\u0000b\"}", "subject: a NUL character (\\u0000) at byte "},
+        {"{" CE ",\"a\\u0000b\":1}", "an attribute name: a NUL character (\\u0000) at byte "},
         {"{" CE ",\"data\":{\"a\\u0000b\":1}}", "data: malformed JSON at byte "},
     };
     expect_error_prefixes(mt_event_parse_structured, prefixed, N_CASES(prefixed));
@@ -1374,7 +1375,7 @@ static void test_event_batch_malformed_member_name_names_the_event_index(void **
     static const err_case cases[] = {
         {"[" EV_OK ",{\"specversion\":\"1.0\",\"id\":\"b\",\"source\":\"/s\",\"type\":\"t\","
          "\"a\\u0000b\":1}]",
-         "events[1]"},
+         "an attribute name in events[1]: a NUL character (\\u0000) at byte "},
     };
     expect_error_prefixes(mt_event_parse_batch, cases, N_CASES(cases));
 }
