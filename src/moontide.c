@@ -4,11 +4,14 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include "moontide.h"
 #include "mt_client.h"
@@ -60,13 +63,14 @@ static const char usage_run[] =
 
 static const char usage_check[] =
     "usage: moontide check [-c FILE | FILE]\n"
-    "       moontide check --handler FILE [--instructions N] [--memory SIZE]\n"
+    "       moontide check --handler FILE [--instructions N] [--memory SIZE] [--time D]\n"
     "\n"
     "Validates a topology file and prints every error as FILE:LINE:COL: error: message.\n"
     "Compiles every handler with the rest of the file; then, if all is well, loads\n"
     "each one as `run` does (its top-level code runs under the subscription's limits).\n"
     "With --handler, loads that one handler file so, under the limits given (default\n"
-    "10000000 instructions, 16MiB), and prints why it does not load as FILE:LINE: message.\n"
+    "10000000 instructions, 16MiB, no time limit), and prints why it does not load as\n"
+    "FILE:LINE: message.\n"
     "Exits 0 if valid, 78 if not.\n";
 
 /* Prints every error line and returns the exit code for a failed load. */
@@ -89,12 +93,49 @@ static bool compile_handler(const char *path, char *err, size_t errlen)
  * `moontide check --handler FILE`: loads one handler file as `run` does,
  * under 'conf''s limits. A reload tries each handler so first (mt_trial.h).
  */
-static int check_handler(const mt_sub_conf *conf)
+/* What a check past --time says, composed before the load: a signal handler may only write it. */
+static char check_late[600];
+static size_t check_late_len;
+
+static void on_check_late(int sig)
 {
+    (void) sig;
+    ssize_t n = write(STDERR_FILENO, check_late, check_late_len);
+    (void) n;
+    _exit(MT_EXIT_CONFIG);
+}
+
+/*
+ * check --handler: loads one handler file under the limits of 'conf'. Only
+ * warnings and errors are logged, so that the reason a load failed is the
+ * last thing written. Past 'time_ms' (0: no limit) the check ends itself,
+ * even from inside one C function; and it ends with its parent, so one an
+ * engine started for a reload cannot outlive the engine.
+ */
+static int check_handler(const mt_sub_conf *conf, uint64_t time_ms)
+{
+    mt_diag_set_level(MT_DIAG_WARN);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (time_ms) {
+        int n = snprintf(check_late, sizeof check_late, "%s: its top-level code ran past its time "
+                         "limit (%" PRIu64 " ms) and was stopped: a string function stuck "
+                         "backtracking?\n", conf->handler, time_ms);
+        check_late_len = n < 0 ? 0 : (size_t) n < sizeof check_late ? (size_t) n
+                                                                     : sizeof check_late - 1;
+        struct sigaction sa = {.sa_handler = on_check_late};
+        sigaction(SIGALRM, &sa, NULL);
+        struct itimerval it = {.it_value = {(time_t) (time_ms / 1000),
+                                            (suseconds_t) (time_ms % 1000) * 1000}};
+        setitimer(ITIMER_REAL, &it, NULL);
+    }
     char err[1024];
     void *h;
     const mt_sub_runner *lua = mt_lua_sub_runner();
-    if (lua->open(conf, &h, err, sizeof err)) {
+    mt_err rc = lua->open(conf, &h, err, sizeof err);
+    if (time_ms) {
+        setitimer(ITIMER_REAL, &(struct itimerval){0}, NULL);
+    }
+    if (rc) {
         fprintf(stderr, "%s\n", err);
         return MT_EXIT_CONFIG;
     }
@@ -110,6 +151,7 @@ static int cmd_check(int argc, char **argv)
         {"handler", required_argument, NULL, 'H'},
         {"instructions", required_argument, NULL, 'I'},
         {"memory", required_argument, NULL, 'M'},
+        {"time", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -118,6 +160,7 @@ static int cmd_check(int argc, char **argv)
     mt_sub_conf one = {.name = "check"};
     mt_sub_conf_defaults(&one);
     bool limits = false;
+    uint64_t time_ms = 0;
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -145,6 +188,14 @@ static int cmd_check(int argc, char **argv)
                 return MT_EXIT_USAGE;
             }
             break;
+        case 'T':
+            limits = true;
+            if (mt_parse_duration(optarg, &time_ms) || time_ms < 1 || time_ms > 3600 * 1000) {
+                fprintf(stderr, "moontide check: --time '%s' is not a duration from 1ms to "
+                        "1h\n", optarg);
+                return MT_EXIT_USAGE;
+            }
+            break;
         case 'h': fputs(usage_check, stdout); return MT_EXIT_OK;
         default: fputs(usage_check, stderr); return MT_EXIT_USAGE;
         }
@@ -156,7 +207,7 @@ static int cmd_check(int argc, char **argv)
             fputs(usage_check, stderr);
             return MT_EXIT_USAGE;
         }
-        return check_handler(&one);
+        return check_handler(&one, time_ms);
     }
     if (optind < argc) {
         if (given || optind + 1 < argc) {
@@ -257,6 +308,9 @@ static int cmd_run(int argc, char **argv)
      * loading again then: the files are being read for the first time.
      */
     signal(SIGHUP, SIG_IGN);
+    /* A reload's trial loads are waited for (mt_trial.h): an inherited
+     * SIG_IGN would reap them first and hide how they ended. */
+    signal(SIGCHLD, SIG_DFL);
     const char *path = NULL, *data_dir = NULL, *listen = NULL;
     int c;
     optind = 0;

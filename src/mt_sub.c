@@ -3178,6 +3178,31 @@ static void def_done(mt_err rc, void *arg)
     free(j);
 }
 
+static reload_trial **trial_find(mt_subs *subs, const char *name)
+{
+    reload_trial **p = &subs->trials;
+    while (*p && strcmp((*p)->name, name) != 0) {
+        p = &(*p)->next;
+    }
+    return p;
+}
+
+/* Ends the trial of a reload of 'name', if one runs, saying why it was dropped. */
+static void trial_drop(mt_subs *subs, const char *name, mt_diag_level level, const char *why)
+{
+    reload_trial **p = trial_find(subs, name);
+    reload_trial *r = *p;
+    if (!r) {
+        return;
+    }
+    *p = r->next;
+    mt_trial_cancel(r->trial);
+    mt_diag_emit(level, (const char *const[]){"subscription", name, NULL}, "subscription '%s': %s",
+                 name, why);
+    free(r->name);
+    free(r);
+}
+
 static mt_err def_submit(mt_subs *subs, def_job *j)
 {
     mt_err rc = mt_store_submit(subs->store, def_run, def_done, j);
@@ -3191,6 +3216,10 @@ static mt_err def_submit(mt_subs *subs, def_job *j)
         return rc;
     }
     pending_add(subs, j->name);
+    if (!j->reload) {
+        trial_drop(subs, j->name, MT_DIAG_WARN,
+                   "handler not reloaded: the subscription is being changed or deleted");
+    }
     return MT_OK;
 }
 
@@ -3420,15 +3449,6 @@ static bool reload_now(mt_subs *subs, sub_rt *s)
     return true;
 }
 
-static reload_trial **trial_find(mt_subs *subs, const char *name)
-{
-    reload_trial **p = &subs->trials;
-    while (*p && strcmp((*p)->name, name) != 0) {
-        p = &(*p)->next;
-    }
-    return p;
-}
-
 static void trial_done(mt_err rc, const char *msg, void *arg)
 {
     reload_trial *r = arg;
@@ -3441,6 +3461,11 @@ static void trial_done(mt_err rc, const char *msg, void *arg)
     if (!s || s->serial != r->serial || s->deleting || pending_index(subs, r->name) >= 0) {
         mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': handler not reloaded: the "
                      "subscription was changed or deleted while its handler was tried", r->name);
+    } else if (rc == MT_EUNAVAIL) {
+        /* As at start: loaded in the engine, with the watchdog as the last resort. */
+        mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': cannot try the handler in a "
+                     "child process (%s); loading it untried", r->name, msg);
+        reload_now(subs, s);
     } else if (rc) {
         mt_diag_emit(MT_DIAG_ERROR, fields, "subscription '%s': handler not reloaded: %s; the "
                      "handler loaded before goes on running", r->name, msg);
@@ -3464,13 +3489,16 @@ void mt_subs_reload(mt_subs *subs)
         if (s->conf->pull || s->conf->webhook_url || s->deleting) {
             continue; /* no handler: nothing to load */
         }
-        if (pending_index(subs, name) >= 0 || *trial_find(subs, name)) {
+        if (pending_index(subs, name) >= 0) {
             mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': handler not reloaded: a "
                          "change to it or a reload is in progress; send SIGHUP again after it",
                          name);
             failed++;
             continue;
         }
+        /* The file may have been mended again since: the trial starts over on it. */
+        trial_drop(subs, name, MT_DIAG_INFO,
+                   "trying the handler again from the start: SIGHUP while it was tried");
         if (subs->runner->trial_load) {
             reload_trial *r = mt_xcalloc(1, sizeof *r);
             *r = (reload_trial){.subs = subs, .name = mt_xstrdup(name), .serial = s->serial,

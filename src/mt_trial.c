@@ -5,6 +5,7 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -20,110 +21,99 @@
 
 extern char **environ;
 
-#define REPORT_MAX 4096    /* bytes of the child's standard error kept */
+#define REPORT_MAX 4096      /* bytes of the child's standard error kept: the last ones */
 #define START_MARGIN_MS 1000 /* for the child to start before its handler's code runs */
+#define MAX_TRIES 3          /* loads tried again because the file changed meanwhile */
 
 struct mt_trial {
+    mt_loop *loop;
+    char *handler;
+    uint64_t instructions, memory, limit_ms;
+    unsigned char print[EVP_MAX_MD_SIZE]; /* of the file when the child was started */
+    unsigned int print_len;               /* 0: the file could not be read */
+    int tries;
     pid_t pid;
     int fd;               /* read end of the child's standard error */
     struct event *ev;
-    int64_t deadline_us;  /* when the child is killed */
-    uint64_t limit_ms;
+    int64_t deadline_us;  /* on mt_mono_us(): when the child is killed */
     mt_buf report;
     mt_trial_done_fn done;
     void *arg;
 };
 
-static void trial_free(mt_trial *t)
+/* The SHA-256 of the file's bytes into 'print'; *len 0 if it cannot be read. */
+static void fingerprint(const char *path, unsigned char *print, unsigned int *len)
 {
-    event_free(t->ev);
-    close(t->fd);
-    mt_buf_free(&t->report);
-    free(t);
-}
-
-static void reap(pid_t pid, int *status)
-{
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR) {
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return;
     }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    char buf[8192];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            ok = ok && n == 0;
+            break;
+        }
+        ok = ok && EVP_DigestUpdate(md, buf, (size_t) n);
+    }
+    if (ok && !EVP_DigestFinal_ex(md, print, len)) {
+        *len = 0;
+    }
+    EVP_MD_CTX_free(md);
+    close(fd);
 }
 
-/* Waits for the child, whose report is read or who is killed, and tells 'done'. */
-static void finish(mt_trial *t, bool kill_it)
+/* Ends the child (if it runs) and lets go of what watches it. */
+static int child_end(mt_trial *t, bool kill_it)
 {
     if (kill_it) {
         kill(t->pid, SIGKILL);
     }
-    int status = 0;
-    reap(t->pid, &status);
-    while (t->report.len > 0 && t->report.data[t->report.len - 1] == '\n') {
-        t->report.len--;
+    int status;
+    pid_t got;
+    while ((got = waitpid(t->pid, &status, 0)) < 0 && errno == EINTR) {
     }
-    const char *report = mt_buf_cstr(&t->report);
-    mt_buf msg;
-    mt_buf_init(&msg);
-    mt_err rc = MT_ELUA;
-    if (kill_it) {
-        mt_buf_addf(&msg, "its top-level code ran past limits.time (%" PRIu64 " ms) and was "
-                    "stopped: a string function stuck backtracking?", t->limit_ms);
-    } else if (WIFEXITED(status) && WEXITSTATUS(status) == MT_EXIT_OK) {
-        rc = MT_OK;
-    } else if (WIFEXITED(status) && WEXITSTATUS(status) == MT_EXIT_CONFIG && report[0]) {
-        mt_buf_adds(&msg, report);
-    } else {
-        rc = MT_EIO;
-        if (WIFEXITED(status)) {
-            mt_buf_addf(&msg, "the trial load ended with status %d", WEXITSTATUS(status));
-        } else {
-            mt_buf_addf(&msg, "the trial load ended by signal %d", WTERMSIG(status));
-        }
-        if (report[0]) {
-            mt_buf_addf(&msg, ": %s", report);
-        }
-    }
-    t->done(rc, mt_buf_cstr(&msg), t->arg);
-    mt_buf_free(&msg);
-    trial_free(t);
+    event_free(t->ev);
+    t->ev = NULL;
+    close(t->fd);
+    t->fd = -1;
+    return got == t->pid ? status : -1;
 }
 
-static void on_child(evutil_socket_t fd, short what, void *arg)
+static void trial_free(mt_trial *t)
 {
-    mt_trial *t = arg;
-    int64_t left_us = t->deadline_us - mt_now_us();
-    if (what & EV_READ) {
-        char buf[1024];
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-            finish(t, false); /* the child closed its standard error: it is ending */
-            return;
-        }
-        if (n > 0 && t->report.len < REPORT_MAX) {
-            size_t room = REPORT_MAX - t->report.len;
-            mt_buf_add(&t->report, buf, (size_t) n < room ? (size_t) n : room);
-        }
+    if (t->ev) {
+        child_end(t, true);
     }
-    if (left_us <= 0) {
-        finish(t, true);
-        return;
-    }
-    struct timeval tv = {(time_t) (left_us / 1000000), (suseconds_t) (left_us % 1000000)};
-    event_add(t->ev, &tv);
+    mt_buf_free(&t->report);
+    free(t->handler);
+    free(t);
 }
 
-mt_err mt_trial_start(mt_loop *loop, const mt_sub_conf *conf, mt_trial_done_fn done, void *arg,
-                      mt_trial **out, char *err, size_t errlen)
+static void on_child(evutil_socket_t fd, short what, void *arg);
+
+/* Starts the child on the file as it now is. MT_EIO with the reason in 'err' if it cannot. */
+static mt_err spawn(mt_trial *t, char *err, size_t errlen)
 {
-    *out = NULL;
+    fingerprint(t->handler, t->print, &t->print_len);
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
         return MT_EIO;
     }
-    char instructions[24], memory[24];
-    snprintf(instructions, sizeof instructions, "%" PRIu64, conf->max_instructions);
-    snprintf(memory, sizeof memory, "%" PRIu64, conf->max_memory);
-    char *argv[] = {"moontide", "check", "--handler", conf->handler, "--instructions",
-                    instructions, "--memory", memory, NULL};
+    char instructions[24], memory[24], time[24];
+    snprintf(instructions, sizeof instructions, "%" PRIu64, t->instructions);
+    snprintf(memory, sizeof memory, "%" PRIu64, t->memory);
+    snprintf(time, sizeof time, "%" PRIu64 "ms", t->limit_ms);
+    char *argv[] = {"moontide", "check", "--handler", t->handler, "--instructions",
+                    instructions, "--memory", memory, "--time", time, NULL};
     /* Only the pipe is passed on: a child held up must not hold the engine's sockets open. */
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -138,41 +128,147 @@ mt_err mt_trial_start(mt_loop *loop, const mt_sub_conf *conf, mt_trial_done_fn d
     sigemptyset(&dfl);
     sigaddset(&dfl, SIGPIPE);
     sigaddset(&dfl, SIGHUP);
+    sigaddset(&dfl, SIGALRM);
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &dfl);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    pid_t pid;
-    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
+    int rc = posix_spawn(&t->pid, "/proc/self/exe", &fa, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     close(p[1]);
     if (rc) {
         close(p[0]);
-        snprintf(err, errlen, "cannot run /proc/self/exe: %s", strerror(rc));
+        snprintf(err, errlen, "cannot start /proc/self/exe with /dev/null as its input and "
+                 "output: %s", strerror(rc));
         return MT_EIO;
     }
     fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_NONBLOCK);
-    mt_trial *t = mt_xcalloc(1, sizeof *t);
-    t->pid = pid;
     t->fd = p[0];
-    t->limit_ms = conf->max_time_ms;
-    t->deadline_us = mt_now_us() + (int64_t) (conf->max_time_ms + START_MARGIN_MS) * 1000;
+    t->report.len = 0;
+    t->deadline_us = mt_mono_us() + (int64_t) (t->limit_ms + START_MARGIN_MS) * 1000;
+    t->ev = event_new(mt_loop_base(t->loop), p[0], EV_READ, on_child, t);
+    struct timeval tv = {(time_t) ((t->limit_ms + START_MARGIN_MS) / 1000),
+                         (suseconds_t) ((t->limit_ms + START_MARGIN_MS) % 1000) * 1000};
+    event_add(t->ev, &tv);
+    return MT_OK;
+}
+
+/* The child ended (or is killed): what it says of the handler goes to 'done'. */
+static void finish(mt_trial *t, bool kill_it)
+{
+    int status = child_end(t, kill_it);
+    while (t->report.len > 0 && t->report.data[t->report.len - 1] == '\n') {
+        t->report.len--;
+    }
+    const char *report = mt_buf_cstr(&t->report);
+    mt_buf msg;
+    mt_buf_init(&msg);
+    mt_err rc = MT_ELUA;
+    int code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    if (kill_it) {
+        mt_buf_addf(&msg, "%s: its top-level code ran past its time limit (limits.time, %" PRIu64
+                    " ms) and was killed: a string function stuck backtracking?", t->handler,
+                    t->limit_ms);
+    } else if (code == MT_EXIT_OK) {
+        unsigned char now[EVP_MAX_MD_SIZE];
+        unsigned int now_len;
+        fingerprint(t->handler, now, &now_len);
+        bool same = now_len == t->print_len && memcmp(now, t->print, now_len) == 0;
+        if (!same && ++t->tries < MAX_TRIES) {
+            char err[300];
+            if (spawn(t, err, sizeof err) == MT_OK) {
+                mt_buf_free(&msg);
+                return; /* tried again on the file as it now is */
+            }
+            rc = MT_EUNAVAIL;
+            mt_buf_addf(&msg, "%s changed while it was tried, and %s", t->handler, err);
+        } else if (!same) {
+            mt_buf_addf(&msg, "%s changed each time it was tried (%d times); send SIGHUP "
+                        "again once it is saved", t->handler, MAX_TRIES);
+        } else {
+            rc = MT_OK;
+        }
+    } else if (code == MT_EXIT_CONFIG && report[0]) {
+        mt_buf_adds(&msg, report);
+    } else if (code >= 0) {
+        /* Not a verdict of `check --handler`: the binary is not moontide (a loader, a
+         * debugger), or one too old to have the option. */
+        rc = MT_EUNAVAIL;
+        mt_buf_addf(&msg, "/proc/self/exe check --handler %s ended with status %d%s%s",
+                    t->handler, code, report[0] ? ": " : "", report);
+    } else {
+        rc = MT_EIO;
+        if (status < 0) {
+            mt_buf_addf(&msg, "the trial load of %s ended, how is not known", t->handler);
+        } else {
+            mt_buf_addf(&msg, "the trial load of %s ended by signal %d%s%s", t->handler,
+                        WTERMSIG(status), report[0] ? ": " : "", report);
+        }
+    }
+    t->done(rc, mt_buf_cstr(&msg), t->arg);
+    mt_buf_free(&msg);
+    trial_free(t);
+}
+
+/* Keeps the last REPORT_MAX bytes: the reason a load failed is written last. */
+static void keep_tail(mt_buf *b, const char *s, size_t n)
+{
+    if (n >= REPORT_MAX) {
+        b->len = 0;
+        mt_buf_add(b, s + n - REPORT_MAX, REPORT_MAX);
+        return;
+    }
+    if (b->len + n > REPORT_MAX) {
+        size_t drop = b->len + n - REPORT_MAX;
+        memmove(b->data, b->data + drop, b->len - drop);
+        b->len -= drop;
+    }
+    mt_buf_add(b, s, n);
+}
+
+static void on_child(evutil_socket_t fd, short what, void *arg)
+{
+    mt_trial *t = arg;
+    if (what & EV_READ) {
+        char buf[1024];
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+            finish(t, false); /* the child closed its standard error: it is ending */
+            return;
+        }
+        if (n > 0) {
+            keep_tail(&t->report, buf, (size_t) n);
+        }
+    }
+    int64_t left_us = t->deadline_us - mt_mono_us();
+    if (left_us <= 0) {
+        finish(t, true);
+        return;
+    }
+    struct timeval tv = {(time_t) (left_us / 1000000), (suseconds_t) (left_us % 1000000)};
+    event_add(t->ev, &tv);
+}
+
+mt_err mt_trial_start(mt_loop *loop, const mt_sub_conf *conf, mt_trial_done_fn done, void *arg,
+                      mt_trial **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    mt_trial *t = mt_xcalloc(1, sizeof *t);
+    *t = (mt_trial){.loop = loop, .handler = mt_xstrdup(conf->handler),
+                    .instructions = conf->max_instructions, .memory = conf->max_memory,
+                    .limit_ms = conf->max_time_ms, .fd = -1, .done = done, .arg = arg};
     mt_buf_init(&t->report);
-    t->done = done;
-    t->arg = arg;
-    t->ev = event_new(mt_loop_base(loop), p[0], EV_READ, on_child, t);
-    on_child(p[0], 0, t); /* arms the event with the time left */
+    if (spawn(t, err, errlen) != MT_OK) {
+        trial_free(t);
+        return MT_EIO;
+    }
     *out = t;
     return MT_OK;
 }
 
 void mt_trial_cancel(mt_trial *t)
 {
-    if (!t) {
-        return;
+    if (t) {
+        trial_free(t);
     }
-    kill(t->pid, SIGKILL);
-    int status;
-    reap(t->pid, &status);
-    trial_free(t);
 }

@@ -34,7 +34,7 @@ class Engine:
     """One `moontide run` process on 127.0.0.1 with its own data directory."""
 
     def __init__(self, data_dir=None, config=None, args=(), env=None, preexec_fn=None,
-                 cwd=None):
+                 cwd=None, prefix=()):
         self.own_dir = data_dir is None
         self.cwd = cwd or SRCDIR  # where relative handler paths resolve
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="moontide-it-")
@@ -42,6 +42,7 @@ class Engine:
         self.args = list(args)
         self.env = env
         self.preexec_fn = preexec_fn  # runs in the engine's process before it starts
+        self.prefix = list(prefix)  # what the engine is started through (a loader)
         self.proc = None
         self.port = None
         self.stderr_lines = []
@@ -50,7 +51,8 @@ class Engine:
     def start(self, timeout=30):
         self.port = None  # a restart learns its new port
         self.stderr_lines = []
-        cmd = [MOONTIDE, "run", "--data-dir", self.data_dir, "--listen", "127.0.0.1:0"]
+        cmd = self.prefix + [MOONTIDE, "run", "--data-dir", self.data_dir, "--listen",
+                             "127.0.0.1:0"]
         if self.config:
             cmd += ["-c", self.config]
         cmd += self.args
@@ -178,6 +180,31 @@ def event(i, subject=None, source="/test", type_="test.happened", data=None, **e
         e["data"] = data
     e.update(extra)
     return e
+
+
+def children(pid):
+    """The processes whose parent is pid, zombies too, as (pid, cmdline) pairs."""
+    kids = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%s/cmdline" % p, "rb") as f:
+                cmdline = f.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            kids.append((int(p), cmdline))
+    return kids
+
+
+def alive(pid):
+    """Whether process pid runs (a zombie does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def wait_for(pred, timeout=30, what="condition"):

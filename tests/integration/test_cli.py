@@ -58,7 +58,11 @@ def test_check_loads_one_handler_file_under_the_limits_given():
              "syntax.lua": "return function(\n",
              "number.lua": "return 5\n",
              "hog.lua": "local t = {}\nfor i = 1, 1e6 do t[i] = ('x'):rep(40) .. i end\n"
-                        "return function() end\n"}
+                        "return function() end\n",
+             # One C function call, stuck: no instruction budget ends it, --time does.
+             "stuck.lua": "print('loading')\n"
+                          "local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
+                          "return function() end\n"}
     for name, text in files.items():
         with open(os.path.join(d, name), "w") as f:
             f.write(text)
@@ -74,11 +78,20 @@ def test_check_loads_one_handler_file_under_the_limits_given():
     assert rc == 78 and "must return a function" in err, err
     rc, _, err = run_cli("check", "--handler", path["hog.lua"], "--memory", "1MiB")
     assert rc == 78 and err.startswith(path["hog.lua"] + ":2: memory limit of 1048576 bytes"), err
+    # Only the reason it failed is written: not what its top level prints.
+    rc, _, err = run_cli("check", "--handler", path["stuck.lua"], "--time", "300ms")
+    assert rc == 78 and err == ("%s: its top-level code ran past its time limit (300 ms) and was "
+                                "stopped: a string function stuck backtracking?\n"
+                                % path["stuck.lua"]), err
+    rc, out, err = run_cli("check", "--handler", path["ok.lua"], "--time", "1h")
+    assert rc == 0 and out == path["ok.lua"] + ": ok\n" and err == "", (out, err)
     rc, _, err = run_cli("check", "--handler", os.path.join(d, "missing.lua"))
     assert rc == 78 and "missing.lua" in err, err
     for args in (["--memory", "1MiB"], ["--handler", path["ok.lua"], "-c", path["ok.lua"]],
                  ["--handler", path["ok.lua"], "--instructions", "5"],
-                 ["--handler", path["ok.lua"], "--memory", "lots"]):
+                 ["--handler", path["ok.lua"], "--memory", "lots"],
+                 ["--handler", path["ok.lua"], "--time", "0s"],
+                 ["--handler", path["ok.lua"], "--time", "2h"], ["--time", "1s"]):
         rc, _, err = run_cli("check", *args)
         assert rc == 64 and "moontide check:" in err, (args, rc, err)
     shutil.rmtree(d)

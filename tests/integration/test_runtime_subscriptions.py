@@ -135,6 +135,41 @@ def test_delete_removes_the_subscription_and_its_state_for_good():
         e.cleanup()
 
 
+def test_a_put_or_delete_ends_the_trial_of_a_reload():
+    # A reload's trial load of a stuck handler ran on for its whole
+    # limits.time after the subscription was replaced or deleted.
+    import signal
+    e = Engine()
+    try:
+        e.start()
+        h = handler_file()
+        for name in ("replaced", "deleted"):
+            assert put(e, name, {"topics": ["#"], "handler": h, "limits": {"time": "1h"}})[0] == 201
+        with open(os.path.join(PROJECT, h), "w") as f:
+            f.write("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n" + COUNTER)
+
+        def trials():
+            return [pid for pid, cmdline in mtlib.children(e.proc.pid)
+                    if cmdline[1:3] == ["check", "--handler"] and mtlib.alive(pid)]
+        e.proc.send_signal(signal.SIGHUP)
+        first = mtlib.wait_for(lambda: len(trials()) == 2 and trials(), what="two trial loads")
+        with open(os.path.join(PROJECT, h), "w") as f:
+            f.write(COUNTER)
+        assert put(e, "replaced", {"topics": ["#"], "handler": h})[0] == 200
+        st, _, _ = e.request("DELETE", "/subscriptions/deleted")
+        assert st == 204
+        mtlib.wait_for(lambda: not any(mtlib.alive(pid) for pid in first),
+                       what="the trials ended")
+        for name in ("replaced", "deleted"):
+            assert any("subscription '%s': handler not reloaded: the subscription is being "
+                       "changed or deleted" % name in line for line in e.stderr_lines), name
+        e.publish(mtlib.event("a", subject="s", type_="t.x"))
+        mtlib.wait_for(lambda: count(e, "s") == 1, what="the replaced subscription's handler")
+        assert e.stop() == 0
+    finally:
+        e.cleanup()
+
+
 def test_a_subscription_made_again_emits_events_of_its_own():
     # Emitted ids are derived from the name, the trigger and the position;
     # the log keeps every id it has seen, so a subscription deleted and made

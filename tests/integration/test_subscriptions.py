@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -250,7 +251,7 @@ def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
                 f.write("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
                         "return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
             e.proc.send_signal(signal.SIGHUP)
-            logged("its top-level code ran past limits.time (1000 ms) and was stopped")
+            logged("h.lua: its top-level code ran past its time limit (1000 ms) and was stopped")
             logged("the handler loaded before goes on running")
             e.publish(mtlib.event("a", subject="s1", type_="t.x"))
             wait_for(lambda: table(e, "v") == {"s1": 1}, what="the old handler still running")
@@ -268,16 +269,147 @@ def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
             stuck = os.path.join(e.data_dir, "stuck.json")
             assert not os.path.exists(stuck), open(stuck).read()
             # No trial process is left behind.
-            kids = []
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open("/proc/%s/stat" % pid) as f:
-                        stat = f.read()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == e.proc.pid:
-                    kids.append(stat)
-            assert kids == [], kids
+            assert mtlib.children(e.proc.pid) == []
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+STUCK = ("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
+         "return function(e, ctx) ctx.kv('v'):put(e.subject, 9) end\n")
+
+
+def trial_of(e, handler):
+    """The pid of the trial load of 'handler' the engine runs, once it runs."""
+    def find():
+        for pid, cmdline in mtlib.children(e.proc.pid):
+            if cmdline[1:4] == ["check", "--handler", handler] and mtlib.alive(pid):
+                return pid
+        return None
+    return wait_for(find, what="the trial load of " + handler)
+
+
+def test_a_trial_load_ends_with_the_engine():
+    # A trial whose handler is stuck in one C function lived on for its
+    # whole limits.time after the engine was killed.
+    handler = handler_file("return function(e, ctx) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
+                 "    limits: { time: 1h }\n" % handler)
+    try:
+        with Engine(config=cfg) as e:
+            with open(handler, "w") as f:
+                f.write(STUCK)
+            e.proc.send_signal(signal.SIGHUP)
+            pid = trial_of(e, handler)
+            e.kill()
+            wait_for(lambda: not mtlib.alive(pid), what="the trial to end with the engine")
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+def test_a_sighup_during_a_trial_starts_it_over_on_the_file_as_it_is():
+    # A SIGHUP while a trial ran was refused until limits.time ended it.
+    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
+                 "    limits: { time: 1h }\n" % handler)
+    try:
+        with Engine(config=cfg) as e:
+            with open(handler, "w") as f:
+                f.write(STUCK)
+            e.proc.send_signal(signal.SIGHUP)
+            stuck = trial_of(e, handler)
+            with open(handler, "w") as f:
+                f.write("return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: any("subscription 'h': handler reloaded" in line
+                                 for line in e.stderr_lines), what="the mended handler")
+            assert not mtlib.alive(stuck)
+            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+            wait_for(lambda: table(e, "v") == {"s1": 2}, what="the mended handler running")
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+def test_a_failed_trial_reports_the_error_after_whatever_the_handler_printed():
+    # The report kept the first 4 KiB the trial wrote: a top level that
+    # printed more pushed the reason out of the log line.
+    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n" % handler)
+    try:
+        with Engine(config=cfg) as e:
+            with open(handler, "w") as f:
+                f.write("for i = 1, 200 do print(('x'):rep(100)) end\n"
+                        "error('the reason')\nreturn function() end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            line = wait_for(lambda: [l for l in e.stderr_lines if "handler not reloaded" in l],
+                            what="the refused reload")[0]
+            msg = json.loads(line)["msg"]
+            assert "h.lua:2: the reason" in msg and "xxxx" not in msg, msg
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+def test_a_handler_changed_while_it_was_tried_is_tried_again():
+    # What the engine loads is the file read again after the trial: a file
+    # saved meanwhile ran untried, and a stuck top level ended the engine
+    # (exit 75). The trial's slow top level gives the time to change it.
+    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
+                 "    limits: { instructions: 10000000000, time: 5s }\n" % handler)
+    try:
+        with Engine(config=cfg) as e:
+            with open(handler, "w") as f:
+                f.write("local n = 0\nfor i = 1, 1e8 do n = n + 1 end\n"
+                        "return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            trial_of(e, handler)
+            time.sleep(0.2)  # the trial has read the file by now, on all but a crawling machine
+            with open(handler + ".new", "w") as f:
+                f.write(STUCK)
+            os.rename(handler + ".new", handler)
+            wait_for(lambda: e.proc.poll() is not None
+                     or any("handler not reloaded" in line for line in e.stderr_lines),
+                     timeout=120, what="the stuck version refused")
+            assert e.proc.poll() is None, "the engine ended (exit %d): it loaded the file " \
+                "changed after the trial" % e.proc.poll()
+            assert any("its top-level code ran past its time limit (5000 ms)" in line
+                       for line in e.stderr_lines), e.stderr_lines
+            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+            wait_for(lambda: table(e, "v") == {"s1": 1}, what="the first handler still running")
+            assert e.proc.poll() is None
+    finally:
+        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+
+
+def test_an_engine_whose_binary_cannot_run_a_trial_reloads_untried():
+    # Started through the dynamic loader (or a debugger), /proc/self/exe is
+    # not moontide: the trial could not run and every reload was refused.
+    with open(mtlib.MOONTIDE, "rb") as f:
+        elf = f.read(1 << 16)
+    loader = None
+    if elf[:5] == b"\x7fELF\x02" and elf[5] == 1:  # 64-bit little-endian: read its PT_INTERP
+        phoff, = struct.unpack_from("<Q", elf, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+        for i in range(phnum):
+            at = phoff + i * phentsize
+            if struct.unpack_from("<I", elf, at)[0] == 3:
+                off, = struct.unpack_from("<Q", elf, at + 8)
+                size, = struct.unpack_from("<Q", elf, at + 32)
+                loader = elf[off:off + size].rstrip(b"\0").decode()
+    if not loader:
+        raise mtlib.Skip("the engine's binary names no dynamic loader to start it through")
+    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n" % handler)
+    try:
+        with Engine(config=cfg, prefix=[loader]) as e:
+            with open(handler, "w") as f:
+                f.write("return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
+            e.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: any("subscription 'h': handler reloaded" in line
+                                 for line in e.stderr_lines), what="the reload")
+            assert any("cannot try the handler in a child process" in line
+                       for line in e.stderr_lines), e.stderr_lines
+            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+            wait_for(lambda: table(e, "v") == {"s1": 2}, what="the new handler running")
     finally:
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
