@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -304,10 +305,15 @@ static int cmd_run(int argc, char **argv)
     };
     /*
      * A SIGHUP before the loop takes it (a reload sent while the store
-     * opens and the handlers load) would end the process. Nothing needs
-     * loading again then: the files are being read for the first time.
+     * opens and the handlers load) would end the process. It is held
+     * blocked until then, and in every thread started meanwhile, so a
+     * reload sent during the start is done once the engine serves: the
+     * files may have changed after they were read.
      */
-    signal(SIGHUP, SIG_IGN);
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hup, NULL);
     /* A reload's trial loads are waited for (mt_trial.h): an inherited
      * SIG_IGN would reap them first and hide how they ended. */
     signal(SIGCHLD, SIG_DFL);
@@ -419,6 +425,7 @@ static int cmd_run(int argc, char **argv)
     mt_subs_kick(subs);
     mt_loop_on_stop(loop, NULL, NULL);
     mt_loop_on_reload(loop, on_reload, subs);
+    pthread_sigmask(SIG_UNBLOCK, &hup, NULL); /* one held since the start is taken now */
     {
         char port[8];
         snprintf(port, sizeof port, "%u", mt_http_port(http));
