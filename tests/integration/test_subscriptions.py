@@ -1,6 +1,7 @@
 """Lua handlers on durable subscriptions, against the real engine: exactly-once
 effects across kill -9, per-subject order, retries, dead letters and redrive,
 poison messages, emitted events, and the HTTP views of it all."""
+import contextlib
 import json
 import os
 import random
@@ -233,49 +234,37 @@ def test_sighup_loads_handlers_again_and_a_redrive_runs_the_fix():
             shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
-def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
-    # The top level of a handler can be stuck in one C function, which no
-    # instruction budget stops; at a reload that ended the engine (exit 75)
-    # and the next start refused the file. A reload now loads each handler
-    # first in a child process, killed past limits.time.
-    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
-    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n    workers: 2\n"
-                 "    limits: { time: 1s }\n" % handler)
-    try:
-        with Engine(config=cfg) as e:
-            def logged(text):
-                return wait_for(lambda: any(text in line for line in e.stderr_lines),
-                                what="a log line with " + text)
+STUCK = ("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
+         "return function(e, ctx) ctx.kv('v'):put(e.subject, 9) end\n")
 
-            with open(handler, "w") as f:
-                f.write("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
-                        "return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            logged("h.lua: its top-level code ran past its time limit (1000 ms) and was stopped")
-            logged("the handler loaded before goes on running")
-            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
-            wait_for(lambda: table(e, "v") == {"s1": 1}, what="the old handler still running")
-            with open(handler, "w") as f:
-                f.write("local x = nil .. 'x'\nreturn function() end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            logged("h.lua:1: attempt to concatenate a nil value")
-            with open(handler, "w") as f:
-                f.write("return function(e, ctx) ctx.kv('v'):put(e.subject, 3) end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            logged("subscription 'h': handler reloaded")
-            e.publish(mtlib.event("b", subject="s2", type_="t.x"))
-            wait_for(lambda: table(e, "v") == {"s1": 1, "s2": 3}, what="the fixed handler")
-            assert e.proc.poll() is None
-            stuck = os.path.join(e.data_dir, "stuck.json")
-            assert not os.path.exists(stuck), open(stuck).read()
-            # No trial process is left behind.
-            assert mtlib.children(e.proc.pid) == []
+
+def put_v(n):
+    """A handler that puts n at the event's subject in table v."""
+    return "return function(e, ctx) ctx.kv('v'):put(e.subject, %d) end\n" % n
+
+
+@contextlib.contextmanager
+def one_handler(code, settings="", **engine):
+    """A running engine whose subscription h (topic t.x) has a handler file
+    holding 'code', with 'settings' (YAML lines); yields (engine, file)."""
+    handler = handler_file(code)
+    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n%s" % (handler, settings))
+    try:
+        with Engine(config=cfg, **engine) as e:
+            yield e, handler
     finally:
         shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
 
 
-STUCK = ("local _ = ('a'):rep(3000):find(('a*'):rep(12) .. 'b')\n"
-         "return function(e, ctx) ctx.kv('v'):put(e.subject, 9) end\n")
+def rewrite(path, code):
+    with open(path, "w") as f:
+        f.write(code)
+
+
+def logged(e, text, **kw):
+    """Waits for a log line holding text; returns it."""
+    return wait_for(lambda: next((l for l in e.stderr_lines if text in l), None),
+                    what="a log line with " + text, **kw)
 
 
 def trial_of(e, handler):
@@ -288,130 +277,122 @@ def trial_of(e, handler):
     return wait_for(find, what="the trial load of " + handler)
 
 
+def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
+    # The top level of a handler can be stuck in one C function, which no
+    # instruction budget stops; at a reload that ended the engine (exit 75)
+    # and the next start refused the file. A reload now loads each handler
+    # first in a child process, stopped past limits.time.
+    with one_handler(put_v(1), "    workers: 2\n    limits: { time: 1s }\n") as (e, handler):
+        rewrite(handler, STUCK)
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "h.lua: its top-level code ran past its time limit (1000 ms) and was stopped")
+        logged(e, "the handler loaded before goes on running")
+        e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s1": 1}, what="the old handler still running")
+        rewrite(handler, "local x = nil .. 'x'\nreturn function() end\n")
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "h.lua:1: attempt to concatenate a nil value")
+        rewrite(handler, put_v(3))
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "subscription 'h': handler reloaded")
+        e.publish(mtlib.event("b", subject="s2", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s1": 1, "s2": 3}, what="the fixed handler")
+        assert e.proc.poll() is None
+        stuck = os.path.join(e.data_dir, "stuck.json")
+        assert not os.path.exists(stuck), open(stuck).read()
+        # No trial process is left behind.
+        assert mtlib.children(e.proc.pid) == []
+
+
 def test_a_trial_load_ends_with_the_engine():
     # A trial whose handler is stuck in one C function lived on for its
     # whole limits.time after the engine was killed.
-    handler = handler_file("return function(e, ctx) end\n")
-    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
-                 "    limits: { time: 1h }\n" % handler)
-    try:
-        with Engine(config=cfg) as e:
-            with open(handler, "w") as f:
-                f.write(STUCK)
-            e.proc.send_signal(signal.SIGHUP)
-            pid = trial_of(e, handler)
-            e.kill()
-            wait_for(lambda: not mtlib.alive(pid), what="the trial to end with the engine")
-    finally:
-        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+    with one_handler(put_v(1), "    limits: { time: 1h }\n") as (e, handler):
+        rewrite(handler, STUCK)
+        e.proc.send_signal(signal.SIGHUP)
+        pid = trial_of(e, handler)
+        e.kill()
+        wait_for(lambda: not mtlib.alive(pid), what="the trial to end with the engine")
 
 
 def test_a_sighup_during_a_trial_starts_it_over_on_the_file_as_it_is():
     # A SIGHUP while a trial ran was refused until limits.time ended it.
-    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
-    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
-                 "    limits: { time: 1h }\n" % handler)
-    try:
-        with Engine(config=cfg) as e:
-            with open(handler, "w") as f:
-                f.write(STUCK)
-            e.proc.send_signal(signal.SIGHUP)
-            stuck = trial_of(e, handler)
-            with open(handler, "w") as f:
-                f.write("return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: any("subscription 'h': handler reloaded" in line
-                                 for line in e.stderr_lines), what="the mended handler")
-            assert not mtlib.alive(stuck)
-            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
-            wait_for(lambda: table(e, "v") == {"s1": 2}, what="the mended handler running")
-    finally:
-        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+    with one_handler(put_v(1), "    limits: { time: 1h }\n") as (e, handler):
+        rewrite(handler, STUCK)
+        e.proc.send_signal(signal.SIGHUP)
+        stuck = trial_of(e, handler)
+        rewrite(handler, put_v(2))
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "subscription 'h': handler reloaded")
+        assert not mtlib.alive(stuck)
+        e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s1": 2}, what="the mended handler running")
 
 
 def test_a_failed_trial_reports_the_error_after_whatever_the_handler_printed():
     # The report kept the first 4 KiB the trial wrote: a top level that
     # printed more pushed the reason out of the log line.
-    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
-    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n" % handler)
-    try:
-        with Engine(config=cfg) as e:
-            with open(handler, "w") as f:
-                f.write("for i = 1, 200 do print(('x'):rep(100)) end\n"
-                        "error('the reason')\nreturn function() end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            line = wait_for(lambda: [l for l in e.stderr_lines if "handler not reloaded" in l],
-                            what="the refused reload")[0]
-            msg = json.loads(line)["msg"]
-            assert "h.lua:2: the reason" in msg and "xxxx" not in msg, msg
-    finally:
-        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+    with one_handler(put_v(1)) as (e, handler):
+        rewrite(handler, "for i = 1, 200 do print(('x'):rep(100)) end\n"
+                         "error('the reason')\nreturn function() end\n")
+        e.proc.send_signal(signal.SIGHUP)
+        msg = json.loads(logged(e, "handler not reloaded"))["msg"]
+        assert "h.lua:2: the reason" in msg and "xxxx" not in msg, msg
 
 
 def test_a_handler_changed_while_it_was_tried_is_tried_again():
     # What the engine loads is the file read again after the trial: a file
     # saved meanwhile ran untried, and a stuck top level ended the engine
     # (exit 75). The trial's slow top level gives the time to change it.
-    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
-    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n"
-                 "    limits: { instructions: 10000000000, time: 5s }\n" % handler)
-    try:
-        with Engine(config=cfg) as e:
-            with open(handler, "w") as f:
-                f.write("local n = 0\nfor i = 1, 1e8 do n = n + 1 end\n"
-                        "return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            trial_of(e, handler)
-            time.sleep(0.2)  # the trial has read the file by now, on all but a crawling machine
-            with open(handler + ".new", "w") as f:
-                f.write(STUCK)
-            os.rename(handler + ".new", handler)
-            wait_for(lambda: e.proc.poll() is not None
-                     or any("handler not reloaded" in line for line in e.stderr_lines),
-                     timeout=120, what="the stuck version refused")
-            assert e.proc.poll() is None, "the engine ended (exit %d): it loaded the file " \
-                "changed after the trial" % e.proc.poll()
-            assert any("its top-level code ran past its time limit (5000 ms)" in line
-                       for line in e.stderr_lines), e.stderr_lines
-            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
-            wait_for(lambda: table(e, "v") == {"s1": 1}, what="the first handler still running")
-            assert e.proc.poll() is None
-    finally:
-        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+    limits = "    limits: { instructions: 10000000000, time: 5s }\n"
+    with one_handler(put_v(1), limits) as (e, handler):
+        rewrite(handler, "local n = 0\nfor i = 1, 1e8 do n = n + 1 end\n" + put_v(2))
+        e.proc.send_signal(signal.SIGHUP)
+        trial_of(e, handler)
+        time.sleep(0.2)  # the trial has read the file by now, on all but a crawling machine
+        rewrite(handler + ".new", STUCK)
+        os.rename(handler + ".new", handler)
+        wait_for(lambda: e.proc.poll() is not None
+                 or any("handler not reloaded" in line for line in e.stderr_lines),
+                 timeout=120, what="the stuck version refused")
+        assert e.proc.poll() is None, "the engine ended (exit %d): it loaded the file " \
+            "changed after the trial" % e.proc.poll()
+        logged(e, "its top-level code ran past its time limit (5000 ms)", timeout=0.1)
+        e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s1": 1}, what="the first handler still running")
+        assert e.proc.poll() is None
+
+
+def dynamic_loader(path):
+    """The PT_INTERP of a 64-bit little-endian ELF file, or None."""
+    with open(path, "rb") as f:
+        elf = f.read(1 << 16)
+    if elf[:5] != b"\x7fELF\x02" or elf[5] != 1:
+        return None
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if struct.unpack_from("<I", elf, at)[0] == 3:
+            off, = struct.unpack_from("<Q", elf, at + 8)
+            size, = struct.unpack_from("<Q", elf, at + 32)
+            return elf[off:off + size].rstrip(b"\0").decode()
+    return None
 
 
 def test_an_engine_whose_binary_cannot_run_a_trial_reloads_untried():
     # Started through the dynamic loader (or a debugger), /proc/self/exe is
     # not moontide: the trial could not run and every reload was refused.
-    with open(mtlib.MOONTIDE, "rb") as f:
-        elf = f.read(1 << 16)
-    loader = None
-    if elf[:5] == b"\x7fELF\x02" and elf[5] == 1:  # 64-bit little-endian: read its PT_INTERP
-        phoff, = struct.unpack_from("<Q", elf, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-        for i in range(phnum):
-            at = phoff + i * phentsize
-            if struct.unpack_from("<I", elf, at)[0] == 3:
-                off, = struct.unpack_from("<Q", elf, at + 8)
-                size, = struct.unpack_from("<Q", elf, at + 32)
-                loader = elf[off:off + size].rstrip(b"\0").decode()
+    loader = dynamic_loader(mtlib.MOONTIDE)
     if not loader:
         raise mtlib.Skip("the engine's binary names no dynamic loader to start it through")
-    handler = handler_file("return function(e, ctx) ctx.kv('v'):put(e.subject, 1) end\n")
-    cfg = config("  h:\n    topics: [\"t.x\"]\n    handler: %s\n" % handler)
-    try:
-        with Engine(config=cfg, prefix=[loader]) as e:
-            with open(handler, "w") as f:
-                f.write("return function(e, ctx) ctx.kv('v'):put(e.subject, 2) end\n")
-            e.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: any("subscription 'h': handler reloaded" in line
-                                 for line in e.stderr_lines), what="the reload")
-            assert any("cannot try the handler in a child process" in line
-                       for line in e.stderr_lines), e.stderr_lines
-            e.publish(mtlib.event("a", subject="s1", type_="t.x"))
-            wait_for(lambda: table(e, "v") == {"s1": 2}, what="the new handler running")
-    finally:
-        shutil.rmtree(os.path.dirname(handler), ignore_errors=True)
+    with one_handler(put_v(1), prefix=[loader]) as (e, handler):
+        rewrite(handler, put_v(2))
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "subscription 'h': handler reloaded")
+        logged(e, "cannot try the handler in a child process", timeout=0.1)
+        e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s1": 2}, what="the new handler running")
 
 
 def test_a_sighup_while_the_engine_starts_is_done_once_it_serves():
