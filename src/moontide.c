@@ -117,6 +117,11 @@ static int check_handler(const mt_sub_conf *conf, uint64_t time_ms)
 {
     mt_diag_set_level(MT_DIAG_WARN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* An engine's trial (mt_trial.c) whose engine died before the line above is an orphan. */
+    const char *parent = getenv("MOONTIDE_TRIAL_PARENT");
+    if (parent && strtol(parent, NULL, 10) != (long) getppid()) {
+        _exit(MT_EXIT_SOFTWARE);
+    }
     if (time_ms) {
         int n = snprintf(check_late, sizeof check_late, "%s: its top-level code ran past its time "
                          "limit (%" PRIu64 " ms) and was stopped: a string function stuck "
@@ -440,6 +445,8 @@ static int cmd_run(int argc, char **argv)
     }
 
 out:
+    /* No reload while stopping: nor one after the loop is freed, when SIGHUP ends the process. */
+    pthread_sigmask(SIG_BLOCK, &hup, NULL);
     /* Drain: no new connections; finish and answer every accepted write; then exit. */
     if (http) {
         mt_http_stop_accepting(http);

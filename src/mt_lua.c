@@ -489,22 +489,26 @@ static void format_load_error(const char *msg, const char *path, char *err, size
  * pushes it; pushes nothing on failure. Never raises: lua_load is protected
  * and nothing here allocates Lua memory outside it.
  */
-static mt_err compile_file(mt_lua *lu, const char *path, char *err, size_t errlen)
+/* Compiles 'given' (len bytes) as the text of 'path', or, if NULL, the file read. */
+static mt_err compile_file(mt_lua *lu, const char *path, const char *given, size_t len, char *err,
+                           size_t errlen)
 {
     lua_State *L = lu->L;
     if (!lua_checkstack(L, 2)) {
         snprintf(err, errlen, "%s: Lua stack exhausted", path);
         return MT_ELUA;
     }
-    char *src;
-    size_t len;
-    mt_err rc = read_file(path, &src, &len, err, errlen);
-    if (rc) {
-        return rc;
+    char *src = NULL;
+    if (!given) {
+        mt_err rc = read_file(path, &src, &len, err, errlen);
+        if (rc) {
+            return rc;
+        }
+        given = src;
     }
     char *chunkname = mt_xasprintf("@%s", path);
     lu->mem_failed = false;
-    int st = luaL_loadbufferx(L, src, len, chunkname, "t");
+    int st = luaL_loadbufferx(L, given, len, chunkname, "t");
     free(chunkname);
     free(src);
     if (st == LUA_OK) {
@@ -1077,13 +1081,19 @@ static void load_error(const char *path, const char *msg, const char *trace, cha
 
 mt_err mt_lua_load_file(mt_lua *lu, const char *path, char *err, size_t errlen)
 {
+    return mt_lua_load_source(lu, path, NULL, 0, err, errlen);
+}
+
+mt_err mt_lua_load_source(mt_lua *lu, const char *path, const char *src, size_t len, char *err,
+                          size_t errlen)
+{
     mt_assert(lu && path);
     if (errlen) {
         err[0] = 0;
     }
     lua_State *L = lu->L;
     int top = lua_gettop(L);
-    mt_err rc = compile_file(lu, path, err, errlen);
+    mt_err rc = compile_file(lu, path, src, len, err, errlen);
     if (rc) {
         return rc;
     }
@@ -1120,7 +1130,7 @@ mt_err mt_lua_check_file(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: cannot create a Lua state: %s", path, mt_err_str(rc));
         return rc;
     }
-    rc = compile_file(lu, path, err, errlen);
+    rc = compile_file(lu, path, NULL, 0, err, errlen);
     if (rc == MT_OK) {
         lua_pop(lu->L, 1);
     }

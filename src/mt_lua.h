@@ -98,6 +98,13 @@ mt_lua *mt_lua_from_state(lua_State *L);
 mt_err mt_lua_load_file(mt_lua *lu, const char *path, char *err, size_t errlen);
 
 /*
+ * mt_lua_load_file with the file's text given (len bytes at 'src', already
+ * read): a reload loads the very bytes its trial load checked.
+ */
+mt_err mt_lua_load_source(mt_lua *lu, const char *path, const char *src, size_t len, char *err,
+                          size_t errlen);
+
+/*
  * Compiles 'path' in a fresh default state and discards it (moontide check).
  * Does not run it. Same errors and messages as mt_lua_load_file.
  */

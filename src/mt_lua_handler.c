@@ -604,7 +604,8 @@ static mt_err handler_open(const mt_sub_conf *conf, void **out, char *err, size_
     }
     mt_buf_free(&why);
     mt_watch_enter_load(h->name, conf->handler, h->limit_ms);
-    rc = mt_lua_load_file(h->lu, conf->handler, err, errlen);
+    rc = mt_lua_load_source(h->lu, conf->handler, conf->handler_src, conf->handler_src_len, err,
+                            errlen);
     mt_watch_leave();
     if (rc) {
         handler_close(h);

@@ -25,6 +25,7 @@
  * jobs are small again, and so are the groups publishers wait on.
  */
 #define EVENTS_PER_JOB 512
+#define TRIALS_AT_ONCE 2 /* a reload's trial loads running at once (trials_start) */
 #define EVENTS_PER_JOB_MAX 2048
 /*
  * Dispatch jobs of one subscription in flight at once: the next is queued
@@ -57,12 +58,12 @@ typedef struct dormant_def {
     char *why;
 } dormant_def;
 
-/* A reload waiting for its handler's trial load (mt_trial.h). */
+/* A reload waiting for its handler's trial load (mt_trial.h), or for its turn to start one. */
 typedef struct reload_trial {
     mt_subs *subs;
     char *name;
     uint64_t serial;             /* of the runtime it reloads */
-    mt_trial *trial;
+    mt_trial *trial;             /* NULL until it starts (trials_start) */
     struct reload_trial *next;
 } reload_trial;
 
@@ -87,7 +88,7 @@ struct mt_subs {
     void *on_kick_arg;
     uint64_t appends_queued;     /* HTTP appends queued so far (mt_subs_prime) */
     uint64_t serials;            /* runtimes made so far: each gets the next as its serial */
-    reload_trial *trials;        /* reloads waiting for their handler's trial load */
+    reload_trial *trials;        /* reloads waiting for their handler's trial load, in order */
 };
 
 /* What a dispatch job reports back to the loop thread. */
@@ -3425,19 +3426,30 @@ static void reloaded(mt_err rc, json_t *result, void *arg)
 
 /*
  * Loads the handler of 's' again into a fresh runtime that takes over as a
- * PUT's does (def_job). False, with the reason logged, if it did not load
- * or cannot take over.
+ * PUT's does (def_job): from 'src' (len bytes), the text its trial loaded,
+ * into every Lua state, or from the file if NULL. False, with the reason
+ * logged, if it did not load or cannot take over.
  */
-static bool reload_now(mt_subs *subs, sub_rt *s)
+static bool reload_now(mt_subs *subs, sub_rt *s, const char *src, size_t len)
 {
     const char *name = s->conf->name;
     char why[600];
-    sub_rt *fresh = sub_new(subs, mt_sub_conf_copy(s->conf), s->def, why, sizeof why);
+    mt_sub_conf *conf = mt_sub_conf_copy(s->conf);
+    if (src) {
+        conf->handler_src = mt_xmalloc(len + 1);
+        memcpy(conf->handler_src, src, len);
+        conf->handler_src[len] = '\0';
+        conf->handler_src_len = len;
+    }
+    sub_rt *fresh = sub_new(subs, conf, s->def, why, sizeof why);
     if (!fresh) {
         mt_diag_emit(MT_DIAG_ERROR, (const char *const[]){"subscription", name, NULL},
                      "%s; the handler loaded before goes on running", why);
         return false;
     }
+    free(fresh->conf->handler_src); /* every state is loaded */
+    fresh->conf->handler_src = NULL;
+    fresh->conf->handler_src_len = 0;
     char *arg = mt_xstrdup(name);
     def_job *j = mt_xcalloc(1, sizeof *j);
     *j = (def_job){.subs = subs, .name = mt_xstrdup(name), .fresh = fresh, .reload = true,
@@ -3449,7 +3461,19 @@ static bool reload_now(mt_subs *subs, sub_rt *s)
     return true;
 }
 
-static void trial_done(mt_err rc, const char *msg, void *arg)
+/* As at start: loaded in the engine, with the watchdog as the last resort. */
+static void reload_untried(mt_subs *subs, sub_rt *s, const char *why)
+{
+    const char *name = s->conf->name;
+    mt_diag_emit(MT_DIAG_WARN, (const char *const[]){"subscription", name, NULL},
+                 "subscription '%s': cannot try the handler in a child process (%s); loading "
+                 "it untried", name, why);
+    reload_now(subs, s, NULL, 0);
+}
+
+static void trials_start(mt_subs *subs);
+
+static void trial_done(mt_err rc, const char *msg, const char *src, size_t len, void *arg)
 {
     reload_trial *r = arg;
     mt_subs *subs = r->subs;
@@ -3462,18 +3486,51 @@ static void trial_done(mt_err rc, const char *msg, void *arg)
         mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': handler not reloaded: the "
                      "subscription was changed or deleted while its handler was tried", r->name);
     } else if (rc == MT_EUNAVAIL) {
-        /* As at start: loaded in the engine, with the watchdog as the last resort. */
-        mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': cannot try the handler in a "
-                     "child process (%s); loading it untried", r->name, msg);
-        reload_now(subs, s);
+        reload_untried(subs, s, msg);
     } else if (rc) {
         mt_diag_emit(MT_DIAG_ERROR, fields, "subscription '%s': handler not reloaded: %s; the "
                      "handler loaded before goes on running", r->name, msg);
     } else {
-        reload_now(subs, s);
+        reload_now(subs, s, src, len);
     }
     free(r->name);
     free(r);
+    trials_start(subs);
+}
+
+/*
+ * Starts the trials waiting, TRIALS_AT_ONCE at most running: each may take
+ * a core and limits.memory, and all run against the wall clock.
+ */
+static void trials_start(mt_subs *subs)
+{
+    int running = 0;
+    for (reload_trial *r = subs->trials; r; r = r->next) {
+        running += r->trial != NULL;
+    }
+    reload_trial **p = &subs->trials;
+    while (*p && running < TRIALS_AT_ONCE) {
+        reload_trial *r = *p;
+        sub_rt *s = find(subs, r->name);
+        bool same = s && s->serial == r->serial && !s->deleting;
+        char why[300] = "";
+        if (r->trial) {
+            p = &r->next; /* running, and counted */
+            continue;
+        }
+        if (same && mt_trial_start(subs->loop, s->conf, trial_done, r, &r->trial, why,
+                                   sizeof why) == MT_OK) {
+            running++;
+            p = &r->next;
+            continue;
+        }
+        *p = r->next;
+        if (same) {
+            reload_untried(subs, s, why);
+        }
+        free(r->name);
+        free(r);
+    }
 }
 
 void mt_subs_reload(mt_subs *subs)
@@ -3499,29 +3556,23 @@ void mt_subs_reload(mt_subs *subs)
         /* The file may have been mended again since: the trial starts over on it. */
         trial_drop(subs, name, MT_DIAG_INFO,
                    "trying the handler again from the start: SIGHUP while it was tried");
-        if (subs->runner->trial_load) {
-            reload_trial *r = mt_xcalloc(1, sizeof *r);
-            *r = (reload_trial){.subs = subs, .name = mt_xstrdup(name), .serial = s->serial,
-                                .next = subs->trials};
-            char why[300];
-            if (mt_trial_start(subs->loop, s->conf, trial_done, r, &r->trial, why,
-                               sizeof why) == MT_OK) {
-                subs->trials = r;
-                n++;
-                continue;
-            }
-            free(r->name);
-            free(r);
-            /* As at start: loaded in the engine, with the watchdog as the last resort. */
-            mt_diag_emit(MT_DIAG_WARN, fields, "subscription '%s': cannot try the handler in a "
-                         "child process (%s); loading it untried", name, why);
+        if (!subs->runner->trial_load) {
+            bool ok = reload_now(subs, s, NULL, 0);
+            n += ok;
+            failed += !ok;
+            continue;
         }
-        bool ok = reload_now(subs, s);
-        n += ok;
-        failed += !ok;
+        reload_trial **tail = &subs->trials;
+        while (*tail) {
+            tail = &(*tail)->next;
+        }
+        *tail = mt_xcalloc(1, sizeof **tail);
+        **tail = (reload_trial){.subs = subs, .name = mt_xstrdup(name), .serial = s->serial};
+        n++;
     }
     mt_info("SIGHUP: loading %d handler(s) again%s (the topology file is read only at start)",
             n, failed ? ", the others keep the code they run (see above)" : "");
+    trials_start(subs);
 }
 
 mt_err mt_subs_delete(mt_subs *subs, const char *name, mt_topo_errs *errs, mt_pull_done_fn done,

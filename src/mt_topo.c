@@ -1417,6 +1417,7 @@ static void sub_conf_clear(mt_sub_conf *c)
     free(c->topics);
     free(c->filter_json);
     free(c->handler);
+    free(c->handler_src);
     free(c->webhook_url);
     free(c->webhook_secret);
     free(c->window_tz);
@@ -1928,6 +1929,8 @@ mt_sub_conf *mt_sub_conf_copy(const mt_sub_conf *c)
     r->topics = strv_copy(c->topics, c->ntopics);
     r->filter_json = str_copy(c->filter_json);
     r->handler = str_copy(c->handler);
+    r->handler_src = NULL; /* a reload's, for the runtime it builds only */
+    r->handler_src_len = 0;
     r->webhook_url = str_copy(c->webhook_url);
     r->webhook_secret = str_copy(c->webhook_secret);
     r->window_tz = str_copy(c->window_tz);

@@ -91,6 +91,9 @@ typedef struct mt_sub_conf {
     int ntopics;
     char *filter_json;       /* owned; the filter as JSON text, NULL = none */
     char *handler;           /* owned; path of the Lua handler */
+    char *handler_src;       /* owned; NULL, or the handler's text to load instead of reading
+                              * 'handler': a reload's, checked by its trial (not copied) */
+    size_t handler_src_len;
     int handler_line;        /* where the file named it, from 1 (0: not from a file) */
     int handler_col;
     mt_start start;

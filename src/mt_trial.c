@@ -5,16 +5,17 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "mt_client.h"
+#include "mt_lua.h"
 #include "mt_mem.h"
 #include "mt_trial.h"
 #include "mt_util.h"
@@ -29,8 +30,8 @@ struct mt_trial {
     mt_loop *loop;
     char *handler;
     uint64_t instructions, memory, limit_ms;
-    unsigned char print[EVP_MAX_MD_SIZE]; /* of the file when the child was started */
-    unsigned int print_len;               /* 0: the file could not be read */
+    char *src;            /* the file's bytes when the child was started, or NULL */
+    size_t src_len;
     int tries;
     pid_t pid;
     int fd;               /* read end of the child's standard error */
@@ -41,33 +42,44 @@ struct mt_trial {
     void *arg;
 };
 
-/* The SHA-256 of the file's bytes into 'print'; *len 0 if it cannot be read. */
-static void fingerprint(const char *path, unsigned char *print, unsigned int *len)
+/*
+ * The file's bytes, read as the engine's load would take them; NULL if it
+ * is not a regular file of at most MT_LUA_MAX_SOURCE bytes or cannot be
+ * read. On the loop thread: a FIFO or a device must not block it.
+ */
+static char *read_source(const char *path, size_t *len)
 {
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        return;
+        return NULL;
     }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    char buf[8192];
-    for (;;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) {
-            continue;
+    struct stat st;
+    char *b = NULL;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t) st.st_size <= MT_LUA_MAX_SOURCE) {
+        size_t size = (size_t) st.st_size, got = 0;
+        b = mt_trymalloc(size + 1);
+        while (b && got < size) {
+            ssize_t n = read(fd, b + got, size - got);
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                break;
+            }
+            got += (size_t) n;
         }
-        if (n <= 0) {
-            ok = ok && n == 0;
-            break;
+        if (b && got == size) {
+            b[size] = '\0';
+            *len = size;
+        } else {
+            free(b);
+            b = NULL;
         }
-        ok = ok && EVP_DigestUpdate(md, buf, (size_t) n);
     }
-    if (ok && !EVP_DigestFinal_ex(md, print, len)) {
-        *len = 0;
-    }
-    EVP_MD_CTX_free(md);
     close(fd);
+    return b;
 }
 
 /* Ends the child (if it runs) and lets go of what watches it. */
@@ -93,6 +105,7 @@ static void trial_free(mt_trial *t)
         child_end(t, true);
     }
     mt_buf_free(&t->report);
+    free(t->src);
     free(t->handler);
     free(t);
 }
@@ -102,7 +115,8 @@ static void on_child(evutil_socket_t fd, short what, void *arg);
 /* Starts the child on the file as it now is. MT_EIO with the reason in 'err' if it cannot. */
 static mt_err spawn(mt_trial *t, char *err, size_t errlen)
 {
-    fingerprint(t->handler, t->print, &t->print_len);
+    free(t->src);
+    t->src = read_source(t->handler, &t->src_len);
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
@@ -132,14 +146,29 @@ static mt_err spawn(mt_trial *t, char *err, size_t errlen)
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &dfl);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    int rc = posix_spawn(&t->pid, "/proc/self/exe", &fa, &attr, argv, environ);
+    /* Which process the child is to die with (check_handler in moontide.c). */
+    size_t nenv = 0;
+    while (environ[nenv]) {
+        nenv++;
+    }
+    char **envp = mt_xcalloc(nenv + 2, sizeof *envp);
+    char parent[48];
+    snprintf(parent, sizeof parent, "MOONTIDE_TRIAL_PARENT=%ld", (long) getpid());
+    size_t k = 0;
+    for (size_t i = 0; i < nenv; i++) {
+        if (strncmp(environ[i], "MOONTIDE_TRIAL_PARENT=", 22) != 0) {
+            envp[k++] = environ[i];
+        }
+    }
+    envp[k] = parent;
+    int rc = posix_spawn(&t->pid, "/proc/self/exe", &fa, &attr, argv, envp);
+    free(envp);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     close(p[1]);
     if (rc) {
         close(p[0]);
-        snprintf(err, errlen, "cannot start /proc/self/exe with /dev/null as its input and "
-                 "output: %s", strerror(rc));
+        snprintf(err, errlen, "cannot start /proc/self/exe: %s", strerror(rc));
         return MT_EIO;
     }
     fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_NONBLOCK);
@@ -166,14 +195,14 @@ static void finish(mt_trial *t, bool kill_it)
     mt_err rc = MT_ELUA;
     int code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     if (kill_it) {
-        mt_buf_addf(&msg, "%s: its top-level code ran past its time limit (limits.time, %" PRIu64
-                    " ms) and was killed: a string function stuck backtracking?", t->handler,
+        mt_buf_addf(&msg, "%s: its top-level code ran past its time limit (%" PRIu64 " ms) and "
+                    "was stopped: a string function stuck backtracking?", t->handler,
                     t->limit_ms);
     } else if (code == MT_EXIT_OK) {
-        unsigned char now[EVP_MAX_MD_SIZE];
-        unsigned int now_len;
-        fingerprint(t->handler, now, &now_len);
-        bool same = now_len == t->print_len && memcmp(now, t->print, now_len) == 0;
+        size_t now_len;
+        char *now = read_source(t->handler, &now_len);
+        bool same = now && t->src && now_len == t->src_len && memcmp(now, t->src, now_len) == 0;
+        free(now);
         if (!same && ++t->tries < MAX_TRIES) {
             char err[300];
             if (spawn(t, err, sizeof err) == MT_OK) {
@@ -183,16 +212,21 @@ static void finish(mt_trial *t, bool kill_it)
             rc = MT_EUNAVAIL;
             mt_buf_addf(&msg, "%s changed while it was tried, and %s", t->handler, err);
         } else if (!same) {
-            mt_buf_addf(&msg, "%s changed each time it was tried (%d times); send SIGHUP "
-                        "again once it is saved", t->handler, MAX_TRIES);
+            mt_buf_addf(&msg, "%s changed each time it was tried (%d times), or is no longer a "
+                        "regular file of at most %zu bytes; send SIGHUP again once it is saved",
+                        t->handler, MAX_TRIES, MT_LUA_MAX_SOURCE);
         } else {
             rc = MT_OK;
         }
-    } else if (code == MT_EXIT_CONFIG && report[0]) {
-        mt_buf_adds(&msg, report);
+    } else if (code == MT_EXIT_CONFIG) {
+        if (report[0]) {
+            mt_buf_adds(&msg, report);
+        } else {
+            mt_buf_addf(&msg, "%s: did not load, with an empty error message", t->handler);
+        }
     } else if (code >= 0) {
         /* Not a verdict of `check --handler`: the binary is not moontide (a loader, a
-         * debugger), or one too old to have the option. */
+         * valgrind), or one too old to have the option. */
         rc = MT_EUNAVAIL;
         mt_buf_addf(&msg, "/proc/self/exe check --handler %s ended with status %d%s%s",
                     t->handler, code, report[0] ? ": " : "", report);
@@ -205,7 +239,7 @@ static void finish(mt_trial *t, bool kill_it)
                         WTERMSIG(status), report[0] ? ": " : "", report);
         }
     }
-    t->done(rc, mt_buf_cstr(&msg), t->arg);
+    t->done(rc, mt_buf_cstr(&msg), rc == MT_OK ? t->src : NULL, t->src_len, t->arg);
     mt_buf_free(&msg);
     trial_free(t);
 }
@@ -237,6 +271,9 @@ static void on_child(evutil_socket_t fd, short what, void *arg)
             return;
         }
         if (n > 0) {
+            for (ssize_t i = 0; i < n; i++) {
+                buf[i] = buf[i] ? buf[i] : ' '; /* the report is read as a C string */
+            }
             keep_tail(&t->report, buf, (size_t) n);
         }
     }

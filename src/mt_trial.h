@@ -14,14 +14,14 @@
  * The child is a fresh process (posix_spawn of /proc/self/exe): it shares
  * no locks, files or threads with the engine. Its standard error, the
  * reason a load failed, comes back through a pipe the loop watches. It
- * stops itself past limits.time (`--time`) and dies with the engine's
- * loop thread (PR_SET_PDEATHSIG), so it cannot outlive a crashed engine
- * by more than limits.time.
+ * stops itself past limits.time (`--time`) and dies with the engine
+ * (PR_SET_PDEATHSIG, and the engine's pid in MOONTIDE_TRIAL_PARENT for a
+ * death before the child got that far).
  *
- * What the engine then loads is the file read again: a file that changed
- * while it was tried is tried again, but one changed between that check
- * and the engine's read (microseconds), and the modules it requires, load
- * untried, with the watchdog as the last resort, as at start.
+ * The file is read before the child starts and again once it loaded it;
+ * the engine then loads the bytes the child loaded. Modules the handler
+ * requires are read again by the engine: they load untried, with the
+ * watchdog as the last resort, as at start.
  */
 #ifndef MT_TRIAL_H
 #define MT_TRIAL_H
@@ -34,16 +34,19 @@ typedef struct mt_trial mt_trial;
 
 /*
  * Called on the loop thread once the trial ended: MT_OK if the handler
- * loaded, and the file is what it was when the child started (else it is
- * tried again, up to three times); MT_ELUA if it did not load, 'msg'
- * saying why (the child's report, "FILE:LINE: message", or that it ran
- * past limits.time and was stopped); MT_EUNAVAIL if the child could not
- * try it (the binary is not a moontide that knows `check --handler`: a
- * loader, a debugger); MT_EIO if the child ended otherwise, as by a signal
- * not sent by the trial. The trial is freed after the call returns; 'done'
- * is never called from within mt_trial_start.
+ * loaded, and the file holds what it held when the child started (else it
+ * is tried again, up to three times); then 'src' (len bytes, valid during
+ * the call) is that text, for the engine to load rather than the file read
+ * again. MT_ELUA if it did not load, 'msg' saying why (the child's report,
+ * "FILE:LINE: message", or that it ran past limits.time and was stopped);
+ * MT_EUNAVAIL if the child could not try it (the binary is not a moontide
+ * that knows `check --handler`: started through the dynamic loader or
+ * valgrind); MT_EIO if the child ended otherwise, as by a signal not sent
+ * by the trial. The trial is freed after the call returns; 'done' is never
+ * called from within mt_trial_start.
  */
-typedef void (*mt_trial_done_fn)(mt_err rc, const char *msg, void *arg);
+typedef void (*mt_trial_done_fn)(mt_err rc, const char *msg, const char *src, size_t len,
+                                 void *arg);
 
 /*
  * Starts loading the handler of 'conf' (not kept) in a child process.

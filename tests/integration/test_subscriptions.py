@@ -267,14 +267,30 @@ def logged(e, text, **kw):
                     what="a log line with " + text, **kw)
 
 
-def trial_of(e, handler):
-    """The pid of the trial load of 'handler' the engine runs, once it runs."""
+def trial_of(e, handler, other_than=None):
+    """The pid of the trial load of 'handler' the engine runs (not 'other_than'), once it runs."""
     def find():
         for pid, cmdline in mtlib.children(e.proc.pid):
-            if cmdline[1:4] == ["check", "--handler", handler] and mtlib.alive(pid):
+            if cmdline[1:4] == ["check", "--handler", handler] and mtlib.alive(pid) \
+                    and pid != other_than:
                 return pid
         return None
     return wait_for(find, what="the trial load of " + handler)
+
+
+def cpu_ticks(pid):
+    """CPU time process pid has used, in clock ticks (0 once it is gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0
+
+
+# A top level that runs for seconds in Lua, well after the file was read.
+SLOW = "local n = 0\nfor i = 1, 3e8 do n = n + 1 end\n"
+SLOW_LIMITS = "    limits: { instructions: 10000000000, time: 60s }\n"
 
 
 def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
@@ -307,7 +323,7 @@ def test_a_reload_stuck_loading_leaves_the_engine_on_the_code_it_runs():
 def test_a_trial_load_ends_with_the_engine():
     # A trial whose handler is stuck in one C function lived on for its
     # whole limits.time after the engine was killed.
-    with one_handler(put_v(1), "    limits: { time: 1h }\n") as (e, handler):
+    with one_handler(put_v(1), "    limits: { time: 120s }\n") as (e, handler):
         rewrite(handler, STUCK)
         e.proc.send_signal(signal.SIGHUP)
         pid = trial_of(e, handler)
@@ -338,29 +354,73 @@ def test_a_failed_trial_reports_the_error_after_whatever_the_handler_printed():
         e.proc.send_signal(signal.SIGHUP)
         msg = json.loads(logged(e, "handler not reloaded"))["msg"]
         assert "h.lua:2: the reason" in msg and "xxxx" not in msg, msg
+        # An error without a message is still a refusal, not a trial that could not run.
+        rewrite(handler, "error('', 0)\nreturn function() end\n")
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "h.lua: did not load, with an empty error message")
+        assert not any("loading it untried" in l for l in e.stderr_lines), e.stderr_lines
 
 
 def test_a_handler_changed_while_it_was_tried_is_tried_again():
-    # What the engine loads is the file read again after the trial: a file
+    # What the engine loaded was the file read again after the trial: a file
     # saved meanwhile ran untried, and a stuck top level ended the engine
-    # (exit 75). The trial's slow top level gives the time to change it.
-    limits = "    limits: { instructions: 10000000000, time: 5s }\n"
+    # (exit 75). Here the file is changed once the trial runs its slow top
+    # level; the stuck version is then tried too, and never loaded.
+    with one_handler(put_v(1), SLOW_LIMITS) as (e, handler):
+        rewrite(handler, SLOW + put_v(2))
+        e.proc.send_signal(signal.SIGHUP)
+        first = trial_of(e, handler)
+        wait_for(lambda: cpu_ticks(first) >= 50 or not mtlib.alive(first),
+                 what="the trial to run its top level")
+        assert mtlib.alive(first), "the trial ended before the file could be changed"
+        rewrite(handler + ".new", STUCK)
+        os.rename(handler + ".new", handler)
+        second = wait_for(lambda: e.proc.poll() is not None or trial_of(e, handler, first),
+                          timeout=300, what="the changed file tried")
+        assert e.proc.poll() is None, "the engine ended (exit %d): it loaded the file " \
+            "changed after the trial" % e.proc.poll()
+        rewrite(handler, put_v(3))
+        e.proc.send_signal(signal.SIGHUP)  # ends the stuck trial, tries the mended file
+        logged(e, "subscription 'h': handler reloaded")
+        assert not mtlib.alive(second)
+        e.publish(mtlib.event("a", subject="s1", type_="t.x"))
+        wait_for(lambda: table(e, "v") == {"s1": 3}, what="the mended handler running")
+
+
+def test_a_reload_loads_every_state_from_the_text_its_trial_loaded():
+    # With workers, the engine read the file once per Lua state after the
+    # trial, running its top level each time: a file saved meanwhile was
+    # loaded untried into the later states (a stuck one ended the engine).
+    limits = "    workers: 2\n    limits: { instructions: 10000000000, time: 10s }\n"
     with one_handler(put_v(1), limits) as (e, handler):
         rewrite(handler, "local n = 0\nfor i = 1, 1e8 do n = n + 1 end\n" + put_v(2))
         e.proc.send_signal(signal.SIGHUP)
-        trial_of(e, handler)
-        time.sleep(0.2)  # the trial has read the file by now, on all but a crawling machine
-        rewrite(handler + ".new", STUCK)
+        trial = trial_of(e, handler)
+        wait_for(lambda: not mtlib.alive(trial), timeout=300, what="the trial to end")
+        rewrite(handler + ".new", STUCK)  # while the engine loads its three states
         os.rename(handler + ".new", handler)
         wait_for(lambda: e.proc.poll() is not None
-                 or any("handler not reloaded" in line for line in e.stderr_lines),
-                 timeout=120, what="the stuck version refused")
-        assert e.proc.poll() is None, "the engine ended (exit %d): it loaded the file " \
-            "changed after the trial" % e.proc.poll()
-        logged(e, "its top-level code ran past its time limit (5000 ms)", timeout=0.1)
+                 or any("subscription 'h': handler reloaded" in l for l in e.stderr_lines),
+                 timeout=300, what="the reload")
+        assert e.proc.poll() is None, "the engine ended (exit %d)" % e.proc.poll()
+        for i in range(20):
+            e.publish(mtlib.event("a%d" % i, subject="s%d" % i, type_="t.x"))
+        wait_for(lambda: len(table(e, "v")) == 20, what="20 events handled")
+        assert set(table(e, "v").values()) == {2}, table(e, "v")
+
+
+def test_a_handler_path_that_is_a_fifo_does_not_hold_the_engine():
+    # The engine read the handler file on its loop thread before and after
+    # each trial: a FIFO there held every request for good.
+    with one_handler(put_v(1), "    limits: { time: 1s }\n") as (e, handler):
+        os.remove(handler)
+        os.mkfifo(handler)
+        e.proc.send_signal(signal.SIGHUP)
+        logged(e, "handler not reloaded")
+        st, _, _ = e.request("GET", "/subscriptions/h")
+        assert st == 200
         e.publish(mtlib.event("a", subject="s1", type_="t.x"))
-        wait_for(lambda: table(e, "v") == {"s1": 1}, what="the first handler still running")
-        assert e.proc.poll() is None
+        wait_for(lambda: table(e, "v") == {"s1": 1}, what="the old handler still running")
 
 
 def dynamic_loader(path):
