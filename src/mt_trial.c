@@ -225,7 +225,7 @@ static void finish(mt_trial *t, bool kill_it)
             mt_buf_addf(&msg, "%s: did not load, with an empty error message", t->handler);
         }
     } else if (code >= 0) {
-        /* Not a verdict of `check --handler`: the binary is not moontide (a loader, a
+        /* Not a verdict of `check --handler`: the binary is not moontide (a loader,
          * valgrind), or one too old to have the option. */
         rc = MT_EUNAVAIL;
         mt_buf_addf(&msg, "/proc/self/exe check --handler %s ended with status %d%s%s",
