@@ -90,10 +90,6 @@ static bool compile_handler(const char *path, char *err, size_t errlen)
     return mt_lua_check_file(path, err, errlen) == MT_OK;
 }
 
-/*
- * `moontide check --handler FILE`: loads one handler file as `run` does,
- * under 'conf''s limits. A reload tries each handler so first (mt_trial.h).
- */
 /* What a check past --time says, composed before the load: a signal handler may only write it. */
 static char check_late[600];
 static size_t check_late_len;
@@ -107,7 +103,8 @@ static void on_check_late(int sig)
 }
 
 /*
- * check --handler: loads one handler file under the limits of 'conf'. Only
+ * `moontide check --handler FILE`: loads one handler file as `run` does,
+ * under 'conf''s limits; a reload tries each handler so first (mt_trial.h). Only
  * warnings and errors are logged, so that the reason a load failed is the
  * last thing written. Past 'time_ms' (0: no limit) the check ends itself,
  * even from inside one C function; and it ends with its parent, so one an

@@ -395,15 +395,12 @@ static int l_lua_print(lua_State *L)
 
 /* ---- files and modules ---- */
 
-/*
- * Reads a whole regular file into a new buffer (caller frees). On failure
- * writes a message into err: MT_ENOTFOUND, MT_EIO, MT_ETOOBIG, MT_ENOMEM.
- */
-static mt_err read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
+mt_err mt_lua_read_source(const char *path, char **buf, size_t *len, char *err, size_t errlen)
 {
     *buf = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Non-blocking: a FIFO or a device at the path must not hold the loop thread. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errlen, "cannot open %s: %s", path, strerror(e));
@@ -500,7 +497,7 @@ static mt_err compile_file(mt_lua *lu, const char *path, const char *given, size
     }
     char *src = NULL;
     if (!given) {
-        mt_err rc = read_file(path, &src, &len, err, errlen);
+        mt_err rc = mt_lua_read_source(path, &src, &len, err, errlen);
         if (rc) {
             return rc;
         }
@@ -607,7 +604,7 @@ static int l_lua_require(lua_State *L)
         char err[512];
         char *src;
         size_t len;
-        mt_err rc = read_file(file, &src, &len, err, sizeof err);
+        mt_err rc = mt_lua_read_source(file, &src, &len, err, sizeof err);
         if (rc == MT_ENOTFOUND) {
             lua_pop(L, 2);
             continue;

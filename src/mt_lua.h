@@ -98,6 +98,15 @@ mt_lua *mt_lua_from_state(lua_State *L);
 mt_err mt_lua_load_file(mt_lua *lu, const char *path, char *err, size_t errlen);
 
 /*
+ * Reads a whole handler or module file into a new buffer (caller frees,
+ * NUL-terminated), without blocking: a regular file of at most
+ * MT_LUA_MAX_SOURCE bytes. On failure writes a message into err:
+ * MT_ENOTFOUND, MT_EIO (not a regular file, unreadable), MT_ETOOBIG,
+ * MT_ENOMEM.
+ */
+mt_err mt_lua_read_source(const char *path, char **buf, size_t *len, char *err, size_t errlen);
+
+/*
  * mt_lua_load_file with the file's text given (len bytes at 'src', already
  * read): a reload loads the very bytes its trial load checked.
  */

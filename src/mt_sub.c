@@ -25,7 +25,6 @@
  * jobs are small again, and so are the groups publishers wait on.
  */
 #define EVENTS_PER_JOB 512
-#define TRIALS_AT_ONCE 2 /* a reload's trial loads running at once (trials_start) */
 #define EVENTS_PER_JOB_MAX 2048
 /*
  * Dispatch jobs of one subscription in flight at once: the next is queued
@@ -57,6 +56,8 @@ typedef struct dormant_def {
     char *name;
     char *why;
 } dormant_def;
+
+#define TRIALS_AT_ONCE 2 /* a reload's trial loads running at once (trials_start) */
 
 /* A reload waiting for its handler's trial load (mt_trial.h), or for its turn to start one. */
 typedef struct reload_trial {
@@ -3511,13 +3512,13 @@ static void trials_start(mt_subs *subs)
     reload_trial **p = &subs->trials;
     while (*p && running < TRIALS_AT_ONCE) {
         reload_trial *r = *p;
-        sub_rt *s = find(subs, r->name);
-        bool same = s && s->serial == r->serial && !s->deleting;
-        char why[300] = "";
         if (r->trial) {
             p = &r->next; /* running, and counted */
             continue;
         }
+        sub_rt *s = find(subs, r->name);
+        bool same = s && s->serial == r->serial && !s->deleting;
+        char why[300] = "";
         if (same && mt_trial_start(subs->loop, s->conf, trial_done, r, &r->trial, why,
                                    sizeof why) == MT_OK) {
             running++;

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,44 +41,11 @@ struct mt_trial {
     void *arg;
 };
 
-/*
- * The file's bytes, read as the engine's load would take them; NULL if it
- * is not a regular file of at most MT_LUA_MAX_SOURCE bytes or cannot be
- * read. On the loop thread: a FIFO or a device must not block it.
- */
+/* The file's bytes as the engine's load would take them, or NULL (mt_lua_read_source). */
 static char *read_source(const char *path, size_t *len)
 {
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        return NULL;
-    }
-    struct stat st;
-    char *b = NULL;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-        (uint64_t) st.st_size <= MT_LUA_MAX_SOURCE) {
-        size_t size = (size_t) st.st_size, got = 0;
-        b = mt_trymalloc(size + 1);
-        while (b && got < size) {
-            ssize_t n = read(fd, b + got, size - got);
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n <= 0) {
-                break;
-            }
-            got += (size_t) n;
-        }
-        if (b && got == size) {
-            b[size] = '\0';
-            *len = size;
-        } else {
-            free(b);
-            b = NULL;
-        }
-    }
-    close(fd);
-    return b;
+    char *b, err[300];
+    return mt_lua_read_source(path, &b, len, err, sizeof err) == MT_OK ? b : NULL;
 }
 
 /* Ends the child (if it runs) and lets go of what watches it. */
@@ -174,10 +140,10 @@ static mt_err spawn(mt_trial *t, char *err, size_t errlen)
     fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_NONBLOCK);
     t->fd = p[0];
     t->report.len = 0;
-    t->deadline_us = mt_mono_us() + (int64_t) (t->limit_ms + START_MARGIN_MS) * 1000;
+    uint64_t span_ms = t->limit_ms + START_MARGIN_MS;
+    t->deadline_us = mt_mono_us() + (int64_t) span_ms * 1000;
     t->ev = event_new(mt_loop_base(t->loop), p[0], EV_READ, on_child, t);
-    struct timeval tv = {(time_t) ((t->limit_ms + START_MARGIN_MS) / 1000),
-                         (suseconds_t) ((t->limit_ms + START_MARGIN_MS) % 1000) * 1000};
+    struct timeval tv = {(time_t) (span_ms / 1000), (suseconds_t) (span_ms % 1000) * 1000};
     event_add(t->ev, &tv);
     return MT_OK;
 }
@@ -244,14 +210,9 @@ static void finish(mt_trial *t, bool kill_it)
     trial_free(t);
 }
 
-/* Keeps the last REPORT_MAX bytes: the reason a load failed is written last. */
+/* Keeps the last REPORT_MAX bytes (n is less): the reason a load failed is written last. */
 static void keep_tail(mt_buf *b, const char *s, size_t n)
 {
-    if (n >= REPORT_MAX) {
-        b->len = 0;
-        mt_buf_add(b, s + n - REPORT_MAX, REPORT_MAX);
-        return;
-    }
     if (b->len + n > REPORT_MAX) {
         size_t drop = b->len + n - REPORT_MAX;
         memmove(b->data, b->data + drop, b->len - drop);

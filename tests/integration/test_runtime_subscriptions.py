@@ -170,6 +170,22 @@ def test_a_put_or_delete_ends_the_trial_of_a_reload():
         e.cleanup()
 
 
+def test_a_handler_path_that_is_a_fifo_is_refused_without_holding_the_engine():
+    # The handler was opened blocking on the loop thread: a PUT naming a
+    # FIFO held every request of the engine for good.
+    e = Engine()
+    try:
+        e.start()
+        d = tempfile.mkdtemp(prefix="h-", dir=PROJECT)
+        os.mkfifo(os.path.join(d, "fifo.lua"))
+        st, body = put(e, "f", {"topics": ["#"],
+                                "handler": os.path.join(os.path.basename(d), "fifo.lua")})
+        assert st == 400 and "not a regular file" in json.dumps(body), (st, body)
+        assert status(e, "f")[0] == 404
+    finally:
+        e.cleanup()
+
+
 def test_a_subscription_made_again_emits_events_of_its_own():
     # Emitted ids are derived from the name, the trigger and the position;
     # the log keeps every id it has seen, so a subscription deleted and made
